@@ -1,0 +1,205 @@
+"""Operations: what a batch carries. `add`, `revoke` and `opinion`, with their limits.
+
+Ops are pydantic models (strict, no extra fields, frozen) so that the schema is written
+once and serves validation, documentation and construction alike. On the wire an op is
+one canonical JSON object; absent optional fields are omitted, never `null`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, NamedTuple
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from .errors import OpError, ProtocolError, SignalError
+from .signals import Signal, get_type, signal_registry, validate_quality
+from .signing import validate_node_id
+
+COLLECTION_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+LABEL_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+CLASSIFICATION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,15}$"
+REF_PATTERN = r"^[\x21-\x7e]{1,128}$"
+MAX_REVOKE_TARGETS = 1000
+MAX_REASON = 256
+MAX_OP_BYTES = 2048
+
+_collection_re = re.compile(COLLECTION_PATTERN)
+_OPINIONS = ("confirm", "dispute", "seen", "retract")
+
+
+def validate_collection(name: str, what: str = "collection") -> str:
+    if not isinstance(name, str) or not _collection_re.match(name):
+        raise OpError(
+            f"{what}: {name!r} is not a collection name "
+            "(1-64 of a-z 0-9 . _ -, starting with a letter or digit)"
+        )
+    return name
+
+
+class OpId(NamedTuple):
+    """An op's place in the network: (author, collection, seq, index). Unique without coordination.
+
+    A NamedTuple rather than a dataclass: ingest makes one per op, and tuples are cheap.
+    """
+
+    author: str
+    collection: str
+    seq: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index, on purpose
+
+    def __str__(self) -> str:
+        return f"{self.author}/{self.collection}/{self.seq}/{self.index}"
+
+    @classmethod
+    def parse(cls, text: str, what: str = "op id") -> OpId:
+        if not isinstance(text, str) or len(text) > 200:
+            raise OpError(f"{what}: not an op id string")
+        parts = text.split("/")
+        if len(parts) != 4:
+            raise OpError(f"{what}: {text!r} is not of the form AUTHOR/COLLECTION/SEQ/INDEX")
+        author, collection, seq, index = parts
+        try:
+            validate_node_id(author, f"{what} author")
+        except ProtocolError as exc:
+            raise OpError(str(exc)) from None
+        validate_collection(collection, f"{what} collection")
+        for label, number in (("seq", seq), ("index", index)):
+            if not number.isdigit() or not number.isascii() or (number != "0" and number[0] == "0"):
+                raise OpError(f"{what}: {label} {number!r} is not a decimal integer")
+        seq_n, index_n = int(seq), int(index)
+        if seq_n < 1 or seq_n > 2**53 - 1 or index_n > 2**53 - 1:
+            raise OpError(f"{what}: seq must be >= 1 and both numbers < 2**53")
+        return cls(author, collection, seq_n, index_n)
+
+
+_strict = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class AddOp(BaseModel):
+    """Publish a signal with labels. No personal data: labels are categories and references."""
+
+    model_config = _strict
+
+    op: Literal["add"] = "add"
+    type: str = Field(max_length=32)
+    value: str = Field(max_length=512)
+    quality: int | None = Field(default=None, ge=0, le=100)
+    category: str = Field(pattern=LABEL_PATTERN)
+    classification: str | None = Field(default=None, pattern=CLASSIFICATION_PATTERN)
+    ref: str | None = Field(default=None, pattern=REF_PATTERN)
+
+    @classmethod
+    def create(
+        cls,
+        type: str,
+        value: str,
+        *,
+        category: str,
+        quality: int | None = None,
+        classification: str | None = None,
+        ref: str | None = None,
+    ) -> AddOp:
+        """Build an add from user input: the value is normalised, every field checked."""
+        signal = Signal.parse(type, value)
+        validate_quality(signal.type, quality)
+        try:
+            return cls(
+                type=signal.type,
+                value=signal.value,
+                quality=quality,
+                category=category,
+                classification=classification,
+                ref=ref,
+            )
+        except ValidationError as exc:
+            raise OpError(_explain(exc, "add")) from None
+
+    def check_signal(self) -> None:
+        """The signal rules pydantic cannot express: a registered type, a normalised value.
+
+        Kept out of a model validator because a Python callback per op would halve the
+        ingest rate; `parse_op(s)` and `AddOp.create` always call it.
+        """
+        signal_type = get_type(self.type)
+        if not signal_type.is_canonical(self.value):
+            normal = signal_type.normalize(self.value)  # raises with the precise reason
+            raise SignalError(f"{self.type} value: not normalised (expected {normal!r})")
+        if self.quality is not None:
+            validate_quality(self.type, self.quality)
+
+
+class RevokeOp(BaseModel):
+    """Withdraw earlier adds of the same log, by op id (observed-remove)."""
+
+    model_config = _strict
+
+    op: Literal["revoke"] = "revoke"
+    targets: list[str] = Field(min_length=1, max_length=MAX_REVOKE_TARGETS)
+    reason: str = Field(default="", max_length=MAX_REASON)
+
+    def target_ids(self) -> list[OpId]:
+        return [OpId.parse(t, "revoke target") for t in self.targets]
+
+
+class OpinionOp(BaseModel):
+    """Any author's view of an add: confirm, dispute (false positive), seen, or retract."""
+
+    model_config = _strict
+
+    op: Literal["opinion"] = "opinion"
+    target: str = Field(max_length=200)
+    opinion: Literal["confirm", "dispute", "seen", "retract"]
+
+    def target_id(self) -> OpId:
+        return OpId.parse(self.target, "opinion target")
+
+
+Op = Annotated[AddOp | RevokeOp | OpinionOp, Field(discriminator="op")]
+_ops_adapter: TypeAdapter[list[Op]] = TypeAdapter(list[Op])
+_op_adapter: TypeAdapter[Op] = TypeAdapter(Op)
+
+
+def _explain(exc: ValidationError, prefix: str) -> str:
+    first = exc.errors()[0]
+    loc = ".".join(str(part) for part in first["loc"])
+    return f"{prefix}{'.' + loc if loc else ''}: {first['msg']}"
+
+
+def op_to_wire(op: AddOp | RevokeOp | OpinionOp) -> dict[str, Any]:
+    return op.model_dump(exclude_none=True)
+
+
+def parse_op(value: Any, what: str = "op") -> AddOp | RevokeOp | OpinionOp:
+    return parse_ops([value], what)[0]
+
+
+def parse_ops(values: list[Any], what: str = "ops") -> list[AddOp | RevokeOp | OpinionOp]:
+    """Validate many ops at once; the error names the index of the first bad op."""
+    for i, value in enumerate(values):
+        if type(value) is not dict:
+            raise OpError(f"{what}[{i}]: must be a JSON object")
+        if None in value.values():
+            key = next(k for k, v in value.items() if v is None)
+            raise OpError(f"{what}[{i}].{key}: null is not allowed; omit the field")
+    try:
+        ops = _ops_adapter.validate_python(values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        index = first["loc"][0] if first["loc"] else "?"
+        loc = ".".join(str(part) for part in first["loc"][2:])
+        raise OpError(f"{what}[{index}]{'.' + loc if loc else ''}: {first['msg']}") from None
+    registry = signal_registry()
+    for i, op in enumerate(ops):
+        if type(op) is AddOp:
+            signal_type = registry.get(op.type)
+            if (
+                signal_type is None
+                or not signal_type.is_canonical(op.value)
+                or (op.quality is not None and op.type != "pdq")
+            ):
+                try:
+                    op.check_signal()
+                except SignalError as exc:
+                    raise SignalError(f"{what}[{i}]: {exc}") from None
+    return ops

@@ -1,0 +1,282 @@
+"""The replicated state machine: verified batches in, decisions and effects out.
+
+`decide` holds every rule for applying a batch to a log: duplicates, gaps, chain links,
+forks, revocations and opinions. It reads what it needs through the small `StateView`
+protocol, so the same rules drive the in-memory `State` here (tests, offline bundle checks)
+and the node's SQLite store, which implements the view with queries and applies the
+effects in one transaction.
+
+Convergence: within a log, batches apply strictly in seq order (later ones wait), a revoke
+may only name earlier adds of its own log, and opinions are kept per (author, collection)
+log in log order. So any delivery order, with any duplicates, ends in the same state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from .batches import Batch, LogKey, header_hash
+from .evidence import ForkEvidence, SignedHeader, build_evidence
+from .ops import AddOp, OpId, OpinionOp, RevokeOp
+
+MAX_PENDING_PER_LOG = 1024
+
+OpinionKind = Literal["confirm", "dispute", "seen", "retract"]
+
+
+class StateView(Protocol):
+    def head(self, log: LogKey) -> int:
+        """Highest contiguous seq applied for the log (0 when none)."""
+
+    def signed_header(self, log: LogKey, seq: int) -> SignedHeader | None:
+        """The applied header at seq, if any."""
+
+    def is_forked(self, log: LogKey) -> bool:
+        """True once fork evidence for the log is held: the log accepts nothing more."""
+
+    def is_add(self, op_id: OpId) -> bool:
+        """True when op_id is an applied add op."""
+
+
+@dataclass(frozen=True, slots=True)
+class Revoked:
+    target: OpId
+    by: OpId
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Opined:
+    op_id: OpId
+    target: OpId
+    opinion: OpinionKind
+
+
+Effect = Revoked | Opined
+
+
+@dataclass(frozen=True, slots=True)
+class Apply:
+    """Apply the batch: its adds (by index; most batches are nothing else), then `effects`
+    (revocations and opinions) in op order. `ignored` explains revoke targets that name no add.
+    """
+
+    batch: Batch
+    adds: list[tuple[int, AddOp]]
+    effects: list[Effect]
+    ignored: list[str] = field(default_factory=list)
+
+    def added(self) -> list[tuple[OpId, AddOp]]:
+        return [(self.batch.op_id(index), op) for index, op in self.adds]
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    batch: Batch
+
+
+@dataclass(frozen=True, slots=True)
+class Defer:
+    batch: Batch
+    head: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fork:
+    batch: Batch
+    evidence: ForkEvidence
+
+
+@dataclass(frozen=True, slots=True)
+class Frozen:
+    batch: Batch
+
+
+Decision = Apply | Duplicate | Defer | Fork | Frozen
+
+
+def _signed(batch: Batch) -> SignedHeader:
+    return SignedHeader(batch.header_bytes, batch.signature)
+
+
+def decide(view: StateView, batch: Batch) -> Decision:
+    """What applying `batch` to the state behind `view` means. Pure: changes nothing."""
+    log, seq = batch.log, batch.seq
+    if view.is_forked(log):
+        return Frozen(batch)
+    head = view.head(log)
+    if seq <= head:
+        held = view.signed_header(log, seq)
+        if held is None or held.header_bytes == batch.header_bytes:
+            return Duplicate(batch)
+        return Fork(batch, build_evidence(held, _signed(batch)))
+    if seq > head + 1:
+        return Defer(batch, head)
+    if seq > 1:
+        previous = view.signed_header(log, seq - 1)
+        if previous is not None and header_hash(previous.header_bytes).hex() != batch.header.prev:
+            return Fork(batch, build_evidence(previous, _signed(batch)))
+    return Apply(batch, *_effects(view, batch))
+
+
+def _effects(
+    view: StateView, batch: Batch
+) -> tuple[list[tuple[int, AddOp]], list[Effect], list[str]]:
+    adds: list[tuple[int, AddOp]] = []
+    effects: list[Effect] = []
+    ignored: list[str] = []
+    batch_adds: set[int] = set()
+    for index, op in enumerate(batch.ops):
+        if type(op) is AddOp:
+            adds.append((index, op))
+            batch_adds.add(index)
+            continue
+        op_id = batch.op_id(index)
+        if isinstance(op, RevokeOp):
+            for target in op.target_ids():
+                in_batch = target.seq == batch.seq and target.index in batch_adds
+                if in_batch or (target.seq < batch.seq and view.is_add(target)):
+                    effects.append(Revoked(target, op_id, op.reason))
+                else:
+                    ignored.append(f"{op_id}: revoke target {target} is not an add")
+        elif isinstance(op, OpinionOp):
+            effects.append(Opined(op_id, op.target_id(), op.opinion))
+    return adds, effects, ignored
+
+
+@dataclass(slots=True)
+class Stance:
+    """One (author, collection) log's current opinion of one add."""
+
+    verdict: Literal["confirm", "dispute"] | None = None
+    seen: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OpinionCounts:
+    """Distinct authors per opinion; an author counts once however many logs it writes."""
+
+    confirm: int = 0
+    dispute: int = 0
+    seen: int = 0
+
+
+def apply_opinion(stance: Stance, opinion: OpinionKind) -> None:
+    if opinion == "seen":
+        stance.seen = True
+    elif opinion == "retract":
+        stance.verdict, stance.seen = None, False
+    else:
+        stance.verdict = opinion
+
+
+def count_opinions(stances: Iterable[tuple[str, Stance]]) -> OpinionCounts:
+    confirm: set[str] = set()
+    dispute: set[str] = set()
+    seen: set[str] = set()
+    for author, stance in stances:
+        if stance.verdict == "confirm":
+            confirm.add(author)
+        elif stance.verdict == "dispute":
+            dispute.add(author)
+        if stance.seen:
+            seen.add(author)
+    return OpinionCounts(len(confirm), len(dispute), len(seen))
+
+
+class State:
+    """An in-memory replica: the reference implementation of the rules in `decide`.
+
+    The node keeps the same state in SQLite; this class is what the property tests and the
+    offline `verify` of a bundle run.
+    """
+
+    def __init__(self) -> None:
+        self.heads: dict[LogKey, int] = {}
+        self.headers: dict[LogKey, dict[int, SignedHeader]] = {}
+        self.forks: dict[LogKey, ForkEvidence] = {}
+        self.adds: dict[OpId, AddOp] = {}
+        self.revoked: dict[OpId, OpId] = {}
+        self.opinions: dict[OpId, dict[tuple[str, str], Stance]] = {}
+        self.pending: dict[LogKey, dict[int, Batch]] = {}
+
+    def head(self, log: LogKey) -> int:
+        return self.heads.get(log, 0)
+
+    def signed_header(self, log: LogKey, seq: int) -> SignedHeader | None:
+        return self.headers.get(log, {}).get(seq)
+
+    def is_forked(self, log: LogKey) -> bool:
+        return log in self.forks
+
+    def is_add(self, op_id: OpId) -> bool:
+        return op_id in self.adds
+
+    def receive(self, batch: Batch) -> list[Decision]:
+        """Decide and apply one batch, then any waiting successors it unblocks."""
+        decisions: list[Decision] = []
+        queue = [batch]
+        while queue:
+            current = queue.pop()
+            decision = decide(self, current)
+            decisions.append(decision)
+            log = current.log
+            if isinstance(decision, Apply):
+                self._apply(decision)
+                successor = self.pending.get(log, {}).pop(current.seq + 1, None)
+                if successor is not None:
+                    queue.append(successor)
+            elif isinstance(decision, Defer):
+                waiting = self.pending.setdefault(log, {})
+                if (
+                    current.seq in waiting
+                    and waiting[current.seq].header_bytes != current.header_bytes
+                ):
+                    evidence = build_evidence(_signed(waiting[current.seq]), _signed(current))
+                    decisions[-1] = Fork(current, evidence)
+                    self._fork(log, evidence)
+                elif len(waiting) < MAX_PENDING_PER_LOG:
+                    waiting.setdefault(current.seq, current)
+            elif isinstance(decision, Fork):
+                self._fork(log, decision.evidence)
+        return decisions
+
+    def _fork(self, log: LogKey, evidence: ForkEvidence) -> None:
+        self.forks.setdefault(log, evidence)
+        self.pending.pop(log, None)
+
+    def _apply(self, decision: Apply) -> None:
+        batch = decision.batch
+        self.heads[batch.log] = batch.seq
+        self.headers.setdefault(batch.log, {})[batch.seq] = _signed(batch)
+        for op_id, op in decision.added():
+            self.adds[op_id] = op
+        for effect in decision.effects:
+            if isinstance(effect, Revoked):
+                self.revoked.setdefault(effect.target, effect.by)
+            else:
+                stances = self.opinions.setdefault(effect.target, {})
+                key = (effect.op_id.author, effect.op_id.collection)
+                apply_opinion(stances.setdefault(key, Stance()), effect.opinion)
+
+    def live(self) -> dict[OpId, AddOp]:
+        return {op_id: op for op_id, op in self.adds.items() if op_id not in self.revoked}
+
+    def opinion_counts(self, target: OpId) -> OpinionCounts:
+        stances = self.opinions.get(target, {})
+        return count_opinions((author, stance) for (author, _), stance in stances.items())
+
+    def summary(self) -> tuple[object, ...]:
+        """Everything that must converge, in a comparable form."""
+        return (
+            sorted((str(k), v) for k, v in self.heads.items()),
+            sorted(str(k) for k in self.live()),
+            sorted((str(k), str(v)) for k, v in self.revoked.items()),
+            sorted(
+                (str(t), a, c, s.verdict or "", s.seen)
+                for t, stances in self.opinions.items()
+                for (a, c), s in stances.items()
+            ),
+        )
