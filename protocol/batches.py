@@ -19,18 +19,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .encoding import canonical, from_hex, parse_canonical, parse_canonical_many
+from .encoding import canonical, from_hex, parse_canonical
 from .errors import BatchError, LimitError, OpError, ProtocolError
 from .merkle import root_from_leaf_hashes
 from .ops import (
     COLLECTION_PATTERN,
     MAX_OP_BYTES,
     AddOp,
+    AnyOp,
     OpId,
     OpinionOp,
     RevokeOp,
     op_to_wire,
-    parse_ops,
+    parse_op_lines,
 )
 from .signing import CONTEXT_BATCH, SIGNATURE_SIZE, SigningKey, validate_node_id, verify
 
@@ -41,8 +42,6 @@ MAX_OPS_PER_BATCH = 10_000
 MAX_OPS_BYTES = 4 * 1024 * 1024
 MAX_FRAME_BYTES = 4 + 2 + MAX_HEADER_BYTES + SIGNATURE_SIZE + 4 + MAX_OPS_BYTES
 _FIXED = len(MAGIC) + 2
-
-AnyOp = AddOp | RevokeOp | OpinionOp
 
 
 class Header(BaseModel):
@@ -207,8 +206,9 @@ def verify_parts(header_bytes: bytes, signature: bytes, ops_bytes: bytes) -> Bat
         raise BatchError("batch ops: Merkle root does not match the signed header")
     if max(map(len, lines)) > MAX_OP_BYTES:
         raise LimitError(f"batch ops: an op is longer than {MAX_OP_BYTES} bytes")
-    ops = parse_ops(parse_canonical_many(lines, "batch ops"))
-    _static_checks(header, ops)
+    ops = parse_op_lines(ops_bytes, lines)
+    if set(map(type, ops)) != {AddOp}:
+        _static_checks(header, ops)
     return Batch(header, header_bytes, signature, ops_bytes, ops, leaf_hashes)
 
 

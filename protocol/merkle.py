@@ -29,9 +29,8 @@ def root_from_leaf_hashes(hashes: list[bytes]) -> bytes:
         return sha256(b"").digest()
     level = hashes
     while len(level) > 1:
-        paired = [
-            sha256(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)
-        ]
+        pairs = zip(level[::2], level[1::2], strict=False)  # an odd last node is left out
+        paired = [sha256(b"\x01" + a + b).digest() for a, b in pairs]
         if len(level) % 2:
             paired.append(level[-1])
         level = paired

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .batches import AnyOp, Batch, Header, verify_header
+from .batches import Batch, Header, verify_header
 from .encoding import b64url, canonical, from_b64url, from_hex, parse_canonical
 from .errors import EncodingError, ProofError, ProtocolError
 from .merkle import HASH_SIZE, MAX_PROOF_LENGTH, inclusion_path, leaf_hash, root_from_inclusion_path
-from .ops import MAX_OP_BYTES, OpId, parse_op
+from .ops import MAX_OP_BYTES, AnyOp, OpId, parse_op
 
 MAX_PROOF_BYTES = 8192
 _FIELDS = {"v", "header", "sig", "op", "index", "path"}

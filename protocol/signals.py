@@ -37,16 +37,23 @@ class SignalType:
         except SignalError:
             return False
 
+    @classmethod
+    def all_canonical(cls, values: list[str]) -> bool:
+        """`is_canonical` for a whole batch at once; types override it with one regex call."""
+        return all(map(cls.is_canonical, values))
+
 
 class HexDigestSignal(SignalType):
     """A fixed-length digest written as lower-case hex."""
 
     hex_length: ClassVar[int]
     _pattern: ClassVar[re.Pattern[str]]
+    _many: ClassVar[re.Pattern[str]]
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         cls._pattern = re.compile(f"[0-9a-f]{{{cls.hex_length}}}")
+        cls._many = re.compile(f"(?:[0-9a-f]{{{cls.hex_length}}}\n)*[0-9a-f]{{{cls.hex_length}}}")
 
     @classmethod
     def normalize(cls, raw: str) -> str:
@@ -67,6 +74,22 @@ class HexDigestSignal(SignalType):
     @classmethod
     def is_canonical(cls, value: str) -> bool:
         return cls._pattern.fullmatch(value) is not None
+
+    @classmethod
+    def all_canonical(cls, values: list[str]) -> bool:
+        return _all_fixed(cls._many, cls.hex_length, values)
+
+
+def _all_fixed(pattern: re.Pattern[str], length: int, values: list[str]) -> bool:
+    """One regex over the joined values: blocks of `length` characters separated by newlines.
+
+    The length test makes sure no value hides a newline (which would split it into two
+    blocks), so every value is exactly one block.
+    """
+    if not values:
+        return True
+    joined = "\n".join(values)
+    return len(joined) == len(values) * (length + 1) - 1 and pattern.fullmatch(joined) is not None
 
 
 class MD5Signal(HexDigestSignal):
@@ -108,6 +131,7 @@ class PhotoDNASignal(SignalType):
     size: ClassVar[int] = 144
     description = "PhotoDNA hash, 144 bytes in base64 (exact)"
     _pattern: ClassVar[re.Pattern[str]] = re.compile(r"[A-Za-z0-9+/]{192}")
+    _many: ClassVar[re.Pattern[str]] = re.compile(r"(?:[A-Za-z0-9+/]{192}\n)*[A-Za-z0-9+/]{192}")
 
     @classmethod
     def normalize(cls, raw: str) -> str:
@@ -138,6 +162,10 @@ class PhotoDNASignal(SignalType):
     @classmethod
     def is_canonical(cls, value: str) -> bool:
         return cls._pattern.fullmatch(value) is not None
+
+    @classmethod
+    def all_canonical(cls, values: list[str]) -> bool:
+        return _all_fixed(cls._many, 192, values)
 
 
 _REGISTRY: dict[str, type[SignalType]] = {}

@@ -13,8 +13,11 @@ log in log order. So any delivery order, with any duplicates, ends in the same s
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import repeat
+from operator import itemgetter
 from typing import Literal, Protocol
 
 from .batches import Batch, LogKey, header_hash
@@ -22,6 +25,10 @@ from .evidence import ForkEvidence, SignedHeader, build_evidence
 from .ops import AddOp, OpId, OpinionOp, RevokeOp
 
 MAX_PENDING_PER_LOG = 1024
+
+_make_op_id = partial(tuple.__new__, OpId)
+_first = itemgetter(0)
+_second = itemgetter(1)
 
 OpinionKind = Literal["confirm", "dispute", "seen", "retract"]
 
@@ -69,7 +76,18 @@ class Apply:
     ignored: list[str] = field(default_factory=list)
 
     def added(self) -> list[tuple[OpId, AddOp]]:
-        return [(self.batch.op_id(index), op) for index, op in self.adds]
+        return list(zip(self.added_ids(), map(_second, self.adds), strict=True))
+
+    def added_ids(self) -> Iterator[OpId]:
+        """The op ids of `adds`, made without a Python call per op (ingest makes millions)."""
+        header = self.batch.header
+        keys = zip(
+            repeat(header.author),
+            repeat(header.collection),
+            repeat(header.seq),
+            map(_first, self.adds),
+        )
+        return map(_make_op_id, keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +142,8 @@ def decide(view: StateView, batch: Batch) -> Decision:
 def _effects(
     view: StateView, batch: Batch
 ) -> tuple[list[tuple[int, AddOp]], list[Effect], list[str]]:
+    if set(map(type, batch.ops)) == {AddOp}:
+        return list(enumerate(batch.ops)), [], []  # type: ignore[arg-type]
     adds: list[tuple[int, AddOp]] = []
     effects: list[Effect] = []
     ignored: list[str] = []
@@ -251,8 +271,7 @@ class State:
         batch = decision.batch
         self.heads[batch.log] = batch.seq
         self.headers.setdefault(batch.log, {})[batch.seq] = _signed(batch)
-        for op_id, op in decision.added():
-            self.adds[op_id] = op
+        self.adds.update(zip(decision.added_ids(), map(_second, decision.adds), strict=True))
         for effect in decision.effects:
             if isinstance(effect, Revoked):
                 self.revoked.setdefault(effect.target, effect.by)

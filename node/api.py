@@ -1,0 +1,226 @@
+"""The node's HTTP API (aiohttp): operator endpoints under /v1/.
+
+Handlers are thin: they check the caller, parse JSON, and call the same `NodeService`
+methods the CLI calls offline, on the node's single store thread. Every error is a JSON
+object `{"error": "..."}` with a 4xx status; nothing a client sends can crash the node.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from protocol.errors import ProtocolError
+
+from .errors import NodeError
+from .keys import token_matches
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+log = logging.getLogger("hashmesh.api")
+
+MAX_JSON_BODY = 16 * 1024 * 1024
+MAX_BUNDLE_BODY = 16 * 1024 * 1024 * 1024
+OPEN_PATHS = {"/v1/healthz"}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
+
+
+def error_response(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except NodeError as exc:
+        return error_response(exc.status, str(exc))
+    except ProtocolError as exc:
+        return error_response(400, str(exc))
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(413, "request body is too large")
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            return error_response(exc.status, exc.reason or "error")
+        raise
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return error_response(500, "internal error (see the node's log)")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in OPEN_PATHS or request.path.startswith("/v1/peer/"):
+        return await handler(request)
+    daemon = request.app[DAEMON_KEY]
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return error_response(401, "missing bearer token (Authorization: Bearer ...)")
+    if not token_matches(token.strip(), daemon.admin_token_hash):
+        return error_response(401, "unknown or revoked token")
+    return await handler(request)
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_JSON_BODY:
+        raise NodeError(f"request body: larger than {MAX_JSON_BODY} bytes")
+    raw = await request.read()
+    if not raw:
+        raise NodeError("request body: empty; expected a JSON object")
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise NodeError("request body: not valid JSON") from None
+    if not isinstance(value, dict):
+        raise NodeError("request body: expected a JSON object")
+    return value
+
+
+def _fields(
+    body: dict[str, Any], required: tuple[str, ...], optional: tuple[str, ...]
+) -> dict[str, Any]:
+    for name in required:
+        if name not in body:
+            raise NodeError(f"{name}: required")
+    unknown = set(body) - set(required) - set(optional)
+    if unknown:
+        raise NodeError(f"{sorted(unknown)[0]}: unknown field")
+    return body
+
+
+ADD_FIELDS = ("category", "classification", "ref", "quality", "allow_low_quality")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def status(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    return web.json_response(await daemon.status())
+
+
+async def add_signal(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    body = _fields(await read_json(request), ("type", "value", "collection"), ADD_FIELDS)
+    return web.json_response(await daemon.publisher.add(**body))
+
+
+async def add_signals(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    body = _fields(await read_json(request), ("collection", "signals"), ())
+    if not isinstance(body["signals"], list):
+        raise NodeError("signals: expected a list")
+    return web.json_response(
+        await daemon.call(daemon.service.add_many, body["collection"], body["signals"])
+    )
+
+
+async def revoke(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    body = _fields(await read_json(request), ("op_id",), ("reason",))
+    return web.json_response(
+        await daemon.call(daemon.service.revoke, body["op_id"], body.get("reason", ""))
+    )
+
+
+async def opinion(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    body = _fields(await read_json(request), ("op_id", "opinion"), ("collection",))
+    return web.json_response(
+        await daemon.call(
+            daemon.service.opinion, body["op_id"], body["opinion"], body.get("collection")
+        )
+    )
+
+
+async def match(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    body = _fields(await read_json(request), ("queries",), ("threshold",))
+    threshold = body.get("threshold", 31)
+    if type(threshold) is not int:
+        raise NodeError("threshold: must be an integer")
+    return web.json_response(await daemon.call(daemon.service.match, body["queries"], threshold))
+
+
+async def export(request: web.Request) -> web.StreamResponse:
+    daemon = request.app[DAEMON_KEY]
+    collection = request.query.get("collection", "")
+    chunks = daemon.service.export_chunks(collection)
+    first = await daemon.call(next, chunks)
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    await response.prepare(request)
+    chunk: bytes | None = first
+    while chunk is not None:
+        await response.write(chunk)
+        chunk = await daemon.call(next, chunks, None)
+    await response.write_eof()
+    return response
+
+
+async def import_bundle(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    with tempfile.TemporaryFile(dir=daemon.home.path) as tmp:
+        size = 0
+        async for chunk in request.content.iter_chunked(1 << 20):
+            size += len(chunk)
+            if size > MAX_BUNDLE_BODY:
+                raise NodeError(f"bundle: larger than {MAX_BUNDLE_BODY} bytes")
+            tmp.write(chunk)
+        if size == 0:
+            raise NodeError("request body: empty; expected a bundle")
+        tmp.seek(0)
+        result = await daemon.call(daemon.service.import_bundle, tmp, "bundle")
+    await daemon.after_ingest()
+    return web.json_response(result)
+
+
+async def peer_add(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    body = _fields(await read_json(request), ("name", "url", "node_id"), ("share",))
+    share = body.get("share", [])
+    if not isinstance(share, list) or not all(isinstance(c, str) for c in share):
+        raise NodeError("share: expected a list of collection names")
+    return web.json_response(
+        await daemon.call(
+            daemon.service.peer_add, body["name"], body["url"], body["node_id"], share
+        )
+    )
+
+
+async def trust_add(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    body = _fields(await read_json(request), ("node_id", "collection"), ("name",))
+    return web.json_response(
+        await daemon.call(
+            daemon.service.trust_add, body["node_id"], body["collection"], body.get("name", "")
+        )
+    )
+
+
+def build_app(daemon: Daemon) -> web.Application:
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware], client_max_size=MAX_JSON_BODY
+    )
+    app[DAEMON_KEY] = daemon
+    app.router.add_get("/v1/healthz", healthz)
+    app.router.add_get("/v1/status", status)
+    app.router.add_post("/v1/signals", add_signal)
+    app.router.add_post("/v1/signals/batch", add_signals)
+    app.router.add_post("/v1/revoke", revoke)
+    app.router.add_post("/v1/opinions", opinion)
+    app.router.add_post("/v1/match", match)
+    app.router.add_get("/v1/export", export)
+    app.router.add_post("/v1/import", import_bundle)
+    app.router.add_post("/v1/admin/peers", peer_add)
+    app.router.add_post("/v1/admin/trust", trust_add)
+    return app

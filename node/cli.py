@@ -1,0 +1,467 @@
+"""The `hashmesh` command: a thin layer over `NodeService` (directly or through the API).
+
+Contract (scripts rely on it): data goes to stdout, `--json` on every command that prints
+data, errors are one sentence on stderr with exit code 2 and change nothing; `match` exits
+0 when something matched and 1 when nothing did.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from protocol.errors import ProtocolError
+
+from .client import Backend, open_backend
+from .config import Home
+from .errors import NodeError
+from .service import init_home, verify_bundle_file
+
+EXIT_ERROR = 2
+
+
+def fail(message: str) -> NoReturn:
+    click.echo(f"hashmesh: {message}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+@contextmanager
+def errors() -> Iterator[None]:
+    try:
+        yield
+    except (NodeError, ProtocolError) as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"{exc.filename or 'file'}: {exc.strerror}")
+
+
+def emit(data: Any, as_json: bool, human: Callable[[Any], str]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        click.echo(human(data))
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+class Context:
+    def __init__(self, home: str | None) -> None:
+        self.home_path = home
+
+    @property
+    def home(self) -> Home:
+        if not self.home_path:
+            fail("no node home given (use --home HOME or set HASHMESH_HOME)")
+        return Home(self.home_path)
+
+    @contextmanager
+    def backend(self) -> Iterator[Backend]:
+        with errors(), open_backend(self.home) as backend:
+            yield backend
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--home",
+    envvar="HASHMESH_HOME",
+    type=click.Path(file_okay=False),
+    help="The node's home folder (or HASHMESH_HOME).",
+)
+@click.version_option(package_name="hashmesh")
+@click.pass_context
+def cli(ctx: click.Context, home: str | None) -> None:
+    """hashmesh: a federated, signed hash-exchange network."""
+    ctx.obj = Context(home)
+
+
+@cli.command()
+@click.argument("home", type=click.Path(file_okay=False))
+@click.option("--name", required=True, help="This node's (organisation's) name.")
+@click.option("--listen", help="HOST:PORT to listen on (default 127.0.0.1:7400).")
+@click.option("--url", help="The URL peers use to reach this node.")
+@json_option
+def init(home: str, name: str, listen: str | None, url: str | None, as_json: bool) -> None:
+    """Create a node home (key, config, database); print the node id."""
+    with errors():
+        config = init_home(home, name, listen, url)
+    emit(
+        {"node_id": config.node_id, "name": config.name, "home": str(Home(home).path)},
+        as_json,
+        lambda d: d["node_id"],
+    )
+
+
+@cli.command("id")
+@json_option
+@pass_ctx
+def id_(ctx: Context, as_json: bool) -> None:
+    """Print the node id."""
+    with errors():
+        config = ctx.home.load_config()
+    emit({"node_id": config.node_id, "name": config.name}, as_json, lambda d: d["node_id"])
+
+
+@cli.command()
+@pass_ctx
+def run(ctx: Context) -> None:
+    """Run the node in the foreground; SIGTERM or SIGINT stop it cleanly."""
+    from .daemon import run as run_daemon
+
+    with errors():
+        run_daemon(ctx.home)
+
+
+@cli.group()
+def peer() -> None:
+    """Peers this node syncs with."""
+
+
+@peer.command("add")
+@click.argument("name")
+@click.argument("url")
+@click.argument("node_id")
+@click.option("--share", multiple=True, help="A collection this peer may read (repeatable).")
+@json_option
+@pass_ctx
+def peer_add(
+    ctx: Context, name: str, url: str, node_id: str, share: tuple[str, ...], as_json: bool
+) -> None:
+    """Add (or replace) a peer and the collections it may read from us."""
+    with ctx.backend() as backend:
+        result = backend.peer_add(name, url, node_id, list(share))
+    emit(
+        result,
+        as_json,
+        lambda d: f"peer {d['peer']} may read: {', '.join(d['share']) or '(nothing)'}",
+    )
+
+
+@cli.group()
+def trust() -> None:
+    """Authors whose batches this node accepts."""
+
+
+@trust.command("add")
+@click.argument("node_id")
+@click.argument("collection")
+@click.option("--name", default="", help="A name to show for this author.")
+@json_option
+@pass_ctx
+def trust_add(ctx: Context, node_id: str, collection: str, name: str, as_json: bool) -> None:
+    """Accept batches authored by NODE_ID in COLLECTION (from any relay)."""
+    with ctx.backend() as backend:
+        result = backend.trust_add(node_id, collection, name)
+    emit(result, as_json, lambda d: f"trusting {d['node_id']} in {d['collection']}")
+
+
+@cli.command()
+@click.argument("signal_type", metavar="TYPE")
+@click.argument("value")
+@click.option("--collection", "-c", required=True)
+@click.option("--category", help="csam, ncii, terror ... (default: unspecified)")
+@click.option("--classification", help="e.g. NCMEC's A1, A2, B1, B2")
+@click.option("--ref", help="An opaque case or report reference (no personal data).")
+@click.option("--quality", type=int, help="PDQ quality 0-100, when known.")
+@click.option("--allow-low-quality", is_flag=True, help="Publish a PDQ hash of quality < 50.")
+@json_option
+@pass_ctx
+def add(
+    ctx: Context,
+    signal_type: str,
+    value: str,
+    collection: str,
+    category: str | None,
+    classification: str | None,
+    ref: str | None,
+    quality: int | None,
+    allow_low_quality: bool,
+    as_json: bool,
+) -> None:
+    """Publish one signal; print its op id."""
+    params: dict[str, Any] = {
+        "type": signal_type,
+        "value": value,
+        "collection": collection,
+        "category": category,
+        "classification": classification,
+        "ref": ref,
+        "quality": quality,
+    }
+    if allow_low_quality:
+        params["allow_low_quality"] = True
+    with ctx.backend() as backend:
+        result = backend.add(**params)
+    emit(result, as_json, lambda d: d["op_id"])
+
+
+def _file_hashes(path: str) -> dict[str, Any]:
+    from .hashing import hash_file
+
+    hashes = hash_file(Path(path))
+    out: dict[str, Any] = {
+        "file": path,
+        "md5": hashes.md5,
+        "sha1": hashes.sha1,
+        "sha256": hashes.sha256,
+    }
+    if hashes.pdq is not None:
+        out["pdq"] = hashes.pdq
+        out["quality"] = hashes.quality
+    return out
+
+
+def _hash_files(paths: tuple[str, ...]) -> list[dict[str, Any]]:
+    from .hashing import ImageError
+
+    results = []
+    with errors():
+        for path in paths:
+            try:
+                results.append(_file_hashes(path))
+            except ImageError as exc:
+                fail(f"{path}: {exc}")
+    return results
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--collection", "-c", required=True)
+@click.option("--category", help="csam, ncii, terror ... (default: unspecified)")
+@click.option("--classification")
+@json_option
+@pass_ctx
+def submit(
+    ctx: Context,
+    files: tuple[str, ...],
+    collection: str,
+    category: str | None,
+    classification: str | None,
+    as_json: bool,
+) -> None:
+    """Hash files locally and publish the hashes (never the files)."""
+    hashed = _hash_files(files)
+    signals: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    with ctx.backend() as backend:
+        minimum = backend.status().get("min_pdq_quality", 50)
+        for item in hashed:
+            labels = {"category": category, "classification": classification}
+            labels = {k: v for k, v in labels.items() if v}
+            signals.append({"type": "md5", "value": item["md5"], **labels})
+            signals.append({"type": "sha256", "value": item["sha256"], **labels})
+            if "pdq" in item:
+                if item["quality"] >= minimum:
+                    signals.append(
+                        {"type": "pdq", "value": item["pdq"], "quality": item["quality"], **labels}
+                    )
+                else:
+                    skipped.append(item["file"])
+        result = backend.add_many(collection, signals)
+    result["files"] = hashed
+    result["pdq_skipped_low_quality"] = skipped
+    for path in skipped:
+        click.echo(
+            f"hashmesh: {path}: PDQ quality below {minimum}, only exact hashes published", err=True
+        )
+
+    def human(d: dict[str, Any]) -> str:
+        return "\n".join(f"{s['op_id']}  {s['type']} {s['value']}" for s in d["signals"])
+
+    emit(result, as_json, human)
+
+
+@cli.command()
+@click.argument("op_id")
+@click.option("--reason", default="", help="Why (kept with the revocation).")
+@json_option
+@pass_ctx
+def revoke(ctx: Context, op_id: str, reason: str, as_json: bool) -> None:
+    """Revoke one of this node's own adds."""
+    with ctx.backend() as backend:
+        result = backend.revoke(op_id, reason)
+    emit(result, as_json, lambda d: d["op_id"])
+
+
+@cli.command()
+@click.argument("op_id")
+@click.argument("opinion", type=click.Choice(["confirm", "dispute", "seen", "retract"]))
+@json_option
+@pass_ctx
+def opinion(ctx: Context, op_id: str, opinion: str, as_json: bool) -> None:
+    """Record this node's view of an add (any author's)."""
+    with ctx.backend() as backend:
+        result = backend.opinion(op_id, opinion)
+    emit(result, as_json, lambda d: d["op_id"])
+
+
+def _format_matches(data: dict[str, Any]) -> str:
+    lines = []
+    for result in data["results"]:
+        q = result["query"]
+        if not result["matches"]:
+            lines.append(f"{q['type']} {q['value']}: no match")
+        for m in result["matches"]:
+            o = m["opinions"]
+            lines.append(
+                f"{q['type']} {q['value']}: MATCH {m['type']} {m['value']} distance {m['distance']}"
+                f" by {m['author_name'] or m['author']} in {m['collection']} ({m['category']}"
+                f"{', ' + m['classification'] if 'classification' in m else ''})"
+                f" op {m['op_id']} opinions confirm={o['confirm']} dispute={o['dispute']}"
+                f" seen={o['seen']}"
+            )
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("args", nargs=-1)
+@click.option(
+    "--file",
+    "file_",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Hash this file locally and match its hashes.",
+)
+@click.option("--threshold", type=int, default=31, show_default=True, help="PDQ Hamming distance.")
+@json_option
+@pass_ctx
+def match(
+    ctx: Context, args: tuple[str, ...], file_: str | None, threshold: int, as_json: bool
+) -> None:
+    """Match TYPE VALUE, or --file FILE. Exit 0: a live match, 1: none, 2: error."""
+    if file_ and args:
+        fail("give either TYPE VALUE or --file FILE, not both")
+    if file_:
+        item = _hash_files((file_,))[0]
+        queries = [{"type": t, "value": item[t]} for t in ("md5", "sha256", "pdq") if t in item]
+    elif len(args) == 2:
+        queries = [{"type": args[0], "value": args[1]}]
+    else:
+        fail("expected TYPE VALUE (e.g. `match pdq <64 hex>`) or --file FILE")
+    with ctx.backend() as backend:
+        result = backend.match(queries, threshold)
+    emit(result, as_json, _format_matches)
+    sys.exit(0 if result["matched"] else 1)
+
+
+def _format_status(d: dict[str, Any]) -> str:
+    lines = [
+        f"node      {d['name']}  {d['node_id']}",
+        f"running   {'yes, API ' + d.get('api', '') if d.get('running') else 'no'}",
+        f"listen    {d['listen']}   url {d['url']}",
+        f"signals   {d['live_signals']} live  "
+        + "  ".join(f"{c}={n}" for c, n in d["live_by_collection"].items()),
+        f"batches   {d['batches']} stored, {d['pending_batches']} waiting for predecessors",
+        f"feed      cursor {d['feed_cursor']}",
+        f"forks     {len(d['forks'])}",
+    ]
+    for f in d["forks"]:
+        lines.append(f"  FORK    {f['author']} in {f['collection']} at seq {f['seq']}")
+    lines.append(f"logs      {len(d['logs'])}")
+    for log in d["logs"]:
+        lines.append(
+            f"  {log['collection']:<16} {log['author_name'] or log['author'][:20]:<20}"
+            f" head {log['head']:<6} live {log['live']}{'  FORKED' if log['forked'] else ''}"
+        )
+    lines.append(f"peers     {len(d['peers'])}")
+    for p in d["peers"]:
+        lines.append(f"  {p['name']:<16} {p['url']}  reads: {', '.join(p['share']) or '-'}")
+    return "\n".join(lines)
+
+
+@cli.command()
+@json_option
+@pass_ctx
+def status(ctx: Context, as_json: bool) -> None:
+    """Show this node: logs and heads, live signals, peers, forks."""
+    with ctx.backend() as backend:
+        result = backend.status()
+    emit(result, as_json, _format_status)
+
+
+@cli.command()
+@click.option("--collection", "-c", required=True)
+@click.argument("out", type=click.Path(dir_okay=False))
+@json_option
+@pass_ctx
+def export(ctx: Context, collection: str, out: str, as_json: bool) -> None:
+    """Write a signed bundle of every log of COLLECTION held here."""
+    with ctx.backend() as backend:
+        result = backend.export(collection, out)
+    emit(result, as_json, lambda d: d["file"])
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
+@json_option
+def verify(bundle: str, as_json: bool) -> None:
+    """Check every signature, chain link and Merkle root of a bundle, offline."""
+    with errors():
+        result = verify_bundle_file(bundle)
+
+    def human(d: dict[str, Any]) -> str:
+        lines = [
+            f"valid bundle: {d['batches']} batches, {d['adds']} adds, {d['revokes']} revokes,"
+            f" {d['opinions']} opinions in {len(d['logs'])} logs"
+        ]
+        for log in d["logs"]:
+            lines.append(
+                f"  {log['collection']:<16} {log['author']}"
+                f"  seq 1-{log['head']}  adds {log['adds']}"
+            )
+        return "\n".join(lines)
+
+    emit(result, as_json, human)
+
+
+@cli.command("import")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
+@json_option
+@pass_ctx
+def import_(ctx: Context, bundle: str, as_json: bool) -> None:
+    """Ingest a bundle as if it came from a peer (same trust rules)."""
+    with ctx.backend() as backend, open(bundle, "rb") as fh:
+        result = backend.import_bundle(fh)
+    if result.get("refused_untrusted"):
+        click.echo(
+            f"hashmesh: skipped {result['refused_untrusted']} batches of authors not trusted for"
+            f" their collection: {', '.join(result['untrusted_logs'])}",
+            err=True,
+        )
+    emit(
+        result,
+        as_json,
+        lambda d: f"imported {d['applied']} batches ({d['duplicate']} already held)",
+    )
+
+
+@cli.command("hash")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@json_option
+def hash_(files: tuple[str, ...], as_json: bool) -> None:
+    """md5, sha256 and pdq (+quality) of each file, computed locally."""
+    results = _hash_files(files)
+
+    def human(rows: list[dict[str, Any]]) -> str:
+        lines = []
+        for r in rows:
+            lines.append(f"{r['file']}")
+            lines.append(f"  md5     {r['md5']}")
+            lines.append(f"  sha256  {r['sha256']}")
+            if "pdq" in r:
+                lines.append(f"  pdq     {r['pdq']}  quality {r['quality']}")
+        return "\n".join(lines)
+
+    emit(results, as_json, human)
+
+
+def main() -> None:
+    cli(prog_name="hashmesh")

@@ -1,0 +1,204 @@
+"""How the CLI reaches a node: directly through its store, or through the running node's API.
+
+`open_backend` takes the home's lock when it can (no node is running: work on the store
+directly, holding the lock so a node cannot start mid-command) and otherwise talks to the
+running node over HTTP with the admin token from the home folder. Both backends expose the
+same methods and return the same JSON values.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from .config import Home, HomeLock
+from .errors import HomeError, NodeError
+from .keys import read_secret
+from .service import NodeService
+
+HTTP_TIMEOUT = 600.0
+
+
+class LocalBackend:
+    """The node is not running: call the service on the store directly."""
+
+    running = False
+
+    def __init__(self, service: NodeService) -> None:
+        self.service = service
+
+    def add(self, **params: Any) -> dict[str, Any]:
+        return self.service.add(**params)
+
+    def add_many(self, collection: str, signals: list[dict[str, Any]]) -> dict[str, Any]:
+        return self.service.add_many(collection, signals)
+
+    def revoke(self, op_id: str, reason: str) -> dict[str, Any]:
+        return self.service.revoke(op_id, reason)
+
+    def opinion(self, op_id: str, opinion: str) -> dict[str, Any]:
+        return self.service.opinion(op_id, opinion)
+
+    def match(self, queries: list[dict[str, Any]], threshold: int) -> dict[str, Any]:
+        return self.service.match(queries, threshold)
+
+    def status(self) -> dict[str, Any]:
+        return {**self.service.status(), "running": False}
+
+    def export(self, collection: str, out: str) -> dict[str, Any]:
+        return self.service.export(collection, out)
+
+    def import_bundle(self, stream: BinaryIO) -> dict[str, Any]:
+        return self.service.import_bundle(stream)
+
+    def peer_add(self, name: str, url: str, node_id: str, share: list[str]) -> dict[str, Any]:
+        return self.service.peer_add(name, url, node_id, share)
+
+    def trust_add(self, node_id: str, collection: str, name: str) -> dict[str, Any]:
+        return self.service.trust_add(node_id, collection, name)
+
+
+class RemoteBackend:
+    """The node is running: the same calls over its local HTTP API."""
+
+    running = True
+
+    def __init__(self, api: str, token: str) -> None:
+        self.api = api.rstrip("/")
+        self.token = token
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        data: BinaryIO | None = None,
+        length: int | None = None,
+    ) -> urllib.request.Request:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        payload: Any = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        elif data is not None:
+            payload = data
+            headers["Content-Type"] = "application/octet-stream"
+            headers["Content-Length"] = str(length)
+        return urllib.request.Request(self.api + path, data=payload, headers=headers, method=method)
+
+    def _call(self, method: str, path: str, body: Any = None, **kw: Any) -> dict[str, Any]:
+        request = self._request(method, path, body, **kw)
+        try:
+            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
+                result: dict[str, Any] = json.loads(response.read())
+                return result
+        except urllib.error.HTTPError as exc:
+            raise NodeError(_error_text(exc)) from None
+        except urllib.error.URLError as exc:
+            raise NodeError(f"cannot reach the running node at {self.api}: {exc.reason}") from None
+
+    def add(self, **params: Any) -> dict[str, Any]:
+        return self._call("POST", "/v1/signals", {k: v for k, v in params.items() if v is not None})
+
+    def add_many(self, collection: str, signals: list[dict[str, Any]]) -> dict[str, Any]:
+        return self._call(
+            "POST", "/v1/signals/batch", {"collection": collection, "signals": signals}
+        )
+
+    def revoke(self, op_id: str, reason: str) -> dict[str, Any]:
+        return self._call("POST", "/v1/revoke", {"op_id": op_id, "reason": reason})
+
+    def opinion(self, op_id: str, opinion: str) -> dict[str, Any]:
+        return self._call("POST", "/v1/opinions", {"op_id": op_id, "opinion": opinion})
+
+    def match(self, queries: list[dict[str, Any]], threshold: int) -> dict[str, Any]:
+        return self._call("POST", "/v1/match", {"queries": queries, "threshold": threshold})
+
+    def status(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/status")
+
+    def export(self, collection: str, out: str) -> dict[str, Any]:
+        query = urllib.parse.urlencode({"collection": collection})
+        request = self._request("GET", f"/v1/export?{query}")
+        path = Path(out)
+        tmp = path.with_name(path.name + ".partial")
+        try:
+            with (
+                urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response,
+                open(tmp, "wb") as fh,
+            ):
+                while chunk := response.read(1 << 20):
+                    fh.write(chunk)
+            tmp.replace(path)
+        except urllib.error.HTTPError as exc:
+            tmp.unlink(missing_ok=True)
+            raise NodeError(_error_text(exc)) from None
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise NodeError(f"export to {out}: {exc}") from None
+        return {"collection": collection, "file": str(path)}
+
+    def import_bundle(self, stream: BinaryIO) -> dict[str, Any]:
+        stream.seek(0, 2)
+        length = stream.tell()
+        stream.seek(0)
+        return self._call("POST", "/v1/import", data=stream, length=length)
+
+    def peer_add(self, name: str, url: str, node_id: str, share: list[str]) -> dict[str, Any]:
+        body = {"name": name, "url": url, "node_id": node_id, "share": share}
+        return self._call("POST", "/v1/admin/peers", body)
+
+    def trust_add(self, node_id: str, collection: str, name: str) -> dict[str, Any]:
+        body = {"node_id": node_id, "collection": collection, "name": name}
+        return self._call("POST", "/v1/admin/trust", body)
+
+
+Backend = LocalBackend | RemoteBackend
+
+
+def _error_text(exc: urllib.error.HTTPError) -> str:
+    try:
+        return str(json.loads(exc.read())["error"])
+    except (ValueError, KeyError, TypeError):
+        return f"the node answered HTTP {exc.code}"
+
+
+def running_api(home: Home, wait: float = 10.0) -> str:
+    """The API address of the node holding the home's lock (it may still be starting)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            runtime = json.loads(home.runtime_path.read_text())
+            return str(runtime["api"])
+        except (FileNotFoundError, ValueError, KeyError):
+            if time.monotonic() > deadline:
+                raise HomeError(
+                    f"{home.path} is locked by a process that is not serving an API "
+                    "(is a node starting, or another command running?)"
+                ) from None
+            time.sleep(0.1)
+
+
+@contextmanager
+def open_backend(home: Home) -> Iterator[Backend]:
+    home.require()
+    lock = HomeLock(home)
+    if lock.try_acquire():
+        try:
+            service = NodeService(home)
+            try:
+                yield LocalBackend(service)
+            finally:
+                service.close()
+        finally:
+            lock.release()
+        return
+    token = read_secret(home.admin_token_path, "admin token")
+    yield RemoteBackend(running_api(home), token)

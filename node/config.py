@@ -1,0 +1,273 @@
+"""The node's home folder and its TOML configuration (identity, listen address, policy).
+
+Policy (peers and trusted authors) lives in the config so an operator can read and diff it;
+the running node re-reads the file when it changes, so neither a CLI change nor a hand edit
+needs a restart.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from protocol.errors import ProtocolError
+from protocol.ops import validate_collection
+from protocol.signing import validate_node_id
+
+from .errors import HomeError, NodeError
+
+CONFIG_FILE = "config.toml"
+KEY_FILE = "node.key"
+DB_FILE = "hashmesh.db"
+ADMIN_TOKEN_FILE = "admin.token"
+LOCK_FILE = "node.lock"
+RUNTIME_FILE = "node.json"
+DEFAULT_PORT = 7400
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise NodeError(f"listen address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:7400")
+    return host.strip("[]"), int(port)
+
+
+def check_url(url: str, what: str = "url") -> str:
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > 500:
+        raise NodeError(f"{what} {url!r}: must start with http:// or https://")
+    return url.rstrip("/")
+
+
+@dataclass
+class Peer:
+    name: str
+    url: str
+    node_id: str
+    share: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Trust:
+    node_id: str
+    collection: str
+    name: str = ""
+
+
+@dataclass
+class Config:
+    name: str
+    node_id: str
+    listen: str = f"127.0.0.1:{DEFAULT_PORT}"
+    url: str = ""
+    batch_size: int = 5000
+    batch_delay_ms: int = 200
+    min_pdq_quality: int = 50
+    sync_interval_s: float = 30.0
+    fanout: int = 3
+    tls_cert: str = ""
+    tls_key: str = ""
+    peers: list[Peer] = field(default_factory=list)
+    trust: list[Trust] = field(default_factory=list)
+
+    # -- policy --------------------------------------------------------------------------
+
+    def accepts(self, author: str, collection: str) -> bool:
+        """Whether batches by `author` in `collection` may be stored and relayed."""
+        if author == self.node_id:
+            return True
+        return any(t.node_id == author and t.collection == collection for t in self.trust)
+
+    def peer(self, node_id: str) -> Peer | None:
+        return next((p for p in self.peers if p.node_id == node_id), None)
+
+    def peer_may_read(self, node_id: str, collection: str) -> bool:
+        peer = self.peer(node_id)
+        return peer is not None and collection in peer.share
+
+    def author_name(self, node_id: str) -> str:
+        if node_id == self.node_id:
+            return self.name
+        for t in self.trust:
+            if t.node_id == node_id and t.name:
+                return t.name
+        peer = self.peer(node_id)
+        return peer.name if peer else ""
+
+    def add_peer(self, peer: Peer) -> None:
+        validate_name(peer.name, "peer name")
+        check_url(peer.url, "peer url")
+        _check_node_id(peer.node_id)
+        if peer.node_id == self.node_id:
+            raise NodeError("peer node id: that is this node's own id")
+        for c in peer.share:
+            _check_collection(c)
+        self.peers = [p for p in self.peers if p.node_id != peer.node_id and p.name != peer.name]
+        self.peers.append(peer)
+
+    def add_trust(self, trust: Trust) -> None:
+        _check_node_id(trust.node_id)
+        _check_collection(trust.collection)
+        if trust.name:
+            validate_name(trust.name, "name")
+        self.trust = [
+            t
+            for t in self.trust
+            if not (t.node_id == trust.node_id and t.collection == trust.collection)
+        ]
+        self.trust.append(trust)
+
+    # -- serialisation -------------------------------------------------------------------
+
+    def to_toml(self) -> str:
+        data: dict[str, Any] = {
+            "name": self.name,
+            "node_id": self.node_id,
+            "listen": self.listen,
+            "url": self.url,
+            "publish": {
+                "batch_size": self.batch_size,
+                "batch_delay_ms": self.batch_delay_ms,
+                "min_pdq_quality": self.min_pdq_quality,
+            },
+            "sync": {"interval_s": self.sync_interval_s, "fanout": self.fanout},
+            "tls": {"cert": self.tls_cert, "key": self.tls_key},
+            "peers": [asdict(p) for p in self.peers],
+            "trust": [asdict(t) for t in self.trust],
+        }
+        return tomli_w.dumps(data)
+
+    @classmethod
+    def from_toml(cls, text: str, source: str = CONFIG_FILE) -> Config:
+        try:
+            data = tomllib.loads(text)
+            publish = data.get("publish", {})
+            sync = data.get("sync", {})
+            tls = data.get("tls", {})
+            config = cls(
+                name=str(data["name"]),
+                node_id=str(data["node_id"]),
+                listen=str(data.get("listen", cls.listen)),
+                url=str(data.get("url", "")),
+                batch_size=int(publish.get("batch_size", cls.batch_size)),
+                batch_delay_ms=int(publish.get("batch_delay_ms", cls.batch_delay_ms)),
+                min_pdq_quality=int(publish.get("min_pdq_quality", cls.min_pdq_quality)),
+                sync_interval_s=float(sync.get("interval_s", cls.sync_interval_s)),
+                fanout=int(sync.get("fanout", cls.fanout)),
+                tls_cert=str(tls.get("cert", "")),
+                tls_key=str(tls.get("key", "")),
+                peers=[Peer(**p) for p in data.get("peers", [])],
+                trust=[Trust(**t) for t in data.get("trust", [])],
+            )
+        except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise HomeError(f"config {source}: {exc}") from None
+        parse_listen(config.listen)
+        if not 1 <= config.batch_size <= 10_000:
+            raise HomeError(f"config {source}: publish.batch_size must be 1-10000")
+        if not 0 <= config.batch_delay_ms <= 60_000:
+            raise HomeError(f"config {source}: publish.batch_delay_ms must be 0-60000")
+        return config
+
+
+def validate_name(name: str, what: str = "name") -> str:
+    if not isinstance(name, str) or not 1 <= len(name) <= 64 or not name.isprintable():
+        raise NodeError(f"{what} {name!r}: must be 1-64 printable characters")
+    return name
+
+
+def _check_node_id(node_id: str) -> None:
+    try:
+        validate_node_id(node_id)
+    except ProtocolError as exc:
+        raise NodeError(str(exc)) from None
+
+
+def _check_collection(name: str) -> None:
+    try:
+        validate_collection(name)
+    except ProtocolError as exc:
+        raise NodeError(str(exc)) from None
+
+
+class Home:
+    """Paths inside a node's home folder, and the config file's load/save."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser().resolve()
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def key_path(self) -> Path:
+        return self.path / KEY_FILE
+
+    @property
+    def db_path(self) -> Path:
+        return self.path / DB_FILE
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.path / ADMIN_TOKEN_FILE
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / LOCK_FILE
+
+    @property
+    def runtime_path(self) -> Path:
+        return self.path / RUNTIME_FILE
+
+    def exists(self) -> bool:
+        return self.config_path.exists() or self.key_path.exists()
+
+    def require(self) -> None:
+        if not self.config_path.exists():
+            raise HomeError(f"{self.path} is not a hashmesh home (run: hashmesh init {self.path})")
+
+    def load_config(self) -> Config:
+        self.require()
+        return Config.from_toml(self.config_path.read_text("utf-8"), str(self.config_path))
+
+    def config_mtime(self) -> float:
+        return self.config_path.stat().st_mtime
+
+    def save_config(self, config: Config) -> None:
+        tmp = self.config_path.with_suffix(".toml.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(config.to_toml())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.config_path)
+
+
+class HomeLock:
+    """An exclusive flock on HOME/node.lock: held by the running node, or by a CLI command
+    working on the store directly, so two writers never share the database."""
+
+    def __init__(self, home: Home) -> None:
+        self.home = home
+        self._fd: int | None = None
+
+    def try_acquire(self) -> bool:
+        import fcntl
+
+        fd = os.open(self.home.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -1,0 +1,189 @@
+"""The running node: process lifecycle, the store thread, batching, and the HTTP server.
+
+All store work happens on one dedicated thread (SQLite connections are single-owner), so
+the event loop never blocks on disk and requests are serialised without locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import ssl
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from protocol.ops import AddOp
+
+from .api import build_app
+from .config import Home, HomeLock, parse_listen
+from .errors import HomeError
+from .keys import hash_token, read_secret
+from .service import NodeService
+
+log = logging.getLogger("hashmesh.daemon")
+T = TypeVar("T")
+
+
+@dataclass
+class _Waiting:
+    collection: str
+    ops: list[AddOp] = field(default_factory=list)
+    futures: list[asyncio.Future[str]] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
+
+
+class BatchingPublisher:
+    """Coalesces single adds arriving close together into one signed batch.
+
+    A lone add waits at most batch_delay_ms; a burst is cut at batch_size ops. One
+    signature then covers many adds, which is what keeps verification cheap downstream.
+    """
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self._waiting: dict[str, _Waiting] = {}
+
+    async def add(self, type: str, value: str, collection: str, **labels: Any) -> dict[str, Any]:
+        service = self.daemon.service
+        op = await self.daemon.call(service.prepare_add, type, value, collection, **labels)
+        existing = await self.daemon.call(
+            service.store.find_own_live, service.node_id, collection, op.type, op.value
+        )
+        if existing is not None:
+            signal_row = await self.daemon.call(service.store.signal, existing)
+            assert signal_row is not None
+            return {"op_id": signal_row["op_id"], "type": op.type, "value": op.value, "new": False}
+        waiting = self._waiting.get(collection)
+        if waiting is None:
+            waiting = self._waiting[collection] = _Waiting(collection)
+            delay = service.config.batch_delay_ms / 1000
+            waiting.timer = asyncio.get_running_loop().call_later(
+                delay, lambda: asyncio.ensure_future(self.flush(collection))
+            )
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        waiting.ops.append(op)
+        waiting.futures.append(future)
+        if len(waiting.ops) >= service.config.batch_size:
+            await self.flush(collection)
+        op_id = await future
+        return {"op_id": op_id, "type": op.type, "value": op.value, "new": True}
+
+    async def flush(self, collection: str) -> None:
+        waiting = self._waiting.pop(collection, None)
+        if waiting is None:
+            return
+        if waiting.timer is not None:
+            waiting.timer.cancel()
+        try:
+            op_ids, _ = await self.daemon.call(self.daemon.service.publish, collection, waiting.ops)
+        except Exception as exc:
+            for future in waiting.futures:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for future, op_id in zip(waiting.futures, op_ids, strict=True):
+            if not future.done():
+                future.set_result(str(op_id))
+        await self.daemon.after_ingest()
+
+    async def flush_all(self) -> None:
+        for collection in list(self._waiting):
+            await self.flush(collection)
+
+
+class Daemon:
+    def __init__(self, home: Home) -> None:
+        self.home = home
+        self.lock = HomeLock(home)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self.publisher = BatchingPublisher(self)
+        self.runner: web.AppRunner | None = None
+        self.api_url = ""
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run store work on the store thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, lambda: fn(*args, **kwargs))
+
+    async def status(self) -> dict[str, Any]:
+        result = await self.call(self.service.status)
+        result["running"] = True
+        result["api"] = self.api_url
+        return result
+
+    async def after_ingest(self) -> None:
+        """Hook for newly applied batches (eager push to peers)."""
+
+    async def start(self) -> None:
+        self.home.require()
+        if not self.lock.try_acquire():
+            raise HomeError(f"{self.home.path} is already in use by a running node")
+        self.service = await self.call(NodeService, self.home)
+        self.admin_token_hash = hash_token(read_secret(self.home.admin_token_path, "admin token"))
+        await self.call(lambda: self.service.matcher.pdq)
+        host, port = parse_listen(self.service.config.listen)
+        ssl_context = None
+        config = self.service.config
+        if config.tls_cert and config.tls_key:
+            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_context.load_cert_chain(config.tls_cert, config.tls_key)
+        self.runner = web.AppRunner(build_app(self), access_log=None, handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port, ssl_context=ssl_context, shutdown_timeout=5)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        actual_port = sockets[0].getsockname()[1] if sockets else port
+        scheme = "https" if ssl_context else "http"
+        connect_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        self.api_url = f"{scheme}://{connect_host}:{actual_port}"
+        runtime = {"pid": os.getpid(), "api": self.api_url, "node_id": self.service.node_id}
+        tmp = self.home.runtime_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(runtime))
+        os.replace(tmp, self.home.runtime_path)
+        self._tasks.append(asyncio.create_task(self._watch_config()))
+        log.info("node %s listening on %s", self.service.config.name, self.api_url)
+
+    async def _watch_config(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.call(self.service.reload_config_if_changed)
+            except HomeError as exc:
+                log.error("config not reloaded: %s", exc)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self.publisher.flush_all()
+        if self.runner is not None:
+            await self.runner.cleanup()
+        self.home.runtime_path.unlink(missing_ok=True)
+        await self.call(self.service.close)
+        self.executor.shutdown(wait=True)
+        self.lock.release()
+
+    async def run_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        await self.start()
+        print(f"hashmesh node {self.service.config.name} running at {self.api_url}", flush=True)
+        try:
+            await self._stopping.wait()
+        finally:
+            await self.stop()
+
+
+def run(home: Home) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(Daemon(home).run_forever())

@@ -1,0 +1,396 @@
+"""What a node does, as plain methods: publish, revoke, opine, match, export, import, status.
+
+The CLI calls these directly when the node is not running, and the HTTP API calls the same
+methods when it is, so a command gives the same result either way. Every method takes and
+returns JSON-able values and raises NodeError (one sentence) for anything it refuses,
+before changing anything.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from protocol.batches import AnyOp, LogKey, build_batch, header_hash
+from protocol.bundles import BundleCheck, BundleDecoder, encode_bundle_header
+from protocol.errors import ProtocolError
+from protocol.ops import AddOp, OpId, OpinionOp, RevokeOp, validate_collection
+from protocol.signals import Signal
+
+from .config import Config, Home, Peer, Trust, check_url, parse_listen, validate_name
+from .errors import Conflict, HomeError, NodeError, NotFound
+from .keys import create_key, load_key, new_token, write_secret
+from .matcher import Matcher
+from .store import IngestResult, Store, now_ms
+
+DEFAULT_CATEGORY = "unspecified"
+BUNDLE_CHUNK = 1 << 20
+
+
+def init_home(path: str | Path, name: str, listen: str | None, url: str | None) -> Config:
+    """Create a node home: key (0600), admin token (0600), config and an empty database."""
+    home = Home(path)
+    validate_name(name, "name")
+    listen = listen or Config.listen
+    parse_listen(listen)
+    if url:
+        check_url(url)
+    if home.exists():
+        raise HomeError(f"{home.path} already holds a hashmesh node; refusing to overwrite it")
+    home.path.mkdir(parents=True, exist_ok=True)
+    os.chmod(home.path, 0o700)
+    key = create_key(home.key_path)
+    write_secret(home.admin_token_path, new_token() + "\n")
+    config = Config(name=name, node_id=key.node_id, listen=listen, url=url or f"http://{listen}")
+    home.save_config(config)
+    Store(home.db_path).close()
+    return config
+
+
+def _protocol(call: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return call(*args, **kwargs)
+    except ProtocolError as exc:
+        raise NodeError(str(exc)) from None
+
+
+class NodeService:
+    """One node's operations over its home. Not thread-safe: one caller at a time."""
+
+    def __init__(self, home: Home, store: Store | None = None) -> None:
+        self.home = home
+        self.config = home.load_config()
+        self._config_mtime = home.config_mtime()
+        self.key = load_key(home.key_path)
+        if self.key.node_id != self.config.node_id:
+            raise HomeError(f"{home.key_path} does not hold the key of node {self.config.node_id}")
+        self.store = store or Store(home.db_path)
+        self._matcher: Matcher | None = None
+
+    @property
+    def node_id(self) -> str:
+        return self.key.node_id
+
+    def close(self) -> None:
+        self.store.close()
+
+    def reload_config_if_changed(self) -> bool:
+        """Pick up hand edits of config.toml without a restart."""
+        mtime = self.home.config_mtime()
+        if mtime == self._config_mtime:
+            return False
+        self.config = self.home.load_config()
+        self._config_mtime = mtime
+        return True
+
+    def _save_config(self) -> None:
+        self.home.save_config(self.config)
+        self._config_mtime = self.home.config_mtime()
+
+    # -- publishing ----------------------------------------------------------------------
+
+    def publish(self, collection: str, ops: list[AnyOp]) -> tuple[list[OpId], IngestResult]:
+        """Sign ops into batches of at most batch_size, apply each to the store in order."""
+        _protocol(validate_collection, collection)
+        key = LogKey(self.node_id, collection)
+        op_ids: list[OpId] = []
+        total = IngestResult()
+        size = self.config.batch_size
+        for start in range(0, len(ops), size):
+            chunk = ops[start : start + size]
+            seq = self.store.head(key) + 1
+            prev_header = self.store.signed_header(key, seq - 1) if seq > 1 else None
+            prev = header_hash(prev_header.header_bytes) if prev_header else None
+            batch = _protocol(build_batch, self.key, collection, seq, prev, now_ms(), chunk)
+            result = self.store.ingest(batch, source="local")
+            if result.outcome != "applied":
+                raise NodeError(f"publishing to {collection} failed: batch was {result.outcome}")
+            op_ids.extend(batch.op_id(i) for i in range(len(chunk)))
+            total.decisions.extend(result.decisions)
+            total.added.extend(result.added)
+            total.removed.extend(result.removed)
+        return op_ids, total
+
+    def prepare_add(
+        self,
+        type: str,
+        value: str,
+        collection: str,
+        category: str | None = None,
+        classification: str | None = None,
+        ref: str | None = None,
+        quality: int | None = None,
+        allow_low_quality: bool = False,
+    ) -> AddOp:
+        _protocol(validate_collection, collection)
+        op: AddOp = _protocol(
+            AddOp.create,
+            type,
+            value,
+            category=category or DEFAULT_CATEGORY,
+            quality=quality,
+            classification=classification,
+            ref=ref,
+        )
+        minimum = self.config.min_pdq_quality
+        if op.type == "pdq" and quality is not None and quality < minimum and not allow_low_quality:
+            raise NodeError(
+                f"pdq quality {quality} is below the publishing minimum {minimum}: such hashes "
+                "match unrelated pictures (use --allow-low-quality to publish anyway)"
+            )
+        return op
+
+    def add(self, type: str, value: str, collection: str, **labels: Any) -> dict[str, Any]:
+        op = self.prepare_add(type, value, collection, **labels)
+        existing = self.store.find_own_live(self.node_id, collection, op.type, op.value)
+        if existing is not None:
+            signal = self.store.signal(existing)
+            assert signal is not None
+            return {"op_id": signal["op_id"], "type": op.type, "value": op.value, "new": False}
+        op_ids, _ = self.publish(collection, [op])
+        return {"op_id": str(op_ids[0]), "type": op.type, "value": op.value, "new": True}
+
+    def add_many(self, collection: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Publish many adds at once (submit, imports); already-live signals are skipped."""
+        ops: list[AddOp] = []
+        results: list[dict[str, Any]] = []
+        seen: set[tuple[str, str]] = set()
+        for n, item in enumerate(items):
+            try:
+                op = self.prepare_add(collection=collection, **item)
+            except TypeError:
+                raise NodeError(f"signals[{n}]: unexpected fields {sorted(item)}") from None
+            except NodeError as exc:
+                raise NodeError(f"signals[{n}]: {exc}") from None
+            existing = self.store.find_own_live(self.node_id, collection, op.type, op.value)
+            if existing is not None or (op.type, op.value) in seen:
+                known = self.store.signal(existing) if existing is not None else None
+                results.append(
+                    {
+                        "type": op.type,
+                        "value": op.value,
+                        "new": False,
+                        "op_id": known["op_id"] if known else None,
+                    }
+                )
+                continue
+            seen.add((op.type, op.value))
+            ops.append(op)
+            results.append({"type": op.type, "value": op.value, "new": True})
+        op_ids = self.publish(collection, list(ops))[0] if ops else []
+        fresh = iter(op_ids)
+        for r in results:
+            if r["new"]:
+                r["op_id"] = str(next(fresh))
+        return {"collection": collection, "published": len(op_ids), "signals": results}
+
+    def _known_add(self, op_id: str) -> tuple[OpId, dict[str, Any]]:
+        target: OpId = _protocol(OpId.parse, op_id)
+        signal_id = self.store.signal_id(target)
+        if signal_id is None:
+            raise NotFound(f"op id {op_id}: no add with this id is known to this node")
+        signal = self.store.signal(signal_id)
+        assert signal is not None
+        return target, signal
+
+    def revoke(self, op_id: str, reason: str = "") -> dict[str, Any]:
+        target, signal = self._known_add(op_id)
+        if target.author != self.node_id:
+            raise NodeError(
+                f"op id {op_id}: published by {target.author}, not by this node; only its "
+                "author can revoke it (record a dispute opinion instead)"
+            )
+        if not signal["live"]:
+            raise Conflict(f"op id {op_id}: already revoked by {signal['revoked_by']}")
+        revoke = _protocol(RevokeOp, targets=[str(target)], reason=reason or "")
+        op_ids, _ = self.publish(target.collection, [revoke])
+        return {"op_id": str(op_ids[0]), "revoked": str(target)}
+
+    def opinion(self, op_id: str, opinion: str, collection: str | None = None) -> dict[str, Any]:
+        target, _signal = self._known_add(op_id)
+        op = _protocol(OpinionOp, target=str(target), opinion=opinion)
+        op_ids, _ = self.publish(collection or target.collection, [op])
+        return {"op_id": str(op_ids[0]), "target": str(target), "opinion": opinion}
+
+    # -- reading -------------------------------------------------------------------------
+
+    @property
+    def matcher(self) -> Matcher:
+        if self._matcher is None:
+            self._matcher = Matcher(self.store)
+        return self._matcher
+
+    def match(self, queries: list[dict[str, Any]], threshold: int = 31) -> dict[str, Any]:
+        """Match many (type, value) queries; each hit carries its provenance and opinions."""
+        if not isinstance(queries, list) or not queries:
+            raise NodeError("queries: expected a non-empty list of {type, value}")
+        pairs: list[tuple[str, str]] = []
+        for n, q in enumerate(queries):
+            if (
+                not isinstance(q, dict)
+                or not isinstance(q.get("type"), str)
+                or not isinstance(q.get("value"), str)
+            ):
+                raise NodeError(f"queries[{n}]: expected an object with string type and value")
+            pairs.append((q["type"], q["value"]))
+        found = self.matcher.match(pairs, threshold)
+        results = []
+        for (kind, value), hits in zip(pairs, found, strict=True):
+            matches = [self.signal_info(m) for m in self.matcher.explain(hits)]
+            matches.sort(key=lambda m: (m["distance"], m["op_id"]))
+            results.append({"query": {"type": kind, "value": value}, "matches": matches})
+        return {
+            "threshold": threshold,
+            "matched": any(r["matches"] for r in results),
+            "results": results,
+        }
+
+    def signal_info(self, signal: dict[str, Any]) -> dict[str, Any]:
+        """A signal with its provenance: author name and the aggregated opinions."""
+        counts = self.store.opinion_counts(signal["op_id"])
+        out = dict(signal)
+        out.pop("id", None)
+        out["author_name"] = self.config.author_name(signal["author"])
+        out["opinions"] = {
+            "confirm": counts.confirm,
+            "dispute": counts.dispute,
+            "seen": counts.seen,
+        }
+        return out
+
+    def status(self) -> dict[str, Any]:
+        counts = self.store.counts()
+        logs = self.store.logs()
+        for log in logs:
+            log["author_name"] = self.config.author_name(log["author"])
+        return {
+            "node_id": self.node_id,
+            "name": self.config.name,
+            "listen": self.config.listen,
+            "url": self.config.url,
+            "home": str(self.home.path),
+            "min_pdq_quality": self.config.min_pdq_quality,
+            "live_signals": counts["live"],
+            "live_by_collection": counts["live_by_collection"],
+            "batches": counts["batches"],
+            "pending_batches": counts["pending"],
+            "feed_cursor": counts["feed_cursor"],
+            "logs": logs,
+            "forks": [{k: v for k, v in f.items() if k != "evidence"} for f in self.store.forks()],
+            "peers": [
+                {"name": p.name, "url": p.url, "node_id": p.node_id, "share": p.share}
+                for p in self.config.peers
+            ],
+            "trust": [
+                {"node_id": t.node_id, "collection": t.collection, "name": t.name}
+                for t in self.config.trust
+            ],
+        }
+
+    # -- policy --------------------------------------------------------------------------
+
+    def peer_add(self, name: str, url: str, node_id: str, share: list[str]) -> dict[str, Any]:
+        self.reload_config_if_changed()
+        self.config.add_peer(Peer(name=name, url=url, node_id=node_id, share=sorted(set(share))))
+        self._save_config()
+        return {"peer": name, "node_id": node_id, "url": url, "share": sorted(set(share))}
+
+    def trust_add(self, node_id: str, collection: str, name: str = "") -> dict[str, Any]:
+        self.reload_config_if_changed()
+        self.config.add_trust(Trust(node_id=node_id, collection=collection, name=name))
+        self._save_config()
+        return {"node_id": node_id, "collection": collection, "name": name}
+
+    # -- bundles -------------------------------------------------------------------------
+
+    def export_chunks(self, collection: str) -> Iterator[bytes]:
+        """A bundle of every log of the collection this node holds, as byte chunks."""
+        _protocol(validate_collection, collection)
+        logs = sorted(
+            (k for k in self.store.vector({collection})), key=lambda k: (k.collection, k.author)
+        )
+        manifest = {
+            "v": 1,
+            "collection": collection,
+            "exporter": self.node_id,
+            "created": now_ms(),
+            "logs": [
+                {"author": k.author, "collection": k.collection, "head": self.store.head(k)}
+                for k in logs
+            ],
+        }
+        yield encode_bundle_header(manifest)
+        for log in logs:
+            yield from self.store.batch_frames(log)
+
+    def export(self, collection: str, out: str) -> dict[str, Any]:
+        path = Path(out)
+        tmp = path.with_name(path.name + ".partial")
+        batches = 0
+        try:
+            with open(tmp, "wb") as fh:
+                for n, chunk in enumerate(self.export_chunks(collection)):
+                    fh.write(chunk)
+                    batches = n
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise NodeError(f"export to {out}: {exc.strerror}") from None
+        return {"collection": collection, "file": str(path), "batches": batches}
+
+    def import_bundle(self, stream: BinaryIO, source: str = "bundle") -> dict[str, Any]:
+        """Verify and ingest a bundle in one transaction: if any byte of it is wrong, nothing
+        changes; batches of authors not trusted for their collection are skipped, exactly as
+        they would be from a peer."""
+        self.reload_config_if_changed()
+        check = BundleCheck()
+        decoder = BundleDecoder()
+        counts = {"applied": 0, "duplicate": 0, "deferred": 0, "fork": 0, "frozen": 0}
+        refused = 0
+        refused_logs: set[str] = set()
+        try:
+            with self.store.bulk():
+                while chunk := stream.read(BUNDLE_CHUNK):
+                    for header, sig, ops in decoder.feed(chunk):
+                        batch = check.check(header, sig, ops)
+                        if not self.config.accepts(batch.header.author, batch.header.collection):
+                            refused += 1
+                            refused_logs.add(str(batch.log))
+                            continue
+                        outcome = self.store.ingest(batch, source=source).outcome
+                        counts[outcome] = counts.get(outcome, 0) + 1
+                decoder.close()
+        except ProtocolError as exc:
+            raise NodeError(f"bundle refused, nothing imported: {exc}") from None
+        return {
+            "batches": check.batches,
+            **counts,
+            "refused_untrusted": refused,
+            "untrusted_logs": sorted(refused_logs),
+        }
+
+
+def verify_bundle_file(path: str) -> dict[str, Any]:
+    """Check every signature, chain link and Merkle root of a bundle, offline."""
+    check = BundleCheck()
+    decoder = BundleDecoder()
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(BUNDLE_CHUNK):
+                for header, sig, ops in decoder.feed(chunk):
+                    check.check(header, sig, ops)
+            decoder.close()
+    except OSError as exc:
+        raise NodeError(f"bundle {path}: {exc.strerror}") from None
+    except ProtocolError as exc:
+        raise NodeError(f"bundle {path} is not valid: {exc}") from None
+    return {"file": path, "valid": True, "manifest": decoder.manifest, **check.summary()}
+
+
+def signal_from_user(type: str, value: str) -> Signal:
+    result: Signal = _protocol(Signal.parse, type, value)
+    return result

@@ -1,0 +1,658 @@
+"""The node's durable state: one SQLite file (WAL), written one batch per transaction.
+
+Ingesting a batch stores its exact signed bytes, its signals, the revocations and opinions
+it carries, the log's new head and the feed entries, all in one transaction: a crash at any
+instant leaves each batch either whole or absent, and re-receiving a batch is a no-op.
+
+The store implements `protocol.state.StateView`, so the protocol's `decide` makes every
+decision and the store only carries it out. sqlite-utils creates the schema and serves
+the convenience queries; the ingest hot path uses plain `executemany` in one transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from protocol.batches import Batch, LogKey, encode_frame, verify_batch
+from protocol.errors import ProtocolError
+from protocol.evidence import ForkEvidence, SignedHeader
+from protocol.ops import OpId
+from protocol.state import (
+    MAX_PENDING_PER_LOG,
+    Apply,
+    Decision,
+    Defer,
+    Duplicate,
+    Fork,
+    Frozen,
+    Opined,
+    OpinionCounts,
+    Revoked,
+    Stance,
+    apply_opinion,
+    count_opinions,
+    decide,
+)
+
+from .errors import HomeError
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS logs (
+    id INTEGER PRIMARY KEY,
+    author TEXT NOT NULL,
+    collection TEXT NOT NULL,
+    head INTEGER NOT NULL DEFAULT 0,
+    head_hash BLOB,
+    head_ts INTEGER,
+    forked INTEGER NOT NULL DEFAULT 0,
+    adds INTEGER NOT NULL DEFAULT 0,
+    live INTEGER NOT NULL DEFAULT 0,
+    updated_at INTEGER,
+    UNIQUE (author, collection)
+);
+CREATE TABLE IF NOT EXISTS batches (
+    log_id INTEGER NOT NULL REFERENCES logs(id),
+    seq INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    header BLOB NOT NULL,
+    sig BLOB NOT NULL,
+    ops BLOB NOT NULL,
+    op_count INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    PRIMARY KEY (log_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS signals (
+    id INTEGER PRIMARY KEY,
+    log_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    value TEXT NOT NULL,
+    quality INTEGER,
+    category TEXT NOT NULL,
+    classification TEXT,
+    ref TEXT,
+    revoked_by TEXT,
+    revoked_reason TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS signals_position ON signals (log_id, seq, idx);
+CREATE INDEX IF NOT EXISTS signals_value ON signals (value);
+CREATE TABLE IF NOT EXISTS opinions (
+    target TEXT NOT NULL,
+    author TEXT NOT NULL,
+    collection TEXT NOT NULL,
+    verdict TEXT,
+    seen INTEGER NOT NULL DEFAULT 0,
+    op_id TEXT NOT NULL,
+    PRIMARY KEY (target, author, collection)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pending (
+    log_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    frame BLOB NOT NULL,
+    received_at INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    PRIMARY KEY (log_id, seq, hash)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS forks (
+    id TEXT PRIMARY KEY,
+    log_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    evidence BLOB NOT NULL,
+    found_at INTEGER NOT NULL,
+    source TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS feed (
+    cursor INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    collection TEXT NOT NULL,
+    signal_id INTEGER,
+    op_id TEXT,
+    target TEXT,
+    detail TEXT,
+    at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS feed_collection ON feed (collection, cursor);
+"""
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class IngestResult:
+    """What one ingest call did: the decisions in order (the batch, then any it unblocked)."""
+
+    decisions: list[Decision] = field(default_factory=list)
+    added: list[tuple[int, str, str]] = field(default_factory=list)
+    removed: list[int] = field(default_factory=list)
+
+    @property
+    def applied(self) -> list[Batch]:
+        return [d.batch for d in self.decisions if isinstance(d, Apply)]
+
+    @property
+    def forks(self) -> list[ForkEvidence]:
+        return [d.evidence for d in self.decisions if isinstance(d, Fork)]
+
+    @property
+    def outcome(self) -> str:
+        """The first decision's kind: applied, duplicate, deferred, fork or frozen."""
+        if not self.decisions:
+            return "none"
+        return {
+            Apply: "applied",
+            Duplicate: "duplicate",
+            Defer: "deferred",
+            Fork: "fork",
+            Frozen: "frozen",
+        }[type(self.decisions[0])]
+
+
+ChangeListener = Callable[[list[tuple[int, str, str]], list[int]], None]
+
+
+class Store:
+    """One node's SQLite database. Not thread-safe: one owner (the node process or the CLI)."""
+
+    def __init__(self, path: str | Path, *, check: bool = True) -> None:
+        self.path = Path(path)
+        try:
+            self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+            self.conn.execute("PRAGMA busy_timeout=10000")
+            self.conn.execute("PRAGMA cache_size=-65536")
+            if check:
+                result = self.conn.execute("PRAGMA quick_check").fetchone()[0]
+                if result != "ok":
+                    raise HomeError(f"database {self.path} failed its integrity check: {result}")
+            self.conn.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise HomeError(f"database {self.path}: {exc}") from None
+        self.db = sqlite_utils.Database(self.conn)
+        self.conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+            (str(SCHEMA_VERSION),),
+        )
+        self._log_ids: dict[LogKey, int] = {}
+        self._log_keys: dict[int, LogKey] = {}
+        self._heads: dict[int, int] = {}
+        self._forked: set[int] = set()
+        for row in self.conn.execute("SELECT id, author, collection, head, forked FROM logs"):
+            key = LogKey(row[1], row[2])
+            self._log_ids[key] = row[0]
+            self._log_keys[row[0]] = key
+            self._heads[row[0]] = row[3]
+            if row[4]:
+                self._forked.add(row[0])
+        self.listeners: list[ChangeListener] = []
+        self._bulk: IngestResult | None = None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- StateView -----------------------------------------------------------------------
+
+    def head(self, log: LogKey) -> int:
+        log_id = self._log_ids.get(log)
+        return 0 if log_id is None else self._heads[log_id]
+
+    def signed_header(self, log: LogKey, seq: int) -> SignedHeader | None:
+        log_id = self._log_ids.get(log)
+        if log_id is None:
+            return None
+        row = self.conn.execute(
+            "SELECT header, sig FROM batches WHERE log_id = ? AND seq = ?", (log_id, seq)
+        ).fetchone()
+        return None if row is None else SignedHeader(row[0], row[1])
+
+    def is_forked(self, log: LogKey) -> bool:
+        log_id = self._log_ids.get(log)
+        return log_id is not None and log_id in self._forked
+
+    def is_add(self, op_id: OpId) -> bool:
+        return self.signal_id(op_id) is not None
+
+    # -- ingest --------------------------------------------------------------------------
+
+    def _log_id(self, log: LogKey) -> int:
+        log_id = self._log_ids.get(log)
+        if log_id is None:
+            cur = self.conn.execute(
+                "INSERT INTO logs (author, collection) VALUES (?, ?)", (log.author, log.collection)
+            )
+            log_id = int(cur.lastrowid or 0)
+            self._log_ids[log] = log_id
+            self._log_keys[log_id] = log
+            self._heads[log_id] = 0
+        return log_id
+
+    def ingest(self, batch: Batch, source: str = "local") -> IngestResult:
+        """Decide and carry out one verified batch, then every waiting batch it unblocks."""
+        result = IngestResult()
+        queue = [batch]
+        while queue:
+            current = queue.pop()
+            decision = decide(self, current)
+            result.decisions.append(decision)
+            if isinstance(decision, Apply):
+                self._transaction(lambda d=decision: self._apply(d, source, result))
+                successor = self._take_pending(current.log, current.seq + 1)
+                if successor is not None:
+                    queue.append(successor)
+            elif isinstance(decision, Defer):
+                self._transaction(lambda c=current: self._defer(c, source))
+            elif isinstance(decision, Fork):
+                self._transaction(lambda d=decision: self._store_fork(d.evidence, source))
+        if self._bulk is not None:
+            self._bulk.added.extend(result.added)
+            self._bulk.removed.extend(result.removed)
+        else:
+            self._notify(result.added, result.removed)
+        return result
+
+    def _notify(self, added: list[tuple[int, str, str]], removed: list[int]) -> None:
+        if added or removed:
+            for listener in self.listeners:
+                listener(added, removed)
+
+    def _snapshot(self) -> tuple[Any, ...]:
+        return (dict(self._log_ids), dict(self._log_keys), dict(self._heads), set(self._forked))
+
+    def _restore(self, snapshot: tuple[Any, ...]) -> None:
+        self._log_ids, self._log_keys, self._heads, self._forked = snapshot
+
+    def _transaction(self, work: Callable[[], None]) -> None:
+        """One batch, atomically: a transaction, or a savepoint inside `bulk`."""
+        snapshot = self._snapshot()
+        nested = self._bulk is not None
+        self.conn.execute("SAVEPOINT batch" if nested else "BEGIN IMMEDIATE")
+        try:
+            work()
+        except BaseException:
+            self.conn.execute("ROLLBACK TO batch" if nested else "ROLLBACK")
+            if nested:
+                self.conn.execute("RELEASE batch")
+            self._restore(snapshot)
+            raise
+        self.conn.execute("RELEASE batch" if nested else "COMMIT")
+
+    @contextmanager
+    def bulk(self) -> Iterator[None]:
+        """Make everything ingested inside one transaction: all of it commits or none does.
+
+        Used by bundle import, where a bad batch late in the file must leave no trace; change
+        listeners (the matcher index) hear of the changes only after the commit.
+        """
+        if self._bulk is not None:
+            raise RuntimeError("bulk() does not nest")
+        snapshot = self._snapshot()
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._bulk = IngestResult()
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            self._restore(snapshot)
+            self._bulk = None
+            raise
+        self.conn.execute("COMMIT")
+        done, self._bulk = self._bulk, None
+        self._notify(done.added, done.removed)
+
+    def _apply(self, decision: Apply, source: str, result: IngestResult) -> None:
+        batch = decision.batch
+        header = batch.header
+        log_id = self._log_id(batch.log)
+        at = now_ms()
+        conn = self.conn
+        conn.execute(
+            "INSERT INTO batches (log_id, seq, hash, header, sig, ops, op_count, received_at,"
+            " source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                log_id,
+                header.seq,
+                batch.hash,
+                batch.header_bytes,
+                batch.signature,
+                batch.ops_bytes,
+                header.count,
+                at,
+                source,
+            ),
+        )
+        seq = header.seq
+        first_id = None
+        if decision.adds:
+            first_id = (conn.execute("SELECT coalesce(max(id), 0) FROM signals").fetchone()[0]) + 1
+            conn.executemany(
+                "INSERT INTO signals (id, log_id, seq, idx, type, value, quality, category,"
+                " classification, ref) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        first_id + n,
+                        log_id,
+                        seq,
+                        index,
+                        op.type,
+                        op.value,
+                        op.quality,
+                        op.category,
+                        op.classification,
+                        op.ref,
+                    )
+                    for n, (index, op) in enumerate(decision.adds)
+                ],
+            )
+            collection = header.collection
+            conn.executemany(
+                "INSERT INTO feed (kind, collection, signal_id, at) VALUES ('add', ?, ?, ?)",
+                [(collection, first_id + n, at) for n in range(len(decision.adds))],
+            )
+            result.added.extend(
+                (first_id + n, op.type, op.value) for n, (_, op) in enumerate(decision.adds)
+            )
+        revoked = 0
+        for effect in decision.effects:
+            if isinstance(effect, Revoked):
+                revoked += self._revoke(effect, header.collection, at, result)
+            elif isinstance(effect, Opined):
+                self._opine(effect, at)
+        conn.execute(
+            "UPDATE logs SET head = ?, head_hash = ?, head_ts = ?, adds = adds + ?,"
+            " live = live + ? - ?, updated_at = ? WHERE id = ?",
+            (
+                seq,
+                batch.hash,
+                header.ts,
+                len(decision.adds),
+                len(decision.adds),
+                revoked,
+                at,
+                log_id,
+            ),
+        )
+        self._heads[log_id] = seq
+
+    def _revoke(self, effect: Revoked, collection: str, at: int, result: IngestResult) -> int:
+        signal_id = self.signal_id(effect.target)
+        if signal_id is None:
+            return 0
+        cur = self.conn.execute(
+            "UPDATE signals SET revoked_by = ?, revoked_reason = ? WHERE id = ?"
+            " AND revoked_by IS NULL",
+            (str(effect.by), effect.reason, signal_id),
+        )
+        if cur.rowcount == 0:
+            return 0
+        self.conn.execute(
+            "INSERT INTO feed (kind, collection, signal_id, op_id, target, detail, at)"
+            " VALUES ('revoke', ?, ?, ?, ?, ?, ?)",
+            (collection, signal_id, str(effect.by), str(effect.target), effect.reason, at),
+        )
+        result.removed.append(signal_id)
+        return 1
+
+    def _opine(self, effect: Opined, at: int) -> None:
+        target = str(effect.target)
+        author, collection = effect.op_id.author, effect.op_id.collection
+        row = self.conn.execute(
+            "SELECT verdict, seen FROM opinions WHERE target = ? AND author = ? AND collection = ?",
+            (target, author, collection),
+        ).fetchone()
+        stance = Stance(row[0], bool(row[1])) if row else Stance()
+        apply_opinion(stance, effect.opinion)
+        self.conn.execute(
+            "INSERT OR REPLACE INTO opinions (target, author, collection, verdict, seen, op_id)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (target, author, collection, stance.verdict, int(stance.seen), str(effect.op_id)),
+        )
+        self.conn.execute(
+            "INSERT INTO feed (kind, collection, op_id, target, detail, at)"
+            " VALUES ('opinion', ?, ?, ?, ?, ?)",
+            (collection, str(effect.op_id), target, effect.opinion, at),
+        )
+
+    def _defer(self, batch: Batch, source: str) -> None:
+        log_id = self._log_id(batch.log)
+        waiting = self.conn.execute(
+            "SELECT count(*) FROM pending WHERE log_id = ?", (log_id,)
+        ).fetchone()[0]
+        if waiting >= MAX_PENDING_PER_LOG:
+            return
+        self.conn.execute(
+            "INSERT OR IGNORE INTO pending (log_id, seq, hash, frame, received_at, source)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (log_id, batch.seq, batch.hash, batch.to_bytes(), now_ms(), source),
+        )
+
+    def _take_pending(self, log: LogKey, seq: int) -> Batch | None:
+        """Pop one waiting batch for (log, seq); re-verified, since it is stored bytes."""
+        log_id = self._log_ids[log]
+        rows = self.conn.execute(
+            "SELECT hash, frame FROM pending WHERE log_id = ? AND seq = ?", (log_id, seq)
+        ).fetchall()
+        for hash_, frame in rows:
+            self.conn.execute(
+                "DELETE FROM pending WHERE log_id = ? AND seq = ? AND hash = ?",
+                (log_id, seq, hash_),
+            )
+            try:
+                return verify_batch(frame)
+            except ProtocolError:
+                continue
+        return None
+
+    def _store_fork(self, evidence: ForkEvidence, source: str) -> None:
+        log_id = self._log_id(evidence.log)
+        self.conn.execute(
+            "INSERT OR IGNORE INTO forks (id, log_id, seq, evidence, found_at, source)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (evidence.id, log_id, evidence.seq, evidence.to_bytes(), now_ms(), source),
+        )
+        self.conn.execute("UPDATE logs SET forked = 1 WHERE id = ?", (log_id,))
+        self.conn.execute("DELETE FROM pending WHERE log_id = ?", (log_id,))
+        self._forked.add(log_id)
+
+    def add_evidence(self, evidence: ForkEvidence, source: str) -> bool:
+        """Store evidence learnt from a peer; True when it was new."""
+        known = self.conn.execute("SELECT 1 FROM forks WHERE id = ?", (evidence.id,)).fetchone()
+        if known:
+            return False
+        self._transaction(lambda: self._store_fork(evidence, source))
+        return True
+
+    # -- queries -------------------------------------------------------------------------
+
+    def log_key(self, log_id: int) -> LogKey:
+        return self._log_keys[log_id]
+
+    def signal_id(self, op_id: OpId) -> int | None:
+        log_id = self._log_ids.get(LogKey(op_id.author, op_id.collection))
+        if log_id is None:
+            return None
+        row = self.conn.execute(
+            "SELECT id FROM signals WHERE log_id = ? AND seq = ? AND idx = ?",
+            (log_id, op_id.seq, op_id.index),
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def signal(self, signal_id: int) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT id, log_id, seq, idx, type, value, quality, category, classification, ref,"
+            " revoked_by, revoked_reason FROM signals WHERE id = ?",
+            (signal_id,),
+        ).fetchone()
+        return None if row is None else self._signal_dict(row)
+
+    def signals_by_id(self, ids: list[int]) -> dict[int, dict[str, Any]]:
+        out: dict[int, dict[str, Any]] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.conn.execute(
+                "SELECT id, log_id, seq, idx, type, value, quality, category, classification,"
+                f" ref, revoked_by, revoked_reason FROM signals WHERE id IN ({marks})",
+                chunk,
+            ):
+                out[row[0]] = self._signal_dict(row)
+        return out
+
+    def _signal_dict(self, row: tuple[Any, ...]) -> dict[str, Any]:
+        log = self._log_keys[row[1]]
+        out: dict[str, Any] = {
+            "id": row[0],
+            "op_id": str(OpId(log.author, log.collection, row[2], row[3])),
+            "author": log.author,
+            "collection": log.collection,
+            "type": row[4],
+            "value": row[5],
+            "category": row[7],
+        }
+        if row[6] is not None:
+            out["quality"] = row[6]
+        if row[8] is not None:
+            out["classification"] = row[8]
+        if row[9] is not None:
+            out["ref"] = row[9]
+        out["live"] = row[10] is None
+        if row[10] is not None:
+            out["revoked_by"] = row[10]
+            out["revoked_reason"] = row[11]
+        return out
+
+    def find_exact(self, signal_type: str, value: str, live_only: bool = True) -> list[int]:
+        sql = "SELECT id FROM signals WHERE value = ? AND type = ?"
+        if live_only:
+            sql += " AND revoked_by IS NULL"
+        return [row[0] for row in self.conn.execute(sql, (value, signal_type))]
+
+    def find_own_live(
+        self, author: str, collection: str, signal_type: str, value: str
+    ) -> int | None:
+        log_id = self._log_ids.get(LogKey(author, collection))
+        if log_id is None:
+            return None
+        row = self.conn.execute(
+            "SELECT id FROM signals WHERE value = ? AND type = ? AND log_id = ?"
+            " AND revoked_by IS NULL LIMIT 1",
+            (value, signal_type, log_id),
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def live_signals(self, signal_type: str) -> Iterator[tuple[int, str]]:
+        """(id, value) of every live signal of a type, for loading a matcher index."""
+        yield from self.conn.execute(
+            "SELECT id, value FROM signals WHERE type = ? AND revoked_by IS NULL", (signal_type,)
+        )
+
+    def opinion_counts(self, target: str) -> OpinionCounts:
+        rows = self.conn.execute(
+            "SELECT author, verdict, seen FROM opinions WHERE target = ?", (target,)
+        ).fetchall()
+        return count_opinions((a, Stance(v, bool(s))) for a, v, s in rows)
+
+    def opinions_on(self, target: str) -> list[dict[str, Any]]:
+        return [
+            {"author": a, "collection": c, "verdict": v, "seen": bool(s), "op_id": o}
+            for a, c, v, s, o in self.conn.execute(
+                "SELECT author, collection, verdict, seen, op_id FROM opinions WHERE target = ?"
+                " ORDER BY author, collection",
+                (target,),
+            )
+        ]
+
+    def logs(self) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT l.id, l.author, l.collection, l.head, l.head_hash, l.head_ts, l.forked,"
+            " l.adds, l.live, l.updated_at, (SELECT count(*) FROM pending p WHERE p.log_id = l.id)"
+            " FROM logs l ORDER BY l.collection, l.author"
+        ).fetchall()
+        return [
+            {
+                "author": r[1],
+                "collection": r[2],
+                "head": r[3],
+                "head_hash": r[4].hex() if r[4] else None,
+                "head_ts": r[5],
+                "forked": bool(r[6]),
+                "adds": r[7],
+                "live": r[8],
+                "updated_at": r[9],
+                "pending": r[10],
+            }
+            for r in rows
+        ]
+
+    def vector(self, collections: set[str] | None = None) -> dict[LogKey, int]:
+        """Version vector: the highest contiguous seq of every log held (optionally filtered)."""
+        return {
+            key: self._heads[log_id]
+            for key, log_id in self._log_ids.items()
+            if self._heads[log_id] > 0 and (collections is None or key.collection in collections)
+        }
+
+    def batch_frames(self, log: LogKey, after: int = 0, limit: int = 1_000_000) -> Iterator[bytes]:
+        log_id = self._log_ids.get(log)
+        if log_id is None:
+            return
+        for header, sig, ops in self.conn.execute(
+            "SELECT header, sig, ops FROM batches WHERE log_id = ? AND seq > ? ORDER BY seq"
+            " LIMIT ?",
+            (log_id, after, limit),
+        ):
+            yield encode_frame(header, sig, ops)
+
+    def forks(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": r[0],
+                "author": self._log_keys[r[1]].author,
+                "collection": self._log_keys[r[1]].collection,
+                "seq": r[2],
+                "evidence": r[3].decode("ascii"),
+                "found_at": r[4],
+                "source": r[5],
+            }
+            for r in self.conn.execute(
+                "SELECT id, log_id, seq, evidence, found_at, source FROM forks ORDER BY found_at"
+            )
+        ]
+
+    def feed_cursor(self) -> int:
+        row = self.conn.execute("SELECT coalesce(max(cursor), 0) FROM feed").fetchone()
+        return int(row[0])
+
+    def counts(self) -> dict[str, Any]:
+        live = {
+            row[0]: row[1]
+            for row in self.conn.execute(
+                "SELECT collection, sum(live) FROM logs GROUP BY collection ORDER BY collection"
+            )
+        }
+        return {
+            "live_by_collection": live,
+            "live": sum(live.values()),
+            "batches": self.conn.execute("SELECT count(*) FROM batches").fetchone()[0],
+            "pending": self.conn.execute("SELECT count(*) FROM pending").fetchone()[0],
+            "forks": self.conn.execute("SELECT count(*) FROM forks").fetchone()[0],
+            "feed_cursor": self.feed_cursor(),
+        }
+
+    def integrity_check(self) -> str:
+        return str(self.conn.execute("PRAGMA integrity_check").fetchone()[0])
