@@ -188,7 +188,7 @@ def fmt_row(size: int, label: str, r: dict[str, Any], truth: Pairs) -> list[str]
         return [f"{size:,}", label, "-", "-", "-", "-", "-", "-", "-", r["error"]]
     lat = sorted(r["lat"])
     p50 = statistics.median(lat) * 1e3
-    p99 = lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))] * 1e3
+    p99 = lat[min(len(lat) - 1, round(0.99 * (len(lat) - 1)))] * 1e3
     qps = len(lat) / sum(lat)
     recall = len(r["found"] & truth) / len(truth) if truth else 1.0
     extra = len(r["found"] - truth)
@@ -201,14 +201,30 @@ def fmt_row(size: int, label: str, r: dict[str, Any], truth: Pairs) -> list[str]
     if extra:
         note = (note + f"; {extra} results beyond threshold").strip("; ")
     return [
-        f"{size:,}", label, build, f"{qps:,.0f}", batch, f"{p50:.3f}", f"{p99:.3f}",
-        f"{recall:.4f}", f"{mib} / {bph}", note,
+        f"{size:,}",
+        label,
+        build,
+        f"{qps:,.0f}",
+        batch,
+        f"{p50:.3f}",
+        f"{p99:.3f}",
+        f"{recall:.4f}",
+        f"{mib} / {bph}",
+        note,
     ]
 
 
 HEADER = [
-    "hashes", "index", "build s", "queries/s (one by one)", "queries/s (batch)",
-    "median ms", "p99 ms", "recall", "RSS delta MiB / bytes per hash", "note",
+    "hashes",
+    "index",
+    "build s",
+    "queries/s (one by one)",
+    "queries/s (batch)",
+    "median ms",
+    "p99 ms",
+    "recall",
+    "RSS delta MiB / bytes per hash",
+    "note",
 ]
 
 
@@ -286,10 +302,14 @@ def main() -> None:
         "--contenders", default="hashmesh,te-mih,te-flat", help=f"any of {','.join(CONTENDERS)}"
     )
     ap.add_argument(
-        "--flat-max", type=parse_size, default=parse_size("1M"),
+        "--flat-max",
+        type=parse_size,
+        default=parse_size("1M"),
         help="largest size for te-flat (float32 L2 brute force: 1 KiB per hash, slow)",
     )
-    ap.add_argument("--write-docs", action="store_true", help="replace our section of docs/benchmarks.md")
+    ap.add_argument(
+        "--write-docs", action="store_true", help="replace our section of docs/benchmarks.md"
+    )
     args = ap.parse_args()
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     names = [c.strip() for c in args.contenders.split(",") if c.strip()]
@@ -298,7 +318,10 @@ def main() -> None:
         import faiss  # noqa: F401
         import threatexchange  # noqa: F401
     except ImportError as exc:
-        msg = f"threatexchange/faiss not importable ({exc}); install: pip install threatexchange faiss-cpu"
+        msg = (
+            f"threatexchange/faiss not importable ({exc}); "
+            "install with: pip install threatexchange faiss-cpu"
+        )
         print(msg)
         notes.append(msg)
         names = [n for n in names if not n.startswith("te-")]
@@ -312,7 +335,10 @@ def main() -> None:
         planted_hits = len({q for q, _ in truth if q < args.queries // 2})
         print(f"   {len(truth)} true pairs; {planted_hits} planted queries matched", flush=True)
         brute = {
-            "build": None, "mem": words.nbytes, "lat": lat, "found": truth,
+            "build": None,
+            "mem": words.nbytes,
+            "lat": lat,
+            "found": truth,
             "note": "input array only, no index",
         }
         rows.append(fmt_row(n, "numpy brute force (bitwise_count)", brute, truth))

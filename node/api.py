@@ -190,21 +190,21 @@ async def peer_add(request: web.Request) -> web.Response:
     share = body.get("share", [])
     if not isinstance(share, list) or not all(isinstance(c, str) for c in share):
         raise NodeError("share: expected a list of collection names")
-    return web.json_response(
-        await daemon.call(
-            daemon.service.peer_add, body["name"], body["url"], body["node_id"], share
-        )
+    result = await daemon.call(
+        daemon.service.peer_add, body["name"], body["url"], body["node_id"], share
     )
+    await daemon.policy_changed()
+    return web.json_response(result)
 
 
 async def trust_add(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON_KEY]
     body = _fields(await read_json(request), ("node_id", "collection"), ("name",))
-    return web.json_response(
-        await daemon.call(
-            daemon.service.trust_add, body["node_id"], body["collection"], body.get("name", "")
-        )
+    result = await daemon.call(
+        daemon.service.trust_add, body["node_id"], body["collection"], body.get("name", "")
     )
+    await daemon.policy_changed()
+    return web.json_response(result)
 
 
 def build_app(daemon: Daemon) -> web.Application:

@@ -82,6 +82,13 @@ class Config:
             return True
         return any(t.node_id == author and t.collection == collection for t in self.trust)
 
+    def accepted_collections(self) -> set[str]:
+        """Collections with at least one trusted author (besides our own logs)."""
+        return {t.collection for t in self.trust}
+
+    def accepts_collection(self, collection: str) -> bool:
+        return collection in self.accepted_collections()
+
     def peer(self, node_id: str) -> Peer | None:
         return next((p for p in self.peers if p.node_id == node_id), None)
 

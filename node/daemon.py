@@ -26,6 +26,7 @@ from .config import Home, HomeLock, parse_listen
 from .errors import HomeError
 from .keys import hash_token, read_secret
 from .service import NodeService
+from .sync import Replicator
 
 log = logging.getLogger("hashmesh.daemon")
 T = TypeVar("T")
@@ -118,10 +119,20 @@ class Daemon:
         result = await self.call(self.service.status)
         result["running"] = True
         result["api"] = self.api_url
+        ours = await self.call(self.service.store.vector)
+        by_id = {p.node_id: p for p in self.service.config.peers}
+        for entry in result["peers"]:
+            peer = by_id.get(entry["node_id"])
+            if peer is not None:
+                entry.update(self.replicator.peer_status(peer, ours))
+        result["sync_rounds"] = self.replicator.rounds
         return result
 
     async def after_ingest(self) -> None:
-        """Hook for newly applied batches (eager push to peers)."""
+        """Newly applied batches reach peers through the store's batch listeners."""
+
+    async def policy_changed(self) -> None:
+        self.replicator.wake()
 
     async def start(self) -> None:
         self.home.require()
@@ -136,7 +147,10 @@ class Daemon:
         if config.tls_cert and config.tls_key:
             ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ssl_context.load_cert_chain(config.tls_cert, config.tls_key)
-        self.runner = web.AppRunner(build_app(self), access_log=None, handle_signals=False)
+        self.replicator = Replicator(self)
+        app = build_app(self)
+        self.replicator.register(app)
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port, ssl_context=ssl_context, shutdown_timeout=5)
         await site.start()
@@ -151,13 +165,15 @@ class Daemon:
         tmp.write_text(json.dumps(runtime))
         os.replace(tmp, self.home.runtime_path)
         self._tasks.append(asyncio.create_task(self._watch_config()))
+        self.replicator.start()
         log.info("node %s listening on %s", self.service.config.name, self.api_url)
 
     async def _watch_config(self) -> None:
         while True:
             await asyncio.sleep(1.0)
             try:
-                await self.call(self.service.reload_config_if_changed)
+                if await self.call(self.service.reload_config_if_changed):
+                    self.replicator.wake()
             except HomeError as exc:
                 log.error("config not reloaded: %s", exc)
 
@@ -165,6 +181,7 @@ class Daemon:
         for task in self._tasks:
             task.cancel()
         await self.publisher.flush_all()
+        await self.replicator.stop()
         if self.runner is not None:
             await self.runner.cleanup()
         self.home.runtime_path.unlink(missing_ok=True)

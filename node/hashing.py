@@ -23,8 +23,8 @@ from typing import IO
 
 import numpy as np
 import numpy.typing as npt
-import pdqhash
-from PIL import Image, ImageOps
+import pdqhash  # type: ignore[import-untyped]
+from PIL import Image, UnidentifiedImageError
 
 from protocol.hashing import Digests
 
@@ -114,7 +114,7 @@ def _pdq_from_stream(stream: IO[bytes], name: str) -> tuple[str, int]:
                 return _hash_image(image)
     except ImageError:
         raise
-    except Image.UnidentifiedImageError as exc:
+    except UnidentifiedImageError as exc:
         raise ImageError(f"{name} is not an image format Pillow can read") from exc
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{name} has too many pixels to decode safely") from exc

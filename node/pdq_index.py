@@ -79,7 +79,10 @@ _CHUNK_BASE = (np.arange(_CHUNKS, dtype=np.int64) * (_CHUNK_VALUES + 1))[:, None
 
 
 def _popcount_distance(a: U64Array, b: U64Array) -> npt.NDArray[np.int64]:
-    return np.bitwise_count(np.bitwise_xor(a, b)).sum(axis=-1, dtype=np.int64)
+    dist: npt.NDArray[np.int64] = np.bitwise_count(np.bitwise_xor(a, b)).sum(
+        axis=-1, dtype=np.int64
+    )
+    return dist
 
 
 def _check_words(words: npt.ArrayLike) -> U64Array:
@@ -91,7 +94,7 @@ def _check_words(words: npt.ArrayLike) -> U64Array:
     return np.ascontiguousarray(arr)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Segment:
     """Immutable rows plus their 16 chunk tables; only the `alive` mask changes."""
 
@@ -167,7 +170,9 @@ class _Segment:
         n_rows = len(self.keys)
         # Expected candidates per query, used to bound the size of one vectorised batch.
         per_query = max(1, probes_per_query * (n_rows // _CHUNK_VALUES + 1))
-        step = max(1, _QUERY_BATCH_CANDIDATES // per_query)
+        # Past a few thousand candidates a query, gathering each candidate's query costs
+        # more than the per-call overhead that batching saves.
+        step = 1 if per_query > 8192 else max(1, _QUERY_BATCH_CANDIDATES // per_query)
         out_q: list[I64Array] = []
         out_k: list[I64Array] = []
         out_d: list[I64Array] = []
@@ -207,7 +212,7 @@ def _concat(parts: list[I64Array]) -> I64Array:
     return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Delta:
     """Recent adds, scanned brute force until they are worth a segment."""
 

@@ -21,9 +21,9 @@ from typing import Any
 
 import sqlite_utils
 
-from protocol.batches import Batch, LogKey, encode_frame, verify_batch
+from protocol.batches import Batch, LogKey, encode_frame, split_frame, verify_batch
 from protocol.errors import ProtocolError
-from protocol.evidence import ForkEvidence, SignedHeader
+from protocol.evidence import ForkEvidence, SignedHeader, build_evidence
 from protocol.ops import OpId
 from protocol.state import (
     MAX_PENDING_PER_LOG,
@@ -129,6 +129,10 @@ CREATE INDEX IF NOT EXISTS feed_collection ON feed (collection, cursor);
 """
 
 
+def _signed(batch: Batch) -> SignedHeader:
+    return SignedHeader(batch.header_bytes, batch.signature)
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -164,6 +168,7 @@ class IngestResult:
 
 
 ChangeListener = Callable[[list[tuple[int, str, str]], list[int]], None]
+BatchListener = Callable[[list[Batch], list[ForkEvidence], str], None]
 
 
 class Store:
@@ -201,6 +206,7 @@ class Store:
             if row[4]:
                 self._forked.add(row[0])
         self.listeners: list[ChangeListener] = []
+        self.batch_listeners: list[BatchListener] = []
         self._bulk: IngestResult | None = None
 
     def close(self) -> None:
@@ -256,20 +262,32 @@ class Store:
                 if successor is not None:
                     queue.append(successor)
             elif isinstance(decision, Defer):
-                self._transaction(lambda c=current: self._defer(c, source))
+                held = self._pending_conflict(current)
+                if held is None:
+                    self._transaction(lambda c=current: self._defer(c, source))
+                else:
+                    # Two different waiting batches at one seq: a fork, whatever the order.
+                    fork = Fork(current, build_evidence(held, _signed(current)))
+                    result.decisions[-1] = fork
+                    self._transaction(lambda d=fork: self._store_fork(d.evidence, source))
             elif isinstance(decision, Fork):
                 self._transaction(lambda d=decision: self._store_fork(d.evidence, source))
         if self._bulk is not None:
+            self._bulk.decisions.extend(result.decisions)
             self._bulk.added.extend(result.added)
             self._bulk.removed.extend(result.removed)
         else:
-            self._notify(result.added, result.removed)
+            self._notify(result, source)
         return result
 
-    def _notify(self, added: list[tuple[int, str, str]], removed: list[int]) -> None:
-        if added or removed:
+    def _notify(self, result: IngestResult, source: str) -> None:
+        if result.added or result.removed:
             for listener in self.listeners:
-                listener(added, removed)
+                listener(result.added, result.removed)
+        applied, forks = result.applied, result.forks
+        if applied or forks:
+            for batch_listener in self.batch_listeners:
+                batch_listener(applied, forks, source)
 
     def _snapshot(self) -> tuple[Any, ...]:
         return (dict(self._log_ids), dict(self._log_keys), dict(self._heads), set(self._forked))
@@ -313,7 +331,7 @@ class Store:
             raise
         self.conn.execute("COMMIT")
         done, self._bulk = self._bulk, None
-        self._notify(done.added, done.removed)
+        self._notify(done, "bundle")
 
     def _apply(self, decision: Apply, source: str, result: IngestResult) -> None:
         batch = decision.batch
@@ -440,6 +458,24 @@ class Store:
             " VALUES (?, ?, ?, ?, ?, ?)",
             (log_id, batch.seq, batch.hash, batch.to_bytes(), now_ms(), source),
         )
+
+    def _pending_conflict(self, batch: Batch) -> SignedHeader | None:
+        """A validly signed waiting batch at the same place as `batch` but different from it."""
+        log_id = self._log_ids.get(batch.log)
+        if log_id is None:
+            return None
+        for (frame,) in self.conn.execute(
+            "SELECT frame FROM pending WHERE log_id = ? AND seq = ? AND hash != ?",
+            (log_id, batch.seq, batch.hash),
+        ).fetchall():
+            try:
+                header_bytes, signature, _, _ = split_frame(frame)
+                held = SignedHeader(header_bytes, signature)
+                build_evidence(held, _signed(batch))
+            except ProtocolError:
+                continue
+            return held
+        return None
 
     def _take_pending(self, log: LogKey, seq: int) -> Batch | None:
         """Pop one waiting batch for (log, seq); re-verified, since it is stored bytes."""

@@ -66,6 +66,8 @@ def parse_header(header_bytes: bytes) -> Header:
     value = parse_canonical(header_bytes, "batch header")
     if not isinstance(value, dict):
         raise BatchError("batch header: must be a JSON object")
+    if type(value.get("v")) is not int:  # pydantic's Literal[1] would also take `true`
+        raise BatchError("batch header.v: must be the integer 1")
     try:
         header = Header.model_validate(value)
     except ValidationError as exc:

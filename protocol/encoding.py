@@ -71,7 +71,10 @@ def _check_value(value: Any, depth: int) -> None:
 def canonical(value: Any) -> bytes:
     """Encode a value to its canonical bytes (raises EncodingError for floats and the like)."""
     _check_value(value, 0)
-    return _encoder.encode(value).encode("utf-8")
+    try:
+        return _encoder.encode(value).encode("utf-8")
+    except UnicodeEncodeError:
+        raise EncodingError("JSON: a string holds a lone surrogate (not valid UTF-8)") from None
 
 
 def parse_canonical(data: bytes, what: str = "JSON") -> Any:
@@ -90,39 +93,6 @@ def parse_canonical(data: bytes, what: str = "JSON") -> Any:
     if _encoder.encode(value) != text:
         raise EncodingError(f"{what}: not in canonical form (sorted keys, no spaces)")
     return value
-
-
-_fast_decoder = json.JSONDecoder(parse_float=_reject_float, parse_constant=_reject_constant)
-
-
-def parse_canonical_many(lines: list[bytes], what: str) -> list[Any]:
-    """Decode many canonical JSON texts in one parser call (the hot path of batch ingest).
-
-    Each line is a complete JSON value; joining them into one array lets the C parser do
-    the work once instead of once per line. No per-object hook runs: the re-encoding check
-    already rejects duplicate keys (the re-encoded object is shorter). Callers validate the
-    values' types and ranges with a schema, which is why the generic walk is skipped here.
-    """
-    try:
-        joined = b"[" + b",".join(lines) + b"]"
-        text = joined.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise EncodingError(f"{what}: not valid UTF-8 ({exc.reason})") from None
-    try:
-        values = _fast_decoder.decode(text)
-    except EncodingError as exc:
-        raise EncodingError(f"{what}: {exc}") from None
-    except (ValueError, RecursionError) as exc:
-        raise EncodingError(f"{what}: not valid JSON ({exc})") from None
-    if not isinstance(values, list) or len(values) != len(lines):
-        raise EncodingError(f"{what}: each line must hold exactly one JSON value")
-    try:
-        same = _encoder.encode(values) == text
-    except (ValueError, RecursionError):
-        same = False
-    if not same:
-        raise EncodingError(f"{what}: an op is not in canonical form (sorted keys, no spaces)")
-    return values
 
 
 def b64url(data: bytes) -> str:

@@ -84,6 +84,7 @@ def verify_evidence(data: bytes) -> ForkEvidence:
     if (
         not isinstance(value, dict)
         or set(value) != {"v", "kind", "a", "b"}
+        or type(value["v"]) is not int
         or value["v"] != 1
         or value["kind"] != "fork"
     ):

@@ -8,6 +8,7 @@ one canonical JSON object; absent optional fields are omitted, never `null`.
 from __future__ import annotations
 
 import re
+from itertools import compress
 from operator import attrgetter
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -199,23 +200,30 @@ def parse_ops(values: list[Any], what: str = "ops") -> list[AddOp | RevokeOp | O
 
 def check_signals(ops: list[AddOp | RevokeOp | OpinionOp], what: str = "ops") -> None:
     """Apply `AddOp.check_signal` to every add, one regex per signal type instead of per op."""
-    adds = [op for op in ops if type(op) is AddOp]
+    adds: list[AddOp] = (
+        ops  # type: ignore[assignment]
+        if set(map(type, ops)) == {AddOp}
+        else [op for op in ops if type(op) is AddOp]
+    )
     if not adds:
         return
     registry = signal_registry()
-    types = set(map(_get_type, adds))
+    type_list = list(map(_get_type, adds))
+    types = set(type_list)
     ok = types <= registry.keys() and (
         set(map(_get_quality, adds)) == {None}
         or types == {"pdq"}
         or not any(op.quality is not None for op in adds if op.type != "pdq")
     )
-    if ok and len(types) == 1:
-        ok = registry[types.pop()].all_canonical(list(map(_get_value, adds)))
-    elif ok:
-        ok = all(
-            registry[name].all_canonical([op.value for op in adds if op.type == name])
-            for name in types
-        )
+    if ok:
+        values = list(map(_get_value, adds))
+        for name in types:
+            chosen = values
+            if len(types) > 1:
+                chosen = list(compress(values, map(name.__eq__, type_list)))
+            if not registry[name].all_canonical(chosen):
+                ok = False
+                break
     if ok:
         return
     for i, op in enumerate(ops):
@@ -224,7 +232,7 @@ def check_signals(ops: list[AddOp | RevokeOp | OpinionOp], what: str = "ops") ->
                 op.check_signal()
             except SignalError as exc:
                 raise SignalError(f"{what}[{i}]: {exc}") from None
-    raise AssertionError("check_signals: a batch check failed but no op did")  # unreachable
+    raise SignalError(f"{what}: a signal is malformed")  # the loop above names it first
 
 
 _get_type = attrgetter("type")

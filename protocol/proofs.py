@@ -47,7 +47,7 @@ def verify_proof(data: bytes) -> ProvenOp:
     value: Any = parse_canonical(data, "proof")
     if not isinstance(value, dict) or set(value) != _FIELDS:
         raise ProofError(f"proof: must be an object with exactly the fields {sorted(_FIELDS)}")
-    if value["v"] != 1:
+    if type(value["v"]) is not int or value["v"] != 1:
         raise ProofError("proof.v: unsupported version")
     index, path = value["index"], value["path"]
     if type(index) is not int or not isinstance(path, list) or len(path) > MAX_PROOF_LENGTH:

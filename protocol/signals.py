@@ -145,10 +145,13 @@ class PhotoDNASignal(SignalType):
                 numbers = [int(part) for part in value.split(",")]
             except ValueError:
                 raise SignalError(f"{cls.name} value: byte list holds a non-number") from None
-            if len(numbers) != cls.size or not all(0 <= n <= 255 for n in numbers):
+            if len(numbers) != cls.size:
                 raise SignalError(
-                    f"{cls.name} value: expected {cls.size} byte values 0-255, got {len(numbers)}"
+                    f"{cls.name} value: expected {cls.size} byte values, got {len(numbers)}"
                 )
+            bad = next((n for n in numbers if not 0 <= n <= 255), None)
+            if bad is not None:
+                raise SignalError(f"{cls.name} value: byte value {bad} is outside 0-255")
             data = bytes(numbers)
         else:
             try:

@@ -1,0 +1,245 @@
+"""Peers: authenticating their requests, signing ours, and keeping score of how they behave.
+
+Every request between nodes is signed (protocol.peerauth); this module is the I/O around
+those pure functions: the clock, random nonces, the replay cache, per-peer rate limits,
+exponential back-off for unreachable peers, and a misbehaviour score that cuts a peer off
+when it keeps sending invalid data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from protocol.peerauth import (
+    DEFAULT_WINDOW_MS,
+    PeerAuthError,
+    RequestAuth,
+    sign_request,
+    sign_response,
+    verify_request,
+    verify_response,
+)
+from protocol.signing import SigningKey
+
+from .config import Config, Peer
+from .errors import NodeError
+from .store import now_ms
+
+MAX_PEER_BODY = 32 * 1024 * 1024
+RATE_PER_SECOND = 50.0
+RATE_BURST = 200.0
+BACKOFF_BASE_S = 1.0
+BACKOFF_CAP_S = 300.0
+CUTOFF_SCORE = 100
+CUTOFF_SECONDS = 600.0
+PENALTY_INVALID = 25
+PENALTY_FLOOD = 1
+
+
+class Unauthorized(NodeError):
+    status = 401
+
+
+class PeerForbidden(NodeError):
+    status = 403
+
+
+class TooManyRequests(NodeError):
+    status = 429
+
+
+class PayloadTooLarge(NodeError):
+    status = 413
+
+
+class NonceCache:
+    """Nonces seen within the timestamp window; a replay inside the window is refused and
+    one outside it is refused by the timestamp check, so the cache stays bounded."""
+
+    def __init__(self, window_ms: int = DEFAULT_WINDOW_MS, limit: int = 200_000) -> None:
+        self.window_ms = window_ms
+        self.limit = limit
+        self._seen: OrderedDict[tuple[str, str], int] = OrderedDict()
+
+    def check_and_add(self, caller: str, nonce: str, now: int) -> bool:
+        while self._seen:
+            _key, seen_at = next(iter(self._seen.items()))
+            if now - seen_at <= 2 * self.window_ms and len(self._seen) < self.limit:
+                break
+            self._seen.popitem(last=False)
+        if (caller, nonce) in self._seen:
+            return False
+        self._seen[(caller, nonce)] = now
+        return True
+
+
+@dataclass
+class PeerState:
+    """What this node knows of one peer at run time (shown by `status`)."""
+
+    node_id: str
+    failures: int = 0
+    next_attempt: float = 0.0
+    last_ok_ms: int | None = None
+    last_attempt_ms: int | None = None
+    last_error: str = ""
+    score: int = 0
+    cut_off_until: float = 0.0
+    vector: dict[tuple[str, str], int] = field(default_factory=dict)
+    tokens: float = RATE_BURST
+    refill_at: float = field(default_factory=time.monotonic)
+    batches_received: int = 0
+    batches_sent: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self.next_attempt = 0.0
+        self.last_ok_ms = now_ms()
+        self.last_error = ""
+
+    def failed(self, error: str) -> None:
+        self.failures += 1
+        delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (self.failures - 1))
+        self.next_attempt = time.monotonic() + delay * random.uniform(0.8, 1.2)
+        self.last_error = error
+
+    def penalise(self, points: int, reason: str) -> None:
+        self.score += points
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+        if self.score >= CUTOFF_SCORE:
+            self.cut_off_until = time.monotonic() + CUTOFF_SECONDS
+
+    @property
+    def cut_off(self) -> bool:
+        if self.cut_off_until and time.monotonic() >= self.cut_off_until:
+            self.cut_off_until = 0.0
+            self.score = CUTOFF_SCORE // 2
+        return self.cut_off_until > 0.0
+
+    def take_token(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(RATE_BURST, self.tokens + (now - self.refill_at) * RATE_PER_SECOND)
+        self.refill_at = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "reachable": self.failures == 0 and self.last_ok_ms is not None,
+            "last_sync_ms": self.last_ok_ms,
+            "last_attempt_ms": self.last_attempt_ms,
+            "failures": self.failures,
+            "last_error": self.last_error,
+            "score": self.score,
+            "cut_off": self.cut_off,
+            "batches_received": self.batches_received,
+            "batches_sent": self.batches_sent,
+            "refused": dict(self.refused),
+        }
+
+
+class Peers:
+    """Run-time state of all peers, and authentication of incoming peer requests."""
+
+    def __init__(self, key: SigningKey) -> None:
+        self.key = key
+        self.nonces = NonceCache()
+        self.states: dict[str, PeerState] = {}
+
+    def state(self, node_id: str) -> PeerState:
+        st = self.states.get(node_id)
+        if st is None:
+            st = self.states[node_id] = PeerState(node_id)
+        return st
+
+    async def authenticate(
+        self, request: web.Request, config: Config
+    ) -> tuple[Peer, RequestAuth, bytes]:
+        """Check a peer request: signature, audience, freshness, nonce, known peer, limits."""
+        if request.content_length is not None and request.content_length > MAX_PEER_BODY:
+            raise PayloadTooLarge(f"request body: larger than {MAX_PEER_BODY} bytes")
+        body = await request.content.read(MAX_PEER_BODY + 1)
+        if len(body) > MAX_PEER_BODY:
+            raise PayloadTooLarge(f"request body: larger than {MAX_PEER_BODY} bytes")
+        now = now_ms()
+        try:
+            auth = verify_request(
+                request.headers, request.method, request.path_qs, body, self.key.node_id, now
+            )
+        except PeerAuthError as exc:
+            raise Unauthorized(str(exc)) from None
+        peer = config.peer(auth.caller)
+        if peer is None:
+            raise PeerForbidden(f"node {auth.caller} is not a peer of this node")
+        state = self.state(auth.caller)
+        if state.cut_off:
+            raise PeerForbidden("this peer is cut off for sending invalid data; try later")
+        if not self.nonces.check_and_add(auth.caller, auth.nonce, now):
+            raise Unauthorized("peer auth: nonce replayed")
+        if not state.take_token():
+            state.penalise(PENALTY_FLOOD, "rate_limited")
+            raise TooManyRequests("too many requests from this peer; slow down")
+        return peer, auth, body
+
+    def respond(
+        self, auth: RequestAuth, body: bytes, content_type: str, status: int = 200
+    ) -> web.Response:
+        headers = sign_response(self.key, auth.caller, auth.nonce, status, body)
+        headers["Content-Type"] = content_type
+        return web.Response(body=body, status=status, headers=headers)
+
+
+class PeerClient:
+    """Signed requests to peers, with responses verified against the peer's node id."""
+
+    def __init__(self, key: SigningKey, timeout_s: float = 30.0) -> None:
+        self.key = key
+        self.session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=timeout_s, connect=5.0),
+            auto_decompress=True,
+        )
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def post(self, peer: Peer, path: str, body: bytes, content_type: str) -> bytes:
+        nonce = os.urandom(16)
+        headers = sign_request(self.key, peer.node_id, "POST", path, body, now_ms(), nonce)
+        headers["Content-Type"] = content_type
+        async with self.session.post(peer.url + path, data=body, headers=headers) as response:
+            data = await response.content.read(MAX_PEER_BODY + 1)
+            if len(data) > MAX_PEER_BODY:
+                raise NodeError(f"peer {peer.name}: response larger than {MAX_PEER_BODY} bytes")
+            if response.status != 200:
+                raise NodeError(f"peer {peer.name} answered {response.status}: {_error(data)}")
+            try:
+                verify_response(
+                    response.headers,
+                    response.status,
+                    data,
+                    peer.node_id,
+                    self.key.node_id,
+                    headers["X-Hashmesh-Nonce"],
+                )
+            except PeerAuthError as exc:
+                raise NodeError(f"peer {peer.name}: {exc}") from None
+            return data
+
+
+def _error(data: bytes) -> str:
+    try:
+        return str(json.loads(data)["error"])
+    except (ValueError, KeyError, TypeError):
+        return data[:200].decode("utf-8", "replace")

@@ -1,0 +1,373 @@
+"""Replication between nodes: pull with version vectors, push what the peer lacks, eager
+push of every new batch, relaying, fork-evidence gossip, and periodic anti-entropy.
+
+Server side (routes under /v1/peer/, every request signed by a configured peer):
+
+    POST /v1/peer/sync      the caller's vector -> a page of batches it lacks + our vector
+    POST /v1/peer/batches   batch frames pushed to us
+    POST /v1/peer/evidence  fork evidence gossiped to us
+
+A peer only ever receives batches of collections our policy lets it read; batches of
+authors we do not trust for their collection are refused and never stored or relayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import random
+import time
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+
+from protocol.batches import Batch, LogKey, iter_frames, verify_parts
+from protocol.errors import ProtocolError
+from protocol.evidence import ForkEvidence, verify_evidence
+from protocol.sync import (
+    Page,
+    Vector,
+    decode_page,
+    encode_page,
+    encode_sync_request,
+    missing,
+    parse_sync_request,
+    vector_from_wire,
+    vector_to_wire,
+)
+
+from .config import Peer
+from .errors import NodeError
+from .peers import PENALTY_INVALID, PeerClient, Peers
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+log = logging.getLogger("hashmesh.sync")
+
+PAGE_BATCHES = 200
+PAGE_BYTES = 8 * 1024 * 1024
+MAX_PAGES_PER_ROUND = 1000
+PUSH_BATCHES = 50
+
+
+class BadPeerData(NodeError):
+    status = 400
+
+
+class Replicator:
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.service = daemon.service
+        self.store = daemon.service.store
+        self.peers = Peers(daemon.service.key)
+        self.client: PeerClient | None = None
+        self.queue: asyncio.Queue[tuple[list[Batch], list[ForkEvidence], str]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self._syncing: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.rounds = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def register(self, app: web.Application) -> None:
+        app.router.add_post("/v1/peer/sync", self.handle_sync)
+        app.router.add_post("/v1/peer/batches", self.handle_batches)
+        app.router.add_post("/v1/peer/evidence", self.handle_evidence)
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.client = PeerClient(self.service.key)
+
+        def on_batches(batches: list[Batch], forks: list[ForkEvidence], source: str) -> None:
+            loop.call_soon_threadsafe(self.queue.put_nowait, (batches, forks, source))
+
+        self.store.batch_listeners.append(on_batches)
+        self._tasks = [
+            asyncio.create_task(self._anti_entropy()),
+            asyncio.create_task(self._push_worker()),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.client is not None:
+            await self.client.close()
+
+    def wake(self) -> None:
+        """Start an anti-entropy round now (e.g. after a policy change)."""
+        self._wake.set()
+
+    # -- server side ---------------------------------------------------------------------
+
+    async def handle_sync(self, request: web.Request) -> web.Response:
+        config = self.service.config
+        peer, auth, body = await self.peers.authenticate(request, config)
+        try:
+            sync_request = parse_sync_request(body)
+        except ProtocolError as exc:
+            self.peers.state(peer.node_id).penalise(PENALTY_INVALID, "bad_sync_request")
+            raise BadPeerData(str(exc)) from None
+        page = await self.daemon.call(self._build_page, peer, sync_request)
+        return self.peers.respond(auth, page, "application/octet-stream")
+
+    def _build_page(self, peer: Peer, request: Any) -> bytes:
+        config = self.service.config
+        readable = {c for c in request.collections if config.peer_may_read(peer.node_id, c)}
+        ours = self.store.vector(readable)
+        frames: list[bytes] = []
+        size = 0
+        more = False
+        for log_key, have in sorted(missing(ours, request.vector).items(), key=_log_order):
+            for frame in self.store.batch_frames(log_key, after=have, limit=PAGE_BATCHES):
+                if len(frames) >= PAGE_BATCHES or (frames and size + len(frame) > PAGE_BYTES):
+                    more = True
+                    break
+                frames.append(frame)
+                size += len(frame)
+            if more:
+                break
+        accept = [c for c in request.offer if config.accepts_collection(c)]
+        vector = self.store.vector(readable | set(accept))
+        evidence = [
+            f["evidence"].encode("ascii") for f in self.store.forks() if f["collection"] in readable
+        ]
+        state = self.peers.state(peer.node_id)
+        state.batches_sent += len(frames)
+        return encode_page(vector, frames, more, evidence, accept)
+
+    async def handle_batches(self, request: web.Request) -> web.Response:
+        config = self.service.config
+        peer, auth, body = await self.peers.authenticate(request, config)
+        try:
+            frames = iter_frames(body)
+        except ProtocolError as exc:
+            self.peers.state(peer.node_id).penalise(PENALTY_INVALID, "bad_frame")
+            raise BadPeerData(str(exc)) from None
+        result = await self.daemon.call(self._ingest_frames, peer, frames)
+        if result.get("error"):
+            raise BadPeerData(result["error"])
+        data = json.dumps(result).encode()
+        return self.peers.respond(auth, data, "application/json")
+
+    def _ingest_frames(
+        self, peer: Peer, frames: list[tuple[bytes, bytes, bytes]]
+    ) -> dict[str, Any]:
+        """Verify and ingest pushed or pulled frames (store thread)."""
+        config = self.service.config
+        state = self.peers.state(peer.node_id)
+        results: list[dict[str, Any]] = []
+        touched: set[LogKey] = set()
+        deferred = False
+        for n, (header, sig, ops) in enumerate(frames):
+            try:
+                batch = verify_parts(header, sig, ops)
+            except ProtocolError as exc:
+                state.penalise(PENALTY_INVALID, "invalid_batch")
+                log.warning("peer %s sent an invalid batch: %s", peer.name, exc)
+                return {"results": results, "error": f"batch {n}: {exc}"}
+            if not config.accepts(batch.header.author, batch.header.collection):
+                state.refused["untrusted"] = state.refused.get("untrusted", 0) + 1
+                results.append({"log": str(batch.log), "seq": batch.seq, "outcome": "untrusted"})
+                continue
+            outcome = self.store.ingest(batch, source=f"peer:{peer.node_id}").outcome
+            state.batches_received += 1
+            deferred = deferred or outcome == "deferred"
+            results.append({"log": str(batch.log), "seq": batch.seq, "outcome": outcome})
+            touched.add(batch.log)
+        vector = {k: self.store.head(k) for k in touched}
+        return {"results": results, "vector": vector_to_wire(vector), "deferred": deferred}
+
+    async def handle_evidence(self, request: web.Request) -> web.Response:
+        peer, auth, body = await self.peers.authenticate(request, self.service.config)
+        try:
+            value = json.loads(body)
+            blobs = [base64.urlsafe_b64decode(e + "=" * (-len(e) % 4)) for e in value["evidence"]]
+            evidence = [verify_evidence(blob) for blob in blobs[:100]]
+        except (ValueError, KeyError, TypeError, ProtocolError) as exc:
+            self.peers.state(peer.node_id).penalise(PENALTY_INVALID, "bad_evidence")
+            raise BadPeerData(f"evidence: {exc}") from None
+        new = await self.daemon.call(self._store_evidence, evidence, peer)
+        return self.peers.respond(auth, json.dumps({"new": new}).encode(), "application/json")
+
+    def _store_evidence(self, evidence: list[ForkEvidence], peer: Peer) -> int:
+        new = 0
+        for item in evidence:
+            if self.store.add_evidence(item, source=f"peer:{peer.node_id}"):
+                new += 1
+                self.queue.put_nowait(([], [item], f"peer:{peer.node_id}"))
+        return new
+
+    # -- client side ---------------------------------------------------------------------
+
+    def _pull_request(self, peer: Peer) -> bytes:
+        config = self.service.config
+        wanted = config.accepted_collections() | {
+            k.collection for k in self.store.vector() if k.author == config.node_id
+        }
+        return encode_sync_request(
+            self.store.vector(wanted), sorted(wanted), sorted(set(peer.share))
+        )
+
+    def _ingest_page(self, peer: Peer, page: Page) -> dict[str, Any]:
+        for blob in page.evidence:
+            try:
+                evidence = verify_evidence(blob)
+            except ProtocolError:
+                self.peers.state(peer.node_id).penalise(PENALTY_INVALID, "bad_evidence")
+                continue
+            self.store.add_evidence(evidence, source=f"peer:{peer.node_id}")
+        return self._ingest_frames(peer, page.frames)
+
+    async def sync_with(self, peer: Peer) -> bool:
+        """One anti-entropy exchange with a peer: pull all pages, then push what it lacks."""
+        state = self.peers.state(peer.node_id)
+        if state.cut_off or time.monotonic() < state.next_attempt or self.client is None:
+            return False
+        async with self._syncing[peer.node_id]:
+            state.last_attempt_ms = int(time.time() * 1000)
+            try:
+                page: Page | None = None
+                for _ in range(MAX_PAGES_PER_ROUND):
+                    body = await self.daemon.call(self._pull_request, peer)
+                    data = await self.client.post(peer, "/v1/peer/sync", body, "application/json")
+                    page = decode_page(data)
+                    result = await self.daemon.call(self._ingest_page, peer, page)
+                    if result.get("error"):
+                        raise NodeError(f"peer {peer.name} sent invalid data: {result['error']}")
+                    if not page.more:
+                        break
+                assert page is not None
+                state.vector = {(k.author, k.collection): v for k, v in page.vector.items()}
+                await self._push_missing(peer, page.vector, page.accept)
+            except (TimeoutError, aiohttp.ClientError, OSError, NodeError, ProtocolError) as exc:
+                state.failed(str(exc) or type(exc).__name__)
+                log.info("sync with %s failed: %s", peer.name, state.last_error)
+                return False
+            state.succeeded()
+            self.rounds += 1
+            return True
+
+    async def _push_missing(self, peer: Peer, theirs: Vector, accept: list[str]) -> None:
+        """Push every batch the peer lacks in collections it may read and accepts."""
+        collections = set(peer.share) & set(accept)
+        if not collections:
+            return
+        ours = await self.daemon.call(self.store.vector, collections)
+        for log_key, have in sorted(missing(ours, theirs).items(), key=_log_order):
+            after = have
+            while True:
+                frames = await self.daemon.call(
+                    lambda k=log_key, a=after: list(self.store.batch_frames(k, a, PUSH_BATCHES))
+                )
+                if not frames:
+                    break
+                await self._post_batches(peer, frames)
+                after += len(frames)
+                if len(frames) < PUSH_BATCHES:
+                    break
+
+    async def _post_batches(self, peer: Peer, frames: list[bytes]) -> dict[str, Any]:
+        assert self.client is not None
+        data = await self.client.post(
+            peer, "/v1/peer/batches", b"".join(frames), "application/octet-stream"
+        )
+        result: dict[str, Any] = json.loads(data)
+        self.peers.state(peer.node_id).batches_sent += len(frames)
+        return result
+
+    async def _anti_entropy(self) -> None:
+        await asyncio.sleep(0.2)
+        while True:
+            peers = list(self.service.config.peers)
+            if peers:
+                await asyncio.gather(*(self.sync_with(p) for p in peers), return_exceptions=True)
+            interval = self.service.config.sync_interval_s * random.uniform(0.8, 1.2)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=interval)
+            except TimeoutError:
+                pass
+
+    async def _push_worker(self) -> None:
+        """Eager push: each new batch goes at once to up to `fanout` peers that may read it."""
+        while True:
+            batches, forks, source = await self.queue.get()
+            try:
+                await self._push(batches, forks, source)
+            except Exception:
+                log.exception("eager push failed")
+
+    async def _push(self, batches: list[Batch], forks: list[ForkEvidence], source: str) -> None:
+        config = self.service.config
+        exclude = source.removeprefix("peer:") if source.startswith("peer:") else ""
+        by_peer: dict[str, list[bytes]] = defaultdict(list)
+        peers = {p.node_id: p for p in config.peers}
+        for batch in batches:
+            eligible = [
+                p
+                for p in config.peers
+                if p.node_id != exclude
+                and batch.header.collection in p.share
+                and not self.peers.state(p.node_id).cut_off
+            ]
+            for p in random.sample(eligible, min(len(eligible), max(1, config.fanout))):
+                by_peer[p.node_id].append(batch.to_bytes())
+        sends = [self._push_to(peers[node_id], frames) for node_id, frames in by_peer.items()]
+        for evidence in forks:
+            blob = base64.urlsafe_b64encode(evidence.to_bytes()).rstrip(b"=").decode()
+            body = json.dumps({"evidence": [blob]}).encode()
+            for p in config.peers:
+                if p.node_id != exclude and evidence.log.collection in p.share:
+                    sends.append(self._send_evidence(p, body))
+        await asyncio.gather(*sends, return_exceptions=True)
+
+    async def _push_to(self, peer: Peer, frames: list[bytes]) -> None:
+        state = self.peers.state(peer.node_id)
+        if time.monotonic() < state.next_attempt:
+            return
+        try:
+            result = await self._post_batches(peer, frames)
+            if result.get("deferred"):
+                theirs = vector_from_wire(result.get("vector", []))
+                await self._push_missing(peer, theirs, list(peer.share))
+        except (TimeoutError, aiohttp.ClientError, OSError, NodeError, ProtocolError) as exc:
+            state.failed(str(exc) or type(exc).__name__)
+
+    async def _send_evidence(self, peer: Peer, body: bytes) -> None:
+        assert self.client is not None
+        try:
+            await self.client.post(peer, "/v1/peer/evidence", body, "application/json")
+        except (TimeoutError, aiohttp.ClientError, OSError, NodeError) as exc:
+            log.info("evidence to %s failed: %s", peer.name, exc)
+
+    # -- status --------------------------------------------------------------------------
+
+    def peer_status(self, peer: Peer, ours: Vector) -> dict[str, Any]:
+        state = self.peers.state(peer.node_id)
+        out = state.to_json()
+        lag = []
+        for key, head in sorted(ours.items(), key=_log_order):
+            if key.collection not in peer.share:
+                continue
+            theirs = state.vector.get((key.author, key.collection))
+            lag.append(
+                {
+                    "author": key.author,
+                    "collection": key.collection,
+                    "ours": head,
+                    "theirs": theirs,
+                    "behind": None if theirs is None else max(0, head - theirs),
+                }
+            )
+        out["lag"] = lag
+        return out
+
+
+def _log_order(item: tuple[LogKey, int]) -> tuple[str, str]:
+    return (item[0].collection, item[0].author)

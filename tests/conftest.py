@@ -1,0 +1,284 @@
+"""Shared fixtures: the real `hashmesh` console script, node homes, and running nodes.
+
+Everything here drives the installed console script in a subprocess with a clean
+environment, so a test sees exactly what an operator's shell sees. Nodes started by the
+fixtures bind 127.0.0.1 only, on a port picked by binding a socket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from node.config import Home
+from protocol import SigningKey, build_batch
+from protocol.batches import Batch
+from protocol.bundles import encode_bundle_header
+
+
+def _find_hashmesh() -> str:
+    candidate = Path(sys.executable).parent / "hashmesh"
+    if candidate.exists():
+        return str(candidate)
+    venv = Path(__file__).resolve().parent.parent / ".venv" / "bin"
+    found = shutil.which("hashmesh", path=str(venv)) or shutil.which("hashmesh")
+    if found is None:
+        raise RuntimeError("the hashmesh console script is not installed (pip install -e .)")
+    return found
+
+
+HASHMESH = _find_hashmesh()
+IMAGES = Path("/work/shared/testdata/pdq/images")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """A minimal environment: no HASHMESH_HOME or other variables leaking in from the shell."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    if "HOME" in os.environ:
+        env["HOME"] = os.environ["HOME"]
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Result:
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+    def __str__(self) -> str:
+        return (
+            f"hashmesh {' '.join(self.args)} -> exit {self.returncode}\n"
+            f"stdout: {self.stdout}\nstderr: {self.stderr}"
+        )
+
+
+class Cli:
+    """Runs `hashmesh ARGS...`; `home` prepends `--home HOME`; `expect` checks the exit code."""
+
+    def __init__(self, cwd: Path) -> None:
+        self.cwd = cwd
+
+    def __call__(
+        self,
+        *args: str | Path,
+        home: Path | None = None,
+        env: dict[str, str] | None = None,
+        expect: int | None = 0,
+        timeout: float = 120,
+    ) -> Result:
+        argv = [str(a) for a in args]
+        if home is not None:
+            argv = ["--home", str(home), *argv]
+        proc = subprocess.run(
+            [HASHMESH, *argv],
+            cwd=self.cwd,
+            env=clean_env(**(env or {})),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        result = Result(argv, proc.returncode, proc.stdout, proc.stderr)
+        if expect is not None:
+            assert result.returncode == expect, str(result)
+        return result
+
+    def json(self, *args: str | Path, home: Path | None = None, expect: int | None = 0) -> Any:
+        return self(*args, "--json", home=home, expect=expect).json()
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    return Cli(tmp_path)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+HomeFactory = Callable[..., Path]
+
+
+@pytest.fixture
+def home(tmp_path: Path, cli: Cli) -> HomeFactory:
+    """`home("A")` creates tmp_path/A with `hashmesh init`, listening on a free local port."""
+
+    def make(name: str = "A", *, port: int | None = None) -> Path:
+        path = tmp_path / name
+        listen = f"127.0.0.1:{port or free_port()}"
+        cli("init", path, "--name", name, "--listen", listen)
+        return path
+
+    return make
+
+
+def set_config(path: Path, **values: Any) -> None:
+    """Change config fields of a home (e.g. listen, batch_delay_ms) through the node's own code."""
+    home = Home(path)
+    config = home.load_config()
+    for key, value in values.items():
+        setattr(config, key, value)
+    home.save_config(config)
+
+
+def http(
+    method: str, url: str, body: Any = None, token: str | None = None, timeout: float = 30
+) -> Any:
+    headers = {}
+    data = None
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+class NodeProcess:
+    """`hashmesh --home H run` as a real subprocess."""
+
+    def __init__(self, home: Path, log: Path) -> None:
+        self.home = home
+        self.log_path = log
+        port = free_port()
+        set_config(home, listen=f"127.0.0.1:{port}")
+        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [HASHMESH, "--home", str(home), "run"],
+            env=clean_env(),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.api = self._wait_ready(port)
+        self.token = (home / "admin.token").read_text().strip()
+
+    def _wait_ready(self, port: int, timeout: float = 20) -> str:
+        deadline = time.monotonic() + timeout
+        runtime = self.home / "node.json"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node exited with {self.proc.returncode}: {self.log()}")
+            if runtime.exists():
+                try:
+                    api = str(json.loads(runtime.read_text())["api"])
+                    if http("GET", api + "/v1/healthz", timeout=2) == {"ok": True}:
+                        assert api == f"http://127.0.0.1:{port}", api
+                        return api
+                except (ValueError, KeyError, OSError):
+                    pass
+            time.sleep(0.05)
+        raise RuntimeError(f"node did not become ready in {timeout}s: {self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        return http(method, self.api + path, body, token=self.token)
+
+    def stop(self) -> int:
+        """SIGTERM, then wait: the node must stop cleanly (exit 0) and remove its node.json."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"node ignored SIGTERM: {self.log()}") from None
+        self._log.close()
+        return self.proc.returncode
+
+
+NodeFactory = Callable[[Path], NodeProcess]
+
+
+@pytest.fixture
+def start_node(tmp_path: Path) -> Iterator[NodeFactory]:
+    """`start_node(home)` runs the node of a home; every node is stopped and checked at teardown."""
+    nodes: list[NodeProcess] = []
+
+    def start(path: Path) -> NodeProcess:
+        node = NodeProcess(path, tmp_path / f"{path.name}-node-{len(nodes)}.log")
+        nodes.append(node)
+        return node
+
+    yield start
+    failures = []
+    for node in nodes:
+        running = node.proc.poll() is None
+        code = node.stop()
+        if running and code != 0:
+            failures.append(f"{node.home}: exit {code}\n{node.log()}")
+        elif running and (node.home / "node.json").exists():
+            failures.append(f"{node.home}: node.json left behind after a clean stop")
+    assert not failures, "\n".join(failures)
+
+
+# -- building signed data directly with the protocol -------------------------------------
+
+
+def author_key(n: int) -> SigningKey:
+    """A deterministic author key (not a node home): seed n repeated."""
+    return SigningKey(bytes([n]) * 32)
+
+
+def md5_values(count: int, salt: int = 0) -> list[str]:
+    """Distinct, deterministic md5-shaped values."""
+    return [f"{salt:08x}{i:024x}" for i in range(count)]
+
+
+def chain(
+    key: SigningKey,
+    collection: str,
+    op_lists: list[list[dict[str, Any]]],
+    first_seq: int = 1,
+    prev: bytes | None = None,
+) -> list[Batch]:
+    """Sign consecutive batches of a log, one per op list."""
+    batches = []
+    for n, ops in enumerate(op_lists):
+        batch = build_batch(key, collection, first_seq + n, prev, 1_700_000_000_000 + n, ops)
+        batches.append(batch)
+        prev = batch.hash
+    return batches
+
+
+def add_ops(values: list[str], signal_type: str = "md5", category: str = "csam") -> list[dict]:
+    return [{"op": "add", "type": signal_type, "value": v, "category": category} for v in values]
+
+
+def write_bundle(path: Path, batches: list[Batch], collection: str) -> Path:
+    with open(path, "wb") as fh:
+        fh.write(encode_bundle_header({"v": 1, "collection": collection, "logs": []}))
+        for batch in batches:
+            fh.write(batch.to_bytes())
+    return path

@@ -1,0 +1,222 @@
+"""PDQIndex must equal brute force exactly: recall 1.0 and no result beyond the threshold."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from node import pdq_index
+from node.pdq_index import PDQIndex, hex_to_words, words_to_hex
+
+Result = list[tuple[int, int]]
+
+
+def brute(words: np.ndarray, keys: np.ndarray, queries: np.ndarray, t: int) -> list[Result]:
+    out: list[Result] = []
+    for q in queries:
+        d = np.bitwise_count(words ^ q).sum(axis=1)
+        hit = np.nonzero(d <= t)[0]
+        out.append(
+            sorted(
+                zip(keys[hit].tolist(), d[hit].tolist(), strict=True), key=lambda r: (r[1], r[0])
+            )
+        )
+    return out
+
+
+def flip(rng: np.random.Generator, w: np.ndarray, bits: int) -> np.ndarray:
+    w = w.copy()
+    for b in rng.choice(256, bits, replace=False):
+        w[b // 64] ^= np.uint64(1) << np.uint64(int(b) % 64)
+    return w
+
+
+def planted(
+    rng: np.random.Generator, n: int, per_distance: int = 3
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random stored hashes, and queries at each distance 0..40 from some of them."""
+    words = rng.integers(0, 2**64, size=(n, 4), dtype=np.uint64)
+    queries = [flip(rng, words[rng.integers(n)], d) for d in range(41) for _ in range(per_distance)]
+    queries += list(rng.integers(0, 2**64, size=(20, 4), dtype=np.uint64))
+    return words, np.array(queries, dtype=np.uint64)
+
+
+def test_hex_round_trip() -> None:
+    rng = np.random.default_rng(0)
+    words = rng.integers(0, 2**64, size=(50, 4), dtype=np.uint64)
+    hexes = words_to_hex(words)
+    assert all(len(h) == 64 and h == h.lower() for h in hexes)
+    assert np.array_equal(hex_to_words(hexes), words)
+    assert np.array_equal(hex_to_words([h.upper() for h in hexes]), words)
+    for bad in ("0" * 63, "z" * 64, "0" * 65):
+        with pytest.raises(ValueError):
+            hex_to_words([bad])
+
+
+@pytest.mark.parametrize("threshold", [0, 15, 31, 40])
+def test_random_with_planted_neighbours_equals_brute_force(threshold: int) -> None:
+    rng = np.random.default_rng(threshold)
+    words, queries = planted(rng, 200_000)
+    keys = np.arange(1_000, 1_000 + len(words), dtype=np.int64) * 3  # keys are not row numbers
+    index = PDQIndex()
+    index.add_many(keys, words)
+    assert len(index) == len(words)
+    expected = brute(words, keys, queries, threshold)
+    got = index.query_many(words_to_hex(queries), threshold)
+    assert got == expected
+    assert sum(map(len, expected)) >= 3 * min(threshold + 1, 41)  # the planted ones were found
+    # single queries agree with the batch
+    qhex = words_to_hex(queries[::7])
+    assert [index.query(h, threshold) for h in qhex] == expected[::7]
+
+
+def test_default_threshold_is_31() -> None:
+    rng = np.random.default_rng(5)
+    words = rng.integers(0, 2**64, size=(1000, 4), dtype=np.uint64)
+    index = PDQIndex()
+    index.add_many(np.arange(1000), words)
+    q31, q32 = flip(rng, words[7], 31), flip(rng, words[7], 32)
+    assert index.query(words_to_hex(q31[None])[0]) == [(7, 31)]
+    assert index.query(words_to_hex(q32[None])[0]) == []
+
+
+def _pdq_dir() -> Path | None:
+    here = Path(__file__).resolve().parent.parent
+    for c in (
+        os.environ.get("HASHMESH_PDQ_TESTDATA", ""),
+        here.parent / "shared/testdata/pdq",
+        Path("/work/shared/testdata/pdq"),
+    ):
+        if c and (Path(c) / "haystack.txt").exists():
+            return Path(c)
+    return None
+
+
+@pytest.mark.skipif(_pdq_dir() is None, reason="shared/testdata/pdq not found")
+@pytest.mark.parametrize("threshold", [10, 31, 40])
+def test_real_haystack_and_needles(threshold: int) -> None:
+    d = _pdq_dir()
+    assert d is not None
+    haystack = [h.strip() for h in (d / "haystack.txt").read_text().split() if h.strip()]
+    needles = [h.strip() for h in (d / "needles.txt").read_text().split() if h.strip()]
+    words = hex_to_words(haystack)
+    keys = np.arange(len(haystack), dtype=np.int64)
+    index = PDQIndex()
+    index.add_many(keys, haystack)
+    expected = brute(words, keys, hex_to_words(needles), threshold)
+    assert index.query_many(needles, threshold) == expected
+    if threshold == 31:
+        assert sum(1 for r in expected if r) > 0
+    # the same through one-at-a-time adds (delta buffer and flushed segments)
+    one_by_one = PDQIndex()
+    for k, h in enumerate(haystack):
+        one_by_one.add(k, h)
+    assert one_by_one.query_many(needles, threshold) == expected
+
+
+def test_incremental_add_remove_and_re_add(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pdq_index, "_DELTA_CAPACITY", 64)  # force flushes, merges, compaction
+    rng = np.random.default_rng(11)
+    words = rng.integers(0, 2**64, size=(3000, 4), dtype=np.uint64)
+    hexes = words_to_hex(words)
+    index = PDQIndex()
+    index.add_many(np.arange(1000), words[:1000])
+    for k in range(1000, 3000):
+        index.add(k, hexes[k])
+    assert len(index) == 3000 and 2999 in index and 3000 not in index
+    removed = set(rng.choice(3000, 1200, replace=False).tolist())
+    for k in removed:
+        assert index.remove(k)
+        assert not index.remove(k)
+    assert len(index) == 1800
+    for k in list(removed)[:200]:
+        assert k not in index
+        assert all(key != k for key, _ in index.query(hexes[k]))
+    live = np.array(sorted(set(range(3000)) - removed))
+    queries = np.array([flip(rng, words[i], int(rng.integers(0, 36))) for i in range(0, 3000, 10)])
+    assert index.query_many(words_to_hex(queries)) == brute(words[live], live, queries, 31)
+    # re-add some removed keys, one with a different hash
+    back = sorted(removed)[:50]
+    for k in back:
+        index.add(k, hexes[k])
+    assert all(k in index for k in back)
+    assert index.query(hexes[back[0]])[0] == (back[0], 0)
+    index.add(back[1], hexes[0])  # replace: the old hash no longer finds it
+    assert all(key != back[1] for key, _ in index.query(hexes[back[1]]))
+    assert (back[1], 0) in index.query(hexes[0])
+    assert len(index) == 1850
+
+
+def test_add_many_replaces_existing_keys_and_rejects_duplicates() -> None:
+    rng = np.random.default_rng(3)
+    words = rng.integers(0, 2**64, size=(5000, 4), dtype=np.uint64)
+    index = PDQIndex()
+    index.add_many(np.arange(5000), words)
+    other = rng.integers(0, 2**64, size=(5000, 4), dtype=np.uint64)
+    index.add_many(np.arange(2500, 7500), other)
+    assert len(index) == 7500
+    assert index.query(words_to_hex(words[3000:3001])[0], 0) == []
+    assert index.query(words_to_hex(other[:1])[0], 0) == [(2500, 0)]
+    with pytest.raises(ValueError):
+        index.add_many([1, 1] * 2000, np.zeros((4000, 4), dtype=np.uint64))
+    with pytest.raises(ValueError):
+        index.add_many([1, 2], np.zeros((3, 4), dtype=np.uint64))
+    with pytest.raises(ValueError):
+        index.add_many([1], np.zeros((1, 4), dtype=np.int64))
+
+
+def test_empty_index_and_bad_input() -> None:
+    index = PDQIndex()
+    assert len(index) == 0 and 5 not in index and "5" not in index
+    assert index.query("0" * 64) == []
+    assert index.query_many([]) == []
+    assert not index.remove(5)
+    with pytest.raises(ValueError):
+        index.query("0" * 32)
+    with pytest.raises(ValueError):
+        index.query("0" * 64, threshold=300)
+
+
+hash_words = st.lists(st.integers(0, 2**64 - 1), min_size=4, max_size=4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    base=st.lists(hash_words, min_size=1, max_size=40),
+    edits=st.lists(
+        st.tuples(st.integers(0, 39), st.sets(st.integers(0, 255), max_size=45)), max_size=40
+    ),
+    removals=st.sets(st.integers(0, 80), max_size=20),
+    threshold=st.integers(0, 50),
+)
+def test_property_matches_brute_force(
+    base: list[list[int]],
+    edits: list[tuple[int, set[int]]],
+    removals: set[int],
+    threshold: int,
+) -> None:
+    """Stored hashes are random plus near copies; queries are the stored ones and near copies."""
+    words = [np.array(w, dtype=np.uint64) for w in base]
+    for i, bits in edits:
+        w = words[i % len(base)].copy()
+        for b in bits:
+            w[b // 64] ^= np.uint64(1) << np.uint64(b % 64)
+        words.append(w)
+    arr = np.array(words, dtype=np.uint64)
+    keys = np.arange(len(arr), dtype=np.int64)
+    index = PDQIndex()
+    half = len(arr) // 2
+    index.add_many(keys[:half], arr[:half])
+    for k in range(half, len(arr)):
+        index.add(k, words_to_hex(arr[k : k + 1])[0])
+    live = np.array([k for k in keys if k not in removals], dtype=np.int64)
+    for k in removals:
+        assert index.remove(k) == (k < len(arr))
+    assert len(index) == len(live)
+    got = index.query_many(arr, threshold)
+    assert got == brute(arr[live], live, arr, threshold)
