@@ -204,9 +204,8 @@ def test_feed_cursor_strictly_increases_with_adds_revokes_and_opinions(store: St
     )
     store.ingest(revoke)
     cursors.append(store.feed_cursor())
-    opinion = build_batch(
-        OTHER, "c1", 1, None, 3, [{"op": "opinion", "target": str(adds.op_id(0)), "opinion": "seen"}]
-    )
+    seen = [{"op": "opinion", "target": str(adds.op_id(0)), "opinion": "seen"}]
+    opinion = build_batch(OTHER, "c1", 1, None, 3, seen)
     store.ingest(opinion)
     cursors.append(store.feed_cursor())
     assert cursors == sorted(set(cursors)), cursors  # strictly increasing
