@@ -65,10 +65,10 @@ class NodeProc:
         return json.loads(self.cli(*args, "--json").stdout)
 
     def start(self) -> None:
-        log = open(self.home / "run.log", "ab")
-        self.proc = subprocess.Popen(
-            [HASHMESH, "--home", str(self.home), "run"], stdout=log, stderr=log
-        )
+        with open(self.home / "run.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [HASHMESH, "--home", str(self.home), "run"], stdout=log, stderr=log
+            )
         wait_for(self._healthy, timeout=20)
 
     def _healthy(self) -> bool:

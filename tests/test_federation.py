@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from netnodes import NodeProc, wait_for
 
 from protocol.batches import build_batch, header_hash
 from protocol.ops import AddOp
 from protocol.peerauth import sign_request
 from protocol.signing import SigningKey
 from protocol.sync import decode_page, encode_sync_request
-
-from netnodes import NodeProc, wait_for
 
 MD5 = "%032x"
 
