@@ -311,3 +311,51 @@ def test_oversized_and_malformed_peer_requests_are_refused(
     status, data, _ = signed_post(key, a, "/v1/peer/batches", big)
     assert status == 413
     assert a.cli("status").returncode == 0  # still alive
+
+
+def test_partition_heals_in_both_directions(nodes: list[NodeProc], tmp_path: Path) -> None:
+    a, b = make(nodes, tmp_path, "a", "b")
+    dead = "http://127.0.0.1:9"  # nothing listens there: the link is cut
+    a.cli("peer", "add", "b", dead, b.node_id, "--share", "csam")
+    b.cli("peer", "add", "a", dead, a.node_id, "--share", "csam")
+    a.trust(b, "csam")
+    b.trust(a, "csam")
+    a.start()
+    b.start()
+    a.cli("add", "md5", MD5 % 60, "-c", "csam")
+    b.cli("add", "md5", MD5 % 61, "-c", "csam")
+    wait_for(lambda: a.status()["peers"][0]["failures"] >= 1)
+    assert not b.matches("md5", MD5 % 60) and not a.matches("md5", MD5 % 61)
+    link(a, b, "csam")  # the partition heals: real addresses, applied without restart
+    wait_for(lambda: b.matches("md5", MD5 % 60) and a.matches("md5", MD5 % 61), timeout=30)
+
+
+def test_broken_chain_link_is_evidence_of_a_fork(nodes: list[NodeProc], tmp_path: Path) -> None:
+    evil, b = make(nodes, tmp_path, "evil", "b")
+    b.peer(evil)
+    b.trust(evil, "csam")
+    b.start()
+    key = SigningKey(evil.key_seed())
+    first = _author_batches(key, "csam", [70])[0]
+    wrong_prev = build_batch(
+        key, "csam", 2, bytes(32), 1, [AddOp.create("md5", MD5 % 71, category="csam")]
+    )
+    status, data, _ = signed_post(
+        key, b, "/v1/peer/batches", first.to_bytes() + wrong_prev.to_bytes()
+    )
+    assert status == 200
+    assert [r["outcome"] for r in json.loads(data)["results"]] == ["applied", "fork"]
+    assert b.status()["forks"][0]["seq"] == 2
+    assert not b.matches("md5", MD5 % 71)
+
+
+def test_malformed_json_sync_request_is_refused(nodes: list[NodeProc], tmp_path: Path) -> None:
+    a, b = make(nodes, tmp_path, "a", "b")
+    link(a, b, "csam")
+    a.start()
+    key = SigningKey(b.key_seed())
+    for body in (b"{not json", b'{"vector":[],"collections":["csam"],"offer":[],"x":1}', b""):
+        status, data, _ = signed_post(key, a, "/v1/peer/sync", body)
+        assert status == 400, body
+        assert "sync request" in json.loads(data)["error"]
+    assert a.cli("status").returncode == 0
