@@ -26,13 +26,13 @@ from .ops import (
     COLLECTION_PATTERN,
     MAX_OP_BYTES,
     AddOp,
-    AnyOp,
     OpId,
     OpinionOp,
     RevokeOp,
     op_to_wire,
     parse_op_lines,
 )
+from .ops import AnyOp as AnyOp  # re-exported: callers import it from here
 from .signing import CONTEXT_BATCH, SIGNATURE_SIZE, SigningKey, validate_node_id, verify
 
 FORMAT_VERSION = 1
