@@ -358,6 +358,11 @@ def main() -> None:
             "threatexchange PDQIndex2 (IndexFlatL2, 256 float32 per hash) was skipped above "
             f"{args.flat_max:,} hashes (`--flat-max`)."
         )
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    notes.append(
+        f"Load average at the end of the run: {load} on {os.cpu_count()} cores "
+        "(other jobs on the machine make the timings noisier)."
+    )
     table = render(rows)
     print("\n" + table)
     if args.write_docs:

@@ -463,5 +463,15 @@ def hash_(files: tuple[str, ...], as_json: bool) -> None:
     emit(results, as_json, human)
 
 
+@cli.command()
+@click.option("--dir", "folder", type=click.Path(file_okay=False), help="Where to put the homes.")
+@click.option("--keep-running", is_flag=True, help="Leave the nodes running until Ctrl-C.")
+def demo(folder: str | None, keep_running: bool) -> None:
+    """A local network of four nodes telling the story end to end."""
+    from .demo import run_demo
+
+    sys.exit(run_demo(folder, keep_running))
+
+
 def main() -> None:
     cli(prog_name="hashmesh")

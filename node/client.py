@@ -9,6 +9,7 @@ same methods and return the same JSON values.
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.parse
@@ -17,6 +18,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from protocol.bundles import BundleDecoder
+from protocol.errors import ProtocolError
 
 from .config import Home, HomeLock
 from .errors import HomeError, NodeError
@@ -129,6 +133,8 @@ class RemoteBackend:
         request = self._request("GET", f"/v1/export?{query}")
         path = Path(out)
         tmp = path.with_name(path.name + ".partial")
+        frames = BundleDecoder()  # counts the batches, as the offline export reports them
+        batches = 0
         try:
             with (
                 urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response,
@@ -136,6 +142,10 @@ class RemoteBackend:
             ):
                 while chunk := response.read(1 << 20):
                     fh.write(chunk)
+                    batches += len(frames.feed(chunk))
+                fh.flush()
+                os.fsync(fh.fileno())
+            frames.close()
             tmp.replace(path)
         except urllib.error.HTTPError as exc:
             tmp.unlink(missing_ok=True)
@@ -143,7 +153,10 @@ class RemoteBackend:
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise NodeError(f"export to {out}: {exc}") from None
-        return {"collection": collection, "file": str(path)}
+        except ProtocolError as exc:
+            tmp.unlink(missing_ok=True)
+            raise NodeError(f"export to {out}: the node sent a broken bundle: {exc}") from None
+        return {"collection": collection, "file": str(path), "batches": batches}
 
     def import_bundle(self, stream: BinaryIO) -> dict[str, Any]:
         stream.seek(0, 2)
