@@ -7,17 +7,19 @@ object `{"error": "..."}` with a 4xx status; nothing a client sends can crash th
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import tempfile
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from protocol.errors import ProtocolError
 
 from .errors import NodeError
+from .hashing import ImageError, hash_bytes
 from .keys import token_matches
 
 if TYPE_CHECKING:
@@ -27,10 +29,15 @@ log = logging.getLogger("hashmesh.api")
 
 MAX_JSON_BODY = 16 * 1024 * 1024
 MAX_BUNDLE_BODY = 16 * 1024 * 1024 * 1024
+MAX_UPLOAD = 50 * 1024 * 1024
 OPEN_PATHS = {"/v1/healthz"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
+
+
+class PayloadTooLarge(NodeError):
+    status = 413
 
 
 def error_response(status: int, message: str) -> web.Response:
@@ -152,6 +159,54 @@ async def match(request: web.Request) -> web.Response:
     return web.json_response(await daemon.call(daemon.service.match, body["queries"], threshold))
 
 
+async def match_file(request: web.Request) -> web.Response:
+    """Hash an uploaded image in memory and match its hashes; the image is never stored."""
+    daemon = request.app[DAEMON_KEY]
+    if not request.content_type.startswith("multipart/"):
+        raise NodeError("upload: expected multipart/form-data with a 'file' part")
+    reader = await request.multipart()
+    data = b""
+    threshold = 31
+    async for part in reader:
+        if not isinstance(part, BodyPartReader):
+            continue
+        if part.name == "threshold":
+            text = (await part.read(decode=True)).decode("ascii", "replace")
+            if not text.isdigit():
+                raise NodeError("threshold: must be an integer")
+            threshold = int(text)
+        elif part.name == "file":
+            chunks = []
+            size = 0
+            while chunk := await part.read_chunk(1 << 16):
+                size += len(chunk)
+                if size > MAX_UPLOAD:
+                    raise PayloadTooLarge(f"upload: larger than {MAX_UPLOAD // (1 << 20)} MiB")
+                chunks.append(chunk)
+            data = b"".join(chunks)
+    if not data:
+        raise NodeError("upload: no 'file' part, or it is empty")
+    loop = asyncio.get_running_loop()
+    try:
+        hashes = await loop.run_in_executor(None, hash_bytes, data)
+    except ImageError as exc:
+        raise NodeError(f"upload: {exc}") from None
+    del data
+    queries = [
+        {"type": "md5", "value": hashes.md5},
+        {"type": "sha256", "value": hashes.sha256},
+        {"type": "pdq", "value": hashes.pdq or ""},
+    ]
+    result = await daemon.call(daemon.service.match, queries, threshold)
+    result["hashes"] = {
+        "md5": hashes.md5,
+        "sha256": hashes.sha256,
+        "pdq": hashes.pdq,
+        "quality": hashes.quality,
+    }
+    return web.json_response(result)
+
+
 async def export(request: web.Request) -> web.StreamResponse:
     daemon = request.app[DAEMON_KEY]
     collection = request.query.get("collection", "")
@@ -219,6 +274,7 @@ def build_app(daemon: Daemon) -> web.Application:
     app.router.add_post("/v1/revoke", revoke)
     app.router.add_post("/v1/opinions", opinion)
     app.router.add_post("/v1/match", match)
+    app.router.add_post("/v1/match/file", match_file)
     app.router.add_get("/v1/export", export)
     app.router.add_post("/v1/import", import_bundle)
     app.router.add_post("/v1/admin/peers", peer_add)

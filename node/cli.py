@@ -205,15 +205,17 @@ def add(
 
 
 def _file_hashes(path: str) -> dict[str, Any]:
-    from .hashing import hash_file
+    """Hashes of one file computed here; a file that is not a picture gets exact hashes only."""
+    from .hashing import ImageError, hash_file
 
-    hashes = hash_file(Path(path))
-    out: dict[str, Any] = {
-        "file": path,
-        "md5": hashes.md5,
-        "sha1": hashes.sha1,
-        "sha256": hashes.sha256,
-    }
+    out: dict[str, Any] = {"file": path}
+    try:
+        hashes = hash_file(Path(path))
+    except ImageError as exc:
+        hashes = hash_file(Path(path), pdq=False)
+        out["note"] = f"no PDQ: {exc}"
+        click.echo(f"hashmesh: {path}: {exc}; exact hashes only", err=True)
+    out.update({"md5": hashes.md5, "sha1": hashes.sha1, "sha256": hashes.sha256})
     if hashes.pdq is not None:
         out["pdq"] = hashes.pdq
         out["quality"] = hashes.quality
@@ -221,16 +223,8 @@ def _file_hashes(path: str) -> dict[str, Any]:
 
 
 def _hash_files(paths: tuple[str, ...]) -> list[dict[str, Any]]:
-    from .hashing import ImageError
-
-    results = []
     with errors():
-        for path in paths:
-            try:
-                results.append(_file_hashes(path))
-            except ImageError as exc:
-                fail(f"{path}: {exc}")
-    return results
+        return [_file_hashes(path) for path in paths]
 
 
 @cli.command()
