@@ -262,6 +262,14 @@ async def trust_add(request: web.Request) -> web.Response:
     return web.json_response(result)
 
 
+async def backup(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    body = _fields(await read_json(request), ("file",), ())
+    if not isinstance(body["file"], str) or not body["file"].startswith("/"):
+        raise NodeError("file: must be an absolute path on the node's machine")
+    return web.json_response(await daemon.call(daemon.service.backup, body["file"]))
+
+
 def build_app(daemon: Daemon) -> web.Application:
     app = web.Application(
         middlewares=[errors_middleware, auth_middleware], client_max_size=MAX_JSON_BODY
@@ -279,4 +287,5 @@ def build_app(daemon: Daemon) -> web.Application:
     app.router.add_post("/v1/import", import_bundle)
     app.router.add_post("/v1/admin/peers", peer_add)
     app.router.add_post("/v1/admin/trust", trust_add)
+    app.router.add_post("/v1/admin/backup", backup)
     return app

@@ -458,6 +458,43 @@ def hash_(files: tuple[str, ...], as_json: bool) -> None:
 
 
 @cli.command()
+@click.argument("out", type=click.Path(dir_okay=False))
+@json_option
+@pass_ctx
+def backup(ctx: Context, out: str, as_json: bool) -> None:
+    """Copy the database consistently (online: the node keeps running)."""
+    with ctx.backend() as backend:
+        result = backend.backup(out)
+    emit(result, as_json, lambda d: f"{d['file']} ({d['bytes']} bytes, integrity ok)")
+
+
+@cli.command()
+@click.argument("backup_file", metavar="BACKUP", type=click.Path(exists=True, dir_okay=False))
+@json_option
+@pass_ctx
+def restore(ctx: Context, backup_file: str, as_json: bool) -> None:
+    """Replace the database with a backup (stop the node first)."""
+    from .config import HomeLock
+    from .service import restore_home
+
+    home = ctx.home
+    with errors():
+        home.require()
+        lock = HomeLock(home)
+        if not lock.try_acquire():
+            fail(f"{home.path} is in use by a running node; stop it before restoring")
+        try:
+            result = restore_home(home, backup_file)
+        finally:
+            lock.release()
+    emit(
+        result,
+        as_json,
+        lambda d: f"restored {d['restored']}; previous database kept as {d['previous']}",
+    )
+
+
+@cli.command()
 @click.option("--dir", "folder", type=click.Path(file_okay=False), help="Where to put the homes.")
 @click.option("--keep-running", is_flag=True, help="Leave the nodes running until Ctrl-C.")
 def demo(folder: str | None, keep_running: bool) -> None:

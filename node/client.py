@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -62,6 +63,9 @@ class LocalBackend:
     def import_bundle(self, stream: BinaryIO) -> dict[str, Any]:
         return self.service.import_bundle(stream)
 
+    def backup(self, out: str) -> dict[str, Any]:
+        return self.service.backup(out)
+
     def peer_add(self, name: str, url: str, node_id: str, share: list[str]) -> dict[str, Any]:
         return self.service.peer_add(name, url, node_id, share)
 
@@ -74,9 +78,19 @@ class RemoteBackend:
 
     running = True
 
-    def __init__(self, api: str, token: str) -> None:
+    def __init__(self, api: str, token: str, tls_files: tuple[str, ...] = ()) -> None:
         self.api = api.rstrip("/")
         self.token = token
+        self.context: ssl.SSLContext | None = None
+        if self.api.startswith("https://"):
+            # The API address comes from the node holding the home's lock, on loopback, so
+            # the certificate chain is checked but not its host name (issued for the
+            # public name, reached here as 127.0.0.1).
+            self.context = ssl.create_default_context()
+            for path in tls_files:
+                if path:
+                    self.context.load_verify_locations(cafile=path)
+            self.context.check_hostname = False
 
     def _request(
         self,
@@ -100,7 +114,9 @@ class RemoteBackend:
     def _call(self, method: str, path: str, body: Any = None, **kw: Any) -> dict[str, Any]:
         request = self._request(method, path, body, **kw)
         try:
-            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
+            with urllib.request.urlopen(
+                request, timeout=HTTP_TIMEOUT, context=self.context
+            ) as response:
                 result: dict[str, Any] = json.loads(response.read())
                 return result
         except urllib.error.HTTPError as exc:
@@ -137,7 +153,9 @@ class RemoteBackend:
         batches = 0
         try:
             with (
-                urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response,
+                urllib.request.urlopen(
+                    request, timeout=HTTP_TIMEOUT, context=self.context
+                ) as response,
                 open(tmp, "wb") as fh,
             ):
                 while chunk := response.read(1 << 20):
@@ -157,6 +175,9 @@ class RemoteBackend:
             tmp.unlink(missing_ok=True)
             raise NodeError(f"export to {out}: the node sent a broken bundle: {exc}") from None
         return {"collection": collection, "file": str(path), "batches": batches}
+
+    def backup(self, out: str) -> dict[str, Any]:
+        return self._call("POST", "/v1/admin/backup", {"file": str(Path(out).resolve())})
 
     def import_bundle(self, stream: BinaryIO) -> dict[str, Any]:
         stream.seek(0, 2)
@@ -214,4 +235,5 @@ def open_backend(home: Home) -> Iterator[Backend]:
             lock.release()
         return
     token = read_secret(home.admin_token_path, "admin token")
-    yield RemoteBackend(running_api(home), token)
+    config = home.load_config()
+    yield RemoteBackend(running_api(home), token, (config.tls_cert, config.tls_ca))

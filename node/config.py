@@ -71,6 +71,7 @@ class Config:
     fanout: int = 3
     tls_cert: str = ""
     tls_key: str = ""
+    tls_ca: str = ""
     peers: list[Peer] = field(default_factory=list)
     trust: list[Trust] = field(default_factory=list)
 
@@ -142,7 +143,7 @@ class Config:
                 "min_pdq_quality": self.min_pdq_quality,
             },
             "sync": {"interval_s": self.sync_interval_s, "fanout": self.fanout},
-            "tls": {"cert": self.tls_cert, "key": self.tls_key},
+            "tls": {"cert": self.tls_cert, "key": self.tls_key, "ca": self.tls_ca},
             "peers": [asdict(p) for p in self.peers],
             "trust": [asdict(t) for t in self.trust],
         }
@@ -167,6 +168,7 @@ class Config:
                 fanout=int(sync.get("fanout", cls.fanout)),
                 tls_cert=str(tls.get("cert", "")),
                 tls_key=str(tls.get("key", "")),
+                tls_ca=str(tls.get("ca", "")),
                 peers=[Peer(**p) for p in data.get("peers", [])],
                 trust=[Trust(**t) for t in data.get("trust", [])],
             )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import ssl
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -204,10 +205,12 @@ class Peers:
 class PeerClient:
     """Signed requests to peers, with responses verified against the peer's node id."""
 
-    def __init__(self, key: SigningKey, timeout_s: float = 30.0) -> None:
+    def __init__(self, key: SigningKey, ca_file: str = "", timeout_s: float = 30.0) -> None:
         self.key = key
+        ssl_context = ssl.create_default_context(cafile=ca_file or None)
         self.session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=timeout_s, connect=5.0),
+            connector=aiohttp.TCPConnector(ssl=ssl_context),
             auto_decompress=True,
         )
 

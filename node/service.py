@@ -9,6 +9,7 @@ before changing anything.
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -325,6 +326,22 @@ class NodeService:
         for log in logs:
             yield from self.store.batch_frames(log)
 
+    def backup(self, out: str) -> dict[str, Any]:
+        """A consistent copy of the database made with SQLite's online backup API, so a
+        running node keeps serving while it is taken; checked before it is kept."""
+        path = Path(out).resolve()
+        tmp = path.with_name(path.name + ".partial")
+        if path == self.store.path.resolve():
+            raise NodeError("backup: refusing to overwrite the live database")
+        tmp.unlink(missing_ok=True)
+        try:
+            backup_database(self.store.conn, tmp)
+            os.replace(tmp, path)
+        except (OSError, sqlite3.Error) as exc:
+            tmp.unlink(missing_ok=True)
+            raise NodeError(f"backup to {out}: {exc}") from None
+        return {"file": str(path), "bytes": path.stat().st_size, "integrity": "ok"}
+
     def export(self, collection: str, out: str) -> dict[str, Any]:
         path = Path(out)
         tmp = path.with_name(path.name + ".partial")
@@ -372,6 +389,53 @@ class NodeService:
             "refused_untrusted": refused,
             "untrusted_logs": sorted(refused_logs),
         }
+
+
+def backup_database(source: sqlite3.Connection, target: Path) -> None:
+    dest = sqlite3.connect(target)
+    try:
+        source.backup(dest, pages=4096)
+        check = dest.execute("PRAGMA integrity_check").fetchone()[0]
+        if check != "ok":
+            raise NodeError(f"backup {target} failed its integrity check: {check}")
+    finally:
+        dest.close()
+
+
+def restore_home(home: Home, backup: str) -> dict[str, Any]:
+    """Put a backup in place of the node's database (the node must be stopped; the caller
+    holds the home's lock). The current database is kept beside it as hashmesh.db.before-restore."""
+    source_path = Path(backup)
+    try:
+        source = sqlite3.connect(f"file:{source_path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise NodeError(f"backup {backup}: {exc}") from None
+    try:
+        try:
+            check = source.execute("PRAGMA integrity_check").fetchone()[0]
+            tables = {r[0] for r in source.execute("SELECT name FROM sqlite_master")}
+        except sqlite3.DatabaseError as exc:
+            raise NodeError(f"backup {backup} is not a hashmesh database: {exc}") from None
+        if check != "ok":
+            raise NodeError(f"backup {backup} failed its integrity check: {check}")
+        if not {"batches", "signals", "logs", "feed"} <= tables:
+            raise NodeError(f"backup {backup} is not a hashmesh database")
+        db = home.db_path
+        staged = db.with_name(db.name + ".restoring")
+        staged.unlink(missing_ok=True)
+        backup_database(source, staged)
+    finally:
+        source.close()
+    previous = db.with_name(db.name + ".before-restore")
+    if db.exists():
+        checkpoint = sqlite3.connect(db)
+        checkpoint.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        checkpoint.close()
+        os.replace(db, previous)
+    for suffix in ("-wal", "-shm"):
+        db.with_name(db.name + suffix).unlink(missing_ok=True)
+    os.replace(staged, db)
+    return {"restored": str(source_path), "database": str(db), "previous": str(previous)}
 
 
 def verify_bundle_file(path: str) -> dict[str, Any]:

@@ -81,7 +81,7 @@ class Replicator:
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.client = PeerClient(self.service.key)
+        self.client = PeerClient(self.service.key, self.service.config.tls_ca)
 
         def on_batches(batches: list[Batch], forks: list[ForkEvidence], source: str) -> None:
             loop.call_soon_threadsafe(self.queue.put_nowait, (batches, forks, source))

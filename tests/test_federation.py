@@ -359,3 +359,62 @@ def test_malformed_json_sync_request_is_refused(nodes: list[NodeProc], tmp_path:
         assert status == 400, body
         assert "sync request" in json.loads(data)["error"]
     assert a.cli("status").returncode == 0
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+def test_peers_sync_over_tls(nodes: list[NodeProc], tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    a, b = make(nodes, tmp_path, "a", "b")
+    for n in (a, b):
+        config = n.home / "config.toml"
+        text = config.read_text().replace('cert = ""', f'cert = "{cert}"')
+        text = text.replace('key = ""', f'key = "{key}"').replace('ca = ""', f'ca = "{cert}"')
+        config.write_text(text)
+        n.url = n.url.replace("http://", "https://")
+    a.cli("peer", "add", "b", b.url, b.node_id, "--share", "csam")
+    b.cli("peer", "add", "a", a.url, a.node_id, "--share", "csam")
+    b.trust(a, "csam")
+    for n in (a, b):
+        n.start()
+    a.cli("add", "md5", MD5 % 80, "-c", "csam")
+    wait_for(lambda: b.matches("md5", MD5 % 80))
+    assert b.status()["peers"][0]["reachable"] is True
