@@ -27,6 +27,7 @@ from .matcher import Matcher
 from .store import IngestResult, Store, now_ms
 
 DEFAULT_CATEGORY = "unspecified"
+RESTORED_KEY = "restored_from_backup"
 BUNDLE_CHUNK = 1 << 20
 
 
@@ -95,6 +96,12 @@ class NodeService:
     def publish(self, collection: str, ops: list[AnyOp]) -> tuple[list[OpId], IngestResult]:
         """Sign ops into batches of at most batch_size, apply each to the store in order."""
         _protocol(validate_collection, collection)
+        if self.store.meta(RESTORED_KEY) and self.config.peers:
+            raise Conflict(
+                "this database was restored from a backup: start the node and let it sync "
+                "with its peers before publishing (they hold your later batches; publishing "
+                "now would fork your log)"
+            )
         key = LogKey(self.node_id, collection)
         op_ids: list[OpId] = []
         total = IngestResult()
@@ -435,6 +442,9 @@ def restore_home(home: Home, backup: str) -> dict[str, Any]:
     for suffix in ("-wal", "-shm"):
         db.with_name(db.name + suffix).unlink(missing_ok=True)
     os.replace(staged, db)
+    restored = Store(db)
+    restored.set_meta(RESTORED_KEY, str(now_ms()))
+    restored.close()
     return {"restored": str(source_path), "database": str(db), "previous": str(previous)}
 
 

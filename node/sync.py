@@ -43,6 +43,7 @@ from protocol.sync import (
 from .config import Peer
 from .errors import NodeError
 from .peers import PENALTY_INVALID, PeerClient, Peers
+from .service import RESTORED_KEY
 
 if TYPE_CHECKING:
     from .daemon import Daemon
@@ -251,6 +252,7 @@ class Replicator:
                 return False
             state.succeeded()
             self.rounds += 1
+            await self.daemon.call(self.store.set_meta, RESTORED_KEY, None)
             return True
 
     async def _push_missing(self, peer: Peer, theirs: Vector, accept: list[str]) -> None:

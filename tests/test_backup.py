@@ -48,3 +48,37 @@ def test_restore_refuses_a_file_that_is_not_a_backup(tmp_path: Path) -> None:
     result = node.cli("restore", str(empty), check=False)
     assert result.returncode == 2 and "not a hashmesh database" in result.stderr
     assert node.matches("md5", MD5 % 1)  # nothing changed
+
+
+def test_restored_node_recovers_its_later_batches_from_a_peer_before_publishing(
+    tmp_path: Path,
+) -> None:
+    hotline, peer = NodeProc(tmp_path, "hotline"), NodeProc(tmp_path, "peer")
+    hotline.peer(peer, "csam")
+    peer.peer(hotline, "csam")
+    hotline.trust(peer, "csam")  # accepts its own log back from a relay anyway
+    peer.trust(hotline, "csam")
+    hotline.cli("add", "md5", MD5 % 1, "-c", "csam")
+    backup = tmp_path / "backup.db"
+    hotline.json("backup", str(backup))
+    hotline.cli("add", "md5", MD5 % 2, "-c", "csam")  # published after the backup
+    peer.start()
+    hotline.start()
+    try:
+        from netnodes import wait_for
+
+        wait_for(lambda: peer.matches("md5", MD5 % 2))
+        assert hotline.stop() == 0
+        hotline.json("restore", str(backup))
+        refused = hotline.cli("add", "md5", MD5 % 3, "-c", "csam", check=False)
+        assert refused.returncode == 2 and "sync with its peers" in refused.stderr
+        hotline.start()
+        wait_for(lambda: hotline.matches("md5", MD5 % 2))  # given back by the peer
+        wait_for(
+            lambda: hotline.cli("add", "md5", MD5 % 3, "-c", "csam", check=False).returncode == 0
+        )
+        assert peer.status()["forks"] == [] and hotline.status()["forks"] == []
+        wait_for(lambda: peer.matches("md5", MD5 % 3))
+    finally:
+        hotline.kill()
+        peer.kill()
