@@ -18,9 +18,9 @@ from aiohttp import BodyPartReader, web
 
 from protocol.errors import ProtocolError
 
+from . import access
 from .errors import NodeError
 from .hashing import ImageError, hash_bytes
-from .keys import token_matches
 
 if TYPE_CHECKING:
     from .daemon import Daemon
@@ -30,7 +30,7 @@ log = logging.getLogger("hashmesh.api")
 MAX_JSON_BODY = 16 * 1024 * 1024
 MAX_BUNDLE_BODY = 16 * 1024 * 1024 * 1024
 MAX_UPLOAD = 50 * 1024 * 1024
-OPEN_PATHS = {"/v1/healthz"}
+OPEN_PATHS = {"/v1/healthz", "/healthz", "/status"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
@@ -67,13 +67,19 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path in OPEN_PATHS or request.path.startswith("/v1/peer/"):
         return await handler(request)
-    daemon = request.app[DAEMON_KEY]
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         return error_response(401, "missing bearer token (Authorization: Bearer ...)")
-    if not token_matches(token.strip(), daemon.admin_token_hash):
+    grant = request.app[access.TOKENS_KEY].lookup(token.strip())
+    if grant is None:
         return error_response(401, "unknown or revoked token")
+    scope = access.required_scope(request.path)
+    if not grant.allows(scope):
+        return error_response(403, f"this token lacks the {scope!r} scope needed here")
+    request[access.GRANT] = grant
+    if scope == "publish":
+        await access.check_publish_collections(request, grant)
     return await handler(request)
 
 
@@ -156,7 +162,8 @@ async def match(request: web.Request) -> web.Response:
     threshold = body.get("threshold", 31)
     if type(threshold) is not int:
         raise NodeError("threshold: must be an integer")
-    return web.json_response(await daemon.call(daemon.service.match, body["queries"], threshold))
+    result = await daemon.call(daemon.service.match, body["queries"], threshold)
+    return web.json_response(access.filter_match(result, access.grant_of(request)))
 
 
 async def match_file(request: web.Request) -> web.Response:
@@ -197,7 +204,9 @@ async def match_file(request: web.Request) -> web.Response:
         {"type": "sha256", "value": hashes.sha256},
         {"type": "pdq", "value": hashes.pdq or ""},
     ]
-    result = await daemon.call(daemon.service.match, queries, threshold)
+    result = access.filter_match(
+        await daemon.call(daemon.service.match, queries, threshold), access.grant_of(request)
+    )
     result["hashes"] = {
         "md5": hashes.md5,
         "sha256": hashes.sha256,
@@ -210,6 +219,7 @@ async def match_file(request: web.Request) -> web.Response:
 async def export(request: web.Request) -> web.StreamResponse:
     daemon = request.app[DAEMON_KEY]
     collection = request.query.get("collection", "")
+    access.require_collection(access.grant_of(request), collection)
     chunks = daemon.service.export_chunks(collection)
     first = await daemon.call(next, chunks)
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
@@ -287,5 +297,8 @@ def build_app(daemon: Daemon) -> web.Application:
     app.router.add_post("/v1/import", import_bundle)
     app.router.add_post("/v1/admin/peers", peer_add)
     app.router.add_post("/v1/admin/trust", trust_add)
+    from .platform_api import register as register_platform_api
+
+    register_platform_api(app)
     app.router.add_post("/v1/admin/backup", backup)
     return app

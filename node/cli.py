@@ -112,13 +112,20 @@ def id_(ctx: Context, as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--log-json", is_flag=True, help="Log JSON lines (for log shippers).")
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
+    default="INFO",
+    show_default=True,
+)
 @pass_ctx
-def run(ctx: Context) -> None:
+def run(ctx: Context, log_json: bool, log_level: str) -> None:
     """Run the node in the foreground; SIGTERM or SIGINT stop it cleanly."""
     from .daemon import run as run_daemon
 
     with errors():
-        run_daemon(ctx.home)
+        run_daemon(ctx.home, json_logs=log_json, level=log_level)
 
 
 @cli.group()

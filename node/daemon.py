@@ -21,10 +21,13 @@ from aiohttp import web
 
 from protocol.ops import AddOp
 
+from . import statuspage
 from .api import build_app
 from .config import Home, HomeLock, parse_listen
 from .errors import HomeError
 from .keys import hash_token, read_secret
+from .metrics import Metrics, NodeCollector
+from .metrics import middleware as metrics_middleware
 from .service import NodeService
 from .sync import Replicator
 
@@ -107,6 +110,8 @@ class Daemon:
         self.publisher = BatchingPublisher(self)
         self.runner: web.AppRunner | None = None
         self.api_url = ""
+        self.live_counts: dict[str, int] = {}
+        self.vector_cache: dict[Any, int] = {}
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -128,6 +133,13 @@ class Daemon:
         result["sync_rounds"] = self.replicator.rounds
         return result
 
+    async def refresh_gauges(self) -> None:
+        """Read what /metrics reports from the store, on the store thread."""
+        store = self.service.store
+        self.live_counts, self.vector_cache = await self.call(
+            lambda: (store.counts()["live_by_collection"], store.vector())
+        )
+
     async def after_ingest(self) -> None:
         """Newly applied batches reach peers through the store's batch listeners."""
 
@@ -148,8 +160,13 @@ class Daemon:
             ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ssl_context.load_cert_chain(config.tls_cert, config.tls_key)
         self.replicator = Replicator(self)
+        self.metrics = Metrics()
+        self.metrics.registry.register(NodeCollector(self))
+        self.service.store.decision_listeners.append(self.metrics.observe_ingest)
         app = build_app(self)
+        app.middlewares.insert(0, metrics_middleware(self.metrics))
         self.replicator.register(app)
+        statuspage.register(app, self)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port, ssl_context=ssl_context, shutdown_timeout=5)
@@ -201,6 +218,27 @@ class Daemon:
             await self.stop()
 
 
-def run(home: Home) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+class JsonLines(logging.Formatter):
+    """One JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def run(home: Home, json_logs: bool = False, level: str = "INFO") -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        JsonLines()
+        if json_logs
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    )
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     asyncio.run(Daemon(home).run_forever())

@@ -207,6 +207,7 @@ class Store:
                 self._forked.add(row[0])
         self.listeners: list[ChangeListener] = []
         self.batch_listeners: list[BatchListener] = []
+        self.decision_listeners: list[Callable[[IngestResult, str], None]] = []
         self._bulk: IngestResult | None = None
 
     def close(self) -> None:
@@ -272,6 +273,8 @@ class Store:
                     self._transaction(lambda d=fork: self._store_fork(d.evidence, source))
             elif isinstance(decision, Fork):
                 self._transaction(lambda d=decision: self._store_fork(d.evidence, source))
+        for observe in self.decision_listeners:
+            observe(result, source)
         if self._bulk is not None:
             self._bulk.decisions.extend(result.decisions)
             self._bulk.added.extend(result.added)
@@ -669,6 +672,39 @@ class Store:
                 "SELECT id, log_id, seq, evidence, found_at, source FROM forks ORDER BY found_at"
             )
         ]
+
+    def recent_changes(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest feed entries, newest first, with the signal they concern."""
+        rows = self.conn.execute(
+            "SELECT cursor, kind, collection, signal_id, op_id, target, detail, at FROM feed"
+            " ORDER BY cursor DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        signals = self.signals_by_id([r[3] for r in rows if r[3] is not None])
+        out = []
+        for cursor, kind, collection, signal_id, op_id, target, detail, at in rows:
+            entry: dict[str, Any] = {
+                "cursor": cursor,
+                "kind": kind,
+                "collection": collection,
+                "at": at,
+            }
+            signal = signals.get(signal_id) if signal_id is not None else None
+            if signal is not None:
+                entry.update(
+                    type=signal["type"],
+                    value=signal["value"],
+                    author=signal["author"],
+                    op_id=signal["op_id"] if kind == "add" else op_id,
+                )
+            else:
+                entry["op_id"] = op_id
+            if target:
+                entry["target"] = target
+            if detail:
+                entry["detail"] = detail
+            out.append(entry)
+        return out
 
     def feed_cursor(self) -> int:
         row = self.conn.execute("SELECT coalesce(max(cursor), 0) FROM feed").fetchone()

@@ -140,6 +140,7 @@ class Replicator:
         ]
         state = self.peers.state(peer.node_id)
         state.batches_sent += len(frames)
+        self.daemon.metrics.history.sent(len(frames))
         return encode_page(vector, frames, more, evidence, accept)
 
     async def handle_batches(self, request: web.Request) -> web.Response:
@@ -249,9 +250,11 @@ class Replicator:
             except (TimeoutError, aiohttp.ClientError, OSError, NodeError, ProtocolError) as exc:
                 state.failed(str(exc) or type(exc).__name__)
                 log.info("sync with %s failed: %s", peer.name, state.last_error)
+                self.daemon.metrics.sync_rounds.labels(peer.name, "failed").inc()
                 return False
             state.succeeded()
             self.rounds += 1
+            self.daemon.metrics.sync_rounds.labels(peer.name, "ok").inc()
             await self.daemon.call(self.store.set_meta, RESTORED_KEY, None)
             return True
 
@@ -281,6 +284,7 @@ class Replicator:
         )
         result: dict[str, Any] = json.loads(data)
         self.peers.state(peer.node_id).batches_sent += len(frames)
+        self.daemon.metrics.history.sent(len(frames))
         return result
 
     async def _anti_entropy(self) -> None:

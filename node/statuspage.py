@@ -1,0 +1,58 @@
+"""The operator's view: a self-contained HTML status page, its data endpoints, /metrics.
+
+The page is served by the node itself (no CDN, no third-party request) and reads its
+data with the admin token the operator types in (kept in the tab's session storage).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from .errors import NodeError
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+PAGE_HEADERS = {
+    "Content-Type": "text/html; charset=utf-8",
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def register(app: web.Application, daemon: Daemon) -> None:
+    page = resources.files("node").joinpath("static/status.html").read_bytes()
+
+    async def status_page(request: web.Request) -> web.Response:
+        return web.Response(body=page, headers=PAGE_HEADERS)
+
+    async def history(request: web.Request) -> web.Response:
+        return web.json_response({"minutes": daemon.metrics.history.to_json()})
+
+    async def recent(request: web.Request) -> web.Response:
+        text = request.query.get("limit", "20")
+        if not text.isdigit() or not 1 <= int(text) <= 500:
+            raise NodeError("limit: must be an integer 1-500")
+        changes = await daemon.call(daemon.service.store.recent_changes, int(text))
+        return web.json_response({"changes": changes})
+
+    async def metrics(request: web.Request) -> web.Response:
+        await daemon.refresh_gauges()
+        return web.Response(
+            body=daemon.metrics.render(),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app.router.add_get("/status", status_page)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/v1/status/history", history)
+    app.router.add_get("/v1/status/recent", recent)
+    app.router.add_get("/metrics", metrics)

@@ -1,0 +1,119 @@
+"""The operator's status page (rendered in headless Chromium), /metrics and /healthz."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from netnodes import NodeProc, wait_for
+
+MD5 = "%032x"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProc, NodeProc]]:
+    root = tmp_path_factory.mktemp("status")
+    a, b = NodeProc(root, "ncmec"), NodeProc(root, "childfocus")
+    a.peer(b, "csam")
+    b.peer(a, "csam")
+    a.trust(b, "csam")
+    a.start()
+    b.start()
+    yield a, b
+    a.kill()
+    b.kill()
+
+
+def scrape(node: NodeProc) -> str:
+    request = urllib.request.Request(
+        node.url + "/metrics", headers={"Authorization": f"Bearer {node.admin_token()}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        return response.read().decode()
+
+
+def metric(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_metrics_change_when_traffic_flows(pair: tuple[NodeProc, NodeProc]) -> None:
+    a, b = pair
+    before = scrape(a)
+    b.cli("add", "md5", MD5 % 1, "-c", "csam")
+    wait_for(lambda: a.matches("md5", MD5 % 1))
+    after = scrape(a)
+    key = 'hashmesh_batches_ingested_total{outcome="applied",source="peer"}'
+    assert metric(after, key) >= metric(before, key) + 1
+    assert metric(after, 'hashmesh_ops_applied_total{kind="add"}') >= 1
+    assert metric(after, "hashmesh_match_requests_total") > metric(
+        before, "hashmesh_match_requests_total"
+    )
+    assert metric(after, 'hashmesh_live_signals{collection="csam"}') >= 1
+    wait_for(lambda: 'hashmesh_peer_reachable{peer="childfocus"} 1.0' in scrape(a))
+    assert "hashmesh_match_latency_seconds_bucket" in after
+
+
+def test_metrics_and_status_data_need_the_token(pair: tuple[NodeProc, NodeProc]) -> None:
+    a, _ = pair
+    for path in ("/metrics", "/v1/status/history", "/v1/status/recent"):
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(a.url + path, timeout=5)
+        assert info.value.code == 401
+    with urllib.request.urlopen(a.url + "/healthz", timeout=5) as response:
+        assert response.status == 200
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None and not os.environ.get("HASHMESH_REQUIRE_BROWSER"),
+    reason="no chromium here (CI installs it and sets HASHMESH_REQUIRE_BROWSER=1)",
+)
+def test_status_page_renders_in_headless_chromium(
+    pair: tuple[NodeProc, NodeProc], tmp_path: Path
+) -> None:
+    assert CHROMIUM, "chromium is required (HASHMESH_REQUIRE_BROWSER is set)"
+    a, b = pair
+    b.cli("add", "md5", MD5 % 2, "-c", "csam")
+    wait_for(lambda: a.matches("md5", MD5 % 2))
+    url = f"{a.url}/status#token={a.admin_token()}"
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=8000",
+    ]
+    dom = subprocess.run(
+        [CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120
+    ).stdout
+    page = dom.split("<script", 1)[0]  # what was rendered, not the script's source
+    assert "hashmesh node ncmec" in page
+    assert a.node_id in page
+    main = page.split("<main", 1)[1]
+    assert 'id="content">' in page.split("<main", 1)[1][:40]  # shown, not hidden
+    assert "childfocus" in main and ">reachable<" in main  # the peer table
+    assert "FORKED" not in main and "None: every log held is a single history." in main
+    assert (MD5 % 2)[:16] in main  # recent changes
+    assert "<rect" in main  # the chart drew bars of sync traffic
+    shot = tmp_path / "status.png"
+    subprocess.run(
+        [CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1280,1400", url],
+        capture_output=True,
+        timeout=120,
+    )
+    assert shot.exists() and shot.stat().st_size > 10_000
