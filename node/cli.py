@@ -429,8 +429,14 @@ def verify(bundle: str, as_json: bool) -> None:
 @pass_ctx
 def import_(ctx: Context, bundle: str, as_json: bool) -> None:
     """Ingest a bundle as if it came from a peer (same trust rules)."""
-    with ctx.backend() as backend, open(bundle, "rb") as fh:
-        result = backend.import_bundle(fh)
+    from .progress import ProgressReader
+
+    with (
+        ctx.backend() as backend,
+        open(bundle, "rb") as fh,
+        ProgressReader(fh, "importing") as reader,
+    ):
+        result = backend.import_bundle(reader)  # type: ignore[arg-type]
     if result.get("refused_untrusted"):
         click.echo(
             f"hashmesh: skipped {result['refused_untrusted']} batches of authors not trusted for"
@@ -513,3 +519,7 @@ def demo(folder: str | None, keep_running: bool) -> None:
 
 def main() -> None:
     cli(prog_name="hashmesh")
+
+
+# Platform commands (token, import-list, export-list) live in their own module.
+from . import cli_platform  # noqa: E402, F401

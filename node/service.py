@@ -24,6 +24,7 @@ from .config import Config, Home, Peer, Trust, check_url, parse_listen, validate
 from .errors import Conflict, HomeError, NodeError, NotFound
 from .keys import create_key, load_key, new_token, write_secret
 from .matcher import Matcher
+from .progress import Counter
 from .store import IngestResult, Store, now_ms
 
 DEFAULT_CATEGORY = "unspecified"
@@ -353,17 +354,23 @@ class NodeService:
         path = Path(out)
         tmp = path.with_name(path.name + ".partial")
         batches = 0
+        total = sum(self.store.vector({collection}).values())
+        bar = Counter(total, "exporting")
         try:
             with open(tmp, "wb") as fh:
                 for n, chunk in enumerate(self.export_chunks(collection)):
                     fh.write(chunk)
                     batches = n
+                    if n:
+                        bar.advance()
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise NodeError(f"export to {out}: {exc.strerror}") from None
+        finally:
+            bar.close()
         return {"collection": collection, "file": str(path), "batches": batches}
 
     def import_bundle(self, stream: BinaryIO, source: str = "bundle") -> dict[str, Any]:
