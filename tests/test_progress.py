@@ -35,7 +35,9 @@ def test_export_and_import_progress_only_on_a_terminal(tmp_path: Path) -> None:
     bundle = tmp_path / "b.bundle"
     quiet = node.cli("export", "-c", "csam", str(bundle))
     assert quiet.stderr == ""
-    code, out = run_in_pty([HASHMESH, "--home", str(node.home), "export", "-c", "csam", str(bundle)])
+    code, out = run_in_pty(
+        [HASHMESH, "--home", str(node.home), "export", "-c", "csam", str(bundle)]
+    )
     assert code == 0 and "exporting" in out and "100%" in out
     quiet = node.cli("import", str(bundle))
     assert quiet.stderr == ""
