@@ -19,7 +19,7 @@ from aiohttp import BodyPartReader, web
 from protocol.errors import ProtocolError
 
 from . import access
-from .errors import NodeError
+from .errors import NodeError, PayloadTooLarge
 from .hashing import ImageError, hash_bytes
 
 if TYPE_CHECKING:
@@ -34,10 +34,6 @@ OPEN_PATHS = {"/v1/healthz", "/healthz", "/status"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
-
-
-class PayloadTooLarge(NodeError):
-    status = 413
 
 
 def error_response(status: int, message: str) -> web.Response:

@@ -9,6 +9,10 @@ class NodeError(Exception):
     status = 400
 
 
+class Unauthorized(NodeError):
+    status = 401
+
+
 class NotFound(NodeError):
     status = 404
 
@@ -19,6 +23,14 @@ class Forbidden(NodeError):
 
 class Conflict(NodeError):
     status = 409
+
+
+class PayloadTooLarge(NodeError):
+    status = 413
+
+
+class TooManyRequests(NodeError):
+    status = 429
 
 
 class HomeError(NodeError):

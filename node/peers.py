@@ -32,7 +32,7 @@ from protocol.peerauth import (
 from protocol.signing import SigningKey
 
 from .config import Config, Peer
-from .errors import NodeError
+from .errors import Forbidden, NodeError, PayloadTooLarge, TooManyRequests, Unauthorized
 from .store import now_ms
 
 MAX_PEER_BODY = 32 * 1024 * 1024
@@ -44,22 +44,6 @@ CUTOFF_SCORE = 100
 CUTOFF_SECONDS = 600.0
 PENALTY_INVALID = 25
 PENALTY_FLOOD = 1
-
-
-class Unauthorized(NodeError):
-    status = 401
-
-
-class PeerForbidden(NodeError):
-    status = 403
-
-
-class TooManyRequests(NodeError):
-    status = 429
-
-
-class PayloadTooLarge(NodeError):
-    status = 413
 
 
 class NonceCache:
@@ -183,10 +167,10 @@ class Peers:
             raise Unauthorized(str(exc)) from None
         peer = config.peer(auth.caller)
         if peer is None:
-            raise PeerForbidden(f"node {auth.caller} is not a peer of this node")
+            raise Forbidden(f"node {auth.caller} is not a peer of this node")
         state = self.state(auth.caller)
         if state.cut_off:
-            raise PeerForbidden("this peer is cut off for sending invalid data; try later")
+            raise Forbidden("this peer is cut off for sending invalid data; try later")
         if not self.nonces.check_and_add(auth.caller, auth.nonce, now):
             raise Unauthorized("peer auth: nonce replayed")
         if not state.take_token():

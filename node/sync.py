@@ -106,14 +106,18 @@ class Replicator:
 
     # -- server side ---------------------------------------------------------------------
 
+    def _refuse(self, peer: Peer, reason: str, message: str) -> BadPeerData:
+        """Score a peer down for invalid data; the caller raises the returned 400."""
+        self.peers.state(peer.node_id).penalise(PENALTY_INVALID, reason)
+        return BadPeerData(message)
+
     async def handle_sync(self, request: web.Request) -> web.Response:
         config = self.service.config
         peer, auth, body = await self.peers.authenticate(request, config)
         try:
             sync_request = parse_sync_request(body)
         except ProtocolError as exc:
-            self.peers.state(peer.node_id).penalise(PENALTY_INVALID, "bad_sync_request")
-            raise BadPeerData(str(exc)) from None
+            raise self._refuse(peer, "bad_sync_request", str(exc)) from None
         page = await self.daemon.call(self._build_page, peer, sync_request)
         return self.peers.respond(auth, page, "application/octet-stream")
 
@@ -149,8 +153,7 @@ class Replicator:
         try:
             frames = iter_frames(body)
         except ProtocolError as exc:
-            self.peers.state(peer.node_id).penalise(PENALTY_INVALID, "bad_frame")
-            raise BadPeerData(str(exc)) from None
+            raise self._refuse(peer, "bad_frame", str(exc)) from None
         result = await self.daemon.call(self._ingest_frames, peer, frames)
         if result.get("error"):
             raise BadPeerData(result["error"])
@@ -192,8 +195,7 @@ class Replicator:
             blobs = [base64.urlsafe_b64decode(e + "=" * (-len(e) % 4)) for e in value["evidence"]]
             evidence = [verify_evidence(blob) for blob in blobs[:100]]
         except (ValueError, KeyError, TypeError, ProtocolError) as exc:
-            self.peers.state(peer.node_id).penalise(PENALTY_INVALID, "bad_evidence")
-            raise BadPeerData(f"evidence: {exc}") from None
+            raise self._refuse(peer, "bad_evidence", f"evidence: {exc}") from None
         new = await self.daemon.call(self._store_evidence, evidence, peer)
         return self.peers.respond(auth, json.dumps({"new": new}).encode(), "application/json")
 
