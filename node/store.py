@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,12 @@ CREATE TABLE IF NOT EXISTS feed (
 );
 CREATE INDEX IF NOT EXISTS feed_collection ON feed (collection, cursor);
 """
+
+
+_second = itemgetter(1)
+_get_type = attrgetter("type")
+_get_value = attrgetter("value")
+_add_fields = attrgetter("type", "value", "quality", "category", "classification", "ref")
 
 
 def _signed(batch: Batch) -> SignedHeader:
@@ -361,32 +368,32 @@ class Store:
         first_id = None
         if decision.adds:
             first_id = (conn.execute("SELECT coalesce(max(id), 0) FROM signals").fetchone()[0]) + 1
+            count = len(decision.adds)
+            ops = list(map(_second, decision.adds))
+            fields = list(map(_add_fields, ops))  # (type, value, quality, category, ...)
             conn.executemany(
                 "INSERT INTO signals (id, log_id, seq, idx, type, value, quality, category,"
                 " classification, ref) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (
-                        first_id + n,
-                        log_id,
-                        seq,
-                        index,
-                        op.type,
-                        op.value,
-                        op.quality,
-                        op.category,
-                        op.classification,
-                        op.ref,
+                    (signal_id, log_id, seq, index, *rest)
+                    for signal_id, (index, _), rest in zip(
+                        range(first_id, first_id + count), decision.adds, fields, strict=True
                     )
-                    for n, (index, op) in enumerate(decision.adds)
                 ],
             )
-            collection = header.collection
-            conn.executemany(
-                "INSERT INTO feed (kind, collection, signal_id, at) VALUES ('add', ?, ?, ?)",
-                [(collection, first_id + n, at) for n in range(len(decision.adds))],
+            # The feed rows in one statement, straight from the rows just written.
+            conn.execute(
+                "INSERT INTO feed (kind, collection, signal_id, at)"
+                " SELECT 'add', ?, id, ? FROM signals WHERE id BETWEEN ? AND ? ORDER BY id",
+                (header.collection, at, first_id, first_id + count - 1),
             )
             result.added.extend(
-                (first_id + n, op.type, op.value) for n, (_, op) in enumerate(decision.adds)
+                zip(
+                    range(first_id, first_id + count),
+                    map(_get_type, ops),
+                    map(_get_value, ops),
+                    strict=True,
+                )
             )
         revoked = 0
         for effect in decision.effects:

@@ -348,11 +348,20 @@ def test_hash_prints_digests_and_pdq_of_real_images(cli: Cli) -> None:
     assert result[0]["pdq"] in human and result[0]["md5"] in human
 
 
-def test_hash_refuses_a_file_that_is_not_an_image(cli: Cli, tmp_path: Path) -> None:
+def test_hash_of_a_file_that_is_not_an_image_gives_exact_hashes_only(
+    cli: Cli, tmp_path: Path
+) -> None:
     junk = tmp_path / "junk.jpg"
     junk.write_bytes(b"not a picture at all")
-    message = one_sentence_error(cli("hash", junk, expect=None))
-    assert "junk.jpg" in message
+    result = cli("hash", junk, "--json")
+    (row,) = result.json()
+    assert row["md5"] == hashlib.md5(b"not a picture at all").hexdigest()
+    assert row["sha256"] == hashlib.sha256(b"not a picture at all").hexdigest()
+    assert "pdq" not in row and "quality" not in row
+    (warning,) = result.stderr.splitlines()
+    assert "junk.jpg" in warning and "exact hashes only" in warning
+    missing = cli("hash", tmp_path / "missing.jpg", expect=2)  # click's usage error
+    assert "does not exist" in missing.stderr and missing.stdout == ""
 
 
 def test_submit_publishes_hashes_and_match_file_finds_near_duplicates(
