@@ -54,7 +54,10 @@ from typing import Any
 import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# bench/protocol.py would shadow the protocol package; ROOT goes after PYTHONPATH, so a
+# snapshot of the tree given there wins over the working tree.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.append(str(ROOT))
 
 from node.config import Home, Peer, Trust  # noqa: E402
 from node.service import NodeService, init_home  # noqa: E402
@@ -328,7 +331,13 @@ async def publish_and_watch(
         query = json.dumps({"queries": [{"type": "md5", "value": pub.value}]}).encode()
         deadline = pub.acked + args.timeout
 
-        async def watch(i: int, node: Node, pub: Publication = pub, query: bytes = query) -> None:
+        async def watch(
+            i: int,
+            node: Node,
+            pub: Publication = pub,
+            query: bytes = query,
+            deadline: float = deadline,
+        ) -> None:
             headers = {**node.auth, "Content-Type": "application/json"}
             while True:
                 async with session.post(node.url + "/v1/match", data=query, headers=headers) as r:
@@ -345,8 +354,11 @@ async def publish_and_watch(
         if k >= args.warmup:
             pubs.append(pub)
             if len(pub.done_at) < len(nodes):
-                print(f"  publication {k}: only {len(pub.done_at)}/{len(nodes)} nodes "
-                      f"matched within {args.timeout} s", flush=True)
+                print(
+                    f"  publication {k}: only {len(pub.done_at)}/{len(nodes)} nodes "
+                    f"matched within {args.timeout} s",
+                    flush=True,
+                )
         await asyncio.sleep(args.gap_ms / 1000)
     return pubs
 
@@ -421,6 +433,10 @@ def summarise(
 # -- bootstrap -------------------------------------------------------------------------------
 
 
+class BootstrapFailed(RuntimeError):
+    pass
+
+
 def build_seed(root: Path, signals: int, seed: int) -> tuple[Node, float]:
     """A home holding `signals` md5 adds in batches of BATCH_SIZE, published offline."""
     node = make_node(root, "seed")
@@ -432,8 +448,7 @@ def build_seed(root: Path, signals: int, seed: int) -> tuple[Node, float]:
         while done < signals:
             count = min(BATCH_SIZE, signals - done)
             ops = [
-                AddOp.create("md5", rng.randbytes(16).hex(), category="csam")
-                for _ in range(count)
+                AddOp.create("md5", rng.randbytes(16).hex(), category="csam") for _ in range(count)
             ]
             service.publish(COLLECTION, list(ops))
             done += count
@@ -453,6 +468,7 @@ async def bootstrap_once(
     expect_head: int,
     expect_live: int,
     poll_s: float,
+    timeout_s: float,
 ) -> dict[str, float]:
     fresh = make_node(root, f"fresh{run}")
     configure(fresh, [], [seed])
@@ -465,9 +481,7 @@ async def bootstrap_once(
         started_proc = fresh.started_at
         peer = {"name": seed.name, "url": seed.url, "node_id": seed.node_id, "share": [COLLECTION]}
         t0 = time.monotonic()
-        async with session.post(
-            fresh.url + "/v1/admin/peers", json=peer, headers=fresh.auth
-        ) as r:
+        async with session.post(fresh.url + "/v1/admin/peers", json=peer, headers=fresh.auth) as r:
             if r.status != 200:
                 raise RuntimeError(f"peer add answered {r.status}: {await r.text()}")
         while True:
@@ -476,8 +490,13 @@ async def bootstrap_once(
             logs = [lg for lg in status["logs"] if lg["author"] == seed.node_id]
             if logs and logs[0]["head"] >= expect_head and status["live_signals"] >= expect_live:
                 break
-            if time.monotonic() - t0 > 900:
-                raise RuntimeError(f"bootstrap incomplete after 900 s: {logs}")
+            if time.monotonic() - t0 > timeout_s:
+                errors = {p["name"]: p.get("last_error", "") for p in status["peers"]}
+                have = logs[0]["head"] if logs else 0
+                raise BootstrapFailed(
+                    f"at {have}/{expect_head} batches after {timeout_s:.0f} s; "
+                    f"fresh node's peer errors: {errors}"
+                )
             await asyncio.sleep(poll_s)
         t1 = time.monotonic()
     finally:
@@ -497,9 +516,13 @@ async def bootstrap(args: argparse.Namespace, root: Path, procs: Procs) -> dict[
     seed, build_s = build_seed(boot_root, signals, args.seed)
     head = -(-signals // BATCH_SIZE)
     db_mb = (seed.home / "hashmesh.db").stat().st_size / 2**20
-    print(f"  built in {build_s:.1f} s ({signals / build_s:,.0f} signals/s), "
-          f"{head} batches, database {db_mb:.0f} MiB", flush=True)
+    print(
+        f"  built in {build_s:.1f} s ({signals / build_s:,.0f} signals/s), "
+        f"{head} batches, database {db_mb:.0f} MiB",
+        flush=True,
+    )
     runs: list[dict[str, float]] = []
+    error = ""
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         procs.spawn(seed)
@@ -507,21 +530,42 @@ async def bootstrap(args: argparse.Namespace, root: Path, procs: Procs) -> dict[
             await wait_healthy(session, [seed], timeout=300)
             print(f"  seed running after {time.monotonic() - seed.started_at:.1f} s", flush=True)
             for run in range(args.bootstrap_runs):
-                result = await bootstrap_once(
-                    session, seed, boot_root, procs, run, head, signals, args.status_poll_ms / 1000
+                try:
+                    result = await bootstrap_once(
+                        session,
+                        seed,
+                        boot_root,
+                        procs,
+                        run,
+                        head,
+                        signals,
+                        args.status_poll_ms / 1000,
+                        args.bootstrap_timeout,
+                    )
+                except BootstrapFailed as exc:
+                    print(f"  run {run + 1}: did not complete: {exc}", flush=True)
+                    error = str(exc)
+                    break
+                print(
+                    f"  run {run + 1}: {result['sync_s']:.1f} s from peering, "
+                    f"{result['rate']:,.0f} signals/s "
+                    f"({result['from_spawn_s']:.1f} s from process start)",
+                    flush=True,
                 )
-                print(f"  run {run + 1}: {result['sync_s']:.1f} s from peering, "
-                      f"{result['rate']:,.0f} signals/s "
-                      f"({result['from_spawn_s']:.1f} s from process start)", flush=True)
                 runs.append(result)
         finally:
             procs.stop([seed])
-    return {
+    out: dict[str, Any] = {
         "signals": signals,
         "batches": head,
         "build_s": build_s,
         "db_mb": db_mb,
         "runs": runs,
+        "error": error,
+    }
+    if not runs:
+        return out
+    return out | {
         "sync_s": statistics.median(r["sync_s"] for r in runs),
         "rate": statistics.median(r["rate"] for r in runs),
         "from_spawn_s": statistics.median(r["from_spawn_s"] for r in runs),
@@ -578,6 +622,8 @@ def hop_table(rows: list[dict[str, Any]]) -> str:
 
 
 def bootstrap_table(b: dict[str, Any]) -> str:
+    if not b["runs"]:
+        return f"Bootstrap of {b['signals']:,} signals did not complete: {b['error']}"
     runs = ", ".join(f"{r['rate']:,.0f}" for r in b["runs"])
     return "\n".join(
         [
@@ -610,7 +656,7 @@ def report(
         SECTION,
         "",
         f"Measured {date} on {machine()}.",
-        f"Command: `.venv/bin/python bench/propagation.py {' '.join(sys.argv[1:])}`.",
+        f"Command: `{command()}`.",
         "",
     ]
     if rows:
@@ -628,7 +674,7 @@ def report(
             f"after the {BATCH_DELAY_MS} ms batching delay and the local commit) to the "
             f"moment POST /v1/match answers matched on every node; each node is polled every "
             f"{args.poll_ms} ms until it matches, so the resolution is about one poll "
-            f"interval plus a request. \"Store-side\" is the same spread taken from the "
+            f'interval plus a request. "Store-side" is the same spread taken from the '
             f"`received_at` each node's store wrote when it applied the batch (last node "
             f"minus origin), which needs no polling. Percentiles are nearest-rank over the "
             f"{args.publications} publications.",
@@ -659,12 +705,27 @@ def report(
         if r["n"] == 32 and "p99" in r:
             ok = "met" if r["p99"] <= 2.0 else "MISSED"
             targets.append(f"p99 <= 2 s at 32 nodes: {ok} ({ms(r['p99'])} ms)")
-    if boot:
+    if boot and not boot["runs"]:
+        targets.append("bootstrap >= 50,000 signals/s: MISSED (did not complete)")
+    elif boot:
         ok = "met" if boot["rate"] >= 50_000 else "MISSED"
         targets.append(f"bootstrap >= 50,000 signals/s: {ok} ({boot['rate']:,.0f} signals/s)")
     if targets:
         parts += ["Targets: " + "; ".join(targets) + ".", ""]
+    parts += [f"- {note}" for note in args.note]
     return "\n".join(parts)
+
+
+def command() -> str:
+    env = f"PYTHONPATH={os.environ['PYTHONPATH']} " if os.environ.get("PYTHONPATH") else ""
+    argv_in, argv = sys.argv[1:], []
+    while argv_in:
+        a = argv_in.pop(0)
+        if a == "--note":
+            argv_in = argv_in[1:]
+        elif not a.startswith("--note="):
+            argv.append(a if a and " " not in a else repr(a))
+    return f"{env}.venv/bin/python bench/propagation.py {' '.join(argv)}".rstrip()
 
 
 def parse_count(text: str) -> int:
@@ -698,10 +759,14 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=60.0, help="per publication, seconds")
     ap.add_argument("--bootstrap-signals", type=parse_count, default=1_000_000, help="0 skips")
     ap.add_argument("--bootstrap-runs", type=int, default=3)
+    ap.add_argument("--bootstrap-timeout", type=float, default=300.0, help="per run, seconds")
     ap.add_argument("--status-poll-ms", type=int, default=100)
+    ap.add_argument("--note", action="append", default=[], help="a line added to the docs")
     ap.add_argument("--seed", type=int, default=20240601)
     ap.add_argument("--keep", action="store_true", help="keep the temporary homes")
-    ap.add_argument("--write-docs", action="store_true", help="replace our section of docs/benchmarks.md")
+    ap.add_argument(
+        "--write-docs", action="store_true", help="replace our section of docs/benchmarks.md"
+    )
     args = ap.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="hashmesh-propagation-"))

@@ -21,6 +21,7 @@ from protocol.errors import ProtocolError
 from . import access
 from .errors import NodeError, PayloadTooLarge
 from .hashing import ImageError, hash_bytes
+from .selfreport import OPEN_PATHS as SELFREPORT_OPEN_PATHS
 
 if TYPE_CHECKING:
     from .daemon import Daemon
@@ -31,6 +32,7 @@ MAX_JSON_BODY = 16 * 1024 * 1024
 MAX_BUNDLE_BODY = 16 * 1024 * 1024 * 1024
 MAX_UPLOAD = 50 * 1024 * 1024
 OPEN_PATHS = {"/v1/healthz", "/healthz", "/status"}
+OPEN_PATHS |= SELFREPORT_OPEN_PATHS  # the self-report page: no login, by design
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")

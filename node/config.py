@@ -74,6 +74,16 @@ class Config:
     tls_ca: str = ""
     peers: list[Peer] = field(default_factory=list)
     trust: list[Trust] = field(default_factory=list)
+    # -- self-report page ([selfreport], node/selfreport.py; off by default) -----------
+    selfreport_enabled: bool = False
+    selfreport_collection: str = "takeitdown"
+    selfreport_pow_bits: int = 16
+    selfreport_submits_per_hour: int = 5
+    selfreport_checks_per_hour: int = 30
+    selfreport_total_submits_per_hour: int = 500
+    selfreport_max_files: int = 20
+    selfreport_client_ip_header: str = ""
+    # -- end self-report --------------------------------------------------------------
 
     # -- policy --------------------------------------------------------------------------
 
@@ -147,6 +157,10 @@ class Config:
             "peers": [asdict(p) for p in self.peers],
             "trust": [asdict(t) for t in self.trust],
         }
+        data["selfreport"] = {  # self-report page (node/selfreport.py)
+            k.removeprefix("selfreport_"): v for k, v in asdict(self).items()
+            if k.startswith("selfreport_")
+        }
         return tomli_w.dumps(data)
 
     @classmethod
@@ -171,6 +185,7 @@ class Config:
                 tls_ca=str(tls.get("ca", "")),
                 peers=[Peer(**p) for p in data.get("peers", [])],
                 trust=[Trust(**t) for t in data.get("trust", [])],
+                **_selfreport_fields(data.get("selfreport", {})),  # node/selfreport.py
             )
         except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
             raise HomeError(f"config {source}: {exc}") from None
@@ -179,7 +194,41 @@ class Config:
             raise HomeError(f"config {source}: publish.batch_size must be 1-10000")
         if not 0 <= config.batch_delay_ms <= 60_000:
             raise HomeError(f"config {source}: publish.batch_delay_ms must be 0-60000")
+        _check_selfreport(config, source)  # node/selfreport.py
         return config
+
+
+# -- self-report page settings ([selfreport], node/selfreport.py) ------------------------
+
+
+def _selfreport_fields(table: dict[str, Any]) -> dict[str, Any]:
+    """[selfreport] keys as Config fields, each converted to its field's type."""
+    kinds = {"enabled": bool, "collection": str, "client_ip_header": str}
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        name = "selfreport_" + key
+        if name not in Config.__dataclass_fields__:
+            raise ValueError(f"selfreport.{key}: unknown setting")
+        kind = kinds.get(key, int)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ValueError(f"selfreport.{key}: expected {kind.__name__}")
+        out[name] = value
+    return out
+
+
+def _check_selfreport(config: Config, source: str) -> None:
+    try:
+        validate_collection(config.selfreport_collection, "selfreport.collection")
+    except ProtocolError as exc:
+        raise HomeError(f"config {source}: {exc}") from None
+    if not 0 <= config.selfreport_pow_bits <= 28:
+        raise HomeError(f"config {source}: selfreport.pow_bits must be 0-28")
+    for key in ("submits_per_hour", "checks_per_hour", "total_submits_per_hour", "max_files"):
+        if not 1 <= getattr(config, "selfreport_" + key) <= 1_000_000:
+            raise HomeError(f"config {source}: selfreport.{key} must be 1-1000000")
+
+
+# -- end self-report ---------------------------------------------------------------------
 
 
 def validate_name(name: str, what: str = "name") -> str:

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from protocol.ops import AddOp
 
-from . import statuspage
+from . import selfreport, statuspage
 from .api import build_app
 from .config import Home, HomeLock, parse_listen
 from .errors import HomeError
@@ -167,6 +167,7 @@ class Daemon:
         app.middlewares.insert(0, metrics_middleware(self.metrics))
         self.replicator.register(app)
         statuspage.register(app, self)
+        self.selfreport = selfreport.register(app, self)  # /takeitdown (node/selfreport.py)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port, ssl_context=ssl_context, shutdown_timeout=5)

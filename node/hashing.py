@@ -3,10 +3,16 @@
 A submitter's pictures never leave their machine, so this runs where the pictures are.
 
 Why the image is reduced the way it is: Meta's reference hasher (pdqhashing, the source of
-the reference hashes in tests) hashes ``Image.thumbnail((512, 512))`` of the picture, and
-Pillow's thumbnail decodes JPEGs in draft mode (DCT scaling) before resampling. Doing the
-same reproduces the reference hashes exactly on the conformance images and is about four
-times faster than a full decode, which would drift up to 12 bits from the reference.
+the reference hashes in tests) hashes ``Image.thumbnail((512, 512))`` of the picture, so we
+hash the same 512-pixel thumbnail. For JPEGs the decoder is asked for the smallest DCT
+scale (1/2, 1/4, 1/8) that still covers that thumbnail; thumbnail()'s own draft keeps twice
+the size, which for 1-3 megapixel photos means a full decode. Bilinear rather than bicubic
+resampling of the (less than 2x larger) draft saves another ~1.5 ms. Measured on 1-3 MP
+photos (bench/match.py --hashing, docs/benchmarks.md): ~1.8x the images/s, at most 10 bits
+and a median of 0 from a full decode for publishable hashes; the conformance images still
+hash exactly to the reference (the 1600x1004 bridges now decode at 1/2 scale).
+Decoding straight to grey (the JPEG's Y plane is PDQ's luma) would be ~20% faster still,
+but moved the conformance images up to 8 bits from the reference, so it is not used.
 
 Every decoding failure, whatever Pillow or the codec raises, becomes one `ImageError`
 with one sentence, so callers need one except clause. Reading a path that does not exist
@@ -16,6 +22,7 @@ or cannot be read still raises `OSError`: that is not a property of the image.
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -43,6 +50,7 @@ MIN_PUBLISH_QUALITY = 50
 PDQ_THUMBNAIL = (512, 512)
 _READ_CHUNK = 1 << 20
 _WHITE = (255, 255, 255)
+_JPEG_RESAMPLE = Image.Resampling.BILINEAR
 
 
 class ImageError(ValueError):
@@ -131,8 +139,10 @@ def _hash_image(image: Image.Image) -> tuple[str, int]:
     if getattr(image, "is_animated", False):
         image.seek(0)
     if image.format == "JPEG" and image.mode in ("L", "RGB", "CMYK"):
-        # Draft (DCT-scaled) decode happens inside thumbnail, before the pixels load.
-        image.thumbnail(PDQ_THUMBNAIL)
+        # Decode at the smallest DCT scale (1/2, 1/4, 1/8) that still covers the thumbnail,
+        # not thumbnail()'s own draft, which keeps twice the thumbnail (its reducing gap).
+        image.draft(None, _thumbnail_size(image.size))
+        image.thumbnail(PDQ_THUMBNAIL, _JPEG_RESAMPLE)
         rgb = _to_rgb(image)
     else:
         image.load()
@@ -144,6 +154,13 @@ def _hash_image(image: Image.Image) -> tuple[str, int]:
     pixels = np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
     bits, quality = pdqhash.compute(pixels)
     return np.packbits(np.asarray(bits, dtype=np.uint8)).tobytes().hex(), int(quality)
+
+
+def _thumbnail_size(size: tuple[int, int]) -> tuple[int, int]:
+    """The size `thumbnail(PDQ_THUMBNAIL)` produces, rounded up so a draft never undershoots."""
+    w, h = size
+    ratio = min(PDQ_THUMBNAIL[0] / w, PDQ_THUMBNAIL[1] / h, 1.0)
+    return max(1, math.ceil(w * ratio)), max(1, math.ceil(h * ratio))
 
 
 def _exif_transpose(rgb: Image.Image, source: Image.Image) -> Image.Image:

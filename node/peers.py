@@ -46,6 +46,19 @@ PENALTY_INVALID = 25
 PENALTY_FLOOD = 1
 
 
+async def read_limited(stream: aiohttp.StreamReader, limit: int, what: str) -> bytes:
+    """The whole body, refusing it as soon as it passes `limit` (read(n) stops at the first
+    chunk that arrived, which is not the whole body)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in stream.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"{what}: larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class NonceCache:
     """Nonces seen within the timestamp window; a replay inside the window is refused and
     one outside it is refused by the timestamp check, so the cache stays bounded."""
@@ -155,9 +168,7 @@ class Peers:
         """Check a peer request: signature, audience, freshness, nonce, known peer, limits."""
         if request.content_length is not None and request.content_length > MAX_PEER_BODY:
             raise PayloadTooLarge(f"request body: larger than {MAX_PEER_BODY} bytes")
-        body = await request.content.read(MAX_PEER_BODY + 1)
-        if len(body) > MAX_PEER_BODY:
-            raise PayloadTooLarge(f"request body: larger than {MAX_PEER_BODY} bytes")
+        body = await read_limited(request.content, MAX_PEER_BODY, "request body")
         now = now_ms()
         try:
             auth = verify_request(
@@ -206,9 +217,9 @@ class PeerClient:
         headers = sign_request(self.key, peer.node_id, "POST", path, body, now_ms(), nonce)
         headers["Content-Type"] = content_type
         async with self.session.post(peer.url + path, data=body, headers=headers) as response:
-            data = await response.content.read(MAX_PEER_BODY + 1)
-            if len(data) > MAX_PEER_BODY:
-                raise NodeError(f"peer {peer.name}: response larger than {MAX_PEER_BODY} bytes")
+            data = await read_limited(
+                response.content, MAX_PEER_BODY, f"peer {peer.name}: response"
+            )
             if response.status != 200:
                 raise NodeError(f"peer {peer.name} answered {response.status}: {_error(data)}")
             try:

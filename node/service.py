@@ -12,7 +12,7 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from protocol.batches import AnyOp, LogKey, build_batch, header_hash
 from protocol.bundles import BundleCheck, BundleDecoder, encode_bundle_header
@@ -23,9 +23,11 @@ from protocol.signals import Signal
 from .config import Config, Home, Peer, Trust, check_url, parse_listen, validate_name
 from .errors import Conflict, HomeError, NodeError, NotFound
 from .keys import create_key, load_key, new_token, write_secret
-from .matcher import Matcher
 from .progress import Counter
 from .store import IngestResult, Store, now_ms
+
+if TYPE_CHECKING:
+    from .matcher import Matcher
 
 DEFAULT_CATEGORY = "unspecified"
 RESTORED_KEY = "restored_from_backup"
@@ -228,6 +230,8 @@ class NodeService:
     @property
     def matcher(self) -> Matcher:
         if self._matcher is None:
+            from .matcher import Matcher  # numpy: loaded only by commands that match
+
             self._matcher = Matcher(self.store)
         return self._matcher
 

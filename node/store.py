@@ -15,7 +15,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS logs (
     UNIQUE (author, collection)
 );
 CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY,
     log_id INTEGER NOT NULL REFERENCES logs(id),
     seq INTEGER NOT NULL,
     hash BLOB NOT NULL,
@@ -72,8 +73,8 @@ CREATE TABLE IF NOT EXISTS batches (
     op_count INTEGER NOT NULL,
     received_at INTEGER NOT NULL,
     source TEXT NOT NULL,
-    PRIMARY KEY (log_id, seq)
-) WITHOUT ROWID;
+    UNIQUE (log_id, seq)
+);
 CREATE TABLE IF NOT EXISTS signals (
     id INTEGER PRIMARY KEY,
     log_id INTEGER NOT NULL,
@@ -134,6 +135,13 @@ _second = itemgetter(1)
 _get_type = attrgetter("type")
 _get_value = attrgetter("value")
 _add_fields = attrgetter("type", "value", "quality", "category", "classification", "ref")
+
+
+def _lighten(decision: Decision) -> Decision:
+    if isinstance(decision, Apply):
+        light = replace(decision.batch, ops=[], leaf_hashes=[])
+        return Apply(light, [], [], [])
+    return decision
 
 
 def _signed(batch: Batch) -> SignedHeader:
@@ -283,7 +291,9 @@ class Store:
         for observe in self.decision_listeners:
             observe(result, source)
         if self._bulk is not None:
-            self._bulk.decisions.extend(result.decisions)
+            # Listeners after the commit need the signed bytes, not the parsed ops: keep
+            # light copies so a million-signal import does not hold every op in memory.
+            self._bulk.decisions.extend(_lighten(d) for d in result.decisions)
             self._bulk.added.extend(result.added)
             self._bulk.removed.extend(result.removed)
         else:
@@ -321,11 +331,13 @@ class Store:
         self.conn.execute("RELEASE batch" if nested else "COMMIT")
 
     @contextmanager
-    def bulk(self) -> Iterator[None]:
+    def bulk(self, source: str = "bundle") -> Iterator[None]:
         """Make everything ingested inside one transaction: all of it commits or none does.
 
-        Used by bundle import, where a bad batch late in the file must leave no trace; change
-        listeners (the matcher index) hear of the changes only after the commit.
+        Used by bundle import, where a bad batch late in the file must leave no trace, and
+        for each page of batches pulled from a peer (one fsync per page, not per batch).
+        Change listeners (the matcher index, eager push) hear of the changes only after the
+        commit, with `source` so a relay never pushes a batch back where it came from.
         """
         if self._bulk is not None:
             raise RuntimeError("bulk() does not nest")
@@ -341,7 +353,7 @@ class Store:
             raise
         self.conn.execute("COMMIT")
         done, self._bulk = self._bulk, None
-        self._notify(done, "bundle")
+        self._notify(done, source)
 
     def _apply(self, decision: Apply, source: str, result: IngestResult) -> None:
         batch = decision.batch

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
-from protocol.batches import Batch, LogKey, iter_frames, verify_parts
+from protocol.batches import Batch, LogKey, iter_frames, parse_header, verify_parts
 from protocol.errors import ProtocolError
 from protocol.evidence import ForkEvidence, verify_evidence
 from protocol.sync import (
@@ -60,6 +60,24 @@ class BadPeerData(NodeError):
     status = 400
 
 
+class Outbox:
+    """Frames waiting to be pushed to one peer; `take` returns all of them at once."""
+
+    def __init__(self) -> None:
+        self._frames: list[bytes] = []
+        self._ready = asyncio.Event()
+
+    def put(self, frame: bytes) -> None:
+        self._frames.append(frame)
+        self._ready.set()
+
+    async def take(self) -> list[bytes]:
+        await self._ready.wait()
+        self._ready.clear()
+        frames, self._frames = self._frames, []
+        return frames
+
+
 class Replicator:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
@@ -70,6 +88,7 @@ class Replicator:
         self.queue: asyncio.Queue[tuple[list[Batch], list[ForkEvidence], str]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
+        self._outboxes: dict[str, Outbox] = {}
         self._syncing: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.rounds = 0
 
@@ -163,30 +182,59 @@ class Replicator:
     def _ingest_frames(
         self, peer: Peer, frames: list[tuple[bytes, bytes, bytes]]
     ) -> dict[str, Any]:
-        """Verify and ingest pushed or pulled frames (store thread)."""
+        """Verify and ingest pushed or pulled frames (store thread), one commit per page."""
         config = self.service.config
         state = self.peers.state(peer.node_id)
         results: list[dict[str, Any]] = []
         touched: set[LogKey] = set()
         deferred = False
-        for n, (header, sig, ops) in enumerate(frames):
-            try:
-                batch = verify_parts(header, sig, ops)
-            except ProtocolError as exc:
-                state.penalise(PENALTY_INVALID, "invalid_batch")
-                log.warning("peer %s sent an invalid batch: %s", peer.name, exc)
-                return {"results": results, "error": f"batch {n}: {exc}"}
-            if not config.accepts(batch.header.author, batch.header.collection):
-                state.refused["untrusted"] = state.refused.get("untrusted", 0) + 1
-                results.append({"log": str(batch.log), "seq": batch.seq, "outcome": "untrusted"})
-                continue
-            outcome = self.store.ingest(batch, source=f"peer:{peer.node_id}").outcome
-            state.batches_received += 1
-            deferred = deferred or outcome == "deferred"
-            results.append({"log": str(batch.log), "seq": batch.seq, "outcome": outcome})
-            touched.add(batch.log)
+        error = ""
+        source = f"peer:{peer.node_id}"
+        with self.store.bulk(source):
+            for n, (header, sig, ops) in enumerate(frames):
+                try:
+                    if self._already_held(header):
+                        head = parse_header(header)
+                        results.append(
+                            {
+                                "log": f"{head.author}/{head.collection}",
+                                "seq": head.seq,
+                                "outcome": "duplicate",
+                            }
+                        )
+                        continue
+                    batch = verify_parts(header, sig, ops)
+                except ProtocolError as exc:
+                    state.penalise(PENALTY_INVALID, "invalid_batch")
+                    log.warning("peer %s sent an invalid batch: %s", peer.name, exc)
+                    error = f"batch {n}: {exc}"
+                    break
+                if not config.accepts(batch.header.author, batch.header.collection):
+                    state.refused["untrusted"] = state.refused.get("untrusted", 0) + 1
+                    results.append(
+                        {"log": str(batch.log), "seq": batch.seq, "outcome": "untrusted"}
+                    )
+                    continue
+                outcome = self.store.ingest(batch, source=source).outcome
+                state.batches_received += 1
+                deferred = deferred or outcome == "deferred"
+                results.append({"log": str(batch.log), "seq": batch.seq, "outcome": outcome})
+                touched.add(batch.log)
         vector = {k: self.store.head(k) for k in touched}
-        return {"results": results, "vector": vector_to_wire(vector), "deferred": deferred}
+        out = {"results": results, "vector": vector_to_wire(vector), "deferred": deferred}
+        if error:
+            out["error"] = error
+        return out
+
+    def _already_held(self, header: bytes) -> bool:
+        """A batch whose exact signed header is stored needs no second verification: relays
+        deliver most batches more than once."""
+        try:
+            head = parse_header(header)
+        except ProtocolError:
+            return False
+        held = self.store.signed_header(LogKey(head.author, head.collection), head.seq)
+        return held is not None and held.header_bytes == header
 
     async def handle_evidence(self, request: web.Request) -> web.Response:
         peer, auth, body = await self.peers.authenticate(request, self.service.config)
@@ -274,10 +322,28 @@ class Replicator:
                 )
                 if not frames:
                     break
-                await self._post_batches(peer, frames)
+                await self._post_pages(peer, frames)
                 after += len(frames)
                 if len(frames) < PUSH_BATCHES:
                     break
+
+    async def _post_pages(self, peer: Peer, frames: list[bytes]) -> dict[str, Any]:
+        """Post frames in requests of at most PAGE_BYTES; the last answer is returned, with
+        `deferred` set if any request left batches waiting on the peer."""
+        result: dict[str, Any] = {}
+        deferred = False
+        page: list[bytes] = []
+        size = 0
+        for frame in [*frames, b""]:
+            if page and (not frame or size + len(frame) > PAGE_BYTES):
+                result = await self._post_batches(peer, page)
+                deferred = deferred or bool(result.get("deferred"))
+                page, size = [], 0
+            if frame:
+                page.append(frame)
+                size += len(frame)
+        result["deferred"] = deferred
+        return result
 
     async def _post_batches(self, peer: Peer, frames: list[bytes]) -> dict[str, Any]:
         assert self.client is not None
@@ -292,30 +358,33 @@ class Replicator:
     async def _anti_entropy(self) -> None:
         await asyncio.sleep(0.2)
         while True:
+            self._wake.clear()  # a wake() during the round starts the next one at once
             peers = list(self.service.config.peers)
             if peers:
                 await asyncio.gather(*(self.sync_with(p) for p in peers), return_exceptions=True)
             interval = self.service.config.sync_interval_s * random.uniform(0.8, 1.2)
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=interval)
             except TimeoutError:
                 pass
 
     async def _push_worker(self) -> None:
-        """Eager push: each new batch goes at once to up to `fanout` peers that may read it."""
+        """Eager push: each new batch goes at once to up to `fanout` peers that may read it.
+
+        Batches are sorted into one outbox per peer, each drained by its own sender, so a
+        slow or unreachable peer never delays the others, and batches that arrive together
+        travel together (one request, not one per batch).
+        """
         while True:
             batches, forks, source = await self.queue.get()
             try:
-                await self._push(batches, forks, source)
+                self._route(batches, forks, source)
             except Exception:
                 log.exception("eager push failed")
 
-    async def _push(self, batches: list[Batch], forks: list[ForkEvidence], source: str) -> None:
+    def _route(self, batches: list[Batch], forks: list[ForkEvidence], source: str) -> None:
         config = self.service.config
         exclude = source.removeprefix("peer:") if source.startswith("peer:") else ""
-        by_peer: dict[str, list[bytes]] = defaultdict(list)
-        peers = {p.node_id: p for p in config.peers}
         for batch in batches:
             eligible = [
                 p
@@ -325,27 +394,38 @@ class Replicator:
                 and not self.peers.state(p.node_id).cut_off
             ]
             for p in random.sample(eligible, min(len(eligible), max(1, config.fanout))):
-                by_peer[p.node_id].append(batch.to_bytes())
-        sends = [self._push_to(peers[node_id], frames) for node_id, frames in by_peer.items()]
+                self._outbox(p).put(batch.to_bytes())
         for evidence in forks:
             blob = base64.urlsafe_b64encode(evidence.to_bytes()).rstrip(b"=").decode()
             body = json.dumps({"evidence": [blob]}).encode()
             for p in config.peers:
                 if p.node_id != exclude and evidence.log.collection in p.share:
-                    sends.append(self._send_evidence(p, body))
-        await asyncio.gather(*sends, return_exceptions=True)
+                    self._tasks.append(asyncio.create_task(self._send_evidence(p, body)))
 
-    async def _push_to(self, peer: Peer, frames: list[bytes]) -> None:
-        state = self.peers.state(peer.node_id)
-        if time.monotonic() < state.next_attempt:
-            return
-        try:
-            result = await self._post_batches(peer, frames)
-            if result.get("deferred"):
-                theirs = vector_from_wire(result.get("vector", []))
-                await self._push_missing(peer, theirs, list(peer.share))
-        except (TimeoutError, aiohttp.ClientError, OSError, NodeError, ProtocolError) as exc:
-            state.failed(str(exc) or type(exc).__name__)
+    def _outbox(self, peer: Peer) -> Outbox:
+        box = self._outboxes.get(peer.node_id)
+        if box is None:
+            box = self._outboxes[peer.node_id] = Outbox()
+            self._tasks.append(asyncio.create_task(self._sender(peer.node_id, box)))
+        return box
+
+    async def _sender(self, node_id: str, box: Outbox) -> None:
+        while True:
+            frames = await box.take()
+            peer = self.service.config.peer(node_id)
+            if peer is None:
+                continue
+            state = self.peers.state(node_id)
+            wait = state.next_attempt - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)  # backing off: deliver when the peer is due again
+            try:
+                result = await self._post_pages(peer, frames)
+                if result.get("deferred"):
+                    theirs = vector_from_wire(result.get("vector", []))
+                    await self._push_missing(peer, theirs, list(peer.share))
+            except (TimeoutError, aiohttp.ClientError, OSError, NodeError, ProtocolError) as exc:
+                state.failed(str(exc) or type(exc).__name__)
 
     async def _send_evidence(self, peer: Peer, body: bytes) -> None:
         assert self.client is not None

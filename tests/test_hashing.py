@@ -16,6 +16,7 @@ from node.hashing import (
     MIN_PUBLISH_QUALITY,
     FileHashes,
     ImageError,
+    _thumbnail_size,
     hash_bytes,
     hash_file,
     pdq_from_bytes,
@@ -226,7 +227,21 @@ def test_large_jpeg_uses_draft_and_stays_close_to_a_full_decode(photo: Image.Ima
         im.load()
         assert im.size == big.size
         full, _ = pdq_from_image(im.copy())
-    _near(reduced, full, 16)
+    _near(reduced, full, 10)
+
+
+@pytest.mark.parametrize("size", [(2400, 1506), (1600, 1004), (3000, 900), (700, 4100), (900, 600)])
+def test_draft_scale_is_the_smallest_that_covers_the_thumbnail(size: tuple[int, int]) -> None:
+    data = _encode(Image.new("RGB", size, (90, 120, 150)), "JPEG", quality=90)
+    with Image.open(io.BytesIO(data)) as im:
+        target = _thumbnail_size(im.size)
+        im.draft(None, target)
+        scale = im.decoderconfig[0] if im.decoderconfig else 1
+    assert max(target) == 512 or target == size
+    assert im.width >= target[0] and im.height >= target[1]  # never below the thumbnail
+    # one more halving would undershoot (or the decoder is already at its 1/8 limit)
+    assert scale == 8 or size[0] // (2 * scale) < target[0] or size[1] // (2 * scale) < target[1]
+    assert (scale > 1) == (size[0] >= 2 * target[0] and size[1] >= 2 * target[1])
 
 
 # -- errors ----------------------------------------------------------------------------------

@@ -58,21 +58,54 @@ def test_hex_round_trip() -> None:
             hex_to_words([bad])
 
 
-@pytest.mark.parametrize("threshold", [0, 15, 31, 40])
-def test_random_with_planted_neighbours_equals_brute_force(threshold: int) -> None:
+@pytest.mark.parametrize("layout", pdq_index._LAYOUTS, ids=lambda lay: f"{lay.chunks}chunks")
+@pytest.mark.parametrize("threshold", [0, 15, 31, 33, 40, 44])
+def test_random_with_planted_neighbours_equals_brute_force(
+    threshold: int, layout: pdq_index._Layout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both chunk layouts, at radii 0-3 and past them (44 // 11 = 4: linear scan)."""
+    monkeypatch.setattr(pdq_index, "_LAYOUTS", (layout,))
     rng = np.random.default_rng(threshold)
     words, queries = planted(rng, 200_000)
     keys = np.arange(1_000, 1_000 + len(words), dtype=np.int64) * 3  # keys are not row numbers
     index = PDQIndex()
     index.add_many(keys, words)
     assert len(index) == len(words)
+    assert index._segments[0].layout == layout
     expected = brute(words, keys, queries, threshold)
-    got = index.query_many(words_to_hex(queries), threshold)
+    got = index.query_many(words_to_hex(queries), threshold)  # large batch: both threads
     assert got == expected
     assert sum(map(len, expected)) >= 3 * min(threshold + 1, 41)  # the planted ones were found
     # single queries agree with the batch
     qhex = words_to_hex(queries[::7])
     assert [index.query(h, threshold) for h in qhex] == expected[::7]
+
+
+def test_clustered_hashes_with_crowded_buckets() -> None:
+    """Many near-identical hashes (near-blank images) pile into a few buckets."""
+    rng = np.random.default_rng(8)
+    centres = rng.integers(0, 2**64, size=(40, 4), dtype=np.uint64)
+    blank = np.zeros((1, 4), dtype=np.uint64)
+    base = np.concatenate([centres[rng.integers(0, 40, 45_000)], np.repeat(blank, 5_000, 0)])
+    words = np.array([flip(rng, w, int(rng.integers(0, 20))) for w in base], dtype=np.uint64)
+    words[:100] = words[100:200]  # exact duplicates under different keys
+    keys = rng.permutation(10**6)[: len(words)].astype(np.int64)  # unsorted keys
+    index = PDQIndex()
+    index.add_many(keys, words)
+    queries = np.concatenate([words[:: len(words) // 60], centres[:10], blank])
+    expected = brute(words, keys, queries, 31)
+    assert index.query_many(queries) == expected
+    assert max(map(len, expected)) > 1000
+
+
+def test_layout_choice_follows_size() -> None:
+    """The cost model picks 16 chunks for small segments and 11 for large ones."""
+    small, large = (
+        min(pdq_index._LAYOUTS, key=lambda lay: lay.cost(n, 31)) for n in (10**5, 10**7)
+    )
+    assert (small.chunks, large.chunks) == (16, 11)
+    for layout in pdq_index._LAYOUTS:
+        assert sum(layout.widths) == 256
 
 
 def test_default_threshold_is_31() -> None:

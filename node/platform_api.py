@@ -1,0 +1,260 @@
+"""Operator API routes for platforms: the change feed, its live stream, snapshots, token
+administration and list imports. Registered by `api.build_app`; scopes are enforced by
+the auth middleware (see access.py), collection filters here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from . import access
+from .api import DAEMON_KEY, read_json
+from .errors import NodeError
+from .feed import DEFAULT_PAGE, MAX_PAGE, FeedHub, FeedReader
+from .lists import apply_import
+from .tokens import TokenStore
+
+HEARTBEAT_S = 15.0
+MAX_IMPORT_BODY = 1 << 30
+STREAM_PAGE = 1_000
+
+
+@dataclass
+class FeedState:
+    """Set up when the app starts (the reader and hub need the running loop and store)."""
+
+    reader: FeedReader | None = None
+    hub: FeedHub | None = None
+
+
+FEED_KEY: web.AppKey[FeedState] = web.AppKey("feed", FeedState)
+
+
+def _feed(request: web.Request) -> tuple[FeedReader, FeedHub]:
+    state = request.app[FEED_KEY]
+    if state.reader is None or state.hub is None:
+        raise NodeError("the feed is not ready yet")
+    return state.reader, state.hub
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise NodeError(f"{name}: expected an integer, got {raw[:20]!r}") from None
+    if not low <= value <= high:
+        raise NodeError(f"{name}: must be {low}-{high}")
+    return value
+
+
+def _collections(request: web.Request) -> frozenset[str] | None:
+    grant = access.grant_of(request)
+    return access.readable(grant, request.query.get("collection") or None)
+
+
+async def feed(request: web.Request) -> web.Response:
+    collections = _collections(request)
+    after = _int_param(request, "after", 0, 0, 1 << 62)
+    limit = _int_param(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
+    reader, _ = _feed(request)
+    body = await reader.run(reader.page, after, limit, collections)
+    return web.Response(body=body, content_type="application/json")
+
+
+async def feed_stream(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: one event per change, `id` = cursor, resumable by Last-Event-ID."""
+    collections = _collections(request)
+    after = _int_param(request, "after", 0, 0, 1 << 62)
+    last_id = request.headers.get("Last-Event-ID", "").strip()
+    if last_id:
+        if not last_id.isdigit():
+            raise NodeError("Last-Event-ID: expected a feed cursor")
+        after = int(last_id)
+    heartbeat = _int_param(request, "heartbeat", int(HEARTBEAT_S), 1, 300)
+    reader, hub = _feed(request)
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    await response.prepare(request)
+    with contextlib.suppress(ConnectionResetError):
+        await response.write(b"retry: 1000\n\n")
+        while not hub.closed:
+            woken = hub.current
+            chunk, after = await reader.run(reader.events, after, STREAM_PAGE, collections)
+            if chunk:
+                await response.write(chunk)
+                continue
+            try:
+                await asyncio.wait_for(woken.wait(), timeout=heartbeat)
+            except TimeoutError:
+                await response.write(b": heartbeat\n\n")
+    return response
+
+
+async def snapshot(request: web.Request) -> web.StreamResponse:
+    """JSON lines: a header with the cursor, one line per live signal, an end line."""
+    collections = _collections(request)
+    reader, _ = _feed(request)
+    snap = await reader.run(reader.snapshot, collections)
+    try:
+        response = web.StreamResponse(
+            headers={"Content-Type": "application/x-ndjson", "X-Hashmesh-Cursor": str(snap.cursor)}
+        )
+        await response.prepare(request)
+        header = {"cursor": snap.cursor, "collections": snap.collections}
+        await response.write(json.dumps(header).encode() + b"\n")
+        count = 0
+        while True:
+            rows = await reader.run(snap.rows)
+            if not rows:
+                break
+            count += len(rows)
+            await response.write(
+                "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows).encode()
+            )
+        await response.write(json.dumps({"end": True, "count": count}).encode() + b"\n")
+        await response.write_eof()
+        return response
+    finally:
+        await reader.run(snap.close)
+
+
+# -- tokens ---------------------------------------------------------------------------------
+
+
+async def _reload_tokens(app: web.Application) -> None:
+    daemon = app[DAEMON_KEY]
+    grants = await daemon.call(lambda: TokenStore(daemon.service.store.conn).grants())
+    app[access.TOKENS_KEY].grants = grants
+
+
+async def token_create(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    body = await read_json(request)
+    unknown = set(body) - {"name", "scopes", "collections"}
+    if unknown:
+        raise NodeError(f"{sorted(unknown)[0]}: unknown field")
+    scopes = body.get("scopes")
+    collections = body.get("collections")
+    if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+        raise NodeError("scopes: expected a list of scope names")
+    if collections is not None and (
+        not isinstance(collections, list) or not all(isinstance(c, str) for c in collections)
+    ):
+        raise NodeError("collections: expected a list of collection names")
+    result = await daemon.call(
+        lambda: TokenStore(daemon.service.store.conn).create(
+            body.get("name", ""), scopes, collections
+        )
+    )
+    await _reload_tokens(request.app)
+    return web.json_response(result)
+
+
+async def token_list(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    tokens = await daemon.call(lambda: TokenStore(daemon.service.store.conn).list())
+    return web.json_response({"tokens": tokens})
+
+
+async def token_revoke(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    key = request.match_info["token"]
+    result = await daemon.call(lambda: TokenStore(daemon.service.store.conn).revoke(key))
+    await _reload_tokens(request.app)
+    return web.json_response(result)
+
+
+# -- list import ----------------------------------------------------------------------------
+
+
+async def lists_import(request: web.Request) -> web.Response:
+    """Apply a whole import plan (see lists.py) in one transaction."""
+    daemon = request.app[DAEMON_KEY]
+    if request.content_length is not None and request.content_length > MAX_IMPORT_BODY:
+        raise NodeError(f"request body: larger than {MAX_IMPORT_BODY} bytes")
+    chunks = []
+    size = 0
+    async for chunk in request.content.iter_chunked(1 << 20):
+        size += len(chunk)
+        if size > MAX_IMPORT_BODY:
+            raise NodeError(f"request body: larger than {MAX_IMPORT_BODY} bytes")
+        chunks.append(chunk)
+    try:
+        body: Any = json.loads(b"".join(chunks))
+    except (ValueError, RecursionError):
+        raise NodeError("request body: not valid JSON") from None
+    if not isinstance(body, dict) or not isinstance(body.get("collection"), str):
+        raise NodeError("request body: expected an object with a collection")
+    unknown = set(body) - {"collection", "adds", "revoke_signals", "revoke_refs"}
+    if unknown:
+        raise NodeError(f"{sorted(unknown)[0]}: unknown field")
+    access.require_collection(access.grant_of(request), body["collection"])
+    result = await daemon.call(
+        apply_import,
+        daemon.service,
+        body["collection"],
+        body.get("adds", []),
+        body.get("revoke_signals", []),
+        body.get("revoke_refs", []),
+    )
+    return web.json_response(result)
+
+
+# -- wiring ---------------------------------------------------------------------------------
+
+
+async def _start(app: web.Application) -> None:
+    daemon = app[DAEMON_KEY]
+    service = daemon.service
+    state = app[FEED_KEY]
+    state.reader = FeedReader(service.store.path, lambda author: service.config.author_name(author))
+    state.hub = FeedHub(asyncio.get_running_loop())
+    await daemon.call(service.store.batch_listeners.append, state.hub.notify)
+    await _reload_tokens(app)
+
+
+async def _shutdown(app: web.Application) -> None:
+    hub = app[FEED_KEY].hub
+    if hub is not None:
+        hub.close()
+
+
+async def _cleanup(app: web.Application) -> None:
+    state = app[FEED_KEY]
+    daemon = app[DAEMON_KEY]
+    if state.hub is not None:
+        notify = state.hub.notify
+        listeners = daemon.service.store.batch_listeners
+        await daemon.call(lambda: notify in listeners and listeners.remove(notify))
+    if state.reader is not None:
+        state.reader.close()
+
+
+def register(app: web.Application) -> None:
+    daemon = app[DAEMON_KEY]
+    app[access.TOKENS_KEY] = access.TokenCache(daemon.admin_token_hash)
+    app[FEED_KEY] = FeedState()
+    app.router.add_get("/v1/feed", feed)
+    app.router.add_get("/v1/feed/stream", feed_stream)
+    app.router.add_get("/v1/snapshot", snapshot)
+    app.router.add_post("/v1/lists/import", lists_import)
+    app.router.add_get("/v1/admin/tokens", token_list)
+    app.router.add_post("/v1/admin/tokens", token_create)
+    app.router.add_delete("/v1/admin/tokens/{token}", token_revoke)
+    app.on_startup.append(_start)
+    app.on_shutdown.append(_shutdown)
+    app.on_cleanup.append(_cleanup)

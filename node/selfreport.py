@@ -1,0 +1,723 @@
+"""Self-report ("Take It Down") page: a person hashes their own pictures in the browser.
+
+A hotline that enables it ([selfreport] enabled = true) serves a page at /takeitdown/ on
+which a young person (or any victim of intimate-image abuse) picks photos and videos. The
+page computes MD5 and PDQ in JavaScript on the device; only those hashes reach this node,
+which publishes them into the configured collection, labelled `self-reported`, so every
+platform node that trusts the hotline receives them within seconds and reviews before
+removing. The person gets a case number and a secret to check the status or withdraw
+(withdrawal publishes revocations that travel the same way).
+
+Why it is built the way it is:
+
+- No login and no personal data: the database keeps the case number, a scrypt hash of the
+  secret (case numbers are short enough to guess, so the secret's hash must be slow to
+  brute-force), the op ids, the UTC day and the withdrawal day. No IP address or user agent
+  is stored or logged: rate limits key on an HMAC of the address under a per-process
+  random key that is never written anywhere, and they live in memory only.
+- Abuse resistance without a third party (no CAPTCHA service, which would leak the
+  visitor to it): a signed proof-of-work challenge solved with SHA-256 in the page, per
+  client and global rate limits, size limits, and refusal of low-quality PDQ hashes that
+  would match unrelated pictures.
+- The routes always exist and answer 404 while the feature is off, so turning it on in
+  config.toml takes effect without a restart, like every other config change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import sqlite3
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from protocol.errors import ProtocolError
+from protocol.ops import OpId, RevokeOp
+
+from .errors import Forbidden, NodeError, NotFound
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+    from .service import NodeService
+
+PREFIX = "/takeitdown"
+ASSETS = {
+    "app.js": "text/javascript; charset=utf-8",
+    "pdq.js": "text/javascript; charset=utf-8",
+    "md5.js": "text/javascript; charset=utf-8",
+    "i18n.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+}
+API = ("info", "challenge", "submit", "status", "withdraw")
+ADMIN_PATH = "/v1/admin/selfreport"
+#: Paths served without a bearer token (node/api.py adds them to its OPEN_PATHS).
+OPEN_PATHS = frozenset(
+    {PREFIX, PREFIX + "/"}
+    | {f"{PREFIX}/{name}" for name in ASSETS}
+    | {f"{PREFIX}/api/{name}" for name in API}
+)
+
+CLASSIFICATION = "self-reported"
+CATEGORIES = ("ncii", "csam")
+WITHDRAW_REASON = "withdrawn by the person who reported it"
+MAX_BODY = 64 * 1024
+CHALLENGE_TTL_S = 600
+SCRYPT = {"n": 2**14, "r": 8, "p": 1, "maxmem": 64 * 1024 * 1024, "dklen": 32}
+# Crockford base32 without I, L, O, U: readable aloud and hard to mistype.
+ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+CASE_CHARS = 8  # 40 bits: unique, not secret
+SECRET_CHARS = 20  # 100 bits: the only thing that proves ownership of a case
+
+HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+        "frame-ancestors 'none'"
+    ),
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), interest-cohort=()",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS selfreport_cases (
+    case_number TEXT PRIMARY KEY,
+    secret_salt BLOB NOT NULL,
+    secret_hash BLOB NOT NULL,
+    category TEXT NOT NULL,
+    created_day TEXT NOT NULL,
+    withdrawn_day TEXT
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS selfreport_ops (
+    case_number TEXT NOT NULL REFERENCES selfreport_cases(case_number),
+    op_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    PRIMARY KEY (case_number, op_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS selfreport_ops_op ON selfreport_ops (op_id);
+"""
+
+
+def today() -> str:
+    """The UTC day only: enough for statistics, too coarse to correlate with other logs."""
+    return datetime.now(UTC).strftime("%Y-%m-%d")
+
+
+def normalise_code(text: Any, length: int, what: str) -> str:
+    """Accept what a person types: any case, spaces or dashes, O for 0 and I/L for 1."""
+    if not isinstance(text, str) or len(text) > 80:
+        raise Forbidden("case number or secret is wrong")
+    clean = text.upper().translate(str.maketrans("OIL", "011", " -_.\t"))
+    if len(clean) != length or any(c not in ALPHABET for c in clean):
+        raise Forbidden("case number or secret is wrong")
+    return clean
+
+
+def group(code: str) -> str:
+    return "-".join(code[i : i + 4] for i in range(0, len(code), 4))
+
+
+def random_code(length: int) -> str:
+    return "".join(secrets.choice(ALPHABET) for _ in range(length))
+
+
+def hash_secret(secret: str, salt: bytes) -> bytes:
+    return hashlib.scrypt(secret.encode("ascii"), salt=salt, **SCRYPT)  # type: ignore[arg-type]
+
+
+# -- rate limits and proof of work -------------------------------------------------------
+
+
+class RateLimiter:
+    """At most `limit` events per `window_s` per key, in memory only.
+
+    Keys are opaque bytes (an HMAC of the client address); the table is bounded so that a
+    flood of distinct addresses cannot exhaust memory: the least recently used keys go.
+    """
+
+    def __init__(self, limit: int, window_s: float = 3600.0, max_keys: int = 50_000) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self.max_keys = max_keys
+        self._events: OrderedDict[bytes, deque[float]] = OrderedDict()
+
+    def hit(self, key: bytes, now: float | None = None) -> bool:
+        """Record an event; False (and nothing recorded) when the key is over its limit."""
+        now = time.monotonic() if now is None else now
+        events = self._events.get(key)
+        if events is None:
+            events = self._events[key] = deque()
+            while len(self._events) > self.max_keys:
+                self._events.popitem(last=False)
+        else:
+            self._events.move_to_end(key)
+        while events and events[0] <= now - self.window_s:
+            events.popleft()
+        if len(events) >= self.limit:
+            return False
+        events.append(now)
+        return True
+
+    def retry_after(self, key: bytes, now: float | None = None) -> int:
+        now = time.monotonic() if now is None else now
+        events = self._events.get(key)
+        if not events:
+            return 0
+        return max(1, int(events[0] + self.window_s - now) + 1)
+
+
+class ProofOfWork:
+    """Stateless signed challenges; solved ones are remembered until they expire.
+
+    A challenge is `expires.bits.nonce.mac` with an HMAC under a random per-process key, so
+    the server keeps nothing per visitor until a solution arrives. A solution is a counter
+    such that SHA-256(challenge ":" counter) starts with `bits` zero bits: about 2**bits
+    hashes for the client, one for the server.
+    """
+
+    def __init__(self) -> None:
+        self._key = secrets.token_bytes(32)
+        self._used: dict[str, float] = {}
+
+    def _mac(self, body: str) -> str:
+        digest = hmac.new(self._key, body.encode(), hashlib.sha256).digest()[:18]
+        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+    def issue(self, bits: int, now: float | None = None) -> str:
+        expires = int((time.time() if now is None else now) + CHALLENGE_TTL_S)
+        body = f"{expires}.{bits}.{secrets.token_urlsafe(12)}"
+        return f"{body}.{self._mac(body)}"
+
+    def verify(
+        self, challenge: Any, solution: Any, min_bits: int, now: float | None = None
+    ) -> None:
+        now = time.time() if now is None else now
+        if not isinstance(challenge, str) or not isinstance(solution, str):
+            raise NodeError("proof of work: challenge and solution are required")
+        if len(challenge) > 200 or not solution.isdigit() or len(solution) > 16:
+            raise NodeError("proof of work: malformed")
+        body, _, mac = challenge.rpartition(".")
+        parts = body.split(".")
+        if len(parts) != 3 or not hmac.compare_digest(mac, self._mac(body)):
+            raise NodeError("proof of work: this challenge was not issued by this node")
+        expires, bits = int(parts[0]), int(parts[1])
+        if expires < now:
+            raise NodeError("proof of work: the challenge expired; please try again")
+        if bits < min_bits:
+            raise NodeError("proof of work: the challenge is easier than required now")
+        digest = hashlib.sha256(f"{challenge}:{solution}".encode()).digest()
+        if not leading_zero_bits_ok(digest, bits):
+            raise NodeError("proof of work: the solution is wrong")
+        for old in [c for c, t in self._used.items() if t < now]:
+            del self._used[old]
+        if challenge in self._used:
+            raise NodeError("proof of work: this challenge was already used")
+        self._used[challenge] = float(expires)
+
+
+def leading_zero_bits_ok(digest: bytes, bits: int) -> bool:
+    return bits == 0 or int.from_bytes(digest, "big") >> (256 - bits) == 0
+
+
+# -- cases in the node's database ---------------------------------------------------------
+
+
+@dataclass
+class Submission:
+    category: str
+    signals: list[dict[str, Any]]
+
+
+class CaseStore:
+    """The self-report tables on the node's database connection (store thread only)."""
+
+    def __init__(self, service: NodeService) -> None:
+        self.service = service
+        self.conn: sqlite3.Connection = service.store.conn
+        self.conn.executescript(SCHEMA)
+
+    def _write(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, args in statements:
+                self.conn.execute(sql, args)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def create(
+        self, collection: str, submission: Submission, salt: bytes, secret_hash: bytes
+    ) -> dict[str, Any]:
+        """Publish the hashes, then record the case (its number is chosen here, unique)."""
+        items = [
+            {**s, "category": submission.category, "classification": CLASSIFICATION}
+            for s in submission.signals
+        ]
+        published = self.service.add_many(collection, items)
+        while True:
+            number = random_code(CASE_CHARS)
+            known = self.conn.execute(
+                "SELECT 1 FROM selfreport_cases WHERE case_number = ?", (number,)
+            ).fetchone()
+            if known is None:
+                break
+        ops = {(s["op_id"], s["type"]) for s in published["signals"] if s["op_id"]}
+        self._write(
+            [
+                (
+                    "INSERT INTO selfreport_cases (case_number, secret_salt, secret_hash,"
+                    " category, created_day) VALUES (?, ?, ?, ?, ?)",
+                    (number, salt, secret_hash, submission.category, today()),
+                )
+            ]
+            + [
+                (
+                    "INSERT INTO selfreport_ops (case_number, op_id, type) VALUES (?, ?, ?)",
+                    (number, op_id, kind),
+                )
+                for op_id, kind in sorted(ops)
+            ]
+        )
+        return {"case": number, "hashes": len(ops), "published": published["published"]}
+
+    def secret_of(self, number: str) -> tuple[bytes, bytes] | None:
+        row = self.conn.execute(
+            "SELECT secret_salt, secret_hash FROM selfreport_cases WHERE case_number = ?",
+            (number,),
+        ).fetchone()
+        return None if row is None else (bytes(row[0]), bytes(row[1]))
+
+    def _signal(self, op_id: str) -> dict[str, Any] | None:
+        try:
+            signal_id = self.service.store.signal_id(OpId.parse(op_id))
+        except ProtocolError:
+            return None
+        return None if signal_id is None else self.service.store.signal(signal_id)
+
+    def status(self, number: str) -> dict[str, Any]:
+        row = self.conn.execute(
+            "SELECT category, created_day, withdrawn_day FROM selfreport_cases"
+            " WHERE case_number = ?",
+            (number,),
+        ).fetchone()
+        if row is None:
+            raise NotFound("case number or secret is wrong")
+        ops = [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT op_id FROM selfreport_ops WHERE case_number = ?", (number,)
+            )
+        ]
+        live = sum(1 for op in ops if (s := self._signal(op)) is not None and s["live"])
+        return {
+            "case": group(number),
+            "state": "withdrawn" if row[2] else "active",
+            "category": row[0],
+            "created_day": row[1],
+            "withdrawn_day": row[2],
+            "hashes": len(ops),
+            "live": live,
+        }
+
+    def withdraw(self, number: str) -> dict[str, Any]:
+        """Revoke the case's adds that no other active case shares, then mark it withdrawn.
+
+        add_many returns the existing op when the same hash is already live in the
+        collection: two people may report the same picture, or an analyst may have
+        published it before. Such an op is revoked only when it is a self-report and no
+        other active case still names it.
+        """
+        state = self.status(number)
+        if state["state"] == "withdrawn":
+            return {**state, "revoked": 0}
+        ops = [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT op_id FROM selfreport_ops WHERE case_number = ?", (number,)
+            )
+        ]
+        by_collection: dict[str, list[str]] = {}
+        for op_id in ops:
+            signal = self._signal(op_id)
+            if (
+                signal is None
+                or not signal["live"]
+                or signal["author"] != self.service.node_id
+                or signal.get("classification") != CLASSIFICATION
+            ):
+                continue
+            shared = self.conn.execute(
+                "SELECT 1 FROM selfreport_ops o JOIN selfreport_cases c USING (case_number)"
+                " WHERE o.op_id = ? AND o.case_number != ? AND c.withdrawn_day IS NULL",
+                (op_id, number),
+            ).fetchone()
+            if shared is None:
+                by_collection.setdefault(signal["collection"], []).append(op_id)
+        revoked = 0
+        for collection, targets in by_collection.items():
+            for start in range(0, len(targets), 1000):
+                chunk = targets[start : start + 1000]
+                self.service.publish(collection, [RevokeOp(targets=chunk, reason=WITHDRAW_REASON)])
+                revoked += len(chunk)
+        self._write(
+            [
+                (
+                    "UPDATE selfreport_cases SET withdrawn_day = ? WHERE case_number = ?",
+                    (today(), number),
+                )
+            ]
+        )
+        return {**self.status(number), "revoked": revoked}
+
+    def report(self, days: int = 60) -> dict[str, Any]:
+        """Per-day counts and the opinions platforms published on self-reported hashes."""
+        since = (datetime.now(UTC) - timedelta(days=days)).strftime("%Y-%m-%d")
+        per_day: dict[str, dict[str, int]] = {}
+
+        def day(d: str) -> dict[str, int]:
+            return per_day.setdefault(d, {"cases": 0, "hashes": 0, "withdrawn": 0})
+
+        for d, n in self.conn.execute(
+            "SELECT created_day, count(*) FROM selfreport_cases WHERE created_day >= ?"
+            " GROUP BY created_day",
+            (since,),
+        ):
+            day(d)["cases"] = n
+        for d, n in self.conn.execute(
+            "SELECT c.created_day, count(*) FROM selfreport_ops o JOIN selfreport_cases c"
+            " USING (case_number) WHERE c.created_day >= ? GROUP BY c.created_day",
+            (since,),
+        ):
+            day(d)["hashes"] = n
+        for d, n in self.conn.execute(
+            "SELECT withdrawn_day, count(*) FROM selfreport_cases WHERE withdrawn_day >= ?"
+            " GROUP BY withdrawn_day",
+            (since,),
+        ):
+            day(d)["withdrawn"] = n
+        totals = self.conn.execute(
+            "SELECT count(*), count(withdrawn_day) FROM selfreport_cases"
+        ).fetchone()
+        by_category = dict(
+            self.conn.execute(
+                "SELECT category, count(*) FROM selfreport_cases GROUP BY category"
+            ).fetchall()
+        )
+        hashes = self.conn.execute("SELECT count(DISTINCT op_id) FROM selfreport_ops").fetchone()
+        opinions = self.conn.execute(
+            "SELECT count(DISTINCT CASE WHEN seen THEN target END),"
+            " coalesce(sum(seen), 0),"
+            " count(DISTINCT CASE WHEN verdict = 'dispute' THEN target END),"
+            " count(CASE WHEN verdict = 'dispute' THEN 1 END),"
+            " count(CASE WHEN verdict = 'confirm' THEN 1 END)"
+            " FROM opinions WHERE target IN (SELECT op_id FROM selfreport_ops)"
+        ).fetchone()
+        disputed = [
+            {"op_id": op, "disputes": n}
+            for op, n in self.conn.execute(
+                "SELECT target, count(*) FROM opinions WHERE verdict = 'dispute'"
+                " AND target IN (SELECT op_id FROM selfreport_ops)"
+                " GROUP BY target ORDER BY count(*) DESC, target LIMIT 50"
+            )
+        ]
+        return {
+            "days": [{"day": d, **per_day[d]} for d in sorted(per_day, reverse=True)],
+            "totals": {
+                "cases": totals[0],
+                "withdrawn": totals[1],
+                "hashes": hashes[0],
+                "by_category": by_category,
+            },
+            "opinions": {
+                "hashes_seen": opinions[0],
+                "seen": opinions[1],
+                "hashes_disputed": opinions[2],
+                "disputes": opinions[3],
+                "confirms": opinions[4],
+            },
+            "disputed": disputed,
+        }
+
+
+# -- HTTP ---------------------------------------------------------------------------------
+
+
+class SelfReport:
+    """The routes, their in-memory limits and the proof-of-work state of one node process."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.pow = ProofOfWork()
+        self._salt = secrets.token_bytes(32)  # per process, never stored
+        self._cases: CaseStore | None = None
+        self._limits: dict[str, RateLimiter] = {}
+        self._limit_settings: tuple[int, ...] = ()
+        folder = resources.files("node").joinpath("static/selfreport")
+        self.page = folder.joinpath("index.html").read_bytes()
+        self.assets = {name: folder.joinpath(name).read_bytes() for name in ASSETS}
+
+    @property
+    def config(self) -> Any:
+        return self.daemon.service.config
+
+    def limiter(self, name: str) -> RateLimiter:
+        """The limiters, rebuilt when the config's limits change (config is hot-reloaded)."""
+        c = self.config
+        settings = (
+            c.selfreport_submits_per_hour,
+            c.selfreport_checks_per_hour,
+            c.selfreport_total_submits_per_hour,
+        )
+        if settings != self._limit_settings:
+            self._limit_settings = settings
+            self._limits = {
+                "submit": RateLimiter(settings[0]),
+                "challenge": RateLimiter(settings[0] * 4),
+                "check": RateLimiter(settings[1]),
+                "all-submits": RateLimiter(settings[2]),
+            }
+        return self._limits[name]
+
+    def client_key(self, request: web.Request) -> bytes:
+        """An opaque key for the caller: HMAC of its address under a key never stored."""
+        address = request.remote or ""
+        header = self.config.selfreport_client_ip_header
+        if header and request.headers.get(header):
+            # The right-most entry is the one the operator's own proxy appended.
+            address = request.headers[header].split(",")[-1].strip()
+        return hmac.new(self._salt, address.encode(), hashlib.sha256).digest()[:16]
+
+    def limit(self, request: web.Request, name: str, key: bytes | None = None) -> None:
+        limiter = self.limiter(name)
+        key = self.client_key(request) if key is None else key
+        if not limiter.hit(key):
+            wait = limiter.retry_after(key)
+            raise TooMany(
+                "too many requests from your connection; please try again in "
+                f"{max(1, wait // 60)} minutes"
+            )
+
+    async def cases(self) -> CaseStore:
+        if self._cases is None:
+            self._cases = await self.daemon.call(CaseStore, self.daemon.service)
+        return self._cases
+
+    def require_enabled(self) -> None:
+        if not self.config.selfreport_enabled:
+            raise NotFound("not found")
+
+    # -- handlers ------------------------------------------------------------------------
+
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        self.require_enabled()
+        if request.path == PREFIX:
+            raise web.HTTPFound(PREFIX + "/", headers=HEADERS)
+        return web.Response(
+            body=self.page, headers={**HEADERS, "Content-Type": "text/html; charset=utf-8"}
+        )
+
+    async def asset(self, request: web.Request) -> web.Response:
+        self.require_enabled()
+        name = request.match_info["name"]
+        if name not in ASSETS:
+            raise NotFound("not found")
+        return web.Response(
+            body=self.assets[name], headers={**HEADERS, "Content-Type": ASSETS[name]}
+        )
+
+    async def info(self, request: web.Request) -> web.Response:
+        self.require_enabled()
+        c = self.config
+        return json_response(
+            {
+                "hotline": c.name,
+                "max_files": c.selfreport_max_files,
+                "min_quality": c.min_pdq_quality,
+                "categories": list(CATEGORIES),
+            }
+        )
+
+    async def challenge(self, request: web.Request) -> web.Response:
+        self.require_enabled()
+        self.limit(request, "challenge")
+        bits = self.config.selfreport_pow_bits
+        return json_response({"challenge": self.pow.issue(bits), "bits": bits})
+
+    async def submit(self, request: web.Request) -> web.Response:
+        self.require_enabled()
+        body = await read_body(request)
+        self.limit(request, "submit")
+        self.pow.verify(
+            body.get("challenge"), body.get("solution"), self.config.selfreport_pow_bits
+        )
+        self.limit(request, "all-submits", b"*")
+        submission = self.parse_submission(body)
+        secret = random_code(SECRET_CHARS)
+        salt = secrets.token_bytes(16)
+        loop = asyncio.get_running_loop()
+        secret_hash = await loop.run_in_executor(None, hash_secret, secret, salt)
+        cases = await self.cases()
+        result = await self.daemon.call(
+            cases.create, self.config.selfreport_collection, submission, salt, secret_hash
+        )
+        return json_response(
+            {
+                "case": group(result["case"]),
+                "secret": group(secret),
+                "hashes": result["hashes"],
+            }
+        )
+
+    def parse_submission(self, body: dict[str, Any]) -> Submission:
+        unknown = set(body) - {"challenge", "solution", "category", "signals"}
+        if unknown:
+            raise NodeError(f"{sorted(unknown)[0]}: unknown field")
+        category = body.get("category")
+        if category not in CATEGORIES:
+            raise NodeError("category: choose one of " + ", ".join(CATEGORIES))
+        signals = body.get("signals")
+        limit = self.config.selfreport_max_files * 2
+        if not isinstance(signals, list) or not signals:
+            raise NodeError("signals: expected a non-empty list")
+        if len(signals) > limit:
+            raise NodeError(f"signals: at most {limit} hashes at a time")
+        minimum = self.config.min_pdq_quality
+        out: list[dict[str, Any]] = []
+        seen: set[tuple[str, str]] = set()
+        for n, item in enumerate(signals):
+            if not isinstance(item, dict) or item.get("type") not in ("md5", "pdq"):
+                raise NodeError(f"signals[{n}]: expected an md5 or pdq hash")
+            kind, value = item["type"], item.get("value")
+            if not isinstance(value, str) or len(value) > 64:
+                raise NodeError(f"signals[{n}]: value must be a hex string")
+            if set(item) - {"type", "value", "quality"}:
+                raise NodeError(f"signals[{n}]: unknown field")
+            entry: dict[str, Any] = {"type": kind, "value": value.lower()}
+            if kind == "pdq":
+                quality = item.get("quality")
+                if type(quality) is not int or not 0 <= quality <= 100:
+                    raise NodeError(f"signals[{n}]: a pdq hash needs its quality (0-100)")
+                if quality < minimum:
+                    raise NodeError(
+                        f"signals[{n}]: this picture is too plain or too small for a reliable "
+                        f"fingerprint (quality {quality}, at least {minimum} is needed): it "
+                        "would match unrelated pictures. Its exact (md5) fingerprint can "
+                        "still be sent."
+                    )
+                entry["quality"] = quality
+            elif "quality" in item:
+                raise NodeError(f"signals[{n}]: only pdq hashes have a quality")
+            if (kind, entry["value"]) not in seen:
+                seen.add((kind, entry["value"]))
+                out.append(entry)
+        return Submission(category, out)
+
+    async def _authenticate(self, request: web.Request) -> tuple[str, CaseStore]:
+        """The case number, once its secret checks out; the same refusal for every failure
+        (unknown case or wrong secret), after the same scrypt work, so neither the answer
+        nor its timing tells which case numbers exist."""
+        self.require_enabled()
+        body = await read_body(request)
+        self.limit(request, "check")
+        number = normalise_code(body.get("case"), CASE_CHARS, "case number")
+        secret = normalise_code(body.get("secret"), SECRET_CHARS, "secret")
+        cases = await self.cases()
+        stored = await self.daemon.call(cases.secret_of, number)
+        salt, expected = stored if stored is not None else (b"\0" * 16, b"")
+        loop = asyncio.get_running_loop()
+        actual = await loop.run_in_executor(None, hash_secret, secret, salt)
+        if stored is None or not hmac.compare_digest(actual, expected):
+            raise Forbidden("case number or secret is wrong")
+        return number, cases
+
+    async def status(self, request: web.Request) -> web.Response:
+        number, cases = await self._authenticate(request)
+        return json_response(await self.daemon.call(cases.status, number))
+
+    async def withdraw(self, request: web.Request) -> web.Response:
+        number, cases = await self._authenticate(request)
+        result = await self.daemon.call(cases.withdraw, number)
+        await self.daemon.after_ingest()
+        return json_response(result)
+
+    async def admin(self, request: web.Request) -> web.Response:
+        """Operator statistics (admin token: the path is not in OPEN_PATHS)."""
+        c = self.config
+        out: dict[str, Any] = {
+            "enabled": c.selfreport_enabled,
+            "collection": c.selfreport_collection,
+            "path": PREFIX + "/",
+        }
+        if c.selfreport_enabled or self._cases is not None:
+            cases = await self.cases()
+            out.update(await self.daemon.call(cases.report))
+        return web.json_response(out)
+
+
+class TooMany(NodeError):
+    status = 429
+
+
+def json_response(value: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        text=json.dumps(value),
+        status=status,
+        headers={**HEADERS, "Content-Type": "application/json; charset=utf-8"},
+    )
+
+
+async def read_body(request: web.Request) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise NodeError(f"request body: larger than {MAX_BODY} bytes")
+    raw = await request.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise NodeError(f"request body: larger than {MAX_BODY} bytes")
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise NodeError("request body: not valid JSON") from None
+    if not isinstance(value, dict):
+        raise NodeError("request body: expected a JSON object")
+    return value
+
+
+@web.middleware
+async def headers_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Security headers on every answer under the prefix, errors included (the node's
+    errors middleware, inside this one, turns refusals into JSON answers without them)."""
+    response: web.StreamResponse = await handler(request)
+    if request.path == PREFIX or request.path.startswith(PREFIX + "/"):
+        for key, value in HEADERS.items():
+            response.headers.setdefault(key, value)
+    return response
+
+
+def register(app: web.Application, daemon: Daemon) -> SelfReport:
+    """Add the self-report routes (they answer 404 while [selfreport] enabled is false)."""
+    report = SelfReport(daemon)
+    app.middlewares.insert(0, headers_middleware)
+    app.router.add_get(PREFIX, report.index)
+    app.router.add_get(PREFIX + "/", report.index)
+    app.router.add_get(PREFIX + "/api/info", report.info)
+    app.router.add_get(PREFIX + "/api/challenge", report.challenge)
+    app.router.add_post(PREFIX + "/api/submit", report.submit)
+    app.router.add_post(PREFIX + "/api/status", report.status)
+    app.router.add_post(PREFIX + "/api/withdraw", report.withdraw)
+    app.router.add_get(PREFIX + "/{name}", report.asset)
+    app.router.add_get(ADMIN_PATH, report.admin)
+    return report
