@@ -45,6 +45,8 @@ class TokenCache:
     grants: dict[str, Grant] = field(default_factory=dict)
 
     def lookup(self, token: str) -> Grant | None:
+        if not token.isascii():  # tokens are ASCII; a header with other bytes is no token
+            return None
         digest = hash_token(token)
         if digest == self.admin_hash:
             return ADMIN

@@ -21,6 +21,7 @@ from protocol.errors import ProtocolError
 from . import access
 from .errors import NodeError, PayloadTooLarge
 from .hashing import ImageError, hash_bytes
+from .matcher import ExactReader
 from .selfreport import OPEN_PATHS as SELFREPORT_OPEN_PATHS
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ OPEN_PATHS |= SELFREPORT_OPEN_PATHS  # the self-report page: no login, by design
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
+EXACT_READER_KEY: web.AppKey[ExactReader | None] = web.AppKey("exact_reader")
+INLINE_QUERIES = 32
 
 
 def error_response(status: int, message: str) -> web.Response:
@@ -160,7 +163,18 @@ async def match(request: web.Request) -> web.Response:
     threshold = body.get("threshold", 31)
     if type(threshold) is not int:
         raise NodeError("threshold: must be an integer")
-    result = await daemon.call(daemon.service.match, body["queries"], threshold)
+    queries = body["queries"]
+    reader = request.app[EXACT_READER_KEY]
+    if reader is not None and reader.handles(queries):
+        # Exact types read SQLite directly (WAL), never queued behind ingest on the store
+        # thread; a small request is answered inline (a few indexed lookups).
+        if len(queries) <= INLINE_QUERIES:
+            result = reader.match(queries, threshold)
+        else:
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(None, reader.match, queries, threshold)
+    else:
+        result = await daemon.call(daemon.service.match, queries, threshold)
     return web.json_response(access.filter_match(result, access.grant_of(request)))
 
 
@@ -172,23 +186,26 @@ async def match_file(request: web.Request) -> web.Response:
     reader = await request.multipart()
     data = b""
     threshold = 31
-    async for part in reader:
-        if not isinstance(part, BodyPartReader):
-            continue
-        if part.name == "threshold":
-            text = (await part.read(decode=True)).decode("ascii", "replace")
-            if not text.isdigit():
-                raise NodeError("threshold: must be an integer")
-            threshold = int(text)
-        elif part.name == "file":
-            chunks = []
-            size = 0
-            while chunk := await part.read_chunk(1 << 16):
-                size += len(chunk)
-                if size > MAX_UPLOAD:
-                    raise PayloadTooLarge(f"upload: larger than {MAX_UPLOAD // (1 << 20)} MiB")
-                chunks.append(chunk)
-            data = b"".join(chunks)
+    try:
+        async for part in reader:
+            if not isinstance(part, BodyPartReader):
+                continue
+            if part.name == "threshold":
+                text = (await part.read(decode=True)).decode("ascii", "replace")
+                if not text.isdigit():
+                    raise NodeError("threshold: must be an integer")
+                threshold = int(text)
+            elif part.name == "file":
+                chunks = []
+                size = 0
+                while chunk := await part.read_chunk(1 << 16):
+                    size += len(chunk)
+                    if size > MAX_UPLOAD:
+                        raise PayloadTooLarge(f"upload: larger than {MAX_UPLOAD // (1 << 20)} MiB")
+                    chunks.append(chunk)
+                data = b"".join(chunks)
+    except ValueError as exc:  # aiohttp: not the multipart body it claims to be
+        raise NodeError(f"upload: malformed multipart body ({exc})") from None
     if not data:
         raise NodeError("upload: no 'file' part, or it is empty")
     loop = asyncio.get_running_loop()
@@ -283,6 +300,12 @@ def build_app(daemon: Daemon) -> web.Application:
         middlewares=[errors_middleware, auth_middleware], client_max_size=MAX_JSON_BODY
     )
     app[DAEMON_KEY] = daemon
+    service = getattr(daemon, "service", None)
+    app[EXACT_READER_KEY] = (
+        None
+        if service is None
+        else ExactReader(service.store, lambda author: service.config.author_name(author))
+    )
     app.router.add_get("/v1/healthz", healthz)
     app.router.add_get("/v1/status", status)
     app.router.add_post("/v1/signals", add_signal)

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import ssl
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from .sync import Replicator
 
 log = logging.getLogger("hashmesh.daemon")
 T = TypeVar("T")
+KEEPALIVE_TIMEOUT_S = 15.0
 
 
 @dataclass
@@ -168,7 +170,12 @@ class Daemon:
         self.replicator.register(app)
         statuspage.register(app, self)
         self.selfreport = selfreport.register(app, self)  # /takeitdown (node/selfreport.py)
-        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # keepalive_timeout also bounds how long a connection may take to send a complete
+        # request head (aiohttp arms it when the connection opens): slowloris clients that
+        # trickle header bytes are dropped after it, instead of aiohttp's default hour.
+        self.runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, keepalive_timeout=KEEPALIVE_TIMEOUT_S
+        )
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port, ssl_context=ssl_context, shutdown_timeout=5)
         await site.start()
@@ -235,6 +242,9 @@ class JsonLines(logging.Formatter):
 
 
 def run(home: Home, json_logs: bool = False, level: str = "INFO") -> None:
+    # The store thread's ingest is CPU-bound Python; a short GIL switch interval lets the
+    # event loop answer requests between its steps instead of waiting up to 5 ms each time.
+    sys.setswitchinterval(0.0005)
     handler = logging.StreamHandler()
     handler.setFormatter(
         JsonLines()

@@ -37,3 +37,21 @@ class HomeError(NodeError):
     """The node's home folder is missing, unsafe or held by another process."""
 
     status = 500
+
+
+class StorageFull(NodeError):
+    """The disk holding the database is full: the write was rolled back, nothing changed."""
+
+    status = 507
+
+
+class StorageUnavailable(NodeError):
+    """The database cannot be written (read-only file system or file, I/O error)."""
+
+    status = 503
+
+
+class RequestTimeout(NodeError):
+    """A client took too long to send its request (a slow or stalled upload)."""
+
+    status = 408

@@ -81,3 +81,125 @@ class Matcher:
             if row is not None and row["live"]:
                 out.append({**row, "distance": distance})
         return out
+
+
+class ExactReader:
+    """Exact-type matches (md5, sha1, sha256, photodna) off the store thread.
+
+    Each thread that asks gets its own read-only SQLite connection; in WAL mode a reader
+    sees the last committed state and never waits for the store thread's write
+    transactions, so matches are not queued behind a large ingest. The answer is the one
+    `NodeService.match` gives. PDQ queries still go through the store thread, which owns
+    the in-memory PDQ index.
+    """
+
+    def __init__(self, store: Store, author_name: Any) -> None:
+        import threading
+
+        self.store = store
+        self.author_name = author_name
+        self._local = threading.local()
+
+    def _conn(self) -> Any:
+        import sqlite3
+
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.store.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout=10000")
+            conn.execute("PRAGMA query_only=1")
+            self._local.conn = conn
+        return conn
+
+    @staticmethod
+    def handles(queries: Any) -> bool:
+        """True when every query names an exact signal type (else use the store thread)."""
+        if not isinstance(queries, list) or not queries or len(queries) > MAX_QUERIES:
+            return False
+        for q in queries:
+            if not isinstance(q, dict) or not isinstance(q.get("type"), str):
+                return False
+            try:
+                if not get_type(q["type"]).exact:
+                    return False
+            except ProtocolError:
+                return False
+        return True
+
+    def match(self, queries: list[dict[str, Any]], threshold: int = DEFAULT_THRESHOLD) -> Any:
+        from protocol.state import Stance, count_opinions
+
+        if not 0 <= threshold <= MAX_THRESHOLD:
+            raise NodeError(f"threshold: must be 0-{MAX_THRESHOLD}, got {threshold}")
+        signals: list[Signal] = []
+        for n, q in enumerate(queries):
+            if not isinstance(q.get("value"), str):
+                raise NodeError(f"queries[{n}]: expected an object with string type and value")
+            try:
+                signals.append(Signal.parse(q["type"], q["value"]))
+            except ProtocolError as exc:
+                raise NodeError(f"queries[{n}]: {exc}") from None
+        conn = self._conn()
+        results = []
+        for q, signal in zip(queries, signals, strict=True):
+            matches = []
+            for row in conn.execute(
+                "SELECT id, log_id, seq, idx, type, value, quality, category, classification,"
+                " ref, revoked_by, revoked_reason FROM signals"
+                " WHERE value = ? AND type = ? AND revoked_by IS NULL",
+                (signal.value, signal.type),
+            ):
+                info = self._signal(conn, row)
+                if info is None:
+                    continue
+                rows = conn.execute(
+                    "SELECT author, verdict, seen FROM opinions WHERE target = ?",
+                    (info["op_id"],),
+                ).fetchall()
+                counts = count_opinions((a, Stance(v, bool(s))) for a, v, s in rows)
+                info["distance"] = 0
+                info["author_name"] = self.author_name(info["author"])
+                info["opinions"] = {
+                    "confirm": counts.confirm,
+                    "dispute": counts.dispute,
+                    "seen": counts.seen,
+                }
+                matches.append(info)
+            matches.sort(key=lambda m: (m["distance"], m["op_id"]))
+            results.append({"query": {"type": q["type"], "value": q["value"]}, "matches": matches})
+        return {
+            "threshold": threshold,
+            "matched": any(r["matches"] for r in results),
+            "results": results,
+        }
+
+    def _signal(self, conn: Any, row: tuple[Any, ...]) -> dict[str, Any] | None:
+        from protocol.batches import LogKey
+
+        log = self.store._log_keys.get(row[1])
+        if log is None:  # a log committed after this node last cached it: read it here
+            found = conn.execute(
+                "SELECT author, collection FROM logs WHERE id = ?", (row[1],)
+            ).fetchone()
+            if found is None:
+                return None
+            log = LogKey(found[0], found[1])
+        out = self.store._signal_dict(row) if row[1] in self.store._log_keys else None
+        if out is None:
+            from protocol.ops import OpId
+
+            out = {
+                "id": row[0],
+                "op_id": str(OpId(log.author, log.collection, row[2], row[3])),
+                "author": log.author,
+                "collection": log.collection,
+                "type": row[4],
+                "value": row[5],
+                "category": row[7],
+                "live": True,
+            }
+            for key, value in (("quality", row[6]), ("classification", row[8]), ("ref", row[9])):
+                if value is not None:
+                    out[key] = value
+        out.pop("id", None)
+        return out

@@ -8,6 +8,7 @@ when it keeps sending invalid data.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -32,15 +33,25 @@ from protocol.peerauth import (
 from protocol.signing import SigningKey
 
 from .config import Config, Peer
-from .errors import Forbidden, NodeError, PayloadTooLarge, TooManyRequests, Unauthorized
+from .errors import (
+    Forbidden,
+    NodeError,
+    PayloadTooLarge,
+    RequestTimeout,
+    TooManyRequests,
+    Unauthorized,
+)
 from .store import now_ms
 
 MAX_PEER_BODY = 32 * 1024 * 1024
+BODY_TIMEOUT_S = 15.0  # a peer request body must arrive within this (slowloris)
+CLIENT_KEEPALIVE_S = 5.0  # below the server's keep-alive timeout (node/daemon.py)
 RATE_PER_SECOND = 50.0
 RATE_BURST = 200.0
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 300.0
 CUTOFF_SCORE = 100
+ANY_AGE_MS = 2**53  # verify_request's window when only the signature is checked
 CUTOFF_SECONDS = 600.0
 PENALTY_INVALID = 25
 PENALTY_FLOOD = 1
@@ -111,9 +122,15 @@ class PeerState:
         self.next_attempt = time.monotonic() + delay * random.uniform(0.8, 1.2)
         self.last_error = error
 
+    def refuse(self, reason: str) -> None:
+        """Count a refused request or batch without scoring the peer down: for refusals a
+        third party could cause in its name (a replayed captured request) or that honest
+        peers cause too (relaying authors we do not trust)."""
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+
     def penalise(self, points: int, reason: str) -> None:
         self.score += points
-        self.refused[reason] = self.refused.get(reason, 0) + 1
+        self.refuse(reason)
         if self.score >= CUTOFF_SCORE:
             self.cut_off_until = time.monotonic() + CUTOFF_SECONDS
 
@@ -168,11 +185,25 @@ class Peers:
         """Check a peer request: signature, audience, freshness, nonce, known peer, limits."""
         if request.content_length is not None and request.content_length > MAX_PEER_BODY:
             raise PayloadTooLarge(f"request body: larger than {MAX_PEER_BODY} bytes")
-        body = await read_limited(request.content, MAX_PEER_BODY, "request body")
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT_S):
+                body = await read_limited(request.content, MAX_PEER_BODY, "request body")
+        except TimeoutError:
+            raise RequestTimeout(
+                f"request body: not received within {BODY_TIMEOUT_S:g} s"
+            ) from None
         now = now_ms()
         try:
+            # The signature first (any age), so that a stale request is counted against
+            # the peer that really signed it, never against a name someone typed.
             auth = verify_request(
-                request.headers, request.method, request.path_qs, body, self.key.node_id, now
+                request.headers,
+                request.method,
+                request.path_qs,
+                body,
+                self.key.node_id,
+                now,
+                window_ms=ANY_AGE_MS,
             )
         except PeerAuthError as exc:
             raise Unauthorized(str(exc)) from None
@@ -180,9 +211,17 @@ class Peers:
         if peer is None:
             raise Forbidden(f"node {auth.caller} is not a peer of this node")
         state = self.state(auth.caller)
+        if abs(now - auth.ts) > DEFAULT_WINDOW_MS:
+            state.refuse("stale_timestamp")
+            raise Unauthorized(
+                f"peer auth: timestamp is {abs(now - auth.ts) // 1000} s off (window "
+                f"{DEFAULT_WINDOW_MS // 1000} s); check the clocks"
+            )
         if state.cut_off:
+            state.refuse("cut_off")
             raise Forbidden("this peer is cut off for sending invalid data; try later")
         if not self.nonces.check_and_add(auth.caller, auth.nonce, now):
+            state.refuse("replayed_nonce")
             raise Unauthorized("peer auth: nonce replayed")
         if not state.take_token():
             state.penalise(PENALTY_FLOOD, "rate_limited")
@@ -205,7 +244,7 @@ class PeerClient:
         ssl_context = ssl.create_default_context(cafile=ca_file or None)
         self.session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=timeout_s, connect=5.0),
-            connector=aiohttp.TCPConnector(ssl=ssl_context),
+            connector=aiohttp.TCPConnector(ssl=ssl_context, keepalive_timeout=CLIENT_KEEPALIVE_S),
             auto_decompress=True,
         )
 

@@ -76,7 +76,7 @@ async def feed_stream(request: web.Request) -> web.StreamResponse:
     after = _int_param(request, "after", 0, 0, 1 << 62)
     last_id = request.headers.get("Last-Event-ID", "").strip()
     if last_id:
-        if not last_id.isdigit():
+        if not (last_id.isascii() and last_id.isdigit()) or len(last_id) > 18:
             raise NodeError("Last-Event-ID: expected a feed cursor")
         after = int(last_id)
     heartbeat = _int_param(request, "heartbeat", int(HEARTBEAT_S), 1, 300)
@@ -202,6 +202,9 @@ async def lists_import(request: web.Request) -> web.Response:
     unknown = set(body) - {"collection", "adds", "revoke_signals", "revoke_refs"}
     if unknown:
         raise NodeError(f"{sorted(unknown)[0]}: unknown field")
+    for name in ("adds", "revoke_signals", "revoke_refs"):
+        if not isinstance(body.get(name, []), list):
+            raise NodeError(f"{name}: expected a list")
     access.require_collection(access.grant_of(request), body["collection"])
     result = await daemon.call(
         apply_import,

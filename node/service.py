@@ -169,6 +169,8 @@ class NodeService:
         results: list[dict[str, Any]] = []
         seen: set[tuple[str, str]] = set()
         for n, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise NodeError(f"signals[{n}]: expected an object")
             try:
                 op = self.prepare_add(collection=collection, **item)
             except TypeError:

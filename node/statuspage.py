@@ -36,7 +36,7 @@ def register(app: web.Application, daemon: Daemon) -> None:
 
     async def recent(request: web.Request) -> web.Response:
         text = request.query.get("limit", "20")
-        if not text.isdigit() or not 1 <= int(text) <= 500:
+        if not (text.isascii() and text.isdigit() and len(text) <= 3) or not 1 <= int(text) <= 500:
             raise NodeError("limit: must be an integer 1-500")
         changes = await daemon.call(daemon.service.store.recent_changes, int(text))
         return web.json_response({"changes": changes})

@@ -43,7 +43,7 @@ from protocol.state import (
     decide,
 )
 
-from .errors import HomeError
+from .errors import HomeError, NodeError, StorageFull, StorageUnavailable
 
 SCHEMA_VERSION = 1
 
@@ -146,6 +146,22 @@ def _lighten(decision: Decision) -> Decision:
 
 def _signed(batch: Batch) -> SignedHeader:
     return SignedHeader(batch.header_bytes, batch.signature)
+
+
+def storage_error(path: Path, exc: sqlite3.OperationalError) -> NodeError:
+    """One clear sentence for a write the disk refused; the transaction was rolled back."""
+    text = str(exc)
+    if "full" in text:
+        return StorageFull(
+            f"database {path}: the disk is full; the change was not saved (free some space, "
+            "reads keep working meanwhile)"
+        )
+    if "readonly" in text or "read-only" in text or "I/O error" in text:
+        return StorageUnavailable(
+            f"database {path} cannot be written ({text}); the change was not saved "
+            "(check the file system and the file's permissions; reads keep working)"
+        )
+    return StorageUnavailable(f"database {path}: {text}; the change was not saved")
 
 
 def now_ms() -> int:
@@ -319,16 +335,33 @@ class Store:
         """One batch, atomically: a transaction, or a savepoint inside `bulk`."""
         snapshot = self._snapshot()
         nested = self._bulk is not None
-        self.conn.execute("SAVEPOINT batch" if nested else "BEGIN IMMEDIATE")
         try:
-            work()
-        except BaseException:
-            self.conn.execute("ROLLBACK TO batch" if nested else "ROLLBACK")
+            self.conn.execute("SAVEPOINT batch" if nested else "BEGIN IMMEDIATE")
+            try:
+                work()
+                self.conn.execute("RELEASE batch" if nested else "COMMIT")
+            except BaseException:
+                self._rollback(nested)
+                self._restore(snapshot)
+                raise
+        except sqlite3.OperationalError as exc:
+            raise storage_error(self.path, exc) from None
+
+    def _rollback(self, nested: bool) -> None:
+        """Undo the current batch. SQLite may already have rolled the whole transaction
+        back by itself (disk full, I/O error): then there is nothing left to undo, and a
+        second error must not hide the first one or skip restoring the caches."""
+        if not self.conn.in_transaction:
+            return
+        try:
             if nested:
+                self.conn.execute("ROLLBACK TO batch")
                 self.conn.execute("RELEASE batch")
-            self._restore(snapshot)
-            raise
-        self.conn.execute("RELEASE batch" if nested else "COMMIT")
+            else:
+                self.conn.execute("ROLLBACK")
+        except sqlite3.OperationalError:
+            if self.conn.in_transaction and not nested:
+                raise
 
     @contextmanager
     def bulk(self, source: str = "bundle") -> Iterator[None]:
@@ -342,16 +375,21 @@ class Store:
         if self._bulk is not None:
             raise RuntimeError("bulk() does not nest")
         snapshot = self._snapshot()
-        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise storage_error(self.path, exc) from None
         self._bulk = IngestResult()
         try:
             yield
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            self._restore(snapshot)
+            self.conn.execute("COMMIT")
+        except BaseException as exc:
             self._bulk = None
+            self._rollback(nested=False)
+            self._restore(snapshot)
+            if isinstance(exc, sqlite3.OperationalError):
+                raise storage_error(self.path, exc) from None
             raise
-        self.conn.execute("COMMIT")
         done, self._bulk = self._bulk, None
         self._notify(done, source)
 

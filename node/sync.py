@@ -210,7 +210,7 @@ class Replicator:
                     error = f"batch {n}: {exc}"
                     break
                 if not config.accepts(batch.header.author, batch.header.collection):
-                    state.refused["untrusted"] = state.refused.get("untrusted", 0) + 1
+                    state.refuse("untrusted")
                     results.append(
                         {"log": str(batch.log), "seq": batch.seq, "outcome": "untrusted"}
                     )
@@ -242,7 +242,7 @@ class Replicator:
             value = json.loads(body)
             blobs = [base64.urlsafe_b64decode(e + "=" * (-len(e) % 4)) for e in value["evidence"]]
             evidence = [verify_evidence(blob) for blob in blobs[:100]]
-        except (ValueError, KeyError, TypeError, ProtocolError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError, ProtocolError) as exc:
             raise self._refuse(peer, "bad_evidence", f"evidence: {exc}") from None
         new = await self.daemon.call(self._store_evidence, evidence, peer)
         return self.peers.respond(auth, json.dumps({"new": new}).encode(), "application/json")
@@ -293,6 +293,10 @@ class Replicator:
                     if result.get("error"):
                         raise NodeError(f"peer {peer.name} sent invalid data: {result['error']}")
                     if not page.more:
+                        break
+                    if not any(r["outcome"] in ("applied", "deferred") for r in result["results"]):
+                        # "more" but nothing new: a lying peer could keep us paging for ever.
+                        self.peers.state(peer.node_id).refuse("empty_page")
                         break
                 assert page is not None
                 state.vector = {(k.author, k.collection): v for k, v in page.vector.items()}

@@ -140,7 +140,7 @@ class TokenStore:
     def revoke(self, name_or_id: str) -> dict[str, Any]:
         """Revoke by name (the live token of that name) or by numeric id."""
         key = str(name_or_id)
-        if key.isdigit():
+        if key.isascii() and key.isdigit() and len(key) <= 18:
             row = self.conn.execute(
                 "SELECT id, name, hash, scopes, collections, created_at, revoked_at FROM tokens"
                 " WHERE id = ?",

@@ -101,7 +101,7 @@ def verify_request(
     if _header(headers, H_TO) != callee:
         raise PeerAuthError("peer auth: request is addressed to another node")
     ts_text = _header(headers, H_TS)
-    if not ts_text.isdigit() or len(ts_text) > 16:
+    if not (ts_text.isascii() and ts_text.isdigit()) or len(ts_text) > 16:
         raise PeerAuthError(f"peer auth: {H_TS} is not a millisecond timestamp")
     ts = int(ts_text)
     if abs(now_ms - ts) > window_ms:

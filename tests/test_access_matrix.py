@@ -1,0 +1,438 @@
+"""Access control, table-driven: every endpoint x every credential gives the documented
+answer, and no hash of a restricted collection ever reaches a caller who may not read it.
+
+MATRIX below is the single source: the test walks it against a running node, and the
+"Access control matrix" section of docs/api.md is exactly `matrix_markdown()` (a test
+keeps them equal). Requests that carry a collection target `le-only`, so the `@csam`
+columns show a token whose scope fits but whose collections do not.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from netnodes import NodeProc
+
+from protocol.peerauth import sign_request
+from protocol.signing import SigningKey
+from protocol.sync import decode_page, encode_sync_request
+
+IMAGE = Path("/work/shared/testdata/pdq/images/bridge-1-original.jpg")
+# The image's PDQ with 4 bits changed: /v1/match/file finds it, yet it is never the
+# hash the node computes and echoes back for the upload.
+PDQ_SECRET = "d8f8f0cce0f4a84f0e370a22028f67f0b36e2ed596623e1d33e6b39c4e9c9b2d"
+MD5_SECRET = "5ec2e75ec2e75ec2e75ec2e75ec2e700"
+SHA256_SECRET = "5ec2e7" * 10 + "beef"
+SECRETS = (PDQ_SECRET, MD5_SECRET, SHA256_SECRET)
+MD5_CSAM = "c5a0c5a0c5a0c5a0c5a0c5a0c5a0c5a0"
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "api.md"
+
+CREDENTIALS = (
+    "none", "wrong", "revoked", "peer-key",
+    "read", "match", "publish", "admin",
+    "read@csam", "match@csam", "publish@csam",
+)
+#: Credentials that may read `le-only`; every other one must never see its hashes.
+MAY_READ_SECRET = {"read", "match", "admin"}
+OPEN = "open"  # no token needed, by design: the same answer for every credential
+
+# Cell values: an HTTP status, or OPEN. Columns in the order of CREDENTIALS.
+# fmt: off
+MATRIX: list[tuple[str, tuple[int | str, ...]]] = [
+    # (endpoint, (none, wrong, revoked, peer-key, read, match, publish, admin,
+    #             read@csam, match@csam, publish@csam))
+    ("GET /v1/healthz",                        (OPEN,)*11),
+    ("GET /healthz",                           (OPEN,)*11),
+    ("GET /status",                            (OPEN,)*11),
+    ("GET /takeitdown/api/info",               (OPEN,)*11),
+    ("GET /v1/status",
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403)),
+    ("GET /v1/status/history",
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403)),
+    ("GET /v1/status/recent?limit=500",
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403)),
+    ("GET /metrics",
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403)),
+    ("POST /v1/signals",
+     (401, 401, 401, 401, 403, 403, 200, 200, 403, 403, 403)),
+    ("POST /v1/signals/batch",
+     (401, 401, 401, 401, 403, 403, 200, 200, 403, 403, 403)),
+    ("POST /v1/revoke",
+     (401, 401, 401, 401, 403, 403, 200, 200, 403, 403, 403)),
+    ("POST /v1/opinions",
+     (401, 401, 401, 401, 403, 403, 200, 200, 403, 403, 403)),
+    ("POST /v1/lists/import",
+     (401, 401, 401, 401, 403, 403, 200, 200, 403, 403, 403)),
+    ("POST /v1/match",
+     (401, 401, 401, 401, 403, 200, 403, 200, 403, 200, 403)),
+    ("POST /v1/match/file",
+     (401, 401, 401, 401, 403, 200, 403, 200, 403, 200, 403)),
+    ("GET /v1/feed",
+     (401, 401, 401, 401, 200, 403, 403, 200, 200, 403, 403)),
+    ("GET /v1/feed?collection=le-only",
+     (401, 401, 401, 401, 200, 403, 403, 200, 403, 403, 403)),
+    ("GET /v1/feed/stream",
+     (401, 401, 401, 401, 200, 403, 403, 200, 200, 403, 403)),
+    ("GET /v1/feed/stream?collection=le-only",
+     (401, 401, 401, 401, 200, 403, 403, 200, 403, 403, 403)),
+    ("GET /v1/snapshot",
+     (401, 401, 401, 401, 200, 403, 403, 200, 200, 403, 403)),
+    ("GET /v1/snapshot?collection=le-only",
+     (401, 401, 401, 401, 200, 403, 403, 200, 403, 403, 403)),
+    ("GET /v1/export?collection=csam",
+     (401, 401, 401, 401, 200, 403, 403, 200, 200, 403, 403)),
+    ("GET /v1/export?collection=le-only",
+     (401, 401, 401, 401, 200, 403, 403, 200, 403, 403, 403)),
+    ("POST /v1/import",
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403)),
+    ("GET /v1/admin/tokens",
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403)),
+    ("POST /v1/admin/tokens",
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403)),
+    ("DELETE /v1/admin/tokens/{name}",
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403)),
+    ("POST /v1/admin/peers",
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403)),
+    ("POST /v1/admin/trust",
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403)),
+    ("POST /v1/admin/backup",
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403)),
+    ("GET /v1/admin/selfreport",
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403)),
+    ("GET /v1/no-such-route",
+     (401, 401, 401, 401, 403, 403, 403, 404, 403, 403, 403)),
+]
+
+PEER_CREDENTIALS = (
+    "unsigned", "bearer admin", "bad signature", "replayed nonce", "unknown node",
+    "peer without le-only", "peer with le-only",
+)
+PEER_MATRIX: list[tuple[str, tuple[int, ...]]] = [
+    # endpoint                 unsg bear bsig repl unkn p-le p+le
+    ("POST /v1/peer/sync",     (401, 401, 401, 401, 403, 200, 200)),
+    ("POST /v1/peer/batches",  (401, 401, 401, 401, 403, 200, 200)),
+    ("POST /v1/peer/evidence", (401, 401, 401, 401, 403, 200, 200)),
+]
+# fmt: on
+
+
+def matrix_markdown() -> str:
+    """The docs/api.md table, generated from MATRIX and PEER_MATRIX."""
+
+    def cell(value: int | str) -> str:
+        return "open" if value == OPEN else str(value)
+
+    lines = ["| endpoint | " + " | ".join(CREDENTIALS) + " |",
+             "| --- |" + " --- |" * len(CREDENTIALS)]
+    for endpoint, row in MATRIX:
+        lines.append(f"| `{endpoint}` | " + " | ".join(cell(c) for c in row) + " |")
+    lines += ["", "| peer endpoint | " + " | ".join(PEER_CREDENTIALS) + " |",
+              "| --- |" + " --- |" * len(PEER_CREDENTIALS)]
+    for endpoint, prow in PEER_MATRIX:
+        lines.append(f"| `{endpoint}` | " + " | ".join(str(c) for c in prow) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# -- the world ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("access")
+    node = NodeProc(root, "hotline")
+    node.cli("add", "md5", MD5_CSAM, "-c", "csam")
+    node.cli("add", "md5", MD5_SECRET, "-c", "le-only")
+    node.cli("add", "sha256", SHA256_SECRET, "-c", "le-only")
+    node.cli("add", "pdq", PDQ_SECRET, "-c", "le-only", "--quality", "100")
+    tokens: dict[str, str] = {}
+    for name, scope, collection in [
+        ("read", "read", None), ("match", "match", None), ("publish", "publish", None),
+        ("admin", "admin", None), ("read@csam", "read", "csam"),
+        ("match@csam", "match", "csam"), ("publish@csam", "publish", "csam"),
+        ("revoked", "admin", None),
+    ]:
+        args = ["token", "create", name.replace("@", "-at-"), "--scope", scope]
+        if collection:
+            args += ["--collection", collection]
+        tokens[name] = node.cli(*args).stdout.strip()
+    node.cli("token", "revoke", "revoked")
+    keys = {name: SigningKey(os.urandom(32)) for name in ("peer-csam", "peer-le", "unknown")}
+    node.cli("peer", "add", "peer-csam", "http://127.0.0.1:9", keys["peer-csam"].node_id,
+             "--share", "csam")
+    node.cli("peer", "add", "peer-le", "http://127.0.0.1:9", keys["peer-le"].node_id,
+             "--share", "csam", "--share", "le-only")
+    node.start()
+    world: dict[str, Any] = {"node": node, "tokens": tokens, "keys": keys,
+                             "admin_file": node.admin_token(), "tmp": root}
+    status, bundle = call(world, "GET", "/v1/export?collection=csam", token=node.admin_token())
+    assert status == 200
+    world["bundle"] = bundle
+    yield world
+    assert node.stop() == 0
+
+
+def call(
+    world: dict[str, Any],
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    token: str | None = None,
+    headers: dict[str, str] | None = None,
+    content_type: str = "application/json",
+) -> tuple[int, bytes]:
+    """One request; a streaming 200 is read for about a second (live feeds never end)."""
+    node: NodeProc = world["node"]
+    conn = http.client.HTTPConnection("127.0.0.1", node.port, timeout=10)
+    try:
+        all_headers = dict(headers or {})
+        if token is not None:
+            all_headers["Authorization"] = f"Bearer {token}"
+        if body is not None:
+            all_headers.setdefault("Content-Type", content_type)
+        conn.request(method, path, body=body, headers=all_headers)
+        response = conn.getresponse()
+        if response.getheader("Content-Type", "").startswith("text/event-stream"):
+            assert conn.sock is not None
+            conn.sock.settimeout(1.0)  # the backlog comes at once, then the stream waits
+            chunks = []
+            while True:
+                try:
+                    chunk = response.read1(65536)
+                except OSError:  # timed out: everything sent so far has been read
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            return response.status, b"".join(chunks)
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def _fresh_le_only_op(world: dict[str, Any]) -> str:
+    """A new live add in le-only (by the admin token file) for revoke and opinion rows."""
+    value = uuid.uuid4().hex
+    status, data = call(
+        world, "POST", "/v1/signals",
+        json.dumps({"type": "md5", "value": value, "collection": "le-only"}).encode(),
+        token=world["admin_file"],
+    )
+    assert status == 200, data
+    return str(json.loads(data)["op_id"])
+
+
+def _fresh_token_name(world: dict[str, Any]) -> str:
+    name = "tmp" + uuid.uuid4().hex[:10]
+    status, _ = call(world, "POST", "/v1/admin/tokens",
+                     json.dumps({"name": name, "scopes": ["read"]}).encode(),
+                     token=world["admin_file"])
+    assert status == 200
+    return name
+
+
+def _multipart() -> tuple[bytes, str]:
+    boundary = "matrixboundary"
+    body = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n"
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode() + IMAGE.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def request_for(world: dict[str, Any], endpoint: str) -> tuple[str, str, bytes | None, str]:
+    """(method, path, body, content type) of a valid request for one matrix row."""
+    method, path = endpoint.split(" ", 1)
+    ctype = "application/json"
+    fresh = uuid.uuid4().hex
+    bodies: dict[str, Callable[[], Any]] = {
+        "/v1/signals": lambda: {"type": "md5", "value": fresh, "collection": "le-only"},
+        "/v1/signals/batch": lambda: {"collection": "le-only",
+                                      "signals": [{"type": "md5", "value": fresh}]},
+        "/v1/revoke": lambda: {"op_id": _fresh_le_only_op(world)},
+        "/v1/opinions": lambda: {"op_id": _fresh_le_only_op(world), "opinion": "seen"},
+        "/v1/lists/import": lambda: {"collection": "le-only",
+                                     "adds": [{"type": "md5", "value": fresh}]},
+        "/v1/match": lambda: {"queries": [{"type": "md5", "value": MD5_SECRET},
+                                          {"type": "sha256", "value": SHA256_SECRET},
+                                          {"type": "pdq", "value": PDQ_SECRET},
+                                          {"type": "md5", "value": MD5_CSAM}]},
+        "/v1/admin/tokens": lambda: {"name": "t" + fresh[:12], "scopes": ["read"]},
+        "/v1/admin/peers": lambda: {"name": "p" + fresh[:12], "url": "http://127.0.0.1:9",
+                                    "node_id": SigningKey(os.urandom(32)).node_id,
+                                    "share": ["csam"]},
+        "/v1/admin/trust": lambda: {"node_id": SigningKey(os.urandom(32)).node_id,
+                                    "collection": "csam"},
+        "/v1/admin/backup": lambda: {"file": str(world["tmp"] / f"backup-{fresh}.db")},
+    }
+    body: bytes | None = None
+    if path in bodies:
+        body = json.dumps(bodies[path]()).encode()
+    elif path == "/v1/match/file":
+        body, ctype = _multipart()
+    elif path == "/v1/import":
+        body, ctype = world["bundle"], "application/octet-stream"
+    elif path == "/v1/admin/tokens/{name}":
+        path = "/v1/admin/tokens/" + _fresh_token_name(world)
+    return method, path, body, ctype
+
+
+def credential_headers(
+    world: dict[str, Any], credential: str, method: str, path: str, body: bytes | None
+) -> tuple[str | None, dict[str, str]]:
+    """(bearer token, extra headers) for one credential column."""
+    if credential == "none":
+        return None, {}
+    if credential == "wrong":
+        return "hm_" + "x" * 43, {}
+    if credential == "peer-key":  # a configured peer's valid signature, on an operator path
+        node: NodeProc = world["node"]
+        headers = sign_request(world["keys"]["peer-le"], node.node_id, method, path,
+                               body or b"", int(time.time() * 1000), os.urandom(16))
+        return None, headers
+    return world["tokens"][credential], {}
+
+
+def visible(path: str, data: bytes) -> bytes:
+    """What the answer reveals beyond the caller's own input: a match echoes the queried
+    values and the upload's own hashes, which the caller already had."""
+    if path.startswith("/v1/match"):
+        try:
+            value = json.loads(data)
+        except ValueError:
+            return data
+        value.pop("hashes", None)
+        for entry in value.get("results", []):
+            entry.pop("query", None)
+        return json.dumps(value).encode()
+    return data
+
+
+def test_matrix_rows_and_columns_are_complete() -> None:
+    assert all(len(row) == len(CREDENTIALS) for _, row in MATRIX)
+    assert all(len(row) == len(PEER_CREDENTIALS) for _, row in PEER_MATRIX)
+    assert len({e for e, _ in MATRIX}) == len(MATRIX)
+
+
+def test_docs_hold_the_matrix() -> None:
+    text = DOCS.read_text()
+    assert "## Access control matrix" in text
+    assert matrix_markdown() in text, "docs/api.md: regenerate the table from matrix_markdown()"
+
+
+@pytest.mark.parametrize("endpoint,row", MATRIX, ids=[e for e, _ in MATRIX])
+def test_operator_endpoint_answers_per_credential(
+    world: dict[str, Any], endpoint: str, row: tuple[int | str, ...]
+) -> None:
+    answers: dict[str, tuple[int, bytes]] = {}
+    for credential, expected in zip(CREDENTIALS, row, strict=True):
+        method, path, body, ctype = request_for(world, endpoint)
+        token, headers = credential_headers(world, credential, method, path, body)
+        status, data = call(world, method, path, body, token, headers, ctype)
+        answers[credential] = (status, data)
+        if expected == OPEN:
+            assert status not in (401, 403), (credential, status, data[:300])
+            assert status == answers["none"][0], (credential, status)
+        else:
+            assert status == expected, (endpoint, credential, status, data[:300])
+        if status >= 400 and data:
+            assert "error" in json.loads(data), data[:300]
+        if credential not in MAY_READ_SECRET:
+            shown = visible(path, data)
+            for secret in SECRETS:
+                assert secret.encode() not in shown, (endpoint, credential, secret)
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["GET /v1/feed", "GET /v1/snapshot", "GET /v1/export?collection=le-only",
+                 "POST /v1/match", "POST /v1/match/file", "GET /v1/status/recent?limit=500"]
+)
+def test_positive_control_the_secret_is_there_for_who_may_read_it(
+    world: dict[str, Any], endpoint: str
+) -> None:
+    """The leak checks are not vacuous: an unrestricted token does see le-only's hashes."""
+    method, path, body, ctype = request_for(world, endpoint)
+    status, data = call(world, method, path, body, world["tokens"]["admin"], {}, ctype)
+    assert status == 200
+    shown = visible(path, data)
+    assert any(secret.encode() in shown for secret in SECRETS), (endpoint, shown[:500])
+
+
+def test_restricted_match_drops_the_restricted_collection(world: dict[str, Any]) -> None:
+    method, path, body, ctype = request_for(world, "POST /v1/match")
+    results = {}
+    for who in ("match", "match@csam"):
+        status, data = call(world, method, path, body, world["tokens"][who], {}, ctype)
+        assert status == 200
+        results[who] = [bool(r["matches"]) for r in json.loads(data)["results"]]
+    assert results["match"] == [True, True, True, True]
+    assert results["match@csam"] == [False, False, False, True]
+
+
+# -- peer endpoints -------------------------------------------------------------------------
+
+
+def _peer_body(path: str) -> bytes:
+    if path == "/v1/peer/sync":
+        return encode_sync_request({}, ["csam", "le-only"], [])
+    if path == "/v1/peer/evidence":
+        return json.dumps({"evidence": []}).encode()
+    return b""
+
+
+def _peer_call(
+    world: dict[str, Any], credential: str, path: str
+) -> tuple[int, bytes]:
+    node: NodeProc = world["node"]
+    body = _peer_body(path)
+    key_name = {"unknown node": "unknown", "peer without le-only": "peer-csam"}.get(
+        credential, "peer-le"
+    )
+    key: SigningKey = world["keys"][key_name]
+    headers = sign_request(key, node.node_id, "POST", path, body, int(time.time() * 1000),
+                           os.urandom(16))
+    headers["Content-Type"] = "application/octet-stream"
+    if credential == "unsigned":
+        return call(world, "POST", path, body, None, {"Content-Type": "application/json"})
+    if credential == "bearer admin":
+        return call(world, "POST", path, body, world["admin_file"], {})
+    if credential == "bad signature":
+        headers["X-Hashmesh-Signature"] = headers["X-Hashmesh-Signature"][::-1]
+    if credential == "replayed nonce":
+        first, _ = call(world, "POST", path, body, None, headers)
+        assert first == 200
+    return call(world, "POST", path, body, None, headers)
+
+
+@pytest.mark.parametrize("endpoint,row", PEER_MATRIX, ids=[e for e, _ in PEER_MATRIX])
+def test_peer_endpoint_answers_per_credential(
+    world: dict[str, Any], endpoint: str, row: tuple[int, ...]
+) -> None:
+    path = endpoint.split(" ", 1)[1]
+    for credential, expected in zip(PEER_CREDENTIALS, row, strict=True):
+        status, data = _peer_call(world, credential, path)
+        assert status == expected, (endpoint, credential, status, data[:300])
+        if credential != "peer with le-only":
+            for secret in SECRETS:
+                assert secret.encode() not in data, (endpoint, credential, secret)
+
+
+def test_sync_page_for_a_peer_without_le_only_holds_none_of_it(world: dict[str, Any]) -> None:
+    pages = {}
+    for credential in ("peer without le-only", "peer with le-only"):
+        status, data = _peer_call(world, credential, "/v1/peer/sync")
+        assert status == 200
+        pages[credential] = data
+    without = decode_page(pages["peer without le-only"])
+    assert {json.loads(h)["collection"] for h, _, _ in without.frames} == {"csam"}
+    assert all(k.collection != "le-only" for k in without.vector)
+    with_le = decode_page(pages["peer with le-only"])
+    assert "le-only" in {json.loads(h)["collection"] for h, _, _ in with_le.frames}
+    assert all(s.encode() in pages["peer with le-only"] for s in SECRETS)
