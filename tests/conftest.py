@@ -42,7 +42,6 @@ def _find_hashmesh() -> str:
 
 
 HASHMESH = _find_hashmesh()
-IMAGES = Path("/work/shared/testdata/pdq/images")
 
 
 def clean_env(**extra: str) -> dict[str, str]:

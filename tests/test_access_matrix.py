@@ -20,12 +20,13 @@ from typing import Any
 
 import pytest
 from netnodes import NodeProc
+from testdata import IMAGES
 
 from protocol.peerauth import sign_request
 from protocol.signing import SigningKey
 from protocol.sync import decode_page, encode_sync_request
 
-IMAGE = Path("/work/shared/testdata/pdq/images/bridge-1-original.jpg")
+IMAGE = IMAGES / "bridge-1-original.jpg"
 # The image's PDQ with 4 bits changed: /v1/match/file finds it, yet it is never the
 # hash the node computes and echoes back for the upload.
 PDQ_SECRET = "d8f8f0cce0f4a84f0e370a22028f67f0b36e2ed596623e1d33e6b39c4e9c9b2d"

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from netnodes import NodeProc
 from PIL import Image
+from testdata import IMAGES
 
-IMAGES = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "pdq" / "images"
 BRIDGE = IMAGES / "bridge-1-original.jpg"
 
 

@@ -26,7 +26,6 @@ import struct
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,6 +33,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from netnodes import NodeProc, wait_for
 from protocol_helpers import KEYS, MD5, PDQ, PHOTODNA, SHA1, SHA256, add, chain, opinion, revoke
+from testdata import FORMATS, IMAGES
 
 from node.importers import ImportFormatError, ImportIssue, ImportRecord, parse_file
 from protocol.batches import (
@@ -434,7 +434,7 @@ def test_fuzz_peer_auth_headers(
 
 # -- importers ------------------------------------------------------------------------------
 
-SAMPLES = Path("/work/shared/testdata/formats")
+SAMPLES = FORMATS
 IMPORT_SAMPLES = {
     "ncmec": (SAMPLES / "ncmec-entries-1.xml").read_bytes(),
     "stopncii": (SAMPLES / "stopncii-fetchhashes-1.json").read_bytes(),
@@ -461,7 +461,7 @@ def test_fuzz_import_formats(fmt: str, data: bytes) -> None:
 
 # -- HTTP: a running node -------------------------------------------------------------------
 
-IMAGE = Path("/work/shared/testdata/pdq/images/bridge-1-original.jpg")
+IMAGE = IMAGES / "bridge-1-original.jpg"
 
 
 class Http:

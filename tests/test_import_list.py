@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 from conftest import Cli, HomeFactory, NodeFactory
+from testdata import FORMATS
 
 DATA = Path(__file__).resolve().parent / "data"
-FORMATS = Path("/work/shared/testdata/formats")
 PDQ_A = "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22"
 PDQ_WITHDRAWN = "2afc4a5c09628a7961c14d436493bba66b89b831453baa1d556ba385554daa82"
 MD5_EMPTY = "d41d8cd98f00b204e9800998ecf8427e"

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from testdata import FORMATS
 
 from node.importers import (
     ImportFormatError,
@@ -21,7 +22,7 @@ from node.importers import (
     parse_file,
 )
 
-SAMPLES = Path("/work/shared/testdata/formats")
+SAMPLES = FORMATS
 DATA = Path(__file__).parent / "data"
 PDQ = "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22"
 

@@ -22,10 +22,11 @@ from typing import Any
 import pytest
 from cdp import CHROMIUM, Browser
 from netnodes import NodeProc, wait_for
+from testdata import PDQ
 
 from node.config import Home
 
-PDQ_DATA = Path("/work/shared/testdata/pdq")
+PDQ_DATA = PDQ
 COLLECTION = "takeitdown"
 POW_BITS = 10
 
