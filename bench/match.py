@@ -39,7 +39,6 @@ import numpy.typing as npt
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from node import pdq_index  # noqa: E402
 from node.pdq_index import PDQIndex, words_to_hex  # noqa: E402
 
 U64 = npt.NDArray[np.uint64]
@@ -192,7 +191,7 @@ def _load_module(path: str) -> ModuleType:
     return mod
 
 
-def _hashmesh(cls: Any, words: U64, threshold: int, single_thread: Callable[[], Any] | None) -> Any:
+def _hashmesh(cls: Any, words: U64, threshold: int) -> dict[str, Any]:
     keys = np.arange(len(words), dtype=np.int64)
     r0 = reset_peak_rss()
     t = time.perf_counter()
@@ -207,34 +206,16 @@ def _hashmesh(cls: Any, words: U64, threshold: int, single_thread: Callable[[], 
     def batch(hs: list[str]) -> None:
         index.query_many(hs)
 
-    def batch1(hs: list[str]) -> None:
-        assert single_thread is not None
-        with single_thread():
-            index.query_many(hs)
-
-    res.update(one=one, batch=batch, batch1=batch1 if single_thread else None)
+    res.update(one=one, batch=batch)
     return res
-
-
-class _OneWorker:
-    """Context manager pinning PDQIndex's batch path to one thread."""
-
-    def __enter__(self) -> None:
-        self.saved = pdq_index._workers
-        pdq_index._workers = lambda: 1
-
-    def __exit__(self, *exc: object) -> None:
-        pdq_index._workers = self.saved
 
 
 def run_hashmesh(words: U64, hexes: list[str], threshold: int, args: Any) -> dict[str, Any]:
-    res: dict[str, Any] = _hashmesh(PDQIndex, words, threshold, _OneWorker)
-    return res
+    return _hashmesh(PDQIndex, words, threshold)
 
 
 def run_baseline(words: U64, hexes: list[str], threshold: int, args: Any) -> dict[str, Any]:
-    res: dict[str, Any] = _hashmesh(_load_module(args.baseline).PDQIndex, words, threshold, None)
-    return res
+    return _hashmesh(_load_module(args.baseline).PDQIndex, words, threshold)
 
 
 def run_te_mih(words: U64, hexes: list[str], threshold: int, args: Any) -> dict[str, Any]:
@@ -253,7 +234,7 @@ def run_te_mih(words: U64, hexes: list[str], threshold: int, args: Any) -> dict[
     def batch(hs: list[str]) -> None:
         index.index.search_with_distance_in_result(hs, threshold)
 
-    return {"build": build, "peak": peak, "mem": mem, "one": one, "batch": batch, "batch1": None}
+    return {"build": build, "peak": peak, "mem": mem, "one": one, "batch": batch}
 
 
 def run_te_flat(words: U64, hexes: list[str], threshold: int, args: Any) -> dict[str, Any]:
@@ -268,7 +249,7 @@ def run_te_flat(words: U64, hexes: list[str], threshold: int, args: Any) -> dict
     def one(h: str) -> list[int]:
         return [m.metadata for m in index.query(h)]
 
-    return {"build": build, "peak": peak, "mem": mem, "one": one, "batch": None, "batch1": None}
+    return {"build": build, "peak": peak, "mem": mem, "one": one, "batch": None}
 
 
 Runner = Callable[[U64, list[str], int, Any], dict[str, Any]]
@@ -306,7 +287,7 @@ def child(
     out: dict[str, dict[str, Any]] = {}
     for name, res in built.items():
         limit = args.flat_queries if name == "te-flat" else len(qhex)
-        out[name] = {k: v for k, v in res.items() if k not in ("one", "batch", "batch1")}
+        out[name] = {k: v for k, v in res.items() if k not in ("one", "batch")}
         out[name].update(lat=[], found=set(), rounds=[], limit=limit)
     for _ in range(args.rounds):
         for name, res in built.items():
@@ -321,15 +302,13 @@ def child(
                 o["found"].update((i, int(k)) for k in keys)
             o["lat"] += lat
             o["rounds"].append(len(lat) / sum(lat))
-            for key in ("batch", "batch1"):
-                if res.get(key) is not None:
-                    t = time.perf_counter()
-                    res[key](qhex)
-                    o.setdefault(key + "_runs", []).append(len(qhex) / (time.perf_counter() - t))
+            if res.get("batch") is not None:
+                t = time.perf_counter()
+                res["batch"](qhex)
+                o.setdefault("batch_runs", []).append(len(qhex) / (time.perf_counter() - t))
     for o in out.values():
-        for key in ("batch", "batch1"):
-            if key + "_runs" in o:
-                o[key + "_qps"] = statistics.median(o[key + "_runs"])
+        if "batch_runs" in o:
+            o["batch_qps"] = statistics.median(o["batch_runs"])
     conn.send(out)
     conn.close()
 
@@ -353,7 +332,7 @@ def run_children(
 
 def fmt_row(dataset: str, size: int, label: str, r: dict[str, Any], truth: Pairs) -> list[str]:
     if "error" in r:
-        return [dataset, f"{size:,}", label, *["-"] * 9, r["error"]]
+        return [dataset, f"{size:,}", label, *["-"] * 8, r["error"]]
     lat = sorted(r["lat"])
     p50 = statistics.median(lat) * 1e3
     p99 = lat[min(len(lat) - 1, round(0.99 * (len(lat) - 1)))] * 1e3
@@ -378,7 +357,6 @@ def fmt_row(dataset: str, size: int, label: str, r: dict[str, Any], truth: Pairs
         num("build", ".2f"),
         f"{qps:,.0f}",
         num("batch_qps", ",.0f"),
-        num("batch1_qps", ",.0f"),
         f"{p50:.3f}",
         f"{p99:.3f}",
         f"{recall:.4f}",
@@ -395,7 +373,6 @@ HEADER = [
     "build s",
     "q/s one by one",
     "q/s batch",
-    "q/s batch, 1 thread",
     "median ms",
     "p99 ms",
     "recall",
@@ -692,8 +669,8 @@ def main() -> None:
             + ". All contenders are built in one forked child and timed in "
             f"{args.rounds} alternating rounds (so they share the machine's load); q/s are "
             "the median round, latencies pooled over rounds. One by one is one `query` call "
-            "per hash; batch is one call for all queries (hashmesh splits it over both cores; "
-            "the 1-thread column pins it to one). Recall is against numpy brute force. Peak "
+            "per hash; batch is one call for all queries. Recall is against numpy brute force. "
+            "Peak "
             "RSS is the rise of the kernel's high-water mark (VmHWM, reset just before each "
             "build), i.e. the build's own peak; RSS after build is the steady rise. "
             "threatexchange's input hex strings are made before the reset.",

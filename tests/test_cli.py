@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import IMAGES, Cli, HomeFactory, NodeFactory, NodeProcess, Result
+from conftest import Cli, HomeFactory, NodeFactory, NodeProcess, Result
+from testdata import IMAGES
 
 MD5 = "d41d8cd98f00b204e9800998ecf8427e"
 MD5_B = "0cc175b9c0f1b6a831c399e269772661"
