@@ -260,7 +260,6 @@ async def import_bundle(request: web.Request) -> web.Response:
             raise NodeError("request body: empty; expected a bundle")
         tmp.seek(0)
         result = await daemon.call(daemon.service.import_bundle, tmp, "bundle")
-    await daemon.after_ingest()
     return web.json_response(result)
 
 

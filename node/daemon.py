@@ -97,7 +97,6 @@ class BatchingPublisher:
         for future, op_id in zip(waiting.futures, op_ids, strict=True):
             if not future.done():
                 future.set_result(str(op_id))
-        await self.daemon.after_ingest()
 
     async def flush_all(self) -> None:
         for collection in list(self._waiting):
@@ -141,9 +140,6 @@ class Daemon:
         self.live_counts, self.vector_cache = await self.call(
             lambda: (store.counts()["live_by_collection"], store.vector())
         )
-
-    async def after_ingest(self) -> None:
-        """Newly applied batches reach peers through the store's batch listeners."""
 
     async def policy_changed(self) -> None:
         self.replicator.wake()

@@ -652,7 +652,6 @@ class SelfReport:
     async def withdraw(self, request: web.Request) -> web.Response:
         number, cases = await self._authenticate(request)
         result = await self.daemon.call(cases.withdraw, number)
-        await self.daemon.after_ingest()
         return json_response(result)
 
     async def admin(self, request: web.Request) -> web.Response:

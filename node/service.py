@@ -18,7 +18,6 @@ from protocol.batches import AnyOp, LogKey, build_batch, header_hash
 from protocol.bundles import BundleCheck, BundleDecoder, encode_bundle_header
 from protocol.errors import ProtocolError
 from protocol.ops import AddOp, OpId, OpinionOp, RevokeOp, validate_collection
-from protocol.signals import Signal
 
 from .config import Config, Home, Peer, Trust, check_url, parse_listen, validate_name
 from .errors import Conflict, HomeError, NodeError, NotFound
@@ -476,8 +475,3 @@ def verify_bundle_file(path: str) -> dict[str, Any]:
     except ProtocolError as exc:
         raise NodeError(f"bundle {path} is not valid: {exc}") from None
     return {"file": path, "valid": True, "manifest": decoder.manifest, **check.summary()}
-
-
-def signal_from_user(type: str, value: str) -> Signal:
-    result: Signal = _protocol(Signal.parse, type, value)
-    return result
