@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import os
 import platform
 import statistics
@@ -20,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from node.runtime import tune_gc
 from protocol.batches import build_batch, verify_batch
 from protocol.ops import AddOp
 from protocol.signing import SigningKey
@@ -109,11 +111,20 @@ def run(repeats: int) -> list[tuple[int, float, float, int]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument(
+        "--default-gc",
+        action="store_true",
+        help="keep CPython's default GC thresholds instead of the node's (node/runtime.py)",
+    )
     args = parser.parse_args()
     pinned = pin_one_core()
     print(f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores, {pinned}")
+    if not args.default_gc:
+        tune_gc()
     print(f"python: {platform.python_version()}, median of {args.repeats} repeats")
+    setting = "default" if args.default_gc else "as the node runs"
+    print(f"gc thresholds: {gc.get_threshold()} ({setting})")
     print()
     print("| ops/batch | batches/run | build+sign ops/s | verify+apply ops/s |")
     print("| ---: | ---: | ---: | ---: |")

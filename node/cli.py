@@ -518,6 +518,9 @@ def demo(folder: str | None, keep_running: bool) -> None:
 
 
 def main() -> None:
+    from .runtime import tune_gc
+
+    tune_gc()
     cli(prog_name="hashmesh")
 
 

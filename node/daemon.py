@@ -29,6 +29,7 @@ from .errors import HomeError
 from .keys import hash_token, read_secret
 from .metrics import Metrics, NodeCollector
 from .metrics import middleware as metrics_middleware
+from .runtime import tune_gc
 from .service import NodeService
 from .sync import Replicator
 
@@ -241,6 +242,7 @@ def run(home: Home, json_logs: bool = False, level: str = "INFO") -> None:
     # The store thread's ingest is CPU-bound Python; a short GIL switch interval lets the
     # event loop answer requests between its steps instead of waiting up to 5 ms each time.
     sys.setswitchinterval(0.0005)
+    tune_gc()
     handler = logging.StreamHandler()
     handler.setFormatter(
         JsonLines()
