@@ -20,6 +20,7 @@ import json
 import os
 import re
 import xml.etree.ElementTree as ET
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -137,7 +138,7 @@ def _photodna_hint(raw: str) -> str | None:
     return None
 
 
-class ListParser:
+class ListParser(ABC):
     """Base of every format: subclasses set `name`, `description`, `default_category` and
     implement `parse`. Options are keyword arguments so the CLI can pass them through."""
 
@@ -152,8 +153,9 @@ class ListParser:
         self.category = chosen
         self.revocations = revocations
 
+    @abstractmethod
     def parse(self, stream: BinaryIO) -> Iterator[Item]:
-        raise NotImplementedError
+        """Records and issues in file order (each format implements this)."""
 
     def _add(
         self,

@@ -302,7 +302,7 @@ class HashmeshSignalExchangeAPI(
         The token needs the `match` scope (to find the adds) and `publish`."""
         hm_type = HASHMESH_TYPE_OF.get(s_type.get_name())
         if hm_type is None:
-            raise NotImplementedError(f"hashmesh has no signal type for {s_type.get_name()}")
+            raise ValueError(f"hashmesh has no signal type for {s_type.get_name()}")
         value = signal.strip().lower()
         found = self._call(
             "POST", "/v1/match", {"queries": [{"type": hm_type, "value": value}], "threshold": 0}
