@@ -56,10 +56,15 @@ class BatchingPublisher:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self._waiting: dict[str, _Waiting] = {}
+        self._unsettled: dict[tuple[str, str, str], asyncio.Future[str]] = {}
 
     async def add(self, type: str, value: str, collection: str, **labels: Any) -> dict[str, Any]:
         service = self.daemon.service
         op = await self.daemon.call(service.prepare_add, type, value, collection, **labels)
+        key = (collection, op.type, op.value)
+        if key in self._unsettled:  # the same signal is already on its way: one op, not two
+            op_id = await asyncio.shield(self._unsettled[key])
+            return {"op_id": op_id, "type": op.type, "value": op.value, "new": False}
         existing = await self.daemon.call(
             service.store.find_own_live, service.node_id, collection, op.type, op.value
         )
@@ -67,6 +72,9 @@ class BatchingPublisher:
             signal_row = await self.daemon.call(service.store.signal, existing)
             assert signal_row is not None
             return {"op_id": signal_row["op_id"], "type": op.type, "value": op.value, "new": False}
+        if key in self._unsettled:  # queued by another request while we looked
+            op_id = await asyncio.shield(self._unsettled[key])
+            return {"op_id": op_id, "type": op.type, "value": op.value, "new": False}
         waiting = self._waiting.get(collection)
         if waiting is None:
             waiting = self._waiting[collection] = _Waiting(collection)
@@ -75,6 +83,8 @@ class BatchingPublisher:
                 delay, lambda: asyncio.ensure_future(self.flush(collection))
             )
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._unsettled[key] = future
+        future.add_done_callback(lambda _: self._unsettled.pop(key, None))
         waiting.ops.append(op)
         waiting.futures.append(future)
         if len(waiting.ops) >= service.config.batch_size:

@@ -161,3 +161,16 @@ def test_requests_without_the_admin_token_are_refused(node: NodeProc) -> None:
     assert status == 401 and "token" in result["error"]
     status, result = call(node, "/v1/nowhere")
     assert status == 404 and result["error"]
+
+
+def test_identical_concurrent_adds_publish_one_op(node: NodeProc) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = json.dumps({"type": "md5", "value": "ab" * 16, "collection": "dupes"}).encode()
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: call(node, "/v1/signals", body), range(8)))
+    assert all(status == 200 for status, _ in answers)
+    assert len({answer["op_id"] for _, answer in answers}) == 1
+    assert sum(answer["new"] for _, answer in answers) == 1
+    status = node.status()
+    assert status["live_by_collection"]["dupes"] == 1
