@@ -8,7 +8,6 @@ object `{"error": "..."}` with a 4xx status; nothing a client sends can crash th
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -19,6 +18,7 @@ from aiohttp import BodyPartReader, web
 from protocol.errors import ProtocolError
 
 from . import access
+from .bodies import parse_json_object
 from .errors import NodeError, PayloadTooLarge
 from .hashing import ImageError, hash_bytes
 from .matcher import ExactReader
@@ -90,13 +90,7 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     raw = await request.read()
     if not raw:
         raise NodeError("request body: empty; expected a JSON object")
-    try:
-        value = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise NodeError("request body: not valid JSON") from None
-    if not isinstance(value, dict):
-        raise NodeError("request body: expected a JSON object")
-    return value
+    return parse_json_object(raw)
 
 
 def _fields(

@@ -32,6 +32,7 @@ from protocol.peerauth import (
 )
 from protocol.signing import SigningKey
 
+from .bodies import read_limited
 from .config import Config, Peer
 from .errors import (
     Forbidden,
@@ -55,19 +56,6 @@ ANY_AGE_MS = 2**53  # verify_request's window when only the signature is checked
 CUTOFF_SECONDS = 600.0
 PENALTY_INVALID = 25
 PENALTY_FLOOD = 1
-
-
-async def read_limited(stream: aiohttp.StreamReader, limit: int, what: str) -> bytes:
-    """The whole body, refusing it as soon as it passes `limit` (read(n) stops at the first
-    chunk that arrived, which is not the whole body)."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in stream.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"{what}: larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 class NonceCache:

@@ -44,6 +44,7 @@ from aiohttp import web
 from protocol.errors import ProtocolError
 from protocol.ops import OpId, RevokeOp
 
+from .bodies import parse_json_object, read_limited
 from .errors import Forbidden, NodeError, NotFound
 
 if TYPE_CHECKING:
@@ -683,16 +684,8 @@ def json_response(value: Any, status: int = 200) -> web.Response:
 async def read_body(request: web.Request) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise NodeError(f"request body: larger than {MAX_BODY} bytes")
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise NodeError(f"request body: larger than {MAX_BODY} bytes")
-    try:
-        value = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise NodeError("request body: not valid JSON") from None
-    if not isinstance(value, dict):
-        raise NodeError("request body: expected a JSON object")
-    return value
+    raw = await read_limited(request.content, MAX_BODY, "request body", too_large=NodeError)
+    return parse_json_object(raw)
 
 
 @web.middleware
