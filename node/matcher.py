@@ -14,7 +14,7 @@ from protocol.signals import Signal, get_type
 
 from .errors import NodeError
 from .pdq_index import DEFAULT_THRESHOLD, PDQIndex
-from .store import Store
+from .store import Store, signal_dict
 
 MAX_QUERIES = 1000
 MAX_THRESHOLD = 64
@@ -184,22 +184,4 @@ class ExactReader:
             if found is None:
                 return None
             log = LogKey(found[0], found[1])
-        out = self.store._signal_dict(row) if row[1] in self.store._log_keys else None
-        if out is None:
-            from protocol.ops import OpId
-
-            out = {
-                "id": row[0],
-                "op_id": str(OpId(log.author, log.collection, row[2], row[3])),
-                "author": log.author,
-                "collection": log.collection,
-                "type": row[4],
-                "value": row[5],
-                "category": row[7],
-                "live": True,
-            }
-            for key, value in (("quality", row[6]), ("classification", row[8]), ("ref", row[9])):
-                if value is not None:
-                    out[key] = value
-        out.pop("id", None)
-        return out
+        return signal_dict(row, log)

@@ -610,27 +610,7 @@ class Store:
         return out
 
     def _signal_dict(self, row: tuple[Any, ...]) -> dict[str, Any]:
-        log = self._log_keys[row[1]]
-        out: dict[str, Any] = {
-            "id": row[0],
-            "op_id": str(OpId(log.author, log.collection, row[2], row[3])),
-            "author": log.author,
-            "collection": log.collection,
-            "type": row[4],
-            "value": row[5],
-            "category": row[7],
-        }
-        if row[6] is not None:
-            out["quality"] = row[6]
-        if row[8] is not None:
-            out["classification"] = row[8]
-        if row[9] is not None:
-            out["ref"] = row[9]
-        out["live"] = row[10] is None
-        if row[10] is not None:
-            out["revoked_by"] = row[10]
-            out["revoked_reason"] = row[11]
-        return out
+        return signal_dict(row, self._log_keys[row[1]])
 
     def find_exact(self, signal_type: str, value: str, live_only: bool = True) -> list[int]:
         sql = "SELECT id FROM signals WHERE value = ? AND type = ?"
@@ -797,3 +777,28 @@ class Store:
 
     def integrity_check(self) -> str:
         return str(self.conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+def signal_dict(row: tuple[Any, ...], log: LogKey) -> dict[str, Any]:
+    """A signals row (id, log_id, seq, idx, type, value, quality, category, classification,
+    ref, revoked_by, revoked_reason) as the JSON the API answers with."""
+    out: dict[str, Any] = {
+        "id": row[0],
+        "op_id": str(OpId(log.author, log.collection, row[2], row[3])),
+        "author": log.author,
+        "collection": log.collection,
+        "type": row[4],
+        "value": row[5],
+        "category": row[7],
+    }
+    if row[6] is not None:
+        out["quality"] = row[6]
+    if row[8] is not None:
+        out["classification"] = row[8]
+    if row[9] is not None:
+        out["ref"] = row[9]
+    out["live"] = row[10] is None
+    if row[10] is not None:
+        out["revoked_by"] = row[10]
+        out["revoked_reason"] = row[11]
+    return out
