@@ -281,9 +281,10 @@ def _open(source: Source) -> Iterator[BinaryIO]:
         yield source
 
 
-def _lines(stream: BinaryIO) -> Iterator[tuple[int, str | None, str | None]]:
-    """(line number, text, problem): line by line so that an undecodable or huge line
-    costs one issue, not the import."""
+def _lines(stream: BinaryIO) -> Iterator[tuple[str, str] | ImportIssue]:
+    """(location, text) of each line with content (blank lines and `#` comments skipped),
+    or an issue: line by line so that an undecodable or huge line costs one issue, not the
+    import."""
     number = 0
     while True:
         raw = stream.readline(MAX_LINE_BYTES + 1)
@@ -294,16 +295,20 @@ def _lines(stream: BinaryIO) -> Iterator[tuple[int, str | None, str | None]]:
             tail = raw
             while tail and not tail.endswith(b"\n"):
                 tail = stream.readline(MAX_LINE_BYTES)
-            yield number, None, f"line longer than {MAX_LINE_BYTES} bytes; skipped"
+            yield ImportIssue(f"line {number}", f"line longer than {MAX_LINE_BYTES} bytes; skipped")
             continue
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            yield number, None, f"not UTF-8 text (byte {exc.start + 1} of the line); skipped"
+            yield ImportIssue(
+                f"line {number}", f"not UTF-8 text (byte {exc.start + 1} of the line); skipped"
+            )
             continue
         if number == 1:
             text = text.removeprefix("\ufeff")
-        yield number, text.strip(), None
+        text = text.strip()
+        if text and not text.startswith("#"):
+            yield f"line {number}", text
 
 
 @register_format
@@ -320,14 +325,11 @@ class PyTXFileParser(ListParser):
         self.signal_type = signal_type
 
     def parse(self, stream: BinaryIO) -> Iterator[Item]:
-        for number, text, problem in _lines(stream):
-            location = f"line {number}"
-            if problem is not None:
-                yield ImportIssue(location, problem)
+        for line in _lines(stream):
+            if isinstance(line, ImportIssue):
+                yield line
                 continue
-            assert text is not None
-            if not text or text.startswith("#"):
-                continue
+            location, text = line
             if self.signal_type is not None:
                 type_name, value = self.signal_type, text
             else:
@@ -355,14 +357,11 @@ class CSVParser(ListParser):
     def parse(self, stream: BinaryIO) -> Iterator[Item]:
         columns: dict[str, int] | None = None
         seen_row = False
-        for number, text, problem in _lines(stream):
-            location = f"line {number}"
-            if problem is not None:
-                yield ImportIssue(location, problem)
+        for line in _lines(stream):
+            if isinstance(line, ImportIssue):
+                yield line
                 continue
-            assert text is not None
-            if not text or text.startswith("#"):
-                continue
+            location, text = line
             try:
                 row = next(csv.reader([text], strict=True))
             except (csv.Error, StopIteration) as exc:
