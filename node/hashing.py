@@ -4,15 +4,21 @@ A submitter's pictures never leave their machine, so this runs where the picture
 
 Why the image is reduced the way it is: Meta's reference hasher (pdqhashing, the source of
 the reference hashes in tests) hashes ``Image.thumbnail((512, 512))`` of the picture, so we
-hash the same 512-pixel thumbnail. For JPEGs the decoder is asked for the smallest DCT
-scale (1/2, 1/4, 1/8) that still covers that thumbnail; thumbnail()'s own draft keeps twice
-the size, which for 1-3 megapixel photos means a full decode. Bilinear rather than bicubic
-resampling of the (less than 2x larger) draft saves another ~1.5 ms. Measured on 1-3 MP
-photos (bench/match.py --hashing, docs/benchmarks.md): ~1.8x the images/s, at most 10 bits
-and a median of 0 from a full decode for publishable hashes; the conformance images still
-hash exactly to the reference (the 1600x1004 bridges now decode at 1/2 scale).
-Decoding straight to grey (the JPEG's Y plane is PDQ's luma) would be ~20% faster still,
-but moved the conformance images up to 8 bits from the reference, so it is not used.
+hash the same 512-pixel thumbnail. Decoding is most of the cost, so for JPEGs the decoder
+is asked for the smallest DCT scale (1/2, 1/4, 1/8) that still covers that thumbnail
+(thumbnail()'s own draft keeps twice the size, a full decode for 1-3 megapixel photos), and
+such a scaled decode goes straight to the Y plane: PDQ's luma weights (0.299, 0.587,
+0.114) are JPEG's, so the Y plane is the luma PDQ would compute from RGB, without the
+chroma upsampling, colour conversion and a three times larger resize. The bilinear resize
+of that draft to the thumbnail is not done on pixels: `node.pdq` folds it into PDQ's own
+filters, which only ever need 64x64 samples (the same algorithm as the pdqhash binding,
+checked bit for bit in tests). Measured on 1-3 MP photos (bench/match.py --hashing,
+docs/benchmarks.md): 113 images/s on one core against 60 for an RGB draft, a Pillow
+thumbnail and pdqhash; publishable hashes stay a median of 2 bits (max 8) from the PDQ of a
+full decode, like before. JPEGs too small to scale (under twice the thumbnail) are cheap
+and keep the exact RGB path: the Y plane differs from the rounded, clipped RGB's luma by
+~0.2 grey levels, which moved one smooth 256-pixel reference image 8 bits; with it, every
+conformance image hashes exactly to Meta's reference.
 
 Every decoding failure, whatever Pillow or the codec raises, becomes one `ImageError`
 with one sentence, so callers need one except clause. Reading a path that does not exist
@@ -30,9 +36,9 @@ from typing import IO
 
 import numpy as np
 import numpy.typing as npt
-import pdqhash  # type: ignore[import-untyped]
 from PIL import Image, UnidentifiedImageError
 
+from node.pdq import pdq_from_luma
 from protocol.hashing import Digests
 
 __all__ = [
@@ -139,21 +145,43 @@ def _hash_image(image: Image.Image) -> tuple[str, int]:
     if getattr(image, "is_animated", False):
         image.seek(0)
     if image.format == "JPEG" and image.mode in ("L", "RGB", "CMYK"):
-        # Decode at the smallest DCT scale (1/2, 1/4, 1/8) that still covers the thumbnail,
-        # not thumbnail()'s own draft, which keeps twice the thumbnail (its reducing gap).
-        image.draft(None, _thumbnail_size(image.size))
+        # The smallest DCT scale covering the thumbnail. thumbnail()'s own draft is then a
+        # no-op. Only a scaled decode goes straight to the Y plane (draft ignores "L" for CMYK).
+        target = _thumbnail_size(image.size)
+        scaled = min(image.width // target[0], image.height // target[1]) >= 2
+        image.draft("L" if scaled else None, target)
+        if scaled and image.mode == "L":
+            # The bilinear resize to the thumbnail is folded into PDQ's own filters.
+            image.load()
+            plane = _exif_transpose(image, image)
+            return pdq_from_luma(np.asarray(plane), resize_to=_thumbnail_fit(plane.size))
         image.thumbnail(PDQ_THUMBNAIL, _JPEG_RESAMPLE)
-        rgb = _to_rgb(image)
+        picture = image if image.mode == "L" else _to_rgb(image)
     else:
         image.load()
-        rgb = _to_rgb(image)
-        rgb.thumbnail(PDQ_THUMBNAIL)
-    rgb = _exif_transpose(rgb, image)
-    if rgb.width < 1 or rgb.height < 1:
+        picture = _to_luma_or_rgb(image)
+        picture.thumbnail(PDQ_THUMBNAIL)
+    picture = _exif_transpose(picture, image)
+    if picture.width < 1 or picture.height < 1:
         raise ImageError("image has no pixels")
-    pixels = np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
-    bits, quality = pdqhash.compute(pixels)
-    return np.packbits(np.asarray(bits, dtype=np.uint8)).tobytes().hex(), int(quality)
+    return pdq_from_luma(_luma(picture))
+
+
+def _luma(picture: Image.Image) -> npt.NDArray[np.uint8] | npt.NDArray[np.float32]:
+    """PDQ's luma, computed as the pdqhash binding does (float64 weights, then float32)."""
+    pixels: npt.NDArray[np.uint8] = np.asarray(picture)
+    if pixels.ndim == 2:
+        return pixels
+    weighted = pixels[:, :, 0] * 0.299 + pixels[:, :, 1] * 0.587 + pixels[:, :, 2] * 0.114
+    luma: npt.NDArray[np.float32] = weighted.astype(np.float32)
+    return luma
+
+
+def _to_luma_or_rgb(image: Image.Image) -> Image.Image:
+    """Grey stays grey (a third of the resize work, the same luma); all else becomes RGB."""
+    if image.mode == "L" and "transparency" not in image.info:
+        return image
+    return _to_rgb(image)
 
 
 def _thumbnail_size(size: tuple[int, int]) -> tuple[int, int]:
@@ -161,6 +189,22 @@ def _thumbnail_size(size: tuple[int, int]) -> tuple[int, int]:
     w, h = size
     ratio = min(PDQ_THUMBNAIL[0] / w, PDQ_THUMBNAIL[1] / h, 1.0)
     return max(1, math.ceil(w * ratio)), max(1, math.ceil(h * ratio))
+
+
+def _thumbnail_fit(size: tuple[int, int]) -> tuple[int, int]:
+    """The size Pillow's ``thumbnail(PDQ_THUMBNAIL)`` gives an image of `size` (its rounding)."""
+    w, h = size
+    x, y = PDQ_THUMBNAIL
+    if x >= w and y >= h:
+        return size
+    aspect = w / h
+    if x / y >= aspect:
+        candidates = (math.floor(y * aspect), math.ceil(y * aspect))
+        x = max(min(candidates, key=lambda n: abs(aspect - n / y)), 1)
+    else:
+        candidates = (math.floor(x / aspect), math.ceil(x / aspect))
+        y = max(min(candidates, key=lambda n: 0 if n == 0 else abs(aspect - x / n)), 1)
+    return x, y
 
 
 def _exif_transpose(rgb: Image.Image, source: Image.Image) -> Image.Image:

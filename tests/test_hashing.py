@@ -10,12 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageEnhance
 
 from node.hashing import (
     MIN_PUBLISH_QUALITY,
+    PDQ_THUMBNAIL,
     FileHashes,
     ImageError,
+    _thumbnail_fit,
     _thumbnail_size,
     hash_bytes,
     hash_file,
@@ -228,6 +230,44 @@ def test_large_jpeg_uses_draft_and_stays_close_to_a_full_decode(photo: Image.Ima
         assert im.size == big.size
         full, _ = pdq_from_image(im.copy())
     _near(reduced, full, 10)
+
+
+def _full_decode_pdq(data: bytes) -> str:
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        full, _ = pdq_from_image(im.copy())  # a copy has no format: the full RGB path
+    return full
+
+
+@pytest.mark.parametrize(
+    "name", ["images/bridge-1-original.jpg", "bridge-mods/high-saturation.jpg"]
+)
+@pytest.mark.parametrize("saturation", [1.0, 3.0])
+def test_large_colour_jpeg_hashed_from_its_y_plane_stays_close_to_a_full_decode(
+    name: str, saturation: float
+) -> None:
+    """Large colour JPEGs are hashed from their Y plane; where RGB clips, the two part most."""
+    with Image.open(PDQ / name) as im:
+        colourful = ImageEnhance.Color(im.convert("RGB")).enhance(saturation)
+    big = colourful.resize((2400, 2400 * im.height // im.width), Image.Resampling.BICUBIC)
+    data = _encode(big, "JPEG", quality=90)
+    got, quality = pdq_from_bytes(data)
+    assert quality >= 80
+    _near(got, _full_decode_pdq(data), 10)
+
+
+def test_jpeg_too_small_to_scale_hashes_exactly_like_a_full_rgb_decode(photo: Image.Image) -> None:
+    data = _encode(photo.resize((900, 700)), "JPEG", quality=90)
+    assert pdq_from_bytes(data)[0] == _full_decode_pdq(data)
+
+
+def test_thumbnail_fit_is_pillows_thumbnail_size() -> None:
+    rng = np.random.default_rng(11)
+    sizes = [(int(w), int(h)) for w, h in rng.integers(1, 5000, size=(300, 2))]
+    for size in [*sizes, (512, 512), (513, 512), (1024, 1), (1, 1024), (300, 200)]:
+        im = Image.new("L", size)
+        im.thumbnail(PDQ_THUMBNAIL)
+        assert _thumbnail_fit(size) == im.size, size
 
 
 @pytest.mark.parametrize("size", [(2400, 1506), (1600, 1004), (3000, 900), (700, 4100), (900, 600)])
