@@ -254,3 +254,16 @@ def test_property_matches_brute_force(
     assert len(index) == len(live)
     got = index.query_many(arr, threshold)
     assert got == brute(arr[live], live, arr, threshold)
+
+
+@pytest.mark.parametrize("key_offset", [0, 2**32 - 60, 2**40])
+def test_keys_beyond_32_bits_sort_the_same_way(key_offset: int) -> None:
+    """Results are ordered by distance then key whichever way they are sorted internally."""
+    rng = np.random.default_rng(12)
+    words = rng.integers(0, 2**64, size=(2_000, 4), dtype=np.uint64)
+    words[1000:1100] = words[:100]  # ties in distance, broken by key
+    keys = rng.permutation(2_000).astype(np.int64) + key_offset
+    index = PDQIndex()
+    index.add_many(keys, words)
+    queries = np.concatenate([words[:40], rng.integers(0, 2**64, size=(10, 4), dtype=np.uint64)])
+    assert index.query_many(queries) == brute(words, keys, queries, 31)
