@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -34,21 +32,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchenv import free_port, machine  # noqa: E402
+
 from node.config import Home  # noqa: E402
 from node.service import NodeService, init_home  # noqa: E402
 from protocol.ops import AddOp  # noqa: E402
 
 HASHMESH = str(Path(sys.executable).with_name("hashmesh"))
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def populate(home: Path, changes: int) -> float:
@@ -64,14 +54,6 @@ def populate(home: Path, changes: int) -> float:
     elapsed = time.perf_counter() - start
     service.close()
     return elapsed
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_node(home: Path) -> subprocess.Popen[bytes]:
@@ -186,7 +168,7 @@ def main() -> None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
     rows: list[tuple[str, Any]] = [
-        ("machine", f"{cpu_model()}, {os.cpu_count()} cores"),
+        ("machine", machine()),
         ("changes in the feed", f"{total:,} (built offline in {build_s:.1f} s)"),
         (f"paged read, limit {args.page:,}, JSON decoded", f"{elapsed:.2f} s"),
         ("paged read rate", f"{total / elapsed:,.0f} changes/s ({size / elapsed / 1e6:.0f} MB/s)"),

@@ -31,12 +31,10 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
-import platform
 import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +45,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+# benchenv is found in bench/ (sys.path[0]), so it is imported before bench/ leaves sys.path
+from benchenv import free_port, machine, replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
 # bench/protocol.py would shadow the protocol package
@@ -63,12 +64,6 @@ COLLECTION = "csam"
 LOCAL = "local"
 BATCH_SIZE = 5000
 PHASES = ("warmup", "without ingest", "during ingest", "after")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def parse_count(text: str) -> int:
@@ -123,7 +118,9 @@ def spawn(node: Node) -> None:
     try:
         node.proc = subprocess.Popen(
             [HASHMESH, "--home", str(node.home), "run"],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
         )
     finally:
         log.close()
@@ -149,8 +146,9 @@ async def wait_healthy(node: Node, timeout: float = 60) -> None:
     async with aiohttp.ClientSession() as session:
         while True:
             if node.proc is not None and node.proc.poll() is not None:
-                raise RuntimeError(f"node {node.name} exited: "
-                                   f"{(node.home / 'run.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"node {node.name} exited: {(node.home / 'run.log').read_text()[-2000:]}"
+                )
             try:
                 async with session.get(node.url + "/v1/healthz") as r:
                     if r.status == 200:
@@ -222,17 +220,19 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 async def status_of(node: Node) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as session, session.get(
-        node.url + "/v1/status", headers=node.auth
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(node.url + "/v1/status", headers=node.auth) as r,
+    ):
         return dict(await r.json())
 
 
 async def add_peer(target: Node, seed: Node) -> None:
     body = {"name": seed.name, "url": seed.url, "node_id": seed.node_id, "share": []}
-    async with aiohttp.ClientSession() as session, session.post(
-        target.url + "/v1/admin/peers", json=body, headers=target.auth
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(target.url + "/v1/admin/peers", json=body, headers=target.auth) as r,
+    ):
         assert r.status == 200, await r.text()
 
 
@@ -242,9 +242,23 @@ def py_spy(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes] | None:
         print("py-spy not found next to the interpreter; no profile")
         return None
     return subprocess.Popen(
-        [str(exe), "record", "-p", str(pid), "-d", str(seconds), "-r", "200", "-f", "raw",
-         "-o", str(out), "--nonblocking"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(exe),
+            "record",
+            "-p",
+            str(pid),
+            "-d",
+            str(seconds),
+            "-r",
+            "200",
+            "-f",
+            "raw",
+            "-o",
+            str(out),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
@@ -264,8 +278,10 @@ def summarise_profile(raw: Path, top: int = 15) -> list[tuple[str, float, float]
         self_counts[names[-1]] += n
         for name in set(names):
             incl[name] += n
-    return [(name, 100 * c / total, 100 * incl[name] / total)
-            for name, c in self_counts.most_common(top)]
+    return [
+        (name, 100 * c / total, 100 * incl[name] / total)
+        for name, c in self_counts.most_common(top)
+    ]
 
 
 def _file(frame: str) -> str:
@@ -279,15 +295,17 @@ async def main_async(args: argparse.Namespace, root: Path, nodes: list[Node]) ->
     target = make_node(root, "target")
     nodes += [seed, target]
     print(f"building the seed: {args.signals:,} md5 signals offline ...", flush=True)
-    build_s = publish_offline(seed, COLLECTION, [rng.randbytes(16).hex()
-                                                 for _ in range(args.signals)])
+    build_s = publish_offline(
+        seed, COLLECTION, [rng.randbytes(16).hex() for _ in range(args.signals)]
+    )
     local = [rng.randbytes(16).hex() for _ in range(args.local)]
     publish_offline(target, LOCAL, local)
     print(f"  built in {build_s:.0f} s", flush=True)
     h = Home(seed.home)
     config = h.load_config()
-    config.add_peer(Peer(name=target.name, url=target.url, node_id=target.node_id,
-                         share=[COLLECTION]))
+    config.add_peer(
+        Peer(name=target.name, url=target.url, node_id=target.node_id, share=[COLLECTION])
+    )
     h.save_config(config)
     h = Home(target.home)
     config = h.load_config()
@@ -301,8 +319,10 @@ async def main_async(args: argparse.Namespace, root: Path, nodes: list[Node]) ->
     phase = mp.Value("i", 0)
     out: mp.Queue[dict[str, Any]] = mp.Queue()
     ctx_procs = [
-        mp.Process(target=client_main,
-                   args=(target.url, target.token, local, args.concurrency, phase, out, n))
+        mp.Process(
+            target=client_main,
+            args=(target.url, target.token, local, args.concurrency, phase, out, n),
+        )
         for n in range(args.clients)
     ]
     for p in ctx_procs:
@@ -331,14 +351,19 @@ async def main_async(args: argparse.Namespace, root: Path, nodes: list[Node]) ->
             await asyncio.sleep(1.0)
             status = await status_of(target)
             live = int(status["live_by_collection"].get(COLLECTION, 0))
-            print(f"  ingest: {live:,} / {args.signals:,} live after "
-                  f"{time.monotonic() - t0:.0f} s", flush=True)
+            print(
+                f"  ingest: {live:,} / {args.signals:,} live after {time.monotonic() - t0:.0f} s",
+                flush=True,
+            )
             if live >= args.signals:
                 break
         durations["during ingest"] = time.monotonic() - t0
         loads.append(os.getloadavg()[0])
-        ingest = {"seconds": durations["during ingest"], "live": live,
-                  "complete": live >= args.signals}
+        ingest = {
+            "seconds": durations["during ingest"],
+            "live": live,
+            "complete": live >= args.signals,
+        }
         phase.value = 3
         if spy is not None:
             spy.wait(timeout=args.py_spy + 30)
@@ -368,20 +393,14 @@ async def main_async(args: argparse.Namespace, root: Path, nodes: list[Node]) ->
             "max": lat[-1] if lat else float("nan"),
             "seconds": durations[name],
         }
-    return {"table": table, "errors": dict(errors), "ingest": ingest, "build_s": build_s,
-            "profile": profile, "load": loads}
-
-
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    return {
+        "table": table,
+        "errors": dict(errors),
+        "ingest": ingest,
+        "build_s": build_s,
+        "profile": profile,
+        "load": loads,
+    }
 
 
 def render(args: argparse.Namespace, result: dict[str, Any]) -> str:
@@ -392,21 +411,25 @@ def render(args: argparse.Namespace, result: dict[str, Any]) -> str:
         "",
         f"Machine: {machine()}. Date: {time.strftime('%Y-%m-%d %H:%M %Z')}. Load average "
         f"(1 min) at the start / after the no-ingest phase / after ingest: "
-        + " / ".join(f"{x:.2f}" for x in result["load"]) + ".",
+        + " / ".join(f"{x:.2f}" for x in result["load"])
+        + ".",
         "",
         f"Command: `.venv/bin/python bench/load.py --signals {args.signals} --clients "
         f"{args.clients} --concurrency {args.concurrency} --duration {args.duration:g}"
-        + (f" --py-spy {args.py_spy}" if args.py_spy else "") + "`. "
+        + (f" --py-spy {args.py_spy}" if args.py_spy else "")
+        + "`. "
         f"{args.clients} client processes (aiohttp, keep-alive, {args.concurrency} requests "
         "in flight each) post `POST /v1/match` with one md5 query (half hits among "
         f"{args.local:,} local signals, half misses) to a target node, on the same machine. "
         f"During ingest the target pulls a seed's {args.signals:,} md5 signals (built "
         f"offline in {result['build_s']:.0f} s, batches of {BATCH_SIZE:,}); ingest "
-        + (f"completed in {ingest['seconds']:.1f} s "
-           f"({ingest['live'] / ingest['seconds']:,.0f} signals/s)."
-           if ingest.get("complete") else
-           f"did not complete: {ingest.get('live', 0):,} live after "
-           f"{ingest.get('seconds', 0):.0f} s."),
+        + (
+            f"completed in {ingest['seconds']:.1f} s "
+            f"({ingest['live'] / ingest['seconds']:,.0f} signals/s)."
+            if ingest.get("complete")
+            else f"did not complete: {ingest.get('live', 0):,} live after "
+            f"{ingest.get('seconds', 0):.0f} s."
+        ),
         "",
         "| phase | requests | seconds | matches/s | p50 ms | p99 ms | max ms |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -433,18 +456,6 @@ def render(args: argparse.Namespace, result: dict[str, Any]) -> str:
         for name, self_pct, incl_pct in result["profile"][:12]:
             lines.append(f"- `{name}`: {self_pct:.1f} % self, {incl_pct:.1f} % inclusive")
     return "\n".join(lines) + "\n"
-
-
-def write_docs(text: str) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    doc = path.read_text()
-    if SECTION in doc:
-        start = doc.index(SECTION)
-        nxt = doc.find("\n## ", start + len(SECTION))
-        doc = doc[:start] + text + ("" if nxt < 0 else "\n" + doc[nxt + 1 :])
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text
-    path.write_text(doc)
 
 
 def main() -> None:
@@ -475,8 +486,7 @@ def main() -> None:
     print()
     print(text)
     if args.write_docs:
-        write_docs(text)
-        print("written to docs/benchmarks.md")
+        replace_section(SECTION, text)
 
 
 if __name__ == "__main__":

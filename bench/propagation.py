@@ -34,12 +34,10 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -52,6 +50,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+# benchenv is found in bench/ (sys.path[0]), so it is imported before bench/ leaves sys.path
+from benchenv import free_port, machine, replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
 # bench/protocol.py would shadow the protocol package; ROOT goes after PYTHONPATH, so a
@@ -73,12 +74,6 @@ BATCH_DELAY_MS = 200  # the product default
 
 
 # -- nodes -----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -575,20 +570,6 @@ async def bootstrap(args: argparse.Namespace, root: Path, procs: Procs) -> dict[
 # -- report ----------------------------------------------------------------------------------
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Python {platform.python_version()}"
-
-
 def ms(x: float | None) -> str:
     return "-" if x is None else f"{x * 1000:,.0f}"
 
@@ -634,18 +615,6 @@ def bootstrap_table(b: dict[str, Any]) -> str:
             f"{b['rate']:,.0f} | {runs} | {b['from_spawn_s']:.1f} |",
         ]
     )
-
-
-def write_docs(text_body: str) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"  # re-read just before writing
-    pattern = re.compile(r"^## Propagation \(bench/propagation\.py\)\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: text_body + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + text_body
-    path.write_text(text.rstrip("\n") + "\n")
-    print(f"wrote {path.relative_to(ROOT)}")
 
 
 def report(
@@ -746,7 +715,7 @@ async def amain(args: argparse.Namespace, root: Path, procs: Procs) -> None:
     body = report(args, rows, boot)
     print("\n" + body)
     if args.write_docs:
-        write_docs(body)
+        replace_section(SECTION, body)
 
 
 def main() -> None:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchenv import cpu_model
+
 from node.runtime import tune_gc
 from protocol.batches import build_batch, verify_batch
 from protocol.ops import AddOp
@@ -37,16 +39,6 @@ def pin_one_core() -> str:
         os.sched_setaffinity(0, {cpus[-1]})
         return f"pinned to CPU {cpus[-1]}"
     return "not pinned (no sched_setaffinity)"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_ops(n: int, salt: int) -> list[AddOp]:

@@ -20,7 +20,6 @@ import datetime
 import io
 import json
 import os
-import platform
 import pstats
 import random
 import resource
@@ -32,6 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchenv import machine, replace_section  # noqa: E402
 
 from node.config import Home  # noqa: E402
 from node.service import NodeService, init_home  # noqa: E402
@@ -160,41 +161,10 @@ def lookups(home: Home, signals: int, count: int) -> dict[str, float]:
     }
 
 
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, SQLite " + (
-        __import__("sqlite3").sqlite_version
-    )
-
-
 def table(rows: list[tuple[str, str, str]]) -> str:
     lines = ["| measure | result | target |", "| --- | ---: | ---: |"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(lines)
-
-
-def write_section(text: str) -> None:
-    """Replace (or append) only our section; other sections belong to other benchmarks."""
-    path = ROOT / "docs" / "benchmarks.md"
-    current = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = current.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    if start is None:
-        new = current.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n"
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        new = "\n".join([*lines[:start], *text.rstrip("\n").splitlines(), "", *lines[end:]])
-        new = new.rstrip("\n") + "\n"
-    path.write_text(new)
 
 
 def main() -> None:
@@ -212,8 +182,11 @@ def main() -> None:
         bundle = work / "bench.hmb"
         started = time.perf_counter()
         batches = build_bundle(bundle, key, args.signals)
-        print(f"built {bundle.stat().st_size / 1e6:.1f} MB bundle of {args.signals:,} signals"
-              f" in {batches} batches in {time.perf_counter() - started:.1f} s", flush=True)
+        print(
+            f"built {bundle.stat().st_size / 1e6:.1f} MB bundle of {args.signals:,} signals"
+            f" in {batches} batches in {time.perf_counter() - started:.1f} s",
+            flush=True,
+        )
 
         home = make_home(work / "home", key.node_id)
         elapsed, rss, answer = import_child(home, bundle)
@@ -227,18 +200,25 @@ def main() -> None:
             print(profile_import(make_home(work / "profiled", key.node_id), bundle))
 
     rows = [
-        ("bundle import (`hashmesh import`, child process, wall)",
-         f"{args.signals / elapsed:,.0f} signals/s ({elapsed:.1f} s for {args.signals:,})",
-         ">= 100,000/s"),
+        (
+            "bundle import (`hashmesh import`, child process, wall)",
+            f"{args.signals / elapsed:,.0f} signals/s ({elapsed:.1f} s for {args.signals:,})",
+            ">= 100,000/s",
+        ),
         ("peak RSS of the importing process", f"{rss / 2**20:,.0f} MiB", ""),
-        ("database size after import", f"{size / 2**20:,.0f} MiB "
-         f"({size / args.signals:.0f} B/signal)", ""),
-        ("`Store.find_exact`, hits", f"{rates['find_exact_hit']:,.0f} lookups/s",
-         ">= 50,000/s"),
+        (
+            "database size after import",
+            f"{size / 2**20:,.0f} MiB ({size / args.signals:.0f} B/signal)",
+            "",
+        ),
+        ("`Store.find_exact`, hits", f"{rates['find_exact_hit']:,.0f} lookups/s", ">= 50,000/s"),
         ("`Store.find_exact`, misses", f"{rates['find_exact_miss']:,.0f} lookups/s", ""),
         ("`NodeService.match`, 1 query per call", f"{rates['match_single']:,.0f} queries/s", ""),
-        ("`NodeService.match`, 1,000 queries per call",
-         f"{rates['match_batched']:,.0f} queries/s", ""),
+        (
+            "`NodeService.match`, 1,000 queries per call",
+            f"{rates['match_batched']:,.0f} queries/s",
+            "",
+        ),
     ]
     rendered = table(rows)
     print()
@@ -249,7 +229,7 @@ def main() -> None:
             [
                 SECTION,
                 "",
-                f"Measured {stamp} on {machine()}; load average {os.getloadavg()[0]:.1f}"
+                f"Measured {stamp} on {machine(sqlite=True)}; load average {os.getloadavg()[0]:.1f}"
                 " when the import finished (the machine is shared: other test suites and"
                 " benchmarks may run at the same time).",
                 f"{args.signals:,} md5 adds in batches of {BATCH:,}, one author, imported from"
@@ -260,8 +240,8 @@ def main() -> None:
                 rendered,
             ]
         )
-        write_section(section)
-        print("\nwritten to docs/benchmarks.md")
+        print()
+        replace_section(SECTION, section)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ _DELTA_CAPACITY = 8192
 _MERGE_RATIO = 4
 _COMPACT_DEAD_FRACTION = 0.25
 _PARALLEL_MIN_QUERIES = 32
+_PACKED_SORT_MIN = 256  # below this many pairs the plain numpy calls are cheaper
 _CROWDED_FACTOR = 4  # buckets this many times fuller than uniform hashes would fill them
 _PARALLEL_MIN_ROWS = 200_000
 
@@ -303,7 +304,7 @@ class _Segment:
             ends = np.cumsum(lengths)
             total = int(ends[-1])
             pos = np.arange(total, dtype=np.int64) + np.repeat(starts - (ends - lengths), lengths)
-            cand = np.take(self.rows, pos).astype(np.int64)
+            cand = np.take(self.rows, pos)
             if len(q) == 1:
                 qid = np.zeros(total, dtype=np.int64)
             else:
@@ -313,7 +314,7 @@ class _Segment:
             # that is worth doing before reading the hashes; elsewhere only for the hits.
             crowded = total > crowded_above * len(probe)
             if crowded:
-                qid, cand = _distinct_pairs(qid, cand, n_rows)
+                qid, cand = _distinct_pairs(qid, cand.astype(np.int64), n_rows)
             # np.take copies 32-byte rows ~3x faster than fancy indexing on random rows.
             cand_words = np.take(self.words, cand, axis=0)
             if len(q) == 1:
@@ -321,7 +322,7 @@ class _Segment:
             else:
                 dist = _popcount_distance(cand_words, np.take(q, qid, axis=0))
             hit = dist <= threshold
-            qid, cand, dist = qid[hit], cand[hit], dist[hit]
+            qid, cand, dist = qid[hit], cand[hit].astype(np.int64), dist[hit]
             if self.dead:
                 live = self.alive[cand]
                 qid, cand, dist = qid[live], cand[live], dist[live]
@@ -341,7 +342,7 @@ def _nearest_first(qa: I64Array, ka: I64Array, da: I64Array) -> tuple[I64Array, 
     One in-place sort of packed values when they fit in 63 bits (keys under 2**32: store
     row ids), else a lexsort, ~10x slower on the millions of pairs clustered data gives.
     """
-    if len(ka) == 0 or ka.min() < 0 or ka.max() >= 1 << 32 or qa.max() >= 1 << 22:
+    if len(ka) < _PACKED_SORT_MIN or ka.min() < 0 or ka.max() >= 1 << 32 or qa.max() >= 1 << 22:
         order = np.lexsort((ka, da, qa))
         return qa[order], ka[order], da[order]
     packed = (qa << 41) | (da << 32) | ka
@@ -370,6 +371,9 @@ def _unique_pairs(
     than the stable argsort `np.unique(..., return_index=True)` does (crowded, clustered
     collections produce tens of millions of duplicate candidates).
     """
+    if len(qid) < _PACKED_SORT_MIN:  # a few hits: fewer numpy calls win
+        pair = np.unique(qid * max(n_rows, 1) + row, return_index=True)[1]
+        return qid[pair], row[pair], dist[pair]
     packed = ((qid * max(n_rows, 1) + row) << 8) | dist
     packed.sort()
     keep = np.empty(len(packed), dtype=np.bool_)

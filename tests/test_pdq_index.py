@@ -261,9 +261,10 @@ def test_keys_beyond_32_bits_sort_the_same_way(key_offset: int) -> None:
     """Results are ordered by distance then key whichever way they are sorted internally."""
     rng = np.random.default_rng(12)
     words = rng.integers(0, 2**64, size=(2_000, 4), dtype=np.uint64)
-    words[1000:1100] = words[:100]  # ties in distance, broken by key
+    words[1000:1600] = words[:600]  # ties in distance, broken by key
     keys = rng.permutation(2_000).astype(np.int64) + key_offset
     index = PDQIndex()
     index.add_many(keys, words)
-    queries = np.concatenate([words[:40], rng.integers(0, 2**64, size=(10, 4), dtype=np.uint64)])
+    # 600 pairs: enough for the packed sort where the keys fit in 32 bits
+    queries = np.concatenate([words[:300], rng.integers(0, 2**64, size=(10, 4), dtype=np.uint64)])
     assert index.query_many(queries) == brute(words, keys, queries, 31)
