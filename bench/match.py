@@ -21,7 +21,6 @@ import importlib.util
 import multiprocessing as mp
 import multiprocessing.connection
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -39,6 +38,8 @@ import numpy.typing as npt
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchenv import load_text, machine, replace_section  # noqa: E402
 
 from node.pdq_index import PDQIndex, words_to_hex  # noqa: E402
 
@@ -554,20 +555,6 @@ HASH_HEADER = [
 # -- docs -----------------------------------------------------------------------------------
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Python {platform.python_version()}"
-
-
 def versions() -> str:
     from importlib.metadata import version
 
@@ -578,23 +565,6 @@ def versions() -> str:
         except Exception:
             out.append(f"{dist} not installed")
     return ", ".join(out)
-
-
-def load_text() -> str:
-    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
-
-
-def write_docs(body_parts: list[str]) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    body = "\n".join([SECTION, "", *body_parts, ""])
-    text = path.read_text() if path.exists() else "# Benchmarks\n"  # re-read just before writing
-    pattern = re.compile(r"^## Matching \(bench/match\.py\)\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: body + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    path.write_text(text.rstrip("\n") + "\n")
-    print(f"wrote {path.relative_to(ROOT)}")
 
 
 def main() -> None:
@@ -710,7 +680,7 @@ def main() -> None:
     parts += [f"- {n}" for n in notes]
     print("\n" + "\n".join(parts))
     if args.write_docs:
-        write_docs(parts)
+        replace_section(SECTION, "\n".join([SECTION, "", *parts, ""]))
 
 
 if __name__ == "__main__":
