@@ -618,8 +618,10 @@ class PDQIndex:
 
     def _search_parallel(self, queries: U64Array, t: int) -> tuple[I64Array, I64Array, I64Array]:
         """Split a large batch over the idle cores: the gathers release the GIL."""
-        workers = _idle_workers()
-        if workers < 2 or len(queries) < _PARALLEL_MIN_QUERIES or self._count < _PARALLEL_MIN_ROWS:
+        if len(queries) < _PARALLEL_MIN_QUERIES or self._count < _PARALLEL_MIN_ROWS:
+            return self._search(queries, t)
+        workers = _idle_workers()  # reads /proc: only for batches worth splitting
+        if workers < 2:
             return self._search(queries, t)
         bounds = np.linspace(0, len(queries), workers + 1).astype(int).tolist()
         slices = list(itertools.pairwise(bounds))
