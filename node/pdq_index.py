@@ -46,10 +46,12 @@ __all__ = ["DEFAULT_THRESHOLD", "PDQIndex", "hex_to_words", "words_to_hex"]
 DEFAULT_THRESHOLD = 31
 _MIN_TABLE_BITS = 4
 _MAX_PROBE_RADIUS = 3
-# Probes per vectorised step. One thread runs as fast at 2**13 to 2**15 (random reads
-# dominate); two threads need the larger steps, which hand the GIL over less often: at 10M
-# hashes two threads gave 1.3x at 2**13 and 1.7x at 2**15 over one.
-_PROBES_PER_STEP = 1 << 15
+# Random reads (probes plus expected candidates, as `_Layout.cost` counts them) per
+# vectorised step. Two threads need large steps, which hand the GIL over less often (at 10M
+# hashes 1.7x over one thread with ~72k reads a step, 1.3x with ~18k); counting candidates
+# and not probes alone keeps a step's gathered rows near the L2 cache at 1M, where each
+# probe brings ~15 candidates.
+_READS_PER_STEP = 1 << 16
 _BUILD_BLOCK = 1 << 18
 _DELTA_CAPACITY = 8192
 _MERGE_RATIO = 4
@@ -285,7 +287,7 @@ class _Segment:
         per_query = m * len(flips)
         n_rows = len(self.keys)
         base = (np.arange(m, dtype=np.int64) * ((1 << self.bits) + 1))[None, :, None]
-        step = max(1, _PROBES_PER_STEP // per_query)
+        step = max(1, int(_READS_PER_STEP // (per_query * (1 + n_rows / (1 << self.bits)))))
         crowded_above = _CROWDED_FACTOR * n_rows / (1 << self.bits) + 1  # candidates per probe
         out_q: list[I64Array] = []
         out_k: list[I64Array] = []
