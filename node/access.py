@@ -17,6 +17,7 @@ from aiohttp import web
 from protocol.errors import ProtocolError
 from protocol.ops import OpId, validate_collection
 
+from .bodies import MAX_JSON_BODY, request_body
 from .errors import Forbidden
 from .keys import hash_token
 from .tokens import ADMIN, Grant
@@ -96,7 +97,7 @@ async def check_publish_collections(request: web.Request, grant: Grant) -> None:
     if not grant.restricted or request.path == "/v1/lists/import":
         return
     try:
-        body = json.loads(await request.read())
+        body = json.loads(await request_body(request, MAX_JSON_BODY))
         if not isinstance(body, dict):
             raise ValueError("body")
         if request.path in ("/v1/signals", "/v1/signals/batch"):

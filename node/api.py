@@ -18,7 +18,7 @@ from aiohttp import BodyPartReader, web
 from protocol.errors import ProtocolError
 
 from . import access
-from .bodies import parse_json_object
+from .bodies import MAX_JSON_BODY, BodyPace, parse_json_object, request_body
 from .errors import NodeError, PayloadTooLarge
 from .hashing import ImageError, hash_bytes
 from .matcher import ExactReader
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hashmesh.api")
 
-MAX_JSON_BODY = 16 * 1024 * 1024
 MAX_BUNDLE_BODY = 16 * 1024 * 1024 * 1024
 MAX_UPLOAD = 50 * 1024 * 1024
 OPEN_PATHS = {"/v1/healthz", "/healthz", "/status"}
@@ -85,9 +84,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > MAX_JSON_BODY:
-        raise NodeError(f"request body: larger than {MAX_JSON_BODY} bytes")
-    raw = await request.read()
+    raw = await request_body(request, MAX_JSON_BODY)
     if not raw:
         raise NodeError("request body: empty; expected a JSON object")
     return parse_json_object(raw)
@@ -180,19 +177,20 @@ async def match_file(request: web.Request) -> web.Response:
     reader = await request.multipart()
     data = b""
     threshold = 31
+    pace = BodyPace("upload")
     try:
-        async for part in reader:
+        while (part := await pace.next(reader.next())) is not None:
             if not isinstance(part, BodyPartReader):
                 continue
             if part.name == "threshold":
-                text = (await part.read(decode=True)).decode("ascii", "replace")
+                text = (await pace.next(part.read(decode=True))).decode("ascii", "replace")
                 if not text.isdigit():
                     raise NodeError("threshold: must be an integer")
                 threshold = int(text)
             elif part.name == "file":
                 chunks = []
                 size = 0
-                while chunk := await part.read_chunk(1 << 16):
+                while chunk := await pace.next(part.read_chunk(1 << 16)):
                     size += len(chunk)
                     if size > MAX_UPLOAD:
                         raise PayloadTooLarge(f"upload: larger than {MAX_UPLOAD // (1 << 20)} MiB")
@@ -245,7 +243,8 @@ async def import_bundle(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON_KEY]
     with tempfile.TemporaryFile(dir=daemon.home.path) as tmp:
         size = 0
-        async for chunk in request.content.iter_chunked(1 << 20):
+        pace = BodyPace("bundle")
+        while chunk := await pace.next(request.content.readany()):
             size += len(chunk)
             if size > MAX_BUNDLE_BODY:
                 raise NodeError(f"bundle: larger than {MAX_BUNDLE_BODY} bytes")

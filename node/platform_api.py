@@ -15,6 +15,7 @@ from aiohttp import web
 
 from . import access
 from .api import DAEMON_KEY, read_json
+from .bodies import parse_json_object, request_body
 from .errors import NodeError
 from .feed import DEFAULT_PAGE, MAX_PAGE, FeedHub, FeedReader
 from .lists import apply_import
@@ -184,19 +185,7 @@ async def token_revoke(request: web.Request) -> web.Response:
 async def lists_import(request: web.Request) -> web.Response:
     """Apply a whole import plan (see lists.py) in one transaction."""
     daemon = request.app[DAEMON_KEY]
-    if request.content_length is not None and request.content_length > MAX_IMPORT_BODY:
-        raise NodeError(f"request body: larger than {MAX_IMPORT_BODY} bytes")
-    chunks = []
-    size = 0
-    async for chunk in request.content.iter_chunked(1 << 20):
-        size += len(chunk)
-        if size > MAX_IMPORT_BODY:
-            raise NodeError(f"request body: larger than {MAX_IMPORT_BODY} bytes")
-        chunks.append(chunk)
-    try:
-        body: Any = json.loads(b"".join(chunks))
-    except (ValueError, RecursionError):
-        raise NodeError("request body: not valid JSON") from None
+    body: Any = parse_json_object(await request_body(request, MAX_IMPORT_BODY))
     if not isinstance(body, dict) or not isinstance(body.get("collection"), str):
         raise NodeError("request body: expected an object with a collection")
     unknown = set(body) - {"collection", "adds", "revoke_signals", "revoke_refs"}

@@ -126,17 +126,21 @@ class HostilePeer:
 
     # -- slow and many ---------------------------------------------------------------------
 
-    def slowloris(self, count: int, stop: threading.Event, body: bool = False
+    def slowloris(self, count: int, stop: threading.Event, body: bool = False,
+                  path: str = "/v1/peer/batches", headers: str = "", length: int = 100_000
                   ) -> tuple[list[socket.socket], threading.Thread]:
         """Open `count` connections that each send a few bytes a second and never finish:
-        a request head that never ends, or (body=True) a complete head whose body trickles."""
+        a request head that never ends, or (body=True) a complete head for `path` (with
+        extra `headers` lines) whose body trickles."""
         socks = []
         for _ in range(count):
             s = socket.create_connection((self.host, self.port), timeout=5)
             if body:
+                if "content-type:" not in headers.lower():
+                    headers += "Content-Type: application/octet-stream\r\n"
                 head = (
-                    f"POST /v1/peer/batches HTTP/1.1\r\nHost: {self.host}\r\n"
-                    "Content-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n"
+                    f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\n{headers}"
+                    f"Content-Length: {length}\r\n\r\n"
                 )
             else:
                 head = f"POST /v1/peer/sync HTTP/1.1\r\nHost: {self.host}\r\nX-Slow: "

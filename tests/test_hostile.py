@@ -122,6 +122,7 @@ def arena(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Arena]:
     for peer in evil.values():
         config.add_peer(Peer(name=peer.name, url=DEAD, node_id=peer.node_id, share=[]))
         config.add_trust(Trust(node_id=peer.node_id, collection="csam"))
+    config.selfreport_enabled = True  # its public endpoints face the slowloris test too
     home.save_config(config)
     honest.peer(victim, "csam")
     honest.start()
@@ -305,6 +306,15 @@ def test_slowloris_connections_are_dropped_and_others_served(arena: Arena) -> No
     stop = threading.Event()
     heads, _ = evil.slowloris(60, stop)
     bodies, _ = evil.slowloris(5, stop, body=True)
+    # The operator API and the list import read their bodies at the same pace rule.
+    auth = f"Authorization: Bearer {victim.admin_token()}\r\n"
+    for path in ("/v1/signals", "/v1/lists/import", "/v1/import"):
+        bodies += evil.slowloris(1, stop, body=True, path=path, headers=auth)[0]
+    multipart = auth + "Content-Type: multipart/form-data; boundary=xx\r\n"
+    bodies += evil.slowloris(1, stop, body=True, path="/v1/match/file", headers=multipart)[0]
+    json_head = "Content-Type: application/json\r\n"  # the public self-report page
+    page = "/takeitdown/api/submit"
+    bodies += evil.slowloris(1, stop, body=True, path=page, headers=json_head, length=1000)[0]
     try:
         started = time.monotonic()
         delays = []
