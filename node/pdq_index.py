@@ -142,6 +142,26 @@ def _ball(bits: int, radius: int) -> npt.NDArray[np.int64]:
     return arr
 
 
+@functools.lru_cache(maxsize=64)
+def _probe_set(chunks: int, bits: int, threshold: int) -> tuple[I64Array, npt.NDArray[np.bool_]]:
+    """The XOR masks to probe and, per chunk, which of them (generalised pigeonhole).
+
+    Radius r = threshold // chunks in every chunk is enough, but so is any radii r_i with
+    sum(r_i + 1) > threshold: if every chunk differed by more than its r_i, the hashes would
+    differ by more than the threshold. So chunks * (r + 1) - (threshold + 1) chunks can be
+    probed at r - 1 (not at all when r is 0). At t=31 with 11 chunks that is one chunk:
+    8% fewer probes and candidates; the 16-chunk layout has no slack at 31.
+    """
+    radius = threshold // chunks
+    flips = _ball(bits, radius)
+    slack = chunks * (radius + 1) - (threshold + 1)
+    probed = np.ones((chunks, len(flips)), dtype=np.bool_)
+    if slack:
+        probed[:slack, _ball_size(bits, radius - 1) if radius else 0 :] = False
+    probed.flags.writeable = False
+    return flips, probed
+
+
 def _popcount_distance(a: U64Array, b: U64Array) -> npt.NDArray[np.int64]:
     """Hamming distance over the last axis (4 words).
 
@@ -283,8 +303,8 @@ class _Segment:
         chunk address its table, so the probe set is the radius ball in those bits.
         """
         m = self.layout.chunks
-        flips = _ball(self.bits, threshold // m)
-        per_query = m * len(flips)
+        flips, probed = _probe_set(m, self.bits, threshold)
+        per_query = int(probed.sum())
         n_rows = len(self.keys)
         base = (np.arange(m, dtype=np.int64) * ((1 << self.bits) + 1))[None, :, None]
         step = max(1, int(_READS_PER_STEP // (per_query * (1 + n_rows / (1 << self.bits)))))
@@ -294,9 +314,9 @@ class _Segment:
         out_d: list[I64Array] = []
         for s in range(0, len(queries), step):
             q = queries[s : s + step]
-            probe = ((_query_keys(q, self.layout, self.bits)[:, :, None] ^ flips) + base).reshape(
-                -1
-            )
+            probe = ((_query_keys(q, self.layout, self.bits)[:, :, None] ^ flips) + base)[
+                :, probed
+            ].reshape(-1)
             starts = np.take(self.offsets, probe).astype(np.int64)
             lengths = np.take(self.offsets, probe + 1) - starts
             hit_probe = np.flatnonzero(lengths)
