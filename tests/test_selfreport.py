@@ -467,6 +467,46 @@ async def test_js_pdq_conforms_to_meta_reference(
 
 
 @needs_browser
+@needs_data
+async def test_large_jpegs_hash_alike_in_the_page_and_in_the_node(
+    net: tuple[NodeProc, NodeProc], tmp_path: Path
+) -> None:
+    """Large JPEGs are reduced differently (the page box-averages a canvas, the node decodes
+    at a DCT scale to the Y plane and folds its resize into PDQ's filters): both must stay
+    close, or a victim's report would not match the platform's copy of the same photo."""
+    from PIL import Image, ImageEnhance
+
+    from node.hashing import hash_file
+
+    files = []
+    for name, saturation, width in (
+        ("bridge-1-original.jpg", 1.0, 2400),
+        ("bridge-1-original.jpg", 2.5, 3000),
+        ("bridge-2-rotate-90.jpg", 1.0, 1800),
+        ("q1050.jpg", 1.0, 2000),
+        ("q2821.jpg", 1.5, 2600),
+        ("q0291.jpg", 1.0, 1500),
+    ):
+        with Image.open(PDQ_DATA / "images" / name) as im:
+            picture = ImageEnhance.Color(im.convert("RGB")).enhance(saturation)
+        big = picture.resize((width, width * im.height // im.width), Image.Resampling.BICUBIC)
+        path = tmp_path / f"large-{len(files)}-{name}"
+        big.save(path, quality=90)
+        files.append(path)
+    async with Browser(tmp_path / "profile") as browser:
+        await open_page(browser, net[0])
+        items = await choose(browser, files)
+    by_name = {item["name"]: item for item in items}
+    distances = {}
+    for path in files:
+        node = hash_file(path)
+        assert node.pdq is not None and node.quality is not None and node.quality >= 80
+        distances[path.name] = distance(by_name[path.name]["pdq"], node.pdq)
+    print("page vs node PDQ distance on large JPEGs:", distances)
+    assert max(distances.values()) <= 10, distances
+
+
+@needs_browser
 async def test_languages_follow_the_browser_and_switch(
     net: tuple[NodeProc, NodeProc], tmp_path: Path
 ) -> None:
