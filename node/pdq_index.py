@@ -17,8 +17,11 @@ makes cheaper (16 chunks below ~1.5M rows, where few rows per bucket make 272 pr
 Each chunk table is a counting-sort layout (2**bits + 1 offsets plus a row permutation,
 4 bytes per hash per chunk), far smaller than a hash map of lists. The verification
 gathers with `np.take`, ~3x faster than fancy indexing for random 32-byte rows, and sums
-the four popcounts with one multiply rather than a reduction. Large batches are split
-over the cores the load average leaves idle (see `_idle_workers`).
+the four popcounts with one multiply rather than a reduction. A row close to a query is
+found through several chunks; repeats are dropped by sorting (query, row) pairs packed into
+one int64 in place, before the hashes are read where buckets are crowded (clustered
+collections), after verification elsewhere. Large batches are split over the cores no
+other task is running on (see `_idle_workers`).
 
 Changes never rebuild the whole index: adds go to a small delta buffer that is scanned
 brute force; a full buffer becomes a segment, and segments are merged logarithmically
@@ -300,7 +303,8 @@ class _Segment:
         Pigeonhole: if two hashes differ in at most `threshold` bits, one of the m chunks
         differs in at most threshold // m of them, so probing each chunk's table with
         every key within that radius finds every match; only the first `bits` bits of a
-        chunk address its table, so the probe set is the radius ball in those bits.
+        chunk address its table, so the probe set is the radius ball in those bits (one
+        radius smaller in the chunks the generalised pigeonhole spares, see `_probe_set`).
         """
         m = self.layout.chunks
         flips, probed = _probe_set(m, self.bits, threshold)
@@ -372,14 +376,18 @@ def _nearest_first(qa: I64Array, ka: I64Array, da: I64Array) -> tuple[I64Array, 
     return packed >> 41, packed & 0xFFFF_FFFF, (packed >> 32) & 0x1FF
 
 
-def _distinct_pairs(qid: I64Array, row: I64Array, n_rows: int) -> tuple[I64Array, I64Array]:
-    """Distinct (query, row) pairs, by one in-place SIMD sort of their packed values."""
-    packed = qid * max(n_rows, 1) + row
+def _sorted_distinct(packed: I64Array) -> I64Array:
+    """Sorted in place (numpy's SIMD sort), each value once."""
     packed.sort()
     keep = np.empty(len(packed), dtype=np.bool_)
     keep[:1] = True
     np.not_equal(packed[1:], packed[:-1], out=keep[1:])
-    packed = packed[keep]
+    return packed[keep]
+
+
+def _distinct_pairs(qid: I64Array, row: I64Array, n_rows: int) -> tuple[I64Array, I64Array]:
+    """Distinct (query, row) pairs, by one in-place sort of their packed values."""
+    packed = _sorted_distinct(qid * max(n_rows, 1) + row)
     return packed // max(n_rows, 1), packed % max(n_rows, 1)
 
 
@@ -396,12 +404,7 @@ def _unique_pairs(
     if len(qid) < _PACKED_SORT_MIN:  # a few hits: fewer numpy calls win
         pair = np.unique(qid * max(n_rows, 1) + row, return_index=True)[1]
         return qid[pair], row[pair], dist[pair]
-    packed = ((qid * max(n_rows, 1) + row) << 8) | dist
-    packed.sort()
-    keep = np.empty(len(packed), dtype=np.bool_)
-    keep[:1] = True
-    np.not_equal(packed[1:], packed[:-1], out=keep[1:])
-    packed = packed[keep]
+    packed = _sorted_distinct(((qid * max(n_rows, 1) + row) << 8) | dist)
     pair = packed >> 8
     return pair // max(n_rows, 1), pair % max(n_rows, 1), packed & 0xFF
 
