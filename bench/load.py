@@ -34,20 +34,19 @@ import os
 import random
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-# benchenv is found in bench/ (sys.path[0]), so it is imported before bench/ leaves sys.path
-from benchenv import free_port, machine, replace_section
+# benchenv and benchnodes are found in bench/ (sys.path[0]): imported before bench/ leaves sys.path
+from benchenv import machine, replace_section
+from benchnodes import Node, make_node, spawn, stop, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 # bench/protocol.py would shadow the protocol package
@@ -55,10 +54,9 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"
 sys.path.append(str(ROOT))
 
 from node.config import Home, Peer, Trust  # noqa: E402
-from node.service import NodeService, init_home  # noqa: E402
+from node.service import NodeService  # noqa: E402
 from protocol.ops import AddOp  # noqa: E402
 
-HASHMESH = str(Path(sys.executable).with_name("hashmesh"))
 SECTION = "## Load (bench/load.py)"
 COLLECTION = "csam"
 LOCAL = "local"
@@ -74,33 +72,6 @@ def parse_count(text: str) -> int:
     return int(text)
 
 
-@dataclass
-class Node:
-    name: str
-    home: Path
-    port: int
-    node_id: str
-    token: str
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-
-def make_node(root: Path, name: str) -> Node:
-    port = free_port()
-    home = root / name
-    config = init_home(home, name, f"127.0.0.1:{port}", None)
-    Home(home).save_config(config)
-    token = Home(home).admin_token_path.read_text().strip()
-    return Node(name, home, port, config.node_id, token)
-
-
 def publish_offline(node: Node, collection: str, values: list[str]) -> float:
     t = time.monotonic()
     service = NodeService(Home(node.home))
@@ -111,53 +82,6 @@ def publish_offline(node: Node, collection: str, values: list[str]) -> float:
     finally:
         service.close()
     return time.monotonic() - t
-
-
-def spawn(node: Node) -> None:
-    log = open(node.home / "run.log", "ab")  # noqa: SIM115 - the child keeps it
-    try:
-        node.proc = subprocess.Popen(
-            [HASHMESH, "--home", str(node.home), "run"],
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-        )
-    finally:
-        log.close()
-
-
-def stop(nodes: list[Node]) -> None:
-    for n in nodes:
-        if n.proc is not None and n.proc.poll() is None:
-            n.proc.send_signal(signal.SIGTERM)
-    for n in nodes:
-        if n.proc is None:
-            continue
-        try:
-            n.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            n.proc.kill()
-            n.proc.wait(timeout=10)
-        n.proc = None
-
-
-async def wait_healthy(node: Node, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        while True:
-            if node.proc is not None and node.proc.poll() is not None:
-                raise RuntimeError(
-                    f"node {node.name} exited: {(node.home / 'run.log').read_text()[-2000:]}"
-                )
-            try:
-                async with session.get(node.url + "/v1/healthz") as r:
-                    if r.status == 200:
-                        return
-            except (aiohttp.ClientError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{node.name} not healthy in {timeout} s")
-            await asyncio.sleep(0.1)
 
 
 # -- load clients (separate processes) ------------------------------------------------------
@@ -313,8 +237,8 @@ async def main_async(args: argparse.Namespace, root: Path, nodes: list[Node]) ->
     h.save_config(config)
     for n in (seed, target):
         spawn(n)
-    await wait_healthy(seed)
-    await wait_healthy(target)
+    async with aiohttp.ClientSession() as session:
+        await wait_healthy(session, [seed, target], timeout=60)
 
     phase = mp.Value("i", 0)
     out: mp.Queue[dict[str, Any]] = mp.Queue()
@@ -477,7 +401,7 @@ def main() -> None:
     try:
         result = asyncio.run(main_async(args, root, nodes))
     finally:
-        stop(nodes)
+        stop(nodes, timeout=20)
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
         else:

@@ -51,8 +51,10 @@ from typing import Any
 
 import aiohttp
 
-# benchenv is found in bench/ (sys.path[0]), so it is imported before bench/ leaves sys.path
-from benchenv import free_port, machine, replace_section
+# benchenv and benchnodes are found in bench/ (sys.path[0]): imported before bench/ leaves sys.path
+import benchnodes
+from benchenv import machine, replace_section
+from benchnodes import Node, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 # bench/protocol.py would shadow the protocol package; ROOT goes after PYTHONPATH, so a
@@ -61,10 +63,9 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"
 sys.path.append(str(ROOT))
 
 from node.config import Home, Peer, Trust  # noqa: E402
-from node.service import NodeService, init_home  # noqa: E402
+from node.service import NodeService  # noqa: E402
 from protocol.ops import AddOp, OpId  # noqa: E402
 
-HASHMESH = str(Path(sys.executable).with_name("hashmesh"))
 SECTION = "## Propagation (bench/propagation.py)"
 COLLECTION = "csam"
 SYNC_INTERVAL_S = 30.0  # the product default, written explicitly into every config
@@ -76,38 +77,16 @@ BATCH_DELAY_MS = 200  # the product default
 # -- nodes -----------------------------------------------------------------------------------
 
 
-@dataclass
-class Node:
-    name: str
-    home: Path
-    port: int
-    node_id: str
-    token: str
-    proc: subprocess.Popen[bytes] | None = None
-    started_at: float = 0.0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-
 def make_node(root: Path, name: str) -> Node:
-    """A fresh home, made in-process (the same init_home the `hashmesh init` command calls)."""
-    port = free_port()
-    home = root / name
-    config = init_home(home, name, f"127.0.0.1:{port}", None)
-    h = Home(home)
-    config.sync_interval_s = SYNC_INTERVAL_S
-    config.fanout = FANOUT
-    config.batch_size = BATCH_SIZE
-    config.batch_delay_ms = BATCH_DELAY_MS
-    h.save_config(config)
-    token = h.admin_token_path.read_text().strip()
-    return Node(name, home, port, config.node_id, token)
+    """A fresh home with this benchmark's settings written explicitly into its config."""
+    return benchnodes.make_node(
+        root,
+        name,
+        sync_interval_s=SYNC_INTERVAL_S,
+        fanout=FANOUT,
+        batch_size=BATCH_SIZE,
+        batch_delay_ms=BATCH_DELAY_MS,
+    )
 
 
 def configure(node: Node, peers: list[Node], authors: list[Node]) -> None:
@@ -128,59 +107,12 @@ class Procs:
         self.nodes: list[Node] = []
 
     def spawn(self, node: Node) -> None:
-        log = open(node.home / "run.log", "ab")  # noqa: SIM115 - the child keeps it
-        try:
-            node.proc = subprocess.Popen(
-                [HASHMESH, "--home", str(node.home), "run"],
-                stdout=log,
-                stderr=log,
-                stdin=subprocess.DEVNULL,
-            )
-        finally:
-            log.close()
-        node.started_at = time.monotonic()
+        benchnodes.spawn(node)
         self.nodes.append(node)
 
     def stop(self, nodes: list[Node] | None = None, timeout: float = 15.0) -> None:
-        targets = [n for n in (nodes if nodes is not None else self.nodes) if n.proc is not None]
-        for n in targets:
-            assert n.proc is not None
-            if n.proc.poll() is None:
-                try:
-                    n.proc.send_signal(signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + timeout
-        for n in targets:
-            assert n.proc is not None
-            try:
-                n.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                n.proc.kill()
-                n.proc.wait(timeout=10)
-            n.proc = None
+        benchnodes.stop(nodes if nodes is not None else self.nodes, timeout)
         self.nodes = [n for n in self.nodes if n.proc is not None]
-
-
-async def wait_healthy(session: aiohttp.ClientSession, nodes: list[Node], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-
-    async def one(n: Node) -> None:
-        while True:
-            if n.proc is not None and n.proc.poll() is not None:
-                log = (n.home / "run.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"node {n.name} exited with {n.proc.returncode}:\n{log}")
-            try:
-                async with session.get(n.url + "/v1/healthz") as r:
-                    if r.status == 200 and (n.home / "node.json").exists():
-                        return
-            except (aiohttp.ClientError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"node {n.name} not healthy within {timeout:.0f} s")
-            await asyncio.sleep(0.1)
-
-    await asyncio.gather(*(one(n) for n in nodes))
 
 
 # -- topology --------------------------------------------------------------------------------
