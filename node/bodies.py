@@ -73,13 +73,20 @@ async def read_limited(
     return b"".join(chunks)
 
 
-async def request_body(request: web.Request, limit: int, what: str = "request body") -> bytes:
-    """The request's body, read once (paced and bounded) and kept for whoever asks next."""
+async def request_body(
+    request: web.Request,
+    limit: int,
+    what: str = "request body",
+    too_large: type[NodeError] = PayloadTooLarge,
+) -> bytes:
+    """The request's body, read once (paced and bounded) and kept for whoever asks next.
+
+    A declared Content-Length over `limit` is refused before a byte is read."""
     cached: bytes | None = request.get(_BODY_KEY)
     if cached is None:
         if request.content_length is not None and request.content_length > limit:
-            raise PayloadTooLarge(f"{what}: larger than {limit} bytes")
-        cached = await read_limited(request.content, limit, what)
+            raise too_large(f"{what}: larger than {limit} bytes")
+        cached = await read_limited(request.content, limit, what, too_large)
         request[_BODY_KEY] = cached
     return cached
 

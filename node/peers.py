@@ -32,12 +32,11 @@ from protocol.peerauth import (
 )
 from protocol.signing import SigningKey
 
-from .bodies import read_limited
+from .bodies import read_limited, request_body
 from .config import Config, Peer
 from .errors import (
     Forbidden,
     NodeError,
-    PayloadTooLarge,
     RequestTimeout,
     TooManyRequests,
     Unauthorized,
@@ -171,11 +170,9 @@ class Peers:
         self, request: web.Request, config: Config
     ) -> tuple[Peer, RequestAuth, bytes]:
         """Check a peer request: signature, audience, freshness, nonce, known peer, limits."""
-        if request.content_length is not None and request.content_length > MAX_PEER_BODY:
-            raise PayloadTooLarge(f"request body: larger than {MAX_PEER_BODY} bytes")
         try:
             async with asyncio.timeout(BODY_TIMEOUT_S):
-                body = await read_limited(request.content, MAX_PEER_BODY, "request body")
+                body = await request_body(request, MAX_PEER_BODY)
         except TimeoutError:
             raise RequestTimeout(
                 f"request body: not received within {BODY_TIMEOUT_S:g} s"

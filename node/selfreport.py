@@ -44,7 +44,7 @@ from aiohttp import web
 from protocol.errors import ProtocolError
 from protocol.ops import OpId, RevokeOp
 
-from .bodies import parse_json_object, read_limited
+from .bodies import parse_json_object, request_body
 from .errors import Forbidden, NodeError, NotFound
 
 if TYPE_CHECKING:
@@ -682,9 +682,7 @@ def json_response(value: Any, status: int = 200) -> web.Response:
 
 
 async def read_body(request: web.Request) -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise NodeError(f"request body: larger than {MAX_BODY} bytes")
-    raw = await read_limited(request.content, MAX_BODY, "request body", too_large=NodeError)
+    raw = await request_body(request, MAX_BODY, too_large=NodeError)
     return parse_json_object(raw)
 
 
