@@ -12,10 +12,17 @@ the 64x64 buffer is ``rows_matrix @ luma @ cols_matrix.T``. The products are don
 band (a handful of gathers and multiply-adds, ~0.1 ms at 512 px) rather than by BLAS:
 a dense product wastes most of its work on zeros, and OpenBLAS threads its products, which
 on a process pinned to one core (or a container with a CPU quota) ran 4x slower than one
-thread. The bands depend on the plane's size alone and are cached. Sums are formed in
-another order than the C++ running sums, so a DCT coefficient within float rounding of the
-median could in principle fall on the other side; tests compare with the binding image by
-image.
+thread. The bands depend on the plane's size alone and are cached.
+
+Why every sum has a fixed order: hashes are exchanged, so the same plane must give the same
+bits on every participant's processor. Each step is an elementwise IEEE operation (correctly
+rounded, whatever SIMD width numpy dispatches) or a sum taken first to last; nothing goes
+through BLAS, whose kernels sum in an order chosen per processor (the DCT by OpenBLAS put
+one smooth picture 12 bits apart between two machines). The DCT, the quality and the median
+are Meta's dct64To16, quality metric and Torben, operation for operation. The box filters
+are not: their weights are formed once per size, where Meta's running sums round along each
+row, so on planes a few pixels thin (where most coefficients are float noise) a hash can
+differ from Meta's by a few bits; docs/protocol.md says why determinism was chosen there.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["pdq_from_luma"]
+__all__ = ["pdq_buffer", "pdq_from_luma"]
 
 _DIM = 64
 _MIN_SIDE = 5  # Meta's MIN_HASHABLE_DIM: smaller planes hash to zero with quality 0
@@ -53,6 +60,12 @@ def _box_bounds(length: int, window: int) -> tuple[npt.NDArray[np.int64], npt.ND
 Band = tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]
 
 
+def _sum_in_order(values: npt.NDArray[np.float64], axis: int) -> npt.NDArray[np.float64]:
+    """A sum taken first to last along `axis`: `sum` may pair terms by SIMD width."""
+    total: npt.NDArray[np.float64] = np.take(np.add.accumulate(values, axis=axis), -1, axis=axis)
+    return total
+
+
 @functools.lru_cache(maxsize=1024)
 def _jarosz_band(length: int) -> Band:
     """The two box passes along one axis and the 64-point decimation, as a band matrix.
@@ -76,7 +89,7 @@ def _jarosz_band(length: int) -> Band:
     covers = (lo[first_pass][:, :, None] <= index[:, None, :]) & (
         index[:, None, :] < hi[first_pass][:, :, None]
     )
-    weights = (pass_weight[:, :, None] * covers).sum(axis=1)
+    weights = _sum_in_order(pass_weight[:, :, None] * covers, axis=1)
     return np.minimum(index, length - 1), weights
 
 
@@ -94,7 +107,7 @@ def _bilinear_band(length: int, size: int) -> Band:
     index = lo[:, None] + np.arange(math.ceil(support) * 2 + 1)
     weights = np.maximum(0.0, 1.0 - np.abs((index - centre[:, None] + 0.5) / support))
     weights = np.where(index < hi[:, None], weights, 0.0)
-    total = weights.sum(axis=1, keepdims=True)
+    total = _sum_in_order(weights, axis=1)[:, None]
     weights = np.divide(weights, total, out=np.zeros_like(weights), where=total != 0)
     return np.minimum(index, length - 1), weights
 
@@ -125,14 +138,36 @@ def _band(length: int, size: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np
 
 
 def _dct_matrix() -> npt.NDArray[np.float32]:
-    i = np.arange(1, 17, dtype=np.float64)[:, None]
-    j = np.arange(_DIM, dtype=np.float64)[None, :]
-    d = math.sqrt(2.0 / _DIM) * np.cos((math.pi / 2 / _DIM) * i * (2 * j + 1))
-    return d.astype(np.float32)
+    """Meta's dct_matrix_64: a float scale times a double cosine, rounded to float.
+
+    Scalar `math.cos` (the C library's) rather than `np.cos`, whose float64 loop numpy
+    dispatches to SIMD kernels that may round differently from one processor to another.
+    """
+    scale = float(np.float32(math.sqrt(2.0 / _DIM)))
+    rows = [
+        [scale * math.cos((math.pi / 2.0 / _DIM) * (i + 1) * (2 * j + 1)) for j in range(_DIM)]
+        for i in range(16)
+    ]
+    return np.array(rows, dtype=np.float64).astype(np.float32)
 
 
 _DCT = _dct_matrix()
 _DCT.flags.writeable = False
+
+
+def _dct64to16(buf: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """D @ buf @ D.T in float32, each sum accumulated k = 0..63 in order, as Meta's dct64To16.
+
+    Not a BLAS product: OpenBLAS picks its kernel (and so its summation order) by processor,
+    and on smooth pictures coefficients lie within rounding of the median, so the same picture
+    hashed 12 bits apart on two machines. `np.add.accumulate` is sequential by definition and
+    each product is one correctly rounded IEEE operation, whatever the SIMD width.
+    """
+    products = _DCT[:, :, None] * buf[None, :, :]  # (16, k, 64)
+    partial = np.add.accumulate(products, axis=1)[:, -1, :]  # T = D @ buf, (16, 64)
+    products = partial[:, None, :] * _DCT[None, :, :]  # (16, 16, k)
+    out: npt.NDArray[np.float32] = np.add.accumulate(products, axis=2)[:, :, -1]
+    return out
 
 
 def _quality(buf: npt.NDArray[np.float32]) -> int:
@@ -155,6 +190,25 @@ def pdq_from_luma(
     The hex string is the 256-bit number whose bit ``16 i + j`` is set when DCT coefficient
     (i, j) is above the median (the 128th smallest, as Meta's Torben selection returns).
     """
+    buf = pdq_buffer(luma, resize_to)
+    if buf is None:
+        return "0" * 64, 0
+    quality = _quality(buf)
+    coeffs = _dct64to16(buf).ravel()
+    median = np.partition(coeffs, 127)[127]
+    bits = (coeffs > median)[::-1]
+    return np.packbits(bits).tobytes().hex(), quality
+
+
+def pdq_buffer(
+    luma: npt.NDArray[np.generic], resize_to: tuple[int, int] | None = None
+) -> npt.NDArray[np.float32] | None:
+    """The 64x64 float32 samples PDQ's DCT and quality read, or None under five pixels a side.
+
+    Public so that the fold of a resize can be checked against the resized plane sample by
+    sample: on a plane of a few pixels most DCT coefficients are rounding noise, and bits
+    alone cannot tell a faithful fold from a wrong one.
+    """
     if luma.ndim != 2 or luma.shape[0] < 1 or luma.shape[1] < 1:
         raise ValueError(f"luma must be a non-empty 2-D array, got shape {luma.shape}")
     rows, cols = luma.shape
@@ -162,7 +216,7 @@ def pdq_from_luma(
     if width < 1 or height < 1:
         raise ValueError(f"resize_to must be positive, got {resize_to}")
     if height < _MIN_SIDE or width < _MIN_SIDE:
-        return "0" * 64, 0
+        return None
     plane: npt.NDArray[np.uint8] | npt.NDArray[np.float32] = (
         luma if luma.dtype in (np.uint8, np.float32) else luma.astype(np.float32)  # type: ignore[assignment]
     )
@@ -172,11 +226,7 @@ def pdq_from_luma(
     for t in range(1, row_index.shape[1]):
         down += plane[row_index[:, t]] * row_weights[:, t : t + 1]
     col_index, col_weights = _band(cols, width)
-    buf = down[:, col_index[:, 0]] * col_weights[:, 0]
+    buf: npt.NDArray[np.float32] = down[:, col_index[:, 0]] * col_weights[:, 0]
     for t in range(1, col_index.shape[1]):
         buf += down[:, col_index[:, t]] * col_weights[:, t]
-    quality = _quality(buf)
-    coeffs = (_DCT @ buf @ _DCT.T).ravel()
-    median = np.partition(coeffs, 127)[127]
-    bits = (coeffs > median)[::-1]
-    return np.packbits(bits).tobytes().hex(), quality
+    return buf
