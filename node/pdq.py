@@ -153,6 +153,8 @@ def _dct_matrix() -> npt.NDArray[np.float32]:
 
 _DCT = _dct_matrix()
 _DCT.flags.writeable = False
+_DCT_T = np.ascontiguousarray(_DCT.T)
+_DCT_T.flags.writeable = False
 
 
 def _dct64to16(buf: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -160,13 +162,20 @@ def _dct64to16(buf: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
 
     Not a BLAS product: OpenBLAS picks its kernel (and so its summation order) by processor,
     and on smooth pictures coefficients lie within rounding of the median, so the same picture
-    hashed 12 bits apart on two machines. `np.add.accumulate` is sequential by definition and
-    each product is one correctly rounded IEEE operation, whatever the SIMD width.
+    hashed 12 bits apart on two machines. Each step below is one correctly rounded IEEE
+    operation per element, whatever SIMD width numpy runs it at.
     """
-    products = _DCT[:, :, None] * buf[None, :, :]  # (16, k, 64)
-    partial = np.add.accumulate(products, axis=1)[:, -1, :]  # T = D @ buf, (16, 64)
-    products = partial[:, None, :] * _DCT[None, :, :]  # (16, 16, k)
-    out: npt.NDArray[np.float32] = np.add.accumulate(products, axis=2)[:, :, -1]
+    partial = np.zeros((16, _DIM), dtype=np.float32)  # T = D @ buf
+    term = np.empty_like(partial)
+    for k in range(_DIM):
+        np.multiply(_DCT_T[k][:, None], buf[k], out=term)
+        partial += term
+    columns = np.ascontiguousarray(partial.T)
+    out = np.zeros((16, 16), dtype=np.float32)  # T @ D.T
+    small = np.empty_like(out)
+    for k in range(_DIM):
+        np.multiply(columns[k][:, None], _DCT_T[k], out=small)
+        out += small
     return out
 
 
