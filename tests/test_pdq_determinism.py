@@ -72,3 +72,4 @@ def test_dct_matrix_has_the_digest_given_in_the_protocol() -> None:
     """
     digest = hashlib.sha256(_DCT.astype("<f4").tobytes()).hexdigest()
     assert digest == "db354678fc6c99b7d442c35d8e89b002b71cb35eff6ae436c5f36392277a83c8"
+    assert digest in (_CORPUS.parents[1] / "docs" / "protocol.md").read_text(encoding="utf-8")
