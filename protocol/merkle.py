@@ -62,15 +62,24 @@ def inclusion_path(leaf_hashes: list[bytes], index: int) -> list[bytes]:
 
 
 def root_from_inclusion_path(leaf: bytes, index: int, tree_size: int, path: list[bytes]) -> bytes:
-    """Recompute the root from a leaf hash and its path (RFC 9162 section 2.1.3.2)."""
+    """Recompute the root from a leaf hash and its path (RFC 9162 section 2.1.3.2).
+
+    Sizes are checked because node_hash would hash any bytes: a leaf of the wrong size is
+    not a leaf hash (the caller passed op bytes, or a peer sent garbage), and its "root"
+    would mean nothing.
+    """
+    if len(leaf) != HASH_SIZE:
+        raise ProofError(f"proof leaf: must be a {HASH_SIZE}-byte hash, got {len(leaf)} bytes")
     if not 0 <= index < tree_size:
         raise ProofError(f"proof index: {index} is outside a tree of {tree_size} leaves")
     if len(path) > MAX_PROOF_LENGTH:
         raise ProofError(f"proof path: longer than {MAX_PROOF_LENGTH} hashes")
     fn, sn, r = index, tree_size - 1, leaf
-    for p in path:
+    for n, p in enumerate(path):
         if len(p) != HASH_SIZE:
-            raise ProofError(f"proof path: every hash must be {HASH_SIZE} bytes")
+            raise ProofError(
+                f"proof path[{n}]: must be a {HASH_SIZE}-byte hash, got {len(p)} bytes"
+            )
         if sn == 0:
             raise ProofError("proof path: longer than the tree is deep")
         if fn & 1 or fn == sn:
