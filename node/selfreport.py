@@ -17,8 +17,10 @@ Why it is built the way it is:
   random key that is never written anywhere, and they live in memory only.
 - Abuse resistance without a third party (no CAPTCHA service, which would leak the
   visitor to it): a signed proof-of-work challenge solved with SHA-256 in the page, per
-  client and global rate limits, size limits, and refusal of low-quality PDQ hashes that
-  would match unrelated pictures.
+  client and global rate limits, size limits, at most MAX_PDQS_PER_CASE PDQs per case, and
+  refusal of low-quality PDQ hashes and of degenerate hashes (node/degenerate.py: blank
+  pictures, the empty file), judged from the hash itself since the quality is the
+  browser's claim.
 - The routes always exist and answer 404 while the feature is off, so turning it on in
   config.toml takes effect without a restart, like every other config change.
 """
@@ -45,6 +47,7 @@ from protocol.errors import ProtocolError
 from protocol.ops import OpId, RevokeOp
 
 from .bodies import parse_json_object, request_body
+from .degenerate import degenerate_reason
 from .errors import Forbidden, NodeError, NotFound
 
 if TYPE_CHECKING:
@@ -72,6 +75,9 @@ CLASSIFICATION = "self-reported"
 CATEGORIES = ("ncii", "csam")
 WITHDRAW_REASON = "withdrawn by the person who reported it"
 MAX_BODY = 64 * 1024
+#: Similarity hashes are what can match innocent pictures, and an automated poisoner gets
+#: the most out of each solved proof of work by packing many of them into one case.
+MAX_PDQS_PER_CASE = 10
 CHALLENGE_TTL_S = 600
 SCRYPT = {"n": 2**14, "r": 8, "p": 1, "maxmem": 64 * 1024 * 1024, "dklen": 32}
 # Crockford base32 without I, L, O, U: readable aloud and hard to mistype.
@@ -116,6 +122,11 @@ CREATE INDEX IF NOT EXISTS selfreport_ops_op ON selfreport_ops (op_id);
 def today() -> str:
     """The UTC day only: enough for statistics, too coarse to correlate with other logs."""
     return datetime.now(UTC).strftime("%Y-%m-%d")
+
+
+def day_ms() -> int:
+    """Midnight UTC of today in milliseconds: the only time a self-report's batches carry."""
+    return int(time.time()) // 86400 * 86400 * 1000
 
 
 def normalise_code(text: Any, length: int, what: str) -> str:
@@ -251,50 +262,86 @@ class CaseStore:
         self.conn: sqlite3.Connection = service.store.conn
         self.conn.executescript(SCHEMA)
 
-    def _write(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            for sql, args in statements:
-                self.conn.execute(sql, args)
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-
     def create(
         self, collection: str, submission: Submission, salt: bytes, secret_hash: bytes
     ) -> dict[str, Any]:
-        """Publish the hashes, then record the case (its number is chosen here, unique)."""
+        """Publish the hashes and record the case in one transaction, so a crash between
+        the two cannot leave published hashes that no case can withdraw.
+
+        The batches carry the UTC day (midnight) as their signed time and the node's own
+        rows about them are set to it too: the page promises the day only, and the exact
+        second would be recoverable from the case's op ids otherwise. An op that already
+        existed is recorded only when another case made it, so withdrawing never revokes
+        an add the hotline's analysts published themselves.
+        """
         items = [
             {**s, "category": submission.category, "classification": CLASSIFICATION}
             for s in submission.signals
         ]
-        published = self.service.add_many(collection, items)
-        while True:
-            number = random_code(CASE_CHARS)
-            known = self.conn.execute(
-                "SELECT 1 FROM selfreport_cases WHERE case_number = ?", (number,)
-            ).fetchone()
-            if known is None:
-                break
-        ops = {(s["op_id"], s["type"]) for s in published["signals"] if s["op_id"]}
-        self._write(
-            [
-                (
-                    "INSERT INTO selfreport_cases (case_number, secret_salt, secret_hash,"
-                    " category, created_day) VALUES (?, ?, ?, ?, ?)",
-                    (number, salt, secret_hash, submission.category, today()),
-                )
-            ]
-            + [
-                (
-                    "INSERT INTO selfreport_ops (case_number, op_id, type) VALUES (?, ?, ?)",
-                    (number, op_id, kind),
-                )
-                for op_id, kind in sorted(ops)
-            ]
-        )
+        day = day_ms()
+        store = self.service.store
+        with store.bulk(source="local"):
+            published = self.service.add_many(collection, items, ts=day)
+            while True:
+                number = random_code(CASE_CHARS)
+                known = self.conn.execute(
+                    "SELECT 1 FROM selfreport_cases WHERE case_number = ?", (number,)
+                ).fetchone()
+                if known is None:
+                    break
+            ops: set[tuple[str, str]] = set()
+            for s in published["signals"]:
+                if not s["op_id"]:
+                    continue
+                if not s["new"] and not self._made_by_a_case(s["op_id"]):
+                    continue
+                ops.add((s["op_id"], s["type"]))
+            self.conn.execute(
+                "INSERT INTO selfreport_cases (case_number, secret_salt, secret_hash,"
+                " category, created_day) VALUES (?, ?, ?, ?, ?)",
+                (number, salt, secret_hash, submission.category, today()),
+            )
+            self.conn.executemany(
+                "INSERT INTO selfreport_ops (case_number, op_id, type) VALUES (?, ?, ?)",
+                [(number, op_id, kind) for op_id, kind in sorted(ops)],
+            )
+            self._coarsen_times([s["op_id"] for s in published["signals"] if s["new"]], day)
         return {"case": number, "hashes": len(ops), "published": published["published"]}
+
+    def _made_by_a_case(self, op_id: str) -> bool:
+        return (
+            self.conn.execute(
+                "SELECT 1 FROM selfreport_ops WHERE op_id = ? LIMIT 1", (op_id,)
+            ).fetchone()
+            is not None
+        )
+
+    def _coarsen_times(self, op_ids: list[str], day: int) -> None:
+        """The node's own receipt times of these ops' batches (batch, feed and log rows) set
+        to the day, as their signed time already is."""
+        store = self.service.store
+        batches = {(o.author, o.collection, o.seq) for o in map(OpId.parse, op_ids)}
+        for author, collection, seq in sorted(batches):
+            log_id = store.conn.execute(
+                "SELECT id FROM logs WHERE author = ? AND collection = ?", (author, collection)
+            ).fetchone()[0]
+            self.conn.execute(
+                "UPDATE batches SET received_at = ? WHERE log_id = ? AND seq = ?",
+                (day, log_id, seq),
+            )
+            self.conn.execute(
+                "UPDATE logs SET updated_at = ? WHERE id = ? AND head = ?", (day, log_id, seq)
+            )
+            self.conn.execute(
+                "UPDATE feed SET at = ? WHERE signal_id IN"
+                " (SELECT id FROM signals WHERE log_id = ? AND seq = ?)",
+                (day, log_id, seq),
+            )
+            prefix = f"{author}/{collection}/{seq}/"
+            self.conn.execute(
+                "UPDATE feed SET at = ? WHERE kind != 'add' AND op_id >= ? AND op_id < ?",
+                (day, prefix, prefix[:-1] + "0"),
+            )
 
     def secret_of(self, number: str) -> tuple[bytes, bytes] | None:
         row = self.conn.execute(
@@ -370,19 +417,19 @@ class CaseStore:
             if shared is None:
                 by_collection.setdefault(signal["collection"], []).append(op_id)
         revoked = 0
-        for collection, targets in by_collection.items():
-            for start in range(0, len(targets), 1000):
-                chunk = targets[start : start + 1000]
-                self.service.publish(collection, [RevokeOp(targets=chunk, reason=WITHDRAW_REASON)])
-                revoked += len(chunk)
-        self._write(
-            [
-                (
-                    "UPDATE selfreport_cases SET withdrawn_day = ? WHERE case_number = ?",
-                    (today(), number),
-                )
-            ]
-        )
+        day = day_ms()
+        with self.service.store.bulk(source="local"):
+            for collection, targets in by_collection.items():
+                for start in range(0, len(targets), 1000):
+                    chunk = targets[start : start + 1000]
+                    revoke = RevokeOp(targets=chunk, reason=WITHDRAW_REASON)
+                    made = self.service.publish(collection, [revoke], ts=day)[0]
+                    self._coarsen_times([str(op) for op in made], day)
+                    revoked += len(chunk)
+            self.conn.execute(
+                "UPDATE selfreport_cases SET withdrawn_day = ? WHERE case_number = ?",
+                (today(), number),
+            )
         return {**self.status(number), "revoked": revoked}
 
     def report(self, days: int = 60) -> dict[str, Any]:
@@ -598,6 +645,12 @@ class SelfReport:
         if len(signals) > limit:
             raise NodeError(f"signals: at most {limit} hashes at a time")
         minimum = self.config.min_pdq_quality
+        pdqs = sum(1 for item in signals if isinstance(item, dict) and item.get("type") == "pdq")
+        if pdqs > MAX_PDQS_PER_CASE:
+            raise NodeError(
+                f"signals: at most {MAX_PDQS_PER_CASE} pictures' similarity fingerprints (pdq)"
+                " per report; please send the others in a second report"
+            )
         out: list[dict[str, Any]] = []
         seen: set[tuple[str, str]] = set()
         for n, item in enumerate(signals):
@@ -623,6 +676,9 @@ class SelfReport:
                 entry["quality"] = quality
             elif "quality" in item:
                 raise NodeError(f"signals[{n}]: only pdq hashes have a quality")
+            degenerate = degenerate_reason(kind, entry["value"])
+            if degenerate is not None:
+                raise NodeError(f"signals[{n}]: value refused, {degenerate}")
             if (kind, entry["value"]) not in seen:
                 seen.add((kind, entry["value"]))
                 out.append(entry)

@@ -20,6 +20,7 @@ from protocol.errors import ProtocolError
 from protocol.ops import AddOp, OpId, OpinionOp, RevokeOp, validate_collection
 
 from .config import Config, Home, Peer, Trust, check_url, parse_listen, validate_name
+from .degenerate import degenerate_reason
 from .errors import Conflict, HomeError, NodeError, NotFound
 from .keys import create_key, load_key, new_token, write_secret
 from .progress import Counter
@@ -95,8 +96,11 @@ class NodeService:
 
     # -- publishing ----------------------------------------------------------------------
 
-    def publish(self, collection: str, ops: list[AnyOp]) -> tuple[list[OpId], IngestResult]:
-        """Sign ops into batches of at most batch_size, apply each to the store in order."""
+    def publish(
+        self, collection: str, ops: list[AnyOp], ts: int | None = None
+    ) -> tuple[list[OpId], IngestResult]:
+        """Sign ops into batches of at most batch_size, apply each to the store in order
+        (`ts`: a coarser signed time, for publishers that promise not to keep the exact one)."""
         _protocol(validate_collection, collection)
         if self.store.meta(RESTORED_KEY) and self.config.peers:
             raise Conflict(
@@ -113,7 +117,8 @@ class NodeService:
             seq = self.store.head(key) + 1
             prev_header = self.store.signed_header(key, seq - 1) if seq > 1 else None
             prev = header_hash(prev_header.header_bytes) if prev_header else None
-            batch = _protocol(build_batch, self.key, collection, seq, prev, now_ms(), chunk)
+            when = now_ms() if ts is None else ts
+            batch = _protocol(build_batch, self.key, collection, seq, prev, when, chunk)
             result = self.store.ingest(batch, source="local")
             if result.outcome != "applied":
                 raise NodeError(f"publishing to {collection} failed: batch was {result.outcome}")
@@ -144,6 +149,9 @@ class NodeService:
             classification=classification,
             ref=ref,
         )
+        degenerate = degenerate_reason(op.type, op.value)
+        if degenerate is not None:
+            raise NodeError(f"value: refused, {degenerate}")
         minimum = self.config.min_pdq_quality
         if op.type == "pdq" and quality is not None and quality < minimum and not allow_low_quality:
             raise NodeError(
@@ -162,7 +170,9 @@ class NodeService:
         op_ids, _ = self.publish(collection, [op])
         return {"op_id": str(op_ids[0]), "type": op.type, "value": op.value, "new": True}
 
-    def add_many(self, collection: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+    def add_many(
+        self, collection: str, items: list[dict[str, Any]], ts: int | None = None
+    ) -> dict[str, Any]:
         """Publish many adds at once (submit, imports); already-live signals are skipped."""
         ops: list[AddOp] = []
         results: list[dict[str, Any]] = []
@@ -191,7 +201,7 @@ class NodeService:
             seen.add((op.type, op.value))
             ops.append(op)
             results.append({"type": op.type, "value": op.value, "new": True})
-        op_ids = self.publish(collection, list(ops))[0] if ops else []
+        op_ids = self.publish(collection, list(ops), ts)[0] if ops else []
         fresh = iter(op_ids)
         for r in results:
             if r["new"]:

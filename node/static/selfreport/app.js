@@ -87,6 +87,7 @@
     try {
       const w = bitmap.width, h = bitmap.height;
       if (!w || !h) throw new Error("empty image");
+      if (PDQ.tooSmall(w, h)) { const e = new RangeError("too small"); e.tooSmall = true; throw e; }
       const draft = (await isJpeg(file)) ? PDQ.draftScale(w, h) : 1;
       let img;
       if (w * h <= MAX_CANVAS_PIXELS) {
@@ -135,7 +136,7 @@
           if (quality >= info.min_quality) { item.pdq = hash; item.state = "hashed"; }
           else item.state = "lowQuality";
         } catch (e) {
-          item.state = "undecodable";
+          item.state = e && e.tooSmall ? "tooSmall" : "undecodable";
         }
       } else item.state = "video";
     } catch (e) {
@@ -174,7 +175,7 @@
     if (li.firstChild.tagName === "CANVAS") li.firstChild.setAttribute("aria-label", t("thumbAlt"));
     const state = li.querySelector(".state");
     state.textContent = item.state === "failed" ? t("failed", { error: item.error }) : t(item.state);
-    state.className = "state " + ({ hashed: "ok", video: "ok", lowQuality: "warn", undecodable: "warn", failed: "error" }[item.state] || "");
+    state.className = "state " + ({ hashed: "ok", video: "ok", lowQuality: "warn", tooSmall: "warn", undecodable: "warn", failed: "error" }[item.state] || "");
     li.dataset.state = item.state;
     li.dataset.name = item.file.name;
     if (item.md5) li.dataset.md5 = item.md5;

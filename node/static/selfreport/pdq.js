@@ -186,6 +186,7 @@
   /** PDQ of an RGB image (Uint8 data, 3 bytes a pixel): { hash: 64 hex, quality: 0-100 }. */
   function pdqFromRGB(img) {
     const { data, width: cols, height: rows } = img;
+    if (tooSmall(cols, rows)) throw new RangeError("picture under " + MIN_SIDE + " px per side");
     const buf1 = new Float64Array(rows * cols), buf2 = new Float64Array(rows * cols);
     for (let i = 0, p = 0; i < rows * cols; i++, p += 3) buf1[i] = 0.299 * data[p] + 0.587 * data[p + 1] + 0.114 * data[p + 2];
     const wr = windowSize(cols), wc = windowSize(rows);
@@ -235,13 +236,18 @@
     return { data: out, width, height };
   }
 
+  /* Meta's reference refuses pictures under 5 px a side: their hash is noise (or all
+   * zeros) that would match every plain picture. */
+  const MIN_SIDE = 5;
+  function tooSmall(w, h) { return w < MIN_SIDE || h < MIN_SIDE; }
+
   function hamming(x, y) {
     let d = 0;
     for (let i = 0; i < 64; i++) { let v = parseInt(x[i], 16) ^ parseInt(y[i], 16); while (v) { d += v & 1; v >>= 1; } }
     return d;
   }
 
-  const api = { thumbnailSize, draftScale, reduce, resample, thumbnail, pdqFromRGB, rgbaToRgb, hamming };
+  const api = { MIN_SIDE, tooSmall, thumbnailSize, draftScale, reduce, resample, thumbnail, pdqFromRGB, rgbaToRgb, hamming };
   if (typeof module !== "undefined" && module.exports) module.exports = api;
   else root.HashmeshPDQ = api;
 })(typeof globalThis !== "undefined" ? globalThis : this);
