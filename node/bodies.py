@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import aiohttp
@@ -28,7 +28,100 @@ MAX_JSON_BODY = 16 * 1024 * 1024  # the operator API's JSON requests
 GRACE_S = 15.0
 MIN_RATE = 64 * 1024  # bytes per second, averaged from the start of the body
 _BODY_KEY = "hashmesh.body"
+RETRY_AFTER_S = 2
 T = TypeVar("T")
+
+
+class UnsupportedEncoding(NodeError):
+    status = 415
+
+
+class ServiceBusy(NodeError):
+    """Too many unauthenticated bytes in flight; the client should retry after a pause."""
+
+    status = 503
+    retry_after_s = RETRY_AFTER_S
+
+
+def refuse_encoded(request: web.Request) -> None:
+    """No client of this node compresses request bodies, and aiohttp would inflate them as
+    they arrive: a 31 KB gzip body is 31 MB in memory. So only identity is accepted."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedEncoding(
+            f"Content-Encoding {encoding[:40]!r} is not accepted; send the body uncompressed"
+        )
+
+
+def error_json(request: web.Request, exc: NodeError) -> web.Response:
+    """The JSON error for a refusal; the connection is closed if the body was left unread,
+    so aiohttp does not spend its lingering time draining it."""
+    headers = {}
+    if isinstance(exc, ServiceBusy):
+        headers["Retry-After"] = str(exc.retry_after_s)
+    response = web.json_response({"error": str(exc)}, status=exc.status, headers=headers)
+    if not request.content.is_eof():
+        response.force_close()
+    return response
+
+
+@web.middleware
+async def encoding_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every route refuses encoded request bodies (415) before its handler reads a byte."""
+    if request.body_exists:
+        try:
+            refuse_encoded(request)
+        except UnsupportedEncoding as exc:
+            return error_json(request, exc)
+    return await handler(request)
+
+
+class ByteBudget:
+    """Bytes that bodies not yet authenticated may hold, summed over all requests.
+
+    A body's signature can only be checked once all of it is read, so each body is charged
+    as its chunks arrive and released once it is verified or refused: the memory that
+    unauthenticated callers can make the node hold is this limit, however many connect."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def hold(self) -> BudgetHold:
+        return BudgetHold(self)
+
+
+class BudgetHold:
+    """One request's share of a ByteBudget; a context manager that gives it back on exit."""
+
+    def __init__(self, budget: ByteBudget) -> None:
+        self.budget = budget
+        self.held = 0
+
+    def take(self, size: int) -> None:
+        self.check(size)
+        self.budget.used += size
+        self.held += size
+
+    def check(self, size: int) -> None:
+        """Refuse now a body that cannot fit, rather than after reading part of it."""
+        if self.budget.used + size > self.budget.limit:
+            raise ServiceBusy(
+                f"too many unauthenticated request bytes in flight (limit "
+                f"{self.budget.limit // (1024 * 1024)} MiB); retry in {RETRY_AFTER_S} s"
+            )
+
+    def release(self) -> None:
+        self.budget.used -= self.held
+        self.held = 0
+
+    def __enter__(self) -> BudgetHold:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 class BodyPace:
@@ -60,8 +153,10 @@ async def read_limited(
     limit: int,
     what: str,
     too_large: type[NodeError] = PayloadTooLarge,
+    hold: BudgetHold | None = None,
 ) -> bytes:
-    """The whole body, refused with `too_large` as soon as it passes `limit`."""
+    """The whole body, refused with `too_large` as soon as it passes `limit` (or with 503
+    when `hold`'s budget runs out)."""
     pace = BodyPace(what)
     chunks: list[bytes] = []
     size = 0
@@ -69,6 +164,8 @@ async def read_limited(
         size += len(chunk)
         if size > limit:
             raise too_large(f"{what}: larger than {limit} bytes")
+        if hold is not None:
+            hold.take(len(chunk))
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -78,15 +175,21 @@ async def request_body(
     limit: int,
     what: str = "request body",
     too_large: type[NodeError] = PayloadTooLarge,
+    hold: BudgetHold | None = None,
 ) -> bytes:
     """The request's body, read once (paced and bounded) and kept for whoever asks next.
 
-    A declared Content-Length over `limit` is refused before a byte is read."""
+    A declared Content-Length over `limit`, or one that `hold`'s budget cannot take now,
+    and an encoded body are refused before a byte is read."""
     cached: bytes | None = request.get(_BODY_KEY)
     if cached is None:
-        if request.content_length is not None and request.content_length > limit:
+        refuse_encoded(request)
+        declared = request.content_length
+        if declared is not None and declared > limit:
             raise too_large(f"{what}: larger than {limit} bytes")
-        cached = await read_limited(request.content, limit, what, too_large)
+        if hold is not None and declared is not None:
+            hold.check(declared)
+        cached = await read_limited(request.content, limit, what, too_large, hold)
         request[_BODY_KEY] = cached
     return cached
 

@@ -15,6 +15,7 @@ import random
 import ssl
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,8 @@ from protocol.peerauth import (
     DEFAULT_WINDOW_MS,
     PeerAuthError,
     RequestAuth,
+    check_freshness,
+    read_claim,
     sign_request,
     sign_response,
     verify_request,
@@ -32,7 +35,7 @@ from protocol.peerauth import (
 )
 from protocol.signing import SigningKey
 
-from .bodies import read_limited, request_body
+from .bodies import ByteBudget, error_json, read_limited, refuse_encoded, request_body
 from .config import Config, Peer
 from .errors import (
     Forbidden,
@@ -44,6 +47,9 @@ from .errors import (
 from .store import now_ms
 
 MAX_PEER_BODY = 32 * 1024 * 1024
+UNVERIFIED_BYTES = 2 * MAX_PEER_BODY  # bodies read but not yet verified, all peers together
+ATTRIBUTABLE_BODY = 64 * 1024  # read before a stale/cut-off refusal, to learn who signed it
+MAX_ERROR_TEXT = 500  # characters of a peer's error text that are stored or logged
 BODY_TIMEOUT_S = 15.0  # a peer request body must arrive within this (slowloris)
 CLIENT_KEEPALIVE_S = 5.0  # below the server's keep-alive timeout (node/daemon.py)
 RATE_PER_SECOND = 50.0
@@ -107,7 +113,7 @@ class PeerState:
         self.failures += 1
         delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (self.failures - 1))
         self.next_attempt = time.monotonic() + delay * random.uniform(0.8, 1.2)
-        self.last_error = error
+        self.last_error = clip(error)
 
     def refuse(self, reason: str) -> None:
         """Count a refused request or batch without scoring the peer down: for refusals a
@@ -159,6 +165,7 @@ class Peers:
         self.key = key
         self.nonces = NonceCache()
         self.states: dict[str, PeerState] = {}
+        self.unverified = ByteBudget(UNVERIFIED_BYTES)
 
     def state(self, node_id: str) -> PeerState:
         st = self.states.get(node_id)
@@ -169,32 +176,52 @@ class Peers:
     async def authenticate(
         self, request: web.Request, config: Config
     ) -> tuple[Peer, RequestAuth, bytes]:
-        """Check a peer request: signature, audience, freshness, nonce, known peer, limits."""
-        try:
-            async with asyncio.timeout(BODY_TIMEOUT_S):
-                body = await request_body(request, MAX_PEER_BODY)
-        except TimeoutError:
-            raise RequestTimeout(
-                f"request body: not received within {BODY_TIMEOUT_S:g} s"
-            ) from None
+        """Check a peer request: signature, audience, freshness, nonce, known peer, limits.
+
+        What the headers alone can settle (form, a configured peer, no encoding, and for a
+        body that is not small a fresh timestamp and no cut-off) is refused before a byte
+        of the body is read. A small body is read first so that a stale or cut-off request
+        is counted against the peer that really signed it, never a name someone typed."""
         now = now_ms()
         try:
-            # The signature first (any age), so that a stale request is counted against
-            # the peer that really signed it, never against a name someone typed.
-            auth = verify_request(
-                request.headers,
-                request.method,
-                request.path_qs,
-                body,
-                self.key.node_id,
-                now,
-                window_ms=ANY_AGE_MS,
-            )
+            claim = read_claim(request.headers, request.path_qs, self.key.node_id)
         except PeerAuthError as exc:
             raise Unauthorized(str(exc)) from None
-        peer = config.peer(auth.caller)
+        peer = config.peer(claim.caller)
         if peer is None:
-            raise Forbidden(f"node {auth.caller} is not a peer of this node")
+            raise Forbidden(f"node {claim.caller} is not a peer of this node")
+        refuse_encoded(request)
+        declared = request.content_length
+        if declared is None or declared > ATTRIBUTABLE_BODY:
+            try:
+                check_freshness(claim.ts, now)
+            except PeerAuthError as exc:
+                raise Unauthorized(str(exc)) from None
+            known = self.states.get(claim.caller)
+            if known is not None and known.cut_off:
+                raise Forbidden("this peer is cut off for sending invalid data; try later")
+        with self.unverified.hold() as hold:
+            try:
+                async with asyncio.timeout(BODY_TIMEOUT_S):
+                    body = await request_body(request, MAX_PEER_BODY, hold=hold)
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"request body: not received within {BODY_TIMEOUT_S:g} s"
+                ) from None
+            try:
+                # The signature first (any age), so that a stale request is counted against
+                # the peer that really signed it, never against a name someone typed.
+                auth = verify_request(
+                    request.headers,
+                    request.method,
+                    request.path_qs,
+                    body,
+                    self.key.node_id,
+                    now,
+                    window_ms=ANY_AGE_MS,
+                )
+            except PeerAuthError as exc:
+                raise Unauthorized(str(exc)) from None
         state = self.state(auth.caller)
         if abs(now - auth.ts) > DEFAULT_WINDOW_MS:
             state.refuse("stale_timestamp")
@@ -260,8 +287,31 @@ class PeerClient:
             return data
 
 
+PeerHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def peer_route(handler: PeerHandler) -> PeerHandler:
+    """Refusals of peer requests as JSON with their headers (Retry-After on 503), closing
+    the connection when the body was refused unread."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except NodeError as exc:
+            return error_json(request, exc)
+
+    return wrapped
+
+
+def clip(text: str) -> str:
+    """A peer's text fit to store and log: a peer chooses its error messages, and one
+    answered 5 MB a round; control characters would forge log lines."""
+    text = text[:MAX_ERROR_TEXT]
+    return "".join(c if c.isprintable() else "\ufffd" for c in text)
+
+
 def _error(data: bytes) -> str:
     try:
-        return str(json.loads(data)["error"])
-    except (ValueError, KeyError, TypeError):
-        return data[:200].decode("utf-8", "replace")
+        return clip(str(json.loads(data)["error"]))
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return clip(data[:MAX_ERROR_TEXT].decode("utf-8", "replace"))

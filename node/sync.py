@@ -40,9 +40,10 @@ from protocol.sync import (
     vector_to_wire,
 )
 
+from .bodies import encoding_middleware
 from .config import Peer
 from .errors import NodeError
-from .peers import PENALTY_INVALID, PeerClient, Peers
+from .peers import PENALTY_INVALID, PeerClient, Peers, clip, peer_route
 from .service import RESTORED_KEY
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ PAGE_BATCHES = 200
 PAGE_BYTES = 8 * 1024 * 1024
 MAX_PAGES_PER_ROUND = 1000
 PUSH_BATCHES = 50
+OUTBOX_BYTES = 64 * 1024 * 1024  # frames waiting for one peer; past it, anti-entropy delivers
 
 
 class BadPeerData(NodeError):
@@ -61,20 +63,30 @@ class BadPeerData(NodeError):
 
 
 class Outbox:
-    """Frames waiting to be pushed to one peer; `take` returns all of them at once."""
+    """Frames waiting to be pushed to one peer; `take` returns all of them at once.
 
-    def __init__(self) -> None:
+    Bounded: while a peer backs off (up to 5 minutes) new batches would pile up here, and
+    a dropped frame is not lost, the next anti-entropy round pushes what the peer lacks."""
+
+    def __init__(self, limit: int = OUTBOX_BYTES) -> None:
         self._frames: list[bytes] = []
+        self._size = 0
+        self.limit = limit
+        self.dropped = 0
         self._ready = asyncio.Event()
 
     def put(self, frame: bytes) -> None:
+        if self._size + len(frame) > self.limit:
+            self.dropped += 1
+            return
         self._frames.append(frame)
+        self._size += len(frame)
         self._ready.set()
 
     async def take(self) -> list[bytes]:
         await self._ready.wait()
         self._ready.clear()
-        frames, self._frames = self._frames, []
+        frames, self._frames, self._size = self._frames, [], 0
         return frames
 
 
@@ -89,15 +101,19 @@ class Replicator:
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self._outboxes: dict[str, Outbox] = {}
+        self._senders: dict[str, asyncio.Task[None]] = {}
         self._syncing: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.rounds = 0
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def register(self, app: web.Application) -> None:
-        app.router.add_post("/v1/peer/sync", self.handle_sync)
-        app.router.add_post("/v1/peer/batches", self.handle_batches)
-        app.router.add_post("/v1/peer/evidence", self.handle_evidence)
+        app.router.add_post("/v1/peer/sync", peer_route(self.handle_sync))
+        app.router.add_post("/v1/peer/batches", peer_route(self.handle_batches))
+        app.router.add_post("/v1/peer/evidence", peer_route(self.handle_evidence))
+        # Innermost, so on every route of the node (not only these) an encoded body is
+        # refused before any handler reads it; see node/bodies.py.
+        app.middlewares.append(encoding_middleware)
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -244,15 +260,22 @@ class Replicator:
             evidence = [verify_evidence(blob) for blob in blobs[:100]]
         except (ValueError, KeyError, TypeError, RecursionError, ProtocolError) as exc:
             raise self._refuse(peer, "bad_evidence", f"evidence: {exc}") from None
-        new = await self.daemon.call(self._store_evidence, evidence, peer)
+        loop = asyncio.get_running_loop()
+        new = await self.daemon.call(self._store_evidence, evidence, peer, loop)
         return self.peers.respond(auth, json.dumps({"new": new}).encode(), "application/json")
 
-    def _store_evidence(self, evidence: list[ForkEvidence], peer: Peer) -> int:
+    def _store_evidence(
+        self, evidence: list[ForkEvidence], peer: Peer, loop: asyncio.AbstractEventLoop
+    ) -> int:
+        """Store thread: asyncio.Queue is not thread-safe, so the gossip is queued from the
+        event loop."""
         new = 0
         for item in evidence:
             if self.store.add_evidence(item, source=f"peer:{peer.node_id}"):
                 new += 1
-                self.queue.put_nowait(([], [item], f"peer:{peer.node_id}"))
+                loop.call_soon_threadsafe(
+                    self.queue.put_nowait, ([], [item], f"peer:{peer.node_id}")
+                )
         return new
 
     # -- client side ---------------------------------------------------------------------
@@ -354,7 +377,7 @@ class Replicator:
         data = await self.client.post(
             peer, "/v1/peer/batches", b"".join(frames), "application/octet-stream"
         )
-        result: dict[str, Any] = json.loads(data)
+        result = _push_reply(peer, data)
         self.peers.state(peer.node_id).batches_sent += len(frames)
         self.daemon.metrics.history.sent(len(frames))
         return result
@@ -410,10 +433,17 @@ class Replicator:
         box = self._outboxes.get(peer.node_id)
         if box is None:
             box = self._outboxes[peer.node_id] = Outbox()
-            self._tasks.append(asyncio.create_task(self._sender(peer.node_id, box)))
+        sender = self._senders.get(peer.node_id)
+        if sender is None or sender.done():
+            sender = self._senders[peer.node_id] = asyncio.create_task(
+                self._sender(peer.node_id, box)
+            )
+            self._tasks.append(sender)
         return box
 
     async def _sender(self, node_id: str, box: Outbox) -> None:
+        """Drain one peer's outbox for ever: a failure is that peer's, never the task's end
+        (a dead sender stopped eager push to the peer and let its outbox grow)."""
         while True:
             frames = await box.take()
             peer = self.service.config.peer(node_id)
@@ -430,13 +460,17 @@ class Replicator:
                     await self._push_missing(peer, theirs, list(peer.share))
             except (TimeoutError, aiohttp.ClientError, OSError, NodeError, ProtocolError) as exc:
                 state.failed(str(exc) or type(exc).__name__)
+                log.info("push to %s failed: %s", peer.name, state.last_error)
+            except Exception as exc:
+                state.failed(f"push: internal error ({type(exc).__name__})")
+                log.exception("push to %s failed", peer.name)
 
     async def _send_evidence(self, peer: Peer, body: bytes) -> None:
         assert self.client is not None
         try:
             await self.client.post(peer, "/v1/peer/evidence", body, "application/json")
         except (TimeoutError, aiohttp.ClientError, OSError, NodeError) as exc:
-            log.info("evidence to %s failed: %s", peer.name, exc)
+            log.info("evidence to %s failed: %s", peer.name, clip(str(exc)))
 
     # -- status --------------------------------------------------------------------------
 
@@ -459,6 +493,25 @@ class Replicator:
             )
         out["lag"] = lag
         return out
+
+
+def _push_reply(peer: Peer, data: bytes) -> dict[str, Any]:
+    """A peer's answer to pushed batches, checked for the fields the sender reads."""
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        value = None
+    if (
+        not isinstance(value, dict)
+        or not isinstance(value.get("results", []), list)
+        or not isinstance(value.get("deferred", False), bool)
+        or not isinstance(value.get("vector", []), list)
+    ):
+        raise NodeError(
+            f"peer {peer.name}: malformed reply to pushed batches (expected a JSON object"
+            " with results, vector and deferred)"
+        )
+    return value
 
 
 def _log_order(item: tuple[LogKey, int]) -> tuple[str, str]:

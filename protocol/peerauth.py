@@ -83,16 +83,19 @@ def _header(headers: Mapping[str, str], name: str) -> str:
     return value
 
 
-def verify_request(
-    headers: Mapping[str, str],
-    method: str,
-    path: str,
-    body: bytes,
-    callee: str,
-    now_ms: int,
-    window_ms: int = DEFAULT_WINDOW_MS,
-) -> RequestAuth:
-    """Check a request's signature, audience and freshness; the node checks the nonce cache."""
+@dataclass(frozen=True, slots=True)
+class RequestClaim:
+    """What a request's headers claim, checked for form but not yet for signature."""
+
+    caller: str
+    ts: int
+    nonce: str
+    signature: bytes
+
+
+def read_claim(headers: Mapping[str, str], path: str, callee: str) -> RequestClaim:
+    """The headers' claim, without the body: lets the node refuse unknown or stale callers
+    before it spends memory on a body whose signature it cannot check yet."""
     caller = _header(headers, H_FROM)
     try:
         validate_node_id(caller, f"peer auth: {H_FROM}")
@@ -103,12 +106,6 @@ def verify_request(
     ts_text = _header(headers, H_TS)
     if not (ts_text.isascii() and ts_text.isdigit()) or len(ts_text) > 16:
         raise PeerAuthError(f"peer auth: {H_TS} is not a millisecond timestamp")
-    ts = int(ts_text)
-    if abs(now_ms - ts) > window_ms:
-        raise PeerAuthError(
-            f"peer auth: timestamp is {abs(now_ms - ts) // 1000} s off (window "
-            f"{window_ms // 1000} s); check the clocks"
-        )
     nonce = _header(headers, H_NONCE)
     try:
         nonce_bytes = from_b64url(nonce, f"peer auth: {H_NONCE}")
@@ -119,12 +116,37 @@ def verify_request(
         raise PeerAuthError(f"peer auth: {H_NONCE} must be 16-64 bytes")
     if len(path) > MAX_PATH:
         raise PeerAuthError("peer auth: path too long")
-    message = _request_message(method, path, body, caller, callee, ts, nonce)
+    return RequestClaim(caller, int(ts_text), nonce, signature)
+
+
+def check_freshness(ts: int, now_ms: int, window_ms: int = DEFAULT_WINDOW_MS) -> None:
+    if abs(now_ms - ts) > window_ms:
+        raise PeerAuthError(
+            f"peer auth: timestamp is {abs(now_ms - ts) // 1000} s off (window "
+            f"{window_ms // 1000} s); check the clocks"
+        )
+
+
+def verify_request(
+    headers: Mapping[str, str],
+    method: str,
+    path: str,
+    body: bytes,
+    callee: str,
+    now_ms: int,
+    window_ms: int = DEFAULT_WINDOW_MS,
+) -> RequestAuth:
+    """Check a request's signature, audience and freshness; the node checks the nonce cache."""
+    claim = read_claim(headers, path, callee)
+    check_freshness(claim.ts, now_ms, window_ms)
+    message = _request_message(
+        method, path, body, claim.caller, callee, claim.ts, claim.nonce
+    )
     try:
-        verify(caller, CONTEXT_PEER_REQUEST, message, signature)
+        verify(claim.caller, CONTEXT_PEER_REQUEST, message, claim.signature)
     except ProtocolError:
         raise PeerAuthError("peer auth: request signature does not verify") from None
-    return RequestAuth(caller, nonce, ts)
+    return RequestAuth(claim.caller, claim.nonce, claim.ts)
 
 
 def _response_message(status: int, body: bytes, responder: str, caller: str, nonce: str) -> bytes:
