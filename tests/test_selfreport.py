@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import sqlite3
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 from cdp import CHROMIUM, Browser
 from netnodes import NodeProc, wait_for
+from PIL import Image
 from testdata import PDQ
 
 from node.config import Home
@@ -310,6 +312,99 @@ def test_operator_report(net: tuple[NodeProc, NodeProc]) -> None:
         ]
         is False
     )
+
+
+def test_degenerate_hashes_are_refused_whatever_the_claimed_quality(
+    net: tuple[NodeProc, NodeProc],
+) -> None:
+    """The black picture's PDQ (all zeros) claimed at quality 100 once went out as csam."""
+    from node.hashing import hash_bytes
+
+    hotline, platform = net
+    black = io.BytesIO()
+    Image.new("RGB", (64, 64), (0, 0, 0)).save(black, "PNG")
+    tiny = io.BytesIO()
+    Image.effect_noise((4, 4), 80).convert("RGB").save(tiny, "PNG")
+    flat = [hash_bytes(data.getvalue()).pdq for data in (black, tiny)]
+    for value in ["0" * 64, "f" * 64, *flat]:
+        signals = [{"type": "pdq", "value": value, "quality": 100}]
+        status, answer = submit(hotline, [{"type": "md5", "value": md5_of(50)}, *signals])
+        assert status == 400 and answer["error"].startswith("signals[1]: value refused"), answer
+    status, answer = submit(hotline, [{"type": "md5", "value": hashlib.md5(b"").hexdigest()}])
+    assert status == 400 and "empty file" in answer["error"]
+    time.sleep(1.5)
+    assert not platform.matches("pdq", "0" * 64)
+
+
+def test_pdqs_per_case_are_capped(net: tuple[NodeProc, NodeProc]) -> None:
+    hotline, _ = net
+    real = [h for h in (PDQ_DATA / "haystack.txt").read_text().split() if h][:11]
+    signals = [{"type": "pdq", "value": h, "quality": 100} for h in real]
+    status, answer = submit(hotline, signals)
+    assert status == 400 and "at most 10" in answer["error"], answer
+    status, case = submit(hotline, signals[:10])
+    assert status == 200 and case["hashes"] == 10, case
+
+
+def test_only_the_utc_day_is_stored(net: tuple[NodeProc, NodeProc]) -> None:
+    """The page promises the day only: the case's batches (signed time, receipt time, feed
+    and log rows) must not tell the second either, for the submission and the withdrawal."""
+    hotline, _ = net
+    status, case = submit(hotline, [{"type": "md5", "value": md5_of(60)}])
+    assert status == 200
+    creds = {"case": case["case"], "secret": case["secret"]}
+    assert call("POST", hotline.url + "/takeitdown/api/withdraw", creds)[1]["revoked"] == 1
+    day = int(time.time()) // 86400 * 86400 * 1000
+    number = case["case"].replace("-", "")
+    db = sqlite3.connect(f"file:{hotline.home / 'hashmesh.db'}?mode=ro", uri=True)
+    try:
+        created, withdrawn = db.execute(
+            "SELECT created_day, withdrawn_day FROM selfreport_cases WHERE case_number = ?",
+            (number,),
+        ).fetchone()
+        assert created == withdrawn == time.strftime("%Y-%m-%d", time.gmtime())
+        (op_id,) = db.execute(
+            "SELECT op_id FROM selfreport_ops WHERE case_number = ?", (number,)
+        ).fetchone()
+        author, collection, seq, _ = op_id.split("/")
+        log_id, updated = db.execute(
+            "SELECT id, updated_at FROM logs WHERE author = ? AND collection = ?",
+            (author, collection),
+        ).fetchone()
+        (revoke_by,) = db.execute(
+            "SELECT revoked_by FROM signals WHERE log_id = ? AND seq = ?", (log_id, int(seq))
+        ).fetchone()
+        for batch_seq in (int(seq), int(revoke_by.split("/")[2])):
+            header, received = db.execute(
+                "SELECT header, received_at FROM batches WHERE log_id = ? AND seq = ?",
+                (log_id, batch_seq),
+            ).fetchone()
+            assert json.loads(header)["ts"] == received == day, (header, received)
+        feed = db.execute(
+            "SELECT at FROM feed WHERE signal_id IN (SELECT id FROM signals WHERE log_id = ?"
+            " AND seq = ?) OR target = ?",
+            (log_id, int(seq), op_id),
+        ).fetchall()
+        assert len(feed) == 2 and {at for (at,) in feed} == {day}
+        assert updated == day
+    finally:
+        db.close()
+
+
+def test_withdrawal_keeps_the_analysts_own_adds(net: tuple[NodeProc, NodeProc]) -> None:
+    hotline, platform = net
+    md5 = md5_of(70)
+    hotline.cli("add", "md5", md5, "-c", COLLECTION, "--classification", "self-reported")
+    status, case = submit(
+        hotline, [{"type": "md5", "value": md5}, {"type": "md5", "value": md5_of(71)}]
+    )
+    assert status == 200
+    creds = {"case": case["case"], "secret": case["secret"]}
+    status, done = call("POST", hotline.url + "/takeitdown/api/withdraw", creds)
+    assert status == 200 and done["revoked"] == 1, done
+    wait_for(lambda: platform.matches("md5", md5))
+    time.sleep(1.5)
+    assert platform.matches("md5", md5)  # the analyst's add stands
 
 
 # -- in the browser -----------------------------------------------------------------------
