@@ -76,6 +76,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return error_response(401, "unknown or revoked token")
     scope = access.required_scope(request.path)
     if not grant.allows(scope):
+        if scope == "admin" and grant.admin_disabled:
+            return error_response(
+                403,
+                "this token is restricted to collections, so its admin scope is ignored"
+                " (revoke it; admin tokens cannot be restricted)",
+            )
         return error_response(403, f"this token lacks the {scope!r} scope needed here")
     request[access.GRANT] = grant
     if scope == "publish":
@@ -281,10 +287,15 @@ async def trust_add(request: web.Request) -> web.Response:
 
 async def backup(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON_KEY]
-    body = _fields(await read_json(request), ("file",), ())
+    body = _fields(await read_json(request), ("file",), ("overwrite",))
     if not isinstance(body["file"], str) or not body["file"].startswith("/"):
         raise NodeError("file: must be an absolute path on the node's machine")
-    return web.json_response(await daemon.call(daemon.service.backup, body["file"]))
+    overwrite = body.get("overwrite", False)
+    if not isinstance(overwrite, bool):
+        raise NodeError("overwrite: must be true or false")
+    return web.json_response(
+        await daemon.call(daemon.service.backup, body["file"], overwrite=overwrite)
+    )
 
 
 def build_app(daemon: Daemon) -> web.Application:

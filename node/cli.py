@@ -472,12 +472,21 @@ def hash_(files: tuple[str, ...], as_json: bool) -> None:
 
 @cli.command()
 @click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @json_option
 @pass_ctx
-def backup(ctx: Context, out: str, as_json: bool) -> None:
-    """Copy the database consistently (online: the node keeps running)."""
+def backup(ctx: Context, out: str, overwrite: bool, as_json: bool) -> None:
+    """Copy the database consistently (online: the node keeps running); the copy is 0600."""
+    from .client import LocalBackend
+
     with ctx.backend() as backend:
-        result = backend.backup(out)
+        if not overwrite:
+            result = backend.backup(out)
+        elif isinstance(backend, LocalBackend):
+            result = backend.service.backup(out, overwrite=True)
+        else:
+            body = {"file": str(Path(out).resolve()), "overwrite": True}
+            result = backend._call("POST", "/v1/admin/backup", body)
     emit(result, as_json, lambda d: f"{d['file']} ({d['bytes']} bytes, integrity ok)")
 
 

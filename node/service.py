@@ -349,20 +349,60 @@ class NodeService:
         for log in logs:
             yield from self.store.batch_frames(log)
 
-    def backup(self, out: str) -> dict[str, Any]:
+    def backup(self, out: str, overwrite: bool = False) -> dict[str, Any]:
         """A consistent copy of the database made with SQLite's online backup API, so a
-        running node keeps serving while it is taken; checked before it is kept."""
+        running node keeps serving while it is taken; checked before it is kept.
+
+        The caller names any path the node's user can write, so the node's own files are
+        refused outright (a backup over node.key or the live WAL destroys the node), an
+        existing file only goes with `overwrite`, and the copy is 0600 from its first byte
+        (mkstemp): it holds every collection, however restricted the caller's peers are."""
+        import tempfile
+
         path = Path(out).resolve()
-        tmp = path.with_name(path.name + ".partial")
-        if path == self.store.path.resolve():
-            raise NodeError("backup: refusing to overwrite the live database")
-        tmp.unlink(missing_ok=True)
+        home = self.home.path.resolve()
+        db = self.store.path.resolve()
+        own = ""
+        if path == home:
+            own = "the node's home folder"
+        elif path.parent == home or path.parent == db.parent:
+            # The node's files and their companions: -wal, -shm, -journal, .tmp, ...
+            kept = [self.home.key_path, self.home.config_path, self.home.admin_token_path,
+                    self.home.lock_path, self.home.runtime_path, self.home.db_path, db]
+            for name in sorted({k.name for k in kept if k.parent.resolve() == path.parent}):
+                if path.name.startswith(name):
+                    own = f"the node's own {name} (or a companion of it)"
+        for tls in (self.config.tls_cert, self.config.tls_key, self.config.tls_ca):
+            if tls and path == Path(tls).resolve():
+                own = f"the node's TLS file {tls}"
+        if own:
+            raise NodeError(f"file: {path} is {own}; write the backup outside the node's files")
+        exists = f'file: {path} already exists; pass "overwrite": true (--overwrite) to replace it'
+        if not overwrite and (path.exists() or path.is_symlink()):
+            raise NodeError(exists)
+        try:
+            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+        except OSError as exc:
+            raise NodeError(f"file: backup to {out}: {exc.strerror}") from None
+        os.close(fd)
+        tmp = Path(name)
         try:
             backup_database(self.store.conn, tmp)
-            os.replace(tmp, path)
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                try:
+                    os.link(tmp, path)  # atomic no-clobber, should the file appear meanwhile
+                except FileExistsError:
+                    raise NodeError(exists) from None
+                except OSError:  # a file system without hard links
+                    if path.exists() or path.is_symlink():
+                        raise NodeError(exists) from None
+                    os.replace(tmp, path)
         except (OSError, sqlite3.Error) as exc:
+            raise NodeError(f"file: backup to {out}: {exc}") from None
+        finally:
             tmp.unlink(missing_ok=True)
-            raise NodeError(f"backup to {out}: {exc}") from None
         return {"file": str(path), "bytes": path.stat().st_size, "integrity": "ok"}
 
     def export(self, collection: str, out: str) -> dict[str, Any]:

@@ -6,10 +6,17 @@ home stays valid as an `admin` token, so nothing changes for an existing node.
 
 The table lives in the node's SQLite file but is owned by this module: the store never
 reads it, and a home created before tokens existed gets the table on first use.
+
+`admin` is never restricted to collections: an admin token can mint tokens, add peers,
+back up the whole database and read status and metrics, so a restriction on it would be
+a promise nothing keeps. Creating one is refused; one stored by an older version loads
+with no admin rights (see `Grant.allows`), so the node still starts and the token is
+refused wherever it reached beyond its collections.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import sqlite3
 from collections.abc import Iterable
@@ -23,7 +30,15 @@ from .errors import Conflict, NodeError, NotFound
 from .keys import hash_token, new_token
 from .store import now_ms
 
+log = logging.getLogger("hashmesh.tokens")
+
 SCOPES = ("read", "match", "publish", "admin")
+RESTRICTED_ADMIN = (
+    "collections: an admin token cannot be restricted to collections (--collection):"
+    " admin can mint tokens, add peers and back up the whole database, so it would reach"
+    " every collection anyway; give read, match or publish scopes with the collections"
+    " instead"
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
@@ -50,7 +65,15 @@ class Grant:
     collections: frozenset[str] | None = None
 
     def allows(self, scope: str) -> bool:
+        if self.restricted:
+            # A restricted grant never carries admin rights, even if a stored row says so.
+            return scope != "admin" and scope in self.scopes
         return "admin" in self.scopes or scope in self.scopes
+
+    @property
+    def admin_disabled(self) -> bool:
+        """True for a restricted token that names `admin` (stored by an older version)."""
+        return self.restricted and "admin" in self.scopes
 
     def can_use(self, collection: str) -> bool:
         return self.collections is None or collection in self.collections
@@ -73,6 +96,11 @@ def _row_info(row: tuple[Any, ...]) -> dict[str, Any]:
         "created_at": row[5],
         "revoked_at": row[6],
         "live": row[6] is None,
+        **(
+            {"warning": "admin ignored: a token restricted to collections has no admin rights"}
+            if collections and "admin" in row[3].split(",")
+            else {}
+        ),
     }
 
 
@@ -105,6 +133,8 @@ class TokenStore:
                     raise NodeError(str(exc)) from None
             if not chosen:
                 chosen = None
+        if chosen is not None and "admin" in wanted:
+            raise NodeError(RESTRICTED_ADMIN)
         token = new_token()
         try:
             cur = self.conn.execute(
@@ -166,9 +196,17 @@ class TokenStore:
         for name, hash_, scopes, collections in self.conn.execute(
             "SELECT name, hash, scopes, collections FROM tokens WHERE revoked_at IS NULL"
         ):
-            out[hash_] = Grant(
+            grant = Grant(
                 name,
                 frozenset(scopes.split(",")),
                 frozenset(collections.split(",")) if collections else None,
             )
+            if grant.admin_disabled:
+                log.warning(
+                    "token %r is restricted to collections yet names the admin scope (made by"
+                    " an older version): it has no admin rights; revoke it and create the"
+                    " token you meant",
+                    name,
+                )
+            out[hash_] = grant
         return out
