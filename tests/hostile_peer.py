@@ -206,3 +206,48 @@ class LiarServer:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def raw_post(host: str, port: int, path: str, headers: dict[str, str], body: bytes, *,
+             length: int | None = None, repeat: int = 1, timeout: float = 5.0
+             ) -> tuple[Reply, bool]:
+    """POST over a raw socket: declare `length` bytes (default the whole body) and send
+    `body` `repeat` times from a thread while the answer is awaited, so an answer that
+    comes before the body is complete can be seen. Returns the reply and whether the whole
+    declared body had been sent when the answer came; socket.timeout if none came."""
+    length = len(body) * repeat if length is None else length
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {length}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    sock = socket.create_connection((host, port), timeout=timeout)
+    sent_all = threading.Event()
+
+    def upload() -> None:
+        try:
+            sock.sendall(head.encode())
+            for _ in range(repeat):
+                sock.sendall(body)
+            if len(body) * repeat >= length:
+                sent_all.set()
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=upload, daemon=True)
+    thread.start()
+    try:
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        complete = sent_all.is_set()
+        data = response.read()
+        return Reply(response.status, data, dict(response.getheaders())), complete
+    finally:
+        sock.close()
+        thread.join(timeout=timeout)
+
+
+def vm_peak_kib(pid: int) -> int:
+    """The process's peak resident memory (VmHWM), in KiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM in /proc/<pid>/status")
