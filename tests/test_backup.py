@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import stat
 from pathlib import Path
 
 from netnodes import NodeProc
@@ -82,3 +84,91 @@ def test_restored_node_recovers_its_later_batches_from_a_peer_before_publishing(
     finally:
         hotline.kill()
         peer.kill()
+
+
+def _backup_http(node: NodeProc, body: dict[str, object]) -> tuple[int, dict[str, object]]:
+    from platform_util import request
+
+    status, data = request(
+        node.url + "/v1/admin/backup", "POST", token=node.admin_token(), body=body
+    )
+    return status, json.loads(data)
+
+
+HOME_FILES = (
+    "node.key", "hashmesh.db", "hashmesh.db-wal", "hashmesh.db-shm", "config.toml",
+    "admin.token", "node.json", "node.lock", "hashmesh.db.before-restore",
+)
+
+
+def test_backup_refuses_the_nodes_own_files_even_with_overwrite(tmp_path: Path) -> None:
+    node = NodeProc(tmp_path, "hotline")
+    node.cli("add", "md5", MD5 % 1, "-c", "csam")
+    key_before = (node.home / "node.key").read_bytes()
+    link = tmp_path / "innocent.db"
+    link.symlink_to(node.home / "node.key")
+    node.start()
+    try:
+        for name in HOME_FILES:
+            target = node.home / name
+            for extra in ((), ("--overwrite",)):
+                result = node.cli("backup", str(target), *extra, check=False)
+                assert result.returncode == 2, (name, result.stdout)
+                assert "file:" in result.stderr and "node's" in result.stderr, result.stderr
+            status, answer = _backup_http(node, {"file": str(target), "overwrite": True})
+            assert status == 400 and str(answer["error"]).startswith("file:"), answer
+        status, answer = _backup_http(node, {"file": str(node.home)})
+        assert status == 400 and str(answer["error"]).startswith("file:"), answer
+        # A symlink out of the home is followed to what it names: still the key.
+        status, answer = _backup_http(node, {"file": str(link), "overwrite": True})
+        assert status == 400 and "node.key" in str(answer["error"]), answer
+        assert (node.home / "node.key").read_bytes() == key_before
+        assert node.matches("md5", MD5 % 1)  # the live database is untouched
+    finally:
+        assert node.stop() == 0
+    assert (node.home / "node.key").read_bytes() == key_before
+    node.cli("add", "md5", MD5 % 2, "-c", "csam")  # the node still has its key and database
+
+
+def test_backup_refuses_an_existing_file_unless_asked_and_is_always_0600(
+    tmp_path: Path,
+) -> None:
+    node = NodeProc(tmp_path, "hotline")
+    node.cli("add", "md5", MD5 % 1, "-c", "csam")
+    precious = tmp_path / "precious.txt"
+    precious.write_text("not a backup")
+    precious.chmod(0o644)
+    offline = node.cli("backup", str(precious), check=False)  # no node running: local backend
+    assert offline.returncode == 2 and "already exists" in offline.stderr
+    assert "--overwrite" in offline.stderr
+    node.start()
+    try:
+        result = node.cli("backup", str(precious), check=False)
+        assert result.returncode == 2 and "file:" in result.stderr
+        assert "already exists" in result.stderr
+        status, answer = _backup_http(node, {"file": str(precious)})
+        assert status == 400 and str(answer["error"]).startswith("file:"), answer
+        assert "already exists" in str(answer["error"])
+        status, answer = _backup_http(node, {"file": str(precious), "overwrite": "yes"})
+        assert status == 400 and str(answer["error"]).startswith("overwrite:"), answer
+        assert precious.read_text() == "not a backup"
+        fresh = tmp_path / "fresh.db"
+        out = node.json("backup", str(fresh))
+        assert out["integrity"] == "ok"
+        assert stat.S_IMODE(fresh.stat().st_mode) == 0o600
+        replaced = node.json("backup", str(precious), "--overwrite")
+        assert replaced["bytes"] == precious.stat().st_size
+        assert stat.S_IMODE(precious.stat().st_mode) == 0o600
+        via_http = tmp_path / "via-http.db"
+        status, answer = _backup_http(node, {"file": str(via_http)})
+        assert status == 200 and stat.S_IMODE(via_http.stat().st_mode) == 0o600
+        status, answer = _backup_http(node, {"file": str(via_http), "overwrite": True})
+        assert status == 200, answer
+        assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+    finally:
+        assert node.stop() == 0
+    with sqlite3.connect(precious) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    local = tmp_path / "local.db"
+    node.cli("backup", str(local))
+    assert stat.S_IMODE(local.stat().st_mode) == 0o600

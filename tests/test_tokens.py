@@ -257,3 +257,80 @@ def test_tokens_offline_are_stored_hashed_and_validated(tmp_path: Path) -> None:
         assert_error(status, data, 401)
     finally:
         assert node.stop() == 0
+
+
+def _store_legacy_restricted_admin(node: NodeProc, name: str) -> str:
+    """What an older version stored for `token create NAME --scope admin --collection csam`."""
+    token = "hm_" + hashlib.sha256(name.encode()).hexdigest()[:43]
+    with sqlite3.connect(node.home / "hashmesh.db") as db:
+        db.execute(
+            "INSERT INTO tokens (name, hash, scopes, collections, created_at)"
+            " VALUES (?, ?, 'admin', 'csam', 0)",
+            (name, hashlib.sha256(token.encode()).hexdigest()),
+        )
+    return token
+
+
+def test_admin_restricted_to_collections_is_refused_at_creation(tmp_path: Path) -> None:
+    node = NodeProc(tmp_path, "hotline")
+    for scopes in (["admin"], ["admin", "read"]):
+        args = ["token", "create", "boss"]
+        for s in scopes:
+            args += ["--scope", s]
+        offline = node.cli(*args, "--collection", "csam", check=False)
+        assert offline.returncode == 2 and "--collection" in offline.stderr, offline.stderr
+        assert offline.stderr.count("\n") == 1 and "admin" in offline.stderr
+    node.start()
+    try:
+        online = node.cli(
+            "token", "create", "boss", "--scope", "admin", "--collection", "csam", check=False
+        )
+        assert online.returncode == 2 and "--collection" in online.stderr, online.stderr
+        status, data = request(
+            node.url + "/v1/admin/tokens",
+            "POST",
+            node.admin_token(),
+            {"name": "boss", "scopes": ["admin"], "collections": ["csam"]},
+        )
+        assert status == 400 and json.loads(data)["error"].startswith("collections:"), data
+        listed = json.loads(node.cli("token", "list", "--json").stdout)
+        assert "boss" not in {t["name"] for t in listed}
+        # Unrestricted admin, and restricted non-admin scopes, are still fine.
+        node.cli("token", "create", "boss", "--scope", "admin")
+        node.cli("token", "create", "reader", "--scope", "read", "--collection", "csam")
+    finally:
+        assert node.stop() == 0
+
+
+def test_stored_restricted_admin_token_has_no_admin_rights(tmp_path: Path) -> None:
+    node = NodeProc(tmp_path, "hotline")
+    node.cli("add", "md5", MD5_SECRET, "-c", "le-only")
+    node.cli("token", "list")  # creates the tokens table, as any older version did
+    token = _store_legacy_restricted_admin(node, "legacy-boss")
+    node.start()
+    try:
+        admin_calls: list[tuple[str, str, Any]] = [
+            ("GET", "/v1/status", None),
+            ("GET", "/metrics", None),
+            ("GET", "/v1/admin/tokens", None),
+            ("POST", "/v1/admin/tokens", {"name": "minted", "scopes": ["admin"]}),
+            ("POST", "/v1/admin/peers", {"name": "p", "url": "http://127.0.0.1:9",
+                                         "node_id": node.node_id, "share": ["le-only"]}),
+            ("POST", "/v1/admin/backup", {"file": str(tmp_path / "stolen.db")}),
+        ]
+        for method, path, body in admin_calls:
+            status, data = request(node.url + path, method, token, body)
+            assert_error(status, data, 403)
+            assert "restricted" in json.loads(data)["error"], data
+        for path in ("/v1/feed", "/v1/snapshot"):
+            status, data = request(node.url + path, token=token)
+            assert_error(status, data, 403)
+            assert MD5_SECRET.encode() not in data
+        assert not (tmp_path / "stolen.db").exists()
+        listed = json.loads(node.cli("token", "list", "--json").stdout)
+        assert "minted" not in {t["name"] for t in listed}
+        legacy = next(t for t in listed if t["name"] == "legacy-boss")
+        assert "no admin rights" in legacy["warning"]
+        assert "no admin rights" in (node.home / "run.log").read_text()
+    finally:
+        assert node.stop() == 0
