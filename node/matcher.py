@@ -7,17 +7,127 @@ new add is matchable as soon as its batch commits and a revoked one never matche
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from protocol.errors import ProtocolError
 from protocol.signals import Signal, get_type
+from protocol.state import OpinionCounts
 
 from .errors import NodeError
 from .pdq_index import DEFAULT_THRESHOLD, PDQIndex
-from .store import Store, signal_dict
+from .store import Store, opinion_counts_many, signal_dict
 
 MAX_QUERIES = 1000
-MAX_THRESHOLD = 64
+# The default (Meta's and HMA's recommended distance) is also the ceiling: at 31 the PDQ
+# index probes 272 buckets a query; past it the probe set grows ~8x a step and a wide
+# threshold degrades to a scan of every row (docs/platforms.md, "Match bounds").
+MAX_THRESHOLD = DEFAULT_THRESHOLD
+MAX_MATCHES_PER_QUERY = 100
+MAX_MATCHES_PER_REQUEST = 10_000
+
+
+def check_threshold(threshold: object) -> int:
+    if type(threshold) is not int:
+        raise NodeError("threshold: must be an integer")
+    if not 0 <= threshold <= MAX_THRESHOLD:
+        raise NodeError(
+            f"threshold: must be 0-{MAX_THRESHOLD} (wider PDQ distances match unrelated"
+            f" pictures and scan the whole index), got {threshold}"
+        )
+    return threshold
+
+
+def parse_queries(queries: object) -> list[Signal]:
+    if not isinstance(queries, list) or not queries:
+        raise NodeError("queries: expected a non-empty list of {type, value}")
+    if len(queries) > MAX_QUERIES:
+        raise NodeError(f"queries: at most {MAX_QUERIES} per request, got {len(queries)}")
+    signals: list[Signal] = []
+    for n, q in enumerate(queries):
+        if (
+            not isinstance(q, dict)
+            or not isinstance(q.get("type"), str)
+            or not isinstance(q.get("value"), str)
+        ):
+            raise NodeError(f"queries[{n}]: expected an object with string type and value")
+        try:
+            signals.append(Signal.parse(q["type"], q["value"]))
+        except ProtocolError as exc:
+            raise NodeError(f"queries[{n}]: {exc}") from None
+    return signals
+
+
+def distinct(signals: list[Signal]) -> tuple[list[Signal], list[int]]:
+    """Each distinct signal once, and for every query the position of its signal: a request
+    repeating one hash a thousand times costs one lookup."""
+    seen: dict[tuple[str, str], int] = {}
+    unique: list[Signal] = []
+    slots: list[int] = []
+    for signal in signals:
+        key = (signal.type, signal.value)
+        if key not in seen:
+            seen[key] = len(unique)
+            unique.append(signal)
+        slots.append(seen[key])
+    return unique, slots
+
+
+def assemble(
+    queries: list[dict[str, Any]],
+    slots: list[int],
+    hits: list[list[tuple[int, int]]],
+    rows: dict[int, dict[str, Any]],
+    opinions: dict[str, OpinionCounts],
+    collections: frozenset[str] | None,
+    author_name: Callable[[str], Any],
+    threshold: int,
+) -> dict[str, Any]:
+    """The match answer, bounded: each query's nearest `MAX_MATCHES_PER_QUERY` (`hits` holds
+    one more, to tell that there were more) and `MAX_MATCHES_PER_REQUEST` in all, so one
+    request can neither run the node out of memory nor answer with tens of megabytes."""
+    budget = MAX_MATCHES_PER_REQUEST
+    results = []
+    cut = False
+    for q, slot in zip(queries, slots, strict=True):
+        window = hits[slot]
+        matches = []
+        for key, distance in window:
+            row = rows.get(key)
+            if row is None or not row["live"]:
+                continue
+            if collections is not None and row["collection"] not in collections:
+                continue
+            info = dict(row)
+            info.pop("id", None)
+            info["distance"] = distance
+            info["author_name"] = author_name(row["author"])
+            counts = opinions.get(row["op_id"], OpinionCounts(0, 0, 0))
+            info["opinions"] = {
+                "confirm": counts.confirm,
+                "dispute": counts.dispute,
+                "seen": counts.seen,
+            }
+            matches.append(info)
+        matches.sort(key=lambda m: (m["distance"], m["op_id"]))
+        cap = min(MAX_MATCHES_PER_QUERY, budget)
+        truncated = len(window) > MAX_MATCHES_PER_QUERY or len(matches) > cap
+        matches = matches[:cap]
+        budget -= len(matches)
+        entry: dict[str, Any] = {
+            "query": {"type": q["type"], "value": q["value"]},
+            "matches": matches,
+        }
+        if truncated:
+            entry["truncated"] = True
+            cut = True
+        results.append(entry)
+    return {
+        "threshold": threshold,
+        "matched": any(r["matches"] for r in results),
+        "truncated": cut,
+        "results": results,
+    }
 
 
 class Matcher:
@@ -54,8 +164,7 @@ class Matcher:
         """For each (type, value) query, the live signal ids that match and their distances."""
         if len(queries) > MAX_QUERIES:
             raise NodeError(f"queries: at most {MAX_QUERIES} per request, got {len(queries)}")
-        if not 0 <= threshold <= MAX_THRESHOLD:
-            raise NodeError(f"threshold: must be 0-{MAX_THRESHOLD}, got {threshold}")
+        check_threshold(threshold)
         signals: list[Signal] = []
         for n, (kind, value) in enumerate(queries):
             try:
@@ -72,6 +181,32 @@ class Matcher:
             if get_type(signal.type).exact:
                 hits[i] = [(k, 0) for k in self.store.find_exact(signal.type, signal.value)]
         return hits
+
+    def answer(
+        self,
+        queries: Any,
+        threshold: int,
+        collections: frozenset[str] | None,
+        author_name: Callable[[str], Any],
+    ) -> dict[str, Any]:
+        """The API's match answer (see `assemble`), drawn only from `collections`."""
+        check_threshold(threshold)
+        unique, slots = distinct(parse_queries(queries))
+        limit = MAX_MATCHES_PER_QUERY + 1
+        hits: list[list[tuple[int, int]]] = [[] for _ in unique]
+        pdq_positions = [i for i, s in enumerate(unique) if not get_type(s.type).exact]
+        if pdq_positions:
+            found = self.pdq.query_many(
+                [unique[i].value for i in pdq_positions], threshold, limit=limit
+            )
+            for i, result in zip(pdq_positions, found, strict=True):
+                hits[i] = [(int(k), int(d)) for k, d in result]
+        for i, signal in enumerate(unique):
+            if get_type(signal.type).exact:
+                hits[i] = [(k, 0) for k in self.store.find_exact(signal.type, signal.value)][:limit]
+        rows = self.store.signals_by_id(sorted({k for h in hits for k, _ in h}))
+        opinions = self.store.opinion_counts_many([r["op_id"] for r in rows.values()], collections)
+        return assemble(queries, slots, hits, rows, opinions, collections, author_name, threshold)
 
     def explain(self, hits: list[tuple[int, int]]) -> list[dict[str, Any]]:
         rows = self.store.signals_by_id([k for k, _ in hits])
@@ -129,8 +264,7 @@ class ExactReader:
     def match(self, queries: list[dict[str, Any]], threshold: int = DEFAULT_THRESHOLD) -> Any:
         from protocol.state import Stance, count_opinions
 
-        if not 0 <= threshold <= MAX_THRESHOLD:
-            raise NodeError(f"threshold: must be 0-{MAX_THRESHOLD}, got {threshold}")
+        check_threshold(threshold)
         signals: list[Signal] = []
         for n, q in enumerate(queries):
             if not isinstance(q.get("value"), str):
@@ -172,6 +306,33 @@ class ExactReader:
             "matched": any(r["matches"] for r in results),
             "results": results,
         }
+
+    def answer(
+        self, queries: list[dict[str, Any]], threshold: int, collections: frozenset[str] | None
+    ) -> dict[str, Any]:
+        """`Matcher.answer` for exact types, on this thread's own connection."""
+        check_threshold(threshold)
+        unique, slots = distinct(parse_queries(queries))
+        conn = self._conn()
+        hits: list[list[tuple[int, int]]] = []
+        rows: dict[int, dict[str, Any]] = {}
+        for signal in unique:
+            found = []
+            for row in conn.execute(
+                "SELECT id, log_id, seq, idx, type, value, quality, category, classification,"
+                " ref, revoked_by, revoked_reason FROM signals"
+                " WHERE value = ? AND type = ? AND revoked_by IS NULL ORDER BY id LIMIT ?",
+                (signal.value, signal.type, MAX_MATCHES_PER_QUERY + 1),
+            ):
+                info = self._signal(conn, row)
+                if info is not None:
+                    rows[row[0]] = info
+                    found.append((int(row[0]), 0))
+            hits.append(found)
+        opinions = opinion_counts_many(conn, [r["op_id"] for r in rows.values()], collections)
+        return assemble(
+            queries, slots, hits, rows, opinions, collections, self.author_name, threshold
+        )
 
     def _signal(self, conn: Any, row: tuple[Any, ...]) -> dict[str, Any] | None:
         from protocol.batches import LogKey

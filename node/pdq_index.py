@@ -621,9 +621,17 @@ class PDQIndex:
         return self.query_many([pdq_hex], threshold)[0]
 
     def query_many(
-        self, pdq_hexes: Sequence[str] | U64Array, threshold: int | None = None
+        self,
+        pdq_hexes: Sequence[str] | U64Array,
+        threshold: int | None = None,
+        limit: int | None = None,
     ) -> list[list[tuple[int, int]]]:
-        """One result list per query, each as `query` returns it; vectorised across queries."""
+        """One result list per query, each as `query` returns it; vectorised across queries.
+
+        `limit` keeps only each query's nearest that many: a clustered collection can put
+        thousands of rows within reach of one hash, and turning them all into Python
+        tuples costs more than finding them.
+        """
         t = self.threshold if threshold is None else int(threshold)
         if not 0 <= t <= 255:
             raise ValueError(f"threshold must be within 0..255, got {t}")
@@ -637,6 +645,8 @@ class PDQIndex:
         kl, dl = ka.tolist(), da.tolist()
         for i in range(len(queries)):
             lo, hi = int(bounds[i]), int(bounds[i + 1])
+            if limit is not None:
+                hi = min(hi, lo + limit)
             if hi > lo:
                 out[i] = list(zip(kl[lo:hi], dl[lo:hi], strict=True))
         return out

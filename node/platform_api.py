@@ -1,6 +1,6 @@
-"""Operator API routes for platforms: the change feed, its live stream, snapshots, token
-administration and list imports. Registered by `api.build_app`; scopes are enforced by
-the auth middleware (see access.py), collection filters here.
+"""Operator API routes for platforms: matching, the change feed, its live stream,
+snapshots, token administration and list imports. Registered by `api.build_app`; scopes
+are enforced by the auth middleware (see access.py), collection filters here.
 """
 
 from __future__ import annotations
@@ -11,14 +11,17 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from . import access
-from .api import DAEMON_KEY, read_json
-from .bodies import parse_json_object, request_body
-from .errors import NodeError
+from .api import DAEMON_KEY, EXACT_READER_KEY, INLINE_QUERIES, MAX_UPLOAD, Handler, read_json
+from .bodies import BodyPace, parse_json_object, request_body
+from .errors import NodeError, PayloadTooLarge
 from .feed import DEFAULT_PAGE, MAX_PAGE, FeedHub, FeedReader
+from .hashing import ImageError, hash_bytes
 from .lists import apply_import
+from .matcher import check_threshold
+from .pdq_index import DEFAULT_THRESHOLD
 from .tokens import TokenStore
 
 HEARTBEAT_S = 15.0
@@ -133,6 +136,104 @@ async def snapshot(request: web.Request) -> web.StreamResponse:
         await reader.run(snap.close)
 
 
+# -- matching -------------------------------------------------------------------------------
+
+
+async def _answer(request: web.Request, queries: Any, threshold: int) -> dict[str, Any]:
+    """Bounded, de-duplicated, and drawn only from the collections the token may read:
+    matches and the opinions counted on them alike."""
+    daemon = request.app[DAEMON_KEY]
+    collections = access.readable(access.grant_of(request), None)
+    reader = request.app[EXACT_READER_KEY]
+    if reader is not None and reader.handles(queries):
+        # Exact types read SQLite directly (WAL), never queued behind ingest on the store
+        # thread; a small request is answered inline (a few indexed lookups).
+        if len(queries) <= INLINE_QUERIES:
+            return reader.answer(queries, threshold, collections)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, reader.answer, queries, threshold, collections)
+    service = daemon.service
+    return await daemon.call(
+        lambda: service.matcher.answer(queries, threshold, collections, service.config.author_name)
+    )
+
+
+async def match(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    if "queries" not in body:
+        raise NodeError("queries: required")
+    unknown = set(body) - {"queries", "threshold"}
+    if unknown:
+        raise NodeError(f"{sorted(unknown)[0]}: unknown field")
+    threshold = check_threshold(body.get("threshold", DEFAULT_THRESHOLD))
+    return web.json_response(await _answer(request, body["queries"], threshold))
+
+
+async def match_file(request: web.Request) -> web.Response:
+    """Hash an uploaded image in memory and match its hashes; the image is never stored."""
+    if not request.content_type.startswith("multipart/"):
+        raise NodeError("upload: expected multipart/form-data with a 'file' part")
+    reader = await request.multipart()
+    data = b""
+    threshold = DEFAULT_THRESHOLD
+    pace = BodyPace("upload")
+    try:
+        while (part := await pace.next(reader.next())) is not None:
+            if not isinstance(part, BodyPartReader):
+                continue
+            if part.name == "threshold":
+                text = (await pace.next(part.read(decode=True))).decode("ascii", "replace")
+                if not text.isdigit() or len(text) > 6:
+                    raise NodeError("threshold: must be an integer")
+                threshold = check_threshold(int(text))
+            elif part.name == "file":
+                chunks = []
+                size = 0
+                while chunk := await pace.next(part.read_chunk(1 << 16)):
+                    size += len(chunk)
+                    if size > MAX_UPLOAD:
+                        raise PayloadTooLarge(f"upload: larger than {MAX_UPLOAD // (1 << 20)} MiB")
+                    chunks.append(chunk)
+                data = b"".join(chunks)
+    except ValueError as exc:  # aiohttp: not the multipart body it claims to be
+        raise NodeError(f"upload: malformed multipart body ({exc})") from None
+    if not data:
+        raise NodeError("upload: no 'file' part, or it is empty")
+    loop = asyncio.get_running_loop()
+    try:
+        hashes = await loop.run_in_executor(None, hash_bytes, data)
+    except ImageError as exc:
+        raise NodeError(f"upload: {exc}") from None
+    del data
+    queries = [
+        {"type": "md5", "value": hashes.md5},
+        {"type": "sha256", "value": hashes.sha256},
+        {"type": "pdq", "value": hashes.pdq or ""},
+    ]
+    result = await _answer(request, queries, threshold)
+    result["hashes"] = {
+        "md5": hashes.md5,
+        "sha256": hashes.sha256,
+        "pdq": hashes.pdq,
+        "quality": hashes.quality,
+    }
+    return web.json_response(result)
+
+
+_MATCH_ROUTES: dict[str, Handler] = {"/v1/match": match, "/v1/match/file": match_file}
+
+
+@web.middleware
+async def _match_routes(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Serve the match routes here. api.py registers its own handlers for them first (they
+    count opinions from every collection and bound nothing); this middleware, innermost,
+    after auth, answers in their place until those registrations are removed."""
+    own = _MATCH_ROUTES.get(request.path) if request.method == "POST" else None
+    if own is not None:
+        return await own(request)
+    return await handler(request)
+
+
 # -- tokens ---------------------------------------------------------------------------------
 
 
@@ -240,6 +341,7 @@ def register(app: web.Application) -> None:
     daemon = app[DAEMON_KEY]
     app[access.TOKENS_KEY] = access.TokenCache(daemon.admin_token_hash)
     app[FEED_KEY] = FeedState()
+    app.middlewares.append(_match_routes)
     app.router.add_get("/v1/feed", feed)
     app.router.add_get("/v1/feed/stream", feed_stream)
     app.router.add_get("/v1/snapshot", snapshot)

@@ -11,6 +11,7 @@ the convenience queries; the ingest hot path uses plain `executemany` in one tra
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -643,6 +644,11 @@ class Store:
         ).fetchall()
         return count_opinions((a, Stance(v, bool(s))) for a, v, s in rows)
 
+    def opinion_counts_many(
+        self, targets: list[str], collections: frozenset[str] | None = None
+    ) -> dict[str, OpinionCounts]:
+        return opinion_counts_many(self.conn, targets, collections)
+
     def opinions_on(self, target: str) -> list[dict[str, Any]]:
         return [
             {"author": a, "collection": c, "verdict": v, "seen": bool(s), "op_id": o}
@@ -802,3 +808,25 @@ def signal_dict(row: tuple[Any, ...], log: LogKey) -> dict[str, Any]:
         out["revoked_by"] = row[10]
         out["revoked_reason"] = row[11]
     return out
+
+
+def opinion_counts_many(
+    conn: sqlite3.Connection, targets: list[str], collections: frozenset[str] | None = None
+) -> dict[str, OpinionCounts]:
+    """Opinions on many signals in one statement, counting only those held in `collections`
+    (None: all): a caller restricted to some collections must not learn what was said in
+    the others. Takes a connection so the off-thread exact reader can use its own."""
+    if not targets:
+        return {}
+    sql = (
+        "SELECT target, author, verdict, seen FROM opinions"
+        " WHERE target IN (SELECT value FROM json_each(?))"
+    )
+    args: list[str] = [json.dumps(sorted(set(targets)))]
+    if collections is not None:
+        sql += " AND collection IN (SELECT value FROM json_each(?))"
+        args.append(json.dumps(sorted(collections)))
+    stances: dict[str, list[tuple[str, Stance]]] = {t: [] for t in targets}
+    for target, author, verdict, seen in conn.execute(sql, args):
+        stances[target].append((author, Stance(verdict, bool(seen))))
+    return {t: count_opinions(s) for t, s in stances.items()}
