@@ -9,9 +9,11 @@ columns show a token whose scope fits but whose collections do not.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -39,7 +41,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "api.md"
 CREDENTIALS = (
     "none", "wrong", "revoked", "peer-key",
     "read", "match", "publish", "admin",
-    "read@csam", "match@csam", "publish@csam",
+    "read@csam", "match@csam", "publish@csam", "admin@csam",
 )
 #: Credentials that may read `le-only`; every other one must never see its hashes.
 MAY_READ_SECRET = {"read", "match", "admin"}
@@ -49,67 +51,69 @@ OPEN = "open"  # no token needed, by design: the same answer for every credentia
 # fmt: off
 MATRIX: list[tuple[str, tuple[int | str, ...]]] = [
     # (endpoint, (none, wrong, revoked, peer-key, read, match, publish, admin,
-    #             read@csam, match@csam, publish@csam))
-    ("GET /v1/healthz",                        (OPEN,)*11),
-    ("GET /healthz",                           (OPEN,)*11),
-    ("GET /status",                            (OPEN,)*11),
-    ("GET /takeitdown/api/info",               (OPEN,)*11),
+    #             read@csam, match@csam, publish@csam, admin@csam))
+    ("GET /v1/healthz",                        (OPEN,)*12),
+    ("GET /healthz",                           (OPEN,)*12),
+    ("GET /status",                            (OPEN,)*12),
+    ("GET /takeitdown/api/info",               (OPEN,)*12),
     ("GET /v1/status",
-     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403)),
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403)),
     ("GET /v1/status/history",
-     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403)),
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403)),
     ("GET /v1/status/recent?limit=500",
-     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403)),
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403)),
     ("GET /metrics",
-     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403)),
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403)),
     ("POST /v1/signals",
-     (401, 401, 401, 401, 403, 403, 200, 200, 403, 403, 403)),
+     (401, 401, 401, 401, 403, 403, 200, 200, 403, 403, 403, 403)),
     ("POST /v1/signals/batch",
-     (401, 401, 401, 401, 403, 403, 200, 200, 403, 403, 403)),
+     (401, 401, 401, 401, 403, 403, 200, 200, 403, 403, 403, 403)),
     ("POST /v1/revoke",
-     (401, 401, 401, 401, 403, 403, 200, 200, 403, 403, 403)),
+     (401, 401, 401, 401, 403, 403, 200, 200, 403, 403, 403, 403)),
     ("POST /v1/opinions",
-     (401, 401, 401, 401, 403, 403, 200, 200, 403, 403, 403)),
+     (401, 401, 401, 401, 403, 403, 200, 200, 403, 403, 403, 403)),
     ("POST /v1/lists/import",
-     (401, 401, 401, 401, 403, 403, 200, 200, 403, 403, 403)),
+     (401, 401, 401, 401, 403, 403, 200, 200, 403, 403, 403, 403)),
     ("POST /v1/match",
-     (401, 401, 401, 401, 403, 200, 403, 200, 403, 200, 403)),
+     (401, 401, 401, 401, 403, 200, 403, 200, 403, 200, 403, 403)),
     ("POST /v1/match/file",
-     (401, 401, 401, 401, 403, 200, 403, 200, 403, 200, 403)),
+     (401, 401, 401, 401, 403, 200, 403, 200, 403, 200, 403, 403)),
     ("GET /v1/feed",
-     (401, 401, 401, 401, 200, 403, 403, 200, 200, 403, 403)),
+     (401, 401, 401, 401, 200, 403, 403, 200, 200, 403, 403, 403)),
     ("GET /v1/feed?collection=le-only",
-     (401, 401, 401, 401, 200, 403, 403, 200, 403, 403, 403)),
+     (401, 401, 401, 401, 200, 403, 403, 200, 403, 403, 403, 403)),
     ("GET /v1/feed/stream",
-     (401, 401, 401, 401, 200, 403, 403, 200, 200, 403, 403)),
+     (401, 401, 401, 401, 200, 403, 403, 200, 200, 403, 403, 403)),
     ("GET /v1/feed/stream?collection=le-only",
-     (401, 401, 401, 401, 200, 403, 403, 200, 403, 403, 403)),
+     (401, 401, 401, 401, 200, 403, 403, 200, 403, 403, 403, 403)),
     ("GET /v1/snapshot",
-     (401, 401, 401, 401, 200, 403, 403, 200, 200, 403, 403)),
+     (401, 401, 401, 401, 200, 403, 403, 200, 200, 403, 403, 403)),
     ("GET /v1/snapshot?collection=le-only",
-     (401, 401, 401, 401, 200, 403, 403, 200, 403, 403, 403)),
+     (401, 401, 401, 401, 200, 403, 403, 200, 403, 403, 403, 403)),
     ("GET /v1/export?collection=csam",
-     (401, 401, 401, 401, 200, 403, 403, 200, 200, 403, 403)),
+     (401, 401, 401, 401, 200, 403, 403, 200, 200, 403, 403, 403)),
     ("GET /v1/export?collection=le-only",
-     (401, 401, 401, 401, 200, 403, 403, 200, 403, 403, 403)),
+     (401, 401, 401, 401, 200, 403, 403, 200, 403, 403, 403, 403)),
     ("POST /v1/import",
-     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403)),
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403)),
     ("GET /v1/admin/tokens",
-     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403)),
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403)),
     ("POST /v1/admin/tokens",
-     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403)),
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403)),
+    ("POST /v1/admin/tokens admin@csam",
+     (401, 401, 401, 401, 403, 403, 403, 400, 403, 403, 403, 403)),
     ("DELETE /v1/admin/tokens/{name}",
-     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403)),
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403)),
     ("POST /v1/admin/peers",
-     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403)),
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403)),
     ("POST /v1/admin/trust",
-     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403)),
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403)),
     ("POST /v1/admin/backup",
-     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403)),
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403)),
     ("GET /v1/admin/selfreport",
-     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403)),
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403)),
     ("GET /v1/no-such-route",
-     (401, 401, 401, 401, 403, 403, 403, 404, 403, 403, 403)),
+     (401, 401, 401, 401, 403, 403, 403, 404, 403, 403, 403, 403)),
 ]
 
 PEER_CREDENTIALS = (
@@ -165,6 +169,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             args += ["--collection", collection]
         tokens[name] = node.cli(*args).stdout.strip()
     node.cli("token", "revoke", "revoked")
+    refused = node.cli("token", "create", "admin-at-csam", "--scope", "admin",
+                       "--collection", "csam", check=False)
+    assert refused.returncode == 2 and "--collection" in refused.stderr, refused.stderr
+    tokens["admin@csam"] = _store_legacy_restricted_admin(node, "admin-at-csam")
     keys = {name: SigningKey(os.urandom(32)) for name in ("peer-csam", "peer-le", "unknown")}
     node.cli("peer", "add", "peer-csam", "http://127.0.0.1:9", keys["peer-csam"].node_id,
              "--share", "csam")
@@ -178,6 +186,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     world["bundle"] = bundle
     yield world
     assert node.stop() == 0
+
+
+def _store_legacy_restricted_admin(node: NodeProc, name: str) -> str:
+    """The row an older version stored for `--scope admin --collection csam`, which is now
+    refused at creation: such a token must load with no admin rights."""
+    token = "hm_" + uuid.uuid4().hex + uuid.uuid4().hex[:11]
+    with sqlite3.connect(node.home / "hashmesh.db") as db:
+        db.execute(
+            "INSERT INTO tokens (name, hash, scopes, collections, created_at)"
+            " VALUES (?, ?, 'admin', 'csam', 0)",
+            (name, hashlib.sha256(token.encode()).hexdigest()),
+        )
+    return token
 
 
 def call(
@@ -251,8 +272,12 @@ def _multipart() -> tuple[bytes, str]:
 def request_for(world: dict[str, Any], endpoint: str) -> tuple[str, str, bytes | None, str]:
     """(method, path, body, content type) of a valid request for one matrix row."""
     method, path = endpoint.split(" ", 1)
+    path, _, variant = path.partition(" ")
     ctype = "application/json"
     fresh = uuid.uuid4().hex
+    if variant == "admin@csam":  # an admin token restricted to csam: refused at creation
+        body = {"name": "t" + fresh[:12], "scopes": ["admin"], "collections": ["csam"]}
+        return method, path, json.dumps(body).encode(), ctype
     bodies: dict[str, Callable[[], Any]] = {
         "/v1/signals": lambda: {"type": "md5", "value": fresh, "collection": "le-only"},
         "/v1/signals/batch": lambda: {"collection": "le-only",
@@ -437,3 +462,13 @@ def test_sync_page_for_a_peer_without_le_only_holds_none_of_it(world: dict[str, 
     with_le = decode_page(pages["peer with le-only"])
     assert "le-only" in {json.loads(h)["collection"] for h, _, _ in with_le.frames}
     assert all(s.encode() in pages["peer with le-only"] for s in SECRETS)
+
+
+def test_restricted_admin_is_refused_at_creation_naming_the_field(world: dict[str, Any]) -> None:
+    method, path, body, ctype = request_for(world, "POST /v1/admin/tokens admin@csam")
+    status, data = call(world, method, path, body, world["admin_file"], {}, ctype)
+    assert status == 400 and json.loads(data)["error"].startswith("collections:"), data
+    status, data = call(world, "GET", "/v1/admin/tokens", token=world["admin_file"])
+    assert status == 200
+    names = {t["name"] for t in json.loads(data)["tokens"]}
+    assert json.loads(body or b"{}")["name"] not in names
