@@ -251,3 +251,41 @@ def vm_peak_kib(pid: int) -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1])
     raise AssertionError("no VmHWM in /proc/<pid>/status")
+
+
+class ScriptedServer:
+    """The hostile peer as a server whose answers a test scripts: `answer(path)` gives the
+    status and body, every answer is signed as the peer (so a 200 passes the victim's
+    response check), and the requests it saw are kept by path."""
+
+    def __init__(self, peer: HostilePeer, answer: Any) -> None:
+        self.peer, self.answer = peer, answer
+        self.seen: dict[str, int] = {}
+        scripted = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                scripted.seen[self.path] = scripted.seen.get(self.path, 0) + 1
+                status, body = scripted.answer(self.path)
+                headers = sign_response(
+                    scripted.peer.key, self.headers[H_FROM], self.headers[H_NONCE], status, body
+                )
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -14,15 +14,18 @@ import json
 import os
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from hostile_peer import HostilePeer, Reply, raw_post, vm_peak_kib
-from netnodes import NodeProc
+from hostile_peer import HostilePeer, Reply, ScriptedServer, raw_post, vm_peak_kib
+from netnodes import NodeProc, wait_for
 
 from node.config import Home, Peer
 from protocol.signing import SigningKey
+from protocol.sync import encode_page
 
 PATH = "/v1/peer/batches"
 DECLARED = 30 * 1024 * 1024
@@ -141,3 +144,73 @@ def test_many_large_unverifiable_bodies_keep_memory_bounded(
     assert all("does not verify" in r.error for r in replies if r.status == 401)
     # And the node still serves its peer.
     assert peer.send(PATH, b"").status == 200
+
+
+def _victim_with(tmp_path: Path, answer: Any) -> tuple[NodeProc, ScriptedServer]:
+    node = NodeProc(tmp_path, "pusher")
+    liar = HostilePeer("liar", node.url, node.node_id)
+    server = ScriptedServer(liar, answer)
+    home = Home(node.home)
+    config = home.load_config()
+    config.add_peer(Peer(name="liar", url=server.url, node_id=liar.node_id, share=["csam"]))
+    home.save_config(config)
+    node.start()
+    return node, server
+
+
+def _publish(node: NodeProc, n: int) -> None:
+    request = urllib.request.Request(
+        node.url + "/v1/signals", method="POST",
+        data=json.dumps({"type": "md5", "value": "%032x" % (0xE0 << 64 | n),
+                         "collection": "csam"}).encode(),
+        headers={"Authorization": f"Bearer {node.admin_token()}",
+                 "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+
+
+def _liar_state(node: NodeProc) -> dict[str, Any]:
+    request = urllib.request.Request(
+        node.url + "/v1/status", headers={"Authorization": f"Bearer {node.admin_token()}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        peers = json.loads(response.read())["peers"]
+    return next(p for p in peers if p["name"] == "liar")
+
+
+def test_a_peers_huge_error_text_is_clipped(tmp_path: Path) -> None:
+    huge = json.dumps({"error": "x" * (5 * 1024 * 1024)}).encode()
+    node, server = _victim_with(tmp_path, lambda path: (500, huge))
+    try:
+        _publish(node, 1)
+        wait_for(lambda: server.seen.get("/v1/peer/sync", 0) >= 2
+                 and server.seen.get("/v1/peer/batches", 0) >= 1)
+        time.sleep(0.5)
+        error = _liar_state(node)["last_error"]
+        assert "answered 500" in error and len(error) <= 600, len(error)
+        assert (node.home / "run.log").stat().st_size < 1024 * 1024
+    finally:
+        node.kill()
+        server.close()
+
+
+def test_a_malformed_push_reply_fails_the_push_not_the_sender(tmp_path: Path) -> None:
+    """A 200 whose body is not the JSON object a push answer is: before, the sender task
+    died on it and eager push to that peer stopped for good."""
+    empty_page = encode_page({}, [], more=False)
+
+    def answer(path: str) -> tuple[int, bytes]:
+        return (200, empty_page) if path == "/v1/peer/sync" else (200, b"[not json")
+
+    node, server = _victim_with(tmp_path, answer)
+    try:
+        _publish(node, 1)
+        wait_for(lambda: server.seen.get("/v1/peer/batches", 0) >= 1)
+        _publish(node, 2)  # the sender is still there: it pushes this one too
+        wait_for(lambda: server.seen.get("/v1/peer/batches", 0) >= 2, timeout=10)
+        text = (node.home / "run.log").read_text(errors="replace")
+        assert "Task exception was never retrieved" not in text
+    finally:
+        node.kill()
+        server.close()
