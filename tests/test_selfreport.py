@@ -407,6 +407,27 @@ def test_withdrawal_keeps_the_analysts_own_adds(net: tuple[NodeProc, NodeProc]) 
     assert platform.matches("md5", md5)  # the analyst's add stands
 
 
+def test_a_failed_case_record_publishes_nothing(tmp_path: Path) -> None:
+    """The hashes and the case commit together: a case that cannot be recorded must not
+    leave published hashes behind that nobody can withdraw."""
+    from node.selfreport import CaseStore, Submission
+    from node.service import NodeService, init_home
+
+    init_home(tmp_path / "h", "h", "127.0.0.1:1", None)
+    service = NodeService(Home(tmp_path / "h"))
+    try:
+        cases = CaseStore(service)
+        submission = Submission("ncii", [{"type": "md5", "value": md5_of(80)}])
+        with pytest.raises(sqlite3.IntegrityError):
+            cases.create(COLLECTION, submission, None, b"x")  # type: ignore[arg-type]
+        assert service.status()["live_signals"] == 0
+        assert sum(service.store.vector({COLLECTION}).values()) == 0  # no batch either
+        done = cases.create(COLLECTION, submission, b"salt", b"x")
+        assert done["hashes"] == 1 and service.status()["live_signals"] == 1
+    finally:
+        service.close()
+
+
 # -- in the browser -----------------------------------------------------------------------
 
 ITEMS_JS = "JSON.stringify([...document.querySelectorAll('#items li')].map(l => ({...l.dataset})))"
@@ -510,6 +531,22 @@ async def test_page_reports_checks_and_withdraws(
         bodies = [r.get("postData", "") for r in browser.requests]
         assert not any("ftypmp42" in b or "JFIF" in b for b in bodies)  # hashes, not files
         assert browser.console == [], browser.console
+
+
+@needs_browser
+async def test_page_refuses_pdq_for_pictures_under_5_px(
+    net: tuple[NodeProc, NodeProc], tmp_path: Path
+) -> None:
+    hotline, _ = net
+    tiny = tmp_path / "tiny.png"
+    Image.effect_noise((4, 40), 80).convert("RGB").save(tiny)
+    async with Browser(tmp_path / "profile") as browser:
+        await open_page(browser, hotline)
+        (item,) = await choose(browser, [tiny])
+        assert item["state"] == "tooSmall" and "pdq" not in item, item
+        assert item["md5"] == hashlib.md5(tiny.read_bytes()).hexdigest()
+        text = await browser.evaluate("document.querySelector('#items li .state').textContent")
+        assert "smaller than 5 pixels" in text
 
 
 @needs_browser
