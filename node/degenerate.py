@@ -61,8 +61,8 @@ def degenerate_reason(kind: str, value: str) -> str | None:
     value = value.lower()
     if EMPTY_FILE.get(kind) == value:
         return f"this is the {kind} of the empty file: it would match every empty file"
-    if kind != "pdq" or len(value) != 64:
-        return None
+    if kind != "pdq" or len(value) != 64 or value.strip("0123456789abcdef"):
+        return None  # not a pdq: the protocol's own validation refuses malformed values
     bits = int(value, 16)
     words = [value[i : i + 4] for i in range(0, 64, 4)]
     popcount = bits.bit_count()

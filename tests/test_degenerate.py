@@ -74,6 +74,7 @@ def test_empty_file_digests_are_refused() -> None:
     for kind, value in EMPTY_FILE.items():
         assert "empty file" in (degenerate_reason(kind, value.upper()) or ""), kind
     assert degenerate_reason("md5", REAL_MD5) is None
+    assert degenerate_reason("pdq", "x" * 64) is None  # malformed: left to the protocol
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L", "RGBA"])

@@ -197,6 +197,7 @@ def test_refusals(net: tuple[NodeProc, NodeProc]) -> None:
     too_many = [{"type": "md5", "value": md5_of(100 + n)} for n in range(41)]
     assert submit(hotline, too_many)[0] == 400
     assert submit(hotline, [{"type": "md5", "value": "not-hex"}])[0] == 400
+    assert submit(hotline, [{"type": "pdq", "value": "x" * 64, "quality": 100}])[0] == 400
 
     url = hotline.url + "/takeitdown/api/submit"
     challenge = call("GET", hotline.url + "/takeitdown/api/challenge")[1]["challenge"]
