@@ -16,7 +16,7 @@ from netnodes import NodeProc
 from platform_util import SSE, request
 
 PDQ_CSAM = "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22"
-MD5_CSAM = "d41d8cd98f00b204e9800998ecf8427e"
+MD5_CSAM = "9e107d9d372bb6826bd81d3542a419d6"  # md5 of a pangram; not the empty file
 MD5_SECRET = "0cc175b9c0f1b6a831c399e269772661"
 SECRET_VALUES = (MD5_SECRET,)
 
