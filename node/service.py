@@ -356,7 +356,7 @@ class NodeService:
         The caller names any path the node's user can write, so the node's own files are
         refused outright (a backup over node.key or the live WAL destroys the node), an
         existing file only goes with `overwrite`, and the copy is 0600 from its first byte
-        (mkstemp): it holds every collection, however restricted the caller's peers are."""
+        (mkstemp, never chmod-ed afterwards): it holds every collection."""
         import tempfile
 
         path = Path(out).resolve()
