@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import BodyPartReader, web
 
 from . import access
-from .api import DAEMON_KEY, EXACT_READER_KEY, INLINE_QUERIES, MAX_UPLOAD, Handler, read_json
+from .api import DAEMON_KEY, EXACT_READER_KEY, INLINE_QUERIES, MAX_UPLOAD, read_json
 from .bodies import BodyPace, parse_json_object, request_body
 from .errors import NodeError, PayloadTooLarge
 from .feed import DEFAULT_PAGE, MAX_PAGE, FeedHub, FeedReader
@@ -220,18 +221,22 @@ async def match_file(request: web.Request) -> web.Response:
     return web.json_response(result)
 
 
-_MATCH_ROUTES: dict[str, Handler] = {"/v1/match": match, "/v1/match/file": match_file}
+_Route = Callable[[web.Request], Coroutine[Any, Any, web.Response]]
+_MATCH_ROUTES: dict[str, _Route] = {"/v1/match": match, "/v1/match/file": match_file}
 
 
-@web.middleware
-async def _match_routes(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Serve the match routes here. api.py registers its own handlers for them first (they
-    count opinions from every collection and bound nothing); this middleware, innermost,
-    after auth, answers in their place until those registrations are removed."""
-    own = _MATCH_ROUTES.get(request.path) if request.method == "POST" else None
-    if own is not None:
-        return await own(request)
-    return await handler(request)
+def _serve_match_routes(app: web.Application) -> None:
+    """Answer the match routes with the handlers above. api.py registers first versions of
+    them (unbounded, counting opinions from every collection) before this runs; their
+    routes are pointed here rather than shadowed by a middleware, so every middleware
+    (auth, the encoded-body refusal) still runs in front of them."""
+    missing = dict(_MATCH_ROUTES)
+    for route in app.router.routes():
+        path = route.resource.canonical if route.resource is not None else None
+        if route.method == "POST" and path in missing:
+            route._handler = missing.pop(path)
+    for path, handler in missing.items():
+        app.router.add_post(path, handler)
 
 
 # -- tokens ---------------------------------------------------------------------------------
@@ -341,7 +346,7 @@ def register(app: web.Application) -> None:
     daemon = app[DAEMON_KEY]
     app[access.TOKENS_KEY] = access.TokenCache(daemon.admin_token_hash)
     app[FEED_KEY] = FeedState()
-    app.middlewares.append(_match_routes)
+    _serve_match_routes(app)
     app.router.add_get("/v1/feed", feed)
     app.router.add_get("/v1/feed/stream", feed_stream)
     app.router.add_get("/v1/snapshot", snapshot)
