@@ -329,6 +329,11 @@ class Replicator:
                 log.info("sync with %s failed: %s", peer.name, state.last_error)
                 self.daemon.metrics.sync_rounds.labels(peer.name, "failed").inc()
                 return False
+            except Exception as exc:  # gather() would swallow it: record it as the peer's
+                state.failed(f"sync: internal error ({type(exc).__name__})")
+                log.exception("sync with %s failed", peer.name)
+                self.daemon.metrics.sync_rounds.labels(peer.name, "failed").inc()
+                return False
             state.succeeded()
             self.rounds += 1
             self.daemon.metrics.sync_rounds.labels(peer.name, "ok").inc()
@@ -427,7 +432,7 @@ class Replicator:
             body = json.dumps({"evidence": [blob]}).encode()
             for p in config.peers:
                 if p.node_id != exclude and evidence.log.collection in p.share:
-                    self._tasks.append(asyncio.create_task(self._send_evidence(p, body)))
+                    self._track(asyncio.create_task(self._send_evidence(p, body)))
 
     def _outbox(self, peer: Peer) -> Outbox:
         box = self._outboxes.get(peer.node_id)
@@ -438,8 +443,18 @@ class Replicator:
             sender = self._senders[peer.node_id] = asyncio.create_task(
                 self._sender(peer.node_id, box)
             )
-            self._tasks.append(sender)
+            self._track(sender)
         return box
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        """Keep a task for stop(), and forget it when done: one evidence task per gossip
+        would otherwise stay in the list for the node's lifetime."""
+        self._tasks.append(task)
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        if task in self._tasks:
+            self._tasks.remove(task)
 
     async def _sender(self, node_id: str, box: Outbox) -> None:
         """Drain one peer's outbox for ever: a failure is that peer's, never the task's end
@@ -469,7 +484,7 @@ class Replicator:
         assert self.client is not None
         try:
             await self.client.post(peer, "/v1/peer/evidence", body, "application/json")
-        except (TimeoutError, aiohttp.ClientError, OSError, NodeError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError, NodeError, ProtocolError) as exc:
             log.info("evidence to %s failed: %s", peer.name, clip(str(exc)))
 
     # -- status --------------------------------------------------------------------------
