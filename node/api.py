@@ -7,20 +7,18 @@ object `{"error": "..."}` with a 4xx status; nothing a client sends can crash th
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import tempfile
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
 from protocol.errors import ProtocolError
 
 from . import access
 from .bodies import MAX_JSON_BODY, BodyPace, parse_json_object, request_body
-from .errors import NodeError, PayloadTooLarge
-from .hashing import ImageError, hash_bytes
+from .errors import NodeError
 from .matcher import ExactReader
 from .selfreport import OPEN_PATHS as SELFREPORT_OPEN_PATHS
 
@@ -154,81 +152,6 @@ async def opinion(request: web.Request) -> web.Response:
     )
 
 
-async def match(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON_KEY]
-    body = _fields(await read_json(request), ("queries",), ("threshold",))
-    threshold = body.get("threshold", 31)
-    if type(threshold) is not int:
-        raise NodeError("threshold: must be an integer")
-    queries = body["queries"]
-    reader = request.app[EXACT_READER_KEY]
-    if reader is not None and reader.handles(queries):
-        # Exact types read SQLite directly (WAL), never queued behind ingest on the store
-        # thread; a small request is answered inline (a few indexed lookups).
-        if len(queries) <= INLINE_QUERIES:
-            result = reader.match(queries, threshold)
-        else:
-            loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(None, reader.match, queries, threshold)
-    else:
-        result = await daemon.call(daemon.service.match, queries, threshold)
-    return web.json_response(access.filter_match(result, access.grant_of(request)))
-
-
-async def match_file(request: web.Request) -> web.Response:
-    """Hash an uploaded image in memory and match its hashes; the image is never stored."""
-    daemon = request.app[DAEMON_KEY]
-    if not request.content_type.startswith("multipart/"):
-        raise NodeError("upload: expected multipart/form-data with a 'file' part")
-    reader = await request.multipart()
-    data = b""
-    threshold = 31
-    pace = BodyPace("upload")
-    try:
-        while (part := await pace.next(reader.next())) is not None:
-            if not isinstance(part, BodyPartReader):
-                continue
-            if part.name == "threshold":
-                text = (await pace.next(part.read(decode=True))).decode("ascii", "replace")
-                if not text.isdigit():
-                    raise NodeError("threshold: must be an integer")
-                threshold = int(text)
-            elif part.name == "file":
-                chunks = []
-                size = 0
-                while chunk := await pace.next(part.read_chunk(1 << 16)):
-                    size += len(chunk)
-                    if size > MAX_UPLOAD:
-                        raise PayloadTooLarge(f"upload: larger than {MAX_UPLOAD // (1 << 20)} MiB")
-                    chunks.append(chunk)
-                data = b"".join(chunks)
-    except ValueError as exc:  # aiohttp: not the multipart body it claims to be
-        raise NodeError(f"upload: malformed multipart body ({exc})") from None
-    if not data:
-        raise NodeError("upload: no 'file' part, or it is empty")
-    loop = asyncio.get_running_loop()
-    try:
-        hashes = await loop.run_in_executor(None, hash_bytes, data)
-    except ImageError as exc:
-        raise NodeError(f"upload: {exc}") from None
-    del data
-    queries = [
-        {"type": "md5", "value": hashes.md5},
-        {"type": "sha256", "value": hashes.sha256},
-        {"type": "pdq", "value": hashes.pdq or ""},
-    ]
-    result = access.filter_match(
-        await daemon.call(daemon.service.match, queries, threshold), access.grant_of(request)
-    )
-    result["hashes"] = {
-        "md5": hashes.md5,
-        "sha256": hashes.sha256,
-        "pdq": hashes.pdq,
-        "quality": hashes.quality,
-    }
-    return web.json_response(result)
-
-
 async def export(request: web.Request) -> web.StreamResponse:
     daemon = request.app[DAEMON_KEY]
     collection = request.query.get("collection", "")
@@ -315,8 +238,6 @@ def build_app(daemon: Daemon) -> web.Application:
     app.router.add_post("/v1/signals/batch", add_signals)
     app.router.add_post("/v1/revoke", revoke)
     app.router.add_post("/v1/opinions", opinion)
-    app.router.add_post("/v1/match", match)
-    app.router.add_post("/v1/match/file", match_file)
     app.router.add_get("/v1/export", export)
     app.router.add_post("/v1/import", import_bundle)
     app.router.add_post("/v1/admin/peers", peer_add)

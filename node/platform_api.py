@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -221,24 +220,6 @@ async def match_file(request: web.Request) -> web.Response:
     return web.json_response(result)
 
 
-_Route = Callable[[web.Request], Coroutine[Any, Any, web.Response]]
-_MATCH_ROUTES: dict[str, _Route] = {"/v1/match": match, "/v1/match/file": match_file}
-
-
-def _serve_match_routes(app: web.Application) -> None:
-    """Answer the match routes with the handlers above. api.py registers first versions of
-    them (unbounded, counting opinions from every collection) before this runs; their
-    routes are pointed here rather than shadowed by a middleware, so every middleware
-    (auth, the encoded-body refusal) still runs in front of them."""
-    missing = dict(_MATCH_ROUTES)
-    for route in app.router.routes():
-        path = route.resource.canonical if route.resource is not None else None
-        if route.method == "POST" and path in missing:
-            route._handler = missing.pop(path)
-    for path, handler in missing.items():
-        app.router.add_post(path, handler)
-
-
 # -- tokens ---------------------------------------------------------------------------------
 
 
@@ -346,7 +327,8 @@ def register(app: web.Application) -> None:
     daemon = app[DAEMON_KEY]
     app[access.TOKENS_KEY] = access.TokenCache(daemon.admin_token_hash)
     app[FEED_KEY] = FeedState()
-    _serve_match_routes(app)
+    app.router.add_post("/v1/match", match)
+    app.router.add_post("/v1/match/file", match_file)
     app.router.add_get("/v1/feed", feed)
     app.router.add_get("/v1/feed/stream", feed_stream)
     app.router.add_get("/v1/snapshot", snapshot)
