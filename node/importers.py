@@ -30,6 +30,8 @@ from protocol.errors import ProtocolError
 from protocol.ops import LABEL_PATTERN, REF_PATTERN, AddOp
 from protocol.signals import Signal, signal_types
 
+from .degenerate import degenerate_reason
+
 Source = str | os.PathLike[str] | BinaryIO
 Action = Literal["add", "revoke"]
 
@@ -189,6 +191,8 @@ class ListParser(ABC):
             )
         except ProtocolError as exc:
             return ImportIssue(location, str(exc))
+        if (degenerate := degenerate_reason(op.type, op.value)) is not None:
+            return ImportIssue(location, f"value refused, {degenerate}")
         return ImportRecord(
             "add",
             op.type,
