@@ -148,8 +148,10 @@ def test_bad_uploads_get_a_clear_4xx(node: NodeProc) -> None:
 
 
 def test_revoked_signal_never_matches_again(node: NodeProc) -> None:
-    op_id = node.cli("add", "pdq", "f" * 60 + "0000", "-c", "csam").stdout.strip()
-    query = json.dumps({"queries": [{"type": "pdq", "value": "f" * 64}]}).encode()
+    pdq = "d8f8f0cce0f4a84f0e370a22028f67f0b36e2ed596623e1d33e6b39c4e9c9b22"
+    op_id = node.cli("add", "pdq", pdq, "-c", "csam").stdout.strip()
+    near = pdq[:-4] + "64dd"  # 16 bits flipped
+    query = json.dumps({"queries": [{"type": "pdq", "value": near}]}).encode()
     assert call(node, "/v1/match", query)[1]["matched"] is True
     status, _ = call(node, "/v1/revoke", json.dumps({"op_id": op_id, "reason": "test"}).encode())
     assert status == 200

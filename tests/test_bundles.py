@@ -30,8 +30,8 @@ from node.config import Home
 from protocol.batches import Batch
 from protocol.bundles import BUNDLE_MAGIC
 
-MD5 = "d41d8cd98f00b204e9800998ecf8427e"
-SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+MD5 = "5d41402abc4b2a76b9719d911017c592"
+SHA256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
 PDQ = "d8f8f0cce0f4a84f0e370a22028f67f0b36e2ed596623e1d33e6b39c4e9c9b22"
 
 

@@ -25,9 +25,9 @@ import pytest
 from conftest import Cli, HomeFactory, NodeFactory, NodeProcess, Result
 from testdata import IMAGES
 
-MD5 = "d41d8cd98f00b204e9800998ecf8427e"
+MD5 = "5d41402abc4b2a76b9719d911017c592"
 MD5_B = "0cc175b9c0f1b6a831c399e269772661"
-SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+SHA256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
 PDQ = "d8f8f0cce0f4a84f0e370a22028f67f0b36e2ed596623e1d33e6b39c4e9c9b22"
 BRIDGE = IMAGES / "bridge-1-original.jpg"
 BRIDGE_MODS = IMAGES.parent / "bridge-mods"

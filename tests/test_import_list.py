@@ -13,8 +13,8 @@ from testdata import FORMATS
 DATA = Path(__file__).resolve().parent / "data"
 PDQ_A = "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22"
 PDQ_WITHDRAWN = "2afc4a5c09628a7961c14d436493bba66b89b831453baa1d556ba385554daa82"
-MD5_EMPTY = "d41d8cd98f00b204e9800998ecf8427e"
-SHA256_EMPTY = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+MD5_HELLO = "5d41402abc4b2a76b9719d911017c592"
+SHA256_HELLO = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
 
 
 def live_values(cli: Cli, home: Path, collection: str) -> set[tuple[str, str]]:
@@ -33,7 +33,7 @@ def test_pytx_file_imports_valid_lines_and_reports_the_rest(cli: Cli, home: Home
     assert summary["invalid"] == 4
     for location in ("line 4:", "line 5:", "line 7:", "line 8:"):
         assert location in result.stderr
-    assert live_values(cli, a, "csam") >= {("pdq", PDQ_A), ("md5", MD5_EMPTY)}
+    assert live_values(cli, a, "csam") >= {("pdq", PDQ_A), ("md5", MD5_HELLO)}
 
 
 def test_csv_skip_publishes_valid_rows_and_abort_publishes_nothing(
@@ -68,9 +68,9 @@ def test_csv_skip_publishes_valid_rows_and_abort_publishes_nothing(
     assert "line 5" in skipped.stderr
     assert "note: line 1: column 'submitter' is not imported" in skipped.stderr
     assert live_values(cli, a, "csam") == {
-        ("md5", MD5_EMPTY),
+        ("md5", MD5_HELLO),
         ("pdq", PDQ_A),
-        ("sha256", SHA256_EMPTY),
+        ("sha256", SHA256_HELLO),
     }
     again = cli("import-list", "csv", DATA / "hashes.csv", "-c", "csam", "--json", home=a).json()
     assert again["published"] == 0 and again["already_live"] == 3
@@ -151,9 +151,9 @@ def test_import_through_running_node_and_no_progress_bar_off_tty(
     status = cli.json("status", home=a)
     assert status["running"] is True and status["live_signals"] == 3
     assert live_values(cli, a, "csam") == {
-        ("md5", MD5_EMPTY),
+        ("md5", MD5_HELLO),
         ("pdq", PDQ_A),
-        ("sha256", SHA256_EMPTY),
+        ("sha256", SHA256_HELLO),
     }
 
 
@@ -164,18 +164,18 @@ def test_export_hma_writes_pytx_lines_of_live_signals(
     a = home("A")
     signals = tmp_path / "s.csv"
     signals.write_text(
-        f"md5,{MD5_EMPTY}\npdq,{PDQ_A}\nsha1,da39a3ee5e6b4b0d3255bfef95601890afd80709\n"
-        f"sha256,{SHA256_EMPTY}\n"
+        f"md5,{MD5_HELLO}\npdq,{PDQ_A}\nsha1,aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d\n"
+        f"sha256,{SHA256_HELLO}\n"
     )
     cli("import-list", "csv", signals, "-c", "csam", home=a)
-    op = cli.json("match", "sha256", SHA256_EMPTY, home=a)["results"][0]["matches"][0]["op_id"]
+    op = cli.json("match", "sha256", SHA256_HELLO, home=a)["results"][0]["matches"][0]["op_id"]
     cli("revoke", op, home=a)
     if running:
         start_node(a)
     out = tmp_path / "bank.txt"
     result = cli("export-list", "hma", out, "--collection", "csam", "--json", home=a)
     assert sorted(out.read_text().splitlines()) == sorted(
-        [f"video_md5 {MD5_EMPTY}", f"pdq {PDQ_A}"]
+        [f"video_md5 {MD5_HELLO}", f"pdq {PDQ_A}"]
     )
     assert json.loads(result.stdout)["skipped_types"] == {"sha1": 1}
     assert "skipped 1 sha1" in result.stderr

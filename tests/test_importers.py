@@ -372,7 +372,7 @@ def test_pytx_file() -> None:
         ("photodna", "line 6"),
         ("sha256", "line 9"),
     ]
-    assert adds(items)[1].value == "d41d8cd98f00b204e9800998ecf8427e"
+    assert adds(items)[1].value == "5d41402abc4b2a76b9719d911017c592"
     found = {i.location: i.message for i in issues(items)}
     assert found == {
         "line 4": "signal type 'url' is not supported by hashmesh (skipped)",
@@ -427,13 +427,13 @@ def test_csv_with_header() -> None:
 
 def test_csv_without_header_and_bad_hex_on_line_n() -> None:
     content = (
-        "md5,D41D8CD98F00B204E9800998ECF8427E\r\n"
+        "md5,5D41402ABC4B2A76B9719D911017C592\r\n"
         f"pdq,{PDQ},ncii\r\n"
         "sha1,da39a3ee5e6b4b0d3255bfef95601890afd8070z,csam,A2\r\n"
         "md5\r\n"
-        "md5,d41d8cd98f00b204e9800998ecf8427e,csam,A1,extra\r\n"
+        "md5,5d41402abc4b2a76b9719d911017c592,csam,A1,extra\r\n"
         "\r\n"
-        'md5,"d41d8cd98f00b204e9800998ecf8427e,csam\r\n'
+        'md5,"5d41402abc4b2a76b9719d911017c592,csam\r\n'
     ).encode()
     items = run("csv", io.BytesIO(content))
     assert [(r.signal_type, r.category, r.location) for r in adds(items)] == [
@@ -452,7 +452,7 @@ def test_csv_bad_quality_and_bom_and_non_utf8_line() -> None:
             "\ufefftype,value,quality\n"
             f"pdq,{PDQ},101\n"
             f"pdq,{PDQ},high\n"
-            f"md5,d41d8cd98f00b204e9800998ecf8427e,50\n"
+            f"md5,5d41402abc4b2a76b9719d911017c592,50\n"
         ).encode()
         + b"md5,\xff\xfe\n"
         + f"pdq,{PDQ},7\n".encode()
@@ -471,7 +471,7 @@ def test_csv_header_without_value_column_is_refused() -> None:
 
 
 def test_overlong_line_is_one_issue() -> None:
-    content = b"md5," + b"a" * 200_000 + b"\n" + b"md5,d41d8cd98f00b204e9800998ecf8427e\n"
+    content = b"md5," + b"a" * 200_000 + b"\n" + b"md5,5d41402abc4b2a76b9719d911017c592\n"
     items = run("csv", io.BytesIO(content))
     assert [i.location for i in issues(items)] == ["line 1"]
     assert [r.location for r in adds(items)] == ["line 2"]
@@ -528,7 +528,7 @@ _json_values = st.recursive(
             "Withdrawn",
             "Deleted",
             PDQ,
-            "d41d8cd98f00b204e9800998ecf8427e",
+            "5d41402abc4b2a76b9719d911017c592",
         ]
     ),
     lambda children: (
@@ -563,7 +563,7 @@ def csv_like(draw: st.DrawFn) -> bytes:
             "-1",
             '"',
             PDQ,
-            "d41d8cd98f00b204e9800998ecf8427e",
+            "5d41402abc4b2a76b9719d911017c592",
             "",
         ]
     ) | st.text(max_size=10)
