@@ -182,7 +182,12 @@ async def match_file(request: web.Request) -> web.Response:
             if not isinstance(part, BodyPartReader):
                 continue
             if part.name == "threshold":
-                text = (await pace.next(part.read(decode=True))).decode("ascii", "replace")
+                raw = b""
+                while chunk := await pace.next(part.read_chunk(64)):
+                    raw += chunk
+                    if len(raw) > 16:  # a part is otherwise read whole, whatever its size
+                        raise NodeError("threshold: must be an integer")
+                text = raw.decode("ascii", "replace").strip()
                 if not text.isdigit() or len(text) > 6:
                     raise NodeError("threshold: must be an integer")
                 threshold = check_threshold(int(text))

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import random
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import add_ops, author_key, chain
+from hostile_peer import raw_post
 from netnodes import NodeProc
 from platform_util import request
 
@@ -108,6 +110,28 @@ def test_upload_threshold_above_ceiling_is_refused(node: dict[str, Any]) -> None
     )
     assert status == 400
     assert json.loads(data)["error"].startswith("threshold:")
+
+
+def test_upload_threshold_part_is_not_read_whole(node: dict[str, Any]) -> None:
+    """A `threshold` part declared 64 MiB is refused after its first bytes, not buffered:
+    the answer comes while most of the declared body is still unsent."""
+    boundary = "b0undary"
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="threshold"\r\n\r\n'
+    url = urllib.parse.urlsplit(node["node"].url)
+    reply, complete = raw_post(
+        url.hostname or "127.0.0.1",
+        url.port or 80,
+        "/v1/match/file",
+        {
+            "Authorization": f"Bearer {node['admin']}",
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+        },
+        head.encode() + b"1" * (1 << 20),
+        length=64 << 20,
+        timeout=10,
+    )
+    assert reply.status == 400 and not complete
+    assert json.loads(reply.body)["error"] == "threshold: must be an integer"
 
 
 def test_cli_threshold_above_ceiling_exits_2(node: dict[str, Any]) -> None:
