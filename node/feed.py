@@ -269,6 +269,11 @@ class FeedHub:
         event, self.current = self.current, asyncio.Event()
         event.set()
 
+    def wake(self) -> None:
+        """Wake every stream without a change, so each re-checks its token's grant now
+        (after a token is revoked) rather than at its next poll."""
+        self._wake()
+
     def close(self) -> None:
         self.closed = True
         self._wake()

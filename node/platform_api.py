@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import BodyPartReader, web
@@ -18,15 +19,60 @@ from .api import DAEMON_KEY, EXACT_READER_KEY, INLINE_QUERIES, MAX_UPLOAD, read_
 from .bodies import BodyPace, parse_json_object, request_body
 from .errors import NodeError, PayloadTooLarge
 from .feed import DEFAULT_PAGE, MAX_PAGE, FeedHub, FeedReader
-from .hashing import ImageError, hash_bytes
+from .hashing import ImageError, ImageTooLarge, hash_bytes
+from .keys import hash_token
 from .lists import apply_import
 from .matcher import check_threshold
 from .pdq_index import DEFAULT_THRESHOLD
-from .tokens import TokenStore
+from .tokens import Grant, TokenStore
 
 HEARTBEAT_S = 15.0
 MAX_IMPORT_BODY = 1 << 30
 STREAM_PAGE = 1_000
+# Each open stream costs a feed query per wake-up: unbounded streams starved /v1/feed.
+MAX_STREAMS_PER_TOKEN = 4
+MAX_STREAMS = 64
+STREAM_RETRY_AFTER_S = 5
+# How often an idle stream re-checks its token and its connection: a revoked token's
+# stream ends within this, whatever heartbeat the client asked for.
+STREAM_CHECK_S = 1.0
+# A snapshot holds one read transaction; a client that stops reading would pin the WAL.
+SNAPSHOT_IDLE_S = 30.0
+
+
+@dataclass
+class StreamSlots:
+    """Open streams per token digest and in total, so no one token (nor all of them) can
+    hold enough streams to starve the feed's thread pool."""
+
+    per_token: dict[str, int] = field(default_factory=dict)
+    total: int = 0
+
+    def refusal(self, key: str) -> web.Response | None:
+        """A 429 naming the limit that is full, or None after taking a slot."""
+        if self.per_token.get(key, 0) >= MAX_STREAMS_PER_TOKEN:
+            message = f"too many open feed streams for this token (limit {MAX_STREAMS_PER_TOKEN})"
+            limit, scope = MAX_STREAMS_PER_TOKEN, "per_token"
+        elif self.total >= MAX_STREAMS:
+            message = f"too many open feed streams on this node (limit {MAX_STREAMS})"
+            limit, scope = MAX_STREAMS, "total"
+        else:
+            self.per_token[key] = self.per_token.get(key, 0) + 1
+            self.total += 1
+            return None
+        return web.json_response(
+            {"error": message, "limit": limit, "limit_scope": scope},
+            status=429,
+            headers={"Retry-After": str(STREAM_RETRY_AFTER_S)},
+        )
+
+    def release(self, key: str) -> None:
+        left = self.per_token.get(key, 0) - 1
+        if left > 0:
+            self.per_token[key] = left
+        else:
+            self.per_token.pop(key, None)
+        self.total -= 1
 
 
 @dataclass
@@ -35,6 +81,7 @@ class FeedState:
 
     reader: FeedReader | None = None
     hub: FeedHub | None = None
+    streams: StreamSlots = field(default_factory=StreamSlots)
 
 
 FEED_KEY: web.AppKey[FeedState] = web.AppKey("feed", FeedState)
@@ -74,9 +121,31 @@ async def feed(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
+def _bearer(request: web.Request) -> str:
+    return request.headers.get("Authorization", "").partition(" ")[2].strip()
+
+
+def _live_grant(request: web.Request, token: str) -> Grant | None:
+    """The token's grant as of now, or None once it is revoked or lost the `read` scope.
+
+    The auth middleware checked the grant when the response began; a response that lasts
+    minutes must not outlive the token (or a narrower grant) that allowed it.
+    """
+    grant = request.app[access.TOKENS_KEY].lookup(token)
+    if grant is None or not grant.allows("read"):
+        return None
+    return grant
+
+
+def _gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 async def feed_stream(request: web.Request) -> web.StreamResponse:
     """Server-sent events: one event per change, `id` = cursor, resumable by Last-Event-ID."""
     collections = _collections(request)
+    only = request.query.get("collection") or None
     after = _int_param(request, "after", 0, 0, 1 << 62)
     last_id = request.headers.get("Last-Event-ID", "").strip()
     if last_id:
@@ -85,32 +154,54 @@ async def feed_stream(request: web.Request) -> web.StreamResponse:
         after = int(last_id)
     heartbeat = _int_param(request, "heartbeat", int(HEARTBEAT_S), 1, 300)
     reader, hub = _feed(request)
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-        }
-    )
-    await response.prepare(request)
-    with contextlib.suppress(ConnectionResetError):
-        await response.write(b"retry: 1000\n\n")
-        while not hub.closed:
-            woken = hub.current
-            chunk, after = await reader.run(reader.events, after, STREAM_PAGE, collections)
-            if chunk:
-                await response.write(chunk)
-                continue
-            try:
-                await asyncio.wait_for(woken.wait(), timeout=heartbeat)
-            except TimeoutError:
-                await response.write(b": heartbeat\n\n")
-    return response
+    token = _bearer(request)
+    slots = request.app[FEED_KEY].streams
+    key = hash_token(token)
+    refused = slots.refusal(key)
+    if refused is not None:
+        return refused
+    try:
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        response.force_close()  # a stream that ends is over; its client reconnects anew
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionResetError):
+            await response.write(b"retry: 1000\n\n")
+            beat_at = time.monotonic() + heartbeat
+            while not hub.closed and not _gone(request):
+                grant = _live_grant(request, token)
+                if grant is None:
+                    break
+                try:
+                    collections = access.readable(grant, only)
+                except NodeError:
+                    break
+                woken = hub.current
+                chunk, after = await reader.run(reader.events, after, STREAM_PAGE, collections)
+                if chunk:
+                    await response.write(chunk)
+                    continue
+                wait = min(STREAM_CHECK_S, max(0.0, beat_at - time.monotonic()))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), timeout=wait)
+                if time.monotonic() >= beat_at:
+                    await response.write(b": heartbeat\n\n")
+                    beat_at = time.monotonic() + heartbeat
+        return response
+    finally:
+        slots.release(key)
 
 
 async def snapshot(request: web.Request) -> web.StreamResponse:
     """JSON lines: a header with the cursor, one line per live signal, an end line."""
     collections = _collections(request)
+    only = request.query.get("collection") or None
+    token = _bearer(request)
     reader, _ = _feed(request)
     snap = await reader.run(reader.snapshot, collections)
     try:
@@ -118,19 +209,32 @@ async def snapshot(request: web.Request) -> web.StreamResponse:
             headers={"Content-Type": "application/x-ndjson", "X-Hashmesh-Cursor": str(snap.cursor)}
         )
         await response.prepare(request)
-        header = {"cursor": snap.cursor, "collections": snap.collections}
-        await response.write(json.dumps(header).encode() + b"\n")
-        count = 0
-        while True:
-            rows = await reader.run(snap.rows)
-            if not rows:
-                break
-            count += len(rows)
-            await response.write(
-                "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows).encode()
-            )
-        await response.write(json.dumps({"end": True, "count": count}).encode() + b"\n")
-        await response.write_eof()
+
+        async def send(data: bytes) -> None:
+            await asyncio.wait_for(response.write(data), timeout=SNAPSHOT_IDLE_S)
+
+        try:
+            header = {"cursor": snap.cursor, "collections": snap.collections}
+            await send(json.dumps(header).encode() + b"\n")
+            count = 0
+            while True:
+                grant = _live_grant(request, token)
+                if grant is None or access.readable(grant, only) != collections:
+                    raise ConnectionAbortedError("the token's grant changed")
+                rows = await reader.run(snap.rows)
+                if not rows:
+                    break
+                count += len(rows)
+                await send(
+                    "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows).encode()
+                )
+            await send(json.dumps({"end": True, "count": count}).encode() + b"\n")
+            await response.write_eof()
+        except (TimeoutError, ConnectionError, NodeError):
+            # Cut short: closing the connection is the only way to tell the client the
+            # snapshot is incomplete (it never sees the end line).
+            if request.transport is not None:
+                request.transport.abort()
         return response
     finally:
         await reader.run(snap.close)
@@ -207,6 +311,8 @@ async def match_file(request: web.Request) -> web.Response:
     loop = asyncio.get_running_loop()
     try:
         hashes = await loop.run_in_executor(None, hash_bytes, data)
+    except ImageTooLarge as exc:
+        raise PayloadTooLarge(f"upload: {exc}") from None
     except ImageError as exc:
         raise NodeError(f"upload: {exc}") from None
     del data
@@ -232,6 +338,9 @@ async def _reload_tokens(app: web.Application) -> None:
     daemon = app[DAEMON_KEY]
     grants = await daemon.call(lambda: TokenStore(daemon.service.store.conn).grants())
     app[access.TOKENS_KEY].grants = grants
+    hub = app[FEED_KEY].hub
+    if hub is not None:
+        hub.wake()
 
 
 async def token_create(request: web.Request) -> web.Response:

@@ -1,0 +1,77 @@
+"""Bounds on the feed's long-lived responses: a revoked token's stream ends at once, open
+streams are capped per token, and a snapshot whose client stops reading is cut off (a
+stalled reader would otherwise hold its read transaction and grow the WAL without bound).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+from netnodes import NodeProc
+from platform_util import SSE, ok_json
+
+from node.platform_api import MAX_STREAMS_PER_TOKEN, STREAM_RETRY_AFTER_S
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProc]:
+    n = NodeProc(tmp_path_factory.mktemp("bounds"), "hotline")
+    n.cli("add", "md5", f"{7:032x}", "-c", "csam", "--category", "csam")
+    n.start()
+    yield n
+    assert n.stop() == 0
+
+
+def read_token(node: NodeProc, name: str) -> str:
+    return node.cli("token", "create", name, "--scope", "read").stdout.strip()
+
+
+def test_revoking_a_token_ends_its_open_stream(node: NodeProc) -> None:
+    token = read_token(node, "revoked-reader")
+    stream = SSE(node.url, token, "?heartbeat=300")
+    assert stream.status == 200
+    assert stream.next_event()[1]["value"] == f"{7:032x}"
+    node.cli("token", "revoke", "revoked-reader")
+    started = time.monotonic()
+    with pytest.raises(EOFError):
+        while True:
+            stream.next_event(timeout=5)
+    assert time.monotonic() - started < 5
+    stream.close()
+    again = SSE(node.url, token)
+    assert again.status == 401
+    again.close()
+
+
+def test_open_streams_are_capped_per_token(node: NodeProc) -> None:
+    token = read_token(node, "greedy-reader")
+    streams = [SSE(node.url, token, "?heartbeat=300") for _ in range(MAX_STREAMS_PER_TOKEN)]
+    try:
+        assert [s.status for s in streams] == [200] * MAX_STREAMS_PER_TOKEN
+        over = SSE(node.url, token, "?heartbeat=300")
+        assert over.status == 429
+        assert over.response.getheader("Retry-After") == str(STREAM_RETRY_AFTER_S)
+        body = json.loads(over.response.read())
+        assert body["limit"] == MAX_STREAMS_PER_TOKEN and body["limit_scope"] == "per_token"
+        assert f"limit {MAX_STREAMS_PER_TOKEN}" in body["error"]
+        over.close()
+        other = SSE(node.url, node.admin_token(), "?heartbeat=300")
+        assert other.status == 200
+        other.close()
+        streams.pop().close()
+        deadline = time.monotonic() + 5
+        while True:
+            retry = SSE(node.url, token, "?heartbeat=300")
+            if retry.status == 200 or time.monotonic() > deadline:
+                break
+            retry.close()
+            time.sleep(0.2)
+        assert retry.status == 200
+        streams.append(retry)
+    finally:
+        for s in streams:
+            s.close()
+    assert ok_json(node.url + "/v1/feed", token=token)["entries"]
