@@ -61,6 +61,7 @@ ANY_AGE_MS = 2**53  # verify_request's window when only the signature is checked
 CUTOFF_SECONDS = 600.0
 PENALTY_INVALID = 25
 PENALTY_FLOOD = 1
+PENALTY_UNACCEPTED = 10  # evidence about logs we do not accept, once per message
 
 
 class NonceCache:

@@ -574,6 +574,20 @@ class Store:
         self._transaction(lambda: self._store_fork(evidence, source))
         return True
 
+    def evidence_count(self, log: LogKey) -> int:
+        """Evidence items stored about one log: one proves the fork, so a cap on more is
+        what keeps a peer from filling the disk with variants of it."""
+        log_id = self._log_ids.get(log)
+        if log_id is None:
+            return 0
+        row = self.conn.execute("SELECT count(*) FROM forks WHERE log_id = ?", (log_id,))
+        return int(row.fetchone()[0])
+
+    def evidence_count_from(self, source: str) -> int:
+        """Evidence items stored that `source` (e.g. "peer:<id>") was the first to send."""
+        row = self.conn.execute("SELECT count(*) FROM forks WHERE source = ?", (source,))
+        return int(row.fetchone()[0])
+
     # -- queries -------------------------------------------------------------------------
 
     def log_key(self, log_id: int) -> LogKey:

@@ -43,7 +43,7 @@ from protocol.sync import (
 from .bodies import encoding_middleware
 from .config import Peer
 from .errors import NodeError
-from .peers import PENALTY_INVALID, PeerClient, Peers, clip, peer_route
+from .peers import PENALTY_INVALID, PENALTY_UNACCEPTED, PeerClient, Peers, clip, peer_route
 from .service import RESTORED_KEY
 
 if TYPE_CHECKING:
@@ -56,6 +56,10 @@ PAGE_BYTES = 8 * 1024 * 1024
 MAX_PAGES_PER_ROUND = 1000
 PUSH_BATCHES = 50
 OUTBOX_BYTES = 64 * 1024 * 1024  # frames waiting for one peer; past it, anti-entropy delivers
+EVIDENCE_MESSAGE_BYTES = 256 * 1024  # one /v1/peer/evidence body (100 items of 4 KiB fit)
+EVIDENCE_PER_MESSAGE = 100
+EVIDENCE_PER_LOG = 8  # one item proves a fork; a few more only cover distinct seqs
+EVIDENCE_PER_SENDER = 1000
 
 
 class BadPeerData(NodeError):
@@ -159,6 +163,13 @@ class Replicator:
     def _build_page(self, peer: Peer, request: Any) -> bytes:
         config = self.service.config
         readable = {c for c in request.collections if config.peer_may_read(peer.node_id, c)}
+        # An offer outside the peer's share list must get the same answer as a collection
+        # that does not exist: accepting it would disclose that we hold it, and our heads.
+        accept = [
+            c
+            for c in request.offer
+            if config.peer_may_read(peer.node_id, c) and config.accepts_collection(c)
+        ]
         ours = self.store.vector(readable)
         frames: list[bytes] = []
         size = 0
@@ -172,7 +183,6 @@ class Replicator:
                 size += len(frame)
             if more:
                 break
-        accept = [c for c in request.offer if config.accepts_collection(c)]
         vector = self.store.vector(readable | set(accept))
         evidence = [
             f["evidence"].encode("ascii") for f in self.store.forks() if f["collection"] in readable
@@ -254,10 +264,17 @@ class Replicator:
 
     async def handle_evidence(self, request: web.Request) -> web.Response:
         peer, auth, body = await self.peers.authenticate(request, self.service.config)
+        if len(body) > EVIDENCE_MESSAGE_BYTES:
+            raise self._refuse(
+                peer, "bad_evidence", f"evidence: body exceeds {EVIDENCE_MESSAGE_BYTES} bytes"
+            )
         try:
             value = json.loads(body)
-            blobs = [base64.urlsafe_b64decode(e + "=" * (-len(e) % 4)) for e in value["evidence"]]
-            evidence = [verify_evidence(blob) for blob in blobs[:100]]
+            items = value["evidence"]
+            if not isinstance(items, list) or len(items) > EVIDENCE_PER_MESSAGE:
+                raise ValueError(f"expected a list of at most {EVIDENCE_PER_MESSAGE} items")
+            blobs = [base64.urlsafe_b64decode(e + "=" * (-len(e) % 4)) for e in items]
+            evidence = [verify_evidence(blob) for blob in blobs]
         except (ValueError, KeyError, TypeError, RecursionError, ProtocolError) as exc:
             raise self._refuse(peer, "bad_evidence", f"evidence: {exc}") from None
         loop = asyncio.get_running_loop()
@@ -269,13 +286,37 @@ class Replicator:
     ) -> int:
         """Store thread: asyncio.Queue is not thread-safe, so the gossip is queued from the
         event loop."""
-        new = 0
+        new = self._admit_evidence(peer, evidence)
+        source = f"peer:{peer.node_id}"
+        for item in new:
+            loop.call_soon_threadsafe(self.queue.put_nowait, ([], [item], source))
+        return len(new)
+
+    def _admit_evidence(self, peer: Peer, evidence: list[ForkEvidence]) -> list[ForkEvidence]:
+        """Store the evidence worth storing; returns the items that were new (to gossip).
+        Only logs we accept count: a throw-away key can sign forks without end, and nobody
+        here relies on its log. Per-log and per-sender caps bound the rest. Unaccepted
+        evidence scores the sender down once per message, by less than invalid data: a
+        peer that trusts more authors than we do relays such evidence too."""
+        config = self.service.config
+        state = self.peers.state(peer.node_id)
+        source = f"peer:{peer.node_id}"
+        new: list[ForkEvidence] = []
+        unaccepted = False
         for item in evidence:
-            if self.store.add_evidence(item, source=f"peer:{peer.node_id}"):
-                new += 1
-                loop.call_soon_threadsafe(
-                    self.queue.put_nowait, ([], [item], f"peer:{peer.node_id}")
-                )
+            if not config.accepts(item.log.author, item.log.collection):
+                unaccepted = True
+                continue
+            if (
+                self.store.evidence_count(item.log) >= EVIDENCE_PER_LOG
+                or self.store.evidence_count_from(source) >= EVIDENCE_PER_SENDER
+            ):
+                state.refuse("evidence_cap")
+                continue
+            if self.store.add_evidence(item, source=source):
+                new.append(item)
+        if unaccepted:
+            state.penalise(PENALTY_UNACCEPTED, "unaccepted_evidence")
         return new
 
     # -- client side ---------------------------------------------------------------------
@@ -290,13 +331,13 @@ class Replicator:
         )
 
     def _ingest_page(self, peer: Peer, page: Page) -> dict[str, Any]:
+        verified: list[ForkEvidence] = []
         for blob in page.evidence:
             try:
-                evidence = verify_evidence(blob)
+                verified.append(verify_evidence(blob))
             except ProtocolError:
                 self.peers.state(peer.node_id).penalise(PENALTY_INVALID, "bad_evidence")
-                continue
-            self.store.add_evidence(evidence, source=f"peer:{peer.node_id}")
+        self._admit_evidence(peer, verified)
         return self._ingest_frames(peer, page.frames)
 
     async def sync_with(self, peer: Peer) -> bool:
