@@ -21,8 +21,18 @@ and keep the exact RGB path: the Y plane differs from the rounded, clipped RGB's
 conformance image hashes exactly to Meta's reference.
 
 Every decoding failure, whatever Pillow or the codec raises, becomes one `ImageError`
-with one sentence, so callers need one except clause. Reading a path that does not exist
-or cannot be read still raises `OSError`: that is not a property of the image.
+with one sentence, so callers need one except clause; `ImageTooLarge`, its subclass, says
+the declared size is over the pixel budget, so a server can answer 413 rather than 400.
+Reading a path that does not exist or cannot be read still raises `OSError`: that is not a
+property of the image.
+
+Why there is a pixel budget: a few hundred KB of PNG can declare 100 megapixels, and a full
+decode plus the RGB(A) copies below cost several bytes a pixel each (a 657 KB upload once
+peaked a node at 3.4 GB). Pillow knows the declared size after `Image.open`, before any
+pixel is decoded, so images over the budget are refused there. Baseline JPEGs are decoded at
+1/8 scale, so they may declare more; progressive JPEGs keep every DCT coefficient of the
+full image in memory whatever the scale, so they get the full-decode budget. Pillow's own
+decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`) is a second, global line, also refused.
 """
 
 from __future__ import annotations
@@ -42,10 +52,13 @@ from node.pdq import pdq_from_luma
 from protocol.hashing import Digests
 
 __all__ = [
+    "MAX_JPEG_PIXELS",
+    "MAX_PIXELS",
     "MIN_PUBLISH_QUALITY",
     "PDQ_THUMBNAIL",
     "FileHashes",
     "ImageError",
+    "ImageTooLarge",
     "hash_bytes",
     "hash_file",
     "pdq_from_bytes",
@@ -57,10 +70,16 @@ PDQ_THUMBNAIL = (512, 512)
 _READ_CHUNK = 1 << 20
 _WHITE = (255, 255, 255)
 _JPEG_RESAMPLE = Image.Resampling.BILINEAR
+MAX_PIXELS = 50_000_000
+MAX_JPEG_PIXELS = 150_000_000
 
 
 class ImageError(ValueError):
     """The bytes are not an image Pillow can decode completely (or the image is unusable)."""
+
+
+class ImageTooLarge(ImageError):
+    """The image declares more pixels than may be decoded; refused before decoding."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,12 +129,13 @@ def pdq_from_bytes(data: bytes) -> tuple[str, int]:
 
 def pdq_from_image(image: Image.Image) -> tuple[str, int]:
     """(PDQ hex, quality) of an already opened image; EXIF orientation is applied."""
+    _check_pixels(image, "image")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return _hash_image(image)
+        return _hash_image(image)
     except ImageError:
         raise
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"image has too many pixels to decode ({_reason(exc)})") from exc
     except Exception as exc:
         raise ImageError(f"image could not be decoded: {_reason(exc)}") from exc
 
@@ -123,17 +143,41 @@ def pdq_from_image(image: Image.Image) -> tuple[str, int]:
 def _pdq_from_stream(stream: IO[bytes], name: str) -> tuple[str, int]:
     try:
         with warnings.catch_warnings():
+            # Both budgets are under the size Pillow only warns about, so `_check_pixels`
+            # refuses every image that warns; the warning itself would only be noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(stream) as image:
-                return _hash_image(image)
+            image = Image.open(stream)
+        with image:
+            _check_pixels(image, name)
+            return _hash_image(image)
     except ImageError:
         raise
     except UnidentifiedImageError as exc:
         raise ImageError(f"{name} is not an image format Pillow can read") from exc
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"{name} has too many pixels to decode safely") from exc
+        raise ImageTooLarge(f"{name} has too many pixels to decode ({_reason(exc)})") from exc
     except Exception as exc:  # truncated data, corrupt chunks, codec errors, odd modes
         raise ImageError(f"{name} could not be decoded: {_reason(exc)}") from exc
+
+
+def _pixel_budget(image: Image.Image) -> int:
+    """Most pixels `image` may declare; only a baseline JPEG is decoded scaled down."""
+    if image.format == "JPEG" and not image.info.get("progressive") and not image.info.get(
+        "progression"
+    ):
+        return MAX_JPEG_PIXELS
+    return MAX_PIXELS
+
+
+def _check_pixels(image: Image.Image, name: str) -> None:
+    """Refuse on the declared size, before a pixel is decoded (the decode is what costs)."""
+    width, height = image.size
+    budget = _pixel_budget(image)
+    if width * height > budget:
+        raise ImageTooLarge(
+            f"{name} declares {width}x{height} pixels, more than the {budget // 1_000_000}"
+            " megapixels that may be decoded"
+        )
 
 
 def _reason(exc: Exception) -> str:
