@@ -38,6 +38,7 @@ STREAM_RETRY_AFTER_S = 5
 STREAM_CHECK_S = 1.0
 # A snapshot holds one read transaction; a client that stops reading would pin the WAL.
 SNAPSHOT_IDLE_S = 30.0
+SNAPSHOT_WRITE = 1 << 16
 
 
 @dataclass
@@ -211,7 +212,11 @@ async def snapshot(request: web.Request) -> web.StreamResponse:
         await response.prepare(request)
 
         async def send(data: bytes) -> None:
-            await asyncio.wait_for(response.write(data), timeout=SNAPSHOT_IDLE_S)
+            # In small pieces, so the timeout means "no progress", not "a slow client".
+            view = memoryview(data)
+            for at in range(0, len(view), SNAPSHOT_WRITE):
+                piece = view[at : at + SNAPSHOT_WRITE]
+                await asyncio.wait_for(response.write(piece), timeout=SNAPSHOT_IDLE_S)
 
         try:
             header = {"cursor": snap.cursor, "collections": snap.collections}

@@ -5,15 +5,18 @@ stalled reader would otherwise hold its read transaction and grow the WAL withou
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from netnodes import NodeProc
-from platform_util import SSE, ok_json
+from platform_util import SSE, ok_json, request
 
-from node.platform_api import MAX_STREAMS_PER_TOKEN, STREAM_RETRY_AFTER_S
+from node.platform_api import MAX_STREAMS_PER_TOKEN, SNAPSHOT_IDLE_S, STREAM_RETRY_AFTER_S
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +78,37 @@ def test_open_streams_are_capped_per_token(node: NodeProc) -> None:
         for s in streams:
             s.close()
     assert ok_json(node.url + "/v1/feed", token=token)["entries"]
+
+
+STALL_SIGNALS = 40_000
+
+
+def test_a_snapshot_whose_client_stops_reading_is_cut_off(tmp_path: Path) -> None:
+    n = NodeProc(tmp_path, "big")
+    lines = tmp_path / "list.txt"
+    lines.write_text("".join(f"md5 {i:032x}\n" for i in range(STALL_SIGNALS)))
+    n.cli("import-list", "pytx", str(lines), "-c", "csam", "--category", "csam")
+    n.start()
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", n.port))
+        sock.sendall(
+            f"GET /v1/snapshot HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {n.admin_token()}"
+            "\r\n\r\n".encode()
+        )
+        assert sock.recv(64).startswith(b"HTTP/1.1 200")
+        time.sleep(SNAPSHOT_IDLE_S + 3)
+        sock.settimeout(10)
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(1 << 20):
+                received += chunk
+        sock.close()
+        assert b'{"end": true' not in received
+        assert len(received) < STALL_SIGNALS * 100
+        status, data = request(n.url + "/v1/snapshot", token=n.admin_token())
+        assert status == 200 and data.rstrip().endswith(b"}")
+        assert json.loads(data.splitlines()[-1]) == {"end": True, "count": STALL_SIGNALS}
+    finally:
+        assert n.stop() == 0
