@@ -2,6 +2,9 @@
 
 The page is served by the node itself (no CDN, no third-party request) and reads its
 data with the admin token the operator types in (kept in the tab's session storage).
+Its script is a file of its own, so the Content-Security-Policy can forbid inline script:
+the page shows peer names and hashes other nodes chose, and one of them slipping into the
+markup must not run with the operator's token at hand.
 """
 
 from __future__ import annotations
@@ -11,25 +14,40 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from . import api
 from .errors import NodeError
 
 if TYPE_CHECKING:
     from .daemon import Daemon
 
-PAGE_HEADERS = {
-    "Content-Type": "text/html; charset=utf-8",
+SCRIPT_PATH = "/status.js"
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'unsafe-inline'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+_COMMON_HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": CSP,
 }
+PAGE_HEADERS = {"Content-Type": "text/html; charset=utf-8", **_COMMON_HEADERS}
+SCRIPT_HEADERS = {"Content-Type": "text/javascript; charset=utf-8", **_COMMON_HEADERS}
 
 
 def register(app: web.Application, daemon: Daemon) -> None:
-    page = resources.files("node").joinpath("static/status.html").read_bytes()
+    static = resources.files("node").joinpath("static")
+    page = static.joinpath("status.html").read_bytes()
+    script = static.joinpath("status.js").read_bytes()
+    # The login happens inside the script, so the script itself needs no token.
+    api.OPEN_PATHS.add(SCRIPT_PATH)
 
     async def status_page(request: web.Request) -> web.Response:
         return web.Response(body=page, headers=PAGE_HEADERS)
+
+    async def status_script(request: web.Request) -> web.Response:
+        return web.Response(body=script, headers=SCRIPT_HEADERS)
 
     async def history(request: web.Request) -> web.Response:
         return web.json_response({"minutes": daemon.metrics.history.to_json()})
@@ -52,6 +70,7 @@ def register(app: web.Application, daemon: Daemon) -> None:
         return web.json_response({"ok": True})
 
     app.router.add_get("/status", status_page)
+    app.router.add_get(SCRIPT_PATH, status_script)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/status/history", history)
     app.router.add_get("/v1/status/recent", recent)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import urllib.request
@@ -72,6 +73,36 @@ def test_metrics_and_status_data_need_the_token(pair: tuple[NodeProc, NodeProc])
         assert info.value.code == 401
     with urllib.request.urlopen(a.url + "/healthz", timeout=5) as response:
         assert response.status == 200
+
+
+def _script_sources(policy: str) -> list[str]:
+    """The sources scripts may come from (script-src, else default-src)."""
+    directives: dict[str, list[str]] = {}
+    for directive in policy.split(";"):
+        name, *sources = directive.split() or [""]
+        directives[name.lower()] = sources
+    return directives.get("script-src", directives.get("default-src", []))
+
+
+def test_status_page_runs_no_inline_script(pair: tuple[NodeProc, NodeProc]) -> None:
+    """Peer names and hashes on the page come from other nodes: an injected <script> or
+    handler must not run, so the policy allows only the node's own script file."""
+    a, _ = pair
+    with urllib.request.urlopen(a.url + "/status", timeout=10) as response:
+        policy = response.headers["Content-Security-Policy"]
+        html = response.read().decode()
+    assert policy and "'unsafe-inline'" not in _script_sources(policy)
+    assert _script_sources(policy) == ["'self'"]
+    for meta in re.findall(r'http-equiv="Content-Security-Policy" content="([^"]*)"', html):
+        assert _script_sources(meta) == ["'self'"]
+    scripts = re.findall(r"<script([^>]*)>(.*?)</script>", html, re.S | re.I)
+    assert scripts and all("src=" in attrs and not body.strip() for attrs, body in scripts)
+    assert not re.search(r"\son[a-z]+\s*=", html, re.I)  # no inline event handlers
+    (src,) = re.findall(r'<script[^>]*\ssrc="([^"]+)"', html)
+    with urllib.request.urlopen(a.url + src, timeout=10) as response:  # no token needed
+        assert response.headers["Content-Type"].startswith("text/javascript")
+        assert "'unsafe-inline'" not in _script_sources(response.headers["Content-Security-Policy"])
+        assert b"sessionStorage" in response.read()
 
 
 @pytest.mark.skipif(
