@@ -72,6 +72,7 @@ _WHITE = (255, 255, 255)
 _JPEG_RESAMPLE = Image.Resampling.BILINEAR
 MAX_PIXELS = 50_000_000
 MAX_JPEG_PIXELS = 150_000_000
+_STRIP_PIXELS = 1 << 20
 
 
 class ImageError(ValueError):
@@ -162,8 +163,10 @@ def _pdq_from_stream(stream: IO[bytes], name: str) -> tuple[str, int]:
 
 def _pixel_budget(image: Image.Image) -> int:
     """Most pixels `image` may declare; only a baseline JPEG is decoded scaled down."""
-    if image.format == "JPEG" and not image.info.get("progressive") and not image.info.get(
-        "progression"
+    if (
+        image.format == "JPEG"
+        and not image.info.get("progressive")
+        and not image.info.get("progression")
     ):
         return MAX_JPEG_PIXELS
     return MAX_PIXELS
@@ -278,9 +281,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if mode in ("RGBA", "LA", "PA", "P", "RGBa", "La") or (
         mode in ("L", "RGB") and "transparency" in image.info
     ):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (*_WHITE, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        return _composite_on_white(image)
     if mode.startswith("I") or mode.startswith("F"):
         gray = _deep_to_8bit(np.asarray(image))
         return Image.fromarray(gray, "L").convert("RGB")
@@ -296,16 +297,44 @@ def _deep_to_8bit(values: npt.NDArray[np.generic]) -> npt.NDArray[np.uint8]:
     Integers above 255 are taken as 16-bit samples, floats up to 1.0 as unit range; PDQ
     thresholds DCT coefficients at their median, so the exact scale changes little.
     """
-    data = values.astype(np.float64)
-    if data.ndim == 3:
-        data = data[..., 0]
-    finite = data[np.isfinite(data)]
-    top = float(finite.max()) if finite.size else 0.0
+    if values.ndim == 3:
+        values = values[..., 0]
+    step = _strip_rows(values.shape[1] if values.ndim == 2 else 1)
+    strips = [slice(top, top + step) for top in range(0, values.shape[0], step)]
+    top: float | None = None
+    for rows in strips:  # float64 copies of strips only: a whole one is 8 bytes a pixel
+        data = values[rows].astype(np.float64)
+        finite = data[np.isfinite(data)]
+        if finite.size:
+            top = float(finite.max()) if top is None else max(top, float(finite.max()))
+    top = 0.0 if top is None else top
     if np.issubdtype(values.dtype, np.floating) and top <= 1.0:
         scale = 255.0
     elif top > 255.0:
         scale = 255.0 / 65535.0
     else:
         scale = 1.0
-    data = np.nan_to_num(data * scale, nan=0.0, posinf=255.0, neginf=0.0)
-    return np.clip(np.rint(data), 0, 255).astype(np.uint8)
+    out = np.empty(values.shape, np.uint8)
+    for rows in strips:
+        data = np.nan_to_num(
+            values[rows].astype(np.float64) * scale, nan=0.0, posinf=255.0, neginf=0.0
+        )
+        out[rows] = np.clip(np.rint(data), 0, 255).astype(np.uint8)
+    return out
+
+
+def _strip_rows(width: int) -> int:
+    return max(1, _STRIP_PIXELS // max(1, width))
+
+
+def _composite_on_white(image: Image.Image) -> Image.Image:
+    """Strip by strip: the pixels of one alpha_composite on white, without three full-size
+    RGBA copies of a picture that may be 50 megapixels (a gigabyte at once)."""
+    out = Image.new("RGB", image.size)
+    step = _strip_rows(image.width)
+    for top in range(0, image.height, step):
+        box = (0, top, image.width, min(image.height, top + step))
+        rgba = image.crop(box).convert("RGBA")  # crop keeps the palette and transparency
+        background = Image.new("RGBA", rgba.size, (*_WHITE, 255))
+        out.paste(Image.alpha_composite(background, rgba).convert("RGB"), box[:2])
+    return out

@@ -33,17 +33,19 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def png_bomb(width: int, height: int, colour_type: int = 6, rows: int | None = None) -> bytes:
-    """A valid 8-bit PNG of zero pixels (RGBA by default), built row by row so the test
+def png_bomb(
+    width: int, height: int, colour_type: int = 6, rows: int | None = None, depth: int = 8
+) -> bytes:
+    """A valid PNG of zero pixels (8-bit RGBA by default), built row by row so the test
     itself never holds the decoded image; `rows` stops the data early (a truncated file)."""
     channels = {0: 1, 2: 3, 6: 4}[colour_type]
-    row = b"\x00" * (1 + width * channels)
+    row = b"\x00" * (1 + width * channels * depth // 8)
     z = zlib.compressobj(9)
     parts = []
     for _ in range(height if rows is None else rows):
         parts.append(z.compress(row))
     parts.append(z.flush())
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
         + _chunk(b"IHDR", ihdr)
@@ -144,9 +146,13 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProc]:
 def _upload(node: NodeProc, data: bytes) -> tuple[int, dict[str, str]]:
     boundary = uuid.uuid4().hex
     body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     status, raw = request(
         node.url + "/v1/match/file",
         "POST",
@@ -168,6 +174,19 @@ def test_upload_bomb_is_413_and_memory_stays_bounded(node: NodeProc, rgba_bomb: 
         status, result = _upload(node, bomb)
         assert status == 413, result
         assert result["error"].startswith("upload:") and "megapixels" in result["error"]
+    assert _peak_rss(node.proc.pid) < PEAK_RSS_LIMIT
+    status, result = _upload(node, b"not an image")
+    assert status == 400 and result["error"].startswith("upload:")
+    assert request(node.url + "/v1/healthz")[0] == 200
+
+
+def test_largest_allowed_rgba_upload_stays_bounded(node: NodeProc) -> None:
+    """Just under the budget the image is hashed; compositing its alpha on white used to
+    hold three full-size RGBA copies (a gigabyte at 49 MP)."""
+    assert node.proc is not None
+    status, result = _upload(node, png_bomb(7_000, 7_000))
+    assert status == 200, result
+    assert result["hashes"]["pdq"]
     assert _peak_rss(node.proc.pid) < PEAK_RSS_LIMIT
     status, result = _upload(node, b"not an image")
     assert status == 400 and result["error"].startswith("upload:")
