@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
+import subprocess
 import uuid
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from netnodes import NodeProc
+from netnodes import HASHMESH, NodeProc
 from PIL import Image
 from platform_util import request
 
@@ -126,6 +128,23 @@ def test_hash_file_refuses_the_bomb(rgba_bomb: bytes, tmp_path: Path) -> None:
     with pytest.raises(ImageTooLarge):
         hash_file(path)
     assert hash_file(path, pdq=False).sha256  # the exact hashes need no decoding
+
+
+def test_cli_hash_gives_exact_hashes_only(rgba_bomb: bytes, tmp_path: Path) -> None:
+    """The CLI treats a refused image like any non-image: its exact hashes, and why no PDQ."""
+    path = tmp_path / "bomb.png"
+    path.write_bytes(rgba_bomb)
+    out, err = tmp_path / "out", tmp_path / "err"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [HASHMESH, "hash", str(path), "--json"], stdout=stdout, stderr=stderr
+        )
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak, not all children's
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0, err.read_text()
+    (row,) = json.loads(out.read_text())
+    assert "pdq" not in row and "megapixels" in row["note"] and row["sha256"]
+    assert usage.ru_maxrss * 1024 < PEAK_RSS_LIMIT
 
 
 def _peak_rss(pid: int) -> int:
