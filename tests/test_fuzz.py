@@ -518,11 +518,15 @@ class Http:
         return status, data
 
 
+# The shared MD5 sample is the empty file's, which publishing refuses.
+LIVE_MD5 = "5d41402abc4b2a76b9719d911017c592"
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("fuzz")
     node = NodeProc(root, "fuzzed")
-    op_id = node.cli("add", "md5", MD5, "-c", "csam").stdout.strip()
+    op_id = node.cli("add", "md5", LIVE_MD5, "-c", "csam").stdout.strip()
     node.cli("add", "pdq", PDQ, "-c", "csam", "--quality", "90")
     reader = node.cli("token", "create", "reader", "--scope", "read", "--collection", "csam")
     peers = [SigningKey(os.urandom(32)) for _ in range(40)]
@@ -583,7 +587,7 @@ JSON_ENDPOINTS: dict[str, dict[str, Any]] = {
         {"type": "pdq", "value": PDQ, "quality": 80}]},
     "/v1/revoke": {"op_id": OP_ID, "reason": "x"},
     "/v1/opinions": {"op_id": OP_ID, "opinion": "seen", "collection": "fuzz"},
-    "/v1/match": {"queries": [{"type": "md5", "value": MD5}, {"type": "pdq", "value": PDQ}],
+    "/v1/match": {"queries": [{"type": "md5", "value": LIVE_MD5}, {"type": "pdq", "value": PDQ}],
                   "threshold": 31},
     "/v1/lists/import": {"collection": "fuzz", "adds": [{"type": "md5", "value": "0" * 32}],
                          "revoke_signals": [["md5", "0" * 32]], "revoke_refs": ["r1"]},
