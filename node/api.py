@@ -29,7 +29,7 @@ log = logging.getLogger("hashmesh.api")
 
 MAX_BUNDLE_BODY = 16 * 1024 * 1024 * 1024
 MAX_UPLOAD = 50 * 1024 * 1024
-OPEN_PATHS = {"/v1/healthz", "/healthz", "/status"}
+OPEN_PATHS = {"/v1/healthz", "/healthz", "/status", "/status.js"}  # status.js: the page's script
 OPEN_PATHS |= SELFREPORT_OPEN_PATHS  # the self-report page: no login, by design
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from . import api
 from .errors import NodeError
 
 if TYPE_CHECKING:
@@ -40,8 +39,6 @@ def register(app: web.Application, daemon: Daemon) -> None:
     static = resources.files("node").joinpath("static")
     page = static.joinpath("status.html").read_bytes()
     script = static.joinpath("status.js").read_bytes()
-    # The login happens inside the script, so the script itself needs no token.
-    api.OPEN_PATHS.add(SCRIPT_PATH)
 
     async def status_page(request: web.Request) -> web.Response:
         return web.Response(body=page, headers=PAGE_HEADERS)

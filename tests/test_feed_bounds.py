@@ -83,6 +83,7 @@ def test_open_streams_are_capped_per_token(node: NodeProc) -> None:
 STALL_SIGNALS = 40_000
 
 
+@pytest.mark.slow  # waits out the 30 s idle bound: make test-slow
 def test_a_snapshot_whose_client_stops_reading_is_cut_off(tmp_path: Path) -> None:
     n = NodeProc(tmp_path, "big")
     lines = tmp_path / "list.txt"
