@@ -145,6 +145,17 @@ def _lighten(decision: Decision) -> Decision:
     return decision
 
 
+def _for_observers(result: IngestResult) -> IngestResult:
+    """What a decision observer keeps until a bulk commit: the ops (observers count them)
+    but not the leaf hashes or the per-add index lists, which only applying needed."""
+    kept: list[Decision] = []
+    for decision in result.decisions:
+        if isinstance(decision, Apply):
+            decision = Apply(replace(decision.batch, leaf_hashes=[]), [], [], [])
+        kept.append(decision)
+    return IngestResult(kept)
+
+
 def _signed(batch: Batch) -> SignedHeader:
     return SignedHeader(batch.header_bytes, batch.signature)
 
@@ -241,6 +252,7 @@ class Store:
         self.batch_listeners: list[BatchListener] = []
         self.decision_listeners: list[Callable[[IngestResult, str], None]] = []
         self._bulk: IngestResult | None = None
+        self._bulk_decisions: list[tuple[IngestResult, str]] = []
 
     def close(self) -> None:
         self.conn.close()
@@ -305,15 +317,17 @@ class Store:
                     self._transaction(lambda d=fork: self._store_fork(d.evidence, source))
             elif isinstance(decision, Fork):
                 self._transaction(lambda d=decision: self._store_fork(d.evidence, source))
-        for observe in self.decision_listeners:
-            observe(result, source)
         if self._bulk is not None:
             # Listeners after the commit need the signed bytes, not the parsed ops: keep
             # light copies so a million-signal import does not hold every op in memory.
             self._bulk.decisions.extend(_lighten(d) for d in result.decisions)
             self._bulk.added.extend(result.added)
             self._bulk.removed.extend(result.removed)
+            if self.decision_listeners:
+                self._bulk_decisions.append((_for_observers(result), source))
         else:
+            for observe in self.decision_listeners:
+                observe(result, source)
             self._notify(result, source)
         return result
 
@@ -381,17 +395,25 @@ class Store:
         except sqlite3.OperationalError as exc:
             raise storage_error(self.path, exc) from None
         self._bulk = IngestResult()
+        self._bulk_decisions = []
         try:
             yield
             self.conn.execute("COMMIT")
         except BaseException as exc:
             self._bulk = None
+            self._bulk_decisions = []
             self._rollback(nested=False)
             self._restore(snapshot)
             if isinstance(exc, sqlite3.OperationalError):
                 raise storage_error(self.path, exc) from None
             raise
         done, self._bulk = self._bulk, None
+        decided, self._bulk_decisions = self._bulk_decisions, []
+        # Observers (metrics) must never count what a rollback undid: they hear of a bulk
+        # transaction's decisions only once it has committed.
+        for result, batch_source in decided:
+            for observe in self.decision_listeners:
+                observe(result, batch_source)
         self._notify(done, source)
 
     def _apply(self, decision: Apply, source: str, result: IngestResult) -> None:
