@@ -31,6 +31,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import secrets
 import sqlite3
@@ -79,6 +80,11 @@ MAX_BODY = 64 * 1024
 #: the most out of each solved proof of work by packing many of them into one case.
 MAX_PDQS_PER_CASE = 10
 CHALLENGE_TTL_S = 600
+#: No single address block (IPv4 /24, IPv6 /64) may take more than 1/BLOCK_SHARE of the
+#: node-wide submit budget, so one attacker cannot leave victims facing 429 for an hour.
+BLOCK_SHARE = 10
+#: scrypt runs at most this many at once, whatever the number of callers.
+SCRYPT_CONCURRENCY = 2
 SCRYPT = {"n": 2**14, "r": 8, "p": 1, "maxmem": 64 * 1024 * 1024, "dklen": 32}
 # Crockford base32 without I, L, O, U: readable aloud and hard to mistype.
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -116,6 +122,10 @@ CREATE TABLE IF NOT EXISTS selfreport_ops (
     PRIMARY KEY (case_number, op_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS selfreport_ops_op ON selfreport_ops (op_id);
+CREATE TABLE IF NOT EXISTS selfreport_sizes (
+    case_number TEXT PRIMARY KEY REFERENCES selfreport_cases(case_number),
+    hashes INTEGER NOT NULL
+) WITHOUT ROWID;
 """
 
 
@@ -154,6 +164,39 @@ def hash_secret(secret: str, salt: bytes) -> bytes:
 # -- rate limits and proof of work -------------------------------------------------------
 
 
+def _parse_address(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(address.strip().strip("[]").split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def client_block(address: str) -> str:
+    """The unit a per-client limit counts: an IPv6 host gets a whole /64 from its provider
+    and can rotate through it at will, so the /64 is the client; IPv4 addresses are scarce
+    and shared behind NAT, so the full address is."""
+    ip = _parse_address(address)
+    if ip is None:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+def share_block(address: str) -> str:
+    """The unit that may take at most 1/BLOCK_SHARE of the node-wide budget: one attacker
+    controls an IPv4 /24 or an IPv6 /64 far more easily than a spread of them."""
+    ip = _parse_address(address)
+    if ip is None:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ipaddress.IPv4Network((ip, 24), strict=False))
+
+
 class RateLimiter:
     """At most `limit` events per `window_s` per key, in memory only.
 
@@ -183,6 +226,15 @@ class RateLimiter:
             return False
         events.append(now)
         return True
+
+    def allows(self, key: bytes, now: float | None = None) -> bool:
+        """Whether hit would succeed now, recording nothing: limits are checked before the
+        proof of work and charged only once it holds."""
+        now = time.monotonic() if now is None else now
+        events = self._events.get(key)
+        if not events:
+            return True
+        return sum(1 for t in events if t > now - self.window_s) < self.limit
 
     def retry_after(self, key: bytes, now: float | None = None) -> int:
         now = time.monotonic() if now is None else now
@@ -305,8 +357,16 @@ class CaseStore:
                 "INSERT INTO selfreport_ops (case_number, op_id, type) VALUES (?, ?, ?)",
                 [(number, op_id, kind) for op_id, kind in sorted(ops)],
             )
+            self.conn.execute(
+                "INSERT INTO selfreport_sizes (case_number, hashes) VALUES (?, ?)",
+                (number, len(submission.signals)),
+            )
             self._coarsen_times([s["op_id"] for s in published["signals"] if s["new"]], day)
-        return {"case": number, "hashes": len(ops), "published": published["published"]}
+        return {
+            "case": number,
+            "hashes": len(submission.signals),
+            "published": published["published"],
+        }
 
     def _made_by_a_case(self, op_id: str) -> bool:
         return (
@@ -358,6 +418,11 @@ class CaseStore:
         return None if signal_id is None else self.service.store.signal(signal_id)
 
     def status(self, number: str) -> dict[str, Any]:
+        """The case as the person made it, never what others did with the same hashes: its
+        count is the hashes it sent (not the ops it owns, fewer when a hash was already
+        live), and a hash another case or an analyst also holds counts as live while the
+        case is active and as gone once it is withdrawn, so the answer is no oracle for
+        "did someone else report this picture"."""
         row = self.conn.execute(
             "SELECT category, created_day, withdrawn_day FROM selfreport_cases"
             " WHERE case_number = ?",
@@ -371,14 +436,22 @@ class CaseStore:
                 "SELECT op_id FROM selfreport_ops WHERE case_number = ?", (number,)
             )
         ]
-        live = sum(1 for op in ops if (s := self._signal(op)) is not None and s["live"])
+        size = self.conn.execute(
+            "SELECT hashes FROM selfreport_sizes WHERE case_number = ?", (number,)
+        ).fetchone()
+        hashes = len(ops) if size is None else int(size[0])
+        if row[2]:
+            live = 0
+        else:
+            gone = sum(1 for op in ops if (s := self._signal(op)) is None or not s["live"])
+            live = max(0, hashes - gone)
         return {
             "case": group(number),
             "state": "withdrawn" if row[2] else "active",
             "category": row[0],
             "created_day": row[1],
             "withdrawn_day": row[2],
-            "hashes": len(ops),
+            "hashes": hashes,
             "live": live,
         }
 
@@ -388,7 +461,9 @@ class CaseStore:
         add_many returns the existing op when the same hash is already live in the
         collection: two people may report the same picture, or an analyst may have
         published it before. Such an op is revoked only when it is a self-report and no
-        other active case still names it.
+        other active case still names it. The answer's `revoked` is the case's own count
+        all the same: how many revocations were really published would tell the person
+        which of their hashes someone else also holds.
         """
         state = self.status(number)
         if state["state"] == "withdrawn":
@@ -416,7 +491,6 @@ class CaseStore:
             ).fetchone()
             if shared is None:
                 by_collection.setdefault(signal["collection"], []).append(op_id)
-        revoked = 0
         day = day_ms()
         with self.service.store.bulk(source="local"):
             for collection, targets in by_collection.items():
@@ -425,12 +499,11 @@ class CaseStore:
                     revoke = RevokeOp(targets=chunk, reason=WITHDRAW_REASON)
                     made = self.service.publish(collection, [revoke], ts=day)[0]
                     self._coarsen_times([str(op) for op in made], day)
-                    revoked += len(chunk)
             self.conn.execute(
                 "UPDATE selfreport_cases SET withdrawn_day = ? WHERE case_number = ?",
                 (today(), number),
             )
-        return {**self.status(number), "revoked": revoked}
+        return {**self.status(number), "revoked": state["hashes"]}
 
     def report(self, days: int = 60) -> dict[str, Any]:
         """Per-day counts and the opinions platforms published on self-reported hashes."""
@@ -515,6 +588,7 @@ class SelfReport:
         self._cases: CaseStore | None = None
         self._limits: dict[str, RateLimiter] = {}
         self._limit_settings: tuple[int, ...] = ()
+        self._scrypt = asyncio.Semaphore(SCRYPT_CONCURRENCY)
         folder = resources.files("node").joinpath("static/selfreport")
         self.page = folder.joinpath("index.html").read_bytes()
         self.assets = {name: folder.joinpath(name).read_bytes() for name in ASSETS}
@@ -538,27 +612,54 @@ class SelfReport:
                 "challenge": RateLimiter(settings[0] * 4),
                 "check": RateLimiter(settings[1]),
                 "all-submits": RateLimiter(settings[2]),
+                "block-submits": RateLimiter(max(1, settings[2] // BLOCK_SHARE)),
             }
         return self._limits[name]
 
-    def client_key(self, request: web.Request) -> bytes:
-        """An opaque key for the caller: HMAC of its address under a key never stored."""
+    def client_address(self, request: web.Request) -> str:
         address = request.remote or ""
         header = self.config.selfreport_client_ip_header
         if header and request.headers.get(header):
             # The right-most entry is the one the operator's own proxy appended.
             address = request.headers[header].split(",")[-1].strip()
-        return hmac.new(self._salt, address.encode(), hashlib.sha256).digest()[:16]
+        return address
 
-    def limit(self, request: web.Request, name: str, key: bytes | None = None) -> None:
-        limiter = self.limiter(name)
-        key = self.client_key(request) if key is None else key
-        if not limiter.hit(key):
-            wait = limiter.retry_after(key)
-            raise TooMany(
-                "too many requests from your connection; please try again in "
-                f"{max(1, wait // 60)} minutes"
-            )
+    def key(self, text: str) -> bytes:
+        """An opaque limiter key: HMAC under a key never stored, so the table in memory
+        holds no address."""
+        return hmac.new(self._salt, text.encode(), hashlib.sha256).digest()[:16]
+
+    def client_key(self, request: web.Request) -> bytes:
+        return self.key("client:" + client_block(self.client_address(request)))
+
+    def block_key(self, request: web.Request) -> bytes:
+        return self.key("block:" + share_block(self.client_address(request)))
+
+    def check(self, charges: list[tuple[str, bytes]]) -> None:
+        """Refuse when any of these limits is spent, charging none of them."""
+        for name, key in charges:
+            limiter = self.limiter(name)
+            if not limiter.allows(key):
+                wait = limiter.retry_after(key)
+                raise TooMany(
+                    "too many requests from your connection; please try again in "
+                    f"{max(1, wait // 60)} minutes"
+                )
+
+    def charge(self, charges: list[tuple[str, bytes]]) -> None:
+        """Check then charge, with no await in between, so concurrent requests cannot
+        both pass a check that only one of them fits."""
+        self.check(charges)
+        for name, key in charges:
+            self.limiter(name).hit(key)
+
+    def limit(self, request: web.Request, name: str) -> None:
+        self.charge([(name, self.client_key(request))])
+
+    async def slow_hash(self, secret: str, salt: bytes) -> bytes:
+        async with self._scrypt:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(None, hash_secret, secret, salt)
 
     async def cases(self) -> CaseStore:
         if self._cases is None:
@@ -609,16 +710,20 @@ class SelfReport:
     async def submit(self, request: web.Request) -> web.Response:
         self.require_enabled()
         body = await read_body(request)
-        self.limit(request, "submit")
+        submission = self.parse_submission(body)
+        charges = [
+            ("submit", self.client_key(request)),
+            ("block-submits", self.block_key(request)),
+            ("all-submits", b"*"),
+        ]
+        self.check(charges)
         self.pow.verify(
             body.get("challenge"), body.get("solution"), self.config.selfreport_pow_bits
         )
-        self.limit(request, "all-submits", b"*")
-        submission = self.parse_submission(body)
+        self.charge(charges)
         secret = random_code(SECRET_CHARS)
         salt = secrets.token_bytes(16)
-        loop = asyncio.get_running_loop()
-        secret_hash = await loop.run_in_executor(None, hash_secret, secret, salt)
+        secret_hash = await self.slow_hash(secret, salt)
         cases = await self.cases()
         result = await self.daemon.call(
             cases.create, self.config.selfreport_collection, submission, salt, secret_hash
@@ -690,14 +795,13 @@ class SelfReport:
         nor its timing tells which case numbers exist."""
         self.require_enabled()
         body = await read_body(request)
-        self.limit(request, "check")
         number = normalise_code(body.get("case"), CASE_CHARS, "case number")
         secret = normalise_code(body.get("secret"), SECRET_CHARS, "secret")
+        self.limit(request, "check")
         cases = await self.cases()
         stored = await self.daemon.call(cases.secret_of, number)
         salt, expected = stored if stored is not None else (b"\0" * 16, b"")
-        loop = asyncio.get_running_loop()
-        actual = await loop.run_in_executor(None, hash_secret, secret, salt)
+        actual = await self.slow_hash(secret, salt)
         if stored is None or not hmac.compare_digest(actual, expected):
             raise Forbidden("case number or secret is wrong")
         return number, cases
