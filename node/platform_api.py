@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,18 +17,20 @@ from aiohttp import BodyPartReader, web
 
 from . import access
 from .api import DAEMON_KEY, EXACT_READER_KEY, INLINE_QUERIES, MAX_UPLOAD, read_json
-from .bodies import BodyPace, parse_json_object, request_body
+from .bodies import MAX_JSON_BODY, BodyPace, parse_json_object, refuse_encoded, request_body
 from .errors import NodeError, PayloadTooLarge
 from .feed import DEFAULT_PAGE, MAX_PAGE, FeedHub, FeedReader
 from .hashing import ImageError, ImageTooLarge, hash_bytes
+from .importers import formats
 from .keys import hash_token
-from .lists import apply_import
+from .lists import apply_import, import_file
 from .matcher import check_threshold
 from .pdq_index import DEFAULT_THRESHOLD
 from .tokens import Grant, TokenStore
 
 HEARTBEAT_S = 15.0
-MAX_IMPORT_BODY = 1 << 30
+MAX_IMPORT_BODY = 1 << 30  # a list file, parsed from disk as it is read
+MAX_IMPORT_PLAN_BODY = MAX_JSON_BODY  # a JSON plan, parsed whole in memory
 STREAM_PAGE = 1_000
 # Each open stream costs a feed query per wake-up: unbounded streams starved /v1/feed.
 MAX_STREAMS_PER_TOKEN = 4
@@ -389,9 +392,11 @@ async def token_revoke(request: web.Request) -> web.Response:
 
 
 async def lists_import(request: web.Request) -> web.Response:
-    """Apply a whole import plan (see lists.py) in one transaction."""
+    """A list file as the raw body (`?format=&collection=`), or a plan as a JSON object."""
+    if "format" in request.query:
+        return await _lists_import_file(request)
     daemon = request.app[DAEMON_KEY]
-    body: Any = parse_json_object(await request_body(request, MAX_IMPORT_BODY))
+    body: Any = parse_json_object(await request_body(request, MAX_IMPORT_PLAN_BODY))
     if not isinstance(body, dict) or not isinstance(body.get("collection"), str):
         raise NodeError("request body: expected an object with a collection")
     unknown = set(body) - {"collection", "adds", "revoke_signals", "revoke_refs"}
@@ -409,6 +414,46 @@ async def lists_import(request: web.Request) -> web.Response:
         body.get("revoke_signals", []),
         body.get("revoke_refs", []),
     )
+    return web.json_response(result)
+
+
+async def _lists_import_file(request: web.Request) -> web.Response:
+    """Spool the body to an anonymous file and parse it from there: a JSON body is held
+    and parsed whole (about 23 times its size), a list file is read record by record."""
+    daemon = request.app[DAEMON_KEY]
+    query = request.query
+    unknown = set(query) - {"format", "collection", "category", "on_error"}
+    if unknown:
+        raise NodeError(f"{sorted(unknown)[0]}: unknown query parameter")
+    collection = query.get("collection")
+    if not collection:
+        raise NodeError("collection: required in the query string")
+    list_format = query["format"]
+    if list_format not in formats():
+        raise NodeError(f"format {list_format[:40]!r}: expected one of {', '.join(formats())}")
+    access.require_collection(access.grant_of(request), collection)
+    refuse_encoded(request)
+    declared = request.content_length
+    if declared is not None and declared > MAX_IMPORT_BODY:
+        raise PayloadTooLarge(f"request body: larger than {MAX_IMPORT_BODY} bytes")
+    with tempfile.TemporaryFile(dir=daemon.home.path) as spool:
+        size = 0
+        pace = BodyPace("request body")
+        while chunk := await pace.next(request.content.readany()):
+            size += len(chunk)
+            if size > MAX_IMPORT_BODY:
+                raise PayloadTooLarge(f"request body: larger than {MAX_IMPORT_BODY} bytes")
+            spool.write(chunk)
+        spool.seek(0)
+        result = await daemon.call(
+            import_file,
+            daemon.service,
+            collection,
+            list_format,
+            spool,
+            query.get("category") or None,
+            query.get("on_error", "abort"),
+        )
     return web.json_response(result)
 
 
