@@ -219,11 +219,13 @@ def call(
             all_headers["Authorization"] = f"Bearer {token}"
         if body is not None:
             all_headers.setdefault("Content-Type", content_type)
+        conn.connect()
+        sock = conn.sock  # a stream answered with Connection: close hands it to the response
+        assert sock is not None
         conn.request(method, path, body=body, headers=all_headers)
         response = conn.getresponse()
         if response.getheader("Content-Type", "").startswith("text/event-stream"):
-            assert conn.sock is not None
-            conn.sock.settimeout(1.0)  # the backlog comes at once, then the stream waits
+            sock.settimeout(1.0)  # the backlog comes at once, then the stream waits
             chunks = []
             while True:
                 try:
