@@ -17,6 +17,7 @@ import click
 
 from . import platform_client as pc
 from .cli import Context, cli, emit, errors, fail, json_option, pass_ctx
+from .client import RemoteBackend
 from .errors import NodeError
 from .importers import formats
 from .lists import EXPORT_FORMATS, plan_import, write_export
@@ -24,6 +25,8 @@ from .tokens import SCOPES
 
 # A column the importer drops on purpose (personal data, unknown extras) is not a bad row.
 _DROPPED_COLUMN = re.compile(r"^column .* is not imported$")
+
+_IMPORT_RESULT = ("collection", "published", "already_live", "revoked", "revoked_op_ids")
 
 
 @cli.group()
@@ -157,7 +160,12 @@ def import_list(
             }
         else:
             with errors():
-                result = pc.import_plan(backend, plan.request(collection))
+                if isinstance(backend, RemoteBackend):
+                    # Checked here already; skip is safe: an invalid entry aborted above.
+                    sent = pc.import_file(backend, file, list_format, collection, category)
+                    result = {k: sent[k] for k in _IMPORT_RESULT}
+                else:
+                    result = pc.import_plan(backend, plan.request(collection))
     result.update(
         {
             "file": file,

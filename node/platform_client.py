@@ -8,6 +8,7 @@ once, and an import is applied by the node in one transaction either way.
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -68,6 +69,27 @@ def import_plan(backend: Backend, request: dict[str, Any]) -> dict[str, Any]:
             request["revoke_refs"],
         )
     return _remote(backend, "POST", "/v1/lists/import", request)
+
+
+def import_file(
+    backend: RemoteBackend,
+    path: str,
+    list_format: str,
+    collection: str,
+    category: str | None,
+) -> dict[str, Any]:
+    """Send the list file itself: the node parses it from disk in bounded memory, where a
+    JSON plan of a large list would be refused (the plan form is capped at 16 MiB)."""
+    query = {"format": list_format, "collection": collection, "on_error": "skip"}
+    if category:
+        query["category"] = category
+    with open(path, "rb") as data:
+        return backend._call(
+            "POST",
+            "/v1/lists/import?" + urllib.parse.urlencode(query),
+            data=data,
+            length=os.fstat(data.fileno()).st_size,
+        )
 
 
 def snapshot(backend: Backend, collection: str) -> Iterator[dict[str, Any]]:
