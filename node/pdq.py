@@ -33,7 +33,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["pdq_buffer", "pdq_from_luma"]
+__all__ = ["DIHEDRAL", "pdq_buffer", "pdq_dihedral_from_luma", "pdq_from_luma"]
 
 _DIM = 64
 _MIN_SIDE = 5  # Meta's MIN_HASHABLE_DIM: smaller planes hash to zero with quality 0
@@ -202,11 +202,64 @@ def pdq_from_luma(
     buf = pdq_buffer(luma, resize_to)
     if buf is None:
         return "0" * 64, 0
-    quality = _quality(buf)
-    coeffs = _dct64to16(buf).ravel()
+    return _bits(_dct64to16(buf)), _quality(buf)
+
+
+def _bits(dct: npt.NDArray[np.float32]) -> str:
+    coeffs = dct.ravel()
     median = np.partition(coeffs, 127)[127]
     bits = (coeffs > median)[::-1]
-    return np.packbits(bits).tobytes().hex(), quality
+    return np.packbits(bits).tobytes().hex()
+
+
+DIHEDRAL = (
+    "original",
+    "rotate90",
+    "rotate180",
+    "rotate270",
+    "flipx",
+    "flipy",
+    "flipplus1",
+    "flipminus1",
+)
+"""Meta's names and order (pdqhashing.cpp, pdqhash.compute_dihedral) for the 8 variants."""
+
+# Coefficient k of Meta's DCT is frequency k + 1: mirroring an axis negates its even k.
+_MIRROR = np.where(np.arange(16) % 2 == 1, 1, -1).astype(np.float32)
+_MIRROR_ROWS = _MIRROR[:, None]
+_MIRROR_COLS = _MIRROR[None, :]
+
+
+def _dihedral_dcts(a: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], ...]:
+    """Meta's dct16OriginalTo*: the DCT of each rotated or mirrored plane from the
+    original's, by a transpose and sign flips (exact in float32, so bit for bit Meta's)."""
+    return (
+        a,
+        (a * _MIRROR_COLS).T,
+        a * _MIRROR_ROWS * _MIRROR_COLS,
+        (a * _MIRROR_ROWS).T,
+        a * _MIRROR_ROWS,
+        a * _MIRROR_COLS,
+        a.T,
+        (a * _MIRROR_ROWS * _MIRROR_COLS).T,
+    )
+
+
+def pdq_dihedral_from_luma(
+    luma: npt.NDArray[np.generic], resize_to: tuple[int, int] | None = None
+) -> tuple[dict[str, str], int]:
+    """({variant: PDQ hex}, quality) for the 8 rotations and mirrors of the plane, named
+    as in `DIHEDRAL`; "original" is `pdq_from_luma`'s hash.
+
+    Why from the DCT: rotating or mirroring the plane only transposes the 16x16 block and
+    flips the sign of alternate frequencies, so the 7 extra hashes cost 7 medians, not 7
+    filter passes; the quality is the original's (Meta's too).
+    """
+    buf = pdq_buffer(luma, resize_to)
+    if buf is None:
+        return dict.fromkeys(DIHEDRAL, "0" * 64), 0
+    dcts = _dihedral_dcts(_dct64to16(buf))
+    return {name: _bits(d) for name, d in zip(DIHEDRAL, dcts, strict=True)}, _quality(buf)
 
 
 def pdq_buffer(
