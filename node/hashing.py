@@ -41,14 +41,15 @@ import io
 import math
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
-from node.pdq import pdq_from_luma
+from node.pdq import pdq_dihedral_from_luma, pdq_from_luma
 from protocol.hashing import Digests
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
     "ImageTooLarge",
     "hash_bytes",
     "hash_file",
+    "pdq_dihedral_from_bytes",
     "pdq_from_bytes",
     "pdq_from_image",
 ]
@@ -73,6 +75,7 @@ _JPEG_RESAMPLE = Image.Resampling.BILINEAR
 MAX_PIXELS = 50_000_000
 MAX_JPEG_PIXELS = 150_000_000
 _STRIP_PIXELS = 1 << 20
+_T = TypeVar("_T")
 
 
 class ImageError(ValueError):
@@ -83,33 +86,43 @@ class ImageTooLarge(ImageError):
     """The image declares more pixels than may be decoded; refused before decoding."""
 
 
+Variants = tuple[dict[str, str], int]
+
+
 @dataclass(frozen=True, slots=True)
 class FileHashes:
-    """Hashes of one file; `pdq` and `quality` are None when PDQ was not asked for."""
+    """Hashes of one file; `pdq` and `quality` are None when PDQ was not asked for.
+
+    `pdq_dihedral` maps each of `node.pdq.DIHEDRAL` to its PDQ when the variants were asked
+    for (its "original" is `pdq`), else it is None.
+    """
 
     md5: str
     sha1: str
     sha256: str
     pdq: str | None = None
     quality: int | None = None
+    pdq_dihedral: dict[str, str] | None = None
 
     def pdq_publishable(self, min_quality: int = MIN_PUBLISH_QUALITY) -> bool:
         """Low-quality PDQ hashes (flat or tiny pictures) match too much to be shared."""
         return self.pdq is not None and self.quality is not None and self.quality >= min_quality
 
 
-def hash_bytes(data: bytes, *, pdq: bool = True) -> FileHashes:
-    """Digests of `data`, and its PDQ when `pdq` (then `data` must be an image)."""
+def hash_bytes(data: bytes, *, pdq: bool = True, dihedral: bool = False) -> FileHashes:
+    """Digests of `data`, and its PDQ when `pdq` (then `data` must be an image), with the
+    8 dihedral variants when `dihedral`."""
     digests = Digests()
     digests.update(data)
     md5, sha1, sha256 = digests.hexdigests()
     if not pdq:
         return FileHashes(md5, sha1, sha256)
-    pdq_hex, quality = pdq_from_bytes(data)
-    return FileHashes(md5, sha1, sha256, pdq_hex, quality)
+    return _with_pdq(FileHashes(md5, sha1, sha256), io.BytesIO(data), "image", dihedral)
 
 
-def hash_file(path: str | os.PathLike[str], *, pdq: bool = True) -> FileHashes:
+def hash_file(
+    path: str | os.PathLike[str], *, pdq: bool = True, dihedral: bool = False
+) -> FileHashes:
     """Like `hash_bytes`; the digests stream the file, so large non-images are fine."""
     digests = Digests()
     with open(path, "rb") as f:
@@ -119,17 +132,32 @@ def hash_file(path: str | os.PathLike[str], *, pdq: bool = True) -> FileHashes:
         if not pdq:
             return FileHashes(md5, sha1, sha256)
         f.seek(0)
-        pdq_hex, quality = _pdq_from_stream(f, os.fspath(path))
-    return FileHashes(md5, sha1, sha256, pdq_hex, quality)
+        return _with_pdq(FileHashes(md5, sha1, sha256), f, os.fspath(path), dihedral)
+
+
+def _with_pdq(digests: FileHashes, stream: IO[bytes], name: str, dihedral: bool) -> FileHashes:
+    if not dihedral:
+        pdq_hex, quality = _pdq_from_stream(stream, name, _hash_image)
+        return FileHashes(digests.md5, digests.sha1, digests.sha256, pdq_hex, quality)
+    variants, quality = _pdq_from_stream(stream, name, _hash_dihedral)
+    return FileHashes(
+        digests.md5, digests.sha1, digests.sha256, variants["original"], quality, variants
+    )
 
 
 def pdq_from_bytes(data: bytes) -> tuple[str, int]:
-    """(PDQ hex, quality 0-100) of an encoded image."""
-    return _pdq_from_stream(io.BytesIO(data), "image")
+    """(PDQ hex, quality 0-100) of an encoded image's stored pixels (EXIF orientation is
+    not applied, as in Meta's hashers)."""
+    return _pdq_from_stream(io.BytesIO(data), "image", _hash_image)
+
+
+def pdq_dihedral_from_bytes(data: bytes) -> Variants:
+    """({variant: PDQ hex}, quality) of the 8 rotations and mirrors of the stored pixels."""
+    return _pdq_from_stream(io.BytesIO(data), "image", _hash_dihedral)
 
 
 def pdq_from_image(image: Image.Image) -> tuple[str, int]:
-    """(PDQ hex, quality) of an already opened image; EXIF orientation is applied."""
+    """(PDQ hex, quality) of an already opened image's stored pixels."""
     _check_pixels(image, "image")
     try:
         return _hash_image(image)
@@ -141,7 +169,7 @@ def pdq_from_image(image: Image.Image) -> tuple[str, int]:
         raise ImageError(f"image could not be decoded: {_reason(exc)}") from exc
 
 
-def _pdq_from_stream(stream: IO[bytes], name: str) -> tuple[str, int]:
+def _pdq_from_stream(stream: IO[bytes], name: str, hasher: Callable[[Image.Image], _T]) -> _T:
     try:
         with warnings.catch_warnings():
             # Both budgets are under the size Pillow only warns about, so `_check_pixels`
@@ -150,7 +178,7 @@ def _pdq_from_stream(stream: IO[bytes], name: str) -> tuple[str, int]:
             image = Image.open(stream)
         with image:
             _check_pixels(image, name)
-            return _hash_image(image)
+            return hasher(image)
     except ImageError:
         raise
     except UnidentifiedImageError as exc:
@@ -188,7 +216,26 @@ def _reason(exc: Exception) -> str:
     return text.splitlines()[0][:200]
 
 
+Plane = npt.NDArray[np.uint8] | npt.NDArray[np.float32]
+
+
 def _hash_image(image: Image.Image) -> tuple[str, int]:
+    plane, resize_to = _plane(image)
+    return pdq_from_luma(plane, resize_to=resize_to)
+
+
+def _hash_dihedral(image: Image.Image) -> Variants:
+    plane, resize_to = _plane(image)
+    return pdq_dihedral_from_luma(plane, resize_to=resize_to)
+
+
+def _plane(image: Image.Image) -> tuple[Plane, tuple[int, int] | None]:
+    """The luma PDQ hashes, and the size it is hashed at when the resize is folded in.
+
+    The stored pixels, whatever the EXIF orientation says: Meta's hashers, pdqhash, HMA
+    and python-threatexchange all hash them, so a rotated copy is matched through the
+    dihedral variants rather than by turning the picture here (docs/protocol.md).
+    """
     if getattr(image, "is_animated", False):
         image.seek(0)
     if image.format == "JPEG" and image.mode in ("L", "RGB", "CMYK"):
@@ -200,18 +247,16 @@ def _hash_image(image: Image.Image) -> tuple[str, int]:
         if scaled and image.mode == "L":
             # The bilinear resize to the thumbnail is folded into PDQ's own filters.
             image.load()
-            plane = _exif_transpose(image, image)
-            return pdq_from_luma(np.asarray(plane), resize_to=_thumbnail_fit(plane.size))
+            return np.asarray(image), _thumbnail_fit(image.size)
         image.thumbnail(PDQ_THUMBNAIL, _JPEG_RESAMPLE)
         picture = image if image.mode == "L" else _to_rgb(image)
     else:
         image.load()
         picture = _to_luma_or_rgb(image)
         picture.thumbnail(PDQ_THUMBNAIL)
-    picture = _exif_transpose(picture, image)
     if picture.width < 1 or picture.height < 1:
         raise ImageError("image has no pixels")
-    return pdq_from_luma(_luma(picture))
+    return _luma(picture), None
 
 
 def _luma(picture: Image.Image) -> npt.NDArray[np.uint8] | npt.NDArray[np.float32]:
@@ -252,21 +297,6 @@ def _thumbnail_fit(size: tuple[int, int]) -> tuple[int, int]:
         candidates = (math.floor(x / aspect), math.ceil(x / aspect))
         y = max(min(candidates, key=lambda n: 0 if n == 0 else abs(aspect - x / n)), 1)
     return x, y
-
-
-def _exif_transpose(rgb: Image.Image, source: Image.Image) -> Image.Image:
-    """Orient as a viewer would; the EXIF lives on the source, not on converted copies."""
-    orientation = source.getexif().get(0x0112, 1)
-    method = {
-        2: Image.Transpose.FLIP_LEFT_RIGHT,
-        3: Image.Transpose.ROTATE_180,
-        4: Image.Transpose.FLIP_TOP_BOTTOM,
-        5: Image.Transpose.TRANSPOSE,
-        6: Image.Transpose.ROTATE_270,
-        7: Image.Transpose.TRANSVERSE,
-        8: Image.Transpose.ROTATE_90,
-    }.get(orientation)
-    return rgb if method is None else rgb.transpose(method)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

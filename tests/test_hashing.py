@@ -148,20 +148,24 @@ def _near(a: str, b: str, limit: int) -> None:
     assert pdq_distance(a, b) <= limit, pdq_distance(a, b)
 
 
-def test_exif_orientation_is_applied(photo: Image.Image) -> None:
+def test_exif_orientation_is_not_applied(photo: Image.Image) -> None:
+    """Meta's hashers, HMA and pytx hash the stored pixels; so does this one (issue 15)."""
     upright, _ = pdq_from_bytes(_encode(photo, "PNG"))
-    # Store the pixels rotated and let EXIF say how to turn them back (6: rotate 90 CW).
     exif = Image.Exif()
-    exif[0x0112] = 6
-    stored = photo.transpose(Image.Transpose.ROTATE_90)
-    tagged, _ = pdq_from_bytes(_encode(stored, "JPEG", quality=95, exif=exif.tobytes()))
-    untagged, _ = pdq_from_bytes(_encode(stored, "JPEG", quality=95))
-    _near(tagged, upright, 16)
-    assert pdq_distance(untagged, upright) > 64
     for orientation in range(1, 9):
         exif[0x0112] = orientation
-        pdq_hex, _ = pdq_from_bytes(_encode(photo, "PNG", exif=exif.tobytes()))
-        assert len(pdq_hex) == 64
+        tagged, _ = pdq_from_bytes(_encode(photo, "PNG", exif=exif.tobytes()))
+        assert tagged == upright, orientation
+    # Stored turned, tagged 6 (a viewer turns it back): the hash is of the turned pixels,
+    # and the upright picture is found through the variant "rotate270".
+    exif[0x0112] = 6
+    stored = _encode(
+        photo.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=95, exif=exif.tobytes()
+    )
+    assert pdq_distance(pdq_from_bytes(stored)[0], upright) > 64
+    variants = hash_bytes(stored, dihedral=True).pdq_dihedral
+    assert variants is not None
+    _near(variants["rotate270"], upright, 16)
 
 
 @pytest.mark.parametrize(
