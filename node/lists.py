@@ -12,11 +12,13 @@ Exports write the live signals of one collection as of one snapshot cursor.
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Iterable, Iterator
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, TextIO
 
-from protocol.ops import MAX_REVOKE_TARGETS, RevokeOp, validate_collection
+from protocol.batches import MAX_OPS_BYTES, MAX_OPS_PER_BATCH, AnyOp
+from protocol.ops import OpId, op_size, pack_revokes, validate_collection
 
 from .errors import NodeError
 from .importers import ImportFormatError, ImportIssue, ImportRecord, parse_file
@@ -207,40 +209,13 @@ def apply_import(
     refs = list(revoke_refs)
     if not all(isinstance(r, str) for r in refs):
         raise NodeError("revoke_refs: expected a list of strings")
-    store = service.store
-    node_id = service.node_id
-    with store.bulk():
-        targets: list[int] = []
-        for signal_type, value in pairs:
-            targets += [
-                row[0]
-                for row in store.conn.execute(
-                    "SELECT s.id FROM signals s JOIN logs l ON l.id = s.log_id"
-                    " WHERE s.value = ? AND s.type = ? AND l.author = ? AND l.collection = ?"
-                    " AND s.revoked_by IS NULL",
-                    (value, signal_type, node_id, collection),
-                )
-            ]
-        if refs:
-            wanted = set(refs)
-            targets += [
-                row[0]
-                for row in store.conn.execute(
-                    "SELECT s.id, s.ref FROM signals s JOIN logs l ON l.id = s.log_id"
-                    " WHERE l.author = ? AND l.collection = ? AND s.revoked_by IS NULL"
-                    " AND s.ref IS NOT NULL",
-                    (node_id, collection),
-                )
-                if row[1] in wanted
-            ]
-        op_ids = [store.signal(sid)["op_id"] for sid in sorted(set(targets))]
-        revokes = [
-            RevokeOp(targets=op_ids[i : i + MAX_REVOKE_TARGETS], reason=IMPORT_REASON)
-            for i in range(0, len(op_ids), MAX_REVOKE_TARGETS)
-        ]
-        if revokes:
-            service.publish(collection, revokes)
-        added = service.add_many(collection, adds) if adds else {"published": 0, "signals": []}
+    with service.store.bulk():
+        op_ids = own_live_targets(service, collection, pairs, refs)
+        for group in batch_groups(pack_revokes(op_ids, IMPORT_REASON)):
+            service.publish(collection, group)
+        added: dict[str, Any] = {"published": 0, "signals": []}
+        if adds:
+            added = service.add_many(collection, adds)
     return {
         "collection": collection,
         "published": added["published"],
@@ -248,6 +223,57 @@ def apply_import(
         "revoked": len(op_ids),
         "revoked_op_ids": op_ids,
     }
+
+
+def own_live_targets(
+    service: Any, collection: str, pairs: list[tuple[str, str]], refs: list[str]
+) -> list[str]:
+    """Op ids of this node's live adds in `collection` of these signals or references.
+
+    One statement per signal type (and one for all references) over the whole list, not a
+    lookup per entry: a withdrawal of a million-entry list costs a few index scans.
+    """
+    node_id = service.node_id
+    by_type: dict[str, list[str]] = {}
+    for signal_type, value in pairs:
+        by_type.setdefault(signal_type, []).append(value)
+    conn = service.store.conn
+    found: set[tuple[int, int]] = set()
+    for signal_type, values in by_type.items():
+        found.update(
+            conn.execute(
+                "SELECT s.seq, s.idx FROM signals s JOIN logs l ON l.id = s.log_id"
+                " WHERE l.author = ? AND l.collection = ? AND s.type = ?"
+                " AND s.revoked_by IS NULL AND s.value IN (SELECT value FROM json_each(?))",
+                (node_id, collection, signal_type, json.dumps(values)),
+            )
+        )
+    if refs:
+        found.update(
+            conn.execute(
+                "SELECT s.seq, s.idx FROM signals s JOIN logs l ON l.id = s.log_id"
+                " WHERE l.author = ? AND l.collection = ? AND s.revoked_by IS NULL"
+                " AND s.ref IN (SELECT value FROM json_each(?))",
+                (node_id, collection, json.dumps(refs)),
+            )
+        )
+    return [str(OpId(node_id, collection, seq, idx)) for seq, idx in sorted(found)]
+
+
+def batch_groups(ops: Sequence[AnyOp]) -> Iterator[list[AnyOp]]:
+    """Ops cut into runs that each fit one batch by bytes as well as by count: 5,000 full
+    revocations are 10 MB, over the 4 MiB a batch may carry, whatever `batch_size` says."""
+    group: list[AnyOp] = []
+    size = 0
+    for op in ops:
+        cost = op_size(op) + 1
+        if group and (size + cost > MAX_OPS_BYTES + 1 or len(group) >= MAX_OPS_PER_BATCH):
+            yield group
+            group, size = [], 0
+        group.append(op)
+        size += cost
+    if group:
+        yield group
 
 
 # -- export --------------------------------------------------------------------------------

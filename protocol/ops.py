@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from .encoding import parse_canonical
+from .encoding import canonical, parse_canonical
 from .errors import OpError, ProtocolError, SignalError
 from .signals import Signal, get_type, signal_registry, validate_quality
 from .signing import validate_node_id
@@ -175,6 +175,39 @@ def op_to_wire(op: AddOp | RevokeOp | OpinionOp) -> dict[str, Any]:
     return op.model_dump(exclude_none=True)
 
 
+def op_size(op: AddOp | RevokeOp | OpinionOp) -> int:
+    """An op's size on the wire: what MAX_OP_BYTES and a batch's MAX_OPS_BYTES count."""
+    return len(canonical(op_to_wire(op)))
+
+
+def pack_revokes(targets: list[str], reason: str = "") -> list[RevokeOp]:
+    """Revocations of `targets`, in order, each op as full as MAX_OP_BYTES allows.
+
+    An op id is 60-70 bytes, so only about 30 fit in one op, far below MAX_REVOKE_TARGETS:
+    the budget is counted from each target's canonical encoding (and the comma between
+    two), not guessed, so every op built here is one its author's peers accept.
+    """
+    try:
+        empty = len(canonical(op_to_wire(RevokeOp(targets=["x"], reason=reason)))) - 3
+    except ValidationError as exc:
+        raise OpError(_explain(exc, "revoke")) from None
+    ops: list[RevokeOp] = []
+    chunk: list[str] = []
+    size = empty
+    for target in targets:
+        cost = len(canonical(target)) + (1 if chunk else 0)
+        if chunk and (size + cost > MAX_OP_BYTES or len(chunk) >= MAX_REVOKE_TARGETS):
+            ops.append(RevokeOp(targets=chunk, reason=reason))
+            chunk, size, cost = [], empty, cost - 1
+        if size + cost > MAX_OP_BYTES:
+            raise OpError(f"revoke target {target[:80]!r}: longer than an op may be")
+        chunk.append(target)
+        size += cost
+    if chunk:
+        ops.append(RevokeOp(targets=chunk, reason=reason))
+    return ops
+
+
 def parse_op(value: Any, what: str = "op") -> AddOp | RevokeOp | OpinionOp:
     return parse_ops([value], what)[0]
 
@@ -262,16 +295,15 @@ def _parse_lines_fast(ops_bytes: bytes, count: int) -> list[AddOp | RevokeOp | O
         return None
     if len(ops) != count:
         return None
-    if _ops_adapter.dump_json(ops, exclude_unset=True) != b"[" + ops_bytes.replace(
-        b"\n", b","
-    ) + b"]":
+    if (
+        _ops_adapter.dump_json(ops, exclude_unset=True)
+        != b"[" + ops_bytes.replace(b"\n", b",") + b"]"
+    ):
         return None
     return ops
 
 
-def parse_op_lines(
-    ops_bytes: bytes, lines: list[bytes], what: str = "batch ops"
-) -> list[AnyOp]:
+def parse_op_lines(ops_bytes: bytes, lines: list[bytes], what: str = "batch ops") -> list[AnyOp]:
     """Parse a batch's ops blob: each newline-separated line is exactly one canonical op."""
     ops = _parse_lines_fast(ops_bytes, len(lines))
     if ops is not None:
@@ -279,4 +311,3 @@ def parse_op_lines(
         return ops
     values = [parse_canonical(line, f"{what}[{i}]") for i, line in enumerate(lines)]
     return parse_ops(values, what)
-
