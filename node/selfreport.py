@@ -80,9 +80,26 @@ MAX_BODY = 64 * 1024
 #: the most out of each solved proof of work by packing many of them into one case.
 MAX_PDQS_PER_CASE = 10
 CHALLENGE_TTL_S = 600
-#: No single address block (IPv4 /24, IPv6 /64) may take more than 1/BLOCK_SHARE of the
-#: node-wide submit budget, so one attacker cannot leave victims facing 429 for an hour.
+#: No single address block (IPv4 /24, IPv6 /48) may take more than 1/BLOCK_SHARE of a
+#: node-wide budget, so one attacker cannot leave victims facing 429 for an hour,
 BLOCK_SHARE = 10
+#: nor a wide block (IPv4 /16, IPv6 /32: one provider's range) more than 1/WIDE_SHARE.
+WIDE_SHARE = 4
+#: 1/RESERVE_SHARE of each node-wide budget is kept for blocks that have nothing charged in
+#: the window (a victim's fresh address): once the rest is spent, each such block may draw
+#: one event from the reserve, and each wide block at most 1/RESERVE_WIDE_SHARE of it, so
+#: spending it takes many providers' ranges, not ten /24s.
+RESERVE_SHARE = 2
+RESERVE_WIDE_SHARE = 50
+#: Node-wide status and withdrawal budgets, per submission the node accepts in an hour:
+#: each answer costs a scrypt hash, and withdrawal has its own budget so that a flood of
+#: status checks cannot keep a person from withdrawing.
+STATUS_PER_SUBMIT = 4
+WITHDRAW_PER_SUBMIT = 2
+#: Extra proof-of-work bits as the submit budget is spent: +1 at half of its general part,
+#: +2 at three quarters, +3 once it is spent (each bit doubles the work of a submission).
+POW_EXTRA_BITS = 3
+MAX_POW_BITS = 28
 #: scrypt runs at most this many at once, whatever the number of callers.
 SCRYPT_CONCURRENCY = 2
 SCRYPT = {"n": 2**14, "r": 8, "p": 1, "maxmem": 64 * 1024 * 1024, "dklen": 32}
@@ -186,15 +203,26 @@ def client_block(address: str) -> str:
     return str(ip)
 
 
-def share_block(address: str) -> str:
-    """The unit that may take at most 1/BLOCK_SHARE of the node-wide budget: one attacker
-    controls an IPv4 /24 or an IPv6 /64 far more easily than a spread of them."""
+def _block(address: str, v4: int, v6: int) -> str:
     ip = _parse_address(address)
     if ip is None:
         return address
     if isinstance(ip, ipaddress.IPv6Address):
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ipaddress.IPv4Network((ip, 24), strict=False))
+        return str(ipaddress.IPv6Network((ip, v6), strict=False))
+    return str(ipaddress.IPv4Network((ip, v4), strict=False))
+
+
+def share_block(address: str) -> str:
+    """The unit that may take at most 1/BLOCK_SHARE of a node-wide budget: one attacker
+    controls an IPv4 /24 or an IPv6 /48 (one site's allocation) far more easily than a
+    spread of them."""
+    return _block(address, 24, 48)
+
+
+def wide_block(address: str) -> str:
+    """The unit that may take at most 1/WIDE_SHARE of a node-wide budget and a small part
+    of its reserve: an IPv4 /16 or IPv6 /32, about one provider's range."""
+    return _block(address, 16, 32)
 
 
 class RateLimiter:
@@ -230,11 +258,15 @@ class RateLimiter:
     def allows(self, key: bytes, now: float | None = None) -> bool:
         """Whether hit would succeed now, recording nothing: limits are checked before the
         proof of work and charged only once it holds."""
+        return self.count(key, now) < self.limit
+
+    def count(self, key: bytes, now: float | None = None) -> int:
+        """Events of `key` in the window, recording nothing."""
         now = time.monotonic() if now is None else now
         events = self._events.get(key)
         if not events:
-            return True
-        return sum(1 for t in events if t > now - self.window_s) < self.limit
+            return 0
+        return sum(1 for t in events if t > now - self.window_s)
 
     def retry_after(self, key: bytes, now: float | None = None) -> int:
         now = time.monotonic() if now is None else now
@@ -242,6 +274,66 @@ class RateLimiter:
         if not events:
             return 0
         return max(1, int(events[0] + self.window_s - now) + 1)
+
+
+ALL = b"*"
+Charges = list[tuple[RateLimiter, bytes]]
+
+
+class Budget:
+    """A node-wide budget of `total` events a window that a spread of address blocks cannot
+    spend alone.
+
+    Each event is charged to its block (IPv4 /24, IPv6 /48: 1/BLOCK_SHARE of the total),
+    its wide block (IPv4 /16, IPv6 /32: 1/WIDE_SHARE) and the general pool (the total less
+    the reserve). Once the general pool is spent, a block with no event in the window (a
+    person on an address not seen this hour) may still draw once from the reserve, each
+    wide block at most 1/RESERVE_WIDE_SHARE of it.
+    """
+
+    def __init__(self, total: int, window_s: float = 3600.0) -> None:
+        self.total = total
+        reserve = total // RESERVE_SHARE
+        self.general = RateLimiter(total - reserve, window_s)
+        self.reserve = RateLimiter(reserve, window_s)
+        self.block = RateLimiter(max(1, total // BLOCK_SHARE), window_s)
+        self.wide = RateLimiter(max(1, total // WIDE_SHARE), window_s)
+        self.wide_reserve = RateLimiter(max(1, reserve // RESERVE_WIDE_SHARE), window_s)
+
+    def plan(self, block: bytes, wide: bytes, now: float | None = None) -> Charges:
+        """The limiters one more event would be charged to; TooMany when it does not fit."""
+        now = time.monotonic() if now is None else now
+        for limiter, key in ((self.block, block), (self.wide, wide)):
+            if not limiter.allows(key, now):
+                raise TooMany.waiting(
+                    "too many requests from your network", limiter.retry_after(key, now)
+                )
+        charges = [(self.block, block), (self.wide, wide)]
+        if self.general.allows(ALL, now):
+            return [*charges, (self.general, ALL)]
+        if (
+            self.block.count(block, now) == 0
+            and self.reserve.allows(ALL, now)
+            and self.wide_reserve.allows(wide, now)
+        ):
+            return [*charges, (self.reserve, ALL), (self.wide_reserve, wide)]
+        raise TooMany.waiting(
+            "too many requests reach this hotline right now", self.general.retry_after(ALL, now)
+        )
+
+    def load(self, now: float | None = None) -> float:
+        """How much of the general pool is spent, 0 to 1."""
+        limit = self.general.limit
+        return 1.0 if limit == 0 else min(1.0, self.general.count(ALL, now) / limit)
+
+
+def extra_pow_bits(load: float) -> int:
+    """+1 bit from half the general pool spent, +2 from three quarters, +3 once spent."""
+    if load >= 1.0:
+        return POW_EXTRA_BITS
+    if load >= 0.75:
+        return 2
+    return 1 if load >= 0.5 else 0
 
 
 class ProofOfWork:
@@ -587,6 +679,7 @@ class SelfReport:
         self._salt = secrets.token_bytes(32)  # per process, never stored
         self._cases: CaseStore | None = None
         self._limits: dict[str, RateLimiter] = {}
+        self._budgets: dict[str, Budget] = {}
         self._limit_settings: tuple[int, ...] = ()
         self._scrypt = asyncio.Semaphore(SCRYPT_CONCURRENCY)
         folder = resources.files("node").joinpath("static/selfreport")
@@ -597,7 +690,7 @@ class SelfReport:
     def config(self) -> Any:
         return self.daemon.service.config
 
-    def limiter(self, name: str) -> RateLimiter:
+    def _rebuild(self) -> None:
         """The limiters, rebuilt when the config's limits change (config is hot-reloaded)."""
         c = self.config
         settings = (
@@ -611,10 +704,28 @@ class SelfReport:
                 "submit": RateLimiter(settings[0]),
                 "challenge": RateLimiter(settings[0] * 4),
                 "check": RateLimiter(settings[1]),
-                "all-submits": RateLimiter(settings[2]),
-                "block-submits": RateLimiter(max(1, settings[2] // BLOCK_SHARE)),
             }
+            self._budgets = {
+                "submit": Budget(settings[2]),
+                "status": Budget(settings[2] * STATUS_PER_SUBMIT),
+                "withdraw": Budget(settings[2] * WITHDRAW_PER_SUBMIT),
+            }
+
+    def limiter(self, name: str) -> RateLimiter:
+        """A per-client limiter: submit, challenge or check."""
+        self._rebuild()
         return self._limits[name]
+
+    def budget(self, name: str) -> Budget:
+        """A node-wide budget: submit, status or withdraw."""
+        self._rebuild()
+        return self._budgets[name]
+
+    def pow_bits(self) -> int:
+        """The proof of work asked for now: the configured bits, more as submits load the
+        node, so spending the budget costs an attacker more with every step."""
+        base = int(self.config.selfreport_pow_bits)
+        return min(MAX_POW_BITS, base + extra_pow_bits(self.budget("submit").load()))
 
     def client_address(self, request: web.Request) -> str:
         address = request.remote or ""
@@ -632,29 +743,32 @@ class SelfReport:
     def client_key(self, request: web.Request) -> bytes:
         return self.key("client:" + client_block(self.client_address(request)))
 
-    def block_key(self, request: web.Request) -> bytes:
-        return self.key("block:" + share_block(self.client_address(request)))
+    def plan(self, request: web.Request, per_client: str, budget: str | None = None) -> Charges:
+        """The limits this request would be charged to (its client's, then its blocks' and
+        the node's); TooMany, charging nothing, when any is spent."""
+        key = self.client_key(request)
+        limiter = self.limiter(per_client)
+        if not limiter.allows(key):
+            raise TooMany.waiting(
+                "too many requests from your connection", limiter.retry_after(key)
+            )
+        charges = [(limiter, key)]
+        if budget is not None:
+            address = self.client_address(request)
+            block = self.key("block:" + share_block(address))
+            wide = self.key("wide:" + wide_block(address))
+            charges.extend(self.budget(budget).plan(block, wide))
+        return charges
 
-    def check(self, charges: list[tuple[str, bytes]]) -> None:
-        """Refuse when any of these limits is spent, charging none of them."""
-        for name, key in charges:
-            limiter = self.limiter(name)
-            if not limiter.allows(key):
-                wait = limiter.retry_after(key)
-                raise TooMany(
-                    "too many requests from your connection; please try again in "
-                    f"{max(1, wait // 60)} minutes"
-                )
+    @staticmethod
+    def spend(charges: Charges) -> None:
+        """Charge a plan made with no await since, so concurrent requests cannot both pass
+        a check that only one of them fits."""
+        for limiter, key in charges:
+            limiter.hit(key)
 
-    def charge(self, charges: list[tuple[str, bytes]]) -> None:
-        """Check then charge, with no await in between, so concurrent requests cannot
-        both pass a check that only one of them fits."""
-        self.check(charges)
-        for name, key in charges:
-            self.limiter(name).hit(key)
-
-    def limit(self, request: web.Request, name: str) -> None:
-        self.charge([(name, self.client_key(request))])
+    def limit(self, request: web.Request, per_client: str, budget: str | None = None) -> None:
+        self.spend(self.plan(request, per_client, budget))
 
     async def slow_hash(self, secret: str, salt: bytes) -> bytes:
         async with self._scrypt:
@@ -704,23 +818,18 @@ class SelfReport:
     async def challenge(self, request: web.Request) -> web.Response:
         self.require_enabled()
         self.limit(request, "challenge")
-        bits = self.config.selfreport_pow_bits
+        bits = self.pow_bits()
         return json_response({"challenge": self.pow.issue(bits), "bits": bits})
 
     async def submit(self, request: web.Request) -> web.Response:
         self.require_enabled()
         body = await read_body(request)
         submission = self.parse_submission(body)
-        charges = [
-            ("submit", self.client_key(request)),
-            ("block-submits", self.block_key(request)),
-            ("all-submits", b"*"),
-        ]
-        self.check(charges)
-        self.pow.verify(
-            body.get("challenge"), body.get("solution"), self.config.selfreport_pow_bits
-        )
-        self.charge(charges)
+        self.plan(request, "submit", "submit")
+        # One bit of slack: the load may rise while the person's device solves.
+        required = max(self.config.selfreport_pow_bits, self.pow_bits() - 1)
+        self.pow.verify(body.get("challenge"), body.get("solution"), required)
+        self.limit(request, "submit", "submit")
         secret = random_code(SECRET_CHARS)
         salt = secrets.token_bytes(16)
         secret_hash = await self.slow_hash(secret, salt)
@@ -789,7 +898,7 @@ class SelfReport:
                 out.append(entry)
         return Submission(category, out)
 
-    async def _authenticate(self, request: web.Request) -> tuple[str, CaseStore]:
+    async def _authenticate(self, request: web.Request, budget: str) -> tuple[str, CaseStore]:
         """The case number, once its secret checks out; the same refusal for every failure
         (unknown case or wrong secret), after the same scrypt work, so neither the answer
         nor its timing tells which case numbers exist."""
@@ -797,7 +906,7 @@ class SelfReport:
         body = await read_body(request)
         number = normalise_code(body.get("case"), CASE_CHARS, "case number")
         secret = normalise_code(body.get("secret"), SECRET_CHARS, "secret")
-        self.limit(request, "check")
+        self.limit(request, "check", budget)
         cases = await self.cases()
         stored = await self.daemon.call(cases.secret_of, number)
         salt, expected = stored if stored is not None else (b"\0" * 16, b"")
@@ -807,11 +916,11 @@ class SelfReport:
         return number, cases
 
     async def status(self, request: web.Request) -> web.Response:
-        number, cases = await self._authenticate(request)
+        number, cases = await self._authenticate(request, "status")
         return json_response(await self.daemon.call(cases.status, number))
 
     async def withdraw(self, request: web.Request) -> web.Response:
-        number, cases = await self._authenticate(request)
+        number, cases = await self._authenticate(request, "withdraw")
         result = await self.daemon.call(cases.withdraw, number)
         return json_response(result)
 
@@ -831,6 +940,10 @@ class SelfReport:
 
 class TooMany(NodeError):
     status = 429
+
+    @classmethod
+    def waiting(cls, what: str, wait_s: int) -> TooMany:
+        return cls(f"{what}; please try again in {max(1, wait_s // 60)} minutes")
 
 
 def json_response(value: Any, status: int = 200) -> web.Response:
