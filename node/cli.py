@@ -23,6 +23,7 @@ from .config import Home
 from .errors import NodeError
 from .service import init_home, verify_bundle_file
 
+EXIT_NOTHING = 1  # nothing wrong with the input, but nothing was done (as `match`: no match)
 EXIT_ERROR = 2
 
 
@@ -249,9 +250,22 @@ def submit(
     classification: str | None,
     as_json: bool,
 ) -> None:
-    """Hash files locally and publish the hashes (never the files)."""
+    """Hash pictures and videos locally and publish the hashes (never the files).
+
+    A text file is refused, and then nothing is published: it is most often a hash list
+    given to the wrong command, whose own md5 would be published as if it were a picture.
+    """
     hashed = _hash_files(files)
+    texts = [item["file"] for item in hashed if "pdq" not in item and _is_text(item["file"])]
+    if texts:
+        fail(
+            f"{texts[0]}: a text file, not a picture or video; nothing submitted"
+            f"{f' ({len(texts)} text files)' if len(texts) > 1 else ''}. submit publishes"
+            " the hashes of pictures and videos; to publish the hashes listed in a file use"
+            " `hashmesh import-list FORMAT FILE -c COLLECTION` (docs/import-formats.md)"
+        )
     signals: list[dict[str, Any]] = []
+    sources: list[str] = []
     skipped: list[str] = []
     with ctx.backend() as backend:
         minimum = backend.status().get("min_pdq_quality", 50)
@@ -260,14 +274,18 @@ def submit(
             labels = {k: v for k, v in labels.items() if v}
             signals.append({"type": "md5", "value": item["md5"], **labels})
             signals.append({"type": "sha256", "value": item["sha256"], **labels})
+            sources += [item["file"]] * 2
             if "pdq" in item:
                 if item["quality"] >= minimum:
                     signals.append(
                         {"type": "pdq", "value": item["pdq"], "quality": item["quality"], **labels}
                     )
+                    sources.append(item["file"])
                 else:
                     skipped.append(item["file"])
         result = backend.add_many(collection, signals)
+    for signal, source in zip(result["signals"], sources, strict=True):
+        signal["file"] = source
     result["files"] = hashed
     result["pdq_skipped_low_quality"] = skipped
     for path in skipped:
@@ -276,9 +294,29 @@ def submit(
         )
 
     def human(d: dict[str, Any]) -> str:
-        return "\n".join(f"{s['op_id']}  {s['type']} {s['value']}" for s in d["signals"])
+        return "\n".join(
+            f"{s['op_id']}  {s['type']} {s['value']}  {s['file']}"
+            f"{'' if s['new'] else '  (already published)'}"
+            for s in d["signals"]
+        )
 
     emit(result, as_json, human)
+
+
+def _is_text(path: str) -> bool:
+    """Whether a file that is not a picture reads as text: UTF-8 without NUL in its first
+    8 KiB, as git and `file` tell text from binary. Videos and other media never pass."""
+    import codecs
+
+    with open(path, "rb") as fh:
+        head = fh.read(8192)
+    if not head or b"\0" in head:
+        return False
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 @cli.command()
@@ -394,8 +432,24 @@ def status(ctx: Context, as_json: bool) -> None:
 @json_option
 @pass_ctx
 def export(ctx: Context, collection: str, out: str, as_json: bool) -> None:
-    """Write a signed bundle of every log of COLLECTION held here."""
+    """Write a signed bundle of every log of COLLECTION held here.
+
+    A collection of which nothing is held writes no file and exits 1: an empty bundle
+    would read as a successful backup or hand-over of data that does not exist here.
+    """
+    from protocol.ops import validate_collection
+
     with ctx.backend() as backend:
+        validate_collection(collection)
+        held = {log["collection"] for log in backend.status()["logs"] if log["head"] > 0}
+        if collection not in held:
+            click.echo(
+                f"hashmesh: collection {collection!r}: this node holds no batches in it;"
+                f" nothing exported, {out} not written (collections held here:"
+                f" {', '.join(sorted(held)) or 'none'})",
+                err=True,
+            )
+            sys.exit(EXIT_NOTHING)
         result = backend.export(collection, out)
     emit(result, as_json, lambda d: d["file"])
 
@@ -437,17 +491,33 @@ def import_(ctx: Context, bundle: str, as_json: bool) -> None:
         ProgressReader(fh, "importing") as reader,
     ):
         result = backend.import_bundle(reader)  # type: ignore[arg-type]
-    if result.get("refused_untrusted"):
+    refused = result.get("refused_untrusted", 0)
+    if refused:
         click.echo(
-            f"hashmesh: skipped {result['refused_untrusted']} batches of authors not trusted for"
-            f" their collection: {', '.join(result['untrusted_logs'])}",
+            f"hashmesh: {bundle}: refused {refused} batches of authors not trusted here for"
+            " their collection (the same rule as for batches from a peer):",
             err=True,
         )
+        for log in result["untrusted_logs"]:
+            author, _, collection = log.rpartition("/")
+            click.echo(
+                f"hashmesh:   {log}: to accept its batches, hashmesh trust add {author}"
+                f" {collection}, then import the bundle again",
+                err=True,
+            )
     emit(
         result,
         as_json,
-        lambda d: f"imported {d['applied']} batches ({d['duplicate']} already held)",
+        lambda d: (
+            f"imported {d['applied']} batches ({d['duplicate']} already held"
+            f"{f', {refused} refused as untrusted' if refused else ''})"
+        ),
     )
+    held = sum(result.get(k, 0) for k in ("applied", "duplicate", "deferred", "fork"))
+    if not held:
+        reason = "it holds no batches" if not result.get("batches") else "no batch was accepted"
+        click.echo(f"hashmesh: {bundle}: nothing imported: {reason}", err=True)
+        sys.exit(EXIT_NOTHING)
 
 
 @cli.command("hash")

@@ -105,12 +105,13 @@ def test_export_verify_import_round_trip(cli: Cli, home: HomeFactory, tmp_path: 
     assert cli.json("verify", relayed)["manifest"]["exporter"] == node_id(b)
 
 
-def test_export_of_an_empty_collection_is_a_valid_empty_bundle(
+def test_export_of_a_collection_not_held_writes_nothing(
     cli: Cli, home: HomeFactory, tmp_path: Path
 ) -> None:
     a = home("A")
-    assert cli.json("export", "-c", "nothing", tmp_path / "e.hmb", home=a)["batches"] == 0
-    assert cli.json("verify", tmp_path / "e.hmb")["batches"] == 0
+    result = cli("export", "-c", "nothing", tmp_path / "e.hmb", home=a, expect=1)
+    assert "holds no batches" in result.stderr
+    assert not (tmp_path / "e.hmb").exists()
 
 
 # -- tampering ------------------------------------------------------------------------------
@@ -233,7 +234,7 @@ def test_logs_of_untrusted_authors_are_skipped_with_a_message(
     assert len(cli.json("verify", tmp_path / "ab.hmb")["logs"]) == 2
 
     before = cli.json("status", home=c)
-    result = cli("import", tmp_path / "ab.hmb", "--json", home=c)
+    result = cli("import", tmp_path / "ab.hmb", "--json", home=c, expect=1)
     assert result.json()["refused_untrusted"] == 2 and result.json()["applied"] == 0
     assert "not trusted" in result.stderr
     assert f"{node_id(a)}/shared" in result.stderr and f"{node_id(b)}/shared" in result.stderr
@@ -241,7 +242,7 @@ def test_logs_of_untrusted_authors_are_skipped_with_a_message(
 
     # Trust in another collection does not count; trusting A lets A's log in, B's still out.
     cli("trust", "add", node_id(a), "other", home=c)
-    assert cli.json("import", tmp_path / "ab.hmb", home=c)["applied"] == 0
+    assert cli.json("import", tmp_path / "ab.hmb", home=c, expect=1)["applied"] == 0
     cli("trust", "add", node_id(a), "shared", home=c)
     result = cli("import", tmp_path / "ab.hmb", "--json", home=c)
     assert (result.json()["applied"], result.json()["refused_untrusted"]) == (1, 1)
