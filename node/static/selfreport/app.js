@@ -2,9 +2,9 @@
  * The self-report page: pictures are decoded and hashed here, on the person's device, and
  * only the hashes are sent to this node (same origin; the CSP forbids anything else).
  *
- * Images: MD5 of the file's bytes and PDQ of the decoded picture (EXIF orientation applied
- * by the browser, colour profiles ignored as Pillow ignores them, so hashes agree with
- * the platforms' pdqhash). Videos: MD5 only, read in slices so size does not matter.
+ * Images: MD5 of the file's bytes and PDQ of the decoded picture's stored pixels (EXIF
+ * orientation not applied, colour profiles ignored, as Pillow, pdqhash, HMA and the node
+ * hash them; only the preview is turned upright). Videos: MD5 only, read in slices.
  */
 (function () {
   "use strict";
@@ -80,10 +80,23 @@
     return PDQ.rgbaToRgb(data, w, h);
   }
 
-  /** PDQ as node/hashing.py computes it: Pillow's thumbnail((512, 512)) of the picture. */
+  const HEAD = 256 * 1024; // JPEG's APP1 (EXIF) is at most 64 KiB, and comes first
+
+  /** The file as the browser should decode it for PDQ: its orientation tag set to upright
+   * (see pdq.js, withoutOrientation), the pixels untouched. */
+  async function storedPixels(file) {
+    const head = new Uint8Array(await file.slice(0, HEAD).arrayBuffer());
+    const upright = PDQ.withoutOrientation(head);
+    return upright ? new Blob([upright, file.slice(HEAD)], { type: file.type }) : file;
+  }
+
+  /** PDQ as node/hashing.py computes it: Pillow's thumbnail((512, 512)) of the stored pixels
+   * (a portrait phone photo turned by its orientation would hash ~128 bits from everyone
+   * else's; "none" does not stop Chromium turning it, hence storedPixels). */
   async function pdqFile(file) {
     const options = { imageOrientation: "from-image", colorSpaceConversion: "none", premultiplyAlpha: "none" };
-    const bitmap = await createImageBitmap(file, options);
+    const source = await storedPixels(file);
+    const bitmap = await createImageBitmap(source, options);
     try {
       const w = bitmap.width, h = bitmap.height;
       if (!w || !h) throw new Error("empty image");
@@ -98,7 +111,7 @@
         // reduction (at least 2x) while decoding; later steps are ours again.
         const f = Math.max(draft, Math.ceil(Math.sqrt((w * h) / MAX_CANVAS_PIXELS)));
         const rw = Math.ceil(w / f), rh = Math.ceil(h / f);
-        const small = await createImageBitmap(file, { ...options, resizeWidth: rw, resizeHeight: rh, resizeQuality: "medium" });
+        const small = await createImageBitmap(source, { ...options, resizeWidth: rw, resizeHeight: rh, resizeQuality: "medium" });
         img = pixelsOf(small, rw, rh);
         small.close();
         await tick();
@@ -109,12 +122,24 @@
       const thumb = PDQ.thumbnail(img, w, h, draft);
       return PDQ.pdqFromRGB(thumb);
     } finally {
-      drawPreview(file, bitmap);
+      const w = bitmap.width, h = bitmap.height;
+      bitmap.close();
+      await drawPreview(file, w, h);
     }
   }
 
   const previews = new Map();
-  function drawPreview(file, bitmap) {
+  async function drawPreview(file, w, h) {
+    let bitmap;
+    try {
+      // Upright for the person (a decode of its own, the hash never sees it); scaled while
+      // decoding unless the picture is so thin that either orientation could be the long one.
+      const small = Math.max(w, h) <= 8 * Math.min(w, h) && Math.min(w, h) > 288;
+      const options = small ? { resizeHeight: 288, resizeQuality: "medium" } : {};
+      bitmap = await createImageBitmap(file, { imageOrientation: "from-image", ...options });
+    } catch (e) {
+      return;
+    }
     const canvas = document.createElement("canvas");
     const size = 144;
     canvas.width = canvas.height = size;

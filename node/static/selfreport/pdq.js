@@ -241,13 +241,94 @@
   const MIN_SIDE = 5;
   function tooSmall(w, h) { return w < MIN_SIDE || h < MIN_SIDE; }
 
+  /* EXIF orientation. PDQ is of the stored pixels (as Pillow, pdqhash, HMA and the node hash
+   * them), but browsers turn a picture by its EXIF orientation whatever createImageBitmap is
+   * told (Chromium treats imageOrientation "none" as "from-image"), and a portrait phone photo
+   * turned hashes ~128 bits from everyone else's. So the orientation tag itself is set to 1
+   * (upright) in a copy of the file's first bytes before the browser decodes it. */
+
+  /** In a TIFF block (EXIF's payload), set IFD0's Orientation to 1; true when it changed. */
+  function uprightTiff(b, start, end) {
+    if (end - start < 8) return false;
+    const le = b[start] === 0x49 && b[start + 1] === 0x49;
+    if (!le && !(b[start] === 0x4d && b[start + 1] === 0x4d)) return false;
+    const u16 = (o) => (le ? b[o] | (b[o + 1] << 8) : (b[o] << 8) | b[o + 1]);
+    const u32 = (o) => (le ? (b[o] | (b[o + 1] << 8) | (b[o + 2] << 16)) + b[o + 3] * 16777216 : b[o] * 16777216 + ((b[o + 1] << 16) | (b[o + 2] << 8) | b[o + 3]));
+    const ifd = start + u32(start + 4);
+    if (ifd + 2 > end) return false;
+    const count = u16(ifd);
+    for (let i = 0, e = ifd + 2; i < count && e + 12 <= end; i++, e += 12) {
+      if (u16(e) !== 0x0112 || u16(e + 2) !== 3) continue;
+      if (u16(e + 8) === 1) return false;
+      b[e + 8] = le ? 1 : 0; b[e + 9] = le ? 0 : 1;
+      return true;
+    }
+    return false;
+  }
+
+  let crcTable = null;
+  function crc32(b, start, end) {
+    if (!crcTable) {
+      crcTable = new Int32Array(256);
+      for (let n = 0; n < 256; n++) { let c = n; for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1; crcTable[n] = c; }
+    }
+    let c = -1;
+    for (let i = start; i < end; i++) c = crcTable[(c ^ b[i]) & 0xff] ^ (c >>> 8);
+    return (c ^ -1) >>> 0;
+  }
+
+  /**
+   * A copy of `head` (a file's first bytes) whose EXIF orientation says upright, or null
+   * when there is nothing to change. JPEG (APP1 "Exif"), PNG (eXIf, its CRC redone) and
+   * WebP (EXIF chunk): the formats whose orientation browsers apply.
+   */
+  function withoutOrientation(head) {
+    const b = Uint8Array.from(head), n = b.length;
+    const be32 = (o) => b[o] * 16777216 + ((b[o + 1] << 16) | (b[o + 2] << 8) | b[o + 3]);
+    let changed = false;
+    if (b[0] === 0xff && b[1] === 0xd8) {
+      for (let o = 2; o + 4 <= n && b[o] === 0xff; ) {
+        const marker = b[o + 1];
+        if (marker === 0xda || marker === 0xd9) break; // scan data: no more metadata
+        const length = (b[o + 2] << 8) | b[o + 3];
+        if (marker === 0xe1 && o + 10 <= n && String.fromCharCode(...b.subarray(o + 4, o + 10)) === "Exif\0\0") {
+          changed = uprightTiff(b, o + 10, Math.min(n, o + 2 + length)) || changed;
+        }
+        o += 2 + length;
+      }
+    } else if (n >= 8 && b[0] === 0x89 && b[1] === 0x50 && b[2] === 0x4e && b[3] === 0x47) {
+      for (let o = 8; o + 12 <= n; ) {
+        const length = be32(o), type = String.fromCharCode(...b.subarray(o + 4, o + 8));
+        if (type === "IDAT" || type === "IEND" || o + 12 + length > n) break;
+        if (type === "eXIf" && uprightTiff(b, o + 8, o + 8 + length)) {
+          const crc = crc32(b, o + 4, o + 8 + length), at = o + 8 + length;
+          b[at] = crc >>> 24; b[at + 1] = (crc >>> 16) & 0xff; b[at + 2] = (crc >>> 8) & 0xff; b[at + 3] = crc & 0xff;
+          changed = true;
+        }
+        o += 12 + length;
+      }
+    } else if (n >= 12 && String.fromCharCode(...b.subarray(0, 4)) === "RIFF" && String.fromCharCode(...b.subarray(8, 12)) === "WEBP") {
+      for (let o = 12; o + 8 <= n; ) {
+        const type = String.fromCharCode(...b.subarray(o, o + 4));
+        const length = b[o + 4] | (b[o + 5] << 8) | (b[o + 6] << 16) | (b[o + 7] * 16777216);
+        if (type === "EXIF") {
+          let start = o + 8;
+          if (String.fromCharCode(...b.subarray(start, start + 6)) === "Exif\0\0") start += 6;
+          changed = uprightTiff(b, start, Math.min(n, o + 8 + length)) || changed;
+        }
+        o += 8 + length + (length & 1);
+      }
+    }
+    return changed ? b : null;
+  }
+
   function hamming(x, y) {
     let d = 0;
     for (let i = 0; i < 64; i++) { let v = parseInt(x[i], 16) ^ parseInt(y[i], 16); while (v) { d += v & 1; v >>= 1; } }
     return d;
   }
 
-  const api = { MIN_SIDE, tooSmall, thumbnailSize, draftScale, reduce, resample, thumbnail, pdqFromRGB, rgbaToRgb, hamming };
+  const api = { MIN_SIDE, tooSmall, thumbnailSize, draftScale, reduce, resample, thumbnail, pdqFromRGB, rgbaToRgb, withoutOrientation, hamming };
   if (typeof module !== "undefined" && module.exports) module.exports = api;
   else root.HashmeshPDQ = api;
 })(typeof globalThis !== "undefined" ? globalThis : this);
