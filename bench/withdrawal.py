@@ -88,7 +88,7 @@ def worker(tree: str, count: int) -> dict[str, Any]:
             out["find_set_s"] = time.perf_counter() - start
             assert found == targets
 
-        ops: list[RevokeOp] = []
+        ops: list[Any] = []
         chunk: list[str] = []
         empty = len(canonical({"op": "revoke", "reason": "bench", "targets": []}))
         size = empty
