@@ -19,8 +19,8 @@ from protocol.errors import ProtocolError
 from . import access
 from .bodies import MAX_JSON_BODY, BodyPace, parse_json_object, request_body
 from .errors import NodeError
-from .matcher import ExactReader
 from .selfreport import OPEN_PATHS as SELFREPORT_OPEN_PATHS
+from .store import ReaderPool
 
 if TYPE_CHECKING:
     from .daemon import Daemon
@@ -34,7 +34,7 @@ OPEN_PATHS |= SELFREPORT_OPEN_PATHS  # the self-report page: no login, by design
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
-EXACT_READER_KEY: web.AppKey[ExactReader | None] = web.AppKey("exact_reader")
+READERS_KEY: web.AppKey[ReaderPool] = web.AppKey("readers")
 INLINE_QUERIES = 32
 
 
@@ -227,11 +227,8 @@ def build_app(daemon: Daemon) -> web.Application:
     )
     app[DAEMON_KEY] = daemon
     service = getattr(daemon, "service", None)
-    app[EXACT_READER_KEY] = (
-        None
-        if service is None
-        else ExactReader(service.store, lambda author: service.config.author_name(author))
-    )
+    if service is not None:
+        app[READERS_KEY] = ReaderPool(service.store.path)
     app.router.add_get("/v1/healthz", healthz)
     app.router.add_get("/v1/status", status)
     app.router.add_post("/v1/signals", add_signal)

@@ -3,12 +3,20 @@
 Exact types are a lookup in the store's value index. PDQ goes through the in-memory
 `PDQIndex`, loaded once at start and kept current by the store's change listener, so a
 new add is matchable as soon as its batch commits and a revoked one never matches again.
+
+In the node, matching runs on threads of its own with their own read-only connections
+(`StoreReader`), never on the store thread: a large match cannot hold up publishing,
+ingest or revocation. The listener, which runs on the store thread, only queues index
+changes; whoever next holds the index lock applies them, in commit order, before it
+queries.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from protocol.errors import ProtocolError
 from protocol.signals import Signal, get_type
@@ -16,7 +24,7 @@ from protocol.state import OpinionCounts
 
 from .errors import NodeError
 from .pdq_index import DEFAULT_THRESHOLD, PDQIndex
-from .store import Store, opinion_counts_many, signal_dict
+from .store import Store
 
 MAX_QUERIES = 1000
 # The default (Meta's and HMA's recommended distance) is also the ceiling: at 31 the PDQ
@@ -130,14 +138,49 @@ def assemble(
     }
 
 
+class SignalSource(Protocol):
+    """Where a match reads rows from: the store itself (CLI, store thread) or a
+    `StoreReader` (any other thread)."""
+
+    def find_exact(
+        self, signal_type: str, value: str, live_only: bool = True, limit: int = -1
+    ) -> list[int]: ...
+
+    def signals_by_id(self, ids: list[int]) -> dict[int, dict[str, Any]]: ...
+
+    def opinion_counts_many(
+        self, targets: list[str], collections: frozenset[str] | None = None
+    ) -> dict[str, OpinionCounts]: ...
+
+
+def exact_only(queries: Any) -> bool:
+    """True when every query names an exact type: such a request needs no PDQ index and
+    costs a few indexed lookups, small enough to answer inline."""
+    if not isinstance(queries, list) or not queries or len(queries) > MAX_QUERIES:
+        return False
+    for q in queries:
+        if not isinstance(q, dict) or not isinstance(q.get("type"), str):
+            return False
+        try:
+            if not get_type(q["type"]).exact:
+                return False
+        except ProtocolError:
+            return False
+    return True
+
+
 class Matcher:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._pdq: PDQIndex | None = None
+        self._index_lock = threading.Lock()
+        self._pending: deque[tuple[list[tuple[int, str]], list[int]]] = deque()
 
     @property
     def pdq(self) -> PDQIndex:
-        """Loaded on first use, so an exact-only lookup from the CLI never pays for it."""
+        """Loaded on first use, on the store thread (its connection, and no commit can
+        slip between the load and the listener taking over), so an exact-only lookup from
+        the CLI never pays for it."""
         if self._pdq is None:
             index = PDQIndex()
             keys: list[int] = []
@@ -152,35 +195,33 @@ class Matcher:
         return self._pdq
 
     def _on_change(self, added: list[tuple[int, str, str]], removed: list[int]) -> None:
+        """Store thread, after a commit: queue the change, and apply it now only if no
+        match holds the index (never wait for one)."""
         pdq = [(key, value) for key, kind, value in added if kind == "pdq"]
-        if pdq:
-            self.pdq.add_many([k for k, _ in pdq], [v for _, v in pdq])
-        for key in removed:
-            self.pdq.remove(key)
-
-    def match(
-        self, queries: list[tuple[str, str]], threshold: int = DEFAULT_THRESHOLD
-    ) -> list[list[tuple[int, int]]]:
-        """For each (type, value) query, the live signal ids that match and their distances."""
-        if len(queries) > MAX_QUERIES:
-            raise NodeError(f"queries: at most {MAX_QUERIES} per request, got {len(queries)}")
-        check_threshold(threshold)
-        signals: list[Signal] = []
-        for n, (kind, value) in enumerate(queries):
+        if not pdq and not removed:
+            return
+        self._pending.append((pdq, removed))
+        if self._index_lock.acquire(blocking=False):
             try:
-                signals.append(Signal.parse(kind, value))
-            except ProtocolError as exc:
-                raise NodeError(f"queries[{n}]: {exc}") from None
-        hits: list[list[tuple[int, int]]] = [[] for _ in signals]
-        pdq_positions = [i for i, s in enumerate(signals) if not get_type(s.type).exact]
-        if pdq_positions:
-            found = self.pdq.query_many([signals[i].value for i in pdq_positions], threshold)
-            for i, result in zip(pdq_positions, found, strict=True):
-                hits[i] = [(int(k), int(d)) for k, d in result]
-        for i, signal in enumerate(signals):
-            if get_type(signal.type).exact:
-                hits[i] = [(k, 0) for k in self.store.find_exact(signal.type, signal.value)]
-        return hits
+                self._apply_pending()
+            finally:
+                self._index_lock.release()
+
+    def _apply_pending(self) -> None:
+        index = self._pdq
+        assert index is not None
+        while self._pending:
+            added, removed = self._pending.popleft()
+            if added:
+                index.add_many([k for k, _ in added], [v for _, v in added])
+            for key in removed:
+                index.remove(key)
+
+    def _pdq_hits(self, values: list[str], threshold: int, limit: int) -> list[Any]:
+        index = self.pdq
+        with self._index_lock:
+            self._apply_pending()
+            return index.query_many(values, threshold, limit=limit)
 
     def answer(
         self,
@@ -188,161 +229,23 @@ class Matcher:
         threshold: int,
         collections: frozenset[str] | None,
         author_name: Callable[[str], Any],
+        source: SignalSource | None = None,
     ) -> dict[str, Any]:
-        """The API's match answer (see `assemble`), drawn only from `collections`."""
+        """The match answer (see `assemble`), drawn only from `collections`; rows come
+        from `source` (default: the store, for callers on its thread)."""
         check_threshold(threshold)
+        reads: SignalSource = self.store if source is None else source
         unique, slots = distinct(parse_queries(queries))
         limit = MAX_MATCHES_PER_QUERY + 1
         hits: list[list[tuple[int, int]]] = [[] for _ in unique]
         pdq_positions = [i for i, s in enumerate(unique) if not get_type(s.type).exact]
         if pdq_positions:
-            found = self.pdq.query_many(
-                [unique[i].value for i in pdq_positions], threshold, limit=limit
-            )
+            found = self._pdq_hits([unique[i].value for i in pdq_positions], threshold, limit)
             for i, result in zip(pdq_positions, found, strict=True):
                 hits[i] = [(int(k), int(d)) for k, d in result]
         for i, signal in enumerate(unique):
             if get_type(signal.type).exact:
-                hits[i] = [(k, 0) for k in self.store.find_exact(signal.type, signal.value)][:limit]
-        rows = self.store.signals_by_id(sorted({k for h in hits for k, _ in h}))
-        opinions = self.store.opinion_counts_many([r["op_id"] for r in rows.values()], collections)
+                hits[i] = [(k, 0) for k in reads.find_exact(signal.type, signal.value, limit=limit)]
+        rows = reads.signals_by_id(sorted({k for h in hits for k, _ in h}))
+        opinions = reads.opinion_counts_many([r["op_id"] for r in rows.values()], collections)
         return assemble(queries, slots, hits, rows, opinions, collections, author_name, threshold)
-
-    def explain(self, hits: list[tuple[int, int]]) -> list[dict[str, Any]]:
-        rows = self.store.signals_by_id([k for k, _ in hits])
-        out = []
-        for key, distance in hits:
-            row = rows.get(key)
-            if row is not None and row["live"]:
-                out.append({**row, "distance": distance})
-        return out
-
-
-class ExactReader:
-    """Exact-type matches (md5, sha1, sha256, photodna) off the store thread.
-
-    Each thread that asks gets its own read-only SQLite connection; in WAL mode a reader
-    sees the last committed state and never waits for the store thread's write
-    transactions, so matches are not queued behind a large ingest. The answer is the one
-    `NodeService.match` gives. PDQ queries still go through the store thread, which owns
-    the in-memory PDQ index.
-    """
-
-    def __init__(self, store: Store, author_name: Any) -> None:
-        import threading
-
-        self.store = store
-        self.author_name = author_name
-        self._local = threading.local()
-
-    def _conn(self) -> Any:
-        import sqlite3
-
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.store.path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout=10000")
-            conn.execute("PRAGMA query_only=1")
-            self._local.conn = conn
-        return conn
-
-    @staticmethod
-    def handles(queries: Any) -> bool:
-        """True when every query names an exact signal type (else use the store thread)."""
-        if not isinstance(queries, list) or not queries or len(queries) > MAX_QUERIES:
-            return False
-        for q in queries:
-            if not isinstance(q, dict) or not isinstance(q.get("type"), str):
-                return False
-            try:
-                if not get_type(q["type"]).exact:
-                    return False
-            except ProtocolError:
-                return False
-        return True
-
-    def match(self, queries: list[dict[str, Any]], threshold: int = DEFAULT_THRESHOLD) -> Any:
-        from protocol.state import Stance, count_opinions
-
-        check_threshold(threshold)
-        signals: list[Signal] = []
-        for n, q in enumerate(queries):
-            if not isinstance(q.get("value"), str):
-                raise NodeError(f"queries[{n}]: expected an object with string type and value")
-            try:
-                signals.append(Signal.parse(q["type"], q["value"]))
-            except ProtocolError as exc:
-                raise NodeError(f"queries[{n}]: {exc}") from None
-        conn = self._conn()
-        results = []
-        for q, signal in zip(queries, signals, strict=True):
-            matches = []
-            for row in conn.execute(
-                "SELECT id, log_id, seq, idx, type, value, quality, category, classification,"
-                " ref, revoked_by, revoked_reason FROM signals"
-                " WHERE value = ? AND type = ? AND revoked_by IS NULL",
-                (signal.value, signal.type),
-            ):
-                info = self._signal(conn, row)
-                if info is None:
-                    continue
-                rows = conn.execute(
-                    "SELECT author, verdict, seen FROM opinions WHERE target = ?",
-                    (info["op_id"],),
-                ).fetchall()
-                counts = count_opinions((a, Stance(v, bool(s))) for a, v, s in rows)
-                info["distance"] = 0
-                info["author_name"] = self.author_name(info["author"])
-                info["opinions"] = {
-                    "confirm": counts.confirm,
-                    "dispute": counts.dispute,
-                    "seen": counts.seen,
-                }
-                matches.append(info)
-            matches.sort(key=lambda m: (m["distance"], m["op_id"]))
-            results.append({"query": {"type": q["type"], "value": q["value"]}, "matches": matches})
-        return {
-            "threshold": threshold,
-            "matched": any(r["matches"] for r in results),
-            "results": results,
-        }
-
-    def answer(
-        self, queries: list[dict[str, Any]], threshold: int, collections: frozenset[str] | None
-    ) -> dict[str, Any]:
-        """`Matcher.answer` for exact types, on this thread's own connection."""
-        check_threshold(threshold)
-        unique, slots = distinct(parse_queries(queries))
-        conn = self._conn()
-        hits: list[list[tuple[int, int]]] = []
-        rows: dict[int, dict[str, Any]] = {}
-        for signal in unique:
-            found = []
-            for row in conn.execute(
-                "SELECT id, log_id, seq, idx, type, value, quality, category, classification,"
-                " ref, revoked_by, revoked_reason FROM signals"
-                " WHERE value = ? AND type = ? AND revoked_by IS NULL ORDER BY id LIMIT ?",
-                (signal.value, signal.type, MAX_MATCHES_PER_QUERY + 1),
-            ):
-                info = self._signal(conn, row)
-                if info is not None:
-                    rows[row[0]] = info
-                    found.append((int(row[0]), 0))
-            hits.append(found)
-        opinions = opinion_counts_many(conn, [r["op_id"] for r in rows.values()], collections)
-        return assemble(
-            queries, slots, hits, rows, opinions, collections, self.author_name, threshold
-        )
-
-    def _signal(self, conn: Any, row: tuple[Any, ...]) -> dict[str, Any] | None:
-        from protocol.batches import LogKey
-
-        log = self.store._log_keys.get(row[1])
-        if log is None:  # a log committed after this node last cached it: read it here
-            found = conn.execute(
-                "SELECT author, collection FROM logs WHERE id = ?", (row[1],)
-            ).fetchone()
-            if found is None:
-                return None
-            log = LogKey(found[0], found[1])
-        return signal_dict(row, log)

@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 
 from . import access
-from .api import DAEMON_KEY, EXACT_READER_KEY, INLINE_QUERIES, MAX_UPLOAD, read_json
+from .api import DAEMON_KEY, INLINE_QUERIES, MAX_UPLOAD, READERS_KEY, read_json
 from .bodies import MAX_JSON_BODY, BodyPace, parse_json_object, refuse_encoded, request_body
 from .errors import NodeError, PayloadTooLarge
 from .feed import DEFAULT_PAGE, MAX_PAGE, FeedHub, FeedReader
@@ -24,7 +24,7 @@ from .hashing import ImageError, ImageTooLarge, hash_bytes
 from .importers import formats
 from .keys import hash_token
 from .lists import apply_import, import_file
-from .matcher import check_threshold
+from .matcher import check_threshold, exact_only
 from .pdq_index import DEFAULT_THRESHOLD
 from .tokens import Grant, TokenStore
 
@@ -253,21 +253,22 @@ async def snapshot(request: web.Request) -> web.StreamResponse:
 
 async def _answer(request: web.Request, queries: Any, threshold: int) -> dict[str, Any]:
     """Bounded, de-duplicated, and drawn only from the collections the token may read:
-    matches and the opinions counted on them alike."""
+    matches and the opinions counted on them alike. Never on the store thread: rows come
+    from a read-only connection of the answering thread's own, so no match, however
+    large, delays publishing, ingest or a revocation."""
     daemon = request.app[DAEMON_KEY]
     collections = access.readable(access.grant_of(request), None)
-    reader = request.app[EXACT_READER_KEY]
-    if reader is not None and reader.handles(queries):
-        # Exact types read SQLite directly (WAL), never queued behind ingest on the store
-        # thread; a small request is answered inline (a few indexed lookups).
-        if len(queries) <= INLINE_QUERIES:
-            return reader.answer(queries, threshold, collections)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, reader.answer, queries, threshold, collections)
-    service = daemon.service
-    return await daemon.call(
-        lambda: service.matcher.answer(queries, threshold, collections, service.config.author_name)
-    )
+    matcher = daemon.service.matcher
+    readers = request.app[READERS_KEY]
+    author_name = daemon.service.config.author_name
+
+    def work() -> dict[str, Any]:
+        return matcher.answer(queries, threshold, collections, author_name, readers.get())
+
+    if exact_only(queries) and len(queries) <= INLINE_QUERIES:
+        return work()  # a few indexed lookups: cheaper than a thread hop
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, work)
 
 
 async def match(request: web.Request) -> web.Response:

@@ -246,43 +246,10 @@ class NodeService:
             self._matcher = Matcher(self.store)
         return self._matcher
 
-    def match(self, queries: list[dict[str, Any]], threshold: int = 31) -> dict[str, Any]:
-        """Match many (type, value) queries; each hit carries its provenance and opinions."""
-        if not isinstance(queries, list) or not queries:
-            raise NodeError("queries: expected a non-empty list of {type, value}")
-        pairs: list[tuple[str, str]] = []
-        for n, q in enumerate(queries):
-            if (
-                not isinstance(q, dict)
-                or not isinstance(q.get("type"), str)
-                or not isinstance(q.get("value"), str)
-            ):
-                raise NodeError(f"queries[{n}]: expected an object with string type and value")
-            pairs.append((q["type"], q["value"]))
-        found = self.matcher.match(pairs, threshold)
-        results = []
-        for (kind, value), hits in zip(pairs, found, strict=True):
-            matches = [self.signal_info(m) for m in self.matcher.explain(hits)]
-            matches.sort(key=lambda m: (m["distance"], m["op_id"]))
-            results.append({"query": {"type": kind, "value": value}, "matches": matches})
-        return {
-            "threshold": threshold,
-            "matched": any(r["matches"] for r in results),
-            "results": results,
-        }
-
-    def signal_info(self, signal: dict[str, Any]) -> dict[str, Any]:
-        """A signal with its provenance: author name and the aggregated opinions."""
-        counts = self.store.opinion_counts(signal["op_id"])
-        out = dict(signal)
-        out.pop("id", None)
-        out["author_name"] = self.config.author_name(signal["author"])
-        out["opinions"] = {
-            "confirm": counts.confirm,
-            "dispute": counts.dispute,
-            "seen": counts.seen,
-        }
-        return out
+    def match(self, queries: Any, threshold: int = 31) -> dict[str, Any]:
+        """Match many (type, value) queries; each hit carries its provenance and opinions.
+        The answer the API gives an unrestricted token, bounds included."""
+        return self.matcher.answer(queries, threshold, None, self.config.author_name)
 
     def status(self) -> dict[str, Any]:
         counts = self.store.counts()

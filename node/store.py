@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -684,33 +685,17 @@ class Store:
 
     def signal(self, signal_id: int) -> dict[str, Any] | None:
         row = self.conn.execute(
-            "SELECT id, log_id, seq, idx, type, value, quality, category, classification, ref,"
-            " revoked_by, revoked_reason FROM signals WHERE id = ?",
-            (signal_id,),
+            f"SELECT {_SIGNAL_COLUMNS} FROM signals WHERE id = ?", (signal_id,)
         ).fetchone()
-        return None if row is None else self._signal_dict(row)
+        return None if row is None else signal_dict(row, self._log_keys[row[1]])
 
     def signals_by_id(self, ids: list[int]) -> dict[int, dict[str, Any]]:
-        out: dict[int, dict[str, Any]] = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for row in self.conn.execute(
-                "SELECT id, log_id, seq, idx, type, value, quality, category, classification,"
-                f" ref, revoked_by, revoked_reason FROM signals WHERE id IN ({marks})",
-                chunk,
-            ):
-                out[row[0]] = self._signal_dict(row)
-        return out
+        return signals_by_id(self.conn, ids, self._log_keys.get)
 
-    def _signal_dict(self, row: tuple[Any, ...]) -> dict[str, Any]:
-        return signal_dict(row, self._log_keys[row[1]])
-
-    def find_exact(self, signal_type: str, value: str, live_only: bool = True) -> list[int]:
-        sql = "SELECT id FROM signals WHERE value = ? AND type = ?"
-        if live_only:
-            sql += " AND revoked_by IS NULL"
-        return [row[0] for row in self.conn.execute(sql, (value, signal_type))]
+    def find_exact(
+        self, signal_type: str, value: str, live_only: bool = True, limit: int = -1
+    ) -> list[int]:
+        return find_exact(self.conn, signal_type, value, live_only, limit)
 
     def find_own_live(
         self, author: str, collection: str, signal_type: str, value: str
@@ -923,3 +908,93 @@ def opinion_counts_many(
     for target, author, verdict, seen in conn.execute(sql, args):
         stances[target].append((author, Stance(verdict, bool(seen))))
     return {t: count_opinions(s) for t, s in stances.items()}
+
+
+_SIGNAL_COLUMNS = (
+    "id, log_id, seq, idx, type, value, quality, category, classification, ref,"
+    " revoked_by, revoked_reason"
+)
+
+
+def signals_by_id(
+    conn: sqlite3.Connection, ids: list[int], log_of: Callable[[int], LogKey | None]
+) -> dict[int, dict[str, Any]]:
+    """Signals by row id as API dicts; a row whose log `log_of` does not know is left out
+    (a reader's view may be older or newer than the cache it was given)."""
+    out: dict[int, dict[str, Any]] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        for row in conn.execute(
+            f"SELECT {_SIGNAL_COLUMNS} FROM signals WHERE id IN ({marks})", chunk
+        ):
+            log = log_of(row[1])
+            if log is not None:
+                out[row[0]] = signal_dict(row, log)
+    return out
+
+
+def find_exact(
+    conn: sqlite3.Connection, signal_type: str, value: str, live_only: bool, limit: int
+) -> list[int]:
+    sql = "SELECT id FROM signals WHERE value = ? AND type = ?"
+    if live_only:
+        sql += " AND revoked_by IS NULL"
+    sql += " ORDER BY id LIMIT ?"
+    return [row[0] for row in conn.execute(sql, (value, signal_type, limit))]
+
+
+class StoreReader:
+    """The store's signals and opinions, read on a thread that is not the store's.
+
+    In WAL mode a read-only connection sees the last committed state and never waits for
+    the store thread's write transactions, so a match is never queued behind an ingest and
+    an expensive one cannot hold up publishing. Logs are immutable once created, so their
+    keys are cached here; this never touches the store's own caches, which only its thread
+    may read while it writes them.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA busy_timeout=10000")
+        self.conn.execute("PRAGMA query_only=1")
+        self._log_keys: dict[int, LogKey] = {}
+
+    def _log(self, log_id: int) -> LogKey | None:
+        key = self._log_keys.get(log_id)
+        if key is None:
+            row = self.conn.execute(
+                "SELECT author, collection FROM logs WHERE id = ?", (log_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            key = self._log_keys[log_id] = LogKey(row[0], row[1])
+        return key
+
+    def find_exact(
+        self, signal_type: str, value: str, live_only: bool = True, limit: int = -1
+    ) -> list[int]:
+        return find_exact(self.conn, signal_type, value, live_only, limit)
+
+    def signals_by_id(self, ids: list[int]) -> dict[int, dict[str, Any]]:
+        return signals_by_id(self.conn, ids, self._log)
+
+    def opinion_counts_many(
+        self, targets: list[str], collections: frozenset[str] | None = None
+    ) -> dict[str, OpinionCounts]:
+        return opinion_counts_many(self.conn, targets, collections)
+
+
+class ReaderPool:
+    """One `StoreReader` per thread: sqlite3 connections must not be shared across threads
+    that use them at once."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = path
+        self._local = threading.local()
+
+    def get(self) -> StoreReader:
+        reader: StoreReader | None = getattr(self._local, "reader", None)
+        if reader is None:
+            reader = self._local.reader = StoreReader(self.path)
+        return reader
