@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from protocol.errors import ProtocolError
 from protocol.ops import OpId
+from protocol.state import Stance, count_opinions
 
 T = TypeVar("T")
 
@@ -50,6 +51,64 @@ def _labels(out: dict[str, Any], row: tuple[Any, ...], at: int) -> None:
         out["classification"] = row[at + 4]
     if row[at + 5] is not None:
         out["ref"] = row[at + 5]
+
+
+def opinion_state(
+    conn: sqlite3.Connection, targets: Iterable[str], collections: Iterable[str] | None
+) -> dict[str, dict[str, Any]]:
+    """Each target's opinions as they stand now, from the logs of `collections` (None: all):
+    {"opinions": counts of distinct authors, "verdicts": {author: confirm|dispute}}.
+
+    Feed and snapshot carry the whole state rather than only the change, so a subscriber
+    that keeps one complete record per add (HMA replaces a record, it never merges one)
+    stays right whichever page or fetch an opinion arrives in."""
+    wanted = sorted(set(targets))
+    if not wanted:
+        return {}
+    sql = (
+        "SELECT target, author, verdict, seen FROM opinions"
+        " WHERE target IN (SELECT value FROM json_each(?))"
+    )
+    args = [json.dumps(wanted)]
+    if collections is not None:
+        sql += " AND collection IN (SELECT value FROM json_each(?))"
+        args.append(json.dumps(sorted(set(collections))))
+    stances: dict[str, list[tuple[str, Stance]]] = {}
+    for target, author, verdict, seen in conn.execute(sql + " ORDER BY target, author", args):
+        stances.setdefault(target, []).append((author, Stance(verdict, bool(seen))))
+    out: dict[str, dict[str, Any]] = {}
+    for target in wanted:
+        held = stances.get(target, [])
+        counts = count_opinions(held)
+        out[target] = {
+            "opinions": {"confirm": counts.confirm, "dispute": counts.dispute, "seen": counts.seen},
+            "verdicts": {a: s.verdict for a, s in held if s.verdict is not None},
+        }
+    return out
+
+
+def _named(state: dict[str, Any], name: AuthorName) -> dict[str, Any]:
+    if state["verdicts"]:
+        state["verdict_names"] = {a: name(a) for a in state["verdicts"]}
+    return state
+
+
+def _targets(conn: sqlite3.Connection, targets: Iterable[OpId]) -> dict[str, tuple[Any, ...]]:
+    """The signal rows (type, value, quality, category, class, ref, revoked_by) of the adds
+    some opinions name, by op id; adds this node does not hold are absent."""
+    keys = sorted({(t.author, t.collection, t.seq, t.index) for t in targets})
+    if not keys:
+        return {}
+    rows = conn.execute(
+        "SELECT l.author, l.collection, s.seq, s.idx, s.type, s.value, s.quality, s.category,"
+        " s.classification, s.ref, s.revoked_by FROM json_each(?) j"
+        " JOIN logs l ON l.author = json_extract(j.value, '$[0]')"
+        " AND l.collection = json_extract(j.value, '$[1]')"
+        " JOIN signals s ON s.log_id = l.id AND s.seq = json_extract(j.value, '$[2]')"
+        " AND s.idx = json_extract(j.value, '$[3]')",
+        (json.dumps(keys),),
+    )
+    return {f"{r[0]}/{r[1]}/{r[2]}/{r[3]}": r[4:] for r in rows}
 
 
 class FeedReader:
@@ -120,6 +179,17 @@ class FeedReader:
                 known = names[author] = self.author_name(author)
             return known
 
+        parsed: dict[int, tuple[OpId, OpId]] = {}
+        for row in rows:
+            if row[1] not in ("add", "revoke"):
+                try:
+                    parsed[row[0]] = (OpId.parse(row[3]), OpId.parse(row[4]))
+                except ProtocolError:
+                    continue
+        held = _targets(conn, (target for _, target in parsed.values()))
+        adds = [f"{r[15]}/{r[2]}/{r[7]}/{r[8]}" for r in rows if r[1] == "add"]
+        state = opinion_state(conn, adds + [str(t) for _, t in parsed.values()], allowed)
+
         out: list[dict[str, Any]] = []
         for row in rows:
             kind = row[1]
@@ -131,6 +201,7 @@ class FeedReader:
                 entry["author"] = author
                 entry["author_name"] = name(author)
                 _labels(entry, row, 9)
+                entry.update(_named(state[entry["op_id"]], name))
             elif kind == "revoke":
                 author = row[15]
                 entry["op_id"] = row[3]
@@ -140,11 +211,9 @@ class FeedReader:
                 entry["reason"] = row[5] or ""
                 _labels(entry, row, 9)
             else:
-                try:
-                    op = OpId.parse(row[3])
-                    target = OpId.parse(row[4])
-                except ProtocolError:
+                if row[0] not in parsed:
                     continue
+                op, target = parsed[row[0]]
                 if allowed_set is not None and target.collection not in allowed_set:
                     continue
                 entry["op_id"] = row[3]
@@ -152,6 +221,13 @@ class FeedReader:
                 entry["author_name"] = name(op.author)
                 entry["target"] = row[4]
                 entry["opinion"] = row[5]
+                signal = held.get(str(target))
+                if signal is not None:
+                    entry["target_author"] = target.author
+                    entry["target_author_name"] = name(target.author)
+                    entry["target_live"] = signal[6] is None
+                    _labels(entry, signal, 0)
+                entry.update(_named(state[str(target)], name))
             entry["at"] = row[6]
             out.append(entry)
         return out
@@ -203,6 +279,7 @@ class Snapshot:
         self.collections = (
             sorted({c for _, _, c in self.logs}) if collections is None else collections
         )
+        self.opinion_scope = collections
         self._rows = self._iter_rows()
 
     def _iter_rows(self) -> Iterator[dict[str, Any]]:
@@ -215,14 +292,17 @@ class Snapshot:
                 (log_id,),
             )
             while rows := query.fetchmany(SNAPSHOT_CHUNK):
-                for row in rows:
+                op_ids = [f"{author}/{collection}/{row[0]}/{row[1]}" for row in rows]
+                state = opinion_state(self.conn, op_ids, self.opinion_scope)
+                for op_id, row in zip(op_ids, rows, strict=True):
                     out: dict[str, Any] = {
-                        "op_id": f"{author}/{collection}/{row[0]}/{row[1]}",
+                        "op_id": op_id,
                         "author": author,
                         "author_name": name,
                         "collection": collection,
                     }
                     _labels(out, row, 2)
+                    out.update(_named(state[op_id], author_name))
                     yield out
 
     def rows(self, count: int = SNAPSHOT_CHUNK) -> list[dict[str, Any]]:

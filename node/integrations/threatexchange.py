@@ -7,15 +7,39 @@ only knows its built-in exchanges, so an extension cannot store credentials ther
 
 Fetched records are keyed by op id, not by hash: two organisations may publish the same
 hash, and one revoking its add must not delete the other's. A revocation in the feed
-becomes a deletion of exactly the add it names; opinions are merged into the add they
-concern. The feed cursor is the checkpoint, so a fetch resumes where the last one ended
-and never expires (revocations stay in the feed forever).
+becomes a deletion of exactly the add it names. Every record is complete: an opinion
+becomes a whole new record of the add it concerns (type, value, labels and all opinions
+on it as the node holds them), never a partial one. HMA replaces a record with
+`dict.update` and converts each one on its own (a record that converts to no signal is a
+delete), so a partial record would delete the add; pytx's CLI merges with
+`fetch_value_merge`, which here just takes the newer record. The feed cursor is the
+checkpoint, so a fetch resumes where the last one ended and never expires (revocations
+stay in the feed forever).
+
+One credential per node. HMA and pytx keep one credential per exchange *type*
+(`get_name()`), so two hashmesh nodes with different tokens need two types:
+`exchange_api("police")` returns a class named `hashmesh_police` whose token comes from
+its own credential (in HMA `POST /c/exchanges/api/hashmesh_police`), else
+TX_HASHMESH_TOKEN_POLICE, else ~/.tx_hashmesh_token_police. List each one in HMA's
+`exchange_types`. Alternatively a collab config names its token's environment variable
+(`token_env`) or file (`token_file`), which then wins over the stored credential.
+
+Collab options: `collection` (only one collection), `drop_disputed` (leave out adds that
+any author readable with the token disputes) and `min_confirmations` (leave out adds
+confirmed by fewer authors). Both act where records become signals, so in HMA a dispute
+removes the hash from the bank at the next fetch and a retraction brings it back.
+
+`HashmeshSignalMetadata` is pickled by HMA and pytx under this module path: its path and
+field names are a compatibility promise; new fields get immutable defaults, so records
+pickled by older versions still load.
 
 No `from __future__ import annotations` here: pytx builds its CLI arguments from the
 config dataclass's runtime field types.
 """
 
 import json
+import os
+import re
 import typing as t
 import urllib.error
 import urllib.parse
@@ -41,6 +65,8 @@ SIGNAL_TYPES: dict[str, type[SignalType]] = {
 HASHMESH_TYPE_OF = {st.get_name(): name for name, st in SIGNAL_TYPES.items()}
 PAGE_SIZE = 10_000
 TIMEOUT_S = 60.0
+MAX_TOKEN_BYTES = 4096
+_NODE_NAME = re.compile(r"[a-z0-9][a-z0-9_]{0,39}")
 _VERDICT_OF = {
     state.SignalOpinionCategory.NEGATIVE_CLASS: "dispute",
     state.SignalOpinionCategory.POSITIVE_CLASS: "confirm",
@@ -59,6 +85,22 @@ class HashmeshCollabConfig(CollaborationConfigWithDefaults, _RequiredFields):
         default="",
         metadata={"help": "only this collection (default: all the token may read)"},
     )
+    drop_disputed: bool = field(
+        default=False,
+        metadata={"help": "leave out adds disputed by any author the token can read"},
+    )
+    min_confirmations: int = field(
+        default=0,
+        metadata={"help": "leave out adds confirmed by fewer authors than this"},
+    )
+    token_env: str = field(
+        default="",
+        metadata={"help": "read the token from this environment variable"},
+    )
+    token_file: str = field(
+        default="",
+        metadata={"help": "read the token from this file"},
+    )
 
 
 @dataclass
@@ -75,6 +117,29 @@ class HashmeshCredentials(auth.CredentialHelper):
     def _are_valid(self) -> bool:
         return bool(self.token)
 
+    @classmethod
+    def named_by(cls, collab: "HashmeshCollabConfig") -> "HashmeshCredentials | None":
+        """The token a collab config points at (token_env, then token_file), if it does."""
+        if collab.token_env:
+            value = os.environ.get(collab.token_env, "").strip()
+            if not value:
+                raise ValueError(f"token_env: environment variable {collab.token_env} is empty")
+            return cls(value)
+        if collab.token_file:
+            path = os.path.expanduser(collab.token_file)
+            try:
+                with open(path, "rb") as f:
+                    raw = f.read(MAX_TOKEN_BYTES + 1)
+            except OSError as exc:
+                raise ValueError(f"token_file: cannot read {path}: {exc.strerror}") from None
+            if len(raw) > MAX_TOKEN_BYTES:
+                raise ValueError(f"token_file: {path} is over {MAX_TOKEN_BYTES} bytes")
+            value = raw.decode("utf-8", "replace").strip()
+            if not value:
+                raise ValueError(f"token_file: {path} is empty")
+            return cls(value)
+        return None
+
 
 @dataclass
 class HashmeshCheckpoint(state.FetchCheckpointBase):
@@ -87,7 +152,10 @@ class HashmeshCheckpoint(state.FetchCheckpointBase):
 
 @dataclass
 class HashmeshSignalMetadata(state.FetchedSignalMetadata):
-    """One add (or, with opinion_update, only a change of opinions on one)."""
+    """One add, complete: its hash, labels, and every author's verdict on it.
+
+    `verdicts` maps an opinion author's node id to confirm or dispute. `opinion_update` is
+    kept for records pickled by versions before 2026-12 and is never set now."""
 
     signal_type: str = ""
     signal: str = ""
@@ -98,21 +166,54 @@ class HashmeshSignalMetadata(state.FetchedSignalMetadata):
     classification: str = ""
     verdicts: dict[str, str] = field(default_factory=dict)
     opinion_update: bool = False
+    ref: str = ""
+    author_ids: tuple[str, ...] = ()
+    verdict_names: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def confirmations(self) -> int:
+        return sum(1 for v in self.verdicts.values() if v == "confirm")
+
+    @property
+    def disputes(self) -> int:
+        return sum(1 for v in self.verdicts.values() if v == "dispute")
+
+    def tags(self) -> set[str]:
+        """Labels as pytx tags: category, classification, collection:C, author:NAME, ref:R."""
+        tags = {self.category} if self.category else set()
+        if self.classification:
+            tags.add(self.classification)
+        if self.collection:
+            tags.add(f"collection:{self.collection}")
+        if self.ref:
+            tags.add(f"ref:{self.ref}")
+        tags.update(f"author:{a}" for a in self.authors)
+        return tags
 
     def get_as_opinions(self) -> t.Sequence[state.SignalOpinion]:
-        tags = {self.category} | ({self.classification} if self.classification else set())
+        """The publishers' positive opinions with the labels as tags, then one opinion per
+        other author's verdict, tagged with who said it (pytx shows a dispute as DISPUTED)."""
+        tags = self.tags()
         opinions = [
             state.SignalOpinion(False, state.SignalOpinionCategory.POSITIVE_CLASS, tags)
             for _ in self.authors or [""]
         ]
-        for verdict in self.verdicts.values():
+        names = dict(self.verdict_names)
+        for author, verdict in sorted(self.verdicts.items()):
             category = (
                 state.SignalOpinionCategory.NEGATIVE_CLASS
                 if verdict == "dispute"
                 else state.SignalOpinionCategory.POSITIVE_CLASS
             )
-            opinions.append(state.SignalOpinion(False, category, set()))
+            who = names.get(author) or author
+            opinions.append(state.SignalOpinion(False, category, {f"{verdict}:{who}"}))
         return opinions
+
+    def passes(self, collab: "HashmeshCollabConfig") -> bool:
+        """Whether the collab's drop_disputed / min_confirmations let this add through."""
+        if getattr(collab, "drop_disputed", False) and self.disputes >= 1:
+            return False
+        return self.confirmations >= getattr(collab, "min_confirmations", 0)
 
     def with_verdicts(self, verdicts: dict[str, str]) -> "HashmeshSignalMetadata":
         merged = dict(self.verdicts)
@@ -130,6 +231,8 @@ class HashmeshSignalMetadata(state.FetchedSignalMetadata):
             op_ids=self.op_ids + other.op_ids,
             authors=self.authors + other.authors,
             verdicts={**self.verdicts, **other.verdicts},
+            author_ids=self.author_ids + other.author_ids,
+            verdict_names=self.verdict_names + other.verdict_names,
         )
 
 
@@ -179,7 +282,9 @@ class HashmeshSignalExchangeAPI(
         collab: HashmeshCollabConfig,
         credentials: HashmeshCredentials | None = None,
     ) -> "HashmeshSignalExchangeAPI":
-        credentials = credentials or HashmeshCredentials.get(cls)
+        credentials = (
+            credentials or HashmeshCredentials.named_by(collab) or cls.get_credential_cls().get(cls)
+        )
         return cls(collab, credentials.token)
 
     # -- HTTP ----------------------------------------------------------------------------
@@ -211,11 +316,11 @@ class HashmeshSignalExchangeAPI(
         old: HashmeshSignalMetadata | None,
         new: HashmeshSignalMetadata | None,
     ) -> HashmeshSignalMetadata | None:
-        if new is None or not new.opinion_update:
-            return new
-        if old is None:
-            return None  # an opinion on an add we do not hold (other type, or revoked)
-        return old.with_verdicts(new.verdicts)
+        """Records are complete, so the newer one is the state (as HMA's dict.update has
+        it). A partial record from an older version merges into the held one."""
+        if new is not None and new.opinion_update:
+            return None if old is None else old.with_verdicts(new.verdicts)
+        return new
 
     def fetch_iter(
         self,
@@ -243,30 +348,22 @@ class HashmeshSignalExchangeAPI(
     def _take(self, entry: dict[str, t.Any], wanted: set[str], updates: Updates) -> None:
         kind = entry["kind"]
         if kind == "add":
-            signal_type = SIGNAL_TYPES.get(entry["type"])
-            if signal_type is None or signal_type.get_name() not in wanted:
-                return
-            updates[entry["op_id"]] = HashmeshSignalMetadata(
-                signal_type=signal_type.get_name(),
-                signal=entry["value"],
-                op_ids=[entry["op_id"]],
-                authors=[entry.get("author_name") or entry["author"]],
-                collection=entry["collection"],
-                category=entry.get("category", ""),
-                classification=entry.get("classification", ""),
+            record = _record(
+                entry, wanted, entry["op_id"], entry["author"], entry.get("author_name")
             )
+            if record is not None:
+                updates[entry["op_id"]] = record
         elif kind == "revoke":
             updates[entry["target"]] = None
-        elif kind == "opinion" and entry["opinion"] in ("confirm", "dispute", "retract"):
-            key = entry["target"]
-            change = HashmeshSignalMetadata(
-                verdicts={entry["author"]: entry["opinion"]}, opinion_update=True
+        elif kind == "opinion" and entry.get("target_live") is True:
+            # The whole add again with the opinions as they now stand; an opinion on an
+            # add the node does not hold, or one already revoked, changes nothing.
+            target = entry["target"]
+            record = _record(
+                entry, wanted, target, entry["target_author"], entry.get("target_author_name")
             )
-            if key not in updates:
-                updates[key] = change
-            else:
-                held = updates[key]
-                updates[key] = None if held is None else held.with_verdicts(change.verdicts)
+            if record is not None:
+                updates[target] = record
 
     @classmethod
     def naive_convert_to_signal_type(
@@ -278,7 +375,7 @@ class HashmeshSignalExchangeAPI(
         by_name = {st.get_name(): st for st in signal_types}
         out: dict[type[SignalType], dict[str, HashmeshSignalMetadata]] = {}
         for record in fetched.values():
-            if record is None or record.opinion_update:
+            if record is None or record.opinion_update or not record.passes(collab):
                 continue
             signal_type = by_name.get(record.signal_type)
             if signal_type is None:
@@ -319,6 +416,79 @@ class HashmeshSignalExchangeAPI(
         verdict = _VERDICT_OF[opinion.category]
         for op_id in op_ids:
             self._call("POST", "/v1/opinions", {"op_id": op_id, "opinion": verdict})
+
+
+def _record(
+    entry: dict[str, t.Any], wanted: set[str], op_id: str, author: str, author_name: str | None
+) -> HashmeshSignalMetadata | None:
+    signal_type = SIGNAL_TYPES.get(entry.get("type", ""))
+    if signal_type is None or signal_type.get_name() not in wanted:
+        return None
+    verdicts = {str(a): str(v) for a, v in (entry.get("verdicts") or {}).items()}
+    names = entry.get("verdict_names") or {}
+    return HashmeshSignalMetadata(
+        signal_type=signal_type.get_name(),
+        signal=entry["value"],
+        op_ids=[op_id],
+        authors=[author_name or author],
+        collection=op_id.split("/")[1] if op_id.count("/") == 3 else entry["collection"],
+        category=entry.get("category", ""),
+        classification=entry.get("classification", ""),
+        verdicts=verdicts,
+        ref=entry.get("ref", ""),
+        author_ids=(author,),
+        verdict_names=tuple(sorted((str(a), str(n)) for a, n in names.items() if a in verdicts)),
+    )
+
+
+_PER_NODE: dict[str, type[HashmeshSignalExchangeAPI]] = {}
+
+
+def exchange_api(name: str) -> type[HashmeshSignalExchangeAPI]:
+    """An exchange type of its own for one node, so its token is kept apart from the
+    others': get_name() is `hashmesh_NAME`, the credential class reads
+    TX_HASHMESH_TOKEN_NAME or ~/.tx_hashmesh_token_NAME. The same name gives the same
+    class (HMA and pytx compare classes). NAME: lower-case letters, digits, `_`, 1-40."""
+    if not _NODE_NAME.fullmatch(name):
+        raise ValueError(
+            f"exchange name {name!r}: use 1-40 lower-case letters, digits or _, starting"
+            " with a letter or digit"
+        )
+    held = _PER_NODE.get(name)
+    if held is not None:
+        return held
+    suffix = "".join(part.capitalize() for part in name.split("_"))
+    credentials = type(
+        f"HashmeshCredentials{suffix}",
+        (HashmeshCredentials,),
+        {
+            "ENV_VARIABLE": f"TX_HASHMESH_TOKEN_{name.upper()}",
+            "FILE_NAME": f"~/.tx_hashmesh_token_{name}",
+            "_DEFAULT": None,
+            "_DEFAULT_SRC": "",
+            "__module__": __name__,
+        },
+    )
+    credentials = dataclass(credentials)
+
+    def get_name(cls: type) -> str:
+        return f"hashmesh_{name}"
+
+    def get_credential_cls() -> type[HashmeshCredentials]:
+        return credentials
+
+    api = type(
+        f"HashmeshSignalExchangeAPI{suffix}",
+        (HashmeshSignalExchangeAPI,),
+        {
+            "get_name": classmethod(get_name),
+            "get_credential_cls": staticmethod(get_credential_cls),
+            "__module__": __name__,
+            "__doc__": f"The hashmesh node {name!r} as an exchange of its own.",
+        },
+    )
+    _PER_NODE[name] = api
+    return api
 
 
 TX_MANIFEST = ThreatExchangeExtensionManifest(apis=(HashmeshSignalExchangeAPI,))
