@@ -57,7 +57,9 @@ def opinion_state(
     conn: sqlite3.Connection, targets: Iterable[str], collections: Iterable[str] | None
 ) -> dict[str, dict[str, Any]]:
     """Each target's opinions as they stand now, from the logs of `collections` (None: all):
-    {"opinions": counts of distinct authors, "verdicts": {author: confirm|dispute}}.
+    {"opinions": counts of distinct authors, "verdicts": {author: confirm|dispute},
+    "stances": [{"author", "collection", "verdict", "seen"}] one per opinion log}. An
+    author whose logs disagree is a dispute in `verdicts` (it counts in both totals).
 
     Feed and snapshot carry the whole state rather than only the change, so a subscriber
     that keeps one complete record per add (HMA replaces a record, it never merges one)
@@ -66,23 +68,34 @@ def opinion_state(
     if not wanted:
         return {}
     sql = (
-        "SELECT target, author, verdict, seen FROM opinions"
+        "SELECT target, author, collection, verdict, seen FROM opinions"
         " WHERE target IN (SELECT value FROM json_each(?))"
     )
     args = [json.dumps(wanted)]
     if collections is not None:
         sql += " AND collection IN (SELECT value FROM json_each(?))"
         args.append(json.dumps(sorted(set(collections))))
-    stances: dict[str, list[tuple[str, Stance]]] = {}
-    for target, author, verdict, seen in conn.execute(sql + " ORDER BY target, author", args):
-        stances.setdefault(target, []).append((author, Stance(verdict, bool(seen))))
+    rows: dict[str, list[tuple[str, str, Stance]]] = {}
+    for target, author, collection, verdict, seen in conn.execute(
+        sql + " ORDER BY target, author, collection", args
+    ):
+        rows.setdefault(target, []).append((author, collection, Stance(verdict, bool(seen))))
     out: dict[str, dict[str, Any]] = {}
     for target in wanted:
-        held = stances.get(target, [])
-        counts = count_opinions(held)
+        held = rows.get(target, [])
+        counts = count_opinions((a, s) for a, _, s in held)
+        verdicts: dict[str, str] = {}
+        for author, _, stance in held:
+            if stance.verdict is not None and verdicts.get(author) != "dispute":
+                verdicts[author] = stance.verdict
         out[target] = {
             "opinions": {"confirm": counts.confirm, "dispute": counts.dispute, "seen": counts.seen},
-            "verdicts": {a: s.verdict for a, s in held if s.verdict is not None},
+            "verdicts": verdicts,
+            "stances": [
+                {"author": a, "collection": c, "verdict": s.verdict, "seen": s.seen}
+                for a, c, s in held
+                if s.verdict is not None or s.seen
+            ],
         }
     return out
 
