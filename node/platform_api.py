@@ -283,27 +283,45 @@ async def match(request: web.Request) -> web.Response:
 
 
 async def match_file(request: web.Request) -> web.Response:
-    """Hash an uploaded image in memory and match its hashes; the image is never stored."""
+    """Hash an uploaded image in memory and match its hashes; the image is never stored.
+
+    PDQ is of the stored pixels (EXIF orientation not applied, as HMA and pytx hash). The
+    part ``dihedral=true`` also queries the picture's 7 rotations and mirrors: off by
+    default (as in HMA), since it costs 8 PDQ lookups and gives 8 chances of a false match.
+    Each PDQ result names its variant.
+    """
+    from functools import partial
+
     if not request.content_type.startswith("multipart/"):
         raise NodeError("upload: expected multipart/form-data with a 'file' part")
     reader = await request.multipart()
     data = b""
     threshold = DEFAULT_THRESHOLD
+    dihedral = False
     pace = BodyPace("upload")
+
+    async def small_part(part: BodyPartReader, refusal: str) -> str:
+        raw = b""
+        while chunk := await pace.next(part.read_chunk(64)):
+            raw += chunk
+            if len(raw) > 16:  # a part is otherwise read whole, whatever its size
+                raise NodeError(refusal)
+        return raw.decode("ascii", "replace").strip()
+
     try:
         while (part := await pace.next(reader.next())) is not None:
             if not isinstance(part, BodyPartReader):
                 continue
             if part.name == "threshold":
-                raw = b""
-                while chunk := await pace.next(part.read_chunk(64)):
-                    raw += chunk
-                    if len(raw) > 16:  # a part is otherwise read whole, whatever its size
-                        raise NodeError("threshold: must be an integer")
-                text = raw.decode("ascii", "replace").strip()
+                text = await small_part(part, "threshold: must be an integer")
                 if not text.isdigit() or len(text) > 6:
                     raise NodeError("threshold: must be an integer")
                 threshold = check_threshold(int(text))
+            elif part.name == "dihedral":
+                text = await small_part(part, "dihedral: must be true or false")
+                if text not in ("true", "false"):
+                    raise NodeError("dihedral: must be true or false")
+                dihedral = text == "true"
             elif part.name == "file":
                 chunks = []
                 size = 0
@@ -319,24 +337,29 @@ async def match_file(request: web.Request) -> web.Response:
         raise NodeError("upload: no 'file' part, or it is empty")
     loop = asyncio.get_running_loop()
     try:
-        hashes = await loop.run_in_executor(None, hash_bytes, data)
+        hashes = await loop.run_in_executor(None, partial(hash_bytes, data, dihedral=dihedral))
     except ImageTooLarge as exc:
         raise PayloadTooLarge(f"upload: {exc}") from None
     except ImageError as exc:
         raise NodeError(f"upload: {exc}") from None
     del data
+    variants = hashes.pdq_dihedral or {"original": hashes.pdq or ""}
     queries = [
         {"type": "md5", "value": hashes.md5},
         {"type": "sha256", "value": hashes.sha256},
-        {"type": "pdq", "value": hashes.pdq or ""},
+        *({"type": "pdq", "value": value} for value in variants.values()),
     ]
     result = await _answer(request, queries, threshold)
+    for entry, name in zip(result["results"][2:], variants, strict=True):
+        entry["variant"] = name
     result["hashes"] = {
         "md5": hashes.md5,
         "sha256": hashes.sha256,
         "pdq": hashes.pdq,
         "quality": hashes.quality,
     }
+    if hashes.pdq_dihedral is not None:
+        result["hashes"]["pdq_dihedral"] = hashes.pdq_dihedral
     return web.json_response(result)
 
 
