@@ -12,6 +12,7 @@ now has, and a revocation must remove it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import urllib.request
@@ -381,3 +382,46 @@ def test_bad_node_names_and_empty_token_sources_are_refused(tmp_path: Path) -> N
         HashmeshCredentials.named_by(
             HashmeshCollabConfig(name="x", url="http://127.0.0.1:1", token_file=str(empty))
         )
+
+
+def test_twelve_thousand_adds_and_a_confirm_on_the_first(node: NodeProc) -> None:
+    """The reported case at the real page size: 12,000 adds, then one confirm on the first
+    (the confirm lands in the second 10,000-entry page). HMA must hold all 12,000."""
+    values = [hashlib.md5(f"hma-merge-{i}".encode()).hexdigest() for i in range(12_000)]
+    op_ids = []
+    for at in range(0, len(values), 4_000):
+        chunk = [{"type": "md5", "value": v} for v in values[at : at + 4_000]]
+        out = call(node, "/v1/signals/batch", {"collection": "csam", "signals": chunk})
+        op_ids += [s["op_id"] for s in out["signals"]]
+    opine(node, op_ids[0], "confirm")
+    both = Both(node)
+    both.fetch()
+    assert len(both.hma.bank) == 12_000
+    assert len(both.cli.index()) == 12_000
+    both.assert_holds(op_ids[0], values[0], {node.node_id: "confirm"})
+
+
+def test_records_pickled_by_the_previous_version_still_load() -> None:
+    """HMA keeps pickles of the metadata class: one without the fields added since (as
+    the previous version wrote it) loads, converts and reports its opinions."""
+    record = HashmeshSignalMetadata(
+        signal_type="video_md5",
+        signal=MD5[0],
+        op_ids=["a/csam/1/0"],
+        authors=["hotline"],
+        collection="csam",
+        category="csam",
+        verdicts={"b": "dispute"},
+    )
+    for added in ("ref", "author_ids", "verdict_names"):
+        del record.__dict__[added]
+    old = pickle.loads(pickle.dumps(record))
+    assert old.disputes == 1
+    assert old.get_as_opinions()[1].tags == {"dispute:b"}
+    collab = HashmeshCollabConfig(name="m", url="http://127.0.0.1:1", drop_disputed=True)
+    assert not old.passes(collab)
+    plain = HashmeshCollabConfig(name="m", url="http://127.0.0.1:1")
+    converted = HashmeshSignalExchangeAPI.naive_convert_to_signal_type(
+        TYPES, plain, {"a/csam/1/0": old}
+    )
+    assert list(converted[VideoMD5Signal]) == [MD5[0]]
