@@ -9,7 +9,7 @@ from threatexchange.signal_type.md5 import VideoMD5Signal
 from threatexchange.signal_type.pdq.signal import PdqSignal
 from threatexchange.signal_type.sha256 import VideoSHA256Signal
 
-from node.integrations.threatexchange import HashmeshSignalExchangeAPI
+from node.integrations.threatexchange import HashmeshSignalExchangeAPI, exchange_api
 
 DATABASE_URI = "postgresql+psycopg2://media_match:hunter2@db/media_match"
 
@@ -31,5 +31,7 @@ INDEX_CACHE_MAX_STALE_SEC = 65
 STORAGE_IFACE_INSTANCE = DefaultOMMStore(
     signal_types=[PdqSignal, VideoMD5Signal, VideoSHA256Signal],
     content_types=[PhotoContent, VideoContent],
-    exchange_types=[HashmeshSignalExchangeAPI],
+    # `hashmesh` keeps one token for all its exchanges; exchange_api(NAME) is a type of its
+    # own, `hashmesh_NAME`, with its own token (one per node whose token differs).
+    exchange_types=[HashmeshSignalExchangeAPI, exchange_api("hotline"), exchange_api("police")],
 )
