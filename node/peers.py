@@ -86,6 +86,32 @@ class NonceCache:
 
 
 @dataclass
+class PeerTally:
+    """What a store-thread step learned about a peer. `PeerState` belongs to the event
+    loop alone (status and the sync scheduler read it there, unlocked), so work done on
+    the store thread records here and the loop applies the tally when the step returns."""
+
+    refused: dict[str, int] = field(default_factory=dict)
+    penalties: list[tuple[int, str]] = field(default_factory=list)
+    received: int = 0
+    sent: int = 0
+
+    def refuse(self, reason: str) -> None:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+
+    def penalise(self, points: int, reason: str) -> None:
+        self.penalties.append((points, reason))
+
+    def apply_to(self, state: PeerState) -> None:
+        for reason, n in self.refused.items():
+            state.refused[reason] = state.refused.get(reason, 0) + n
+        for points, reason in self.penalties:
+            state.penalise(points, reason)
+        state.batches_received += self.received
+        state.batches_sent += self.sent
+
+
+@dataclass
 class PeerState:
     """What this node knows of one peer at run time (shown by `status`)."""
 

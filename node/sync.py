@@ -43,7 +43,15 @@ from protocol.sync import (
 from .bodies import encoding_middleware
 from .config import Peer
 from .errors import NodeError
-from .peers import PENALTY_INVALID, PENALTY_UNACCEPTED, PeerClient, Peers, clip, peer_route
+from .peers import (
+    PENALTY_INVALID,
+    PENALTY_UNACCEPTED,
+    PeerClient,
+    Peers,
+    PeerTally,
+    clip,
+    peer_route,
+)
 from .service import RESTORED_KEY
 
 if TYPE_CHECKING:
@@ -157,10 +165,12 @@ class Replicator:
             sync_request = parse_sync_request(body)
         except ProtocolError as exc:
             raise self._refuse(peer, "bad_sync_request", str(exc)) from None
-        page = await self.daemon.call(self._build_page, peer, sync_request)
+        page, sent = await self.daemon.call(self._build_page, peer, sync_request)
+        self.peers.state(peer.node_id).batches_sent += sent
+        self.daemon.metrics.history.sent(sent)
         return self.peers.respond(auth, page, "application/octet-stream")
 
-    def _build_page(self, peer: Peer, request: Any) -> bytes:
+    def _build_page(self, peer: Peer, request: Any) -> tuple[bytes, int]:
         config = self.service.config
         readable = {c for c in request.collections if config.peer_may_read(peer.node_id, c)}
         # An offer outside the peer's share list must get the same answer as a collection
@@ -184,13 +194,8 @@ class Replicator:
             if more:
                 break
         vector = self.store.vector(readable | set(accept))
-        evidence = [
-            f["evidence"].encode("ascii") for f in self.store.forks() if f["collection"] in readable
-        ]
-        state = self.peers.state(peer.node_id)
-        state.batches_sent += len(frames)
-        self.daemon.metrics.history.sent(len(frames))
-        return encode_page(vector, frames, more, evidence, accept)
+        evidence = page_evidence(self.store.forks(), readable)
+        return encode_page(vector, frames, more, evidence, accept), len(frames)
 
     async def handle_batches(self, request: web.Request) -> web.Response:
         config = self.service.config
@@ -199,18 +204,19 @@ class Replicator:
             frames = iter_frames(body)
         except ProtocolError as exc:
             raise self._refuse(peer, "bad_frame", str(exc)) from None
-        result = await self.daemon.call(self._ingest_frames, peer, frames)
+        result, tally = await self.daemon.call(self._ingest_frames, peer, frames)
+        tally.apply_to(self.peers.state(peer.node_id))
         if result.get("error"):
             raise BadPeerData(result["error"])
         data = json.dumps(result).encode()
         return self.peers.respond(auth, data, "application/json")
 
     def _ingest_frames(
-        self, peer: Peer, frames: list[tuple[bytes, bytes, bytes]]
-    ) -> dict[str, Any]:
+        self, peer: Peer, frames: list[tuple[bytes, bytes, bytes]], tally: PeerTally | None = None
+    ) -> tuple[dict[str, Any], PeerTally]:
         """Verify and ingest pushed or pulled frames (store thread), one commit per page."""
         config = self.service.config
-        state = self.peers.state(peer.node_id)
+        state = PeerTally() if tally is None else tally
         results: list[dict[str, Any]] = []
         touched: set[LogKey] = set()
         deferred = False
@@ -242,7 +248,7 @@ class Replicator:
                     )
                     continue
                 outcome = self.store.ingest(batch, source=source).outcome
-                state.batches_received += 1
+                state.received += 1
                 deferred = deferred or outcome == "deferred"
                 results.append({"log": str(batch.log), "seq": batch.seq, "outcome": outcome})
                 touched.add(batch.log)
@@ -250,7 +256,7 @@ class Replicator:
         out = {"results": results, "vector": vector_to_wire(vector), "deferred": deferred}
         if error:
             out["error"] = error
-        return out
+        return out, state
 
     def _already_held(self, header: bytes) -> bool:
         """A batch whose exact signed header is stored needs no second verification: relays
@@ -278,28 +284,31 @@ class Replicator:
         except (ValueError, KeyError, TypeError, RecursionError, ProtocolError) as exc:
             raise self._refuse(peer, "bad_evidence", f"evidence: {exc}") from None
         loop = asyncio.get_running_loop()
-        new = await self.daemon.call(self._store_evidence, evidence, peer, loop)
+        new, tally = await self.daemon.call(self._store_evidence, evidence, peer, loop)
+        tally.apply_to(self.peers.state(peer.node_id))
         return self.peers.respond(auth, json.dumps({"new": new}).encode(), "application/json")
 
     def _store_evidence(
         self, evidence: list[ForkEvidence], peer: Peer, loop: asyncio.AbstractEventLoop
-    ) -> int:
+    ) -> tuple[int, PeerTally]:
         """Store thread: asyncio.Queue is not thread-safe, so the gossip is queued from the
         event loop."""
-        new = self._admit_evidence(peer, evidence)
+        tally = PeerTally()
+        new = self._admit_evidence(peer, evidence, tally)
         source = f"peer:{peer.node_id}"
         for item in new:
             loop.call_soon_threadsafe(self.queue.put_nowait, ([], [item], source))
-        return len(new)
+        return len(new), tally
 
-    def _admit_evidence(self, peer: Peer, evidence: list[ForkEvidence]) -> list[ForkEvidence]:
+    def _admit_evidence(
+        self, peer: Peer, evidence: list[ForkEvidence], state: PeerTally
+    ) -> list[ForkEvidence]:
         """Store the evidence worth storing; returns the items that were new (to gossip).
         Only logs we accept count: a throw-away key can sign forks without end, and nobody
         here relies on its log. Per-log and per-sender caps bound the rest. Unaccepted
         evidence scores the sender down once per message, by less than invalid data: a
         peer that trusts more authors than we do relays such evidence too."""
         config = self.service.config
-        state = self.peers.state(peer.node_id)
         source = f"peer:{peer.node_id}"
         new: list[ForkEvidence] = []
         unaccepted = False
@@ -330,15 +339,16 @@ class Replicator:
             self.store.vector(wanted), sorted(wanted), sorted(set(peer.share))
         )
 
-    def _ingest_page(self, peer: Peer, page: Page) -> dict[str, Any]:
+    def _ingest_page(self, peer: Peer, page: Page) -> tuple[dict[str, Any], PeerTally]:
+        tally = PeerTally()
         verified: list[ForkEvidence] = []
         for blob in page.evidence:
             try:
                 verified.append(verify_evidence(blob))
             except ProtocolError:
-                self.peers.state(peer.node_id).penalise(PENALTY_INVALID, "bad_evidence")
-        self._admit_evidence(peer, verified)
-        return self._ingest_frames(peer, page.frames)
+                tally.penalise(PENALTY_INVALID, "bad_evidence")
+        self._admit_evidence(peer, verified, tally)
+        return self._ingest_frames(peer, page.frames, tally)
 
     async def sync_with(self, peer: Peer) -> bool:
         """One anti-entropy exchange with a peer: pull all pages, then push what it lacks."""
@@ -353,7 +363,8 @@ class Replicator:
                     body = await self.daemon.call(self._pull_request, peer)
                     data = await self.client.post(peer, "/v1/peer/sync", body, "application/json")
                     page = decode_page(data)
-                    result = await self.daemon.call(self._ingest_page, peer, page)
+                    result, tally = await self.daemon.call(self._ingest_page, peer, page)
+                    tally.apply_to(state)
                     if result.get("error"):
                         raise NodeError(f"peer {peer.name} sent invalid data: {result['error']}")
                     if not page.more:
@@ -549,6 +560,27 @@ class Replicator:
             )
         out["lag"] = lag
         return out
+
+
+def page_evidence(forks: list[dict[str, Any]], readable: set[str]) -> list[bytes]:
+    """The fork evidence a sync page carries: one item per forked log (one proves the fork),
+    newest first, at most EVIDENCE_PER_MESSAGE items and EVIDENCE_MESSAGE_BYTES in all.
+    Older forks went out in earlier rounds and with the eager gossip; an unbounded list
+    would outgrow what a peer accepts in a page and stop sync with it altogether."""
+    out: list[bytes] = []
+    seen: set[tuple[str, str]] = set()
+    size = 0
+    for fork in reversed(forks):
+        log = (fork["author"], fork["collection"])
+        if fork["collection"] not in readable or log in seen:
+            continue
+        blob = fork["evidence"].encode("ascii")
+        if len(out) >= EVIDENCE_PER_MESSAGE or size + len(blob) > EVIDENCE_MESSAGE_BYTES:
+            break
+        seen.add(log)
+        out.append(blob)
+        size += len(blob)
+    return out
 
 
 def _push_reply(peer: Peer, data: bytes) -> dict[str, Any]:
