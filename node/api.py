@@ -17,7 +17,13 @@ from aiohttp import web
 from protocol.errors import ProtocolError
 
 from . import access
-from .bodies import MAX_JSON_BODY, BodyPace, parse_json_object, request_body
+from .bodies import (
+    MAX_JSON_BODY,
+    BodyPace,
+    encoding_middleware,
+    parse_json_object,
+    request_body,
+)
 from .errors import NodeError
 from .selfreport import OPEN_PATHS as SELFREPORT_OPEN_PATHS
 from .store import ReaderPool
@@ -223,7 +229,10 @@ async def backup(request: web.Request) -> web.Response:
 
 def build_app(daemon: Daemon) -> web.Application:
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware], client_max_size=MAX_JSON_BODY
+        # encoding_middleware innermost: every route refuses an encoded body before any
+        # handler reads a byte of it (node/bodies.py).
+        middlewares=[errors_middleware, auth_middleware, encoding_middleware],
+        client_max_size=MAX_JSON_BODY,
     )
     app[DAEMON_KEY] = daemon
     service = getattr(daemon, "service", None)

@@ -40,7 +40,6 @@ from protocol.sync import (
     vector_to_wire,
 )
 
-from .bodies import encoding_middleware
 from .config import Peer
 from .errors import NodeError
 from .peers import (
@@ -123,9 +122,6 @@ class Replicator:
         app.router.add_post("/v1/peer/sync", peer_route(self.handle_sync))
         app.router.add_post("/v1/peer/batches", peer_route(self.handle_batches))
         app.router.add_post("/v1/peer/evidence", peer_route(self.handle_evidence))
-        # Innermost, so on every route of the node (not only these) an encoded body is
-        # refused before any handler reads it; see node/bodies.py.
-        app.middlewares.append(encoding_middleware)
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
