@@ -82,7 +82,14 @@ def opinion_state(
         rows.setdefault(target, []).append((author, collection, Stance(verdict, bool(seen))))
     out: dict[str, dict[str, Any]] = {}
     for target in wanted:
-        held = rows.get(target, [])
+        held = rows.get(target)
+        if held is None:  # most adds: no opinion at all
+            out[target] = {
+                "opinions": {"confirm": 0, "dispute": 0, "seen": 0},
+                "verdicts": {},
+                "stances": [],
+            }
+            continue
         counts = count_opinions((a, s) for a, _, s in held)
         verdicts: dict[str, str] = {}
         for author, _, stance in held:
