@@ -19,10 +19,10 @@ from protocol.errors import ProtocolError
 from . import access
 from .bodies import (
     MAX_JSON_BODY,
-    BodyPace,
     encoding_middleware,
     parse_json_object,
     request_body,
+    spool_body,
 )
 from .errors import NodeError
 from .selfreport import OPEN_PATHS as SELFREPORT_OPEN_PATHS
@@ -177,16 +177,7 @@ async def export(request: web.Request) -> web.StreamResponse:
 async def import_bundle(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON_KEY]
     with tempfile.TemporaryFile(dir=daemon.home.path) as tmp:
-        size = 0
-        pace = BodyPace("bundle")
-        while chunk := await pace.next(request.content.readany()):
-            size += len(chunk)
-            if size > MAX_BUNDLE_BODY:
-                raise NodeError(f"bundle: larger than {MAX_BUNDLE_BODY} bytes")
-            tmp.write(chunk)
-        if size == 0:
-            raise NodeError("request body: empty; expected a bundle")
-        tmp.seek(0)
+        await spool_body(request, tmp, MAX_BUNDLE_BODY, "bundle")
         result = await daemon.call(daemon.service.import_bundle, tmp, "bundle")
     return web.json_response(result)
 

@@ -17,7 +17,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -192,6 +192,33 @@ async def request_body(
         cached = await read_limited(request.content, limit, what, too_large, hold)
         request[_BODY_KEY] = cached
     return cached
+
+
+async def spool_body(
+    request: web.Request,
+    spool: IO[bytes],
+    limit: int,
+    what: str,
+    too_large: type[NodeError] = PayloadTooLarge,
+) -> int:
+    """Copy the request's body to `spool` (paced, bounded, never encoded) and rewind it:
+    for bodies too large to hold in memory, parsed from disk afterwards. An empty body is
+    refused: every route that spools expects content."""
+    refuse_encoded(request)
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise too_large(f"{what}: larger than {limit} bytes")
+    size = 0
+    pace = BodyPace(what)
+    while chunk := await pace.next(request.content.readany()):
+        size += len(chunk)
+        if size > limit:
+            raise too_large(f"{what}: larger than {limit} bytes")
+        spool.write(chunk)
+    if size == 0:
+        raise NodeError(f"{what}: empty")
+    spool.seek(0)
+    return size
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:

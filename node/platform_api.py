@@ -17,7 +17,7 @@ from aiohttp import BodyPartReader, web
 
 from . import access
 from .api import DAEMON_KEY, INLINE_QUERIES, MAX_UPLOAD, READERS_KEY, read_json
-from .bodies import MAX_JSON_BODY, BodyPace, parse_json_object, refuse_encoded, request_body
+from .bodies import MAX_JSON_BODY, BodyPace, parse_json_object, request_body, spool_body
 from .errors import NodeError, PayloadTooLarge
 from .feed import DEFAULT_PAGE, MAX_PAGE, FeedHub, FeedReader
 from .hashing import ImageError, ImageTooLarge, hash_bytes
@@ -456,19 +456,8 @@ async def _lists_import_file(request: web.Request) -> web.Response:
     if list_format not in formats():
         raise NodeError(f"format {list_format[:40]!r}: expected one of {', '.join(formats())}")
     access.require_collection(access.grant_of(request), collection)
-    refuse_encoded(request)
-    declared = request.content_length
-    if declared is not None and declared > MAX_IMPORT_BODY:
-        raise PayloadTooLarge(f"request body: larger than {MAX_IMPORT_BODY} bytes")
     with tempfile.TemporaryFile(dir=daemon.home.path) as spool:
-        size = 0
-        pace = BodyPace("request body")
-        while chunk := await pace.next(request.content.readany()):
-            size += len(chunk)
-            if size > MAX_IMPORT_BODY:
-                raise PayloadTooLarge(f"request body: larger than {MAX_IMPORT_BODY} bytes")
-            spool.write(chunk)
-        spool.seek(0)
+        await spool_body(request, spool, MAX_IMPORT_BODY, "request body")
         result = await daemon.call(
             import_file,
             daemon.service,
