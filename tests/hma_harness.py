@@ -161,9 +161,20 @@ class Hma:
 
     def start(self) -> None:
         gunicorn = HMA_VENV / "bin" / "gunicorn"
+        # gunicorn 27 opens a control socket in ~/.gunicorn, shared by every instance.
+        usage = subprocess.run([str(gunicorn), "--help"], capture_output=True, text=True).stdout
+        private = ["--no-control-socket"] if "--no-control-socket" in usage else []
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [str(gunicorn), "--bind", f"127.0.0.1:{self.port}", "--timeout", "300", *SERVE],
+                [
+                    str(gunicorn),
+                    "--bind",
+                    f"127.0.0.1:{self.port}",
+                    *private,
+                    "--timeout",
+                    "300",
+                    *SERVE,
+                ],
                 cwd=HMA_SRC,
                 env=self.env,
                 stdout=log,
