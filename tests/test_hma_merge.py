@@ -105,14 +105,14 @@ class PytxCli:
     def fetch(self, token: str) -> None:
         api = HashmeshSignalExchangeAPI.for_collab(self.collab, HashmeshCredentials(token))
         for delta in api.fetch_iter(TYPES, self.checkpoint):
-            HashmeshSignalExchangeAPI.naive_fetch_merge(self.state, delta.updates)  # type: ignore[arg-type]
+            HashmeshSignalExchangeAPI.naive_fetch_merge(self.state, delta.updates)
             self.checkpoint = delta.checkpoint
 
     def index(self) -> dict[str, HashmeshSignalMetadata]:
         by_type = HashmeshSignalExchangeAPI.naive_convert_to_signal_type(
             TYPES,
             self.collab,
-            self.state,  # type: ignore[arg-type]
+            self.state,
         )
         return dict(by_type.get(VideoMD5Signal, {}))
 
