@@ -244,15 +244,6 @@ def raw_post(host: str, port: int, path: str, headers: dict[str, str], body: byt
         thread.join(timeout=timeout)
 
 
-def vm_peak_kib(pid: int) -> int:
-    """The process's peak resident memory (VmHWM), in KiB."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmHWM in /proc/<pid>/status")
-
-
 class ScriptedServer:
     """The hostile peer as a server whose answers a test scripts: `answer(path)` gives the
     status and body, every answer is signed as the peer (so a 200 passes the victim's

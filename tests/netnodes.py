@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -121,3 +123,23 @@ class NodeProc:
 
     def admin_token(self) -> str:
         return (self.home / "admin.token").read_text().strip()
+
+    def store_legacy_restricted_admin(self, name: str) -> str:
+        """The row an older version stored for `token create NAME --scope admin
+        --collection csam`, now refused at creation: such a token must load powerless."""
+        token = "hm_" + hashlib.sha256(name.encode()).hexdigest()[:43]
+        with sqlite3.connect(self.home / "hashmesh.db") as db:
+            db.execute(
+                "INSERT INTO tokens (name, hash, scopes, collections, created_at)"
+                " VALUES (?, ?, 'admin', 'csam', 0)",
+                (name, hashlib.sha256(token.encode()).hexdigest()),
+            )
+        return token
+
+
+def peak_rss(pid: int) -> int:
+    """A process's peak resident memory (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM in /proc/{pid}/status")

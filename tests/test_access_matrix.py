@@ -9,11 +9,9 @@ columns show a token whose scope fits but whose collections do not.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -172,7 +170,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     refused = node.cli("token", "create", "admin-at-csam", "--scope", "admin",
                        "--collection", "csam", check=False)
     assert refused.returncode == 2 and "--collection" in refused.stderr, refused.stderr
-    tokens["admin@csam"] = _store_legacy_restricted_admin(node, "admin-at-csam")
+    tokens["admin@csam"] = node.store_legacy_restricted_admin("admin-at-csam")
     keys = {name: SigningKey(os.urandom(32)) for name in ("peer-csam", "peer-le", "unknown")}
     node.cli("peer", "add", "peer-csam", "http://127.0.0.1:9", keys["peer-csam"].node_id,
              "--share", "csam")
@@ -186,19 +184,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     world["bundle"] = bundle
     yield world
     assert node.stop() == 0
-
-
-def _store_legacy_restricted_admin(node: NodeProc, name: str) -> str:
-    """The row an older version stored for `--scope admin --collection csam`, which is now
-    refused at creation: such a token must load with no admin rights."""
-    token = "hm_" + uuid.uuid4().hex + uuid.uuid4().hex[:11]
-    with sqlite3.connect(node.home / "hashmesh.db") as db:
-        db.execute(
-            "INSERT INTO tokens (name, hash, scopes, collections, created_at)"
-            " VALUES (?, ?, 'admin', 'csam', 0)",
-            (name, hashlib.sha256(token.encode()).hexdigest()),
-        )
-    return token
 
 
 def call(

@@ -6,24 +6,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from netnodes import NodeProc
+from netnodes import NodeProc, peak_rss
 from platform_util import request
 
 from node.bodies import MAX_JSON_BODY
 
 LIST_BYTES = 60 << 20
 DISTINCT = 10_000
-
-
-def _peak_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
 
 
 def md5s(count: int, salt: int) -> list[str]:
@@ -77,11 +69,11 @@ def test_large_list_body_is_parsed_in_bounded_memory(node: NodeProc) -> None:
     status, result = import_raw(node, pytx_list(warm, 1 << 20), "format=pytx&collection=warm")
     assert status == 200, result
     assert result["published"] == DISTINCT
-    before = _peak_rss(node.proc.pid)
+    before = peak_rss(node.proc.pid)
     values = md5s(DISTINCT, 2)
     data = pytx_list(values, LIST_BYTES)
     status, result = import_raw(node, data, "format=pytx&collection=big&category=csam")
-    grown = _peak_rss(node.proc.pid) - before
+    grown = peak_rss(node.proc.pid) - before
     assert status == 200, result
     assert result["published"] == DISTINCT and result["already_live"] == 0
     assert result["records"] == data.count(b"\n") and result["invalid"] == 0

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostile_peer import HostilePeer, Reply, ScriptedServer, raw_post, vm_peak_kib
-from netnodes import NodeProc, wait_for
+from hostile_peer import HostilePeer, Reply, ScriptedServer, raw_post
+from netnodes import NodeProc, peak_rss, wait_for
 
 from node.config import Home, Peer
 from protocol.signing import SigningKey
@@ -116,7 +116,7 @@ def test_many_large_unverifiable_bodies_keep_memory_bounded(
     node, peer = victim
     assert node.proc is not None
     pid = node.proc.pid
-    before = vm_peak_kib(pid)
+    before = peak_rss(pid)
     body = os.urandom(16 * 1024 * 1024)
     forger = SigningKey(os.urandom(32))
     replies: list[Reply] = []
@@ -135,7 +135,7 @@ def test_many_large_unverifiable_bodies_keep_memory_bounded(
         t.start()
     for t in threads:
         t.join(timeout=60)
-    grown_mib = (vm_peak_kib(pid) - before) / 1024
+    grown_mib = (peak_rss(pid) - before) / 2**20
     statuses = sorted(r.status for r in replies)
     # 24 x 16 MiB read at once was ~400-800 MiB; the budget holds 64 MiB (plus the copy of
     # a completed body while its signature is checked, and aiohttp's buffers).

@@ -259,18 +259,6 @@ def test_tokens_offline_are_stored_hashed_and_validated(tmp_path: Path) -> None:
         assert node.stop() == 0
 
 
-def _store_legacy_restricted_admin(node: NodeProc, name: str) -> str:
-    """What an older version stored for `token create NAME --scope admin --collection csam`."""
-    token = "hm_" + hashlib.sha256(name.encode()).hexdigest()[:43]
-    with sqlite3.connect(node.home / "hashmesh.db") as db:
-        db.execute(
-            "INSERT INTO tokens (name, hash, scopes, collections, created_at)"
-            " VALUES (?, ?, 'admin', 'csam', 0)",
-            (name, hashlib.sha256(token.encode()).hexdigest()),
-        )
-    return token
-
-
 def test_admin_restricted_to_collections_is_refused_at_creation(tmp_path: Path) -> None:
     node = NodeProc(tmp_path, "hotline")
     for scopes in (["admin"], ["admin", "read"]):
@@ -306,7 +294,7 @@ def test_stored_restricted_admin_token_has_no_admin_rights(tmp_path: Path) -> No
     node = NodeProc(tmp_path, "hotline")
     node.cli("add", "md5", MD5_SECRET, "-c", "le-only")
     node.cli("token", "list")  # creates the tokens table, as any older version did
-    token = _store_legacy_restricted_admin(node, "legacy-boss")
+    token = node.store_legacy_restricted_admin("legacy-boss")
     node.start()
     try:
         admin_calls: list[tuple[str, str, Any]] = [
