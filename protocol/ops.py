@@ -28,7 +28,6 @@ MAX_REASON = 256
 MAX_OP_BYTES = 2048
 
 _collection_re = re.compile(COLLECTION_PATTERN)
-_OPINIONS = ("confirm", "dispute", "seen", "retract")
 
 
 def validate_collection(name: str, what: str = "collection") -> str:
@@ -138,9 +137,10 @@ class RevokeOp(BaseModel):
 
     model_config = _strict
 
+    # Fields in key order, as in AddOp: the ingest fast path depends on it.
     op: Literal["revoke"] = "revoke"
-    targets: list[str] = Field(min_length=1, max_length=MAX_REVOKE_TARGETS)
     reason: str = Field(default="", max_length=MAX_REASON)
+    targets: list[str] = Field(min_length=1, max_length=MAX_REVOKE_TARGETS)
 
     def target_ids(self) -> list[OpId]:
         return [OpId.parse(t, "revoke target") for t in self.targets]
@@ -151,9 +151,10 @@ class OpinionOp(BaseModel):
 
     model_config = _strict
 
+    # Fields in key order, as in AddOp: the ingest fast path depends on it.
     op: Literal["opinion"] = "opinion"
-    target: str = Field(max_length=200)
     opinion: Literal["confirm", "dispute", "seen", "retract"]
+    target: str = Field(max_length=200)
 
     def target_id(self) -> OpId:
         return OpId.parse(self.target, "opinion target")
