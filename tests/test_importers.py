@@ -496,7 +496,8 @@ def _check_items(fmt: str, content: bytes) -> None:
 
 
 def _sample_bytes() -> list[bytes]:
-    files = sorted(SAMPLES.glob("*.xml")) + sorted(SAMPLES.glob("*.json")) + sorted(DATA.iterdir())
+    files = sorted(SAMPLES.glob("*.xml")) + sorted(SAMPLES.glob("*.json"))
+    files += sorted(p for p in DATA.iterdir() if p.is_file())  # data/ also holds folders
     return [f.read_bytes() for f in files]
 
 
