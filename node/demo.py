@@ -76,8 +76,33 @@ class DemoNode:
 
 
 @dataclass
+class Row:
+    """One line of the summary: what the command took, and how long after it returned the
+    change was visible on the other node (None where a figure does not apply)."""
+
+    what: str
+    result: str
+    command_s: float | None = None
+    visible_s: float | None = None
+
+    def cells(self) -> tuple[str, str, str, str]:
+        return (self.what, self.result, _ms(self.command_s), _ms(self.visible_s))
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
+
+
+SUMMARY_HEADER = ("step", "result", "command", "visible after")
+SUMMARY_NOTE = (
+    "command: the hashmesh command's own wall time (a new process each time); visible after:"
+    " from its return until the other node shows the change"
+)
+
+
+@dataclass
 class Story:
-    rows: list[tuple[str, str, str]] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
     start: float = field(default_factory=time.monotonic)
 
     def step(self, text: str) -> None:
@@ -86,9 +111,26 @@ class Story:
     def say(self, text: str) -> None:
         print(f"   {text}", flush=True)
 
-    def record(self, what: str, result: str, elapsed: float) -> None:
-        self.rows.append((what, result, f"{elapsed * 1000:.0f} ms"))
-        self.say(f"{what}: {result} ({elapsed * 1000:.0f} ms)")
+    def record(
+        self,
+        what: str,
+        result: str,
+        command_s: float | None = None,
+        visible_s: float | None = None,
+    ) -> None:
+        row = Row(what, result, command_s, visible_s)
+        self.rows.append(row)
+        times = [
+            f"{label} {cell}"
+            for label, cell in zip(SUMMARY_HEADER[2:], row.cells()[2:], strict=True)
+        ]
+        self.say(f"{what}: {result} ({', '.join(times)})")
+
+    def timed(self, node: DemoNode, *args: str) -> tuple[str, float]:
+        """Run one CLI command; the clock for "visible after" starts when it returns."""
+        t = time.monotonic()
+        out = node.cli(*args)
+        return out, time.monotonic() - t
 
 
 def _wait(predicate: Callable[[], bool], timeout: float = 30.0) -> float:
@@ -229,15 +271,13 @@ def _tell(nodes: dict[str, DemoNode], story: Story, root: Path) -> None:
     images = _images(root)
 
     story.step("childfocus hashes pictures on the analyst's machine and publishes the hashes")
-    t = time.monotonic()
-    out = json.loads(
-        childfocus.cli("submit", *map(str, images), "-c", "csam", "--category", "csam", "--json")
+    text, took = story.timed(
+        childfocus, "submit", *map(str, images), "-c", "csam", "--category", "csam", "--json"
     )
+    out = json.loads(text)
     pdq = [s for s in out["signals"] if s["type"] == "pdq"]
     story.record(
-        "childfocus submit",
-        f"{len(out['signals'])} hashes of {len(images)} pictures",
-        time.monotonic() - t,
+        "childfocus submit", f"{len(out['signals'])} hashes of {len(images)} pictures", took
     )
     story.say(
         "only hashes left the machine: "
@@ -249,13 +289,15 @@ def _tell(nodes: dict[str, DemoNode], story: Story, root: Path) -> None:
     )
     first = pdq[0]
     elapsed = _wait(lambda: platform.match("pdq", first["value"])["matched"])
-    story.record("childfocus -> ncmec -> platform", "pdq matchable on the platform", elapsed)
+    story.record(
+        "childfocus -> ncmec -> platform", "pdq matchable on the platform", visible_s=elapsed
+    )
 
     story.step("a user uploads a re-encoded, resized copy of the first picture to the platform")
     copy = root / "upload-reencoded.jpg"
     _reencode(images[0], copy)
-    t = time.monotonic()
-    result = json.loads(platform.cli("match", "--file", str(copy), "--json"))
+    text, took = story.timed(platform, "match", "--file", str(copy), "--json")
+    result = json.loads(text)
     hits = [m for r in result["results"] for m in r["matches"]]
     best = min(hits, key=lambda m: m["distance"]) if hits else None
     if best is None:
@@ -263,59 +305,61 @@ def _tell(nodes: dict[str, DemoNode], story: Story, root: Path) -> None:
     story.record(
         "platform match --file",
         f"PDQ distance {best['distance']}, published by {best['author_name']} ({best['category']})",
-        time.monotonic() - t,
+        took,
     )
 
     story.step("police adds a case hash to the restricted collection le-only")
     case_hash = "9" * 64
-    t = time.monotonic()
-    police.cli(
-        "add", "sha256", case_hash, "-c", "le-only", "--category", "csam", "--ref", "case-2026-0042"
+    _, took = story.timed(
+        police,
+        "add",
+        *("sha256", case_hash, "-c", "le-only", "--category", "csam", "--ref", "case-2026-0042"),
     )
     elapsed = _wait(lambda: ncmec.match("sha256", case_hash)["matched"])
-    story.record("police -> ncmec (le-only)", "ncmec can match the case hash", time.monotonic() - t)
+    story.record("police -> ncmec (le-only)", "ncmec can match the case hash", took, elapsed)
     time.sleep(1.0)
     leaked = platform.match("sha256", case_hash)["matched"]
-    story.record(
-        "platform (no le-only access)", "not there 1 s later" if not leaked else "LEAKED", 0.0
-    )
+    story.record("platform (no le-only access)", "not there 1 s later" if not leaked else "LEAKED")
     if leaked:
         raise RuntimeError("le-only reached the platform")
 
     story.step("childfocus finds one hash was a mistake and revokes it")
     mistaken = pdq[-1]
-    t = time.monotonic()
-    childfocus.cli("revoke", mistaken["op_id"], "--reason", "not CSAM on review")
+    _, took = story.timed(childfocus, "revoke", mistaken["op_id"], "--reason", "not CSAM on review")
     elapsed = _wait(lambda: not platform.match("pdq", mistaken["value"])["matched"])
-    story.record(
-        "revocation reaches the platform", "platform no longer matches it", time.monotonic() - t
-    )
+    story.record("revocation reaches the platform", "platform no longer matches it", took, elapsed)
 
     story.step("the platform reviews a match, finds a false positive and disputes it")
     disputed = next(s for s in out["signals"] if s["type"] == "md5")
-    platform.cli("opinion", disputed["op_id"], "dispute")
+    _, took = story.timed(platform, "opinion", disputed["op_id"], "dispute")
 
     def childfocus_sees() -> bool:
         matches = childfocus.match("md5", disputed["value"])["results"][0]["matches"]
         return bool(matches) and matches[0]["opinions"]["dispute"] >= 1
 
-    _wait(childfocus_sees)
+    elapsed = _wait(childfocus_sees)
     story.record(
-        "platform dispute -> childfocus",
-        "childfocus sees dispute=1 on its hash",
-        time.monotonic() - t,
+        "platform dispute -> childfocus", "childfocus sees dispute=1 on its hash", took, elapsed
     )
 
 
 def _summary(story: Story, root: Path) -> None:
     story.step("summary")
-    width = max(len(r[0]) for r in story.rows)
-    rwidth = max(len(r[1]) for r in story.rows)
-    print("   (times: from the command's return until the change is visible there)", flush=True)
-    print(f"   {'step':<{width}}  {'result':<{rwidth}}  time", flush=True)
-    for what, result, took in story.rows:
-        print(f"   {what:<{width}}  {result:<{rwidth}}  {took}", flush=True)
+    for line in summary_lines(story.rows):
+        print(f"   {line}", flush=True)
     total = time.monotonic() - story.start
     print(f"   total {total:.1f} s", flush=True)
     if os.environ.get("HASHMESH_DEMO_JSON"):
-        Path(os.environ["HASHMESH_DEMO_JSON"]).write_text(json.dumps(story.rows))
+        rows = [[r.what, r.result, r.command_s, r.visible_s] for r in story.rows]
+        Path(os.environ["HASHMESH_DEMO_JSON"]).write_text(json.dumps(rows))
+
+
+def summary_lines(rows: list[Row]) -> list[str]:
+    """The note, the header and one line per row, every column as wide as its widest cell."""
+    table = [SUMMARY_HEADER, *(r.cells() for r in rows)]
+    widths = [max(len(line[i]) for line in table) for i in range(len(SUMMARY_HEADER))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in table
+    ]
+    return [f"({SUMMARY_NOTE})", *lines]

@@ -21,7 +21,18 @@ def test_demo_runs_the_story_end_to_end(tmp_path: Path) -> None:
         env=env,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    rows = {what: outcome for what, outcome, _ in json.loads(rows_file.read_text())}
+    table = json.loads(rows_file.read_text())
+    rows = {what: outcome for what, outcome, *_ in table}
+    times = {what: (command_s, visible_s) for what, _, command_s, visible_s in table}
+    # Each figure is what its column says: a command's own time, then the wait after it.
+    assert all(isinstance(t, float) for t in times["revocation reaches the platform"])
+    assert times["platform (no le-only access)"] == (None, None)
+    assert times["childfocus -> ncmec -> platform"][0] is None
+    assert times["platform match --file"][1] is None
+    summary = result.stdout.split("== summary", 1)[1].splitlines()
+    header_line = next(line for line in summary if line.strip().startswith("step "))
+    columns = [c.strip() for c in header_line.split("  ") if c.strip()]
+    assert columns == ["step", "result", "command", "visible after"]
     assert rows["childfocus -> ncmec -> platform"] == "pdq matchable on the platform"
     assert rows["platform match --file"].startswith("PDQ distance ")
     assert rows["platform (no le-only access)"] == "not there 1 s later"
