@@ -14,8 +14,6 @@ authors we do not trust for their collection are refused and never stored or rel
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import logging
 import random
 import time
@@ -24,20 +22,26 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
-
 from protocol.batches import Batch, LogKey, iter_frames, parse_header, verify_parts
 from protocol.errors import ProtocolError
 from protocol.evidence import ForkEvidence, verify_evidence
 from protocol.sync import (
+    MAX_EVIDENCE_MESSAGE_BYTES,
+    MAX_EVIDENCE_PER_MESSAGE,
     Page,
+    PushReply,
+    PushResult,
     Vector,
+    decode_evidence_message,
     decode_page,
+    decode_push_reply,
+    encode_evidence_message,
+    encode_evidence_reply,
     encode_page,
+    encode_push_reply,
     encode_sync_request,
     missing,
     parse_sync_request,
-    vector_from_wire,
-    vector_to_wire,
 )
 
 from .config import Peer
@@ -63,8 +67,8 @@ PAGE_BYTES = 8 * 1024 * 1024
 MAX_PAGES_PER_ROUND = 1000
 PUSH_BATCHES = 50
 OUTBOX_BYTES = 64 * 1024 * 1024  # frames waiting for one peer; past it, anti-entropy delivers
-EVIDENCE_MESSAGE_BYTES = 256 * 1024  # one /v1/peer/evidence body (100 items of 4 KiB fit)
-EVIDENCE_PER_MESSAGE = 100
+EVIDENCE_MESSAGE_BYTES = MAX_EVIDENCE_MESSAGE_BYTES  # 100 items of 2 KiB fit
+EVIDENCE_PER_MESSAGE = MAX_EVIDENCE_PER_MESSAGE
 EVIDENCE_PER_LOG = 8  # one item proves a fork; a few more only cover distinct seqs
 EVIDENCE_PER_SENDER = 1000
 
@@ -200,17 +204,17 @@ class Replicator:
             frames = iter_frames(body)
         except ProtocolError as exc:
             raise self._refuse(peer, "bad_frame", str(exc)) from None
-        result, tally = await self.daemon.call(self._ingest_frames, peer, frames)
+        (result, error), tally = await self.daemon.call(self._ingest_frames, peer, frames)
         tally.apply_to(self.peers.state(peer.node_id))
-        if result.get("error"):
-            raise BadPeerData(result["error"])
-        data = json.dumps(result).encode()
-        return self.peers.respond(auth, data, "application/json")
+        if error:
+            raise BadPeerData(error)
+        return self.peers.respond(auth, encode_push_reply(result), "application/json")
 
     def _ingest_frames(
         self, peer: Peer, frames: list[tuple[bytes, bytes, bytes]], tally: PeerTally | None = None
-    ) -> tuple[dict[str, Any], PeerTally]:
-        """Verify and ingest pushed or pulled frames (store thread), one commit per page."""
+    ) -> tuple[tuple[PushReply, str], PeerTally]:
+        """Verify and ingest pushed or pulled frames (store thread), one commit per page;
+        the reply, and the first invalid batch's error (then the rest was not read)."""
         config = self.service.config
         state = PeerTally() if tally is None else tally
         results: list[dict[str, Any]] = []
@@ -249,10 +253,10 @@ class Replicator:
                 results.append({"log": str(batch.log), "seq": batch.seq, "outcome": outcome})
                 touched.add(batch.log)
         vector = {k: self.store.head(k) for k in touched}
-        out = {"results": results, "vector": vector_to_wire(vector), "deferred": deferred}
-        if error:
-            out["error"] = error
-        return out, state
+        reply = PushReply(
+            [PushResult(r["log"], r["seq"], r["outcome"]) for r in results], vector, deferred
+        )
+        return (reply, error), state
 
     def _already_held(self, header: bytes) -> bool:
         """A batch whose exact signed header is stored needs no second verification: relays
@@ -266,23 +270,14 @@ class Replicator:
 
     async def handle_evidence(self, request: web.Request) -> web.Response:
         peer, auth, body = await self.peers.authenticate(request, self.service.config)
-        if len(body) > EVIDENCE_MESSAGE_BYTES:
-            raise self._refuse(
-                peer, "bad_evidence", f"evidence: body exceeds {EVIDENCE_MESSAGE_BYTES} bytes"
-            )
         try:
-            value = json.loads(body)
-            items = value["evidence"]
-            if not isinstance(items, list) or len(items) > EVIDENCE_PER_MESSAGE:
-                raise ValueError(f"expected a list of at most {EVIDENCE_PER_MESSAGE} items")
-            blobs = [base64.urlsafe_b64decode(e + "=" * (-len(e) % 4)) for e in items]
-            evidence = [verify_evidence(blob) for blob in blobs]
-        except (ValueError, KeyError, TypeError, RecursionError, ProtocolError) as exc:
-            raise self._refuse(peer, "bad_evidence", f"evidence: {exc}") from None
+            evidence = [verify_evidence(blob) for blob in decode_evidence_message(body)]
+        except ProtocolError as exc:
+            raise self._refuse(peer, "bad_evidence", str(exc)) from None
         loop = asyncio.get_running_loop()
         new, tally = await self.daemon.call(self._store_evidence, evidence, peer, loop)
         tally.apply_to(self.peers.state(peer.node_id))
-        return self.peers.respond(auth, json.dumps({"new": new}).encode(), "application/json")
+        return self.peers.respond(auth, encode_evidence_reply(new), "application/json")
 
     def _store_evidence(
         self, evidence: list[ForkEvidence], peer: Peer, loop: asyncio.AbstractEventLoop
@@ -335,7 +330,7 @@ class Replicator:
             self.store.vector(wanted), sorted(wanted), sorted(set(peer.share))
         )
 
-    def _ingest_page(self, peer: Peer, page: Page) -> tuple[dict[str, Any], PeerTally]:
+    def _ingest_page(self, peer: Peer, page: Page) -> tuple[tuple[PushReply, str], PeerTally]:
         tally = PeerTally()
         verified: list[ForkEvidence] = []
         for blob in page.evidence:
@@ -359,13 +354,13 @@ class Replicator:
                     body = await self.daemon.call(self._pull_request, peer)
                     data = await self.client.post(peer, "/v1/peer/sync", body, "application/json")
                     page = decode_page(data)
-                    result, tally = await self.daemon.call(self._ingest_page, peer, page)
+                    (result, error), tally = await self.daemon.call(self._ingest_page, peer, page)
                     tally.apply_to(state)
-                    if result.get("error"):
-                        raise NodeError(f"peer {peer.name} sent invalid data: {result['error']}")
+                    if error:
+                        raise NodeError(f"peer {peer.name} sent invalid data: {error}")
                     if not page.more:
                         break
-                    if not any(r["outcome"] in ("applied", "deferred") for r in result["results"]):
+                    if not any(r.outcome in ("applied", "deferred") for r in result.results):
                         # "more" but nothing new: a lying peer could keep us paging for ever.
                         self.peers.state(peer.node_id).refuse("empty_page")
                         break
@@ -407,30 +402,32 @@ class Replicator:
                 if len(frames) < PUSH_BATCHES:
                     break
 
-    async def _post_pages(self, peer: Peer, frames: list[bytes]) -> dict[str, Any]:
+    async def _post_pages(self, peer: Peer, frames: list[bytes]) -> PushReply:
         """Post frames in requests of at most PAGE_BYTES; the last answer is returned, with
         `deferred` set if any request left batches waiting on the peer."""
-        result: dict[str, Any] = {}
+        result = PushReply([], {}, False)
         deferred = False
         page: list[bytes] = []
         size = 0
         for frame in [*frames, b""]:
             if page and (not frame or size + len(frame) > PAGE_BYTES):
                 result = await self._post_batches(peer, page)
-                deferred = deferred or bool(result.get("deferred"))
+                deferred = deferred or result.deferred
                 page, size = [], 0
             if frame:
                 page.append(frame)
                 size += len(frame)
-        result["deferred"] = deferred
-        return result
+        return result._replace(deferred=deferred)
 
-    async def _post_batches(self, peer: Peer, frames: list[bytes]) -> dict[str, Any]:
+    async def _post_batches(self, peer: Peer, frames: list[bytes]) -> PushReply:
         assert self.client is not None
         data = await self.client.post(
             peer, "/v1/peer/batches", b"".join(frames), "application/octet-stream"
         )
-        result = _push_reply(peer, data)
+        try:
+            result = decode_push_reply(data)
+        except ProtocolError as exc:
+            raise NodeError(f"peer {peer.name}: malformed reply to pushed batches: {exc}") from None
         self.peers.state(peer.node_id).batches_sent += len(frames)
         self.daemon.metrics.history.sent(len(frames))
         return result
@@ -476,8 +473,7 @@ class Replicator:
             for p in random.sample(eligible, min(len(eligible), max(1, config.fanout))):
                 self._outbox(p).put(batch.to_bytes())
         for evidence in forks:
-            blob = base64.urlsafe_b64encode(evidence.to_bytes()).rstrip(b"=").decode()
-            body = json.dumps({"evidence": [blob]}).encode()
+            body = encode_evidence_message([evidence.to_bytes()])
             for p in config.peers:
                 if p.node_id != exclude and evidence.log.collection in p.share:
                     self._track(asyncio.create_task(self._send_evidence(p, body)))
@@ -518,9 +514,8 @@ class Replicator:
                 await asyncio.sleep(wait)  # backing off: deliver when the peer is due again
             try:
                 result = await self._post_pages(peer, frames)
-                if result.get("deferred"):
-                    theirs = vector_from_wire(result.get("vector", []))
-                    await self._push_missing(peer, theirs, list(peer.share))
+                if result.deferred:
+                    await self._push_missing(peer, result.vector, list(peer.share))
             except (TimeoutError, aiohttp.ClientError, OSError, NodeError, ProtocolError) as exc:
                 state.failed(str(exc) or type(exc).__name__)
                 log.info("push to %s failed: %s", peer.name, state.last_error)
@@ -577,25 +572,6 @@ def page_evidence(forks: list[dict[str, Any]], readable: set[str]) -> list[bytes
         out.append(blob)
         size += len(blob)
     return out
-
-
-def _push_reply(peer: Peer, data: bytes) -> dict[str, Any]:
-    """A peer's answer to pushed batches, checked for the fields the sender reads."""
-    try:
-        value = json.loads(data)
-    except (ValueError, RecursionError):
-        value = None
-    if (
-        not isinstance(value, dict)
-        or not isinstance(value.get("results", []), list)
-        or not isinstance(value.get("deferred", False), bool)
-        or not isinstance(value.get("vector", []), list)
-    ):
-        raise NodeError(
-            f"peer {peer.name}: malformed reply to pushed batches (expected a JSON object"
-            " with results, vector and deferred)"
-        )
-    return value
 
 
 def _log_order(item: tuple[LogKey, int]) -> tuple[str, str]:

@@ -160,3 +160,94 @@ def encode_sync_request(vector: Vector, collections: list[str], offer: list[str]
             "offer": sorted(set(offer)),
         }
     )
+
+
+# -- pushed batches and gossiped evidence ------------------------------------------------
+
+MAX_EVIDENCE_MESSAGE_BYTES = 256 * 1024
+MAX_EVIDENCE_PER_MESSAGE = 100
+MAX_PUSH_REPLY_BYTES = 4 * 1024 * 1024
+MAX_PUSH_RESULTS = 10_000
+OUTCOMES = frozenset({"applied", "duplicate", "deferred", "fork", "frozen", "untrusted", "none"})
+
+
+class PushResult(NamedTuple):
+    """What the receiver did with one pushed batch of log `author/collection`."""
+
+    log: str
+    seq: int
+    outcome: str
+
+
+class PushReply(NamedTuple):
+    """The answer to `/v1/peer/batches`: each batch's outcome, the receiver's heads of the
+    logs touched, and whether any batch waits for an earlier one (then the sender pushes
+    what the receiver lacks from `vector` on)."""
+
+    results: list[PushResult]
+    vector: Vector
+    deferred: bool
+
+
+def encode_push_reply(reply: PushReply) -> bytes:
+    return canonical(
+        {
+            "results": [{"log": r.log, "seq": r.seq, "outcome": r.outcome} for r in reply.results],
+            "vector": vector_to_wire(reply.vector),
+            "deferred": reply.deferred,
+        }
+    )
+
+
+def decode_push_reply(body: bytes) -> PushReply:
+    if len(body) > MAX_PUSH_REPLY_BYTES:
+        raise SyncError(f"push reply: larger than {MAX_PUSH_REPLY_BYTES} bytes")
+    value = parse_canonical(body, "push reply")
+    if not isinstance(value, dict) or set(value) != {"results", "vector", "deferred"}:
+        raise SyncError("push reply: must hold exactly results, vector and deferred")
+    if not isinstance(value["deferred"], bool):
+        raise SyncError("push reply.deferred: must be a boolean")
+    items = value["results"]
+    if not isinstance(items, list) or len(items) > MAX_PUSH_RESULTS:
+        raise SyncError(f"push reply.results: must be a list of at most {MAX_PUSH_RESULTS}")
+    results = []
+    for n, item in enumerate(items):
+        if (
+            not isinstance(item, dict)
+            or set(item) != {"log", "seq", "outcome"}
+            or not isinstance(item["log"], str)
+            or len(item["log"]) > 200
+            or type(item["seq"]) is not int
+            or item["outcome"] not in OUTCOMES
+        ):
+            raise SyncError(
+                f"push reply.results[{n}]: expected {{log, seq, outcome}} with a known outcome"
+            )
+        results.append(PushResult(item["log"], item["seq"], item["outcome"]))
+    return PushReply(
+        results, vector_from_wire(value["vector"], "push reply.vector"), value["deferred"]
+    )
+
+
+def encode_evidence_message(blobs: list[bytes]) -> bytes:
+    return canonical({"evidence": [b64url(b) for b in blobs]})
+
+
+def decode_evidence_message(body: bytes) -> list[bytes]:
+    """The fork evidence items of a `/v1/peer/evidence` body, still unverified."""
+    if len(body) > MAX_EVIDENCE_MESSAGE_BYTES:
+        raise SyncError(f"evidence: body exceeds {MAX_EVIDENCE_MESSAGE_BYTES} bytes")
+    value = parse_canonical(body, "evidence")
+    if not isinstance(value, dict) or set(value) != {"evidence"}:
+        raise SyncError("evidence: must hold exactly evidence")
+    items = value["evidence"]
+    if not isinstance(items, list) or len(items) > MAX_EVIDENCE_PER_MESSAGE:
+        raise SyncError(f"evidence: expected a list of at most {MAX_EVIDENCE_PER_MESSAGE} items")
+    try:
+        return [from_b64url(e, f"evidence[{n}]") for n, e in enumerate(items)]
+    except EncodingError as exc:
+        raise SyncError(str(exc)) from None
+
+
+def encode_evidence_reply(new: int) -> bytes:
+    return canonical({"new": new})

@@ -22,6 +22,7 @@ import pytest
 from netnodes import NodeProc
 from testdata import IMAGES
 
+from protocol.encoding import canonical
 from protocol.peerauth import sign_request
 from protocol.signing import SigningKey
 from protocol.sync import decode_page, encode_sync_request
@@ -396,7 +397,7 @@ def _peer_body(path: str) -> bytes:
     if path == "/v1/peer/sync":
         return encode_sync_request({}, ["csam", "le-only"], [])
     if path == "/v1/peer/evidence":
-        return json.dumps({"evidence": []}).encode()
+        return canonical({"evidence": []})
     return b""
 
 

@@ -157,7 +157,7 @@ def test_forged_batches_and_evidence_get_the_peer_cut_off(arena: Arena) -> None:
     # Fake fork evidence (two validly signed headers that do not conflict) is invalid too.
     part = SignedHeader(good.header_bytes, good.signature).to_wire()
     fake = b64url(canonical({"v": 1, "kind": "fork", "a": part, "b": part}))
-    reply = evil.send("/v1/peer/evidence", json.dumps({"evidence": [fake]}).encode())
+    reply = evil.send("/v1/peer/evidence", canonical({"evidence": [fake]}))
     assert reply.status == 400 and "do not conflict" in reply.error, reply
     # 4 x 25 points: cut off. Everything it sends now is refused before it is read.
     reply = evil.send("/v1/peer/batches", good.to_bytes())
@@ -358,7 +358,7 @@ def test_slowloris_connections_are_dropped_and_others_served(arena: Arena) -> No
 
 def test_request_flood_is_rate_limited_then_cut_off(arena: Arena) -> None:
     victim, evil = arena.victim, arena.evil["evil"]
-    body = json.dumps({"evidence": []}).encode()
+    body = canonical({"evidence": []})
     statuses: list[int] = []
     flooding = threading.Thread(
         target=lambda: statuses.extend(evil.flood("/v1/peer/evidence", body, 450))

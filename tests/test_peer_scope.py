@@ -4,7 +4,6 @@ logs the node accepts (a throw-away key's forks cost the sender score, not our d
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from netnodes import NodeProc, wait_for
 from test_hostile import api, peer_state
 
 from node.config import Home, Peer, Trust
-from protocol.encoding import b64url
+from protocol.encoding import b64url, canonical
 from protocol.evidence import SignedHeader, build_evidence
 from protocol.signing import SigningKey
 from protocol.sync import decode_page, encode_sync_request
@@ -101,7 +100,7 @@ def test_evidence_about_logs_not_accepted_is_dropped_and_scored(scene: Scene) ->
     throwaway = SigningKey(os.urandom(32))
     junk = [_fork(throwaway, scene.evil, "csam", seq) for seq in range(1, 6)]
     before = peer_state(scene.victim, "evil")["score"]
-    reply = scene.evil.send("/v1/peer/evidence", json.dumps({"evidence": junk}).encode())
+    reply = scene.evil.send("/v1/peer/evidence", canonical({"evidence": junk}))
     assert reply.status == 200 and reply.json()["new"] == 0
     assert _forks(scene.victim) == []
     assert peer_state(scene.victim, "evil")["score"] > before
@@ -110,7 +109,7 @@ def test_evidence_about_logs_not_accepted_is_dropped_and_scored(scene: Scene) ->
     # Evidence about the trusted author's real fork is still kept and gossiped, and the
     # throw-away key's never follows it to the relay.
     real = _fork(scene.evil.key, scene.evil, "csam")
-    reply = scene.evil.send("/v1/peer/evidence", json.dumps({"evidence": [real]}).encode())
+    reply = scene.evil.send("/v1/peer/evidence", canonical({"evidence": [real]}))
     assert reply.status == 200 and reply.json()["new"] == 1
     assert [f["author"] for f in _forks(scene.victim)] == [scene.evil.node_id]
     wait_for(lambda: len(_forks(scene.relay)) == 1)
@@ -120,10 +119,10 @@ def test_evidence_about_logs_not_accepted_is_dropped_and_scored(scene: Scene) ->
 
 def test_evidence_is_bounded_per_log_and_per_message(scene: Scene) -> None:
     many = [_fork(scene.evil.key, scene.evil, "csam", seq) for seq in range(1, 21)]
-    reply = scene.evil.send("/v1/peer/evidence", json.dumps({"evidence": many}).encode())
+    reply = scene.evil.send("/v1/peer/evidence", canonical({"evidence": many}))
     assert reply.status == 200 and reply.json()["new"] == 8
     assert len(_forks(scene.victim)) == 8
     assert peer_state(scene.victim, "evil")["refused"].get("evidence_cap") == 12
-    big = json.dumps({"evidence": [many[0]] * 101}).encode()
+    big = canonical({"evidence": [many[0]] * 101})
     reply = scene.evil.send("/v1/peer/evidence", big)
     assert reply.status == 400 and reply.error.startswith("evidence: ")
