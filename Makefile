@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test test-slow test-hma lint demo bench fuzz clean
+.PHONY: test test-slow test-hma test-deploy lint demo bench fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ lint: $(STAMP)
 	$(BIN)/mypy --strict protocol
 
 test: lint
-	$(BIN)/python -m pytest -q -m "not slow and not hma"
+	$(BIN)/python -m pytest -q -m "not slow and not hma and not deploy"
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
@@ -28,6 +28,11 @@ test-slow: $(STAMP)
 test-hma: $(STAMP)
 	$(BIN)/python tests/hma_setup.py
 	HMA_REQUIRED=1 $(BIN)/python -m pytest -q -m hma tests/test_hma_e2e.py
+
+# deploy/ against PyPI: every runtime dependency resolves to a binary wheel for the
+# Containerfile's base (python:X.Y-slim has no compiler). The lints of deploy/ run in `make test`.
+test-deploy: $(STAMP)
+	$(BIN)/python -m pytest -q -m deploy tests/test_deploy_files.py
 
 demo: $(STAMP)
 	$(BIN)/hashmesh demo

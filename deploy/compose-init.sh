@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Initialise the four homes of deploy/compose.yaml and wire peers and trust as in the demo:
 # csam shared by all, le-only between police and ncmec only.
+# COMPOSE="podman compose" runs it with podman. -T: without it compose gives the command a
+# terminal, which ends every line it prints with a carriage return, and the node ids read
+# back below would carry it into every peer and trust entry.
 set -euo pipefail
 cd "$(dirname "$0")"
-run() { docker compose run --rm --no-deps "$1" "${@:2}"; }
+read -r -a COMPOSE <<<"${COMPOSE:-docker compose}"
+run() { "${COMPOSE[@]}" run --rm --no-deps -T "$1" "${@:2}"; }
 declare -A ID
 for n in ncmec childfocus platform police; do
-  ID[$n]=$(run "$n" init /data/node --name "$n" --listen 0.0.0.0:7400 --url "http://$n:7400" | tail -1)
+  ID[$n]=$(run "$n" init /data/node --name "$n" --listen 0.0.0.0:7400 --url "http://$n:7400" | tail -1 | tr -d '\r')
+  [[ ${ID[$n]} =~ ^ed25519:[A-Za-z0-9_-]{43}$ ]] || { echo "init $n printed no node id: ${ID[$n]}" >&2; exit 1; }
 done
 link() { # a b collections...
   local a=$1 b=$2; shift 2
@@ -22,4 +27,4 @@ trust ncmec childfocus csam; trust ncmec platform csam; trust ncmec police csam;
 trust childfocus ncmec csam; trust childfocus platform csam
 trust platform ncmec csam; trust platform childfocus csam
 trust police ncmec csam; trust police childfocus csam; trust police ncmec le-only
-echo "initialised; now: docker compose up -d"
+echo "initialised; now: ${COMPOSE[*]} up -d"
