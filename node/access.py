@@ -34,6 +34,9 @@ SCOPE_BY_PATH = {
     "/v1/feed/stream": "read",
     "/v1/snapshot": "read",
     "/v1/export": "read",
+    # A Prometheus scraper's token: the metrics and nothing else (it cannot mint tokens,
+    # add peers or read hashes, as the admin token it needed before could).
+    "/metrics": "metrics",
 }
 GRANT = "hashmesh.grant"
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from protocol.ops import AddOp, OpinionOp, RevokeOp
@@ -154,8 +154,32 @@ class Metrics:
                 self.propagation.observe(max(0, delay) / 1000)
                 self.history.received(delay)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, collections: frozenset[str] | None = None) -> bytes:
+        """The exposition text; for a token restricted to `collections`, only their series.
+
+        Only series labelled `collection` belong to a collection. Every other series
+        (ingest and HTTP counters, index size, per-peer health) sums or names what the
+        node holds for all collections, so a restricted token does not see it.
+        """
+        if collections is None:
+            return generate_latest(self.registry)
+        return generate_latest(_OnlyCollections(self.registry, collections))  # type: ignore[arg-type]
+
+
+class _OnlyCollections:
+    """A registry view holding the samples of some collections (what generate_latest reads)."""
+
+    def __init__(self, registry: CollectorRegistry, collections: frozenset[str]) -> None:
+        self.registry = registry
+        self.collections = collections
+
+    def collect(self) -> Any:
+        for family in self.registry.collect():
+            samples = [s for s in family.samples if s.labels.get("collection") in self.collections]
+            if samples:
+                kept = Metric(family.name, family.documentation, family.type, family.unit)
+                kept.samples = samples
+                yield kept
 
 
 class NodeCollector(Collector):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from .access import grant_of
 from .errors import NodeError
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def register(app: web.Application, daemon: Daemon) -> None:
     async def metrics(request: web.Request) -> web.Response:
         await daemon.refresh_gauges()
         return web.Response(
-            body=daemon.metrics.render(),
+            body=daemon.metrics.render(grant_of(request).collections),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
 

@@ -12,6 +12,9 @@ back up the whole database and read status and metrics, so a restriction on it w
 a promise nothing keeps. Creating one is refused; one stored by an older version loads
 with no admin rights (see `Grant.allows`), so the node still starts and the token is
 refused wherever it reached beyond its collections.
+
+`metrics` reads `/metrics` and nothing else, for a Prometheus scraper. Restricted to
+collections, it sees only the series labelled with one of them (node/metrics.py).
 """
 
 from __future__ import annotations
@@ -32,12 +35,12 @@ from .store import now_ms
 
 log = logging.getLogger("hashmesh.tokens")
 
-SCOPES = ("read", "match", "publish", "admin")
+SCOPES = ("read", "match", "publish", "admin", "metrics")
 RESTRICTED_ADMIN = (
     "collections: an admin token cannot be restricted to collections (--collection):"
     " admin can mint tokens, add peers and back up the whole database, so it would reach"
-    " every collection anyway; give read, match or publish scopes with the collections"
-    " instead"
+    " every collection anyway; give read, match, publish or metrics scopes with the"
+    " collections instead"
 )
 
 SCHEMA = """
