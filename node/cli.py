@@ -12,16 +12,17 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from protocol.errors import ProtocolError
 
-from .client import Backend, open_backend
 from .config import Home
 from .errors import NodeError
-from .service import init_home, verify_bundle_file
+
+if TYPE_CHECKING:  # urllib and ssl load with the first command that reaches a node
+    from .client import Backend
 
 EXIT_NOTHING = 1  # nothing wrong with the input, but nothing was done (as `match`: no match)
 EXIT_ERROR = 2
@@ -64,6 +65,8 @@ class Context:
 
     @contextmanager
     def backend(self) -> Iterator[Backend]:
+        from .client import open_backend
+
         with errors(), open_backend(self.home) as backend:
             yield backend
 
@@ -94,6 +97,8 @@ def cli(ctx: click.Context, home: str | None) -> None:
 def init(home: str, name: str, listen: str | None, url: str | None, as_json: bool) -> None:
     """Create a node home (key, config, database); print the node id."""
     with errors():
+        from .service import init_home
+
         config = init_home(home, name, listen, url)
     emit(
         {"node_id": config.node_id, "name": config.name, "home": str(Home(home).path)},
@@ -131,7 +136,45 @@ def run(ctx: Context, log_json: bool, log_level: str) -> None:
 
 @cli.group()
 def peer() -> None:
-    """Peers this node syncs with."""
+    """Peers this node syncs with, and the collections each may read from us."""
+
+
+def _peer_text(d: dict[str, Any]) -> str:
+    if d.get("change") == "removed":
+        return (
+            f"peer {d['name']} removed: it reads nothing from this node any more (it was"
+            f" {d['url']}, node id {d['node_id']}, reading {', '.join(d['share']) or 'nothing'})"
+        )
+    change = f" ({d['change']})" if d.get("change") else ""
+    return (
+        f"peer {d['name']}{change}\n  url      {d['url']}\n  node id  {d['node_id']}"
+        f"\n  reads    {', '.join(d['share']) or '(nothing)'}"
+    )
+
+
+@peer.command("list")
+@json_option
+@pass_ctx
+def peer_list(ctx: Context, as_json: bool) -> None:
+    """Every peer with its URL, node id and the collections it may read."""
+    with ctx.backend() as backend:
+        result = backend.peer_list()
+    emit(
+        result,
+        as_json,
+        lambda d: "\n".join(_peer_text(p) for p in d["peers"]) or "no peers",
+    )
+
+
+@peer.command("show")
+@click.argument("name")
+@json_option
+@pass_ctx
+def peer_show(ctx: Context, name: str, as_json: bool) -> None:
+    """One peer: its URL, node id and the collections it may read."""
+    with ctx.backend() as backend:
+        result = backend.peer_show(name)
+    emit(result, as_json, _peer_text)
 
 
 @peer.command("add")
@@ -144,19 +187,113 @@ def peer() -> None:
 def peer_add(
     ctx: Context, name: str, url: str, node_id: str, share: tuple[str, ...], as_json: bool
 ) -> None:
-    """Add (or replace) a peer and the collections it may read from us."""
+    """Add a new peer and the collections it may read from us.
+
+    A peer of the same name or node id is an error (exit 2) and stays as it is: change it
+    with `peer update`, `peer share` or `peer unshare`.
+    """
     with ctx.backend() as backend:
         result = backend.peer_add(name, url, node_id, list(share))
-    emit(
-        result,
-        as_json,
-        lambda d: f"peer {d['peer']} may read: {', '.join(d['share']) or '(nothing)'}",
-    )
+    emit(result, as_json, _peer_text)
+
+
+@peer.command("update")
+@click.argument("name")
+@click.option("--url", help="The peer's new URL.")
+@click.option("--node-id", help="The peer's new node id (its key changed).")
+@click.option(
+    "--share",
+    multiple=True,
+    help="Replace the whole share list with these collections (repeatable).",
+)
+@click.option("--share-nothing", is_flag=True, help="Let the peer read no collection.")
+@json_option
+@pass_ctx
+def peer_update(
+    ctx: Context,
+    name: str,
+    url: str | None,
+    node_id: str | None,
+    share: tuple[str, ...],
+    share_nothing: bool,
+    as_json: bool,
+) -> None:
+    """Change a peer's URL, node id or whole share list; what is not given stays."""
+    if share and share_nothing:
+        fail("give --share or --share-nothing, not both")
+    shares = [] if share_nothing else (list(share) if share else None)
+    if url is None and node_id is None and shares is None:
+        fail("nothing to update: give --url, --node-id, --share or --share-nothing")
+    with ctx.backend() as backend:
+        result = backend.peer_update(name, url, node_id, shares)
+    emit(result, as_json, _peer_text)
+
+
+@peer.command("remove")
+@click.argument("name")
+@json_option
+@pass_ctx
+def peer_remove(ctx: Context, name: str, as_json: bool) -> None:
+    """Stop syncing with a peer; it may read nothing from us any more."""
+    with ctx.backend() as backend:
+        result = backend.peer_remove(name)
+    emit(result, as_json, _peer_text)
+
+
+@peer.command("share")
+@click.argument("name")
+@click.argument("collection")
+@json_option
+@pass_ctx
+def peer_share(ctx: Context, name: str, collection: str, as_json: bool) -> None:
+    """Let a peer read one more collection (its other collections stay)."""
+    with ctx.backend() as backend:
+        result = backend.peer_share(name, collection, True)
+    emit(result, as_json, _peer_text)
+
+
+@peer.command("unshare")
+@click.argument("name")
+@click.argument("collection")
+@json_option
+@pass_ctx
+def peer_unshare(ctx: Context, name: str, collection: str, as_json: bool) -> None:
+    """Stop a peer reading one collection (its other collections stay)."""
+    with ctx.backend() as backend:
+        result = backend.peer_share(name, collection, False)
+    emit(result, as_json, _peer_text)
 
 
 @cli.group()
 def trust() -> None:
-    """Authors whose batches this node accepts."""
+    """Authors whose batches this node accepts, per collection."""
+
+
+def _trust_text(d: dict[str, Any]) -> str:
+    verb = "now trusted" if d["change"] == "trusted" else "no longer trusted"
+    name = f" ({d['name']})" if d.get("name") else ""
+    return (
+        f"author {d['node_id']}{name} {verb} in {d['collection']}; trusted in:"
+        f" {', '.join(d['collections']) or '(nothing)'}"
+    )
+
+
+@trust.command("list")
+@click.argument("node_id", required=False)
+@json_option
+@pass_ctx
+def trust_list(ctx: Context, node_id: str | None, as_json: bool) -> None:
+    """Trusted (author, collection) pairs; of one author if NODE_ID is given."""
+    with ctx.backend() as backend:
+        result = backend.trust_list(node_id)
+
+    def human(d: dict[str, Any]) -> str:
+        return "\n".join(
+            f"{t['node_id']}  {t['collection']}{'  ' + t['name'] if t['name'] else ''}"
+            for t in d["trust"]
+        ) or ("no trusted authors" if node_id is None else f"{node_id} is trusted in nothing")
+
+    emit(result, as_json, human)
 
 
 @trust.command("add")
@@ -169,7 +306,19 @@ def trust_add(ctx: Context, node_id: str, collection: str, name: str, as_json: b
     """Accept batches authored by NODE_ID in COLLECTION (from any relay)."""
     with ctx.backend() as backend:
         result = backend.trust_add(node_id, collection, name)
-    emit(result, as_json, lambda d: f"trusting {d['node_id']} in {d['collection']}")
+    emit(result, as_json, _trust_text)
+
+
+@trust.command("remove")
+@click.argument("node_id")
+@click.argument("collection")
+@json_option
+@pass_ctx
+def trust_remove(ctx: Context, node_id: str, collection: str, as_json: bool) -> None:
+    """Accept no further batches by NODE_ID in COLLECTION (what is held stays)."""
+    with ctx.backend() as backend:
+        result = backend.trust_remove(node_id, collection)
+    emit(result, as_json, _trust_text)
 
 
 @cli.command()
@@ -460,7 +609,77 @@ def export(ctx: Context, collection: str, out: str, as_json: bool) -> None:
 def verify(bundle: str, as_json: bool) -> None:
     """Check every signature, chain link and Merkle root of a bundle, offline."""
     with errors():
+        lines += [f"    {line}" for line in _peer_health(p, d.get("running", False))]
+    by_author: dict[str, list[str]] = {}
+    names: dict[str, str] = {}
+    for t in d["trust"]:
+        by_author.setdefault(t["node_id"], []).append(t["collection"])
+        names[t["node_id"]] = names.get(t["node_id"]) or t["name"]
+    lines.append(f"trust     {len(by_author)} authors")
+    for author, collections in by_author.items():
+        name = f" ({names[author]})" if names[author] else ""
+        lines.append(f"  {author}{name}  in {', '.join(sorted(collections))}")
+    refusals = d.get("refusals", [])
+    if refusals:
+        lines.append(f"refused   {len(refusals)} (batches this node would not store)")
+    for r in refusals:
+        via = r["sender_name"] or r["sender"]
+        lines.append(
+            f"  author {r['author']} offered {r['batches']} batches in {r['collection']}"
+            f" via peer {via}; not trusted here: {r['fix']}"
+        )
+        from .service import verify_bundle_file
+
         result = verify_bundle_file(bundle)
+def _ago(ms: int | None) -> str:
+    import time
+
+    if not ms:
+        return "never"
+    seconds = max(0, int(time.time() - ms / 1000))
+    if seconds < 120:
+        return f"{seconds} s ago"
+    return f"{seconds // 60} min ago" if seconds < 7200 else f"{seconds // 3600} h ago"
+
+
+def _peer_health(p: dict[str, Any], running: bool) -> list[str]:
+    """A peer's health as `status` prints it: only a running node knows it."""
+    if not running:
+        return ["health   unknown (the node is not running)"]
+    if p.get("cut_off"):
+        state = f"CUT OFF for invalid data (score {p['score']})"
+    elif p.get("reachable"):
+        state = "reachable"
+    elif p.get("failures"):
+        state = f"UNREACHABLE, {p['failures']} failures in a row"
+    else:
+        state = "not synced yet"
+    lines = [
+        f"health   {state}; last sync {_ago(p.get('last_sync_ms'))};"
+        f" batches received {p.get('batches_received', 0)}, sent {p.get('batches_sent', 0)}"
+    ]
+    if p.get("last_error"):
+        lines.append(f"error    {p['last_error']}")
+    lag = p.get("lag", [])
+    behind = [entry for entry in lag if entry["behind"]]
+    unknown = [entry for entry in lag if entry["behind"] is None]
+    if lag and not behind and not unknown:
+        lines.append(f"lag      none: holds all {len(lag)} shared logs")
+    for entry in behind:
+        lines.append(
+            f"lag      {entry['behind']} batches behind in {entry['collection']} by"
+            f" {entry['author']} (ours {entry['ours']}, theirs {entry['theirs']})"
+        )
+    if unknown:
+        lines.append(f"lag      unknown for {len(unknown)} shared logs (it has not told us yet)")
+    refused = p.get("refused") or {}
+    if refused:
+        lines.append(
+            "refused  " + ", ".join(f"{reason} {n}" for reason, n in sorted(refused.items()))
+        )
+    return lines
+
+
 
     def human(d: dict[str, Any]) -> str:
         lines = [

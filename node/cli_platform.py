@@ -10,23 +10,57 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
-from . import platform_client as pc
 from .cli import Context, cli, emit, errors, fail, json_option, pass_ctx
-from .client import RemoteBackend
 from .errors import NodeError
-from .importers import formats
-from .lists import EXPORT_FORMATS, plan_import, write_export
-from .tokens import SCOPES
 
 # A column the importer drops on purpose (personal data, unknown extras) is not a bad row.
 _DROPPED_COLUMN = re.compile(r"^column .* is not imported$")
 
 _IMPORT_RESULT = ("collection", "published", "already_live", "revoked", "revoked_op_ids")
+
+
+class _LazyChoice(click.Choice):  # type: ignore[type-arg]
+    """A Choice whose names live in a module that loads the store (tokens, importers, lists).
+
+    Read when a command parses its arguments or prints its help, so that every other
+    `hashmesh` command starts without loading those modules.
+    """
+
+    def __init__(self, names: Callable[[], Sequence[str]]) -> None:
+        self._names = names
+        super().__init__(())
+
+    @property  # type: ignore[override]
+    def choices(self) -> Sequence[str]:
+        return tuple(self._names())
+
+    @choices.setter
+    def choices(self, _: Sequence[str]) -> None:
+        pass
+
+
+def _scopes() -> Sequence[str]:
+    from .tokens import SCOPES
+
+    return SCOPES
+
+
+def _import_formats() -> Sequence[str]:
+    from .importers import formats
+
+    return sorted(formats())
+
+
+def _export_formats() -> Sequence[str]:
+    from .lists import EXPORT_FORMATS
+
+    return EXPORT_FORMATS
 
 
 @cli.group()
@@ -41,8 +75,8 @@ def token() -> None:
     "scopes",
     multiple=True,
     required=True,
-    type=click.Choice(SCOPES),
-    help="read, match, publish or admin (repeatable).",
+    type=_LazyChoice(_scopes),
+    help="read, match, publish, admin or metrics (repeatable).",
 )
 @click.option(
     "--collection",
@@ -56,6 +90,8 @@ def token_create(
     ctx: Context, name: str, scopes: tuple[str, ...], collections: tuple[str, ...], as_json: bool
 ) -> None:
     """Create a token; it is printed once and stored only as its SHA-256."""
+    from . import platform_client as pc
+
     with ctx.backend() as backend:
         result = pc.token_create(backend, name, list(scopes), list(collections) or None)
     emit(result, as_json, lambda d: d["token"])
@@ -66,6 +102,8 @@ def token_create(
 @pass_ctx
 def token_list(ctx: Context, as_json: bool) -> None:
     """List tokens (never the tokens themselves)."""
+    from . import platform_client as pc
+
     with ctx.backend() as backend:
         tokens = pc.token_list(backend)
 
@@ -88,13 +126,15 @@ def token_list(ctx: Context, as_json: bool) -> None:
 @pass_ctx
 def token_revoke(ctx: Context, name_or_id: str, as_json: bool) -> None:
     """Revoke a token at once (a running node refuses it from the next request)."""
+    from . import platform_client as pc
+
     with ctx.backend() as backend:
         result = pc.token_revoke(backend, name_or_id)
     emit(result, as_json, lambda d: f"revoked token {d['name']} ({d['id']})")
 
 
 @cli.command("import-list")
-@click.argument("list_format", metavar="FORMAT", type=click.Choice(sorted(formats())))
+@click.argument("list_format", metavar="FORMAT", type=_LazyChoice(_import_formats))
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--collection", "-c", required=True)
 @click.option("--category", help="Category for entries that carry none (format default else).")
@@ -121,6 +161,10 @@ def import_list(
     The whole file is read and checked before anything is published; its withdrawals
     revoke this node's own live adds of those signals (or references) in COLLECTION.
     """
+    from . import platform_client as pc
+    from .client import RemoteBackend
+    from .lists import plan_import
+
     show_progress = sys.stderr.isatty()
     size = os.path.getsize(file)
     with ctx.backend() as backend, open(file, "rb") as stream:
@@ -187,13 +231,16 @@ def import_list(
 
 
 @cli.command("export-list")
-@click.argument("list_format", metavar="FORMAT", type=click.Choice(EXPORT_FORMATS))
+@click.argument("list_format", metavar="FORMAT", type=_LazyChoice(_export_formats))
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--collection", "-c", required=True)
 @json_option
 @pass_ctx
 def export_list(ctx: Context, list_format: str, out: str, collection: str, as_json: bool) -> None:
     """Write the live signals of COLLECTION as csv or hma (pytx 'TYPE VALUE' lines)."""
+    from . import platform_client as pc
+    from .lists import write_export
+
     path = Path(out)
     tmp = path.with_name(path.name + ".partial")
     with ctx.backend() as backend:

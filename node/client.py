@@ -18,15 +18,16 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from protocol.bundles import BundleDecoder
 from protocol.errors import ProtocolError
 
 from .config import Home, HomeLock
 from .errors import HomeError, NodeError
 from .keys import read_secret
-from .service import NodeService
+
+if TYPE_CHECKING:  # the store and its dependencies load only when no node is running
+    from .service import NodeService
 
 HTTP_TIMEOUT = 600.0
 
@@ -69,8 +70,31 @@ class LocalBackend:
     def peer_add(self, name: str, url: str, node_id: str, share: list[str]) -> dict[str, Any]:
         return self.service.peer_add(name, url, node_id, share)
 
+    def peer_list(self) -> dict[str, Any]:
+        return self.service.peer_list()
+
+    def peer_show(self, name: str) -> dict[str, Any]:
+        return self.service.peer_show(name)
+
+    def peer_update(
+        self, name: str, url: str | None, node_id: str | None, share: list[str] | None
+    ) -> dict[str, Any]:
+        return self.service.peer_update(name, url, node_id, share)
+
+    def peer_remove(self, name: str) -> dict[str, Any]:
+        return self.service.peer_remove(name)
+
+    def peer_share(self, name: str, collection: str, share: bool) -> dict[str, Any]:
+        return self.service.peer_share(name, collection, share)
+
+    def trust_list(self, node_id: str | None = None) -> dict[str, Any]:
+        return self.service.trust_list(node_id)
+
     def trust_add(self, node_id: str, collection: str, name: str) -> dict[str, Any]:
         return self.service.trust_add(node_id, collection, name)
+
+    def trust_remove(self, node_id: str, collection: str) -> dict[str, Any]:
+        return self.service.trust_remove(node_id, collection)
 
 
 class RemoteBackend:
@@ -149,6 +173,8 @@ class RemoteBackend:
         request = self._request("GET", f"/v1/export?{query}")
         path = Path(out)
         tmp = path.with_name(path.name + ".partial")
+        from protocol.bundles import BundleDecoder
+
         frames = BundleDecoder()  # counts the batches, as the offline export reports them
         batches = 0
         try:
@@ -190,14 +216,48 @@ class RemoteBackend:
         return self._call("POST", "/v1/admin/peers", body)
 
     def trust_add(self, node_id: str, collection: str, name: str) -> dict[str, Any]:
+    def peer_list(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/admin/peers")
+
+    def peer_show(self, name: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/admin/peers/{_segment(name)}")
+
+    def peer_update(
+        self, name: str, url: str | None, node_id: str | None, share: list[str] | None
+    ) -> dict[str, Any]:
+        body = {"url": url, "node_id": node_id, "share": share}
+        body = {k: v for k, v in body.items() if v is not None}
+        return self._call("PATCH", f"/v1/admin/peers/{_segment(name)}", body)
+
+    def peer_remove(self, name: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/v1/admin/peers/{_segment(name)}")
+
+    def peer_share(self, name: str, collection: str, share: bool) -> dict[str, Any]:
+        path = f"/v1/admin/peers/{_segment(name)}/share"
+        if share:
+            return self._call("POST", path, {"collection": collection})
+        return self._call("DELETE", f"{path}/{_segment(collection)}")
+
+    def trust_list(self, node_id: str | None = None) -> dict[str, Any]:
+        query = f"?{urllib.parse.urlencode({'node_id': node_id})}" if node_id else ""
+        return self._call("GET", f"/v1/admin/trust{query}")
+
         body = {"node_id": node_id, "collection": collection, "name": name}
         return self._call("POST", "/v1/admin/trust", body)
 
+
+    def trust_remove(self, node_id: str, collection: str) -> dict[str, Any]:
+        path = f"/v1/admin/trust/{_segment(node_id)}/{_segment(collection)}"
+        return self._call("DELETE", path)
 
 Backend = LocalBackend | RemoteBackend
 
 
 def _error_text(exc: urllib.error.HTTPError) -> str:
+def _segment(text: str) -> str:
+    return urllib.parse.quote(text, safe="")
+
+
     try:
         return str(json.loads(exc.read())["error"])
     except (ValueError, KeyError, TypeError):
@@ -226,6 +286,8 @@ def open_backend(home: Home) -> Iterator[Backend]:
     lock = HomeLock(home)
     if lock.try_acquire():
         try:
+            from .service import NodeService
+
             service = NodeService(home)
             try:
                 yield LocalBackend(service)

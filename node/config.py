@@ -16,10 +16,9 @@ from typing import Any
 import tomli_w
 
 from protocol.errors import ProtocolError
-from protocol.ops import validate_collection
-from protocol.signing import validate_node_id
+from protocol.names import validate_collection, validate_node_id
 
-from .errors import HomeError, NodeError
+from .errors import Conflict, HomeError, NodeError, NotFound
 
 CONFIG_FILE = "config.toml"
 KEY_FILE = "node.key"
@@ -116,7 +115,14 @@ class Config:
         peer = self.peer(node_id)
         return peer.name if peer else ""
 
-    def add_peer(self, peer: Peer) -> None:
+    def peer_named(self, name: str) -> Peer:
+        peer = next((p for p in self.peers if p.name == name), None)
+        if peer is None:
+            known = ", ".join(p.name for p in self.peers) or "none"
+            raise NotFound(f"peer {name!r}: no such peer (peers: {known}; see hashmesh peer list)")
+        return peer
+
+    def _check_peer(self, peer: Peer) -> None:
         validate_name(peer.name, "peer name")
         check_url(peer.url, "peer url")
         _check_node_id(peer.node_id)
@@ -124,8 +130,51 @@ class Config:
             raise NodeError("peer node id: that is this node's own id")
         for c in peer.share:
             _check_collection(c)
-        self.peers = [p for p in self.peers if p.node_id != peer.node_id and p.name != peer.name]
+
+    def add_peer(self, peer: Peer) -> None:
+        """A new peer only: replacing one silently (as `peer add` once did) dropped the
+        collections it read, so an existing name or node id is refused, naming the entry
+        and the command that changes it."""
+        self._check_peer(peer)
+        for p in self.peers:
+            if p.name == peer.name or p.node_id == peer.node_id:
+                same = "name" if p.name == peer.name else "node id"
+                raise Conflict(
+                    f"peer {p.name!r} already exists with this {same} (url {p.url}, node id"
+                    f" {p.node_id}, reads: {', '.join(p.share) or 'nothing'}); nothing changed."
+                    f" To change it: hashmesh peer update {p.name} [--url URL] [--node-id ID],"
+                    f" hashmesh peer share {p.name} COLLECTION; to replace it: hashmesh peer"
+                    f" remove {p.name}, then add it again"
+                )
         self.peers.append(peer)
+
+    def update_peer(
+        self,
+        name: str,
+        url: str | None = None,
+        node_id: str | None = None,
+        share: list[str] | None = None,
+    ) -> Peer:
+        old = self.peer_named(name)
+        new = Peer(
+            name=name,
+            url=old.url if url is None else check_url(url, "peer url"),
+            node_id=old.node_id if node_id is None else node_id,
+            share=list(old.share) if share is None else sorted(set(share)),
+        )
+        self._check_peer(new)
+        other = next((p for p in self.peers if p.node_id == new.node_id and p.name != name), None)
+        if other is not None:
+            raise Conflict(
+                f"peer node id {new.node_id}: already the node id of peer {other.name!r}"
+            )
+        self.peers = [new if p.name == name else p for p in self.peers]
+        return new
+
+    def remove_peer(self, name: str) -> Peer:
+        peer = self.peer_named(name)
+        self.peers = [p for p in self.peers if p.name != name]
+        return peer
 
     def add_trust(self, trust: Trust) -> None:
         _check_node_id(trust.node_id)
@@ -138,6 +187,21 @@ class Config:
             if not (t.node_id == trust.node_id and t.collection == trust.collection)
         ]
         self.trust.append(trust)
+
+    def remove_trust(self, node_id: str, collection: str) -> Trust:
+        _check_node_id(node_id)
+        _check_collection(collection)
+        entry = next(
+            (t for t in self.trust if t.node_id == node_id and t.collection == collection), None
+        )
+        if entry is None:
+            held = [t.collection for t in self.trust if t.node_id == node_id]
+            raise NotFound(
+                f"author {node_id} is not trusted in {collection!r}; nothing changed"
+                f" (trusted in: {', '.join(held) or 'nothing'}; see hashmesh trust list)"
+            )
+        self.trust = [t for t in self.trust if t is not entry]
+        return entry
 
     # -- serialisation -------------------------------------------------------------------
 

@@ -143,6 +143,7 @@ class Daemon:
             if peer is not None:
                 entry.update(self.replicator.peer_status(peer, ours))
         result["sync_rounds"] = self.replicator.rounds
+        result["refusals"] = self.replicator.refusal_status()
         return result
 
     async def refresh_gauges(self) -> None:

@@ -13,12 +13,15 @@ import os
 import secrets
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from protocol.encoding import b64url, from_b64url
 from protocol.errors import EncodingError
-from protocol.signing import SigningKey
 
 from .errors import HomeError
+
+if TYPE_CHECKING:  # cryptography is loaded by the commands that sign, not by every command
+    from protocol.signing import SigningKey
 
 KEY_PREFIX = "hashmesh-ed25519-seed:"
 
@@ -48,12 +51,16 @@ def read_secret(path: Path, what: str) -> str:
 
 
 def create_key(path: Path) -> SigningKey:
+    from protocol.signing import SigningKey
+
     key = SigningKey(os.urandom(32))
     write_secret(path, KEY_PREFIX + b64url(key.seed()) + "\n")
     return key
 
 
 def load_key(path: Path) -> SigningKey:
+    from protocol.signing import SigningKey
+
     text = read_secret(path, "node key")
     if not text.startswith(KEY_PREFIX):
         raise HomeError(f"node key file {path} is not a hashmesh key")

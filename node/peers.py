@@ -95,9 +95,22 @@ class PeerTally:
     penalties: list[tuple[int, str]] = field(default_factory=list)
     received: int = 0
     sent: int = 0
+    #: batches refused as untrusted, by (author, collection): shown with their fix
+    untrusted: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: the highest seq the peer sent us per (author, collection): it holds at least that
+    held: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def refuse(self, reason: str) -> None:
         self.refused[reason] = self.refused.get(reason, 0) + 1
+
+    def refuse_untrusted(self, author: str, collection: str) -> None:
+        self.refuse("untrusted")
+        key = (author, collection)
+        self.untrusted[key] = self.untrusted.get(key, 0) + 1
+
+    def holds(self, author: str, collection: str, seq: int) -> None:
+        key = (author, collection)
+        self.held[key] = max(seq, self.held.get(key, 0))
 
     def penalise(self, points: int, reason: str) -> None:
         self.penalties.append((points, reason))
@@ -109,6 +122,54 @@ class PeerTally:
             state.penalise(points, reason)
         state.batches_received += self.received
         state.batches_sent += self.sent
+        for key, seq in self.held.items():
+            state.vector[key] = max(seq, state.vector.get(key, 0))
+
+
+MAX_REFUSALS = 1000  # (sender, author, collection, reason) rows kept; peers choose them
+
+
+@dataclass
+class Refusal:
+    sender: str
+    author: str
+    collection: str
+    reason: str
+    batches: int
+    first_ms: int
+    last_ms: int
+
+
+class Refusals:
+    """Batches refused by why, so that missing trust is seen rather than read as "no
+    match". Bounded: peers choose the authors (a throw-away key per batch costs nothing),
+    so past `limit` rows the one least recently refused goes."""
+
+    def __init__(self, limit: int = MAX_REFUSALS) -> None:
+        self.limit = limit
+        self.dropped = 0
+        self._rows: OrderedDict[tuple[str, str, str, str], Refusal] = OrderedDict()
+
+    def record(self, sender: str, author: str, collection: str, reason: str, n: int) -> bool:
+        """Count `n` refused batches; True when this (sender, author, collection, reason)
+        is new here (the caller logs it once, not once per batch)."""
+        key = (sender, author, collection, reason)
+        now = now_ms()
+        row = self._rows.get(key)
+        if row is not None:
+            row.batches += n
+            row.last_ms = now
+            self._rows.move_to_end(key)
+            return False
+        self._rows[key] = Refusal(sender, author, collection, reason, n, now, now)
+        while len(self._rows) > self.limit:
+            self._rows.popitem(last=False)
+            self.dropped += 1
+        return True
+
+    def rows(self) -> list[Refusal]:
+        """Newest first."""
+        return list(reversed(self._rows.values()))
 
 
 @dataclass

@@ -284,17 +284,86 @@ class NodeService:
 
     def peer_add(self, name: str, url: str, node_id: str, share: list[str]) -> dict[str, Any]:
         self.reload_config_if_changed()
-        self.config.add_peer(Peer(name=name, url=url, node_id=node_id, share=sorted(set(share))))
+        peer = Peer(name=name, url=check_url(url, "peer url"), node_id=node_id)
+        peer.share = sorted(set(share))
+        self.config.add_peer(peer)
         self._save_config()
-        return {"peer": name, "node_id": node_id, "url": url, "share": sorted(set(share))}
+        return _peer_json(peer, "added")
+
+    def peer_update(
+        self,
+        name: str,
+        url: str | None = None,
+        node_id: str | None = None,
+        share: list[str] | None = None,
+    ) -> dict[str, Any]:
+        self.reload_config_if_changed()
+        before = self.config.peer_named(name)
+        peer = self.config.update_peer(name, url, node_id, share)
+        changed = (before.url, before.node_id, before.share) != (peer.url, peer.node_id, peer.share)
+        if changed:
+            self._save_config()
+        return _peer_json(peer, "updated" if changed else "unchanged")
+
+    def peer_remove(self, name: str) -> dict[str, Any]:
+        self.reload_config_if_changed()
+        peer = self.config.remove_peer(name)
+        self._save_config()
+        return _peer_json(peer, "removed")
+
+    def peer_share(self, name: str, collection: str, share: bool = True) -> dict[str, Any]:
+        """Add or drop one collection of a peer's share list, leaving the others as they are."""
+        self.reload_config_if_changed()
+        _protocol(validate_collection, collection)
+        before = self.config.peer_named(name).share
+        after = sorted(set(before) | {collection} if share else set(before) - {collection})
+        if after == before:
+            return _peer_json(self.config.peer_named(name), "unchanged")
+        peer = self.config.update_peer(name, share=after)
+        self._save_config()
+        return _peer_json(peer, "shared" if share else "unshared")
+
+    def trust_list(self, node_id: str | None = None) -> dict[str, Any]:
+        self.reload_config_if_changed()
+        entries = [t for t in self.config.trust if node_id is None or t.node_id == node_id]
+        return {
+            "trust": [
+                {"node_id": t.node_id, "collection": t.collection, "name": t.name}
+                for t in sorted(entries, key=lambda t: (t.node_id, t.collection))
+            ]
+        }
+
+    def _author_trust(self, node_id: str, collection: str, change: str) -> dict[str, Any]:
+        held = sorted(t.collection for t in self.config.trust if t.node_id == node_id)
+        return {
+            "node_id": node_id,
+            "collection": collection,
+            "name": self.config.author_name(node_id),
+            "collections": held,
+            "change": change,
+        }
 
     def trust_add(self, node_id: str, collection: str, name: str = "") -> dict[str, Any]:
         self.reload_config_if_changed()
         self.config.add_trust(Trust(node_id=node_id, collection=collection, name=name))
         self._save_config()
-        return {"node_id": node_id, "collection": collection, "name": name}
+        return self._author_trust(node_id, collection, "trusted")
+
+    def trust_remove(self, node_id: str, collection: str) -> dict[str, Any]:
+        self.reload_config_if_changed()
+        self.config.remove_trust(node_id, collection)
+        self._save_config()
+        return self._author_trust(node_id, collection, "untrusted")
 
     # -- bundles -------------------------------------------------------------------------
+
+    def peer_list(self) -> dict[str, Any]:
+        self.reload_config_if_changed()
+        return {"peers": [_peer_json(p) for p in self.config.peers]}
+
+    def peer_show(self, name: str) -> dict[str, Any]:
+        self.reload_config_if_changed()
+        return _peer_json(self.config.peer_named(name))
 
     def export_chunks(self, collection: str) -> Iterator[bytes]:
         """A bundle of every log of the collection this node holds, as byte chunks."""
@@ -448,6 +517,21 @@ def restore_home(home: Home, backup: str) -> dict[str, Any]:
         raise NodeError(f"backup {backup}: {exc}") from None
     try:
         try:
+def _peer_json(peer: Peer, change: str = "") -> dict[str, Any]:
+    """A peer as every policy answer shows it: what now holds (`peer`: the name, as the
+    first `peer add` answer called it)."""
+    out: dict[str, Any] = {
+        "peer": peer.name,
+        "name": peer.name,
+        "url": peer.url,
+        "node_id": peer.node_id,
+        "share": sorted(peer.share),
+    }
+    if change:
+        out["change"] = change
+    return out
+
+
             check = source.execute("PRAGMA integrity_check").fetchone()[0]
             tables = {r[0] for r in source.execute("SELECT name FROM sqlite_master")}
         except sqlite3.DatabaseError as exc:

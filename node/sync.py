@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
+
 from protocol.batches import Batch, LogKey, iter_frames, parse_header, verify_parts
 from protocol.errors import ProtocolError
 from protocol.evidence import ForkEvidence, verify_evidence
@@ -52,6 +53,7 @@ from .peers import (
     PeerClient,
     Peers,
     PeerTally,
+    Refusals,
     clip,
     peer_route,
 )
@@ -119,6 +121,7 @@ class Replicator:
         self._senders: dict[str, asyncio.Task[None]] = {}
         self._syncing: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.rounds = 0
+        self.refusals = Refusals()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -153,6 +156,22 @@ class Replicator:
 
     # -- server side ---------------------------------------------------------------------
 
+    def _apply(self, peer: Peer, tally: PeerTally) -> None:
+        """Apply what a store-thread step learned about a peer, on the event loop; an
+        author refused as untrusted is logged once per (sender, author, collection), with
+        the command that would accept it."""
+        tally.apply_to(self.peers.state(peer.node_id))
+        for (author, collection), n in tally.untrusted.items():
+            if self.refusals.record(peer.node_id, author, collection, "untrusted", n):
+                log.warning(
+                    "author %s offered %d batches in %s via peer %s; not trusted here: %s",
+                    author,
+                    n,
+                    collection,
+                    peer.name,
+                    trust_fix(author, collection),
+                )
+
     def _refuse(self, peer: Peer, reason: str, message: str) -> BadPeerData:
         """Score a peer down for invalid data; the caller raises the returned 400."""
         self.peers.state(peer.node_id).penalise(PENALTY_INVALID, reason)
@@ -165,12 +184,16 @@ class Replicator:
             sync_request = parse_sync_request(body)
         except ProtocolError as exc:
             raise self._refuse(peer, "bad_sync_request", str(exc)) from None
-        page, sent = await self.daemon.call(self._build_page, peer, sync_request)
-        self.peers.state(peer.node_id).batches_sent += sent
+        page, sent, told = await self.daemon.call(self._build_page, peer, sync_request)
+        state = self.peers.state(peer.node_id)
+        state.batches_sent += sent
+        state.vector.update(told)  # its heads, as it just told us: lag is current
         self.daemon.metrics.history.sent(sent)
         return self.peers.respond(auth, page, "application/octet-stream")
 
-    def _build_page(self, peer: Peer, request: Any) -> tuple[bytes, int]:
+    def _build_page(
+        self, peer: Peer, request: Any
+    ) -> tuple[bytes, int, dict[tuple[str, str], int]]:
         config = self.service.config
         readable = {c for c in request.collections if config.peer_may_read(peer.node_id, c)}
         # An offer outside the peer's share list must get the same answer as a collection
@@ -181,6 +204,7 @@ class Replicator:
             if config.peer_may_read(peer.node_id, c) and config.accepts_collection(c)
         ]
         ours = self.store.vector(readable)
+        told = {(k.author, k.collection): request.vector.get(k, 0) for k in ours}
         frames: list[bytes] = []
         size = 0
         more = False
@@ -195,7 +219,7 @@ class Replicator:
                 break
         vector = self.store.vector(readable | set(accept))
         evidence = page_evidence(self.store.forks(), readable)
-        return encode_page(vector, frames, more, evidence, accept), len(frames)
+        return encode_page(vector, frames, more, evidence, accept), len(frames), told
 
     async def handle_batches(self, request: web.Request) -> web.Response:
         config = self.service.config
@@ -205,7 +229,7 @@ class Replicator:
         except ProtocolError as exc:
             raise self._refuse(peer, "bad_frame", str(exc)) from None
         (result, error), tally = await self.daemon.call(self._ingest_frames, peer, frames)
-        tally.apply_to(self.peers.state(peer.node_id))
+        self._apply(peer, tally)
         if error:
             raise BadPeerData(error)
         return self.peers.respond(auth, encode_push_reply(result), "application/json")
@@ -227,6 +251,7 @@ class Replicator:
                 try:
                     if self._already_held(header):
                         head = parse_header(header)
+                        state.holds(head.author, head.collection, head.seq)
                         results.append(
                             {
                                 "log": f"{head.author}/{head.collection}",
@@ -241,8 +266,9 @@ class Replicator:
                     log.warning("peer %s sent an invalid batch: %s", peer.name, exc)
                     error = f"batch {n}: {exc}"
                     break
+                state.holds(batch.header.author, batch.header.collection, batch.seq)
                 if not config.accepts(batch.header.author, batch.header.collection):
-                    state.refuse("untrusted")
+                    state.refuse_untrusted(batch.header.author, batch.header.collection)
                     results.append(
                         {"log": str(batch.log), "seq": batch.seq, "outcome": "untrusted"}
                     )
@@ -276,7 +302,7 @@ class Replicator:
             raise self._refuse(peer, "bad_evidence", str(exc)) from None
         loop = asyncio.get_running_loop()
         new, tally = await self.daemon.call(self._store_evidence, evidence, peer, loop)
-        tally.apply_to(self.peers.state(peer.node_id))
+        self._apply(peer, tally)
         return self.peers.respond(auth, encode_evidence_reply(new), "application/json")
 
     def _store_evidence(
@@ -355,7 +381,7 @@ class Replicator:
                     data = await self.client.post(peer, "/v1/peer/sync", body, "application/json")
                     page = decode_page(data)
                     (result, error), tally = await self.daemon.call(self._ingest_page, peer, page)
-                    tally.apply_to(state)
+                    self._apply(peer, tally)
                     if error:
                         raise NodeError(f"peer {peer.name} sent invalid data: {error}")
                     if not page.more:
@@ -365,7 +391,7 @@ class Replicator:
                         self.peers.state(peer.node_id).refuse("empty_page")
                         break
                 assert page is not None
-                state.vector = {(k.author, k.collection): v for k, v in page.vector.items()}
+                state.vector.update({(k.author, k.collection): v for k, v in page.vector.items()})
                 await self._push_missing(peer, page.vector, page.accept)
             except (TimeoutError, aiohttp.ClientError, OSError, NodeError, ProtocolError) as exc:
                 state.failed(str(exc) or type(exc).__name__)
@@ -428,7 +454,10 @@ class Replicator:
             result = decode_push_reply(data)
         except ProtocolError as exc:
             raise NodeError(f"peer {peer.name}: malformed reply to pushed batches: {exc}") from None
-        self.peers.state(peer.node_id).batches_sent += len(frames)
+        state = self.peers.state(peer.node_id)
+        state.batches_sent += len(frames)
+        for key, seq in result.vector.items():
+            state.vector[(key.author, key.collection)] = seq  # its heads after our push
         self.daemon.metrics.history.sent(len(frames))
         return result
 
@@ -551,6 +580,35 @@ class Replicator:
             )
         out["lag"] = lag
         return out
+
+    def refusal_status(self) -> list[dict[str, Any]]:
+        """Refusals that still hold under the current policy, newest first, each with the
+        command that would end it (an author trusted since is no longer listed)."""
+        config = self.service.config
+        out = []
+        for row in self.refusals.rows():
+            if row.reason == "untrusted" and config.accepts(row.author, row.collection):
+                continue
+            sender = config.peer(row.sender)
+            out.append(
+                {
+                    "sender": row.sender,
+                    "sender_name": sender.name if sender else "",
+                    "author": row.author,
+                    "author_name": config.author_name(row.author),
+                    "collection": row.collection,
+                    "reason": row.reason,
+                    "batches": row.batches,
+                    "first_ms": row.first_ms,
+                    "last_ms": row.last_ms,
+                    "fix": trust_fix(row.author, row.collection),
+                }
+            )
+        return out
+
+
+def trust_fix(author: str, collection: str) -> str:
+    return f"hashmesh trust add {author} {collection}"
 
 
 def page_evidence(forks: list[dict[str, Any]], readable: set[str]) -> list[bytes]:

@@ -4,11 +4,46 @@ Bytes in, values out. The node (package `node`) is the I/O shell around this pac
 another implementation of hashmesh needs only what is here and docs/protocol.md.
 """
 
-from .batches import Batch, Header, LogKey, build_batch, verify_batch, verify_parts
-from .errors import ProtocolError
-from .ops import AddOp, OpId, OpinionOp, RevokeOp
-from .signals import Signal, get_type, register, signal_types
-from .signing import SigningKey
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .batches import Batch, Header, LogKey, build_batch, verify_batch, verify_parts
+    from .errors import ProtocolError
+    from .ops import AddOp, OpId, OpinionOp, RevokeOp
+    from .signals import Signal, get_type, register, signal_types
+    from .signing import SigningKey
+
+# Where each public name lives. Loaded on first use (PEP 562), so that importing one light
+# submodule (protocol.errors, protocol.names) does not load pydantic and cryptography.
+_HOMES = {
+    "Batch": "batches",
+    "Header": "batches",
+    "LogKey": "batches",
+    "build_batch": "batches",
+    "verify_batch": "batches",
+    "verify_parts": "batches",
+    "ProtocolError": "errors",
+    "AddOp": "ops",
+    "OpId": "ops",
+    "OpinionOp": "ops",
+    "RevokeOp": "ops",
+    "Signal": "signals",
+    "get_type": "signals",
+    "register": "signals",
+    "signal_types": "signals",
+    "SigningKey": "signing",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'protocol' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AddOp",

@@ -7,7 +7,6 @@ one canonical JSON object; absent optional fields are omitted, never `null`.
 
 from __future__ import annotations
 
-import re
 from itertools import compress
 from operator import attrgetter
 from typing import Annotated, Any, Literal, NamedTuple
@@ -16,27 +15,17 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from .encoding import canonical, parse_canonical
 from .errors import OpError, ProtocolError, SignalError
+from .names import COLLECTION_PATTERN as COLLECTION_PATTERN
+from .names import validate_collection as validate_collection
+from .names import validate_node_id
 from .signals import Signal, get_type, signal_registry, validate_quality
-from .signing import validate_node_id
 
-COLLECTION_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 LABEL_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 CLASSIFICATION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,15}$"
 REF_PATTERN = r"^[\x21-\x7e]{1,128}$"
 MAX_REVOKE_TARGETS = 1000
 MAX_REASON = 256
 MAX_OP_BYTES = 2048
-
-_collection_re = re.compile(COLLECTION_PATTERN)
-
-
-def validate_collection(name: str, what: str = "collection") -> str:
-    if not isinstance(name, str) or not _collection_re.match(name):
-        raise OpError(
-            f"{what}: {name!r} is not a collection name "
-            "(1-64 of a-z 0-9 . _ -, starting with a letter or digit)"
-        )
-    return name
 
 
 class OpId(NamedTuple):

@@ -18,47 +18,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from .encoding import b64url, from_b64url
-from .errors import EncodingError, SignatureError
+from .errors import SignatureError
+from .names import NODE_ID_PREFIX as NODE_ID_PREFIX
+from .names import SMALL_ORDER_KEYS as SMALL_ORDER_KEYS
+from .names import validate_node_id as validate_node_id
 
-NODE_ID_PREFIX = "ed25519:"
 SIGNATURE_SIZE = 64
 
 CONTEXT_BATCH = b"hashmesh/batch/v1"
 CONTEXT_PEER_REQUEST = b"hashmesh/peer-request/v1"
 CONTEXT_PEER_RESPONSE = b"hashmesh/peer-response/v1"
-
-_FIELD_PRIME = 2**255 - 19
-
-SMALL_ORDER_KEYS: frozenset[bytes] = frozenset(
-    bytes.fromhex(h)
-    for h in (
-        # canonical encodings of the 8 points of order 1, 2, 4 and 8
-        "0100000000000000000000000000000000000000000000000000000000000000",
-        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
-        "0000000000000000000000000000000000000000000000000000000000000000",
-        "0000000000000000000000000000000000000000000000000000000000000080",
-        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
-        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
-        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
-        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
-        # non-canonical: x = 0 with the sign bit set
-        "0100000000000000000000000000000000000000000000000000000000000080",
-        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
-        # non-canonical: y = p (that is 0) and y = p + 1 (that is 1)
-        "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
-        "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
-        "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
-        "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
-    )
-)
-"""Every 32-byte encoding that OpenSSL decodes to a point of small order (a torsion point).
-
-Such a key has no secret: [8]A is the identity, so R = [-h]A with S = 0 verifies for one
-message in eight or better (for the identity, R = identity and S = 0 verifies every
-message), and anyone could sign as that node id. These are the 8 canonical encodings plus
-the 6 non-canonical ones (x = 0 with the sign bit set, y >= p) that OpenSSL still accepts,
-as in libsodium's small-order blocklist and "Taming the many EdDSAs" (Chalkias et al.).
-"""
 
 
 def _framed(context: bytes, message: bytes) -> bytes:
@@ -88,28 +57,6 @@ class SigningKey:
 
     def sign(self, context: bytes, message: bytes) -> bytes:
         return self._key.sign(_framed(context, message))
-
-
-def validate_node_id(node_id: str, what: str = "node id") -> str:
-    """Refuse node ids whose key anyone could sign for, before any signature is checked.
-
-    The y >= p check covers non-canonical encodings beyond the small-order ones: a key
-    then has two spellings, so one author could appear as two node ids.
-    """
-    if not isinstance(node_id, str) or not node_id.startswith(NODE_ID_PREFIX):
-        raise SignatureError(f"{what}: must start with '{NODE_ID_PREFIX}'")
-    try:
-        raw = from_b64url(node_id[len(NODE_ID_PREFIX) :], what, 32)
-    except EncodingError as exc:
-        raise SignatureError(str(exc)) from None
-    if raw in SMALL_ORDER_KEYS:
-        raise SignatureError(
-            f"{what}: a small-order Ed25519 point, which has no secret key "
-            "(anyone could forge its signatures)"
-        )
-    if int.from_bytes(raw, "little") & ~(1 << 255) >= _FIELD_PRIME:
-        raise SignatureError(f"{what}: not a canonical Ed25519 public key (y >= p)")
-    return node_id
 
 
 @lru_cache(maxsize=4096)

@@ -108,6 +108,22 @@ MATRIX: list[tuple[str, tuple[int | str, ...]]] = [
      (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
     ("POST /v1/admin/trust",
      (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
+    ("GET /v1/admin/peers",
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
+    ("GET /v1/admin/peers/{name}",
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
+    ("PATCH /v1/admin/peers/{name}",
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
+    ("DELETE /v1/admin/peers/{name}",
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
+    ("POST /v1/admin/peers/{name}/share",
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
+    ("DELETE /v1/admin/peers/{name}/share/{collection}",
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
+    ("GET /v1/admin/trust",
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
+    ("DELETE /v1/admin/trust/{node_id}/{collection}",
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
     ("POST /v1/admin/backup",
      (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
     ("GET /v1/admin/selfreport",
@@ -250,6 +266,26 @@ def _fresh_token_name(world: dict[str, Any]) -> str:
     return name
 
 
+def _fresh_peer(world: dict[str, Any]) -> str:
+    """A new peer (sharing csam) for the rows that change or remove one."""
+    name = "p" + uuid.uuid4().hex[:12]
+    body = {"name": name, "url": "http://127.0.0.1:9", "share": ["csam"],
+            "node_id": SigningKey(os.urandom(32)).node_id}
+    status, _ = call(world, "POST", "/v1/admin/peers", json.dumps(body).encode(),
+                     token=world["admin_file"])
+    assert status == 200
+    return name
+
+
+def _fresh_trust(world: dict[str, Any]) -> str:
+    node_id = SigningKey(os.urandom(32)).node_id
+    status, _ = call(world, "POST", "/v1/admin/trust",
+                     json.dumps({"node_id": node_id, "collection": "csam"}).encode(),
+                     token=world["admin_file"])
+    assert status == 200
+    return node_id
+
+
 def _multipart() -> tuple[bytes, str]:
     boundary = "matrixboundary"
     body = (
@@ -297,6 +333,14 @@ def request_for(world: dict[str, Any], endpoint: str) -> tuple[str, str, bytes |
         body, ctype = world["bundle"], "application/octet-stream"
     elif path == "/v1/admin/tokens/{name}":
         path = "/v1/admin/tokens/" + _fresh_token_name(world)
+    elif path.startswith("/v1/admin/peers/{name}"):
+        path = path.replace("{name}", _fresh_peer(world)).replace("{collection}", "csam")
+        if method == "PATCH":
+            body = json.dumps({"share": ["csam", "ncii"]}).encode()
+        elif method == "POST":
+            body = json.dumps({"collection": "ncii"}).encode()
+    elif path == "/v1/admin/trust/{node_id}/{collection}":
+        path = f"/v1/admin/trust/{_fresh_trust(world)}/csam"
     return method, path, body, ctype
 
 

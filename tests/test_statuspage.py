@@ -22,8 +22,8 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProc, N
     root = tmp_path_factory.mktemp("status")
     a, b = NodeProc(root, "ncmec"), NodeProc(root, "childfocus")
     a.peer(b, "csam")
-    b.peer(a, "csam")
-    a.trust(b, "csam")
+    b.peer(a, "csam", "ncii")
+    a.trust(b, "csam")  # and not in ncii: b's ncii batches are refused, and shown
     a.start()
     b.start()
     yield a, b
@@ -115,7 +115,9 @@ def test_status_page_renders_in_headless_chromium(
     assert CHROMIUM, "chromium is required (HASHMESH_REQUIRE_BROWSER is set)"
     a, b = pair
     b.cli("add", "md5", MD5 % 2, "-c", "csam")
+    b.cli("add", "md5", MD5 % 3, "-c", "ncii")
     wait_for(lambda: a.matches("md5", MD5 % 2))
+    wait_for(lambda: a.status()["refusals"])
     url = f"{a.url}/status#token={a.admin_token()}"
     flags = [
         "--headless",
@@ -140,6 +142,11 @@ def test_status_page_renders_in_headless_chromium(
     assert "childfocus" in main and ">reachable<" in main  # the peer table
     assert "FORKED" not in main and "None: every log held is a single history." in main
     assert (MD5 % 2)[:16] in main  # recent changes
+    refused = main.split('id="refusals"', 1)[1].split("</table>", 1)[0]
+    assert f"hashmesh trust add {b.node_id} ncii" in refused  # the fix, on the page
+    assert ">childfocus<" in refused and ">ncii<" in refused
+    trusted = main.split('id="trust"', 1)[1].split("</table>", 1)[0]
+    assert f">{b.node_id}<" in trusted and ">csam<" in trusted
     assert "<rect" in main  # the chart drew bars of sync traffic
     shot = tmp_path / "status.png"
     subprocess.run(

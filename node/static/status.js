@@ -40,6 +40,15 @@ function render(status, history, recent) {
     const state = p.cut_off ? { text: "cut off", cls: "bad" } : p.reachable ? { text: "reachable", cls: "ok" } : { text: p.failures ? "unreachable (" + p.failures + " failures)" : "not yet synced", cls: p.failures ? "bad" : "warn" };
     row(peers, [{ text: p.name, title: p.node_id }, state, { text: ago(p.last_sync_ms) }, { text: p.share.join(", ") }, { text: String(behind), cls: "num" }, { text: String(p.score ?? 0), cls: "num" }, { text: p.last_error || "" , cls: "muted" }]);
   }
+  const refusals = status.refusals || [];
+  const none = document.getElementById("refusals-none"); none.replaceChildren();
+  if (!refusals.length) none.appendChild(el("p", status.running ? "None: every batch peers offered was from a trusted author." : "Known only while the node runs.", "ok"));
+  const ref = document.querySelector("#refusals tbody"); ref.replaceChildren();
+  for (const r of refusals) row(ref, [{ text: r.author_name || short(r.author), title: r.author, cls: "mono" }, { text: r.collection }, { text: r.sender_name || short(r.sender), title: r.sender }, { text: String(r.batches), cls: "num" }, { text: ago(r.last_ms) }, { text: r.fix, cls: "mono" }]);
+  const authors = new Map();
+  for (const t of status.trust || []) { const a = authors.get(t.node_id) || { name: t.name, collections: [] }; a.collections.push(t.collection); a.name = a.name || t.name; authors.set(t.node_id, a); }
+  const trust = document.querySelector("#trust tbody"); trust.replaceChildren();
+  for (const [id, a] of authors) row(trust, [{ text: id, cls: "mono" }, { text: a.name }, { text: a.collections.sort().join(", ") }]);
   const logs = document.querySelector("#logs tbody"); logs.replaceChildren();
   for (const l of status.logs) row(logs, [{ text: l.collection }, { text: l.author_name || short(l.author), title: l.author }, { text: String(l.head), cls: "num" }, { text: l.live.toLocaleString(), cls: "num" }, { text: String(l.pending), cls: "num" }, l.forked ? { text: "FORKED", cls: "bad" } : { text: "ok", cls: "ok" }]);
   const rec = document.querySelector("#recent tbody"); rec.replaceChildren();
