@@ -4,12 +4,18 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# The node alone (no test, lint or integration extras): all that `make demo` needs.
+RUNTIME_STAMP := $(VENV)/.runtime-stamp
 
 .PHONY: test test-slow test-hma test-deploy lint demo bench fuzz clean
 
-$(STAMP): pyproject.toml
+$(RUNTIME_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $(RUNTIME_STAMP)
+
+$(STAMP): $(RUNTIME_STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev,threatexchange]'
 	touch $(STAMP)
 
@@ -34,8 +40,12 @@ test-hma: $(STAMP)
 test-deploy: $(STAMP)
 	$(BIN)/python -m pytest -q -m deploy tests/test_deploy_files.py
 
-demo: $(STAMP)
+demo: $(RUNTIME_STAMP)
 	$(BIN)/hashmesh demo
+	@echo
+	@echo "hashmesh is installed in $(abspath $(BIN)). To run it as plain 'hashmesh':"
+	@echo "  source $(abspath $(BIN))/activate        (this shell only), or"
+	@echo "  export PATH=\"$(abspath $(BIN)):\$$PATH\"   (add it to ~/.profile to keep it)"
 
 bench: $(STAMP)
 	$(BIN)/python bench/protocol.py
