@@ -562,53 +562,6 @@ def _format_status(d: dict[str, Any]) -> str:
     lines.append(f"peers     {len(d['peers'])}")
     for p in d["peers"]:
         lines.append(f"  {p['name']:<16} {p['url']}  reads: {', '.join(p['share']) or '-'}")
-    return "\n".join(lines)
-
-
-@cli.command()
-@json_option
-@pass_ctx
-def status(ctx: Context, as_json: bool) -> None:
-    """Show this node: logs and heads, live signals, peers, forks."""
-    with ctx.backend() as backend:
-        result = backend.status()
-    emit(result, as_json, _format_status)
-
-
-@cli.command()
-@click.option("--collection", "-c", required=True)
-@click.argument("out", type=click.Path(dir_okay=False))
-@json_option
-@pass_ctx
-def export(ctx: Context, collection: str, out: str, as_json: bool) -> None:
-    """Write a signed bundle of every log of COLLECTION held here.
-
-    A collection of which nothing is held writes no file and exits 1: an empty bundle
-    would read as a successful backup or hand-over of data that does not exist here.
-    """
-    from protocol.ops import validate_collection
-
-    with ctx.backend() as backend:
-        validate_collection(collection)
-        held = {log["collection"] for log in backend.status()["logs"] if log["head"] > 0}
-        if collection not in held:
-            click.echo(
-                f"hashmesh: collection {collection!r}: this node holds no batches in it;"
-                f" nothing exported, {out} not written (collections held here:"
-                f" {', '.join(sorted(held)) or 'none'})",
-                err=True,
-            )
-            sys.exit(EXIT_NOTHING)
-        result = backend.export(collection, out)
-    emit(result, as_json, lambda d: d["file"])
-
-
-@cli.command()
-@click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
-@json_option
-def verify(bundle: str, as_json: bool) -> None:
-    """Check every signature, chain link and Merkle root of a bundle, offline."""
-    with errors():
         lines += [f"    {line}" for line in _peer_health(p, d.get("running", False))]
     by_author: dict[str, list[str]] = {}
     names: dict[str, str] = {}
@@ -628,9 +581,9 @@ def verify(bundle: str, as_json: bool) -> None:
             f"  author {r['author']} offered {r['batches']} batches in {r['collection']}"
             f" via peer {via}; not trusted here: {r['fix']}"
         )
-        from .service import verify_bundle_file
+    return "\n".join(lines)
 
-        result = verify_bundle_file(bundle)
+
 def _ago(ms: int | None) -> str:
     import time
 
@@ -680,6 +633,53 @@ def _peer_health(p: dict[str, Any], running: bool) -> list[str]:
     return lines
 
 
+@cli.command()
+@json_option
+@pass_ctx
+def status(ctx: Context, as_json: bool) -> None:
+    """Show this node: logs and heads, live signals, peers, forks."""
+    with ctx.backend() as backend:
+        result = backend.status()
+    emit(result, as_json, _format_status)
+
+
+@cli.command()
+@click.option("--collection", "-c", required=True)
+@click.argument("out", type=click.Path(dir_okay=False))
+@json_option
+@pass_ctx
+def export(ctx: Context, collection: str, out: str, as_json: bool) -> None:
+    """Write a signed bundle of every log of COLLECTION held here.
+
+    A collection of which nothing is held writes no file and exits 1: an empty bundle
+    would read as a successful backup or hand-over of data that does not exist here.
+    """
+    from protocol.ops import validate_collection
+
+    with ctx.backend() as backend:
+        validate_collection(collection)
+        held = {log["collection"] for log in backend.status()["logs"] if log["head"] > 0}
+        if collection not in held:
+            click.echo(
+                f"hashmesh: collection {collection!r}: this node holds no batches in it;"
+                f" nothing exported, {out} not written (collections held here:"
+                f" {', '.join(sorted(held)) or 'none'})",
+                err=True,
+            )
+            sys.exit(EXIT_NOTHING)
+        result = backend.export(collection, out)
+    emit(result, as_json, lambda d: d["file"])
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
+@json_option
+def verify(bundle: str, as_json: bool) -> None:
+    """Check every signature, chain link and Merkle root of a bundle, offline."""
+    with errors():
+        from .service import verify_bundle_file
+
+        result = verify_bundle_file(bundle)
 
     def human(d: dict[str, Any]) -> str:
         lines = [

@@ -215,7 +215,6 @@ class RemoteBackend:
         body = {"name": name, "url": url, "node_id": node_id, "share": share}
         return self._call("POST", "/v1/admin/peers", body)
 
-    def trust_add(self, node_id: str, collection: str, name: str) -> dict[str, Any]:
     def peer_list(self) -> dict[str, Any]:
         return self._call("GET", "/v1/admin/peers")
 
@@ -242,22 +241,23 @@ class RemoteBackend:
         query = f"?{urllib.parse.urlencode({'node_id': node_id})}" if node_id else ""
         return self._call("GET", f"/v1/admin/trust{query}")
 
+    def trust_add(self, node_id: str, collection: str, name: str) -> dict[str, Any]:
         body = {"node_id": node_id, "collection": collection, "name": name}
         return self._call("POST", "/v1/admin/trust", body)
-
 
     def trust_remove(self, node_id: str, collection: str) -> dict[str, Any]:
         path = f"/v1/admin/trust/{_segment(node_id)}/{_segment(collection)}"
         return self._call("DELETE", path)
 
+
 Backend = LocalBackend | RemoteBackend
 
 
-def _error_text(exc: urllib.error.HTTPError) -> str:
 def _segment(text: str) -> str:
     return urllib.parse.quote(text, safe="")
 
 
+def _error_text(exc: urllib.error.HTTPError) -> str:
     try:
         return str(json.loads(exc.read())["error"])
     except (ValueError, KeyError, TypeError):

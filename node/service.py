@@ -282,6 +282,14 @@ class NodeService:
 
     # -- policy --------------------------------------------------------------------------
 
+    def peer_list(self) -> dict[str, Any]:
+        self.reload_config_if_changed()
+        return {"peers": [_peer_json(p) for p in self.config.peers]}
+
+    def peer_show(self, name: str) -> dict[str, Any]:
+        self.reload_config_if_changed()
+        return _peer_json(self.config.peer_named(name))
+
     def peer_add(self, name: str, url: str, node_id: str, share: list[str]) -> dict[str, Any]:
         self.reload_config_if_changed()
         peer = Peer(name=name, url=check_url(url, "peer url"), node_id=node_id)
@@ -356,14 +364,6 @@ class NodeService:
         return self._author_trust(node_id, collection, "untrusted")
 
     # -- bundles -------------------------------------------------------------------------
-
-    def peer_list(self) -> dict[str, Any]:
-        self.reload_config_if_changed()
-        return {"peers": [_peer_json(p) for p in self.config.peers]}
-
-    def peer_show(self, name: str) -> dict[str, Any]:
-        self.reload_config_if_changed()
-        return _peer_json(self.config.peer_named(name))
 
     def export_chunks(self, collection: str) -> Iterator[bytes]:
         """A bundle of every log of the collection this node holds, as byte chunks."""
@@ -496,6 +496,21 @@ class NodeService:
         }
 
 
+def _peer_json(peer: Peer, change: str = "") -> dict[str, Any]:
+    """A peer as every policy answer shows it: what now holds (`peer`: the name, as the
+    first `peer add` answer called it)."""
+    out: dict[str, Any] = {
+        "peer": peer.name,
+        "name": peer.name,
+        "url": peer.url,
+        "node_id": peer.node_id,
+        "share": sorted(peer.share),
+    }
+    if change:
+        out["change"] = change
+    return out
+
+
 def backup_database(source: sqlite3.Connection, target: Path) -> None:
     dest = sqlite3.connect(target)
     try:
@@ -517,21 +532,6 @@ def restore_home(home: Home, backup: str) -> dict[str, Any]:
         raise NodeError(f"backup {backup}: {exc}") from None
     try:
         try:
-def _peer_json(peer: Peer, change: str = "") -> dict[str, Any]:
-    """A peer as every policy answer shows it: what now holds (`peer`: the name, as the
-    first `peer add` answer called it)."""
-    out: dict[str, Any] = {
-        "peer": peer.name,
-        "name": peer.name,
-        "url": peer.url,
-        "node_id": peer.node_id,
-        "share": sorted(peer.share),
-    }
-    if change:
-        out["change"] = change
-    return out
-
-
             check = source.execute("PRAGMA integrity_check").fetchone()[0]
             tables = {r[0] for r in source.execute("SELECT name FROM sqlite_master")}
         except sqlite3.DatabaseError as exc:
