@@ -4,7 +4,7 @@ Ingesting a batch stores its exact signed bytes, its signals, the revocations an
 it carries, the log's new head and the feed entries, all in one transaction: a crash at any
 instant leaves each batch either whole or absent, and re-receiving a batch is a no-op.
 
-The store implements `protocol.state.StateView`, so the protocol's `decide` makes every
+The store implements `protocol.state.Ledger`, so the protocol (`receive`, `decide`) makes
 decision and the store only carries it out. sqlite-utils creates the schema and serves
 the convenience queries; the ingest hot path uses plain `executemany` in one transaction.
 """
@@ -42,7 +42,7 @@ from protocol.state import (
     Stance,
     apply_opinion,
     count_opinions,
-    decide,
+    receive,
 )
 
 from .errors import HomeError, NodeError, StorageFull, StorageUnavailable
@@ -255,6 +255,7 @@ class Store:
         self._bulk: IngestResult | None = None
         self._bulk_decisions: list[tuple[IngestResult, str]] = []
         self._known_adds: dict[OpId, bool] = {}
+        self._ingesting: tuple[str, IngestResult] | None = None
 
     def close(self) -> None:
         self.conn.close()
@@ -299,33 +300,16 @@ class Store:
         return log_id
 
     def ingest(self, batch: Batch, source: str = "local") -> IngestResult:
-        """Decide and carry out one verified batch, then every waiting batch it unblocks."""
+        """Decide and carry out one verified batch, then every waiting batch it unblocks
+        (`protocol.state.receive` drives; this store only persists, one transaction per
+        batch)."""
         result = IngestResult()
-        queue = [batch]
-        while queue:
-            current = queue.pop()
-            self._known_adds = self._revoke_targets_held(current)
-            try:
-                decision = decide(self, current)
-            finally:
-                self._known_adds = {}
-            result.decisions.append(decision)
-            if isinstance(decision, Apply):
-                self._transaction(lambda d=decision: self._apply(d, source, result))
-                successor = self._take_pending(current.log, current.seq + 1)
-                if successor is not None:
-                    queue.append(successor)
-            elif isinstance(decision, Defer):
-                held = self._pending_conflict(current)
-                if held is None:
-                    self._transaction(lambda c=current: self._defer(c, source))
-                else:
-                    # Two different waiting batches at one seq: a fork, whatever the order.
-                    fork = Fork(current, build_evidence(held, _signed(current)))
-                    result.decisions[-1] = fork
-                    self._transaction(lambda d=fork: self._store_fork(d.evidence, source))
-            elif isinstance(decision, Fork):
-                self._transaction(lambda d=decision: self._store_fork(d.evidence, source))
+        self._ingesting = (source, result)
+        try:
+            result.decisions = receive(self, batch)
+        finally:
+            self._ingesting = None
+            self._known_adds = {}
         if self._bulk is not None:
             # Listeners after the commit need the signed bytes, not the parsed ops: keep
             # light copies so a million-signal import does not hold every op in memory.
@@ -339,6 +323,33 @@ class Store:
                 observe(result, source)
             self._notify(result, source)
         return result
+
+    # -- protocol.state.Ledger: called by `receive` during `ingest` ------------------------
+
+    def _context(self) -> tuple[str, IngestResult]:
+        assert self._ingesting is not None, "Ledger methods run only inside ingest()"
+        return self._ingesting
+
+    def prepare(self, batch: Batch) -> None:
+        self._known_adds = self._revoke_targets_held(batch)
+
+    def apply(self, decision: Apply) -> None:
+        source, result = self._context()
+        self._transaction(lambda: self._apply(decision, source, result))
+
+    def defer(self, batch: Batch) -> None:
+        source, _ = self._context()
+        self._transaction(lambda: self._defer(batch, source))
+
+    def waiting_conflict(self, batch: Batch) -> SignedHeader | None:
+        return self._pending_conflict(batch)
+
+    def take_waiting(self, log: LogKey, seq: int) -> Batch | None:
+        return self._take_pending(log, seq)
+
+    def record_fork(self, log: LogKey, evidence: ForkEvidence) -> None:
+        source, _ = self._context()
+        self._transaction(lambda: self._store_fork(evidence, source))
 
     def _notify(self, result: IngestResult, source: str) -> None:
         if result.added or result.removed:

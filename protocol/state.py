@@ -206,6 +206,61 @@ def count_opinions(stances: Iterable[tuple[str, Stance]]) -> OpinionCounts:
     return OpinionCounts(len(confirm), len(dispute), len(seen))
 
 
+class Ledger(StateView, Protocol):
+    """What `receive` needs from a replica besides `StateView`: carry out decisions and keep
+    the batches that wait for a predecessor. The in-memory `State` and the node's SQLite
+    store both implement it, so the queueing and fork rules exist once, here."""
+
+    def prepare(self, batch: Batch) -> None:
+        """Called before `decide(batch)`: a store may prefetch what `is_add` will ask."""
+
+    def apply(self, decision: Apply) -> None:
+        """Persist an applied batch and its effects (atomically)."""
+
+    def defer(self, batch: Batch) -> None:
+        """Keep a batch until its predecessor arrives (at most MAX_PENDING_PER_LOG per log;
+        the first one kept at a seq stays)."""
+
+    def waiting_conflict(self, batch: Batch) -> SignedHeader | None:
+        """A validly signed waiting batch at `batch`'s place with different bytes, if any."""
+
+    def take_waiting(self, log: LogKey, seq: int) -> Batch | None:
+        """Remove and return the batch waiting at (log, seq), if any."""
+
+    def record_fork(self, log: LogKey, evidence: ForkEvidence) -> None:
+        """Keep the evidence, freeze the log, drop its waiting batches."""
+
+
+def receive(ledger: Ledger, batch: Batch) -> list[Decision]:
+    """Decide and carry out one verified batch, then every waiting batch it unblocks.
+
+    Two different batches waiting at one seq are a fork whatever order they came in, so the
+    result is the same for any delivery order (the property tests check this against the
+    SQLite store)."""
+    decisions: list[Decision] = []
+    queue = [batch]
+    while queue:
+        current = queue.pop()
+        ledger.prepare(current)
+        decision = decide(ledger, current)
+        if isinstance(decision, Apply):
+            ledger.apply(decision)
+            successor = ledger.take_waiting(current.log, current.seq + 1)
+            if successor is not None:
+                queue.append(successor)
+        elif isinstance(decision, Defer):
+            held = ledger.waiting_conflict(current)
+            if held is None:
+                ledger.defer(current)
+            else:
+                decision = Fork(current, build_evidence(held, _signed(current)))
+                ledger.record_fork(current.log, decision.evidence)
+        elif isinstance(decision, Fork):
+            ledger.record_fork(current.log, decision.evidence)
+        decisions.append(decision)
+    return decisions
+
+
 class State:
     """An in-memory replica: the reference implementation of the rules in `decide`.
 
@@ -235,39 +290,32 @@ class State:
         return op_id in self.adds
 
     def receive(self, batch: Batch) -> list[Decision]:
-        """Decide and apply one batch, then any waiting successors it unblocks."""
-        decisions: list[Decision] = []
-        queue = [batch]
-        while queue:
-            current = queue.pop()
-            decision = decide(self, current)
-            decisions.append(decision)
-            log = current.log
-            if isinstance(decision, Apply):
-                self._apply(decision)
-                successor = self.pending.get(log, {}).pop(current.seq + 1, None)
-                if successor is not None:
-                    queue.append(successor)
-            elif isinstance(decision, Defer):
-                waiting = self.pending.setdefault(log, {})
-                if (
-                    current.seq in waiting
-                    and waiting[current.seq].header_bytes != current.header_bytes
-                ):
-                    evidence = build_evidence(_signed(waiting[current.seq]), _signed(current))
-                    decisions[-1] = Fork(current, evidence)
-                    self._fork(log, evidence)
-                elif len(waiting) < MAX_PENDING_PER_LOG:
-                    waiting.setdefault(current.seq, current)
-            elif isinstance(decision, Fork):
-                self._fork(log, decision.evidence)
-        return decisions
+        return receive(self, batch)
 
-    def _fork(self, log: LogKey, evidence: ForkEvidence) -> None:
+    # -- Ledger --------------------------------------------------------------------------
+
+    def prepare(self, batch: Batch) -> None:
+        pass
+
+    def defer(self, batch: Batch) -> None:
+        waiting = self.pending.setdefault(batch.log, {})
+        if len(waiting) < MAX_PENDING_PER_LOG:
+            waiting.setdefault(batch.seq, batch)
+
+    def waiting_conflict(self, batch: Batch) -> SignedHeader | None:
+        held = self.pending.get(batch.log, {}).get(batch.seq)
+        if held is None or held.header_bytes == batch.header_bytes:
+            return None
+        return _signed(held)
+
+    def take_waiting(self, log: LogKey, seq: int) -> Batch | None:
+        return self.pending.get(log, {}).pop(seq, None)
+
+    def record_fork(self, log: LogKey, evidence: ForkEvidence) -> None:
         self.forks.setdefault(log, evidence)
         self.pending.pop(log, None)
 
-    def _apply(self, decision: Apply) -> None:
+    def apply(self, decision: Apply) -> None:
         batch = decision.batch
         self.heads[batch.log] = batch.seq
         self.headers.setdefault(batch.log, {})[batch.seq] = _signed(batch)
