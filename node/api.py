@@ -121,7 +121,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON_KEY]
-    return web.json_response(await daemon.status())
+    result = await daemon.status()
+    grant = access.grant_of(request)
+    if grant.restricted:  # a token restricted to collections hears nothing of the others
+        result["refusals"] = [r for r in result["refusals"] if grant.can_use(r["collection"])]
+    return web.json_response(result)
 
 
 async def add_signal(request: web.Request) -> web.Response:
@@ -182,27 +186,113 @@ async def import_bundle(request: web.Request) -> web.Response:
     return web.json_response(result)
 
 
+def _share_list(body: dict[str, Any]) -> list[str] | None:
+    share = body.get("share")
+    if share is None:
+        return None
+    if not isinstance(share, list) or not all(isinstance(c, str) for c in share):
+        raise NodeError("share: expected a list of collection names")
+    return share
+
+
+def _text(body: dict[str, Any], name: str) -> Any:
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise NodeError(f"{name}: expected a string")
+    return value
+
+
+async def _policy(request: web.Request, fn: Callable[..., Any], *args: Any) -> web.Response:
+    """Run one policy change on the store thread and apply it at once (no restart)."""
+    daemon = request.app[DAEMON_KEY]
+    result = await daemon.call(fn, *args)
+    await daemon.policy_changed()
+    return web.json_response(result)
+
+
+async def peer_list(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    return web.json_response(await daemon.call(daemon.service.peer_list))
+
+
+async def peer_show(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    return web.json_response(
+        await daemon.call(daemon.service.peer_show, request.match_info["name"])
+    )
+
+
 async def peer_add(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON_KEY]
     body = _fields(await read_json(request), ("name", "url", "node_id"), ("share",))
-    share = body.get("share", [])
-    if not isinstance(share, list) or not all(isinstance(c, str) for c in share):
-        raise NodeError("share: expected a list of collection names")
-    result = await daemon.call(
-        daemon.service.peer_add, body["name"], body["url"], body["node_id"], share
+    for name in ("name", "url", "node_id"):
+        if not isinstance(body[name], str):
+            raise NodeError(f"{name}: expected a string")
+    share = _share_list(body) or []
+    return await _policy(
+        request, daemon.service.peer_add, body["name"], body["url"], body["node_id"], share
     )
-    await daemon.policy_changed()
-    return web.json_response(result)
+
+
+async def peer_update(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    body = _fields(await read_json(request), (), ("url", "node_id", "share"))
+    return await _policy(
+        request,
+        daemon.service.peer_update,
+        request.match_info["name"],
+        _text(body, "url"),
+        _text(body, "node_id"),
+        _share_list(body),
+    )
+
+
+async def peer_remove(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    return await _policy(request, daemon.service.peer_remove, request.match_info["name"])
+
+
+async def peer_share(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    body = _fields(await read_json(request), ("collection",), ())
+    collection = _text(body, "collection")
+    return await _policy(
+        request, daemon.service.peer_share, request.match_info["name"], collection, True
+    )
+
+
+async def peer_unshare(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    info = request.match_info
+    return await _policy(
+        request, daemon.service.peer_share, info["name"], info["collection"], False
+    )
+
+
+async def trust_list(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    node_id = request.query.get("node_id") or None
+    return web.json_response(await daemon.call(daemon.service.trust_list, node_id))
 
 
 async def trust_add(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON_KEY]
     body = _fields(await read_json(request), ("node_id", "collection"), ("name",))
-    result = await daemon.call(
-        daemon.service.trust_add, body["node_id"], body["collection"], body.get("name", "")
+    for name in ("node_id", "collection", "name"):
+        _text(body, name)
+    return await _policy(
+        request,
+        daemon.service.trust_add,
+        body["node_id"],
+        body["collection"],
+        body.get("name") or "",
     )
-    await daemon.policy_changed()
-    return web.json_response(result)
+
+
+async def trust_remove(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    info = request.match_info
+    return await _policy(request, daemon.service.trust_remove, info["node_id"], info["collection"])
 
 
 async def backup(request: web.Request) -> web.Response:
@@ -237,8 +327,16 @@ def build_app(daemon: Daemon) -> web.Application:
     app.router.add_post("/v1/opinions", opinion)
     app.router.add_get("/v1/export", export)
     app.router.add_post("/v1/import", import_bundle)
+    app.router.add_get("/v1/admin/peers", peer_list)
     app.router.add_post("/v1/admin/peers", peer_add)
+    app.router.add_get("/v1/admin/peers/{name}", peer_show)
+    app.router.add_patch("/v1/admin/peers/{name}", peer_update)
+    app.router.add_delete("/v1/admin/peers/{name}", peer_remove)
+    app.router.add_post("/v1/admin/peers/{name}/share", peer_share)
+    app.router.add_delete("/v1/admin/peers/{name}/share/{collection}", peer_unshare)
+    app.router.add_get("/v1/admin/trust", trust_list)
     app.router.add_post("/v1/admin/trust", trust_add)
+    app.router.add_delete("/v1/admin/trust/{node_id}/{collection}", trust_remove)
     from .platform_api import register as register_platform_api
 
     register_platform_api(app)
