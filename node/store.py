@@ -4,7 +4,7 @@ Ingesting a batch stores its exact signed bytes, its signals, the revocations an
 it carries, the log's new head and the feed entries, all in one transaction: a crash at any
 instant leaves each batch either whole or absent, and re-receiving a batch is a no-op.
 
-The store implements `protocol.state.Ledger`, so the protocol (`receive`, `decide`) makes
+The store implements `protocol.state.Ledger`: the protocol (`receive`, `decide`) makes every
 decision and the store only carries it out. sqlite-utils creates the schema and serves
 the convenience queries; the ingest hot path uses plain `executemany` in one transaction.
 """
