@@ -94,8 +94,8 @@ def test_collection_never_reaches_a_peer_that_may_not_read_it(
 ) -> None:
     ncmec, police, platform = make(nodes, tmp_path, "ncmec", "police", "platform")
     link(ncmec, police, "le-only")
-    police.peer(ncmec, "le-only", "csam")
-    ncmec.peer(police, "le-only", "csam")
+    police.cli("peer", "share", "ncmec", "csam")  # peer add would refuse the existing peer
+    ncmec.cli("peer", "share", "police", "csam")
     link(ncmec, platform, "csam")
     ncmec.trust(police, "le-only")
     ncmec.trust(police, "csam")
