@@ -489,17 +489,25 @@ class Store:
                 )
             )
         revoked = 0
-        run: list[Revoked] = []
+        revokes: list[Revoked] = []
+        opinions: list[Opined] = []
         for effect in decision.effects:
+            # Runs of one kind at a time, each in a few set-based statements; the feed keeps
+            # op order across runs.
             if isinstance(effect, Revoked):
-                run.append(effect)
-                continue
-            if run:
-                revoked += self._revoke(run, header.collection, at, result)
-                run = []
-            self._opine(effect, at)
-        if run:
-            revoked += self._revoke(run, header.collection, at, result)
+                if opinions:
+                    self._opine(opinions, at)
+                    opinions = []
+                revokes.append(effect)
+            else:
+                if revokes:
+                    revoked += self._revoke(revokes, header.collection, at, result)
+                    revokes = []
+                opinions.append(effect)
+        if revokes:
+            revoked += self._revoke(revokes, header.collection, at, result)
+        if opinions:
+            self._opine(opinions, at)
         conn.execute(
             "UPDATE logs SET head = ?, head_hash = ?, head_ts = ?, adds = adds + ?,"
             " live = live + ? - ?, updated_at = ? WHERE id = ?",
@@ -578,24 +586,36 @@ class Store:
         result.removed.extend(chosen)
         return len(chosen)
 
-    def _opine(self, effect: Opined, at: int) -> None:
-        target = str(effect.target)
-        author, collection = effect.op_id.author, effect.op_id.collection
-        row = self.conn.execute(
-            "SELECT verdict, seen FROM opinions WHERE target = ? AND author = ? AND collection = ?",
-            (target, author, collection),
-        ).fetchone()
-        stance = Stance(row[0], bool(row[1])) if row else Stance()
-        apply_opinion(stance, effect.opinion)
-        self.conn.execute(
+    def _opine(self, run: list[Opined], at: int) -> None:
+        """A run of one batch's opinions (one author and collection): the stances they
+        change read in one statement, folded in op order, written back in one."""
+        author, collection = run[0].op_id.author, run[0].op_id.collection
+        targets = sorted({str(e.target) for e in run})
+        stances: dict[str, Stance] = {
+            target: Stance(verdict, bool(seen))
+            for target, verdict, seen in self.conn.execute(
+                "SELECT target, verdict, seen FROM opinions WHERE author = ? AND collection = ?"
+                " AND target IN (SELECT value FROM json_each(?))",
+                (author, collection, json.dumps(targets)),
+            )
+        }
+        last: dict[str, str] = {}
+        for effect in run:
+            target = str(effect.target)
+            apply_opinion(stances.setdefault(target, Stance()), effect.opinion)
+            last[target] = str(effect.op_id)
+        self.conn.executemany(
             "INSERT OR REPLACE INTO opinions (target, author, collection, verdict, seen, op_id)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            (target, author, collection, stance.verdict, int(stance.seen), str(effect.op_id)),
+            [
+                (t, author, collection, stances[t].verdict, int(stances[t].seen), op_id)
+                for t, op_id in last.items()
+            ],
         )
-        self.conn.execute(
+        self.conn.executemany(
             "INSERT INTO feed (kind, collection, op_id, target, detail, at)"
             " VALUES ('opinion', ?, ?, ?, ?, ?)",
-            (collection, str(effect.op_id), target, effect.opinion, at),
+            [(collection, str(e.op_id), str(e.target), e.opinion, at) for e in run],
         )
 
     def _defer(self, batch: Batch, source: str) -> None:
