@@ -25,6 +25,8 @@ from protocol.errors import ProtocolError
 from protocol.ops import OpId
 from protocol.state import Stance, count_opinions
 
+from .store import signal_labels
+
 T = TypeVar("T")
 
 MAX_PAGE = 10_000
@@ -38,19 +40,6 @@ _ENTRY_COLUMNS = (
 _SIGNAL_COLUMNS = "s.seq, s.idx, s.type, s.value, s.quality, s.category, s.classification, s.ref"
 
 AuthorName = Callable[[str], str]
-
-
-def _labels(out: dict[str, Any], row: tuple[Any, ...], at: int) -> None:
-    """type, value and labels of a signal row slice (type, value, quality, category, class, ref)."""
-    out["type"] = row[at]
-    out["value"] = row[at + 1]
-    if row[at + 2] is not None:
-        out["quality"] = row[at + 2]
-    out["category"] = row[at + 3]
-    if row[at + 4] is not None:
-        out["classification"] = row[at + 4]
-    if row[at + 5] is not None:
-        out["ref"] = row[at + 5]
 
 
 def opinion_state(
@@ -220,7 +209,7 @@ class FeedReader:
                 entry["op_id"] = f"{author}/{collection}/{row[7]}/{row[8]}"
                 entry["author"] = author
                 entry["author_name"] = name(author)
-                _labels(entry, row, 9)
+                signal_labels(entry, row, 9)
                 entry.update(_named(state[entry["op_id"]], name))
             elif kind == "revoke":
                 author = row[15]
@@ -229,7 +218,7 @@ class FeedReader:
                 entry["author_name"] = name(author)
                 entry["target"] = row[4]
                 entry["reason"] = row[5] or ""
-                _labels(entry, row, 9)
+                signal_labels(entry, row, 9)
             else:
                 if row[0] not in parsed:
                     continue
@@ -246,7 +235,7 @@ class FeedReader:
                     entry["target_author"] = target.author
                     entry["target_author_name"] = name(target.author)
                     entry["target_live"] = signal[6] is None
-                    _labels(entry, signal, 0)
+                    signal_labels(entry, signal, 0)
                 entry.update(_named(state[str(target)], name))
             entry["at"] = row[6]
             out.append(entry)
@@ -321,7 +310,7 @@ class Snapshot:
                         "author_name": name,
                         "collection": collection,
                     }
-                    _labels(out, row, 2)
+                    signal_labels(out, row, 2)
                     out.update(_named(state[op_id], author_name))
                     yield out
 

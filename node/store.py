@@ -894,6 +894,21 @@ class Store:
         return str(self.conn.execute("PRAGMA integrity_check").fetchone()[0])
 
 
+def signal_labels(out: dict[str, Any], row: tuple[Any, ...], at: int) -> None:
+    """Type, value and labels from a row slice (type, value, quality, category,
+    classification, ref) starting at `at`, absent labels left out: the one rendering of a
+    signal's labels for the API, the feed and the snapshot."""
+    out["type"] = row[at]
+    out["value"] = row[at + 1]
+    if row[at + 2] is not None:
+        out["quality"] = row[at + 2]
+    out["category"] = row[at + 3]
+    if row[at + 4] is not None:
+        out["classification"] = row[at + 4]
+    if row[at + 5] is not None:
+        out["ref"] = row[at + 5]
+
+
 def signal_dict(row: tuple[Any, ...], log: LogKey) -> dict[str, Any]:
     """A signals row (id, log_id, seq, idx, type, value, quality, category, classification,
     ref, revoked_by, revoked_reason) as the JSON the API answers with."""
@@ -902,16 +917,8 @@ def signal_dict(row: tuple[Any, ...], log: LogKey) -> dict[str, Any]:
         "op_id": str(OpId(log.author, log.collection, row[2], row[3])),
         "author": log.author,
         "collection": log.collection,
-        "type": row[4],
-        "value": row[5],
-        "category": row[7],
     }
-    if row[6] is not None:
-        out["quality"] = row[6]
-    if row[8] is not None:
-        out["classification"] = row[8]
-    if row[9] is not None:
-        out["ref"] = row[9]
+    signal_labels(out, row, 4)
     out["live"] = row[10] is None
     if row[10] is not None:
         out["revoked_by"] = row[10]
