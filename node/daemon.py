@@ -65,13 +65,9 @@ class BatchingPublisher:
         if key in self._unsettled:  # the same signal is already on its way: one op, not two
             op_id = await asyncio.shield(self._unsettled[key])
             return {"op_id": op_id, "type": op.type, "value": op.value, "new": False}
-        existing = await self.daemon.call(
-            service.store.find_own_live, service.node_id, collection, op.type, op.value
-        )
-        if existing is not None:
-            signal_row = await self.daemon.call(service.store.signal, existing)
-            assert signal_row is not None
-            return {"op_id": signal_row["op_id"], "type": op.type, "value": op.value, "new": False}
+        held = await self.daemon.call(service.held_add, collection, op)
+        if held is not None:
+            return {"op_id": held, "type": op.type, "value": op.value, "new": False}
         if key in self._unsettled:  # queued by another request while we looked
             op_id = await asyncio.shield(self._unsettled[key])
             return {"op_id": op_id, "type": op.type, "value": op.value, "new": False}

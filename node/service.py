@@ -160,13 +160,22 @@ class NodeService:
             )
         return op
 
+    def held_add(self, collection: str, op: AddOp) -> str | None:
+        """The op id of this node's live add of `op`'s signal in `collection`, if any: the
+        one de-duplication rule of every publishing path (publishing it again would only
+        add a second op for the same signal)."""
+        existing = self.store.find_own_live(self.node_id, collection, op.type, op.value)
+        if existing is None:
+            return None
+        signal = self.store.signal(existing)
+        assert signal is not None
+        return str(signal["op_id"])
+
     def add(self, type: str, value: str, collection: str, **labels: Any) -> dict[str, Any]:
         op = self.prepare_add(type, value, collection, **labels)
-        existing = self.store.find_own_live(self.node_id, collection, op.type, op.value)
-        if existing is not None:
-            signal = self.store.signal(existing)
-            assert signal is not None
-            return {"op_id": signal["op_id"], "type": op.type, "value": op.value, "new": False}
+        held = self.held_add(collection, op)
+        if held is not None:
+            return {"op_id": held, "type": op.type, "value": op.value, "new": False}
         op_ids, _ = self.publish(collection, [op])
         return {"op_id": str(op_ids[0]), "type": op.type, "value": op.value, "new": True}
 
@@ -186,17 +195,9 @@ class NodeService:
                 raise NodeError(f"signals[{n}]: unexpected fields {sorted(item)}") from None
             except NodeError as exc:
                 raise NodeError(f"signals[{n}]: {exc}") from None
-            existing = self.store.find_own_live(self.node_id, collection, op.type, op.value)
-            if existing is not None or (op.type, op.value) in seen:
-                known = self.store.signal(existing) if existing is not None else None
-                results.append(
-                    {
-                        "type": op.type,
-                        "value": op.value,
-                        "new": False,
-                        "op_id": known["op_id"] if known else None,
-                    }
-                )
+            held = None if (op.type, op.value) in seen else self.held_add(collection, op)
+            if held is not None or (op.type, op.value) in seen:
+                results.append({"type": op.type, "value": op.value, "new": False, "op_id": held})
                 continue
             seen.add((op.type, op.value))
             ops.append(op)
