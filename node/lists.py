@@ -12,7 +12,6 @@ Exports write the live signals of one collection as of one snapshot cursor.
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, TextIO
@@ -234,29 +233,7 @@ def own_live_targets(
     lookup per entry: a withdrawal of a million-entry list costs a few index scans.
     """
     node_id = service.node_id
-    by_type: dict[str, list[str]] = {}
-    for signal_type, value in pairs:
-        by_type.setdefault(signal_type, []).append(value)
-    conn = service.store.conn
-    found: set[tuple[int, int]] = set()
-    for signal_type, values in by_type.items():
-        found.update(
-            conn.execute(
-                "SELECT s.seq, s.idx FROM signals s JOIN logs l ON l.id = s.log_id"
-                " WHERE l.author = ? AND l.collection = ? AND s.type = ?"
-                " AND s.revoked_by IS NULL AND s.value IN (SELECT value FROM json_each(?))",
-                (node_id, collection, signal_type, json.dumps(values)),
-            )
-        )
-    if refs:
-        found.update(
-            conn.execute(
-                "SELECT s.seq, s.idx FROM signals s JOIN logs l ON l.id = s.log_id"
-                " WHERE l.author = ? AND l.collection = ? AND s.revoked_by IS NULL"
-                " AND s.ref IN (SELECT value FROM json_each(?))",
-                (node_id, collection, json.dumps(refs)),
-            )
-        )
+    found = service.store.own_live_places(node_id, collection, pairs, refs)
     return [str(OpId(node_id, collection, seq, idx)) for seq, idx in sorted(found)]
 
 

@@ -741,6 +741,36 @@ class Store:
         ).fetchone()
         return None if row is None else int(row[0])
 
+    def own_live_places(
+        self, author: str, collection: str, pairs: list[tuple[str, str]], refs: list[str]
+    ) -> set[tuple[int, int]]:
+        """(seq, index) of `author`'s live adds in `collection` of these (type, value) pairs
+        or references: one statement per signal type and one for all references, however
+        long the list (a list withdrawal asks this of a million entries)."""
+        by_type: dict[str, list[str]] = {}
+        for signal_type, value in pairs:
+            by_type.setdefault(signal_type, []).append(value)
+        found: set[tuple[int, int]] = set()
+        for signal_type, values in by_type.items():
+            found.update(
+                self.conn.execute(
+                    "SELECT s.seq, s.idx FROM signals s JOIN logs l ON l.id = s.log_id"
+                    " WHERE l.author = ? AND l.collection = ? AND s.type = ?"
+                    " AND s.revoked_by IS NULL AND s.value IN (SELECT value FROM json_each(?))",
+                    (author, collection, signal_type, json.dumps(values)),
+                )
+            )
+        if refs:
+            found.update(
+                self.conn.execute(
+                    "SELECT s.seq, s.idx FROM signals s JOIN logs l ON l.id = s.log_id"
+                    " WHERE l.author = ? AND l.collection = ? AND s.revoked_by IS NULL"
+                    " AND s.ref IN (SELECT value FROM json_each(?))",
+                    (author, collection, json.dumps(refs)),
+                )
+            )
+        return found
+
     def live_signals(self, signal_type: str) -> Iterator[tuple[int, str]]:
         """(id, value) of every live signal of a type, for loading a matcher index."""
         yield from self.conn.execute(
