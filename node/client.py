@@ -64,8 +64,8 @@ class LocalBackend:
     def import_bundle(self, stream: BinaryIO) -> dict[str, Any]:
         return self.service.import_bundle(stream)
 
-    def backup(self, out: str) -> dict[str, Any]:
-        return self.service.backup(out)
+    def backup(self, out: str, force: bool = False) -> dict[str, Any]:
+        return self.service.backup(out, overwrite=force)
 
     def peer_add(self, name: str, url: str, node_id: str, share: list[str]) -> dict[str, Any]:
         return self.service.peer_add(name, url, node_id, share)
@@ -202,8 +202,9 @@ class RemoteBackend:
             raise NodeError(f"export to {out}: the node sent a broken bundle: {exc}") from None
         return {"collection": collection, "file": str(path), "batches": batches}
 
-    def backup(self, out: str) -> dict[str, Any]:
-        return self._call("POST", "/v1/admin/backup", {"file": str(Path(out).resolve())})
+    def backup(self, out: str, force: bool = False) -> dict[str, Any]:
+        body = {"file": str(Path(out).resolve()), "overwrite": force}
+        return self._call("POST", "/v1/admin/backup", body)
 
     def import_bundle(self, stream: BinaryIO) -> dict[str, Any]:
         stream.seek(0, 2)

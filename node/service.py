@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 DEFAULT_CATEGORY = "unspecified"
 RESTORED_KEY = "restored_from_backup"
+#: The node whose database this is (store meta): a restore of another node's is refused.
+NODE_ID_KEY = "node_id"
 BUNDLE_CHUNK = 1 << 20
 
 
@@ -50,7 +52,10 @@ def init_home(path: str | Path, name: str, listen: str | None, url: str | None) 
     write_secret(home.admin_token_path, new_token() + "\n")
     config = Config(name=name, node_id=key.node_id, listen=listen, url=url or f"http://{listen}")
     home.save_config(config)
-    Store(home.db_path).close()
+    os.close(os.open(home.db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    store = Store(home.db_path)  # its -wal and -shm files take the database's 0600
+    store.set_meta(NODE_ID_KEY, key.node_id)
+    store.close()
     return config
 
 
@@ -72,6 +77,15 @@ class NodeService:
         if self.key.node_id != self.config.node_id:
             raise HomeError(f"{home.key_path} does not hold the key of node {self.config.node_id}")
         self.store = store or Store(home.db_path)
+        recorded = self.store.meta(NODE_ID_KEY)
+        if recorded is None:  # a database made before node ids were recorded in it
+            self.store.set_meta(NODE_ID_KEY, self.key.node_id)
+        elif recorded != self.key.node_id:
+            self.store.close()
+            raise HomeError(
+                f"database {home.db_path} belongs to node {recorded}, not to this home's "
+                f"node {self.key.node_id}; restore your own backup (hashmesh restore)"
+            )
         self._matcher: Matcher | None = None
 
     @property
@@ -404,8 +418,15 @@ class NodeService:
             own = "the node's home folder"
         elif path.parent == home or path.parent == db.parent:
             # The node's files and their companions: -wal, -shm, -journal, .tmp, ...
-            kept = [self.home.key_path, self.home.config_path, self.home.admin_token_path,
-                    self.home.lock_path, self.home.runtime_path, self.home.db_path, db]
+            kept = [
+                self.home.key_path,
+                self.home.config_path,
+                self.home.admin_token_path,
+                self.home.lock_path,
+                self.home.runtime_path,
+                self.home.db_path,
+                db,
+            ]
             for name in sorted({k.name for k in kept if k.parent.resolve() == path.parent}):
                 if path.name.startswith(name):
                     own = f"the node's own {name} (or a companion of it)"
@@ -414,7 +435,7 @@ class NodeService:
                 own = f"the node's TLS file {tls}"
         if own:
             raise NodeError(f"file: {path} is {own}; write the backup outside the node's files")
-        exists = f'file: {path} already exists; pass "overwrite": true (--overwrite) to replace it'
+        exists = f'file: {path} already exists; pass "overwrite": true (--force) to replace it'
         if not overwrite and (path.exists() or path.is_symlink()):
             raise NodeError(exists)
         try:
@@ -513,9 +534,13 @@ def _peer_json(peer: Peer, change: str = "") -> dict[str, Any]:
 
 
 def backup_database(source: sqlite3.Connection, target: Path) -> None:
+    """Copy `source` into `target`, which the caller has already created 0600 (SQLite gives
+    the copy's journal the mode of the file it belongs to). The copy leaves WAL mode, so it
+    is one self-contained file that opening it read-only leaves no -wal or -shm beside."""
     dest = sqlite3.connect(target)
     try:
         source.backup(dest, pages=4096)
+        dest.execute("PRAGMA journal_mode=DELETE")
         check = dest.execute("PRAGMA integrity_check").fetchone()[0]
         if check != "ok":
             raise NodeError(f"backup {target} failed its integrity check: {check}")
@@ -523,14 +548,38 @@ def backup_database(source: sqlite3.Connection, target: Path) -> None:
         dest.close()
 
 
-def restore_home(home: Home, backup: str) -> dict[str, Any]:
+def database_node_id(conn: sqlite3.Connection) -> str | None:
+    """The node a database belongs to: recorded in its meta since node ids were, and for an
+    older database the single author of the batches it published itself (None when it has
+    published nothing)."""
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (NODE_ID_KEY,)).fetchone()
+    if row is not None:
+        return str(row[0])
+    authors = conn.execute(
+        "SELECT DISTINCT logs.author FROM batches JOIN logs ON logs.id = batches.log_id"
+        " WHERE batches.source = 'local' LIMIT 2"
+    ).fetchall()
+    return str(authors[0][0]) if len(authors) == 1 else None
+
+
+def restore_home(home: Home, backup: str, other_node: bool = False) -> dict[str, Any]:
     """Put a backup in place of the node's database (the node must be stopped; the caller
-    holds the home's lock). The current database is kept beside it as hashmesh.db.before-restore."""
+    holds the home's lock). The current database is kept beside it as hashmesh.db.before-restore.
+
+    A backup of another node's database is refused unless `other_node`: restored by
+    mistake it would make this node sign a second history of a log its peers already hold
+    (or drop its own), and carry the other node's tokens. Every file written on the way
+    (the staged copy and its journal) is 0600 from creation: the copy holds every
+    collection."""
+    import tempfile
+
     source_path = Path(backup)
+    node_id = home.load_config().node_id
     try:
         source = sqlite3.connect(f"file:{source_path}?mode=ro", uri=True)
     except sqlite3.Error as exc:
         raise NodeError(f"backup {backup}: {exc}") from None
+    db = home.db_path
     try:
         try:
             check = source.execute("PRAGMA integrity_check").fetchone()[0]
@@ -539,12 +588,23 @@ def restore_home(home: Home, backup: str) -> dict[str, Any]:
             raise NodeError(f"backup {backup} is not a hashmesh database: {exc}") from None
         if check != "ok":
             raise NodeError(f"backup {backup} failed its integrity check: {check}")
-        if not {"batches", "signals", "logs", "feed"} <= tables:
+        if not {"meta", "batches", "signals", "logs", "feed"} <= tables:
             raise NodeError(f"backup {backup} is not a hashmesh database")
-        db = home.db_path
-        staged = db.with_name(db.name + ".restoring")
-        staged.unlink(missing_ok=True)
-        backup_database(source, staged)
+        owner = database_node_id(source)
+        if owner is not None and owner != node_id and not other_node:
+            raise NodeError(
+                f"backup {backup} is the database of node {owner}, not of this node "
+                f"{node_id}; nothing was changed (to seed this node from another node's "
+                "database on purpose, pass --other-node)"
+            )
+        fd, name = tempfile.mkstemp(dir=db.parent, prefix=db.name + ".restoring-")
+        os.close(fd)
+        staged = Path(name)
+        try:
+            backup_database(source, staged)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
     finally:
         source.close()
     previous = db.with_name(db.name + ".before-restore")
@@ -558,8 +618,15 @@ def restore_home(home: Home, backup: str) -> dict[str, Any]:
     os.replace(staged, db)
     restored = Store(db)
     restored.set_meta(RESTORED_KEY, str(now_ms()))
+    restored.set_meta(NODE_ID_KEY, node_id)
     restored.close()
-    return {"restored": str(source_path), "database": str(db), "previous": str(previous)}
+    return {
+        "restored": str(source_path),
+        "database": str(db),
+        "previous": str(previous),
+        "node_id": node_id,
+        "backup_node_id": owner,
+    }
 
 
 def verify_bundle_file(path: str) -> dict[str, Any]:

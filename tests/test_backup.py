@@ -96,8 +96,15 @@ def _backup_http(node: NodeProc, body: dict[str, object]) -> tuple[int, dict[str
 
 
 HOME_FILES = (
-    "node.key", "hashmesh.db", "hashmesh.db-wal", "hashmesh.db-shm", "config.toml",
-    "admin.token", "node.json", "node.lock", "hashmesh.db.before-restore",
+    "node.key",
+    "hashmesh.db",
+    "hashmesh.db-wal",
+    "hashmesh.db-shm",
+    "config.toml",
+    "admin.token",
+    "node.json",
+    "node.lock",
+    "hashmesh.db.before-restore",
 )
 
 
@@ -111,7 +118,7 @@ def test_backup_refuses_the_nodes_own_files_even_with_overwrite(tmp_path: Path) 
     try:
         for name in HOME_FILES:
             target = node.home / name
-            for extra in ((), ("--overwrite",)):
+            for extra in ((), ("--force",), ("--overwrite",)):
                 result = node.cli("backup", str(target), *extra, check=False)
                 assert result.returncode == 2, (name, result.stdout)
                 assert "file:" in result.stderr and "node's" in result.stderr, result.stderr
@@ -140,7 +147,7 @@ def test_backup_refuses_an_existing_file_unless_asked_and_is_always_0600(
     precious.chmod(0o644)
     offline = node.cli("backup", str(precious), check=False)  # no node running: local backend
     assert offline.returncode == 2 and "already exists" in offline.stderr
-    assert "--overwrite" in offline.stderr
+    assert "--force" in offline.stderr
     node.start()
     try:
         result = node.cli("backup", str(precious), check=False)
@@ -156,8 +163,10 @@ def test_backup_refuses_an_existing_file_unless_asked_and_is_always_0600(
         out = node.json("backup", str(fresh))
         assert out["integrity"] == "ok"
         assert stat.S_IMODE(fresh.stat().st_mode) == 0o600
-        replaced = node.json("backup", str(precious), "--overwrite")
+        replaced = node.json("backup", str(precious), "--force")
         assert replaced["bytes"] == precious.stat().st_size
+        again = node.json("backup", str(precious), "--overwrite")  # the older spelling
+        assert again["bytes"] == precious.stat().st_size
         assert stat.S_IMODE(precious.stat().st_mode) == 0o600
         via_http = tmp_path / "via-http.db"
         status, answer = _backup_http(node, {"file": str(via_http)})
@@ -172,3 +181,96 @@ def test_backup_refuses_an_existing_file_unless_asked_and_is_always_0600(
     local = tmp_path / "local.db"
     node.cli("backup", str(local))
     assert stat.S_IMODE(local.stat().st_mode) == 0o600
+    before = precious.read_bytes()
+    refused = node.cli("backup", str(precious), check=False)  # offline, no --force
+    assert refused.returncode == 2 and "already exists" in refused.stderr
+    assert precious.read_bytes() == before
+    node.cli("backup", str(precious), "--force")
+    assert stat.S_IMODE(precious.stat().st_mode) == 0o600
+
+
+def _db_state(node: NodeProc) -> dict[str, object]:
+    from contextlib import closing
+
+    files = sorted(p.name for p in node.home.iterdir())
+    with closing(sqlite3.connect(node.home / "hashmesh.db")) as db:
+        logs = db.execute("SELECT author, collection, head FROM logs ORDER BY 1, 2").fetchall()
+        meta = db.execute("SELECT key, value FROM meta ORDER BY key").fetchall()
+    return {"files": files, "logs": logs, "meta": meta}
+
+
+def test_restore_refuses_another_nodes_backup_unless_told(tmp_path: Path) -> None:
+    mine, other = NodeProc(tmp_path, "mine"), NodeProc(tmp_path, "other")
+    mine.cli("add", "md5", MD5 % 1, "-c", "csam")
+    other.cli("add", "md5", MD5 % 2, "-c", "csam")
+    backup = tmp_path / "other.db"
+    other.cli("backup", str(backup))
+    with sqlite3.connect(backup) as db:
+        recorded = db.execute("SELECT value FROM meta WHERE key = 'node_id'").fetchone()
+    assert recorded == (other.node_id,)
+    legacy = tmp_path / "other-legacy.db"  # made before node ids were recorded
+    other.cli("backup", str(legacy))
+    with sqlite3.connect(legacy) as db:
+        db.execute("DELETE FROM meta WHERE key = 'node_id'")
+    before = _db_state(mine)
+    for candidate in (backup, legacy):
+        refused = mine.cli("restore", str(candidate), check=False)
+        assert refused.returncode == 2, refused.stdout
+        assert other.node_id in refused.stderr and mine.node_id in refused.stderr
+        assert "--other-node" in refused.stderr and "nothing was changed" in refused.stderr
+        assert _db_state(mine) == before
+    assert mine.matches("md5", MD5 % 1) and not mine.matches("md5", MD5 % 2)
+
+    seeded = mine.json("restore", str(backup), "--other-node")
+    assert seeded["backup_node_id"] == other.node_id and seeded["node_id"] == mine.node_id
+    assert mine.matches("md5", MD5 % 2) and not mine.matches("md5", MD5 % 1)
+    with sqlite3.connect(mine.home / "hashmesh.db") as db:
+        now = db.execute("SELECT value FROM meta WHERE key = 'node_id'").fetchone()
+    assert now == (mine.node_id,)  # the database is this node's from now on
+    mine.cli("add", "md5", MD5 % 3, "-c", "csam")  # no peers: may publish at once
+    assert mine.matches("md5", MD5 % 3)
+
+
+def test_a_node_refuses_to_open_another_nodes_database_and_records_its_own(
+    tmp_path: Path,
+) -> None:
+    mine, other = NodeProc(tmp_path, "mine"), NodeProc(tmp_path, "other")
+    other.cli("add", "md5", MD5 % 2, "-c", "csam")
+    with sqlite3.connect(mine.home / "hashmesh.db") as db:
+        db.execute("DELETE FROM meta WHERE key = 'node_id'")  # an older database
+    mine.cli("status")
+    with sqlite3.connect(mine.home / "hashmesh.db") as db:
+        recorded = db.execute("SELECT value FROM meta WHERE key = 'node_id'").fetchone()
+    assert recorded == (mine.node_id,)
+    # A database copied by hand from another home, bypassing restore.
+    copy = tmp_path / "copy.db"
+    other.cli("backup", str(copy))
+    (mine.home / "hashmesh.db").write_bytes(copy.read_bytes())
+    for suffix in ("-wal", "-shm"):
+        (mine.home / f"hashmesh.db{suffix}").unlink(missing_ok=True)
+    refused = mine.cli("add", "md5", MD5 % 1, "-c", "csam", check=False)
+    assert refused.returncode == 2
+    assert other.node_id in refused.stderr and mine.node_id in refused.stderr
+
+
+def test_every_file_backup_and_restore_write_is_0600_under_umask_022(tmp_path: Path) -> None:
+    """The staged copy restore writes becomes the home's database (same inode), so its mode
+    after the restore is the mode it was created with; nothing is chmod-ed on the way."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        node = NodeProc(tmp_path, "hotline")
+        node.cli("add", "md5", MD5 % 1, "-c", "csam")
+        out = tmp_path / "out"
+        out.mkdir()
+        node.cli("backup", str(out / "b.db"))
+        node.cli("add", "md5", MD5 % 2, "-c", "csam")
+        node.cli("restore", str(out / "b.db"))
+        node.cli("add", "md5", MD5 % 3, "-c", "csam", check=False)
+    finally:
+        os.umask(old)
+    modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in node.home.iterdir()}
+    assert "hashmesh.db" in modes and "hashmesh.db.before-restore" in modes
+    assert modes == dict.fromkeys(modes, "0o600"), modes
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in out.iterdir()} == {"b.db": "0o600"}
