@@ -578,10 +578,14 @@ def _format_status(d: dict[str, Any]) -> str:
     for r in refusals:
         via = r["sender_name"] or r["sender"]
         lines.append(
-            f"  author {r['author']} offered {r['batches']} batches in {r['collection']}"
+            f"  author {r['author']} offered {_batches(r['batches'])} in {r['collection']}"
             f" via peer {via}; not trusted here: {r['fix']}"
         )
     return "\n".join(lines)
+
+
+def _batches(n: int) -> str:
+    return f"{n} batch" if n == 1 else f"{n} batches"
 
 
 def _ago(ms: int | None) -> str:

@@ -164,9 +164,9 @@ class Replicator:
         for (author, collection), n in tally.untrusted.items():
             if self.refusals.record(peer.node_id, author, collection, "untrusted", n):
                 log.warning(
-                    "author %s offered %d batches in %s via peer %s; not trusted here: %s",
+                    "author %s offered %s in %s via peer %s; not trusted here: %s",
                     author,
-                    n,
+                    f"{n} batch" if n == 1 else f"{n} batches",
                     collection,
                     peer.name,
                     trust_fix(author, collection),
