@@ -153,8 +153,9 @@ def test_policy_api_refuses_bad_input_and_changes_nothing(
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read())
 
-    status, body = call("POST", "/v1/admin/peers", {"name": "platform", "url": b.url,
-                                                    "node_id": b.node_id})
+    status, body = call(
+        "POST", "/v1/admin/peers", {"name": "platform", "url": b.url, "node_id": b.node_id}
+    )
     assert status == 409 and "already exists" in body["error"]
     status, body = call("PATCH", "/v1/admin/peers/platform", {"share": "csam"})
     assert status == 400 and body["error"].startswith("share:")
