@@ -361,13 +361,26 @@ def add(
     emit(result, as_json, lambda d: d["op_id"])
 
 
-def _file_hashes(path: str) -> dict[str, Any]:
-    """Hashes of one file computed here; a file that is not a picture gets exact hashes only."""
-    from .hashing import ImageError, hash_file
+def _file_hashes(
+    path: str, *, dihedral: bool = False, refuse_bombs: bool = False
+) -> dict[str, Any]:
+    """Hashes of one file computed here; a file that is not a picture gets exact hashes only.
+
+    With `refuse_bombs`, a picture over the pixel budget is an error rather than a file
+    without PDQ: `hash` and `match --file` are asked about a picture, and exit 0 with no
+    PDQ read as "hashed" or "no match" to a script (issue 14).
+    """
+    from .hashing import ImageError, ImageTooLarge, hash_file
 
     out: dict[str, Any] = {"file": path}
     try:
-        hashes = hash_file(Path(path))
+        hashes = hash_file(Path(path), dihedral=dihedral)
+    except ImageTooLarge as exc:
+        if refuse_bombs:
+            fail(f"{exc}; not hashed")
+        hashes = hash_file(Path(path), pdq=False)
+        out["note"] = f"no PDQ: {exc}"
+        click.echo(f"hashmesh: {path}: {exc}; exact hashes only", err=True)
     except ImageError as exc:
         hashes = hash_file(Path(path), pdq=False)
         out["note"] = f"no PDQ: {exc}"
@@ -376,12 +389,23 @@ def _file_hashes(path: str) -> dict[str, Any]:
     if hashes.pdq is not None:
         out["pdq"] = hashes.pdq
         out["quality"] = hashes.quality
+    if hashes.pdq_dihedral is not None:
+        out["pdq_dihedral"] = hashes.pdq_dihedral
     return out
 
 
-def _hash_files(paths: tuple[str, ...]) -> list[dict[str, Any]]:
+def _hash_files(
+    paths: tuple[str, ...], *, dihedral: bool = False, refuse_bombs: bool = False
+) -> list[dict[str, Any]]:
     with errors():
-        return [_file_hashes(path) for path in paths]
+        return [_file_hashes(p, dihedral=dihedral, refuse_bombs=refuse_bombs) for p in paths]
+
+
+dihedral_option = click.option(
+    "--dihedral",
+    is_flag=True,
+    help="Also the PDQ of the picture's 7 rotations and mirrors (8 lookups; see docs/protocol.md).",
+)
 
 
 @cli.command()
@@ -500,8 +524,10 @@ def _format_matches(data: dict[str, Any]) -> str:
             lines.append(f"{q['type']} {q['value']}: no match")
         for m in result["matches"]:
             o = m["opinions"]
+            turned = result.get("variant", "original")
             lines.append(
                 f"{q['type']} {q['value']}: MATCH {m['type']} {m['value']} distance {m['distance']}"
+                f"{'' if turned == 'original' else ' as ' + turned}"
                 f" by {m['author_name'] or m['author']} in {m['collection']} ({m['category']}"
                 f"{', ' + m['classification'] if 'classification' in m else ''})"
                 f" op {m['op_id']} opinions confirm={o['confirm']} dispute={o['dispute']}"
@@ -519,23 +545,44 @@ def _format_matches(data: dict[str, Any]) -> str:
     help="Hash this file locally and match its hashes.",
 )
 @click.option("--threshold", type=int, default=31, show_default=True, help="PDQ Hamming distance.")
+@dihedral_option
 @json_option
 @pass_ctx
 def match(
-    ctx: Context, args: tuple[str, ...], file_: str | None, threshold: int, as_json: bool
+    ctx: Context,
+    args: tuple[str, ...],
+    file_: str | None,
+    threshold: int,
+    dihedral: bool,
+    as_json: bool,
 ) -> None:
-    """Match TYPE VALUE, or --file FILE. Exit 0: a live match, 1: none, 2: error."""
+    """Match TYPE VALUE, or --file FILE. Exit 0: a live match, 1: none, 2: error.
+
+    With --file, each PDQ result says which variant of the picture it is ("original"
+    unless --dihedral found a rotation or mirror).
+    """
     if file_ and args:
         fail("give either TYPE VALUE or --file FILE, not both")
+    if dihedral and not file_:
+        fail("--dihedral: only with --file FILE (the variants are computed from the picture)")
+    variants: list[str | None] = []
     if file_:
-        item = _hash_files((file_,))[0]
-        queries = [{"type": t, "value": item[t]} for t in ("md5", "sha256", "pdq") if t in item]
+        item = _hash_files((file_,), dihedral=dihedral, refuse_bombs=True)[0]
+        queries = [{"type": t, "value": item[t]} for t in ("md5", "sha256") if t in item]
+        variants = [None] * len(queries)
+        turned = item.get("pdq_dihedral") or ({"original": item["pdq"]} if "pdq" in item else {})
+        for name, value in turned.items():
+            queries.append({"type": "pdq", "value": value})
+            variants.append(name)
     elif len(args) == 2:
         queries = [{"type": args[0], "value": args[1]}]
     else:
         fail("expected TYPE VALUE (e.g. `match pdq <64 hex>`) or --file FILE")
     with ctx.backend() as backend:
         result = backend.match(queries, threshold)
+    for entry, name in zip(result["results"], variants, strict=False):
+        if name is not None:
+            entry["variant"] = name
     emit(result, as_json, _format_matches)
     sys.exit(0 if result["matched"] else 1)
 
@@ -745,10 +792,15 @@ def import_(ctx: Context, bundle: str, as_json: bool) -> None:
 
 @cli.command("hash")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@dihedral_option
 @json_option
-def hash_(files: tuple[str, ...], as_json: bool) -> None:
-    """md5, sha256 and pdq (+quality) of each file, computed locally."""
-    results = _hash_files(files)
+def hash_(files: tuple[str, ...], dihedral: bool, as_json: bool) -> None:
+    """md5, sha256 and pdq (+quality) of each file, computed locally.
+
+    PDQ is of the stored pixels (EXIF orientation is not applied), as Meta's hashers and
+    HMA compute it. A picture over the pixel budget is refused (exit 2).
+    """
+    results = _hash_files(files, dihedral=dihedral, refuse_bombs=True)
 
     def human(rows: list[dict[str, Any]]) -> str:
         lines = []
@@ -758,6 +810,9 @@ def hash_(files: tuple[str, ...], as_json: bool) -> None:
             lines.append(f"  sha256  {r['sha256']}")
             if "pdq" in r:
                 lines.append(f"  pdq     {r['pdq']}  quality {r['quality']}")
+            for name, value in r.get("pdq_dihedral", {}).items():
+                if name != "original":
+                    lines.append(f"  pdq     {value}  {name}")
         return "\n".join(lines)
 
     emit(results, as_json, human)
@@ -765,30 +820,27 @@ def hash_(files: tuple[str, ...], as_json: bool) -> None:
 
 @cli.command()
 @click.argument("out", type=click.Path(dir_okay=False))
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--force", "--overwrite", "force", is_flag=True, help="Replace OUT if it exists.")
 @json_option
 @pass_ctx
-def backup(ctx: Context, out: str, overwrite: bool, as_json: bool) -> None:
+def backup(ctx: Context, out: str, force: bool, as_json: bool) -> None:
     """Copy the database consistently (online: the node keeps running); the copy is 0600."""
-    from .client import LocalBackend
-
     with ctx.backend() as backend:
-        if not overwrite:
-            result = backend.backup(out)
-        elif isinstance(backend, LocalBackend):
-            result = backend.service.backup(out, overwrite=True)
-        else:
-            body = {"file": str(Path(out).resolve()), "overwrite": True}
-            result = backend._call("POST", "/v1/admin/backup", body)
+        result = backend.backup(out, force=force)
     emit(result, as_json, lambda d: f"{d['file']} ({d['bytes']} bytes, integrity ok)")
 
 
 @cli.command()
 @click.argument("backup_file", metavar="BACKUP", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--other-node",
+    is_flag=True,
+    help="Accept a backup of another node's database (seeding this node from it).",
+)
 @json_option
 @pass_ctx
-def restore(ctx: Context, backup_file: str, as_json: bool) -> None:
-    """Replace the database with a backup (stop the node first)."""
+def restore(ctx: Context, backup_file: str, other_node: bool, as_json: bool) -> None:
+    """Replace the database with a backup of this node's own (stop the node first)."""
     from .config import HomeLock
     from .service import restore_home
 
@@ -799,7 +851,7 @@ def restore(ctx: Context, backup_file: str, as_json: bool) -> None:
         if not lock.try_acquire():
             fail(f"{home.path} is in use by a running node; stop it before restoring")
         try:
-            result = restore_home(home, backup_file)
+            result = restore_home(home, backup_file, other_node=other_node)
         finally:
             lock.release()
     emit(

@@ -7,9 +7,12 @@ The photo is Meta's own exif-rotn-6.jpg with its reference hash (tests/data/exif
 from __future__ import annotations
 
 import io
+import json
+import subprocess
 from pathlib import Path
 
 import pytest
+from netnodes import HASHMESH
 from PIL import Image, ImageOps
 from threatexchange.signal_type.pdq.pdq_hasher import pdq_from_file
 
@@ -93,3 +96,52 @@ def test_hash_file_gives_the_variants_only_when_asked() -> None:
     assert with_variants.pdq_dihedral is not None
     assert with_variants.pdq == plain.pdq == with_variants.pdq_dihedral["original"]
     assert hash_bytes(PHOTO.read_bytes(), dihedral=True) == with_variants
+
+
+# -- CLI -------------------------------------------------------------------------------------
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([HASHMESH, *args], capture_output=True, text=True, check=False)
+
+
+def test_cli_hash_prints_the_variants_only_when_asked() -> None:
+    plain = _cli("hash", str(PHOTO), "--json")
+    assert plain.returncode == 0, plain.stderr
+    (row,) = json.loads(plain.stdout)
+    assert "pdq_dihedral" not in row and row["pdq"] == pdq_from_bytes(PHOTO.read_bytes())[0]
+    turned = _cli("hash", "--dihedral", str(PHOTO), "--json")
+    assert turned.returncode == 0, turned.stderr
+    (row,) = json.loads(turned.stdout)
+    assert row["pdq_dihedral"] == pdq_dihedral_from_bytes(PHOTO.read_bytes())[0]
+    human = _cli("hash", "--dihedral", str(PHOTO)).stdout
+    assert f"{row['pdq_dihedral']['rotate270']}  rotate270" in human
+
+
+def test_cli_match_file_finds_an_upright_copy_only_with_dihedral(tmp_path: Path) -> None:
+    """The list holds the picture as a viewer shows it (hashed by a tool that applied the
+    orientation); the platform has the camera's file. Off by default, as in HMA."""
+    home = tmp_path / "platform"
+    assert _cli("init", str(home), "--name", "platform").returncode == 0
+    listed, quality = pdq_from_bytes(upright_copy(PHOTO.read_bytes()))
+    added = _cli("--home", str(home), "add", "pdq", listed, "-c", "ncii", "--quality", str(quality))
+    assert added.returncode == 0, added.stderr
+
+    plain = _cli("--home", str(home), "match", "--file", str(PHOTO), "--json")
+    assert plain.returncode == 1, plain.stderr
+    pdq_results = [r for r in json.loads(plain.stdout)["results"] if r["query"]["type"] == "pdq"]
+    assert [r["variant"] for r in pdq_results] == ["original"]
+
+    found = _cli("--home", str(home), "match", "--file", str(PHOTO), "--dihedral", "--json")
+    assert found.returncode == 0, found.stderr
+    pdq_results = [r for r in json.loads(found.stdout)["results"] if r["query"]["type"] == "pdq"]
+    assert [r["variant"] for r in pdq_results] == list(DIHEDRAL)
+    matched = {r["variant"]: r["matches"] for r in pdq_results if r["matches"]}
+    assert list(matched) == ["rotate270"]
+    assert matched["rotate270"][0]["value"] == listed
+    assert matched["rotate270"][0]["distance"] <= MATCH
+    human = _cli("--home", str(home), "match", "--file", str(PHOTO), "--dihedral").stdout
+    assert f"MATCH pdq {listed}" in human and "as rotate270" in human
+
+    refused = _cli("--home", str(home), "match", "pdq", listed, "--dihedral")
+    assert refused.returncode == 2 and "--dihedral" in refused.stderr

@@ -130,23 +130,38 @@ def test_hash_file_refuses_the_bomb(rgba_bomb: bytes, tmp_path: Path) -> None:
     assert hash_file(path, pdq=False).sha256  # the exact hashes need no decoding
 
 
-def test_cli_hash_gives_exact_hashes_only(rgba_bomb: bytes, tmp_path: Path) -> None:
-    """The CLI treats a refused image like any non-image: its exact hashes, and why no PDQ."""
-    path = tmp_path / "bomb.png"
-    path.write_bytes(rgba_bomb)
+def _cli_peak(tmp_path: Path, *args: str) -> tuple[int, str, str, int]:
+    """(exit code, stdout, stderr, peak resident bytes) of one CLI run.
+
+    A small wrapper forks the CLI: a child forked from pytest itself would report the test
+    runner's own (by then large) resident set as its peak."""
     out, err = tmp_path / "out", tmp_path / "err"
-    # A small wrapper forks the CLI: a child forked from pytest itself would report the
-    # test runner's own (by then large) resident set as its peak.
     with out.open("wb") as stdout, err.open("wb") as stderr:
         wrapper = subprocess.run(
-            [sys.executable, "-c", _MEASURE, HASHMESH, "hash", str(path), "--json"],
-            stdout=stdout, stderr=stderr, check=False,
+            [sys.executable, "-c", _MEASURE, HASHMESH, *args],
+            stdout=stdout,
+            stderr=stderr,
+            check=False,
         )
     *messages, peak_kib = err.read_text().splitlines()
-    assert wrapper.returncode == 0, messages
-    (row,) = json.loads(out.read_text())
-    assert "pdq" not in row and "megapixels" in row["note"] and row["sha256"]
-    assert int(peak_kib) * 1024 < PEAK_RSS_LIMIT
+    return wrapper.returncode, out.read_text(), "\n".join(messages), int(peak_kib) * 1024
+
+
+def test_cli_hash_refuses_the_bomb(rgba_bomb: bytes, tmp_path: Path) -> None:
+    """Exit 2 naming the file and the budget: with exit 0 and no PDQ, a script would take
+    the picture for hashed."""
+    path = tmp_path / "bomb.png"
+    path.write_bytes(rgba_bomb)
+    code, out, err, peak = _cli_peak(tmp_path, "hash", str(path), "--json")
+    assert code == 2, (out, err)
+    assert out == ""
+    assert str(path) in err and "50 megapixels" in err and "10000x10000" in err, err
+    assert peak < PEAK_RSS_LIMIT
+    # A non-image is still given its exact hashes (it was never a picture to refuse).
+    other = tmp_path / "notes.txt"
+    other.write_bytes(b"not a picture")
+    code, out, err, _ = _cli_peak(tmp_path, "hash", str(other), "--json")
+    assert code == 0 and json.loads(out)[0]["sha256"], err
 
 
 _MEASURE = """
@@ -191,6 +206,17 @@ def _upload(node: NodeProc, data: bytes) -> tuple[int, dict[str, str]]:
         timeout=120,
     )
     return status, json.loads(raw)
+
+
+def test_cli_match_file_refuses_the_bomb(rgba_bomb: bytes, tmp_path: Path) -> None:
+    path = tmp_path / "bomb.png"
+    path.write_bytes(rgba_bomb)
+    home = str(NodeProc(tmp_path, "matcher").home)  # an initialised node, not running
+    code, out, err, peak = _cli_peak(tmp_path, "--home", home, "match", "--file", str(path))
+    assert code == 2, (out, err)  # not 1 ("no match"): nothing was matched
+    assert out == ""
+    assert str(path) in err and "50 megapixels" in err, err
+    assert peak < PEAK_RSS_LIMIT
 
 
 def test_upload_bomb_is_413_and_memory_stays_bounded(node: NodeProc, rgba_bomb: bytes) -> None:
