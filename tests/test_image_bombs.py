@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from netnodes import HASHMESH, NodeProc
+from netnodes import HASHMESH, NodeProc, peak_rss
 from PIL import Image
 from platform_util import request
 
@@ -172,13 +172,6 @@ sys.exit(code)
 """
 
 
-def _peak_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
-
-
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProc]:
     n = NodeProc(tmp_path_factory.mktemp("bombs"), "bombs")
@@ -229,7 +222,7 @@ def test_upload_bomb_is_413_and_memory_stays_bounded(node: NodeProc, rgba_bomb: 
         status, result = _upload(node, bomb)
         assert status == 413, result
         assert result["error"].startswith("upload:") and "megapixels" in result["error"]
-    assert _peak_rss(node.proc.pid) < PEAK_RSS_LIMIT
+    assert peak_rss(node.proc.pid) < PEAK_RSS_LIMIT
     status, result = _upload(node, b"not an image")
     assert status == 400 and result["error"].startswith("upload:")
     assert request(node.url + "/v1/healthz")[0] == 200
@@ -242,7 +235,7 @@ def test_largest_allowed_rgba_upload_stays_bounded(node: NodeProc) -> None:
     status, result = _upload(node, png_bomb(7_000, 7_000))
     assert status == 200, result
     assert result["hashes"]["pdq"]
-    assert _peak_rss(node.proc.pid) < PEAK_RSS_LIMIT
+    assert peak_rss(node.proc.pid) < PEAK_RSS_LIMIT
     status, result = _upload(node, b"not an image")
     assert status == 400 and result["error"].startswith("upload:")
     assert request(node.url + "/v1/healthz")[0] == 200
