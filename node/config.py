@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,55 @@ def check_url(url: str, what: str = "url") -> str:
     if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > 500:
         raise NodeError(f"{what} {url!r}: must start with http:// or https://")
     return url.rstrip("/")
+
+
+class _SettingError(ValueError):
+    """A config.toml setting that is missing or of the wrong type, named by its TOML key."""
+
+
+_KINDS = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _table(data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise _SettingError(f"[{key}]: expected a table, got {type(value).__name__}")
+    return value
+
+
+def _setting(data: dict[str, Any], key: str, kind: type, default: Any, where: str = "") -> Any:
+    """One setting, type-checked, so a bad value is reported by its key, not by a traceback."""
+    if key not in data:
+        if default is None:
+            raise _SettingError(f"{where}{key}: missing (required)")
+        return default
+    value = data[key]
+    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        raise _SettingError(f"{where}{key}: expected {_KINDS[kind]}, got {value!r}")
+    return value
+
+
+def _entries(data: dict[str, Any], key: str, kind: type) -> list[dict[str, Any]]:
+    """[[peers]] / [[trust]] entries, each checked for unknown and missing keys."""
+    value = data.get(key, [])
+    if not isinstance(value, list):
+        raise _SettingError(f"{key}: expected [[{key}]] tables, got {type(value).__name__}")
+    fields = {f.name: f for f in dataclass_fields(kind)}
+    required = [n for n, f in fields.items() if f.default is f.default_factory is MISSING]
+    for i, entry in enumerate(value):
+        where = f"{key}[{i}]"
+        if not isinstance(entry, dict):
+            raise _SettingError(f"{where}: expected a table, got {type(entry).__name__}")
+        for name in entry:
+            if name not in fields:
+                raise _SettingError(f"{where}.{name}: unknown setting (known: {', '.join(fields)})")
+        for name in required:
+            if name not in entry:
+                raise _SettingError(f"{where}.{name}: missing (required)")
+    return value
 
 
 @dataclass
@@ -231,29 +281,39 @@ class Config:
     def from_toml(cls, text: str, source: str = CONFIG_FILE) -> Config:
         try:
             data = tomllib.loads(text)
-            publish = data.get("publish", {})
-            sync = data.get("sync", {})
-            tls = data.get("tls", {})
+        except tomllib.TOMLDecodeError as exc:
+            raise HomeError(f"config {source}: not valid TOML: {exc}") from None
+        try:
+            publish = _table(data, "publish")
+            sync = _table(data, "sync")
+            tls = _table(data, "tls")
             config = cls(
-                name=str(data["name"]),
-                node_id=str(data["node_id"]),
-                listen=str(data.get("listen", cls.listen)),
-                url=str(data.get("url", "")),
-                batch_size=int(publish.get("batch_size", cls.batch_size)),
-                batch_delay_ms=int(publish.get("batch_delay_ms", cls.batch_delay_ms)),
-                min_pdq_quality=int(publish.get("min_pdq_quality", cls.min_pdq_quality)),
-                sync_interval_s=float(sync.get("interval_s", cls.sync_interval_s)),
-                fanout=int(sync.get("fanout", cls.fanout)),
-                tls_cert=str(tls.get("cert", "")),
-                tls_key=str(tls.get("key", "")),
-                tls_ca=str(tls.get("ca", "")),
-                peers=[Peer(**p) for p in data.get("peers", [])],
-                trust=[Trust(**t) for t in data.get("trust", [])],
+                name=_setting(data, "name", str, None),
+                node_id=_setting(data, "node_id", str, None),
+                listen=_setting(data, "listen", str, cls.listen),
+                url=_setting(data, "url", str, ""),
+                batch_size=_setting(publish, "batch_size", int, cls.batch_size, "publish."),
+                batch_delay_ms=_setting(
+                    publish, "batch_delay_ms", int, cls.batch_delay_ms, "publish."
+                ),
+                min_pdq_quality=_setting(
+                    publish, "min_pdq_quality", int, cls.min_pdq_quality, "publish."
+                ),
+                sync_interval_s=_setting(sync, "interval_s", float, cls.sync_interval_s, "sync."),
+                fanout=_setting(sync, "fanout", int, cls.fanout, "sync."),
+                tls_cert=_setting(tls, "cert", str, "", "tls."),
+                tls_key=_setting(tls, "key", str, "", "tls."),
+                tls_ca=_setting(tls, "ca", str, "", "tls."),
+                peers=[Peer(**p) for p in _entries(data, "peers", Peer)],
+                trust=[Trust(**t) for t in _entries(data, "trust", Trust)],
                 **_selfreport_fields(data.get("selfreport", {})),  # node/selfreport.py
             )
-        except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise HomeError(f"config {source}: {exc}") from None
-        parse_listen(config.listen)
+        try:
+            parse_listen(config.listen)
+        except NodeError as exc:
+            raise HomeError(f"config {source}: listen: {exc}") from None
         if not 1 <= config.batch_size <= 10_000:
             raise HomeError(f"config {source}: publish.batch_size must be 1-10000")
         if not 0 <= config.batch_delay_ms <= 60_000:
