@@ -7,6 +7,7 @@ the event loop never blocks on disk and requests are serialised without locks.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -182,7 +183,10 @@ class Daemon:
         )
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port, ssl_context=ssl_context, shutdown_timeout=5)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise HomeError(_listen_error(config.listen, exc)) from None
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         actual_port = sockets[0].getsockname()[1] if sockets else port
@@ -198,13 +202,29 @@ class Daemon:
         log.info("node %s listening on %s", self.service.config.name, self.api_url)
 
     async def _watch_config(self) -> None:
+        """Re-read config.toml when it changes; a bad edit is logged once per change (not once
+        a second) and the node keeps running on the last good config."""
+        refused_mtime: float | None = None
         while True:
             await asyncio.sleep(1.0)
             try:
+                mtime = self.home.config_mtime()
+                if mtime == refused_mtime:
+                    continue
                 if await self.call(self.service.reload_config_if_changed):
                     self.replicator.wake()
+                    if refused_mtime is not None:
+                        log.info("config reloaded: %s is valid again", self.home.config_path)
+                    refused_mtime = None
             except HomeError as exc:
-                log.error("config not reloaded: %s", exc)
+                refused_mtime = mtime
+                log.error(
+                    "config not reloaded: %s; still running with the last good config "
+                    "(fix the file: it is read again when it changes)",
+                    exc,
+                )
+            except OSError as exc:
+                log.error("config not reloaded: %s: %s", self.home.config_path, exc.strerror)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -228,6 +248,19 @@ class Daemon:
             await self._stopping.wait()
         finally:
             await self.stop()
+
+
+def _listen_error(listen: str, exc: OSError) -> str:
+    """aiohttp's bind error names no address; say which one and what to change."""
+    reasons = {
+        errno.EADDRINUSE: "address already in use (another node or program is using it",
+        errno.EACCES: "permission denied (ports below 1024 need privileges",
+        errno.EADDRNOTAVAIL: "address not available on this machine (use one of its addresses",
+    }
+    reason = reasons.get(exc.errno or 0)
+    if reason is None:
+        return f"cannot listen on {listen}: {exc.strerror or exc} (check listen in config.toml)"
+    return f"cannot listen on {listen}: {reason}; change listen in config.toml)"
 
 
 class JsonLines(logging.Formatter):

@@ -60,6 +60,13 @@ as in libsodium's small-order blocklist and "Taming the many EdDSAs" (Chalkias e
 """
 
 
+_NODE_ID_CHARS = 43
+_NODE_ID_SHAPE = (
+    f"a node id is '{NODE_ID_PREFIX}' followed by {_NODE_ID_CHARS} base64url characters "
+    "(A-Z a-z 0-9 - _), as `hashmesh id` prints it"
+)
+
+
 def validate_node_id(node_id: str, what: str = "node id") -> str:
     """Refuse node ids whose key anyone could sign for, before any signature is checked.
 
@@ -67,11 +74,20 @@ def validate_node_id(node_id: str, what: str = "node id") -> str:
     then has two spellings, so one author could appear as two node ids.
     """
     if not isinstance(node_id, str) or not node_id.startswith(NODE_ID_PREFIX):
-        raise SignatureError(f"{what}: must start with '{NODE_ID_PREFIX}'")
+        raise SignatureError(f"{what}: must start with '{NODE_ID_PREFIX}'; {_NODE_ID_SHAPE}")
+    body = node_id[len(NODE_ID_PREFIX) :]
+    if len(body) != _NODE_ID_CHARS:
+        raise SignatureError(
+            f"{what}: {len(body)} characters after '{NODE_ID_PREFIX}', expected "
+            f"{_NODE_ID_CHARS}; {_NODE_ID_SHAPE}"
+        )
     try:
-        raw = from_b64url(node_id[len(NODE_ID_PREFIX) :], what, 32)
-    except EncodingError as exc:
-        raise SignatureError(str(exc)) from None
+        raw = from_b64url(body, what, 32)
+    except EncodingError:
+        raise SignatureError(
+            f"{what}: not a valid key after '{NODE_ID_PREFIX}' (wrong characters, or the "
+            f"last character was altered); {_NODE_ID_SHAPE}"
+        ) from None
     if raw in SMALL_ORDER_KEYS:
         raise SignatureError(
             f"{what}: a small-order Ed25519 point, which has no secret key "
