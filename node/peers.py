@@ -9,9 +9,11 @@ when it keeps sending invalid data.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import random
+import socket
 import ssl
 import time
 from collections import OrderedDict
@@ -352,6 +354,12 @@ class PeerClient:
         await self.session.close()
 
     async def post(self, peer: Peer, path: str, body: bytes, content_type: str) -> bytes:
+        try:
+            return await self._post(peer, path, body, content_type)
+        except aiohttp.ClientError as exc:
+            raise NodeError(f"cannot reach peer {peer.name} at {peer.url}: {_reach(exc)}") from None
+
+    async def _post(self, peer: Peer, path: str, body: bytes, content_type: str) -> bytes:
         nonce = os.urandom(16)
         headers = sign_request(self.key, peer.node_id, "POST", path, body, now_ms(), nonce)
         headers["Content-Type"] = content_type
@@ -373,6 +381,32 @@ class PeerClient:
             except PeerAuthError as exc:
                 raise NodeError(f"peer {peer.name}: {exc}") from None
             return data
+
+
+def _reach(exc: aiohttp.ClientError) -> str:
+    """Why a peer could not be reached, without aiohttp's internals (its text names its
+    connector, as "ssl:default", even for plain http)."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return (
+            f"its TLS certificate was refused ({exc.certificate_error}; "
+            "set [tls] ca in config.toml if the peer uses a private CA)"
+        )
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "the TLS handshake failed (is the peer's url https:// and is it serving TLS?)"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        os_error = exc.os_error
+        if os_error.errno == errno.ECONNREFUSED:
+            return "connection refused (is the peer's node running, and is its url right?)"
+        if isinstance(os_error, socket.gaierror):
+            return f"unknown host {exc.host!r} (check the peer's url)"
+        return (os_error.strerror or str(os_error) or type(os_error).__name__).lower()
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the peer closed the connection without answering"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the peer's answer was cut off"
+    if isinstance(exc, aiohttp.InvalidURL):
+        return "not a valid url (check the peer's url)"
+    return type(exc).__name__
 
 
 PeerHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
