@@ -501,7 +501,7 @@ def revoke(ctx: Context, op_id: str, reason: str, as_json: bool) -> None:
     """Revoke one of this node's own adds."""
     with ctx.backend() as backend:
         result = backend.revoke(op_id, reason)
-    emit(result, as_json, lambda d: d["op_id"])
+    emit(result, as_json, _revoked_text)
 
 
 @cli.command()
@@ -513,10 +513,34 @@ def opinion(ctx: Context, op_id: str, opinion: str, as_json: bool) -> None:
     """Record this node's view of an add (any author's)."""
     with ctx.backend() as backend:
         result = backend.opinion(op_id, opinion)
-    emit(result, as_json, lambda d: d["op_id"])
+    emit(result, as_json, _opinion_text)
+
+
+def _about(d: dict[str, Any]) -> str:
+    if "type" not in d:
+        return ""
+    return f"{d['type']} {d['value']} in {d['collection']}"
+
+
+def _revoked_text(d: dict[str, Any]) -> str:
+    return f"revoked {_about(d) or d['revoked']} (add {d['revoked']})\nop id: {d['op_id']}"
+
+
+_OPINION_VERBS = {
+    "confirm": "confirmed",
+    "dispute": "disputed",
+    "seen": "marked as seen",
+    "retract": "retracted this node's opinion on",
+}
+
+
+def _opinion_text(d: dict[str, Any]) -> str:
+    verb = _OPINION_VERBS.get(d["opinion"], d["opinion"])
+    return f"{verb} {_about(d) or d['target']} (add {d['target']})\nop id: {d['op_id']}"
 
 
 def _format_matches(data: dict[str, Any]) -> str:
+    """One short block per hit, each line within ~100 columns (a hash is 64 characters)."""
     lines = []
     for result in data["results"]:
         q = result["query"]
@@ -525,14 +549,17 @@ def _format_matches(data: dict[str, Any]) -> str:
         for m in result["matches"]:
             o = m["opinions"]
             turned = result.get("variant", "original")
-            lines.append(
-                f"{q['type']} {q['value']}: MATCH {m['type']} {m['value']} distance {m['distance']}"
-                f"{'' if turned == 'original' else ' as ' + turned}"
-                f" by {m['author_name'] or m['author']} in {m['collection']} ({m['category']}"
-                f"{', ' + m['classification'] if 'classification' in m else ''})"
-                f" op {m['op_id']} opinions confirm={o['confirm']} dispute={o['dispute']}"
-                f" seen={o['seen']}"
-            )
+            label = f", {m['classification']}" if "classification" in m else ""
+            lines += [
+                f"MATCH {m['type']} {m['value']}",
+                f"  query     {q['type']} {q['value']}"
+                f"{'' if turned == 'original' else ' (as ' + turned + ')'}",
+                f"  distance  {m['distance']}",
+                f"  author    {m['author_name'] or m['author']}",
+                f"  in        {m['collection']} ({m['category']}{label})",
+                f"  opinions  confirm {o['confirm']}, dispute {o['dispute']}, seen {o['seen']}",
+                f"  op id     {m['op_id']}",
+            ]
     return "\n".join(lines)
 
 
@@ -578,13 +605,34 @@ def match(
         queries = [{"type": args[0], "value": args[1]}]
     else:
         fail("expected TYPE VALUE (e.g. `match pdq <64 hex>`) or --file FILE")
-    with ctx.backend() as backend:
+    with ctx.backend() as backend, _cli_words(_match_fields(file_, len(queries))):
         result = backend.match(queries, threshold)
     for entry, name in zip(result["results"], variants, strict=False):
         if name is not None:
             entry["variant"] = name
     emit(result, as_json, _format_matches)
     sys.exit(0 if result["matched"] else 1)
+
+
+def _match_fields(file_: str | None, count: int) -> dict[str, str]:
+    """The API's field names for a `match` request, in the words the user typed."""
+    words = {"threshold": "--threshold"}
+    for i in range(count):
+        words[f"queries[{i}]"] = f"file {file_}" if file_ else ""
+    return words
+
+
+@contextmanager
+def _cli_words(words: dict[str, str]) -> Iterator[None]:
+    """Rewrite the leading API field name of an error ("queries[0]: ...") into the CLI's."""
+    try:
+        yield
+    except (NodeError, ProtocolError) as exc:
+        text = str(exc)
+        field, sep, rest = text.partition(": ")
+        if sep and field in words:
+            text = f"{words[field]}: {rest}" if words[field] else rest
+        raise NodeError(text) from None
 
 
 def _format_status(d: dict[str, Any]) -> str:

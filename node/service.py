@@ -243,13 +243,14 @@ class NodeService:
             raise Conflict(f"op id {op_id}: already revoked by {signal['revoked_by']}")
         revoke = _protocol(RevokeOp, targets=[str(target)], reason=reason or "")
         op_ids, _ = self.publish(target.collection, [revoke])
-        return {"op_id": str(op_ids[0]), "revoked": str(target)}
+        return {"op_id": str(op_ids[0]), "revoked": str(target), **_what(signal)}
 
     def opinion(self, op_id: str, opinion: str, collection: str | None = None) -> dict[str, Any]:
-        target, _signal = self._known_add(op_id)
+        target, signal = self._known_add(op_id)
         op = _protocol(OpinionOp, target=str(target), opinion=opinion)
         op_ids, _ = self.publish(collection or target.collection, [op])
-        return {"op_id": str(op_ids[0]), "target": str(target), "opinion": opinion}
+        out = {"op_id": str(op_ids[0]), "target": str(target), "opinion": opinion}
+        return {**out, **_what(signal), "author": target.author}
 
     # -- reading -------------------------------------------------------------------------
 
@@ -644,3 +645,8 @@ def verify_bundle_file(path: str) -> dict[str, Any]:
     except ProtocolError as exc:
         raise NodeError(f"bundle {path} is not valid: {exc}") from None
     return {"file": path, "valid": True, "manifest": decoder.manifest, **check.summary()}
+
+
+def _what(signal: dict[str, Any]) -> dict[str, Any]:
+    """The hash an op is about, so a CLI can say what it revoked or opined on."""
+    return {k: signal[k] for k in ("type", "value", "collection") if k in signal}
