@@ -557,7 +557,7 @@ def _format_matches(data: dict[str, Any]) -> str:
                 f"  distance  {m['distance']}",
                 f"  author    {m['author_name'] or m['author']}",
                 f"  in        {m['collection']} ({m['category']}{label})",
-                f"  opinions  confirm {o['confirm']}, dispute {o['dispute']}, seen {o['seen']}",
+                f"  opinions  confirm={o['confirm']} dispute={o['dispute']} seen={o['seen']}",
                 f"  op id     {m['op_id']}",
             ]
     return "\n".join(lines)

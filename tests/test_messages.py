@@ -137,7 +137,7 @@ def test_revoke_opinion_and_match_print_readable_sentences(tmp_path: Path) -> No
         assert "  distance  0" in lines
         assert "  author    a" in lines
         assert "  in        test (csam)" in lines
-        assert "  opinions  confirm 0, dispute 0, seen 0" in lines
+        assert "  opinions  confirm=0 dispute=0 seen=0" in lines
         assert f"  op id     {op}" in lines
         assert max(len(line) for line in lines) <= 100, out
 
