@@ -132,6 +132,10 @@ class Config:
     selfreport_total_submits_per_hour: int = 500
     selfreport_max_files: int = 20
     selfreport_client_ip_header: str = ""
+    selfreport_display_name: str = ""  # the hotline's name in the page header
+    selfreport_logo: str = ""  # an image file in the node's home, served at /takeitdown/logo
+    selfreport_site_url: str = ""  # https only
+    selfreport_contact: dict[str, str] = field(default_factory=dict)  # language -> line
     # -- end self-report --------------------------------------------------------------
 
     # -- policy --------------------------------------------------------------------------
@@ -327,7 +331,8 @@ class Config:
 
 def _selfreport_fields(table: dict[str, Any]) -> dict[str, Any]:
     """[selfreport] keys as Config fields, each converted to its field's type."""
-    kinds = {"enabled": bool, "collection": str, "client_ip_header": str}
+    kinds: dict[str, type] = {"enabled": bool, "collection": str, "client_ip_header": str}
+    kinds.update(display_name=str, logo=str, site_url=str, contact=dict)
     out: dict[str, Any] = {}
     for key, value in table.items():
         name = "selfreport_" + key
@@ -350,6 +355,56 @@ def _check_selfreport(config: Config, source: str) -> None:
     for key in ("submits_per_hour", "checks_per_hour", "total_submits_per_hour", "max_files"):
         if not 1 <= getattr(config, "selfreport_" + key) <= 1_000_000:
             raise HomeError(f"config {source}: selfreport.{key} must be 1-1000000")
+    _check_selfreport_branding(config, source)
+
+
+#: The page's languages (node/static/selfreport/i18n.js); contact lines are keyed by them.
+SELFREPORT_LANGUAGES = ("en", "nl", "fr")
+SELFREPORT_LOGO_TYPES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
+
+
+def _plain_text(value: str, limit: int) -> bool:
+    return 1 <= len(value) <= limit and value.isprintable() and value == value.strip()
+
+
+def _check_selfreport_branding(config: Config, source: str) -> None:
+    """The hotline's name, logo, site and contact lines: shown to a person in distress, so
+    each is short plain text (the page renders it as text, never as HTML)."""
+
+    def refuse(key: str, why: str) -> HomeError:
+        return HomeError(f"config {source}: selfreport.{key} {why}")
+
+    name = config.selfreport_display_name
+    if name and not _plain_text(name, 80):
+        raise refuse("display_name", "must be 1-80 printable characters on one line")
+    logo = config.selfreport_logo
+    if logo:
+        path = Path(logo)
+        if (
+            len(logo) > 200
+            or path.is_absolute()
+            or "\\" in logo
+            or any(part in ("..", "") for part in logo.split("/"))
+        ):
+            raise refuse("logo", f"{logo!r}: must be a file name inside the node's home")
+        if path.suffix.lower() not in SELFREPORT_LOGO_TYPES:
+            raise refuse("logo", f"{logo!r}: must be a .png, .jpg, .webp or .gif file")
+    site = config.selfreport_site_url
+    if site and (
+        not site.startswith("https://")
+        or len(site) > 300
+        or len(site) <= len("https://")
+        or any(c.isspace() or not c.isprintable() or c in "\"'<>`" for c in site)
+    ):
+        raise refuse("site_url", f"{site!r}: must be an https:// address of at most 300 characters")
+    for lang, line in config.selfreport_contact.items():
+        if lang not in SELFREPORT_LANGUAGES:
+            raise refuse(
+                f"contact.{lang}",
+                f"is not a language of the page ({', '.join(SELFREPORT_LANGUAGES)})",
+            )
+        if not isinstance(line, str) or not _plain_text(line, 300):
+            raise refuse(f"contact.{lang}", "must be 1-300 printable characters on one line")
 
 
 # -- end self-report ---------------------------------------------------------------------

@@ -40,6 +40,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -67,7 +68,7 @@ API = ("info", "challenge", "submit", "status", "withdraw")
 ADMIN_PATH = "/v1/admin/selfreport"
 #: Paths served without a bearer token (node/api.py adds them to its OPEN_PATHS).
 OPEN_PATHS = frozenset(
-    {PREFIX, PREFIX + "/"}
+    {PREFIX, PREFIX + "/", PREFIX + "/logo"}
     | {f"{PREFIX}/{name}" for name in ASSETS}
     | {f"{PREFIX}/api/{name}" for name in API}
 )
@@ -76,6 +77,14 @@ CLASSIFICATION = "self-reported"
 CATEGORIES = ("ncii", "csam")
 WITHDRAW_REASON = "withdrawn by the person who reported it"
 MAX_BODY = 64 * 1024
+#: The hotline's logo ([selfreport] logo): small, and a raster image told by its bytes.
+MAX_LOGO_BYTES = 256 * 1024
+LOGO_MAGIC = {
+    b"\x89PNG\r\n\x1a\n": "image/png",
+    b"\xff\xd8\xff": "image/jpeg",
+    b"GIF87a": "image/gif",
+    b"GIF89a": "image/gif",
+}
 #: Similarity hashes are what can match innocent pictures, and an automated poisoner gets
 #: the most out of each solved proof of work by packing many of them into one case.
 MAX_PDQS_PER_CASE = 10
@@ -808,12 +817,25 @@ class SelfReport:
         c = self.config
         return json_response(
             {
-                "hotline": c.name,
+                "hotline": c.selfreport_display_name or c.name,
+                "site_url": c.selfreport_site_url,
+                "contact": dict(c.selfreport_contact),
+                "logo": bool(c.selfreport_logo),
                 "max_files": c.selfreport_max_files,
                 "min_quality": c.min_pdq_quality,
                 "categories": list(CATEGORIES),
             }
         )
+
+    async def logo(self, request: web.Request) -> web.Response:
+        """The configured logo, only from inside the node's home (a symlink out is refused),
+        small, and with the content type its bytes show, never the one its name claims."""
+        self.require_enabled()
+        name = self.config.selfreport_logo
+        if not name:
+            raise NotFound("no logo is configured")
+        body, kind = await asyncio.to_thread(read_logo, Path(self.daemon.home.path), name)
+        return web.Response(body=body, headers={**HEADERS, "Content-Type": kind})
 
     async def challenge(self, request: web.Request) -> web.Response:
         self.require_enabled()
@@ -938,6 +960,26 @@ class SelfReport:
         return web.json_response(out)
 
 
+def read_logo(home: Path, name: str) -> tuple[bytes, str]:
+    root = home.resolve()
+    path = (root / name).resolve()
+    if not path.is_relative_to(root):
+        raise Forbidden("the logo file is outside the node's home")
+    try:
+        with path.open("rb") as fh:
+            body = fh.read(MAX_LOGO_BYTES + 1)
+    except OSError:
+        raise NotFound("the logo file cannot be read") from None
+    if len(body) > MAX_LOGO_BYTES:
+        raise NotFound(f"the logo file is larger than {MAX_LOGO_BYTES // 1024} KiB")
+    if body[:4] == b"RIFF" and body[8:12] == b"WEBP":
+        return body, "image/webp"
+    for magic, kind in LOGO_MAGIC.items():
+        if body.startswith(magic):
+            return body, kind
+    raise NotFound("the logo file is not a PNG, JPEG, WebP or GIF image")
+
+
 class TooMany(NodeError):
     status = 429
 
@@ -981,6 +1023,7 @@ def register(app: web.Application, daemon: Daemon) -> SelfReport:
     app.router.add_post(PREFIX + "/api/submit", report.submit)
     app.router.add_post(PREFIX + "/api/status", report.status)
     app.router.add_post(PREFIX + "/api/withdraw", report.withdraw)
+    app.router.add_get(PREFIX + "/logo", report.logo)
     app.router.add_get(PREFIX + "/{name}", report.asset)
     app.router.add_get(ADMIN_PATH, report.admin)
     return report

@@ -17,7 +17,7 @@
   const $ = (id) => document.getElementById(id);
 
   let lang = pickLanguage();
-  let info = { hotline: "", max_files: 20, min_quality: 50 };
+  let info = { hotline: "", max_files: 20, min_quality: 50, site_url: "", contact: {}, logo: false };
   let items = [];
   const messages = {}; // the live messages shown, kept to translate them on a switch
 
@@ -41,8 +41,40 @@
     for (const el of document.querySelectorAll("[data-i18n-label]")) el.setAttribute("aria-label", t(el.dataset.i18nLabel));
     for (const b of document.querySelectorAll("#languages button")) b.setAttribute("aria-pressed", String(b.dataset.lang === lang));
     $("hotline").textContent = info.hotline ? t("hotline", { name: info.hotline }) : "";
+    showBrand();
+    showChosen();
     for (const item of items) renderItem(item);
     for (const [id, msg] of Object.entries(messages)) if (msg) say(id, msg.key, msg.vars, msg.cls);
+  }
+
+  /** The hotline's own name, logo, site and contact line, from [selfreport]: set as text and
+   * attributes only, never as HTML, so nothing in the config can inject markup. */
+  function showBrand() {
+    const contact = (info.contact && (info.contact[lang] || info.contact.en)) || "";
+    $("contact").textContent = contact;
+    $("contact").hidden = !contact;
+    const site = /^https:\/\//.test(info.site_url || "") ? info.site_url : "";
+    for (const id of ["site", "contact-link"]) {
+      const a = $(id);
+      if (site) a.href = site; else a.removeAttribute("href");
+    }
+    let host = "";
+    try { host = site ? new URL(site).host : ""; } catch (e) { host = ""; }
+    $("site").textContent = host;
+    $("site").hidden = !host;
+    $("contact-link").textContent = t("contactSite", { name: info.hotline || host });
+    $("contact-site").hidden = !host;
+    const logo = $("logo");
+    if (info.logo && !logo.getAttribute("src")) logo.src = "/takeitdown/logo";
+    logo.alt = info.hotline || "";
+    logo.hidden = !info.logo;
+  }
+
+  /** The chosen files' count and names in the page's own words and language (the native
+   * input's text is the browser's, in the browser's language). */
+  function showChosen() {
+    const names = items.map((i) => i.file.name).join(", ");
+    $("files-chosen").textContent = items.length ? t(items.length === 1 ? "fileChosen" : "filesChosen", { n: items.length, names }) : "";
   }
 
   function say(id, key, vars, cls) {
@@ -228,22 +260,24 @@
     }
   }
 
-  function clearItems() {
+  function clearItems(keepInput) {
     items = [];
     previews.clear();
     $("items").replaceChildren();
-    $("files").value = "";
+    if (!keepInput) $("files").value = "";
+    showChosen();
     renderHashes();
   }
 
   async function onFiles() {
     const files = Array.from($("files").files || []);
-    clearItems();
+    clearItems(true); // the input keeps the new choice, so it does not read "No file chosen"
     say("progress", null);
     $("result").hidden = true;
     if (files.length > info.max_files) { say("progress", "tooMany", { n: info.max_files }, "error"); $("files").value = ""; return; }
     items = files.map((file) => ({ file, kind: file.type.startsWith("video/") ? "video" : "image", state: "hashing" }));
     for (const item of items) renderItem(item);
+    showChosen();
     for (const item of items) await hashItem(item); // one at a time: phones have little memory
   }
 
