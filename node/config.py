@@ -276,7 +276,8 @@ class Config:
             "trust": [asdict(t) for t in self.trust],
         }
         data["selfreport"] = {  # self-report page (node/selfreport.py)
-            k.removeprefix("selfreport_"): v for k, v in asdict(self).items()
+            k.removeprefix("selfreport_"): v
+            for k, v in asdict(self).items()
             if k.startswith("selfreport_")
         }
         return tomli_w.dumps(data)
