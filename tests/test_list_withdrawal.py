@@ -83,7 +83,16 @@ def nodes() -> Any:
         node.kill()
 
 
+def test_withdrawing_a_10000_hash_list_reaches_the_peer(
+    tmp_path: Path, nodes: list[NodeProc]
+) -> None:
+    """Hundreds of revoke ops in several batches: what broke above ~30 hashes."""
+    withdraw_between_nodes(tmp_path, 10_000, nodes)
+
+
+@pytest.mark.slow
 def test_withdrawing_a_100000_hash_list_reaches_the_peer(
     tmp_path: Path, nodes: list[NodeProc]
 ) -> None:
+    """The issue's size (~25 s here): in `make test-slow`."""
     withdraw_between_nodes(tmp_path, 100_000, nodes)
