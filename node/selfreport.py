@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from protocol.errors import ProtocolError
-from protocol.ops import OpId, RevokeOp
+from protocol.ops import OpId, pack_revokes
 
 from .bodies import parse_json_object, request_body
 from .degenerate import degenerate_reason
@@ -595,11 +595,10 @@ class CaseStore:
         day = day_ms()
         with self.service.store.bulk(source="local"):
             for collection, targets in by_collection.items():
-                for start in range(0, len(targets), 1000):
-                    chunk = targets[start : start + 1000]
-                    revoke = RevokeOp(targets=chunk, reason=WITHDRAW_REASON)
-                    made = self.service.publish(collection, [revoke], ts=day)[0]
-                    self._coarsen_times([str(op) for op in made], day)
+                # Each op as full as MAX_OP_BYTES allows (about 28 op ids, not 1,000).
+                revokes = pack_revokes(targets, WITHDRAW_REASON)
+                made = self.service.publish(collection, list(revokes), ts=day)[0]
+                self._coarsen_times([str(op) for op in made], day)
             self.conn.execute(
                 "UPDATE selfreport_cases SET withdrawn_day = ? WHERE case_number = ?",
                 (today(), number),

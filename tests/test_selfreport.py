@@ -183,6 +183,19 @@ def test_a_shared_hash_stays_until_every_case_withdraws(net: tuple[NodeProc, Nod
     wait_for(lambda: not platform.matches("md5", md5))
 
 
+def test_a_full_case_of_40_hashes_can_be_withdrawn(net: tuple[NodeProc, NodeProc]) -> None:
+    """A case may hold 40 hashes (20 files, 2 each) but one revoke op only ~28 op ids: the
+    withdrawal must span several ops, or a victim could never take such a case back."""
+    hotline, platform = net
+    values = [md5_of(1000 + n) for n in range(40)]
+    status, creds = submit(hotline, [{"type": "md5", "value": v} for v in values])
+    assert status == 200, creds
+    wait_for(lambda: platform.matches("md5", values[-1]))
+    status, done = call("POST", hotline.url + "/takeitdown/api/withdraw", creds)
+    assert status == 200 and done["state"] == "withdrawn" and done["revoked"] == 40, done
+    wait_for(lambda: not any(platform.matches("md5", v) for v in (values[0], values[-1])))
+
+
 def test_refusals(net: tuple[NodeProc, NodeProc]) -> None:
     hotline, _ = net
     low = expected()["small.jpg"]
