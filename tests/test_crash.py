@@ -16,7 +16,7 @@ own functions, never with the node's code:
   revocation and opinion has its feed row.
 
 After the restart the node must catch up with its honest peer (a real node that keeps
-publishing). The default variant does KILLS_DEFAULT kills (about twenty seconds on two cores);
+publishing). The default variant does KILLS_DEFAULT kills (about fifteen seconds on two cores);
 `make test-slow` runs KILLS_SLOW (see docs/robustness.md).
 """
 
@@ -46,7 +46,7 @@ from protocol.batches import Batch, build_batch, verify_header, verify_parts
 from protocol.peerauth import sign_request
 from protocol.signing import SigningKey
 
-KILLS_DEFAULT = 12
+KILLS_DEFAULT = 8
 KILLS_SLOW = 60
 MD5 = "%032x"
 F_OPS, F_BATCHES_PER_PUSH = 20, 10  # pushed log: 20 adds a batch, 10 batches a request
