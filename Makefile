@@ -20,8 +20,8 @@ $(STAMP): $(RUNTIME_STAMP)
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check protocol node tests bench
-	$(BIN)/mypy --strict protocol
+	$(BIN)/ruff check hashmesh tests bench
+	$(BIN)/mypy --strict hashmesh
 
 test: lint
 	$(BIN)/python -m pytest -q -m "not slow and not hma and not deploy"

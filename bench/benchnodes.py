@@ -49,8 +49,8 @@ class Node:
 def make_node(root: Path, name: str, **settings: Any) -> Node:
     """A fresh home, made in-process (the init_home that `hashmesh init` calls), with
     `settings` written over the config's defaults."""
-    from node.config import Home
-    from node.service import init_home
+    from hashmesh.node.config import Home
+    from hashmesh.node.service import init_home
 
     port = free_port()
     home = root / name

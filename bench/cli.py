@@ -86,7 +86,7 @@ def launcher(tree: Path, args: list[str]) -> list[str]:
     """`hashmesh ARGS` with the node and protocol packages of `tree`."""
     code = (
         f"import sys; sys.path.insert(0, {str(tree)!r}); sys.argv = ['hashmesh', *{args!r}];"
-        " from node.cli import main; main()"
+        " from hashmesh.node.cli.main import main; main()"
     )
     return [sys.executable, "-c", code]
 

@@ -34,9 +34,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchenv import free_port, machine  # noqa: E402
 
-from node.config import Home  # noqa: E402
-from node.service import NodeService, init_home  # noqa: E402
-from protocol.ops import AddOp  # noqa: E402
+from hashmesh.node.config import Home  # noqa: E402
+from hashmesh.node.service import NodeService, init_home  # noqa: E402
+from hashmesh.protocol.ops import AddOp  # noqa: E402
 
 HASHMESH = str(Path(sys.executable).with_name("hashmesh"))
 

@@ -53,9 +53,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.append(str(ROOT))
 
-from node.config import Home, Peer, Trust  # noqa: E402
-from node.service import NodeService  # noqa: E402
-from protocol.ops import AddOp  # noqa: E402
+from hashmesh.node.config import Home, Peer, Trust  # noqa: E402
+from hashmesh.node.service import NodeService  # noqa: E402
+from hashmesh.protocol.ops import AddOp  # noqa: E402
 
 SECTION = "## Load (bench/load.py)"
 COLLECTION = "csam"

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchenv import load_text, machine, replace_section  # noqa: E402
 
-from node.pdq_index import PDQIndex, words_to_hex  # noqa: E402
+from hashmesh.node.matching.pdq_index import PDQIndex, words_to_hex  # noqa: E402
 
 U64 = npt.NDArray[np.uint64]
 Pairs = set[tuple[int, int]]
@@ -446,7 +446,7 @@ def full_decode_pdq(path: Path) -> tuple[str, int]:
     import pdqhash
     from PIL import Image
 
-    from node.hashing import _to_rgb
+    from hashmesh.node.hashing.hasher import _to_rgb
 
     with Image.open(path) as im:
         im.load()
@@ -465,7 +465,7 @@ def hashing_child(
     try:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
         if module_path is None:
-            from node.hashing import hash_file
+            from hashmesh.node.hashing.hasher import hash_file
         else:
             spec = importlib.util.spec_from_file_location("baseline_hashing", module_path)
             assert spec is not None and spec.loader is not None
@@ -486,7 +486,7 @@ def hashing_child(
 
 
 def bench_hashing(args: argparse.Namespace) -> tuple[str, list[str]]:
-    from protocol.hashing import pdq_distance
+    from hashmesh.protocol.hashing import pdq_distance
 
     with tempfile.TemporaryDirectory(prefix="hashmesh-jpegs-") as tmp:
         print(f"\n== hashing: making {args.hashing} JPEGs of 1-3 MP", flush=True)
@@ -494,7 +494,7 @@ def bench_hashing(args: argparse.Namespace) -> tuple[str, list[str]]:
         sizes = [p.stat().st_size for p in paths]
         full = [full_decode_pdq(p) for p in paths]
         good = [i for i, (_, q) in enumerate(full) if q >= 50]
-        variants: list[tuple[str, str | None]] = [("node.hashing.hash_file", None)]
+        variants: list[tuple[str, str | None]] = [("hashmesh.node.hashing.hasher.hash_file", None)]
         if args.hashing_baseline:
             variants.insert(0, ("before (--hashing-baseline)", args.hashing_baseline))
         # A fresh interpreter without the fixed mmap threshold main() sets for the RSS
@@ -582,7 +582,10 @@ def main() -> None:
     ap.add_argument(
         "--contenders", default="hashmesh,te-mih", help=f"any of {','.join(CONTENDERS)}"
     )
-    ap.add_argument("--baseline", help="an older node/pdq_index.py to run as contender 'baseline'")
+    ap.add_argument(
+        "--baseline",
+        help="an older hashmesh/node/matching/pdq_index.py to run as contender 'baseline'",
+    )
     ap.add_argument(
         "--flat-max",
         type=parse_size,
@@ -594,7 +597,9 @@ def main() -> None:
     ap.add_argument("--flat-queries", type=int, default=100, help="queries timed for te-flat")
     ap.add_argument("--hashing", type=int, default=0, help="also time hash_file on N JPEGs")
     ap.add_argument("--hashing-rounds", type=int, default=3)
-    ap.add_argument("--hashing-baseline", help="an older node/hashing.py to compare")
+    ap.add_argument(
+        "--hashing-baseline", help="an older hashmesh/node/hashing/hasher.py to compare"
+    )
     ap.add_argument(
         "--write-docs", action="store_true", help="replace our section of docs/benchmarks.md"
     )

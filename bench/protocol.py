@@ -23,11 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchenv import cpu_model
 
-from node.runtime import tune_gc
-from protocol.batches import build_batch, verify_batch
-from protocol.ops import AddOp
-from protocol.signing import SigningKey
-from protocol.state import State
+from hashmesh.node.runtime import tune_gc
+from hashmesh.protocol.batches import build_batch, verify_batch
+from hashmesh.protocol.ops import AddOp
+from hashmesh.protocol.signing import SigningKey
+from hashmesh.protocol.state import State
 
 SIZES = (1, 100, 10_000)
 

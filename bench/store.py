@@ -34,11 +34,11 @@ sys.path.insert(0, str(ROOT))
 
 from benchenv import machine, replace_section  # noqa: E402
 
-from node.config import Home  # noqa: E402
-from node.service import NodeService, init_home  # noqa: E402
-from node.store import Store  # noqa: E402
-from protocol import SigningKey, build_batch  # noqa: E402
-from protocol.bundles import encode_bundle_header  # noqa: E402
+from hashmesh.node.config import Home  # noqa: E402
+from hashmesh.node.service import NodeService, init_home  # noqa: E402
+from hashmesh.node.store.core import Store  # noqa: E402
+from hashmesh.protocol import SigningKey, build_batch  # noqa: E402
+from hashmesh.protocol.bundles import encode_bundle_header  # noqa: E402
 
 HASHMESH = Path(sys.executable).parent / "hashmesh"
 SECTION = "## Store (bench/store.py)"

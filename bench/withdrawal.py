@@ -9,7 +9,7 @@ process whose `node` and `protocol` come from a `git archive` of one revision:
   one `Store.signal` per target, as `apply_import` ran them), timed on a sample of 2,000
   entries against the full log (each of them scans the log: the whole list would take
   COUNT² row visits) and scaled to COUNT, against the set-based statements of
-  `node.lists.own_live_targets` over the whole list;
+  `hashmesh.node.lists.listfiles.own_live_targets` over the whole list;
 - applying the revocations on a peer: `Store.ingest` (decide + apply) of the same signed
   revocation batches, packed to the 2,048-byte op limit, in one bulk transaction as a sync
   page is, by the store of REV (default: the revision before set-based revocation) and of
@@ -42,13 +42,13 @@ OLD = "91a99fe^"  # the revision before revocations were packed and applied set-
 def worker(tree: str, count: int) -> dict[str, Any]:
     """Runs with `tree` first on sys.path: the node and protocol code of one revision."""
     sys.path[:] = [tree] + [p for p in sys.path if Path(p).resolve() != ROOT / "bench"]
-    import node.lists as lists
-    from node.config import Home
-    from node.service import NodeService, init_home
-    from node.store import Store
-    from protocol.batches import MAX_OPS_BYTES, build_batch, header_hash
-    from protocol.encoding import canonical
-    from protocol.ops import MAX_OP_BYTES, OpId, RevokeOp
+    import hashmesh.node.lists.listfiles as lists
+    from hashmesh.node.config import Home
+    from hashmesh.node.service import NodeService, init_home
+    from hashmesh.node.store.core import Store
+    from hashmesh.protocol.batches import MAX_OPS_BYTES, build_batch, header_hash
+    from hashmesh.protocol.encoding import canonical
+    from hashmesh.protocol.ops import MAX_OP_BYTES, OpId, RevokeOp
 
     out: dict[str, Any] = {"tree": tree}
     values = [hashlib.md5(f"withdrawal {i}".encode()).hexdigest() for i in range(count)]
@@ -112,7 +112,7 @@ def worker(tree: str, count: int) -> dict[str, Any]:
             prev = batch.hash
         out["ops"], out["batches"] = len(ops), len(revocations)
 
-        from protocol.batches import verify_batch
+        from hashmesh.protocol.batches import verify_batch
 
         for name, counted in (("timed", False), ("counted", True)):
             peer = Store(Path(tmp) / f"peer-{name}.db")

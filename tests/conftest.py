@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 
-from node.config import Home
-from protocol import SigningKey, build_batch
-from protocol.batches import Batch
-from protocol.bundles import encode_bundle_header
+from hashmesh.node.config import Home
+from hashmesh.protocol import SigningKey, build_batch
+from hashmesh.protocol.batches import Batch
+from hashmesh.protocol.bundles import encode_bundle_header
 
 
 def _find_hashmesh() -> str:

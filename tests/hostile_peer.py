@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from protocol.batches import Batch, build_batch
-from protocol.peerauth import H_FROM, H_NONCE, sign_request, sign_response
-from protocol.signing import SigningKey
-from protocol.sync import encode_page
+from hashmesh.protocol.batches import Batch, build_batch
+from hashmesh.protocol.peerauth import H_FROM, H_NONCE, sign_request, sign_response
+from hashmesh.protocol.signing import SigningKey
+from hashmesh.protocol.sync import encode_page
 
 MD5 = "%032x"
 
@@ -60,15 +60,23 @@ class HostilePeer:
 
     # -- requests --------------------------------------------------------------------------
 
-    def headers(self, path: str, body: bytes, *, ts: int | None = None,
-                nonce: bytes | None = None, key: SigningKey | None = None) -> dict[str, str]:
+    def headers(
+        self,
+        path: str,
+        body: bytes,
+        *,
+        ts: int | None = None,
+        nonce: bytes | None = None,
+        key: SigningKey | None = None,
+    ) -> dict[str, str]:
         ts = int(time.time() * 1000) if ts is None else ts
         return sign_request(
             key or self.key, self.victim_id, "POST", path, body, ts, nonce or os.urandom(16)
         )
 
-    def send(self, path: str, body: bytes, headers: dict[str, str] | None = None,
-             **sign: Any) -> Reply:
+    def send(
+        self, path: str, body: bytes, headers: dict[str, str] | None = None, **sign: Any
+    ) -> Reply:
         """POST on one kept-alive connection (floods need it); headers as given if given."""
         if headers is None:
             headers = self.headers(path, body, **sign)
@@ -94,14 +102,21 @@ class HostilePeer:
 
     # -- lies ------------------------------------------------------------------------------
 
-    def chain(self, collection: str, values: list[int], first_seq: int = 1,
-              prev: bytes | None = None, key: SigningKey | None = None) -> list[Batch]:
+    def chain(
+        self,
+        collection: str,
+        values: list[int],
+        first_seq: int = 1,
+        prev: bytes | None = None,
+        key: SigningKey | None = None,
+    ) -> list[Batch]:
         """Validly signed consecutive batches, one add each (values -> md5 values)."""
         out = []
         for n, v in enumerate(values):
             ops = [{"op": "add", "type": "md5", "value": MD5 % v, "category": "csam"}]
-            batch = build_batch(key or self.key, collection, first_seq + n, prev,
-                                int(time.time() * 1000), ops)
+            batch = build_batch(
+                key or self.key, collection, first_seq + n, prev, int(time.time() * 1000), ops
+            )
             out.append(batch)
             prev = batch.hash
         return out
@@ -111,14 +126,26 @@ class HostilePeer:
         """The frame with one bit of its signature flipped: a forgery of the author."""
         sig = bytearray(batch.signature)
         sig[7] ^= 0x40
-        return Batch(batch.header, batch.header_bytes, bytes(sig), batch.ops_bytes,
-                     batch.ops, batch.leaf_hashes).to_bytes()
+        return Batch(
+            batch.header,
+            batch.header_bytes,
+            bytes(sig),
+            batch.ops_bytes,
+            batch.ops,
+            batch.leaf_hashes,
+        ).to_bytes()
 
     @staticmethod
     def swap_ops(batch: Batch, other: Batch) -> bytes:
         """A valid header and signature carrying another batch's ops (Merkle root mismatch)."""
-        return Batch(batch.header, batch.header_bytes, batch.signature, other.ops_bytes,
-                     other.ops, other.leaf_hashes).to_bytes()
+        return Batch(
+            batch.header,
+            batch.header_bytes,
+            batch.signature,
+            other.ops_bytes,
+            other.ops,
+            other.leaf_hashes,
+        ).to_bytes()
 
     @staticmethod
     def nested_json(depth: int) -> bytes:
@@ -126,9 +153,15 @@ class HostilePeer:
 
     # -- slow and many ---------------------------------------------------------------------
 
-    def slowloris(self, count: int, stop: threading.Event, body: bool = False,
-                  path: str = "/v1/peer/batches", headers: str = "", length: int = 100_000
-                  ) -> tuple[list[socket.socket], threading.Thread]:
+    def slowloris(
+        self,
+        count: int,
+        stop: threading.Event,
+        body: bool = False,
+        path: str = "/v1/peer/batches",
+        headers: str = "",
+        length: int = 100_000,
+    ) -> tuple[list[socket.socket], threading.Thread]:
         """Open `count` connections that each send a few bytes a second and never finish:
         a request head that never ends, or (body=True) a complete head for `path` (with
         extra `headers` lines) whose body trickles."""
@@ -208,9 +241,17 @@ class LiarServer:
         self.server.server_close()
 
 
-def raw_post(host: str, port: int, path: str, headers: dict[str, str], body: bytes, *,
-             length: int | None = None, repeat: int = 1, timeout: float = 5.0
-             ) -> tuple[Reply, bool]:
+def raw_post(
+    host: str,
+    port: int,
+    path: str,
+    headers: dict[str, str],
+    body: bytes,
+    *,
+    length: int | None = None,
+    repeat: int = 1,
+    timeout: float = 5.0,
+) -> tuple[Reply, bool]:
     """POST over a raw socket: declare `length` bytes (default the whole body) and send
     `body` `repeat` times from a thread while the answer is awaited, so an answer that
     comes before the body is complete can be seen. Returns the reply and whether the whole

@@ -116,7 +116,7 @@ class NodeProc:
         return self.json("status")
 
     def key_seed(self) -> bytes:
-        from protocol.encoding import from_b64url
+        from hashmesh.protocol.encoding import from_b64url
 
         text = (self.home / "node.key").read_text().strip()
         return from_b64url(text.split(":", 1)[1], "seed", 32)

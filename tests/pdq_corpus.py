@@ -13,8 +13,8 @@ import numpy as np
 from PIL import Image
 from testdata import PDQ
 
-from node.hashing import hash_file
-from node.pdq import pdq_from_luma
+from hashmesh.node.hashing.hasher import hash_file
+from hashmesh.node.hashing.pdq import pdq_from_luma
 
 
 def _planes() -> list[np.ndarray]:  # type: ignore[type-arg]

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from protocol.batches import Batch, build_batch
-from protocol.errors import ProtocolError
-from protocol.ops import AddOp, AnyOp, OpinionOp, RevokeOp
-from protocol.signing import SigningKey
+from hashmesh.protocol.batches import Batch, build_batch
+from hashmesh.protocol.errors import ProtocolError
+from hashmesh.protocol.ops import AddOp, AnyOp, OpinionOp, RevokeOp
+from hashmesh.protocol.signing import SigningKey
 
 SEEDS = [bytes(range(1 + 32 * i, 33 + 32 * i)) for i in range(4)]
 KEYS = [SigningKey(bytes(b % 256 for b in seed)) for seed in SEEDS]

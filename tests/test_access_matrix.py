@@ -22,10 +22,10 @@ import pytest
 from netnodes import NodeProc
 from testdata import IMAGES
 
-from protocol.encoding import canonical
-from protocol.peerauth import sign_request
-from protocol.signing import SigningKey
-from protocol.sync import decode_page, encode_sync_request
+from hashmesh.protocol.encoding import canonical
+from hashmesh.protocol.peerauth import sign_request
+from hashmesh.protocol.signing import SigningKey
+from hashmesh.protocol.sync import decode_page, encode_sync_request
 
 IMAGE = IMAGES / "bridge-1-original.jpg"
 # The image's PDQ with 4 bits changed: /v1/match/file finds it, yet it is never the
@@ -38,10 +38,20 @@ MD5_CSAM = "c5a0c5a0c5a0c5a0c5a0c5a0c5a0c5a0"
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "api.md"
 
 CREDENTIALS = (
-    "none", "wrong", "revoked", "peer-key",
-    "read", "match", "publish", "admin",
-    "read@csam", "match@csam", "publish@csam", "admin@csam",
-    "metrics", "metrics@csam",
+    "none",
+    "wrong",
+    "revoked",
+    "peer-key",
+    "read",
+    "match",
+    "publish",
+    "admin",
+    "read@csam",
+    "match@csam",
+    "publish@csam",
+    "admin@csam",
+    "metrics",
+    "metrics@csam",
 )
 #: Credentials that may read `le-only`; every other one must never see its hashes.
 MAY_READ_SECRET = {"read", "match", "admin"}
@@ -151,12 +161,17 @@ def matrix_markdown() -> str:
     def cell(value: int | str) -> str:
         return "open" if value == OPEN else str(value)
 
-    lines = ["| endpoint | " + " | ".join(CREDENTIALS) + " |",
-             "| --- |" + " --- |" * len(CREDENTIALS)]
+    lines = [
+        "| endpoint | " + " | ".join(CREDENTIALS) + " |",
+        "| --- |" + " --- |" * len(CREDENTIALS),
+    ]
     for endpoint, row in MATRIX:
         lines.append(f"| `{endpoint}` | " + " | ".join(cell(c) for c in row) + " |")
-    lines += ["", "| peer endpoint | " + " | ".join(PEER_CREDENTIALS) + " |",
-              "| --- |" + " --- |" * len(PEER_CREDENTIALS)]
+    lines += [
+        "",
+        "| peer endpoint | " + " | ".join(PEER_CREDENTIALS) + " |",
+        "| --- |" + " --- |" * len(PEER_CREDENTIALS),
+    ]
     for endpoint, prow in PEER_MATRIX:
         lines.append(f"| `{endpoint}` | " + " | ".join(str(c) for c in prow) + " |")
     return "\n".join(lines) + "\n"
@@ -175,10 +190,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     node.cli("add", "pdq", PDQ_SECRET, "-c", "le-only", "--quality", "100")
     tokens: dict[str, str] = {}
     for name, scope, collection in [
-        ("read", "read", None), ("match", "match", None), ("publish", "publish", None),
-        ("admin", "admin", None), ("read@csam", "read", "csam"),
-        ("match@csam", "match", "csam"), ("publish@csam", "publish", "csam"),
-        ("revoked", "admin", None), ("metrics", "metrics", None),
+        ("read", "read", None),
+        ("match", "match", None),
+        ("publish", "publish", None),
+        ("admin", "admin", None),
+        ("read@csam", "read", "csam"),
+        ("match@csam", "match", "csam"),
+        ("publish@csam", "publish", "csam"),
+        ("revoked", "admin", None),
+        ("metrics", "metrics", None),
         ("metrics@csam", "metrics", "csam"),
     ]:
         args = ["token", "create", name.replace("@", "-at-"), "--scope", scope]
@@ -186,18 +206,40 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             args += ["--collection", collection]
         tokens[name] = node.cli(*args).stdout.strip()
     node.cli("token", "revoke", "revoked")
-    refused = node.cli("token", "create", "admin-at-csam", "--scope", "admin",
-                       "--collection", "csam", check=False)
+    refused = node.cli(
+        "token", "create", "admin-at-csam", "--scope", "admin", "--collection", "csam", check=False
+    )
     assert refused.returncode == 2 and "--collection" in refused.stderr, refused.stderr
     tokens["admin@csam"] = node.store_legacy_restricted_admin("admin-at-csam")
     keys = {name: SigningKey(os.urandom(32)) for name in ("peer-csam", "peer-le", "unknown")}
-    node.cli("peer", "add", "peer-csam", "http://127.0.0.1:9", keys["peer-csam"].node_id,
-             "--share", "csam")
-    node.cli("peer", "add", "peer-le", "http://127.0.0.1:9", keys["peer-le"].node_id,
-             "--share", "csam", "--share", "le-only")
+    node.cli(
+        "peer",
+        "add",
+        "peer-csam",
+        "http://127.0.0.1:9",
+        keys["peer-csam"].node_id,
+        "--share",
+        "csam",
+    )
+    node.cli(
+        "peer",
+        "add",
+        "peer-le",
+        "http://127.0.0.1:9",
+        keys["peer-le"].node_id,
+        "--share",
+        "csam",
+        "--share",
+        "le-only",
+    )
     node.start()
-    world: dict[str, Any] = {"node": node, "tokens": tokens, "keys": keys,
-                             "admin_file": node.admin_token(), "tmp": root}
+    world: dict[str, Any] = {
+        "node": node,
+        "tokens": tokens,
+        "keys": keys,
+        "admin_file": node.admin_token(),
+        "tmp": root,
+    }
     status, bundle = call(world, "GET", "/v1/export?collection=csam", token=node.admin_token())
     assert status == 200
     world["bundle"] = bundle
@@ -249,7 +291,9 @@ def _fresh_le_only_op(world: dict[str, Any]) -> str:
     """A new live add in le-only (by the admin token file) for revoke and opinion rows."""
     value = uuid.uuid4().hex
     status, data = call(
-        world, "POST", "/v1/signals",
+        world,
+        "POST",
+        "/v1/signals",
         json.dumps({"type": "md5", "value": value, "collection": "le-only"}).encode(),
         token=world["admin_file"],
     )
@@ -259,9 +303,13 @@ def _fresh_le_only_op(world: dict[str, Any]) -> str:
 
 def _fresh_token_name(world: dict[str, Any]) -> str:
     name = "tmp" + uuid.uuid4().hex[:10]
-    status, _ = call(world, "POST", "/v1/admin/tokens",
-                     json.dumps({"name": name, "scopes": ["read"]}).encode(),
-                     token=world["admin_file"])
+    status, _ = call(
+        world,
+        "POST",
+        "/v1/admin/tokens",
+        json.dumps({"name": name, "scopes": ["read"]}).encode(),
+        token=world["admin_file"],
+    )
     assert status == 200
     return name
 
@@ -269,19 +317,28 @@ def _fresh_token_name(world: dict[str, Any]) -> str:
 def _fresh_peer(world: dict[str, Any]) -> str:
     """A new peer (sharing csam) for the rows that change or remove one."""
     name = "p" + uuid.uuid4().hex[:12]
-    body = {"name": name, "url": "http://127.0.0.1:9", "share": ["csam"],
-            "node_id": SigningKey(os.urandom(32)).node_id}
-    status, _ = call(world, "POST", "/v1/admin/peers", json.dumps(body).encode(),
-                     token=world["admin_file"])
+    body = {
+        "name": name,
+        "url": "http://127.0.0.1:9",
+        "share": ["csam"],
+        "node_id": SigningKey(os.urandom(32)).node_id,
+    }
+    status, _ = call(
+        world, "POST", "/v1/admin/peers", json.dumps(body).encode(), token=world["admin_file"]
+    )
     assert status == 200
     return name
 
 
 def _fresh_trust(world: dict[str, Any]) -> str:
     node_id = SigningKey(os.urandom(32)).node_id
-    status, _ = call(world, "POST", "/v1/admin/trust",
-                     json.dumps({"node_id": node_id, "collection": "csam"}).encode(),
-                     token=world["admin_file"])
+    status, _ = call(
+        world,
+        "POST",
+        "/v1/admin/trust",
+        json.dumps({"node_id": node_id, "collection": "csam"}).encode(),
+        token=world["admin_file"],
+    )
     assert status == 200
     return node_id
 
@@ -289,9 +346,13 @@ def _fresh_trust(world: dict[str, Any]) -> str:
 def _multipart() -> tuple[bytes, str]:
     boundary = "matrixboundary"
     body = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n"
-        "Content-Type: image/jpeg\r\n\r\n"
-    ).encode() + IMAGE.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + IMAGE.read_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, f"multipart/form-data; boundary={boundary}"
 
 
@@ -306,22 +367,35 @@ def request_for(world: dict[str, Any], endpoint: str) -> tuple[str, str, bytes |
         return method, path, json.dumps(body).encode(), ctype
     bodies: dict[str, Callable[[], Any]] = {
         "/v1/signals": lambda: {"type": "md5", "value": fresh, "collection": "le-only"},
-        "/v1/signals/batch": lambda: {"collection": "le-only",
-                                      "signals": [{"type": "md5", "value": fresh}]},
+        "/v1/signals/batch": lambda: {
+            "collection": "le-only",
+            "signals": [{"type": "md5", "value": fresh}],
+        },
         "/v1/revoke": lambda: {"op_id": _fresh_le_only_op(world)},
         "/v1/opinions": lambda: {"op_id": _fresh_le_only_op(world), "opinion": "seen"},
-        "/v1/lists/import": lambda: {"collection": "le-only",
-                                     "adds": [{"type": "md5", "value": fresh}]},
-        "/v1/match": lambda: {"queries": [{"type": "md5", "value": MD5_SECRET},
-                                          {"type": "sha256", "value": SHA256_SECRET},
-                                          {"type": "pdq", "value": PDQ_SECRET},
-                                          {"type": "md5", "value": MD5_CSAM}]},
+        "/v1/lists/import": lambda: {
+            "collection": "le-only",
+            "adds": [{"type": "md5", "value": fresh}],
+        },
+        "/v1/match": lambda: {
+            "queries": [
+                {"type": "md5", "value": MD5_SECRET},
+                {"type": "sha256", "value": SHA256_SECRET},
+                {"type": "pdq", "value": PDQ_SECRET},
+                {"type": "md5", "value": MD5_CSAM},
+            ]
+        },
         "/v1/admin/tokens": lambda: {"name": "t" + fresh[:12], "scopes": ["read"]},
-        "/v1/admin/peers": lambda: {"name": "p" + fresh[:12], "url": "http://127.0.0.1:9",
-                                    "node_id": SigningKey(os.urandom(32)).node_id,
-                                    "share": ["csam"]},
-        "/v1/admin/trust": lambda: {"node_id": SigningKey(os.urandom(32)).node_id,
-                                    "collection": "csam"},
+        "/v1/admin/peers": lambda: {
+            "name": "p" + fresh[:12],
+            "url": "http://127.0.0.1:9",
+            "node_id": SigningKey(os.urandom(32)).node_id,
+            "share": ["csam"],
+        },
+        "/v1/admin/trust": lambda: {
+            "node_id": SigningKey(os.urandom(32)).node_id,
+            "collection": "csam",
+        },
         "/v1/admin/backup": lambda: {"file": str(world["tmp"] / f"backup-{fresh}.db")},
     }
     body: bytes | None = None
@@ -354,8 +428,15 @@ def credential_headers(
         return "hm_" + "x" * 43, {}
     if credential == "peer-key":  # a configured peer's valid signature, on an operator path
         node: NodeProc = world["node"]
-        headers = sign_request(world["keys"]["peer-le"], node.node_id, method, path,
-                               body or b"", int(time.time() * 1000), os.urandom(16))
+        headers = sign_request(
+            world["keys"]["peer-le"],
+            node.node_id,
+            method,
+            path,
+            body or b"",
+            int(time.time() * 1000),
+            os.urandom(16),
+        )
         return None, headers
     return world["tokens"][credential], {}
 
@@ -411,8 +492,15 @@ def test_operator_endpoint_answers_per_credential(
 
 
 @pytest.mark.parametrize(
-    "endpoint", ["GET /v1/feed", "GET /v1/snapshot", "GET /v1/export?collection=le-only",
-                 "POST /v1/match", "POST /v1/match/file", "GET /v1/status/recent?limit=500"]
+    "endpoint",
+    [
+        "GET /v1/feed",
+        "GET /v1/snapshot",
+        "GET /v1/export?collection=le-only",
+        "POST /v1/match",
+        "POST /v1/match/file",
+        "GET /v1/status/recent?limit=500",
+    ],
 )
 def test_positive_control_the_secret_is_there_for_who_may_read_it(
     world: dict[str, Any], endpoint: str
@@ -447,17 +535,16 @@ def _peer_body(path: str) -> bytes:
     return b""
 
 
-def _peer_call(
-    world: dict[str, Any], credential: str, path: str
-) -> tuple[int, bytes]:
+def _peer_call(world: dict[str, Any], credential: str, path: str) -> tuple[int, bytes]:
     node: NodeProc = world["node"]
     body = _peer_body(path)
     key_name = {"unknown node": "unknown", "peer without le-only": "peer-csam"}.get(
         credential, "peer-le"
     )
     key: SigningKey = world["keys"][key_name]
-    headers = sign_request(key, node.node_id, "POST", path, body, int(time.time() * 1000),
-                           os.urandom(16))
+    headers = sign_request(
+        key, node.node_id, "POST", path, body, int(time.time() * 1000), os.urandom(16)
+    )
     headers["Content-Type"] = "application/octet-stream"
     if credential == "unsigned":
         return call(world, "POST", path, body, None, {"Content-Type": "application/json"})

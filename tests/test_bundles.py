@@ -26,9 +26,9 @@ from conftest import (
     write_bundle,
 )
 
-from node.config import Home
-from protocol.batches import Batch
-from protocol.bundles import BUNDLE_MAGIC
+from hashmesh.node.config import Home
+from hashmesh.protocol.batches import Batch
+from hashmesh.protocol.bundles import BUNDLE_MAGIC
 
 MD5 = "5d41402abc4b2a76b9719d911017c592"
 SHA256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
@@ -57,8 +57,9 @@ def bundle_body_offset(data: bytes) -> int:
 
 def test_export_verify_import_round_trip(cli: Cli, home: HomeFactory, tmp_path: Path) -> None:
     a, b = home("A"), home("B")
-    op_md5 = cli("add", "md5", MD5, "-c", "shared", "--category", "csam", "--classification",
-                 "A1", home=a).stdout.strip()
+    op_md5 = cli(
+        "add", "md5", MD5, "-c", "shared", "--category", "csam", "--classification", "A1", home=a
+    ).stdout.strip()
     cli("add", "pdq", PDQ, "-c", "shared", "--quality", "90", home=a)
     op_sha = cli("add", "sha256", SHA256, "-c", "shared", home=a).stdout.strip()
     cli("revoke", op_sha, "--reason", "mistake", home=a)
@@ -73,7 +74,10 @@ def test_export_verify_import_round_trip(cli: Cli, home: HomeFactory, tmp_path: 
     checked = cli.json("verify", bundle)
     assert checked["valid"] is True
     assert (checked["batches"], checked["adds"], checked["revokes"], checked["opinions"]) == (
-        5, 3, 1, 1
+        5,
+        3,
+        1,
+        1,
     )
     (log,) = checked["logs"]
     assert (log["author"], log["collection"], log["head"]) == (node_id(a), "shared", 5)
@@ -101,7 +105,7 @@ def test_export_verify_import_round_trip(cli: Cli, home: HomeFactory, tmp_path: 
     relayed = tmp_path / "relayed.hmb"
     cli("export", "-c", "shared", relayed, home=b)
     original, copy = bundle.read_bytes(), relayed.read_bytes()
-    assert original[bundle_body_offset(original):] == copy[bundle_body_offset(copy):]
+    assert original[bundle_body_offset(original) :] == copy[bundle_body_offset(copy) :]
     assert cli.json("verify", relayed)["manifest"]["exporter"] == node_id(b)
 
 
@@ -295,9 +299,12 @@ def check_database(db_path: Path) -> dict[str, int]:
         feed = db.execute("SELECT count(*) FROM feed WHERE kind = 'add'").fetchone()[0]
         assert feed == signals, "feed entries and signals disagree"
         for log_id, head, adds in db.execute("SELECT id, head, adds FROM logs"):
-            seqs = [r[0] for r in db.execute(
-                "SELECT seq FROM batches WHERE log_id = ? ORDER BY seq", (log_id,)
-            )]
+            seqs = [
+                r[0]
+                for r in db.execute(
+                    "SELECT seq FROM batches WHERE log_id = ? ORDER BY seq", (log_id,)
+                )
+            ]
             assert seqs == list(range(1, head + 1)), f"log {log_id}: head {head}, seqs {seqs}"
             count = db.execute("SELECT count(*) FROM signals WHERE log_id = ?", (log_id,))
             assert count.fetchone()[0] == adds
@@ -339,7 +346,8 @@ def test_sigkill_during_a_large_import_loses_nothing_and_leaves_no_half_batch(
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     assert proc.returncode == 0, err
     assert check_database(reference / "hashmesh.db") == {
-        "batches": batch_count, "signals": CRASH_SIGNALS
+        "batches": batch_count,
+        "signals": CRASH_SIGNALS,
     }
 
     path = home("H")
@@ -365,11 +373,11 @@ def test_sigkill_during_a_large_import_loses_nothing_and_leaves_no_half_batch(
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert check_database(path / "hashmesh.db") == {
-        "batches": 1 + batch_count, "signals": 1 + CRASH_SIGNALS
+        "batches": 1 + batch_count,
+        "signals": 1 + CRASH_SIGNALS,
     }
     info = cli.json("status", home=path)
     assert info["live_by_collection"] == {"bulk": CRASH_SIGNALS, "local": 1}
     (bulk_log,) = [log for log in info["logs"] if log["collection"] == "bulk"]
     assert bulk_log["head"] == batch_count
     cli("match", "md5", md5_values(1, salt=batch_count)[0], home=path, expect=0)
-

@@ -87,8 +87,9 @@ def refused(cli: Cli, path: Path, *args: str | Path) -> str:
 
 def test_init_creates_a_home_and_id_prints_its_node_id(cli: Cli, tmp_path: Path) -> None:
     path = tmp_path / "org"
-    result = cli("init", path, "--name", "Org", "--listen", "127.0.0.1:7999", "--url",
-                 "https://org.example")
+    result = cli(
+        "init", path, "--name", "Org", "--listen", "127.0.0.1:7999", "--url", "https://org.example"
+    )
     printed = result.stdout.strip()
     assert re.fullmatch(r"ed25519:[A-Za-z0-9_-]{43}", printed)
     assert cli("id", home=path).stdout.strip() == printed
@@ -132,9 +133,10 @@ def test_hashmesh_home_environment_variable(cli: Cli, home: HomeFactory) -> None
     assert cli("id", env=env).stdout.strip() == node_id(path)
     op = cli("add", "md5", MD5, "-c", "test", env=env).stdout.strip()
     assert cli("status", "--json", env=env).json()["live_signals"] == 1
-    assert cli("match", "md5", MD5, "--json", env=env).json()["results"][0]["matches"][0][
-        "op_id"
-    ] == op
+    assert (
+        cli("match", "md5", MD5, "--json", env=env).json()["results"][0]["matches"][0]["op_id"]
+        == op
+    )
     # --home wins over the environment.
     other = home("B")
     assert cli("id", home=other, env=env).stdout.strip() == node_id(other)
@@ -175,8 +177,18 @@ def test_add_match_revoke_and_exit_codes(cli: Cli, node: Node) -> None:
     path = node.path
     me = node_id(path)
     added = cli.json(
-        "add", "md5", MD5.upper(), "-c", "test", "--category", "csam",
-        "--classification", "A1", "--ref", "case-17", home=path,
+        "add",
+        "md5",
+        MD5.upper(),
+        "-c",
+        "test",
+        "--category",
+        "csam",
+        "--classification",
+        "A1",
+        "--ref",
+        "case-17",
+        home=path,
     )
     assert added["new"] is True and added["value"] == MD5  # normalised
     op_id = added["op_id"]
@@ -217,9 +229,12 @@ def test_add_match_revoke_and_exit_codes(cli: Cli, node: Node) -> None:
     # Observed-remove: adding the same signal again makes it live under a new op id.
     new = cli.json("add", "md5", MD5, "-c", "test", home=path)
     assert new["new"] is True and new["op_id"] != op_id
-    assert cli("match", "md5", MD5, "--json", home=path, expect=0).json()["results"][0][
-        "matches"
-    ][0]["op_id"] == new["op_id"]
+    assert (
+        cli("match", "md5", MD5, "--json", home=path, expect=0).json()["results"][0]["matches"][0][
+            "op_id"
+        ]
+        == new["op_id"]
+    )
 
 
 def test_status_reports_logs_and_counts(cli: Cli, node: Node) -> None:
@@ -370,8 +385,18 @@ def test_submit_publishes_hashes_and_match_file_finds_near_duplicates(
 ) -> None:
     path = online.path
     low = IMAGES / "q0003.jpg"
-    result = cli("submit", BRIDGE, IMAGES / "q0122.jpg", low, "-c", "csam", "--category", "csam",
-                 "--json", home=path)
+    result = cli(
+        "submit",
+        BRIDGE,
+        IMAGES / "q0122.jpg",
+        low,
+        "-c",
+        "csam",
+        "--category",
+        "csam",
+        "--json",
+        home=path,
+    )
     data = result.json()
     assert "q0003.jpg" in result.stderr and "quality" in result.stderr
     assert data["pdq_skipped_low_quality"] == [str(low)]
@@ -393,8 +418,9 @@ def test_submit_publishes_hashes_and_match_file_finds_near_duplicates(
 
     exact = cli("match", "--file", BRIDGE, "--json", home=path, expect=0).json()
     assert [len(r["matches"]) for r in exact["results"]] == [1, 1, 1]
-    blurred = cli("match", "--file", BRIDGE_MODS / "blur-a-lot.jpg", "--json", home=path,
-                  expect=0).json()
+    blurred = cli(
+        "match", "--file", BRIDGE_MODS / "blur-a-lot.jpg", "--json", home=path, expect=0
+    ).json()
     by_type = {r["query"]["type"]: r["matches"] for r in blurred["results"]}
     assert by_type["md5"] == [] and by_type["sha256"] == []
     (near,) = by_type["pdq"]
@@ -406,8 +432,19 @@ def test_submit_publishes_hashes_and_match_file_finds_near_duplicates(
 # -- the same commands give the same results offline and online ------------------------------
 
 
-VOLATILE = {"head_hash", "head_ts", "updated_at", "home", "api", "running", "listen", "url",
-            "created", "file", "found_at"}
+VOLATILE = {
+    "head_hash",
+    "head_ts",
+    "updated_at",
+    "home",
+    "api",
+    "running",
+    "listen",
+    "url",
+    "created",
+    "file",
+    "found_at",
+}
 
 
 def normalise(value: Any, ids: dict[str, str]) -> Any:
@@ -428,11 +465,15 @@ def normalise(value: Any, ids: dict[str, str]) -> Any:
 def covers(big: Any, small: Any) -> bool:
     """`big` equals `small` except that its objects may hold extra keys."""
     if isinstance(small, dict):
-        return isinstance(big, dict) and all(k in big and covers(big[k], v)
-                                             for k, v in small.items())
+        return isinstance(big, dict) and all(
+            k in big and covers(big[k], v) for k, v in small.items()
+        )
     if isinstance(small, list):
-        return (isinstance(big, list) and len(big) == len(small)
-                and all(covers(b, s) for b, s in zip(big, small, strict=True)))
+        return (
+            isinstance(big, list)
+            and len(big) == len(small)
+            and all(covers(b, s) for b, s in zip(big, small, strict=True))
+        )
     return bool(big == small)
 
 
@@ -547,8 +588,9 @@ def test_a_single_add_is_published_within_a_second(
     node = start_node(home("A"))
     for n in range(3):
         started = time.monotonic()
-        result = node.call("POST", "/v1/signals", {"type": "md5", "value": f"{n:032x}",
-                                                    "collection": "t"})
+        result = node.call(
+            "POST", "/v1/signals", {"type": "md5", "value": f"{n:032x}", "collection": "t"}
+        )
         elapsed = time.monotonic() - started
         assert result["new"] is True
         assert elapsed < 1.0, elapsed

@@ -47,7 +47,7 @@ def run_traced(*args: str | Path, home: Path, expect: int = 0) -> tuple[str, lis
 
 
 def test_importing_the_cli_loads_no_heavy_package() -> None:
-    code = "import json, sys, node.cli; print(json.dumps(sorted(sys.modules)))"
+    code = "import json, sys, hashmesh.node.cli.main; print(json.dumps(sorted(sys.modules)))"
     proc = subprocess.run(
         [sys.executable, "-c", code],
         cwd=ROOT,
@@ -58,7 +58,7 @@ def test_importing_the_cli_loads_no_heavy_package() -> None:
         check=True,
     )
     modules = json.loads(proc.stdout)
-    assert "node.cli_platform" in modules  # the token/list commands are still registered
+    assert "hashmesh.node.cli.platform" in modules  # the token/list commands are still registered
     assert heavy_loaded(modules) == []
 
 

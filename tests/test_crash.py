@@ -41,10 +41,10 @@ import pytest
 from conftest import author_key, write_bundle
 from netnodes import NodeProc, wait_for
 
-from node.config import Home, Peer, Trust
-from protocol.batches import Batch, build_batch, verify_header, verify_parts
-from protocol.peerauth import sign_request
-from protocol.signing import SigningKey
+from hashmesh.node.config import Home, Peer, Trust
+from hashmesh.protocol.batches import Batch, build_batch, verify_header, verify_parts
+from hashmesh.protocol.peerauth import sign_request
+from hashmesh.protocol.signing import SigningKey
 
 KILLS_DEFAULT = 8
 KILLS_SLOW = 60
@@ -75,8 +75,14 @@ def add_trust(node: NodeProc, node_id: str, collection: str) -> None:
     home.save_config(config)
 
 
-def api(node: NodeProc, method: str, path: str, body: Any = None, data: bytes | None = None,
-        timeout: float = 5.0) -> tuple[int, Any]:
+def api(
+    node: NodeProc,
+    method: str,
+    path: str,
+    body: Any = None,
+    data: bytes | None = None,
+    timeout: float = 5.0,
+) -> tuple[int, Any]:
     headers = {"Authorization": f"Bearer {node.admin_token()}"}
     if body is not None:
         data = json.dumps(body).encode()
@@ -89,8 +95,9 @@ def api(node: NodeProc, method: str, path: str, body: Any = None, data: bytes | 
         return exc.code, json.loads(exc.read() or b"{}")
 
 
-def peer_post(key: SigningKey, node: NodeProc, path: str, body: bytes,
-              timeout: float = 5.0) -> tuple[int, bytes]:
+def peer_post(
+    key: SigningKey, node: NodeProc, path: str, body: bytes, timeout: float = 5.0
+) -> tuple[int, bytes]:
     headers = sign_request(
         key, node.node_id, "POST", path, body, int(time.time() * 1000), os.urandom(16)
     )
@@ -113,9 +120,7 @@ class Chain:
         while len(self.batches) < first_seq - 1 + count:
             seq = len(self.batches) + 1
             prev = self.batches[-1].hash if self.batches else None
-            values = [
-                f"{self.salt:08x}{seq:016x}{i:08x}" for i in range(self.ops)
-            ]
+            values = [f"{self.salt:08x}{seq:016x}{i:08x}" for i in range(self.ops)]
             ops = [{"op": "add", "type": "md5", "value": v, "category": "csam"} for v in values]
             self.batches.append(
                 build_batch(self.key, self.collection, seq, prev, 1_700_000_000_000 + seq, ops)
@@ -141,8 +146,9 @@ class Acked:
 # -- workloads (threads that run until the node dies) ---------------------------------------
 
 
-def publisher(node: NodeProc, acked: Acked, counter: Iterator[int], stop: threading.Event,
-              rng: random.Random) -> None:
+def publisher(
+    node: NodeProc, acked: Acked, counter: Iterator[int], stop: threading.Event, rng: random.Random
+) -> None:
     attempted: set[str] = set()
     while not stop.is_set():
         try:
@@ -158,15 +164,20 @@ def publisher(node: NodeProc, acked: Acked, counter: Iterator[int], stop: thread
                         acked.revoked.add(target)
             elif live and roll < 0.35:
                 target = rng.choice(live)
-                status, _ = api(node, "POST", "/v1/opinions",
-                                {"op_id": target, "opinion": "confirm"})
+                status, _ = api(
+                    node, "POST", "/v1/opinions", {"op_id": target, "opinion": "confirm"}
+                )
                 if status == 200:
                     with acked.lock:
                         acked.opinions.add(target)
             else:
                 value = MD5 % (0xC0DE << 64 | next(counter))
-                status, body = api(node, "POST", "/v1/signals",
-                                   {"type": "md5", "value": value, "collection": "pub"})
+                status, body = api(
+                    node,
+                    "POST",
+                    "/v1/signals",
+                    {"type": "md5", "value": value, "collection": "pub"},
+                )
                 if status == 200:
                     assert body["new"] is True, body
                     with acked.lock:
@@ -177,15 +188,17 @@ def publisher(node: NodeProc, acked: Acked, counter: Iterator[int], stop: thread
             return  # the node is gone
 
 
-def pusher(node: NodeProc, key: SigningKey, chain: Chain, acked: Acked, first: int,
-           stop: threading.Event) -> None:
+def pusher(
+    node: NodeProc, key: SigningKey, chain: Chain, acked: Acked, first: int, stop: threading.Event
+) -> None:
     log = f"{key.node_id}/{chain.collection}"
     seq = first
     while not stop.is_set():
         frames = chain.get(seq, F_BATCHES_PER_PUSH)
         try:
-            status, data = peer_post(key, node, "/v1/peer/batches",
-                                     b"".join(b.to_bytes() for b in frames))
+            status, data = peer_post(
+                key, node, "/v1/peer/batches", b"".join(b.to_bytes() for b in frames)
+            )
         except (OSError, urllib.error.URLError, ConnectionError):
             return
         assert status == 200, data
@@ -195,8 +208,9 @@ def pusher(node: NodeProc, key: SigningKey, chain: Chain, acked: Acked, first: i
         acked.head(log, seq - 1)
 
 
-def importer(node: NodeProc, chain: Chain, acked: Acked, first: int, folder: Path,
-             stop: threading.Event) -> None:
+def importer(
+    node: NodeProc, chain: Chain, acked: Acked, first: int, folder: Path, stop: threading.Event
+) -> None:
     log = f"{chain.key.node_id}/{chain.collection}"
     seq = first
     while not stop.is_set():
@@ -254,12 +268,16 @@ def check_database(db_path: Path, acked: Acked, full: bool = False) -> dict[str,
         ).fetchone()
         assert (low, high) == (1, count), f"feed cursor has gaps: {count} rows in {low}..{high}"
         for what, sql in (  # EXCEPT sorts both sides: no quadratic scan of the feed
-            ("add", "SELECT id FROM signals EXCEPT SELECT signal_id FROM feed"
-                    " WHERE kind = 'add'"),
-            ("revoke", "SELECT id FROM signals WHERE revoked_by IS NOT NULL EXCEPT"
-                       " SELECT signal_id FROM feed WHERE kind = 'revoke'"),
-            ("opinion", "SELECT op_id FROM opinions EXCEPT SELECT op_id FROM feed"
-                        " WHERE kind = 'opinion'"),
+            ("add", "SELECT id FROM signals EXCEPT SELECT signal_id FROM feed WHERE kind = 'add'"),
+            (
+                "revoke",
+                "SELECT id FROM signals WHERE revoked_by IS NOT NULL EXCEPT"
+                " SELECT signal_id FROM feed WHERE kind = 'revoke'",
+            ),
+            (
+                "opinion",
+                "SELECT op_id FROM opinions EXCEPT SELECT op_id FROM feed WHERE kind = 'opinion'",
+            ),
         ):
             missing = db.execute(f"SELECT count(*) FROM ({sql})").fetchone()[0]
             assert missing == 0, f"{missing} {what}(s) without their feed row"
@@ -280,9 +298,9 @@ def check_database(db_path: Path, acked: Acked, full: bool = False) -> dict[str,
             if op_id in revoked:
                 assert row[1] is not None, f"acknowledged revocation of {op_id} lost"
         for target in opinions:
-            assert db.execute(
-                "SELECT 1 FROM opinions WHERE target = ?", (target,)
-            ).fetchone(), f"acknowledged opinion on {target} lost"
+            assert db.execute("SELECT 1 FROM opinions WHERE target = ?", (target,)).fetchone(), (
+                f"acknowledged opinion on {target} lost"
+            )
         return heads
     finally:
         db.close()
@@ -325,8 +343,12 @@ def run_crash_loop(tmp_path: Path, nodes: tuple[NodeProc, NodeProc], kills: int)
     timings: list[tuple[float, ...]] = []
     for n in range(kills):
         # The honest peer publishes while the victim is down: it must catch up after.
-        status, _ = api(honest, "POST", "/v1/signals",
-                        {"type": "md5", "value": MD5 % (0xB0B << 64 | n), "collection": "honest"})
+        status, _ = api(
+            honest,
+            "POST",
+            "/v1/signals",
+            {"type": "md5", "value": MD5 % (0xB0B << 64 | n), "collection": "honest"},
+        )
         assert status == 200
         honest_head += 1
         t0 = time.monotonic()
@@ -338,20 +360,26 @@ def run_crash_loop(tmp_path: Path, nodes: tuple[NodeProc, NodeProc], kills: int)
         stop = threading.Event()
         if mode == "publish":
             threads = [
-                threading.Thread(target=publisher, args=(victim, acked, counter, stop,
-                                                         random.Random(rng.random())))
+                threading.Thread(
+                    target=publisher,
+                    args=(victim, acked, counter, stop, random.Random(rng.random())),
+                )
                 for _ in range(4)
             ]
         elif mode == "push":
-            threads = [threading.Thread(
-                target=pusher,
-                args=(victim, feeder, f_chain, acked, heads.get(victim_f, 0) + 1, stop),
-            )]
+            threads = [
+                threading.Thread(
+                    target=pusher,
+                    args=(victim, feeder, f_chain, acked, heads.get(victim_f, 0) + 1, stop),
+                )
+            ]
         else:
-            threads = [threading.Thread(
-                target=importer,
-                args=(victim, y_chain, acked, heads.get(victim_y, 0) + 1, bundles, stop),
-            )]
+            threads = [
+                threading.Thread(
+                    target=importer,
+                    args=(victim, y_chain, acked, heads.get(victim_y, 0) + 1, bundles, stop),
+                )
+            ]
         failures: list[BaseException] = []
         for t in threads:
             t.run = _recording(t.run, failures)  # type: ignore[method-assign]
@@ -378,8 +406,10 @@ def run_crash_loop(tmp_path: Path, nodes: tuple[NodeProc, NodeProc], kills: int)
     assert victim.stop() == 0
     check_database(victim.home / "hashmesh.db", acked, full=True)
     assert len(acked.adds) > 0 and acked.heads.get(victim_f, 0) > 0, "no work was acknowledged"
-    print(f"{kills} kills in {elapsed:.1f} s; acknowledged {len(acked.adds)} adds, "
-          f"{len(acked.revoked)} revocations, {len(acked.opinions)} opinions, heads {acked.heads}")
+    print(
+        f"{kills} kills in {elapsed:.1f} s; acknowledged {len(acked.adds)} adds, "
+        f"{len(acked.revoked)} revocations, {len(acked.opinions)} opinions, heads {acked.heads}"
+    )
     print("start, catch-up, work+kill, check:", [tuple(round(x, 2) for x in t) for t in timings])
 
 
@@ -421,8 +451,12 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         pytest.skip("needs root to mount a 4 MiB tmpfs (a real full disk); run as root")
     mountpoint = tmp_path / "disk"
     mountpoint.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mountpoint)],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mountpoint)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
@@ -450,8 +484,9 @@ def test_full_disk_is_reported_refused_and_recovered(small_disk: Path) -> None:
     node.start()
     try:
         acked = Acked()
-        status, body = api(node, "POST", "/v1/signals",
-                           {"type": "md5", "value": MD5 % 1, "collection": "c"})
+        status, body = api(
+            node, "POST", "/v1/signals", {"type": "md5", "value": MD5 % 1, "collection": "c"}
+        )
         assert status == 200
         acked.adds[body["op_id"]] = MD5 % 1
         fill(small_disk / "filler")
@@ -459,8 +494,9 @@ def test_full_disk_is_reported_refused_and_recovered(small_disk: Path) -> None:
         errors = []
         for n in range(2, 200):
             signals = [{"type": "md5", "value": MD5 % (n << 32 | i)} for i in range(200)]
-            status, body = api(node, "POST", "/v1/signals/batch",
-                               {"collection": "c", "signals": signals})
+            status, body = api(
+                node, "POST", "/v1/signals/batch", {"collection": "c", "signals": signals}
+            )
             if status != 200:
                 errors.append((status, body))
                 break
@@ -478,8 +514,9 @@ def test_full_disk_is_reported_refused_and_recovered(small_disk: Path) -> None:
         assert api(node, "GET", "/v1/status")[0] == 200
         # Space returns: writes work again, on an intact chain (the caches were restored).
         (small_disk / "filler").unlink()
-        status, body = api(node, "POST", "/v1/signals",
-                           {"type": "md5", "value": MD5 % 3, "collection": "c"})
+        status, body = api(
+            node, "POST", "/v1/signals", {"type": "md5", "value": MD5 % 3, "collection": "c"}
+        )
         assert status == 200, body
         acked.adds[body["op_id"]] = MD5 % 3
         assert node.matches("md5", MD5 % 3)
@@ -492,8 +529,8 @@ def test_full_disk_is_reported_refused_and_recovered(small_disk: Path) -> None:
 def test_read_only_database_refuses_writes_and_keeps_reads(tmp_path: Path) -> None:
     """SQLite's "attempt to write a readonly database" (a file or mount turned read-only
     under a running node) becomes a 503 sentence, and the store's caches stay right."""
-    from node.errors import StorageUnavailable
-    from node.service import NodeService, init_home
+    from hashmesh.node.errors import StorageUnavailable
+    from hashmesh.node.service import NodeService, init_home
 
     init_home(tmp_path / "ro", "ro", "127.0.0.1:1", None)
     service = NodeService(Home(tmp_path / "ro"))
@@ -501,8 +538,9 @@ def test_read_only_database_refuses_writes_and_keeps_reads(tmp_path: Path) -> No
         first = service.add("md5", MD5 % 1, "c")["op_id"]
         db = service.store.path
         service.store.conn.close()
-        service.store.conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True,
-                                             isolation_level=None, check_same_thread=False)
+        service.store.conn = sqlite3.connect(
+            f"file:{db}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+        )
         with pytest.raises(StorageUnavailable) as info:
             service.add("md5", MD5 % 2, "c")
         assert info.value.status == 503 and "cannot be written" in str(info.value)

@@ -1,4 +1,4 @@
-"""Degenerate hashes (node/degenerate.py) are refused on every publishing route.
+"""Degenerate hashes (hashmesh/node/hashing/degenerate.py) are refused on every publishing route.
 
 A black picture's PDQ claimed at quality 100 once went out as `csam` through the
 self-report page and a platform then flagged every black upload. The rules judge the hash
@@ -22,8 +22,13 @@ from conftest import Cli, HomeFactory, NodeFactory
 from PIL import Image
 from testdata import PDQ
 
-from node.degenerate import EMPTY_FILE, POPCOUNT_MAX, POPCOUNT_MIN, degenerate_reason
-from node.hashing import hash_bytes
+from hashmesh.node.hashing.degenerate import (
+    EMPTY_FILE,
+    POPCOUNT_MAX,
+    POPCOUNT_MIN,
+    degenerate_reason,
+)
+from hashmesh.node.hashing.hasher import hash_bytes
 
 REAL_MD5 = hashlib.md5(b"hashmesh degenerate test").hexdigest()
 REAL_PDQ = "f162eb9daab170c0567fe3632d9a5548c5612982dd5e374a7424ebbc8a835c95"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from itertools import pairwise
 
-from node.demo import SUMMARY_HEADER, Row, summary_lines
+from hashmesh.node.cli.demo import SUMMARY_HEADER, Row, summary_lines
 
 
 def _cells(line: str, widths: list[int]) -> list[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import pytest
 
-from node.cli import cli
+from hashmesh.node.cli.main import cli
 
 DESIGN = Path(__file__).resolve().parent.parent / "docs" / "design.md"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from node.api import OPEN_PATHS
+from hashmesh.node.web.api import OPEN_PATHS
 
 API_MD = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 

@@ -16,9 +16,14 @@ from netnodes import HASHMESH
 from PIL import Image, ImageOps
 from threatexchange.signal_type.pdq.pdq_hasher import pdq_from_file
 
-from node.hashing import hash_bytes, hash_file, pdq_dihedral_from_bytes, pdq_from_bytes
-from node.pdq import DIHEDRAL
-from protocol.hashing import pdq_distance
+from hashmesh.node.hashing.hasher import (
+    hash_bytes,
+    hash_file,
+    pdq_dihedral_from_bytes,
+    pdq_from_bytes,
+)
+from hashmesh.node.hashing.pdq import DIHEDRAL
+from hashmesh.protocol.hashing import pdq_distance
 
 PHOTO = Path(__file__).parent / "data" / "exif-rotn" / "exif-rotn-6.jpg"
 META_REFERENCE = "e9782aad54ae0b6365315ac278592d68d4b5434a5fcd7471f7abcb594b481a94"

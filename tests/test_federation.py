@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from netnodes import NodeProc, wait_for
 
-from protocol.batches import build_batch, header_hash
-from protocol.ops import AddOp
-from protocol.peerauth import sign_request
-from protocol.signing import SigningKey
-from protocol.sync import decode_page, encode_sync_request
+from hashmesh.protocol.batches import build_batch, header_hash
+from hashmesh.protocol.ops import AddOp
+from hashmesh.protocol.peerauth import sign_request
+from hashmesh.protocol.signing import SigningKey
+from hashmesh.protocol.sync import decode_page, encode_sync_request
 
 MD5 = "%032x"
 

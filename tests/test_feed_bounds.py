@@ -16,7 +16,7 @@ import pytest
 from netnodes import NodeProc
 from platform_util import SSE, ok_json, request
 
-from node.platform_api import MAX_STREAMS_PER_TOKEN, SNAPSHOT_IDLE_S, STREAM_RETRY_AFTER_S
+from hashmesh.node.web.platform import MAX_STREAMS_PER_TOKEN, SNAPSHOT_IDLE_S, STREAM_RETRY_AFTER_S
 
 
 @pytest.fixture(scope="module")

@@ -35,8 +35,8 @@ from netnodes import NodeProc, wait_for
 from protocol_helpers import KEYS, MD5, PDQ, PHOTODNA, SHA1, SHA256, add, chain, opinion, revoke
 from testdata import FORMATS, IMAGES
 
-from node.importers import ImportFormatError, ImportIssue, ImportRecord, parse_file
-from protocol.batches import (
+from hashmesh.node.lists.importers import ImportFormatError, ImportIssue, ImportRecord, parse_file
+from hashmesh.protocol.batches import (
     CONTEXT_BATCH,
     encode_frame,
     iter_frames,
@@ -44,17 +44,17 @@ from protocol.batches import (
     verify_batch,
     verify_parts,
 )
-from protocol.bundles import BundleCheck, BundleDecoder, encode_bundle_header
-from protocol.encoding import b64url, canonical, from_b64url, from_hex, parse_canonical
-from protocol.errors import ProtocolError
-from protocol.evidence import SignedHeader, build_evidence, verify_evidence
-from protocol.merkle import merkle_root
-from protocol.ops import OpId, parse_op, parse_ops
-from protocol.peerauth import sign_request, verify_request
-from protocol.proofs import build_proof, verify_proof
-from protocol.signals import Signal, signal_types
-from protocol.signing import SigningKey
-from protocol.sync import (
+from hashmesh.protocol.bundles import BundleCheck, BundleDecoder, encode_bundle_header
+from hashmesh.protocol.encoding import b64url, canonical, from_b64url, from_hex, parse_canonical
+from hashmesh.protocol.errors import ProtocolError
+from hashmesh.protocol.evidence import SignedHeader, build_evidence, verify_evidence
+from hashmesh.protocol.merkle import merkle_root
+from hashmesh.protocol.ops import OpId, parse_op, parse_ops
+from hashmesh.protocol.peerauth import sign_request, verify_request
+from hashmesh.protocol.proofs import build_proof, verify_proof
+from hashmesh.protocol.signals import Signal, signal_types
+from hashmesh.protocol.signing import SigningKey
+from hashmesh.protocol.sync import (
     decode_page,
     encode_page,
     encode_sync_request,
@@ -87,8 +87,27 @@ def fuzz(examples: int = 100) -> settings:
 
 # -- mutation strategies --------------------------------------------------------------------
 
-INTERESTING = [b"\x00", b"\xff", b'"', b"{", b"}", b"[", b"]", b",", b"\n", b"0", b"9", b"-",
-               b"\\", b"\xc2\xb2", b"\xd9\xa3", b"null", b"1e9", b"\xed\xa0\x80", b" "]
+INTERESTING = [
+    b"\x00",
+    b"\xff",
+    b'"',
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b",",
+    b"\n",
+    b"0",
+    b"9",
+    b"-",
+    b"\\",
+    b"\xc2\xb2",
+    b"\xd9\xa3",
+    b"null",
+    b"1e9",
+    b"\xed\xa0\x80",
+    b" ",
+]
 
 
 @st.composite
@@ -124,9 +143,27 @@ def json_values(max_leaves: int = 8) -> st.SearchStrategy[Any]:
         st.sampled_from([0, 1, -1, 2**53, 2**53 - 1, 64, 65, 100, 101]),
         st.floats(allow_nan=False, allow_infinity=False),
         st.text(max_size=40),
-        st.sampled_from(["", "csam", "le-only", "md5", "pdq", "add", "revoke", "opinion", MD5,
-                         PDQ, "²", "\u0661\u0662", "ed25519:" + "A" * 43, "..", "/", "\x00",
-                         "\ud800"]),
+        st.sampled_from(
+            [
+                "",
+                "csam",
+                "le-only",
+                "md5",
+                "pdq",
+                "add",
+                "revoke",
+                "opinion",
+                MD5,
+                PDQ,
+                "²",
+                "\u0661\u0662",
+                "ed25519:" + "A" * 43,
+                "..",
+                "/",
+                "\x00",
+                "\ud800",
+            ]
+        ),
     )
     return st.recursive(
         scalars,
@@ -225,8 +262,12 @@ def resign(header: dict[str, Any], ops_bytes: bytes, fix: bool) -> bytes:
     with `fix`, count/size/root also describe the (possibly mutated) ops."""
     if fix:
         lines = ops_bytes.split(b"\n")
-        header = {**header, "count": len(lines), "size": len(ops_bytes),
-                  "root": merkle_root(lines).hex()}
+        header = {
+            **header,
+            "count": len(lines),
+            "size": len(ops_bytes),
+            "root": merkle_root(lines).hex(),
+        }
     header_bytes = encode_any(header)
     return encode_frame(header_bytes, KEY.sign(CONTEXT_BATCH, header_bytes), ops_bytes)
 
@@ -237,15 +278,21 @@ signal_type_names = st.one_of(st.sampled_from(sorted(signal_types())), st.text(m
 
 
 @fuzz(200)
-@given(kind=signal_type_names, raw=st.one_of(
-    st.text(max_size=300),
-    st.sampled_from(list(SIGNAL_VALUES.values())).flatmap(
-        lambda v: mutated(v.encode()).map(lambda b: b.decode("utf-8", "replace"))
+@given(
+    kind=signal_type_names,
+    raw=st.one_of(
+        st.text(max_size=300),
+        st.sampled_from(list(SIGNAL_VALUES.values())).flatmap(
+            lambda v: mutated(v.encode()).map(lambda b: b.decode("utf-8", "replace"))
+        ),
+        st.lists(
+            st.sampled_from(["0", "255", "256", "-1", "²", "٣", " 7", "1_0", "x", ""]),
+            min_size=140,
+            max_size=148,
+        ).map(",".join),
+        st.sampled_from(list(SIGNAL_VALUES.values())).map(lambda v: f"  {v.upper()}\t"),
     ),
-    st.lists(st.sampled_from(["0", "255", "256", "-1", "²", "٣", " 7", "1_0", "x", ""]),
-             min_size=140, max_size=148).map(",".join),
-    st.sampled_from(list(SIGNAL_VALUES.values())).map(lambda v: f"  {v.upper()}\t"),
-))
+)
 def test_fuzz_signal_parse(kind: str, raw: str) -> None:
     signal = only_protocol_errors(lambda: Signal.parse(kind, raw))
     if signal is not None:  # a parsed value is canonical: parsing it again is the identity
@@ -260,13 +307,15 @@ def test_fuzz_parse_op(value: Any) -> None:
 
 
 @fuzz(200)
-@given(text=st.one_of(
-    st.text(max_size=250),
-    mutated(OP_ID.encode()).map(lambda b: b.decode("utf-8", "replace")),
-    st.sampled_from(["1", "01", "²", "\u0661", "0", "9" * 20, "-1", "+1", " 1"]).map(
-        lambda n: f"{KEY.node_id}/csam/{n}/0"
-    ),
-))
+@given(
+    text=st.one_of(
+        st.text(max_size=250),
+        mutated(OP_ID.encode()).map(lambda b: b.decode("utf-8", "replace")),
+        st.sampled_from(["1", "01", "²", "\u0661", "0", "9" * 20, "-1", "+1", " 1"]).map(
+            lambda n: f"{KEY.node_id}/csam/{n}/0"
+        ),
+    )
+)
 def test_fuzz_op_id_parse(text: str) -> None:
     op_id = only_protocol_errors(lambda: OpId.parse(text))
     if op_id is not None:
@@ -274,9 +323,18 @@ def test_fuzz_op_id_parse(text: str) -> None:
 
 
 @fuzz(200)
-@given(data=st.one_of(st.binary(max_size=200), mutated(st.sampled_from(
-    [PROOF, EVIDENCE, SYNC_REQUEST, LOG[0].header_bytes, b'{"a":[1,2,{"b":"c"}]}']
-))), text=st.text(max_size=100), n=st.integers(0, 64))
+@given(
+    data=st.one_of(
+        st.binary(max_size=200),
+        mutated(
+            st.sampled_from(
+                [PROOF, EVIDENCE, SYNC_REQUEST, LOG[0].header_bytes, b'{"a":[1,2,{"b":"c"}]}']
+            )
+        ),
+    ),
+    text=st.text(max_size=100),
+    n=st.integers(0, 64),
+)
 def test_fuzz_encoding(data: bytes, text: str, n: int) -> None:
     only_protocol_errors(lambda: parse_canonical(data))
     only_protocol_errors(lambda: from_b64url(text, "x"))
@@ -286,8 +344,10 @@ def test_fuzz_encoding(data: bytes, text: str, n: int) -> None:
 
 
 @fuzz(200)
-@given(frame=st.one_of(st.binary(max_size=300), mutated(st.sampled_from(FRAMES))),
-       offset=st.integers(-3, 400))
+@given(
+    frame=st.one_of(st.binary(max_size=300), mutated(st.sampled_from(FRAMES))),
+    offset=st.integers(-3, 400),
+)
 def test_fuzz_batch_frames(frame: bytes, offset: int) -> None:
     only_protocol_errors(lambda: verify_batch(frame))
     only_protocol_errors(lambda: iter_frames(frame))
@@ -298,13 +358,15 @@ def test_fuzz_batch_frames(frame: bytes, offset: int) -> None:
 @fuzz(200)
 @given(
     header=st.sampled_from(LOG).flatmap(lambda b: json_mutated(json.loads(b.header_bytes))),
-    ops=st.sampled_from(LOG).flatmap(lambda b: st.one_of(
-        st.just(b.ops_bytes),
-        mutated(b.ops_bytes),
-        st.lists(st.sampled_from(OP_WIRES).flatmap(json_mutated), min_size=1, max_size=4).map(
-            lambda vs: b"\n".join(encode_any(v) for v in vs)
-        ),
-    )),
+    ops=st.sampled_from(LOG).flatmap(
+        lambda b: st.one_of(
+            st.just(b.ops_bytes),
+            mutated(b.ops_bytes),
+            st.lists(st.sampled_from(OP_WIRES).flatmap(json_mutated), min_size=1, max_size=4).map(
+                lambda vs: b"\n".join(encode_any(v) for v in vs)
+            ),
+        )
+    ),
     fix=st.booleans(),
 )
 def test_fuzz_resigned_batches(header: Any, ops: bytes, fix: bool) -> None:
@@ -332,26 +394,33 @@ def _proof_fields() -> dict[str, Any]:
 
 
 @fuzz(200)
-@given(data=st.one_of(
-    st.binary(max_size=200),
-    mutated(PROOF),
-    json_mutated(_proof_fields()).map(encode_any),
-    st.builds(
-        lambda value, index, path: canonical({**_proof_fields(), "op": b64url(value),
-                                              "index": index, "path": path}),
-        st.sampled_from(OP_WIRES).flatmap(json_mutated).map(encode_any),
-        st.integers(-5, 10),
-        st.lists(st.sampled_from(_proof_fields()["path"] + ["00" * 32]), max_size=5),
-    ),
-))
+@given(
+    data=st.one_of(
+        st.binary(max_size=200),
+        mutated(PROOF),
+        json_mutated(_proof_fields()).map(encode_any),
+        st.builds(
+            lambda value, index, path: canonical(
+                {**_proof_fields(), "op": b64url(value), "index": index, "path": path}
+            ),
+            st.sampled_from(OP_WIRES).flatmap(json_mutated).map(encode_any),
+            st.integers(-5, 10),
+            st.lists(st.sampled_from(_proof_fields()["path"] + ["00" * 32]), max_size=5),
+        ),
+    )
+)
 def test_fuzz_verify_proof(data: bytes) -> None:
     only_protocol_errors(lambda: verify_proof(data))
 
 
 @fuzz(200)
-@given(data=st.one_of(
-    st.binary(max_size=200), mutated(EVIDENCE), json_mutated(json.loads(EVIDENCE)).map(encode_any)
-))
+@given(
+    data=st.one_of(
+        st.binary(max_size=200),
+        mutated(EVIDENCE),
+        json_mutated(json.loads(EVIDENCE)).map(encode_any),
+    )
+)
 def test_fuzz_verify_evidence(data: bytes) -> None:
     only_protocol_errors(lambda: verify_evidence(data))
 
@@ -379,25 +448,30 @@ def test_fuzz_bundle_decoder_in_arbitrary_chunks(data: bytes, cuts: list[int]) -
 
 
 @fuzz(200)
-@given(data=st.one_of(
-    st.binary(max_size=300),
-    mutated(PAGE),
-    json_mutated(json.loads(PAGE[8 : 8 + struct.unpack(">I", PAGE[4:8])[0]])).map(
-        lambda meta: (lambda m: b"HMSY" + struct.pack(">I", len(m)) + m + b"".join(FRAMES))(
-            encode_any(meta)
-        )
-    ),
-))
+@given(
+    data=st.one_of(
+        st.binary(max_size=300),
+        mutated(PAGE),
+        json_mutated(json.loads(PAGE[8 : 8 + struct.unpack(">I", PAGE[4:8])[0]])).map(
+            lambda meta: (lambda m: b"HMSY" + struct.pack(">I", len(m)) + m + b"".join(FRAMES))(
+                encode_any(meta)
+            )
+        ),
+    )
+)
 def test_fuzz_decode_page(data: bytes) -> None:
     only_protocol_errors(lambda: decode_page(data))
 
 
 @fuzz(200)
-@given(data=st.one_of(
-    st.binary(max_size=200),
-    mutated(SYNC_REQUEST),
-    json_mutated(json.loads(SYNC_REQUEST)).map(encode_any),
-), wire=st.one_of(json_values(), json_mutated(json.loads(SYNC_REQUEST)["vector"])))
+@given(
+    data=st.one_of(
+        st.binary(max_size=200),
+        mutated(SYNC_REQUEST),
+        json_mutated(json.loads(SYNC_REQUEST)).map(encode_any),
+    ),
+    wire=st.one_of(json_values(), json_mutated(json.loads(SYNC_REQUEST)["vector"])),
+)
 def test_fuzz_sync_request_and_vector(data: bytes, wire: Any) -> None:
     only_protocol_errors(lambda: parse_sync_request(data))
     only_protocol_errors(lambda: vector_from_wire(wire))
@@ -427,9 +501,7 @@ def test_fuzz_peer_auth_headers(
     headers = {**PEER_HEADERS, **changes}
     for name in drop:
         headers.pop(name, None)
-    only_protocol_errors(
-        lambda: verify_request(headers, method, path, body, OTHER.node_id, now)
-    )
+    only_protocol_errors(lambda: verify_request(headers, method, path, body, OTHER.node_id, now))
 
 
 # -- importers ------------------------------------------------------------------------------
@@ -580,23 +652,45 @@ def bearer(world: dict[str, Any], who: str = "admin") -> dict[str, str]:
 
 
 JSON_ENDPOINTS: dict[str, dict[str, Any]] = {
-    "/v1/signals": {"type": "md5", "value": "0" * 31 + "1", "collection": "fuzz",
-                    "category": "csam"},
-    "/v1/signals/batch": {"collection": "fuzz", "signals": [
-        {"type": "md5", "value": "0" * 31 + "2", "category": "csam"},
-        {"type": "pdq", "value": PDQ, "quality": 80}]},
+    "/v1/signals": {
+        "type": "md5",
+        "value": "0" * 31 + "1",
+        "collection": "fuzz",
+        "category": "csam",
+    },
+    "/v1/signals/batch": {
+        "collection": "fuzz",
+        "signals": [
+            {"type": "md5", "value": "0" * 31 + "2", "category": "csam"},
+            {"type": "pdq", "value": PDQ, "quality": 80},
+        ],
+    },
     "/v1/revoke": {"op_id": OP_ID, "reason": "x"},
     "/v1/opinions": {"op_id": OP_ID, "opinion": "seen", "collection": "fuzz"},
-    "/v1/match": {"queries": [{"type": "md5", "value": LIVE_MD5}, {"type": "pdq", "value": PDQ}],
-                  "threshold": 31},
-    "/v1/lists/import": {"collection": "fuzz", "adds": [{"type": "md5", "value": "0" * 32}],
-                         "revoke_signals": [["md5", "0" * 32]], "revoke_refs": ["r1"]},
+    "/v1/match": {
+        "queries": [{"type": "md5", "value": LIVE_MD5}, {"type": "pdq", "value": PDQ}],
+        "threshold": 31,
+    },
+    "/v1/lists/import": {
+        "collection": "fuzz",
+        "adds": [{"type": "md5", "value": "0" * 32}],
+        "revoke_signals": [["md5", "0" * 32]],
+        "revoke_refs": ["r1"],
+    },
     "/v1/admin/tokens": {"name": "t", "scopes": ["read"], "collections": ["csam"]},
     "/v1/admin/trust": {"node_id": OTHER.node_id, "collection": "fuzz", "name": "x"},
-    "/v1/admin/peers": {"name": "p", "url": "http://127.0.0.1:9", "node_id": OTHER.node_id,
-                        "share": ["fuzz"]},
-    "/takeitdown/api/submit": {"challenge": "x", "nonce": "y", "category": "ncii",
-                               "hashes": [{"type": "pdq", "value": PDQ}]},
+    "/v1/admin/peers": {
+        "name": "p",
+        "url": "http://127.0.0.1:9",
+        "node_id": OTHER.node_id,
+        "share": ["fuzz"],
+    },
+    "/takeitdown/api/submit": {
+        "challenge": "x",
+        "nonce": "y",
+        "category": "ncii",
+        "hashes": [{"type": "pdq", "value": PDQ}],
+    },
     "/takeitdown/api/status": {"number": "123", "secret": "abc"},
     "/takeitdown/api/withdraw": {"number": "123", "secret": "abc"},
 }
@@ -613,11 +707,32 @@ def _fresh_names(value: Any) -> Any:
 def one_field_swapped(draw: st.DrawFn, valid: dict[str, Any]) -> dict[str, Any]:
     """The valid body with one known field given a value of another type or shape."""
     body = dict(valid)
-    body[draw(st.sampled_from(sorted(valid)))] = draw(st.one_of(
-        st.sampled_from([None, True, 0, -1, 5, 2**70, 1.5, "", "x", "²", [], {}, [5], [[5]],
-                         [None], {"a": 1}, "0" * 5000]),
-        json_values(4),
-    ))
+    body[draw(st.sampled_from(sorted(valid)))] = draw(
+        st.one_of(
+            st.sampled_from(
+                [
+                    None,
+                    True,
+                    0,
+                    -1,
+                    5,
+                    2**70,
+                    1.5,
+                    "",
+                    "x",
+                    "²",
+                    [],
+                    {},
+                    [5],
+                    [[5]],
+                    [None],
+                    {"a": 1},
+                    "0" * 5000,
+                ]
+            ),
+            json_values(4),
+        )
+    )
     return body
 
 
@@ -628,25 +743,58 @@ def one_field_swapped(draw: st.DrawFn, valid: dict[str, Any]) -> dict[str, Any]:
 )
 def test_fuzz_http_json_bodies(live: dict[str, Any], path: str, data: st.DataObject) -> None:
     valid = JSON_ENDPOINTS[path]
-    body = data.draw(st.one_of(
-        one_field_swapped(valid).map(_fresh_names).map(lambda v: json.dumps(v).encode()),
-        json_mutated(valid).map(_fresh_names).map(lambda v: json.dumps(v).encode()),
-        mutated(json.dumps(valid).encode()),
-        st.binary(max_size=100),
-        json_values().map(lambda v: json.dumps(v).encode()),
-    ))
+    body = data.draw(
+        st.one_of(
+            one_field_swapped(valid).map(_fresh_names).map(lambda v: json.dumps(v).encode()),
+            json_mutated(valid).map(_fresh_names).map(lambda v: json.dumps(v).encode()),
+            mutated(json.dumps(valid).encode()),
+            st.binary(max_size=100),
+            json_values().map(lambda v: json.dumps(v).encode()),
+        )
+    )
     who = data.draw(st.sampled_from(["admin", "admin", "reader"]))
     live["http"].send("POST", path, body, bearer(live, who))
 
 
-QUERY_PATHS = ["/v1/feed", "/v1/snapshot", "/v1/export", "/v1/status/recent",
-               "/v1/feed/stream", "/v1/status", "/v1/status/history", "/metrics",
-               "/v1/admin/tokens", "/takeitdown/api/info", "/takeitdown/api/challenge"]
+QUERY_PATHS = [
+    "/v1/feed",
+    "/v1/snapshot",
+    "/v1/export",
+    "/v1/status/recent",
+    "/v1/feed/stream",
+    "/v1/status",
+    "/v1/status/history",
+    "/metrics",
+    "/v1/admin/tokens",
+    "/takeitdown/api/info",
+    "/takeitdown/api/challenge",
+]
 query_values = st.one_of(
     st.text(max_size=20),
-    st.sampled_from(["", "0", "1", "-1", "²", "\u0661\u0662", "1_0", "99999999999999999999", "csam",
-                     "9" * 5000, "0400000000000",
-                     "le-only", "fuzz", "Csam", "a" * 70, "%", "%zz", "\x00", "1e3", " 5"]),
+    st.sampled_from(
+        [
+            "",
+            "0",
+            "1",
+            "-1",
+            "²",
+            "\u0661\u0662",
+            "1_0",
+            "99999999999999999999",
+            "csam",
+            "9" * 5000,
+            "0400000000000",
+            "le-only",
+            "fuzz",
+            "Csam",
+            "a" * 70,
+            "%",
+            "%zz",
+            "\x00",
+            "1e3",
+            " 5",
+        ]
+    ),
 )
 
 
@@ -654,15 +802,18 @@ query_values = st.one_of(
 @given(
     path=st.sampled_from(QUERY_PATHS),
     params=st.lists(
-        st.tuples(st.sampled_from(["after", "limit", "collection", "heartbeat", "x", ""]),
-                  query_values),
+        st.tuples(
+            st.sampled_from(["after", "limit", "collection", "heartbeat", "x", ""]), query_values
+        ),
         min_size=1,
         max_size=3,
     ),
     raw_suffix=st.one_of(st.just(""), st.text(max_size=10)),
     who=st.sampled_from(["admin", "reader"]),
-    last_event_id=st.one_of(st.none(), st.sampled_from([b"5", b"\xc2\xb2", b"\xd9\xa3", b"-1",
-                                                         b"x", b"1" * 40, b"\xff"])),
+    last_event_id=st.one_of(
+        st.none(),
+        st.sampled_from([b"5", b"\xc2\xb2", b"\xd9\xa3", b"-1", b"x", b"1" * 40, b"\xff"]),
+    ),
 )
 def test_fuzz_http_query_strings(
     live: dict[str, Any],
@@ -674,8 +825,12 @@ def test_fuzz_http_query_strings(
 ) -> None:
     from urllib.parse import quote
 
-    query = "&".join(f"{quote(k)}={quote(v, safe='', errors='surrogatepass')}"
-                     if "\ud800" not in v else f"{k}=%ED%A0%80" for k, v in params)
+    query = "&".join(
+        f"{quote(k)}={quote(v, safe='', errors='surrogatepass')}"
+        if "\ud800" not in v
+        else f"{k}=%ED%A0%80"
+        for k, v in params
+    )
     suffix = quote(raw_suffix, safe="=&", errors="replace")
     url = path + ("?" + query + suffix if query or suffix else "")
     headers = bearer(live, who)
@@ -687,12 +842,25 @@ def test_fuzz_http_query_strings(
 @fuzz(150)
 @given(
     method=st.sampled_from(["GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS", "HEAD"]),
-    tail=st.one_of(st.text(max_size=30), st.sampled_from(
-        ["v1/admin/tokens/²", "v1/admin/tokens/\u0661", "v1/admin/tokens/99999999999999999999999",
-         "v1/admin/tokens/" + "9" * 5000,
-         "v1/admin/tokens/%00", "v1/admin/tokens/%2e%2e", "takeitdown/..%2f..%2fetc",
-         "takeitdown/%ff", "v1//feed", "v1/feed/", "v1/peer/", "v1/peer/sync/x"]
-    )),
+    tail=st.one_of(
+        st.text(max_size=30),
+        st.sampled_from(
+            [
+                "v1/admin/tokens/²",
+                "v1/admin/tokens/\u0661",
+                "v1/admin/tokens/99999999999999999999999",
+                "v1/admin/tokens/" + "9" * 5000,
+                "v1/admin/tokens/%00",
+                "v1/admin/tokens/%2e%2e",
+                "takeitdown/..%2f..%2fetc",
+                "takeitdown/%ff",
+                "v1//feed",
+                "v1/feed/",
+                "v1/peer/",
+                "v1/peer/sync/x",
+            ]
+        ),
+    ),
     auth=st.one_of(st.sampled_from(["admin", "reader", "none"]), st.binary(max_size=40)),
 )
 def test_fuzz_http_paths_methods_and_auth(
@@ -711,8 +879,7 @@ def test_fuzz_http_paths_methods_and_auth(
         headers["Authorization"] = b"Bearer " + clean
     if method == "DELETE" and "tokens" in path and auth == "admin":
         assume("reader" not in path)  # keep the reader token alive for the other tests
-    live["http"].send(method, path, b"" if method in ("POST", "PUT") else None,
-                                  headers)
+    live["http"].send(method, path, b"" if method in ("POST", "PUT") else None, headers)
     if method == "HEAD":
         live["http"].close()
 
@@ -725,8 +892,9 @@ def test_fuzz_http_paths_methods_and_auth(
 def test_fuzz_http_bundle_import(live: dict[str, Any], data: Any, chunked_cut: int) -> None:
     if not isinstance(data, bytes):
         data = data.draw(mutated(live["bundle"]))
-    live["http"].send("POST", "/v1/import", data,
-                      {**bearer(live), "Content-Type": "application/octet-stream"})
+    live["http"].send(
+        "POST", "/v1/import", data, {**bearer(live), "Content-Type": "application/octet-stream"}
+    )
 
 
 @fuzz(30)
@@ -736,9 +904,13 @@ def test_fuzz_http_match_file(live: dict[str, Any], data: Any) -> None:
         data = data.draw(mutated(IMAGE.read_bytes()[:4000]))
     boundary = "fuzzboundary"
     body = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x\"\r\n"
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     headers = {**bearer(live), "Content-Type": f"multipart/form-data; boundary={boundary}"}
     live["http"].send("POST", "/v1/match/file", body, headers)
     # and a broken multipart envelope
@@ -748,8 +920,9 @@ def test_fuzz_http_match_file(live: dict[str, Any], data: Any) -> None:
 def _signed(live: dict[str, Any], path: str, body: bytes) -> dict[str, str]:
     key: SigningKey = live["peers"][live["peer_index"]]
     node: NodeProc = live["node"]
-    headers = sign_request(key, node.node_id, "POST", path, body, int(time.time() * 1000),
-                           os.urandom(16))
+    headers = sign_request(
+        key, node.node_id, "POST", path, body, int(time.time() * 1000), os.urandom(16)
+    )
     headers["Content-Type"] = "application/octet-stream"
     return headers
 
@@ -759,9 +932,16 @@ def _next_peer(live: dict[str, Any]) -> None:
     live["peer_index"] = (live["peer_index"] + 1) % len(live["peers"])
     key = live["peers"][live["peer_index"]]
     status, _ = live["http"].send(
-        "POST", "/v1/admin/peers",
-        json.dumps({"name": f"fuzzpeer{uuid.uuid4().hex[:10]}", "url": "http://127.0.0.1:9",
-                    "node_id": key.node_id, "share": ["csam"]}).encode(),
+        "POST",
+        "/v1/admin/peers",
+        json.dumps(
+            {
+                "name": f"fuzzpeer{uuid.uuid4().hex[:10]}",
+                "url": "http://127.0.0.1:9",
+                "node_id": key.node_id,
+                "share": ["csam"],
+            }
+        ).encode(),
         bearer(live),
     )
     assert status in (200, 409), status

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
-from node.hashing import (
+from hashmesh.node.hashing.hasher import (
     MIN_PUBLISH_QUALITY,
     PDQ_THUMBNAIL,
     FileHashes,
@@ -24,8 +24,8 @@ from node.hashing import (
     pdq_from_bytes,
     pdq_from_image,
 )
-from protocol.errors import SignalError
-from protocol.hashing import Digests, md5_hex, pdq_distance, sha1_hex, sha256_hex
+from hashmesh.protocol.errors import SignalError
+from hashmesh.protocol.hashing import Digests, md5_hex, pdq_distance, sha1_hex, sha256_hex
 
 
 def _pdq_data() -> Path:

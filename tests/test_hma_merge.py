@@ -29,8 +29,8 @@ from threatexchange.signal_type.md5 import VideoMD5Signal
 from threatexchange.signal_type.pdq.signal import PdqSignal
 from threatexchange.signal_type.signal_base import SignalType
 
-from node.integrations import threatexchange as ext
-from node.integrations.threatexchange import (
+from hashmesh.integrations import threatexchange as ext
+from hashmesh.integrations.threatexchange import (
     HashmeshCheckpoint,
     HashmeshCollabConfig,
     HashmeshCredentials,

@@ -27,10 +27,10 @@ from hostile_peer import HostilePeer, LiarServer
 from netnodes import NodeProc, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from node.config import Home, Peer, Trust
-from protocol.encoding import b64url, canonical
-from protocol.evidence import SignedHeader
-from protocol.sync import encode_sync_request
+from hashmesh.node.config import Home, Peer, Trust
+from hashmesh.protocol.encoding import b64url, canonical
+from hashmesh.protocol.evidence import SignedHeader
+from hashmesh.protocol.sync import encode_sync_request
 
 MD5 = "%032x"
 DEAD = "http://127.0.0.1:9"
@@ -39,9 +39,13 @@ DEAD = "http://127.0.0.1:9"
 def api(node: NodeProc, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(
-        node.url + path, data=data, method=method,
-        headers={"Authorization": f"Bearer {node.admin_token()}",
-                 "Content-Type": "application/json"},
+        node.url + path,
+        data=data,
+        method=method,
+        headers={
+            "Authorization": f"Bearer {node.admin_token()}",
+            "Content-Type": "application/json",
+        },
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
@@ -102,8 +106,12 @@ class Arena:
         """The honest node publishes one add; seconds until the victim matches it."""
         self.sent += 1
         value = MD5 % (0x600D << 64 | self.sent)
-        status, _ = api(self.honest, "POST", "/v1/signals",
-                        {"type": "md5", "value": value, "collection": "csam"})
+        status, _ = api(
+            self.honest,
+            "POST",
+            "/v1/signals",
+            {"type": "md5", "value": value, "collection": "csam"},
+        )
         assert status == 200
         start = time.monotonic()
         wait_for(lambda: matches(self.victim, value), timeout=within, step=0.05)
@@ -254,8 +262,9 @@ def test_batches_for_collections_it_may_not_write(arena: Arena) -> None:
     assert score(victim, "evil") == 0
     arena.honest_add_arrives()
     time.sleep(1.2)  # an anti-entropy round: nothing of it reaches the honest node either
-    status, body = api(arena.honest, "POST", "/v1/match",
-                       {"queries": [{"type": "md5", "value": MD5 % 31}]})
+    status, body = api(
+        arena.honest, "POST", "/v1/match", {"queries": [{"type": "md5", "value": MD5 % 31}]}
+    )
     assert status == 200 and body["matched"] is False
 
 
@@ -268,7 +277,9 @@ def test_oversized_and_deeply_nested_bodies(arena: Arena) -> None:
     assert reply.status == 400 and reply.error.startswith("evidence: ")
     deep = b'{"queries": ' + nested + b"}"
     request = urllib.request.Request(
-        victim.url + "/v1/match", data=deep, method="POST",
+        victim.url + "/v1/match",
+        data=deep,
+        method="POST",
         headers={"Authorization": f"Bearer {victim.admin_token()}"},
     )
     with pytest.raises(urllib.error.HTTPError) as info:
@@ -290,8 +301,13 @@ def test_oversized_and_deeply_nested_bodies(arena: Arena) -> None:
 
     conn = http.client.HTTPConnection(evil.host, evil.port, timeout=30)
     try:
-        conn.request("POST", "/v1/peer/batches", body=chunks(),
-                     headers=evil.headers("/v1/peer/batches", b""), encode_chunked=True)
+        conn.request(
+            "POST",
+            "/v1/peer/batches",
+            body=chunks(),
+            headers=evil.headers("/v1/peer/batches", b""),
+            encode_chunked=True,
+        )
         assert conn.getresponse().status == 413
     except (ConnectionError, BrokenPipeError):
         pass  # refused and closed mid-upload: equally fine
@@ -391,8 +407,9 @@ def test_lying_sync_pages(tmp_path: Path) -> None:
     good = liar_more.chain("csam", [40, 41])
     servers = [
         LiarServer(liar_more, [b.to_bytes() for b in good], "more"),
-        LiarServer(liar_forged, [liar_forged.forge_signature(liar_forged.chain("csam", [42])[0])],
-                   "forged"),
+        LiarServer(
+            liar_forged, [liar_forged.forge_signature(liar_forged.chain("csam", [42])[0])], "forged"
+        ),
     ]
     try:
         home = Home(victim.home)

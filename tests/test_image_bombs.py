@@ -19,7 +19,7 @@ from netnodes import HASHMESH, NodeProc, peak_rss
 from PIL import Image
 from platform_util import request
 
-from node.hashing import (
+from hashmesh.node.hashing.hasher import (
     MAX_JPEG_PIXELS,
     MAX_PIXELS,
     ImageError,

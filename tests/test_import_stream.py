@@ -12,7 +12,7 @@ import pytest
 from netnodes import NodeProc, peak_rss
 from platform_util import request
 
-from node.bodies import MAX_JSON_BODY
+from hashmesh.node.net.bodies import MAX_JSON_BODY
 
 LIST_BYTES = 60 << 20
 DISTINCT = 10_000

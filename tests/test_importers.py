@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from testdata import FORMATS
 
-from node.importers import (
+from hashmesh.node.lists.importers import (
     ImportFormatError,
     ImportIssue,
     ImportRecord,

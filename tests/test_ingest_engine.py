@@ -14,11 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from protocol_helpers import KEYS, add, opinion, revoke
 
-from node.store import Store
-from protocol.batches import Batch, LogKey, build_batch
-from protocol.ops import AnyOp, OpId
-from protocol.signing import SigningKey
-from protocol.state import State
+from hashmesh.node.store.core import Store
+from hashmesh.protocol.batches import Batch, LogKey, build_batch
+from hashmesh.protocol.ops import AnyOp, OpId
+from hashmesh.protocol.signing import SigningKey
+from hashmesh.protocol.state import State
 
 AUTHORS = KEYS[:2]
 COLLECTIONS = ("csam", "ncii")

@@ -17,8 +17,13 @@ from hostile_peer import raw_post
 from netnodes import NodeProc
 from platform_util import request
 
-from node.matcher import MAX_MATCHES_PER_QUERY, MAX_MATCHES_PER_REQUEST, MAX_THRESHOLD, Matcher
-from node.store import Store
+from hashmesh.node.matching.matcher import (
+    MAX_MATCHES_PER_QUERY,
+    MAX_MATCHES_PER_REQUEST,
+    MAX_THRESHOLD,
+    Matcher,
+)
+from hashmesh.node.store.core import Store
 
 RNG = random.Random(20261201)
 MD5_SHARED = "5" * 32

@@ -17,8 +17,8 @@ import pytest
 from netnodes import NodeProc
 from platform_util import request
 
-from node.matcher import Matcher
-from node.store import ReaderPool, Store
+from hashmesh.node.matching.matcher import Matcher
+from hashmesh.node.store.core import ReaderPool, Store
 
 RNG = random.Random(20261202)
 HEAVY_REQUESTS = 4
@@ -137,7 +137,7 @@ def test_changes_made_while_a_match_holds_the_index_are_applied_in_order(
 
     # A match holds the index while the store commits an add, its revocation and a
     # re-add: each is queued, none applied, and the store thread did not block.
-    from protocol.ops import OpId
+    from hashmesh.protocol.ops import OpId
 
     target = str(OpId(batches[0].header.author, "csam", 1, 0))
     later = chain(

@@ -18,8 +18,8 @@ import pytest
 from netnodes import NodeProc
 from test_exif_orientation import PHOTO, upright_copy
 
-from node.hashing import pdq_dihedral_from_bytes, pdq_from_bytes
-from node.pdq import DIHEDRAL
+from hashmesh.node.hashing.hasher import pdq_dihedral_from_bytes, pdq_from_bytes
+from hashmesh.node.hashing.pdq import DIHEDRAL
 
 LISTED, LISTED_QUALITY = pdq_from_bytes(upright_copy(PHOTO.read_bytes()))
 

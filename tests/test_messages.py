@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from netnodes import HASHMESH, NodeProc, free_port, wait_for
 
-from protocol.errors import SignatureError
-from protocol.names import validate_node_id
+from hashmesh.protocol.errors import SignatureError
+from hashmesh.protocol.names import validate_node_id
 
 MD5 = "5d41402abc4b2a76b9719d911017c592"
 PDQ = "d8f8f0cce0f4a84f0e370a22028f67f0b36e2ed596623e1d33e6b39c4e9c9b22"

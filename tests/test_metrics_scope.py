@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from netnodes import NodeProc
 
-from protocol.signing import SigningKey
+from hashmesh.protocol.signing import SigningKey
 
 MD5_CSAM = "5d41402abc4b2a76b9719d911017c592"
 MD5_LE = "0cc175b9c0f1b6a831c399e269772661"

@@ -1,4 +1,4 @@
-"""node.pdq against the pdqhash binding (Meta's C++ PDQ), which stays the oracle here."""
+"""hashing.pdq against the pdqhash binding (Meta's C++ PDQ), which stays the oracle here."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from testdata import PDQ
 
-from node.pdq import DIHEDRAL, pdq_buffer, pdq_dihedral_from_luma, pdq_from_luma
+from hashmesh.node.hashing.pdq import DIHEDRAL, pdq_buffer, pdq_dihedral_from_luma, pdq_from_luma
 
 
 def _binding(rgb: npt.NDArray[np.uint8]) -> tuple[str, int]:
@@ -57,7 +57,7 @@ def test_dihedral_variants_are_bit_for_bit_the_bindings(name: str) -> None:
     assert variants["original"] == pdq_from_luma(_luma(rgb))[0] == binding["original"]
     if name == "images/q0003.jpg":
         # Quality 3 (nearly flat): the box filters round differently from Meta's running
-        # sums (see node.pdq), and two coefficients of the turned blocks lie 1.5e-5 apart
+        # sums (see hashing.pdq), and two coefficients of the turned blocks lie 1.5e-5 apart
         # at the median; the sign flips themselves are exact.
         assert all(_bits_apart(variants[n], binding[n]) <= 2 for n in DIHEDRAL), variants
         return

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from node.pdq import _DCT
+from hashmesh.node.hashing.pdq import _DCT
 
 _CORPUS = Path(__file__).resolve().parent / "pdq_corpus.py"
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node import pdq_index
-from node.pdq_index import PDQIndex, hex_to_words, words_to_hex
+from hashmesh.node.matching import pdq_index
+from hashmesh.node.matching.pdq_index import PDQIndex, hex_to_words, words_to_hex
 
 Result = list[tuple[int, int]]
 

@@ -2,7 +2,7 @@
 
 Each row is Meta's picture (bridge-mods/aaa-orig.jpg, whose PDQ is the reference hash of
 images/bridge-1-original.jpg) changed one way, hashed with the node's own code
-(node/hashing.py), and compared with the original's PDQ: plainly, and as
+(hashmesh/node/hashing/hasher.py), and compared with the original's PDQ: plainly, and as
 `match --file --dihedral` compares it (the nearest of the upload's 8 rotations and
 mirrors). Meta's own edits are files in the shared test data; the others are made here
 with Pillow and saved as JPEG (quality 90). `python tests/test_pdq_transforms_doc.py`
@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageOps
 from testdata import PDQ
 
-from node.hashing import pdq_dihedral_from_bytes, pdq_from_bytes
+from hashmesh.node.hashing.hasher import pdq_dihedral_from_bytes, pdq_from_bytes
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "platforms.md"
 HEADING = "## 9. What PDQ survives, and what it does not"

@@ -23,9 +23,9 @@ import pytest
 from hostile_peer import HostilePeer, Reply, ScriptedServer, raw_post
 from netnodes import NodeProc, peak_rss, wait_for
 
-from node.config import Home, Peer
-from protocol.signing import SigningKey
-from protocol.sync import encode_page
+from hashmesh.node.config import Home, Peer
+from hashmesh.protocol.signing import SigningKey
+from hashmesh.protocol.sync import encode_page
 
 PATH = "/v1/peer/batches"
 DECLARED = 30 * 1024 * 1024
@@ -95,11 +95,14 @@ def test_encoded_bodies_are_refused_on_every_route(
         reply = post(node, PATH, {**headers, "Content-Encoding": encoding}, bomb)
         assert reply.status == 415 and "Content-Encoding" in reply.error, (encoding, reply)
     token = {"Authorization": f"Bearer {node.admin_token()}", "Content-Encoding": "gzip"}
-    signal = gzip.compress(json.dumps(
-        {"type": "md5", "value": "a" * 32, "collection": "csam"}).encode())
-    for path, content_type in (("/v1/signals", "application/json"),
-                               ("/v1/import", "application/octet-stream"),
-                               ("/v1/match/file", "multipart/form-data; boundary=xx")):
+    signal = gzip.compress(
+        json.dumps({"type": "md5", "value": "a" * 32, "collection": "csam"}).encode()
+    )
+    for path, content_type in (
+        ("/v1/signals", "application/json"),
+        ("/v1/import", "application/octet-stream"),
+        ("/v1/match/file", "multipart/form-data; boundary=xx"),
+    ):
         reply = post(node, path, {**token, "Content-Type": content_type}, signal)
         assert reply.status == 415 and reply.json()["error"], (path, reply)
     # Identity is fine.
@@ -162,11 +165,15 @@ def _victim_with(tmp_path: Path, answer: Any) -> tuple[NodeProc, ScriptedServer]
 
 def _publish(node: NodeProc, n: int) -> None:
     request = urllib.request.Request(
-        node.url + "/v1/signals", method="POST",
-        data=json.dumps({"type": "md5", "value": "%032x" % (0xE0 << 64 | n),
-                         "collection": "csam"}).encode(),
-        headers={"Authorization": f"Bearer {node.admin_token()}",
-                 "Content-Type": "application/json"},
+        node.url + "/v1/signals",
+        method="POST",
+        data=json.dumps(
+            {"type": "md5", "value": "%032x" % (0xE0 << 64 | n), "collection": "csam"}
+        ).encode(),
+        headers={
+            "Authorization": f"Bearer {node.admin_token()}",
+            "Content-Type": "application/json",
+        },
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
@@ -186,8 +193,12 @@ def test_a_peers_huge_error_text_is_clipped(tmp_path: Path) -> None:
     node, server = _victim_with(tmp_path, lambda path: (500, huge))
     try:
         _publish(node, 1)
-        wait_for(lambda: server.seen.get("/v1/peer/sync", 0) >= 2
-                 and server.seen.get("/v1/peer/batches", 0) >= 1)
+        wait_for(
+            lambda: (
+                server.seen.get("/v1/peer/sync", 0) >= 2
+                and server.seen.get("/v1/peer/batches", 0) >= 1
+            )
+        )
         time.sleep(0.5)
         error = _liar_state(node)["last_error"]
         assert "answered 500" in error and len(error) <= 600, len(error)

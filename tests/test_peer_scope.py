@@ -16,11 +16,11 @@ from hostile_peer import HostilePeer
 from netnodes import NodeProc, wait_for
 from test_hostile import api, peer_state
 
-from node.config import Home, Peer, Trust
-from protocol.encoding import b64url, canonical
-from protocol.evidence import SignedHeader, build_evidence
-from protocol.signing import SigningKey
-from protocol.sync import decode_page, encode_sync_request
+from hashmesh.node.config import Home, Peer, Trust
+from hashmesh.protocol.encoding import b64url, canonical
+from hashmesh.protocol.evidence import SignedHeader, build_evidence
+from hashmesh.protocol.signing import SigningKey
+from hashmesh.protocol.sync import decode_page, encode_sync_request
 
 MD5 = "%032x"
 DEAD = "http://127.0.0.1:9"
@@ -54,8 +54,12 @@ def scene(tmp_path: Path) -> Iterator[Scene]:
     victim.start()
     relay.start()
     for collection, n in (("csam", 1), ("le-only", 2)):
-        status, body = api(victim, "POST", "/v1/signals",
-                           {"type": "md5", "value": MD5 % n, "collection": collection})
+        status, body = api(
+            victim,
+            "POST",
+            "/v1/signals",
+            {"type": "md5", "value": MD5 % n, "collection": collection},
+        )
         assert status == 200, body
     yield Scene(victim, relay, evil, law)
     evil.close()
@@ -87,8 +91,9 @@ def _fork(key: SigningKey, evil: HostilePeer, collection: str, seq: int = 1) -> 
     prev = None if seq == 1 else bytes([seq]) * 32
     a = evil.chain(collection, [seq * 10], first_seq=seq, prev=prev, key=key)[0]
     b = evil.chain(collection, [seq * 10 + 1], first_seq=seq, prev=prev, key=key)[0]
-    evidence = build_evidence(SignedHeader(a.header_bytes, a.signature),
-                              SignedHeader(b.header_bytes, b.signature))
+    evidence = build_evidence(
+        SignedHeader(a.header_bytes, a.signature), SignedHeader(b.header_bytes, b.signature)
+    )
     return b64url(evidence.to_bytes())
 
 

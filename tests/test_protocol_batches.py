@@ -23,7 +23,7 @@ from protocol_helpers import (
     revoke,
 )
 
-from protocol.batches import (
+from hashmesh.protocol.batches import (
     MAX_OPS_PER_BATCH,
     build_batch,
     encode_frame,
@@ -32,8 +32,8 @@ from protocol.batches import (
     verify_header,
     verify_parts,
 )
-from protocol.encoding import b64url, canonical
-from protocol.errors import (
+from hashmesh.protocol.encoding import b64url, canonical
+from hashmesh.protocol.errors import (
     BatchError,
     EncodingError,
     EvidenceError,
@@ -43,16 +43,16 @@ from protocol.errors import (
     ProtocolError,
     SignatureError,
 )
-from protocol.evidence import SignedHeader, build_evidence, verify_evidence
-from protocol.merkle import (
+from hashmesh.protocol.evidence import SignedHeader, build_evidence, verify_evidence
+from hashmesh.protocol.merkle import (
     inclusion_path,
     leaf_hash,
     merkle_root,
     root_from_inclusion_path,
 )
-from protocol.ops import AddOp, OpId, RevokeOp, op_to_wire
-from protocol.proofs import build_proof, verify_proof
-from protocol.signing import CONTEXT_BATCH, CONTEXT_PEER_REQUEST, verify
+from hashmesh.protocol.ops import AddOp, OpId, RevokeOp, op_to_wire
+from hashmesh.protocol.proofs import build_proof, verify_proof
+from hashmesh.protocol.signing import CONTEXT_BATCH, CONTEXT_PEER_REQUEST, verify
 
 KEY, OTHER = KEYS[0], KEYS[1]
 

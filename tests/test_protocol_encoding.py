@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.encoding import (
+from hashmesh.protocol.encoding import (
     MAX_SAFE_INT,
     b64url,
     canonical,
@@ -17,15 +17,19 @@ from protocol.encoding import (
     from_hex,
     parse_canonical,
 )
-from protocol.errors import EncodingError, ProtocolError
+from hashmesh.protocol.errors import EncodingError, ProtocolError
 
 json_values = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(-MAX_SAFE_INT, MAX_SAFE_INT)
     | st.text(st.characters(exclude_categories=["Cs"]), max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(st.characters(max_codepoint=127), max_size=6), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.text(st.characters(max_codepoint=127), max_size=6), children, max_size=4
+        )
+    ),
     max_leaves=20,
 )
 
@@ -39,8 +43,14 @@ def test_canonical_round_trips(value: Any) -> None:
 
 
 @settings(max_examples=200)
-@given(st.dictionaries(st.text(st.characters(max_codepoint=127), max_size=6), st.integers(0, 9),
-                       min_size=2, max_size=5))
+@given(
+    st.dictionaries(
+        st.text(st.characters(max_codepoint=127), max_size=6),
+        st.integers(0, 9),
+        min_size=2,
+        max_size=5,
+    )
+)
 def test_keys_out_of_order_refused(value: dict[str, int]) -> None:
     keys = sorted(value)
     reversed_text = "{" + ",".join(f"{json.dumps(k)}:{value[k]}" for k in reversed(keys)) + "}"
@@ -93,8 +103,8 @@ def test_big_ints_at_the_limit_are_fine() -> None:
 
 
 def test_control_characters_use_the_short_escapes() -> None:
-    assert canonical("\n\t\x01\"\\") == b'"\\n\\t\\u0001\\"\\\\"'
-    assert canonical("é\u2028") == "\"é\u2028\"".encode()
+    assert canonical('\n\t\x01"\\') == b'"\\n\\t\\u0001\\"\\\\"'
+    assert canonical("é\u2028") == '"é\u2028"'.encode()
 
 
 @settings(max_examples=200)

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from protocol.encoding import canonical
-from protocol.ops import _parse_lines_fast, op_to_wire, parse_op_lines, parse_ops
+from hashmesh.protocol.encoding import canonical
+from hashmesh.protocol.ops import _parse_lines_fast, op_to_wire, parse_op_lines, parse_ops
 
 AUTHOR = "ed25519:" + "A" * 43
 TARGET = f"{AUTHOR}/csam/1/0"

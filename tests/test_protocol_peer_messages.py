@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from protocol.batches import LogKey
-from protocol.encoding import canonical
-from protocol.errors import ProtocolError
-from protocol.signing import SigningKey
-from protocol.sync import (
+from hashmesh.protocol.batches import LogKey
+from hashmesh.protocol.encoding import canonical
+from hashmesh.protocol.errors import ProtocolError
+from hashmesh.protocol.signing import SigningKey
+from hashmesh.protocol.sync import (
     MAX_EVIDENCE_MESSAGE_BYTES,
     MAX_EVIDENCE_PER_MESSAGE,
     PushReply,

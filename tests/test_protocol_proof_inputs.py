@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 from protocol_helpers import mth
 
-from protocol.errors import ProofError
-from protocol.merkle import HASH_SIZE, inclusion_path, leaf_hash, root_from_inclusion_path
+from hashmesh.protocol.errors import ProofError
+from hashmesh.protocol.merkle import HASH_SIZE, inclusion_path, leaf_hash, root_from_inclusion_path
 
 DATA = [bytes([i]) for i in range(10)]
 LEAVES = [leaf_hash(data) for data in DATA]

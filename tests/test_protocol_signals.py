@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from protocol_helpers import MD5, PDQ, PHOTODNA, PHOTODNA_BYTES, SHA1, SHA256
 
-from protocol.errors import OpError, SignalError
-from protocol.ops import AddOp, parse_ops
-from protocol.signals import Signal, signal_types
+from hashmesh.protocol.errors import OpError, SignalError
+from hashmesh.protocol.ops import AddOp, parse_ops
+from hashmesh.protocol.signals import Signal, signal_types
 
 HEX = {"md5": (MD5, 32), "sha1": (SHA1, 40), "sha256": (SHA256, 64), "pdq": (PDQ, 64)}
 
@@ -114,18 +114,30 @@ def test_add_labels_checked() -> None:
 @pytest.mark.parametrize(
     ("op", "reason"),
     [
-        ({"op": "add", "type": "md5", "value": MD5.upper(), "category": "csam"},
-         "md5 value: not normalised"),
-        ({"op": "add", "type": "pdq", "value": MD5, "category": "csam"},
-         "pdq value: expected 64 hex characters, got 32"),
-        ({"op": "add", "type": "nope", "value": MD5, "category": "csam"},
-         "signal type: unknown type 'nope'"),
-        ({"op": "add", "type": "md5", "value": MD5, "category": "csam", "quality": 5},
-         "quality: only pdq signals carry a quality"),
-        ({"op": "add", "type": "photodna", "value": PHOTODNA[:-4], "category": "csam"},
-         "photodna value: expected 144 bytes, got 141"),
-        ({"op": "add", "type": "photodna", "value": " " + PHOTODNA, "category": "csam"},
-         "photodna value: not normalised"),
+        (
+            {"op": "add", "type": "md5", "value": MD5.upper(), "category": "csam"},
+            "md5 value: not normalised",
+        ),
+        (
+            {"op": "add", "type": "pdq", "value": MD5, "category": "csam"},
+            "pdq value: expected 64 hex characters, got 32",
+        ),
+        (
+            {"op": "add", "type": "nope", "value": MD5, "category": "csam"},
+            "signal type: unknown type 'nope'",
+        ),
+        (
+            {"op": "add", "type": "md5", "value": MD5, "category": "csam", "quality": 5},
+            "quality: only pdq signals carry a quality",
+        ),
+        (
+            {"op": "add", "type": "photodna", "value": PHOTODNA[:-4], "category": "csam"},
+            "photodna value: expected 144 bytes, got 141",
+        ),
+        (
+            {"op": "add", "type": "photodna", "value": " " + PHOTODNA, "category": "csam"},
+            "photodna value: not normalised",
+        ),
     ],
 )
 def test_wire_ops_must_already_be_normalised(op: dict[str, object], reason: str) -> None:

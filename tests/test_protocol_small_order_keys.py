@@ -14,11 +14,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from protocol_helpers import KEYS, add
 
-from protocol.batches import build_batch, parse_header, verify_header
-from protocol.encoding import b64url, canonical
-from protocol.errors import SignatureError
-from protocol.peerauth import H_FROM, PeerAuthError, sign_request, verify_request
-from protocol.signing import (
+from hashmesh.protocol.batches import build_batch, parse_header, verify_header
+from hashmesh.protocol.encoding import b64url, canonical
+from hashmesh.protocol.errors import SignatureError
+from hashmesh.protocol.peerauth import H_FROM, PeerAuthError, sign_request, verify_request
+from hashmesh.protocol.signing import (
     CONTEXT_BATCH,
     NODE_ID_PREFIX,
     SMALL_ORDER_KEYS,

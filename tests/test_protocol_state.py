@@ -9,11 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from protocol_helpers import KEYS, add, chain, opinion, revoke
 
-from protocol.batches import Batch, LogKey, build_batch
-from protocol.errors import OpError
-from protocol.evidence import verify_evidence
-from protocol.ops import AddOp, AnyOp, OpId
-from protocol.state import Apply, Defer, Duplicate, Fork, Frozen, State
+from hashmesh.protocol.batches import Batch, LogKey, build_batch
+from hashmesh.protocol.errors import OpError
+from hashmesh.protocol.evidence import verify_evidence
+from hashmesh.protocol.ops import AddOp, AnyOp, OpId
+from hashmesh.protocol.state import Apply, Defer, Duplicate, Fork, Frozen, State
 
 AUTHORS = KEYS[:3]
 COLLECTIONS = ("csam-industry", "ncii")
@@ -119,11 +119,17 @@ def test_opinions_latest_verdict_seen_flag_retract_and_distinct_authors() -> Non
     author, a, b = KEYS[0], KEYS[1], KEYS[2]
     target_batch = build_batch(author, "c", 1, None, 1, [add(1)])
     target = target_batch.op_id(0)
-    a_logs = chain(a, "c", [[opinion(target, "confirm")], [opinion(target, "dispute")],
-                            [opinion(target, "seen")]])
+    a_logs = chain(
+        a,
+        "c",
+        [[opinion(target, "confirm")], [opinion(target, "dispute")], [opinion(target, "seen")]],
+    )
     a_other = chain(a, "d", [[opinion(target, "dispute"), opinion(target, "seen")]])
-    b_logs = chain(b, "c", [[opinion(target, "confirm"), opinion(target, "seen")],
-                            [opinion(target, "retract")]])
+    b_logs = chain(
+        b,
+        "c",
+        [[opinion(target, "confirm"), opinion(target, "seen")], [opinion(target, "retract")]],
+    )
     state = _apply_all([target_batch, *a_logs, *a_other, *b_logs])
     counts = state.opinion_counts(target)
     # a: latest verdict dispute in both logs, seen in both -> counts once; b: retracted

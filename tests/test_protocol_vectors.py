@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from protocol.batches import header_hash, verify_batch
-from protocol.encoding import b64url
-from protocol.errors import ProtocolError
-from protocol.evidence import verify_evidence
-from protocol.merkle import leaf_hash, merkle_root
-from protocol.proofs import verify_proof
-from protocol.signing import CONTEXT_BATCH, SigningKey, verify
-from protocol.state import Fork, State
+from hashmesh.protocol.batches import header_hash, verify_batch
+from hashmesh.protocol.encoding import b64url
+from hashmesh.protocol.errors import ProtocolError
+from hashmesh.protocol.evidence import verify_evidence
+from hashmesh.protocol.merkle import leaf_hash, merkle_root
+from hashmesh.protocol.proofs import verify_proof
+from hashmesh.protocol.signing import CONTEXT_BATCH, SigningKey, verify
+from hashmesh.protocol.state import Fork, State
 
 VECTORS = Path(__file__).with_name("vectors")
 STORED: dict[str, Any] = json.loads((VECTORS / "protocol-v1.json").read_text(encoding="utf-8"))
@@ -48,8 +48,7 @@ def test_stored_frame_verifies_and_has_the_documented_layout() -> None:
     frame = bytes.fromhex(b["frame_hex"])
     header, sig, ops = (bytes.fromhex(b[k]) for k in ("header_hex", "signature_hex", "ops_hex"))
     assert frame == (
-        b"HMB1" + len(header).to_bytes(2, "big") + header + sig
-        + len(ops).to_bytes(4, "big") + ops
+        b"HMB1" + len(header).to_bytes(2, "big") + header + sig + len(ops).to_bytes(4, "big") + ops
     )
     batch = verify_batch(frame)
     assert batch.header_bytes == header == b["header"].encode()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from netnodes import NodeProc, wait_for
 
-from node.peers import Refusals
+from hashmesh.node.net.peers import Refusals
 
 MD5 = "%032x"
 

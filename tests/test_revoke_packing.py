@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from conftest import add_ops, author_key, chain
 
-from node.lists import batch_groups
-from node.store import Store
-from protocol.batches import MAX_OPS_BYTES, build_batch
-from protocol.encoding import canonical
-from protocol.errors import OpError
-from protocol.ops import MAX_OP_BYTES, MAX_REASON, OpId, RevokeOp, op_size, pack_revokes
-from protocol.state import State
+from hashmesh.node.lists.listfiles import batch_groups
+from hashmesh.node.store.core import Store
+from hashmesh.protocol.batches import MAX_OPS_BYTES, build_batch
+from hashmesh.protocol.encoding import canonical
+from hashmesh.protocol.errors import OpError
+from hashmesh.protocol.ops import MAX_OP_BYTES, MAX_REASON, OpId, RevokeOp, op_size, pack_revokes
+from hashmesh.protocol.state import State
 
 KEY = author_key(5)
 

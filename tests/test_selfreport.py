@@ -26,7 +26,7 @@ from netnodes import NodeProc, wait_for
 from PIL import Image
 from testdata import PDQ
 
-from node.config import Home
+from hashmesh.node.config import Home
 
 PDQ_DATA = PDQ
 COLLECTION = "takeitdown"
@@ -332,7 +332,7 @@ def test_degenerate_hashes_are_refused_whatever_the_claimed_quality(
     net: tuple[NodeProc, NodeProc],
 ) -> None:
     """The black picture's PDQ (all zeros) claimed at quality 100 once went out as csam."""
-    from node.hashing import hash_bytes
+    from hashmesh.node.hashing.hasher import hash_bytes
 
     hotline, platform = net
     black = io.BytesIO()
@@ -424,8 +424,8 @@ def test_withdrawal_keeps_the_analysts_own_adds(net: tuple[NodeProc, NodeProc]) 
 def test_a_failed_case_record_publishes_nothing(tmp_path: Path) -> None:
     """The hashes and the case commit together: a case that cannot be recorded must not
     leave published hashes behind that nobody can withdraw."""
-    from node.selfreport import CaseStore, Submission
-    from node.service import NodeService, init_home
+    from hashmesh.node.service import NodeService, init_home
+    from hashmesh.node.web.selfreport import CaseStore, Submission
 
     init_home(tmp_path / "h", "h", "127.0.0.1:1", None)
     service = NodeService(Home(tmp_path / "h"))
@@ -622,7 +622,7 @@ async def test_large_jpegs_hash_alike_in_the_page_and_in_the_node(
     close, or a victim's report would not match the platform's copy of the same photo."""
     from PIL import Image, ImageEnhance
 
-    from node.hashing import hash_file
+    from hashmesh.node.hashing.hasher import hash_file
 
     files = []
     for name, saturation, width in (

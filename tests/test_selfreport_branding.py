@@ -22,7 +22,7 @@ from cdp import CHROMIUM, Browser
 from netnodes import NodeProc, wait_for
 from PIL import Image, ImageDraw
 
-from node.config import Home
+from hashmesh.node.config import Home
 
 needs_browser = pytest.mark.skipif(
     CHROMIUM is None and not os.environ.get("HASHMESH_REQUIRE_BROWSER"),

@@ -19,7 +19,7 @@ import pytest
 from netnodes import NodeProc
 from test_selfreport import COLLECTION, POW_BITS, configure, md5_of, solve
 
-from node.selfreport import (
+from hashmesh.node.web.selfreport import (
     BLOCK_SHARE,
     POW_EXTRA_BITS,
     STATUS_PER_SUBMIT,

@@ -13,7 +13,7 @@ from PIL import Image
 from test_exif_orientation import META_REFERENCE, PHOTO, upright_copy
 from test_selfreport import choose, distance, needs_browser, net, open_page
 
-from node.hashing import hash_file, pdq_from_bytes
+from hashmesh.node.hashing.hasher import hash_file, pdq_from_bytes
 
 __all__ = ["net"]  # the module fixture (two real nodes), shared with test_selfreport
 

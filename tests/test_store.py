@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from conftest import add_ops, author_key, chain, md5_values
 
-from node.errors import HomeError
-from node.store import Store
-from protocol import LogKey, build_batch
-from protocol.batches import Batch
+from hashmesh.node.errors import HomeError
+from hashmesh.node.store.core import Store
+from hashmesh.protocol import LogKey, build_batch
+from hashmesh.protocol.batches import Batch
 
 TABLES = ("logs", "batches", "signals", "opinions", "pending", "forks", "feed")
 
@@ -278,8 +278,11 @@ def test_opinions_aggregate_per_author(store: Store) -> None:
     store.ingest(adds)
     target = str(adds.op_id(0))
     third = author_key(3)
-    store.ingest(build_batch(OTHER, "c1", 1, None, 1, [{"op": "opinion", "target": target,
-                                                         "opinion": "dispute"}]))
+    store.ingest(
+        build_batch(
+            OTHER, "c1", 1, None, 1, [{"op": "opinion", "target": target, "opinion": "dispute"}]
+        )
+    )
     ops = [
         {"op": "opinion", "target": target, "opinion": "confirm"},
         {"op": "opinion", "target": target, "opinion": "seen"},
@@ -288,8 +291,11 @@ def test_opinions_aggregate_per_author(store: Store) -> None:
     counts = store.opinion_counts(target)
     assert (counts.confirm, counts.dispute, counts.seen) == (1, 1, 1)
     # The same author in a second collection still counts once.
-    store.ingest(build_batch(third, "c2", 1, None, 1, [{"op": "opinion", "target": target,
-                                                         "opinion": "confirm"}]))
+    store.ingest(
+        build_batch(
+            third, "c2", 1, None, 1, [{"op": "opinion", "target": target, "opinion": "confirm"}]
+        )
+    )
     counts = store.opinion_counts(target)
     assert (counts.confirm, counts.dispute, counts.seen) == (1, 1, 1)
 

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from conftest import add_ops, author_key, chain, md5_values
 
-from node.metrics import Metrics
-from node.store import IngestResult, Store
-from protocol import LogKey
-from protocol.batches import Batch
+from hashmesh.node.store.core import IngestResult, Store
+from hashmesh.node.web.metrics import Metrics
+from hashmesh.protocol import LogKey
+from hashmesh.protocol.batches import Batch
 
 KEY = author_key(7)
 LOG = LogKey(KEY.node_id, "c1")

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from node.sync import EVIDENCE_MESSAGE_BYTES, EVIDENCE_PER_MESSAGE, page_evidence
-from protocol.sync import MAX_EVIDENCE_ITEMS, decode_page, encode_page
+from hashmesh.node.net.sync import EVIDENCE_MESSAGE_BYTES, EVIDENCE_PER_MESSAGE, page_evidence
+from hashmesh.protocol.sync import MAX_EVIDENCE_ITEMS, decode_page, encode_page
 
 
 def fork(

@@ -26,7 +26,7 @@ from threatexchange.exchanges.fetch_state import (
 )
 from threatexchange.signal_type.pdq.signal import PdqSignal
 
-from node.integrations.threatexchange import (
+from hashmesh.integrations.threatexchange import (
     TX_MANIFEST,
     HashmeshCollabConfig,
     HashmeshCredentials,
@@ -110,7 +110,7 @@ def test_threatexchange_cli_subscribes_to_a_node(
     secret.write_text(token + "\n")
     secret.chmod(0o600)
 
-    added = tx(home, "config", "extensions", "add", "node.integrations.threatexchange")
+    added = tx(home, "config", "extensions", "add", "hashmesh.integrations.threatexchange")
     assert "hashmesh" in added.stdout
     tx(home, "config", "collab", "edit", "hashmesh", "mesh", "--create", "--url", platform.url)
     fetched = tx(home, "fetch")

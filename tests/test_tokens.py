@@ -302,8 +302,16 @@ def test_stored_restricted_admin_token_has_no_admin_rights(tmp_path: Path) -> No
             ("GET", "/metrics", None),
             ("GET", "/v1/admin/tokens", None),
             ("POST", "/v1/admin/tokens", {"name": "minted", "scopes": ["admin"]}),
-            ("POST", "/v1/admin/peers", {"name": "p", "url": "http://127.0.0.1:9",
-                                         "node_id": node.node_id, "share": ["le-only"]}),
+            (
+                "POST",
+                "/v1/admin/peers",
+                {
+                    "name": "p",
+                    "url": "http://127.0.0.1:9",
+                    "node_id": node.node_id,
+                    "share": ["le-only"],
+                },
+            ),
             ("POST", "/v1/admin/backup", {"file": str(tmp_path / "stolen.db")}),
         ]
         for method, path, body in admin_calls:

@@ -14,11 +14,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from protocol.batches import build_batch, header_hash
-from protocol.evidence import SignedHeader, build_evidence
-from protocol.ops import AddOp, OpId, OpinionOp, RevokeOp
-from protocol.proofs import build_proof
-from protocol.signing import SigningKey
+from hashmesh.protocol.batches import build_batch, header_hash
+from hashmesh.protocol.evidence import SignedHeader, build_evidence
+from hashmesh.protocol.ops import AddOp, OpId, OpinionOp, RevokeOp
+from hashmesh.protocol.proofs import build_proof
+from hashmesh.protocol.signing import SigningKey
 
 OUT = Path(__file__).with_name("protocol-v1.json")
 SEED = bytes(range(0x01, 0x21))
@@ -28,16 +28,33 @@ TS = 1_700_000_000
 PHOTODNA_LIST = ",".join(str((i * 37 + 11) % 256) for i in range(144))
 
 INPUT_OPS: list[dict[str, Any]] = [
-    {"op": "add", "type": "md5", "value": " D41D8CD98F00B204E9800998ECF8427E ",
-     "category": "csam", "classification": "A1"},
-    {"op": "add", "type": "sha1", "value": "da39a3ee5e6b4b0d3255bfef95601890afd80709",
-     "category": "csam"},
-    {"op": "add", "type": "sha256",
-     "value": "E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",
-     "category": "ncii", "ref": "case-2024-0001"},
-    {"op": "add", "type": "pdq",
-     "value": "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22",
-     "category": "csam", "quality": 90},
+    {
+        "op": "add",
+        "type": "md5",
+        "value": " D41D8CD98F00B204E9800998ECF8427E ",
+        "category": "csam",
+        "classification": "A1",
+    },
+    {
+        "op": "add",
+        "type": "sha1",
+        "value": "da39a3ee5e6b4b0d3255bfef95601890afd80709",
+        "category": "csam",
+    },
+    {
+        "op": "add",
+        "type": "sha256",
+        "value": "E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",
+        "category": "ncii",
+        "ref": "case-2024-0001",
+    },
+    {
+        "op": "add",
+        "type": "pdq",
+        "value": "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22",
+        "category": "csam",
+        "quality": 90,
+    },
     {"op": "add", "type": "photodna", "value": PHOTODNA_LIST, "category": "csam"},
     {"op": "revoke", "targets": ["<self>/1/0"], "reason": "test vector"},
     {"op": "opinion", "target": "<other>/1/0", "opinion": "dispute"},
@@ -48,17 +65,26 @@ def make_ops(key: SigningKey, other: SigningKey) -> list[AddOp | RevokeOp | Opin
     ops: list[AddOp | RevokeOp | OpinionOp] = []
     for spec in INPUT_OPS:
         if spec["op"] == "add":
-            ops.append(AddOp.create(
-                spec["type"], spec["value"], category=spec["category"],
-                quality=spec.get("quality"), classification=spec.get("classification"),
-                ref=spec.get("ref"),
-            ))
+            ops.append(
+                AddOp.create(
+                    spec["type"],
+                    spec["value"],
+                    category=spec["category"],
+                    quality=spec.get("quality"),
+                    classification=spec.get("classification"),
+                    ref=spec.get("ref"),
+                )
+            )
         elif spec["op"] == "revoke":
-            ops.append(RevokeOp(targets=[str(OpId(key.node_id, COLLECTION, 1, 0))],
-                                reason=spec["reason"]))
+            ops.append(
+                RevokeOp(targets=[str(OpId(key.node_id, COLLECTION, 1, 0))], reason=spec["reason"])
+            )
         else:
-            ops.append(OpinionOp(target=str(OpId(other.node_id, COLLECTION, 1, 0)),
-                                 opinion=spec["opinion"]))
+            ops.append(
+                OpinionOp(
+                    target=str(OpId(other.node_id, COLLECTION, 1, 0)), opinion=spec["opinion"]
+                )
+            )
     return ops
 
 

@@ -9,7 +9,7 @@ from threatexchange.signal_type.md5 import VideoMD5Signal
 from threatexchange.signal_type.pdq.signal import PdqSignal
 from threatexchange.signal_type.sha256 import VideoSHA256Signal
 
-from node.integrations.threatexchange import HashmeshSignalExchangeAPI, exchange_api
+from hashmesh.integrations.threatexchange import HashmeshSignalExchangeAPI, exchange_api
 
 DATABASE_URI = "postgresql+psycopg2://media_match:hunter2@db/media_match"
 

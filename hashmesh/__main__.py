@@ -1,0 +1,3 @@
+from hashmesh.node.cli.main import main
+
+main()

@@ -1,0 +1,510 @@
+"""The node's home folder and its TOML configuration (identity, listen address, policy).
+
+Policy (peers and trusted authors) lives in the config so an operator can read and diff it;
+the running node re-reads the file when it changes, so neither a CLI change nor a hand edit
+needs a restart.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import MISSING, asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from hashmesh.node.errors import Conflict, HomeError, NodeError, NotFound
+from hashmesh.protocol.errors import ProtocolError
+from hashmesh.protocol.names import validate_collection, validate_node_id
+
+CONFIG_FILE = "config.toml"
+KEY_FILE = "node.key"
+DB_FILE = "hashmesh.db"
+ADMIN_TOKEN_FILE = "admin.token"
+LOCK_FILE = "node.lock"
+RUNTIME_FILE = "node.json"
+DEFAULT_PORT = 7400
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise NodeError(f"listen address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:7400")
+    return host.strip("[]"), int(port)
+
+
+def check_url(url: str, what: str = "url") -> str:
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > 500:
+        raise NodeError(f"{what} {url!r}: must start with http:// or https://")
+    return url.rstrip("/")
+
+
+class _SettingError(ValueError):
+    """A config.toml setting that is missing or of the wrong type, named by its TOML key."""
+
+
+_KINDS = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _table(data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise _SettingError(f"[{key}]: expected a table, got {type(value).__name__}")
+    return value
+
+
+def _setting(data: dict[str, Any], key: str, kind: type, default: Any, where: str = "") -> Any:
+    """One setting, type-checked, so a bad value is reported by its key, not by a traceback."""
+    if key not in data:
+        if default is None:
+            raise _SettingError(f"{where}{key}: missing (required)")
+        return default
+    value = data[key]
+    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        raise _SettingError(f"{where}{key}: expected {_KINDS[kind]}, got {value!r}")
+    return value
+
+
+def _entries(data: dict[str, Any], key: str, kind: type) -> list[dict[str, Any]]:
+    """[[peers]] / [[trust]] entries, each checked for unknown and missing keys."""
+    value = data.get(key, [])
+    if not isinstance(value, list):
+        raise _SettingError(f"{key}: expected [[{key}]] tables, got {type(value).__name__}")
+    fields = {f.name: f for f in dataclass_fields(kind)}
+    required = [n for n, f in fields.items() if f.default is f.default_factory is MISSING]
+    for i, entry in enumerate(value):
+        where = f"{key}[{i}]"
+        if not isinstance(entry, dict):
+            raise _SettingError(f"{where}: expected a table, got {type(entry).__name__}")
+        for name in entry:
+            if name not in fields:
+                raise _SettingError(f"{where}.{name}: unknown setting (known: {', '.join(fields)})")
+        for name in required:
+            if name not in entry:
+                raise _SettingError(f"{where}.{name}: missing (required)")
+    return value
+
+
+@dataclass
+class Peer:
+    name: str
+    url: str
+    node_id: str
+    share: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Trust:
+    node_id: str
+    collection: str
+    name: str = ""
+
+
+@dataclass
+class Config:
+    name: str
+    node_id: str
+    listen: str = f"127.0.0.1:{DEFAULT_PORT}"
+    url: str = ""
+    batch_size: int = 5000
+    batch_delay_ms: int = 200
+    min_pdq_quality: int = 50
+    sync_interval_s: float = 30.0
+    fanout: int = 3
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    peers: list[Peer] = field(default_factory=list)
+    trust: list[Trust] = field(default_factory=list)
+    # -- self-report page ([selfreport], web/selfreport.py; off by default) -------------
+    selfreport_enabled: bool = False
+    selfreport_collection: str = "takeitdown"
+    selfreport_pow_bits: int = 16
+    selfreport_submits_per_hour: int = 5
+    selfreport_checks_per_hour: int = 30
+    selfreport_total_submits_per_hour: int = 500
+    selfreport_max_files: int = 20
+    selfreport_client_ip_header: str = ""
+    selfreport_display_name: str = ""  # the hotline's name in the page header
+    selfreport_logo: str = ""  # an image file in the node's home, served at /takeitdown/logo
+    selfreport_site_url: str = ""  # https only
+    selfreport_contact: dict[str, str] = field(default_factory=dict)  # language -> line
+    # -- end self-report --------------------------------------------------------------
+
+    # -- policy --------------------------------------------------------------------------
+
+    def accepts(self, author: str, collection: str) -> bool:
+        """Whether batches by `author` in `collection` may be stored and relayed."""
+        if author == self.node_id:
+            return True
+        return any(t.node_id == author and t.collection == collection for t in self.trust)
+
+    def accepted_collections(self) -> set[str]:
+        """Collections with at least one trusted author (besides our own logs)."""
+        return {t.collection for t in self.trust}
+
+    def accepts_collection(self, collection: str) -> bool:
+        return collection in self.accepted_collections()
+
+    def peer(self, node_id: str) -> Peer | None:
+        return next((p for p in self.peers if p.node_id == node_id), None)
+
+    def peer_may_read(self, node_id: str, collection: str) -> bool:
+        peer = self.peer(node_id)
+        return peer is not None and collection in peer.share
+
+    def author_name(self, node_id: str) -> str:
+        if node_id == self.node_id:
+            return self.name
+        for t in self.trust:
+            if t.node_id == node_id and t.name:
+                return t.name
+        peer = self.peer(node_id)
+        return peer.name if peer else ""
+
+    def peer_named(self, name: str) -> Peer:
+        peer = next((p for p in self.peers if p.name == name), None)
+        if peer is None:
+            known = ", ".join(p.name for p in self.peers) or "none"
+            raise NotFound(f"peer {name!r}: no such peer (peers: {known}; see hashmesh peer list)")
+        return peer
+
+    def _check_peer(self, peer: Peer) -> None:
+        validate_name(peer.name, "peer name")
+        check_url(peer.url, "peer url")
+        _check_node_id(peer.node_id)
+        if peer.node_id == self.node_id:
+            raise NodeError("peer node id: that is this node's own id")
+        for c in peer.share:
+            _check_collection(c)
+
+    def add_peer(self, peer: Peer) -> None:
+        """A new peer only: replacing one silently (as `peer add` once did) dropped the
+        collections it read, so an existing name or node id is refused, naming the entry
+        and the command that changes it."""
+        self._check_peer(peer)
+        for p in self.peers:
+            if p.name == peer.name or p.node_id == peer.node_id:
+                same = "name" if p.name == peer.name else "node id"
+                raise Conflict(
+                    f"peer {p.name!r} already exists with this {same} (url {p.url}, node id"
+                    f" {p.node_id}, reads: {', '.join(p.share) or 'nothing'}); nothing changed."
+                    f" To change it: hashmesh peer update {p.name} [--url URL] [--node-id ID],"
+                    f" hashmesh peer share {p.name} COLLECTION; to replace it: hashmesh peer"
+                    f" remove {p.name}, then add it again"
+                )
+        self.peers.append(peer)
+
+    def update_peer(
+        self,
+        name: str,
+        url: str | None = None,
+        node_id: str | None = None,
+        share: list[str] | None = None,
+    ) -> Peer:
+        old = self.peer_named(name)
+        new = Peer(
+            name=name,
+            url=old.url if url is None else check_url(url, "peer url"),
+            node_id=old.node_id if node_id is None else node_id,
+            share=list(old.share) if share is None else sorted(set(share)),
+        )
+        self._check_peer(new)
+        other = next((p for p in self.peers if p.node_id == new.node_id and p.name != name), None)
+        if other is not None:
+            raise Conflict(
+                f"peer node id {new.node_id}: already the node id of peer {other.name!r}"
+            )
+        self.peers = [new if p.name == name else p for p in self.peers]
+        return new
+
+    def remove_peer(self, name: str) -> Peer:
+        peer = self.peer_named(name)
+        self.peers = [p for p in self.peers if p.name != name]
+        return peer
+
+    def add_trust(self, trust: Trust) -> None:
+        _check_node_id(trust.node_id)
+        _check_collection(trust.collection)
+        if trust.name:
+            validate_name(trust.name, "name")
+        self.trust = [
+            t
+            for t in self.trust
+            if not (t.node_id == trust.node_id and t.collection == trust.collection)
+        ]
+        self.trust.append(trust)
+
+    def remove_trust(self, node_id: str, collection: str) -> Trust:
+        _check_node_id(node_id)
+        _check_collection(collection)
+        entry = next(
+            (t for t in self.trust if t.node_id == node_id and t.collection == collection), None
+        )
+        if entry is None:
+            held = [t.collection for t in self.trust if t.node_id == node_id]
+            raise NotFound(
+                f"author {node_id} is not trusted in {collection!r}; nothing changed"
+                f" (trusted in: {', '.join(held) or 'nothing'}; see hashmesh trust list)"
+            )
+        self.trust = [t for t in self.trust if t is not entry]
+        return entry
+
+    # -- serialisation -------------------------------------------------------------------
+
+    def to_toml(self) -> str:
+        data: dict[str, Any] = {
+            "name": self.name,
+            "node_id": self.node_id,
+            "listen": self.listen,
+            "url": self.url,
+            "publish": {
+                "batch_size": self.batch_size,
+                "batch_delay_ms": self.batch_delay_ms,
+                "min_pdq_quality": self.min_pdq_quality,
+            },
+            "sync": {"interval_s": self.sync_interval_s, "fanout": self.fanout},
+            "tls": {"cert": self.tls_cert, "key": self.tls_key, "ca": self.tls_ca},
+            "peers": [asdict(p) for p in self.peers],
+            "trust": [asdict(t) for t in self.trust],
+        }
+        data["selfreport"] = {  # self-report page (hashmesh/node/web/selfreport.py)
+            k.removeprefix("selfreport_"): v
+            for k, v in asdict(self).items()
+            if k.startswith("selfreport_")
+        }
+        return tomli_w.dumps(data)
+
+    @classmethod
+    def from_toml(cls, text: str, source: str = CONFIG_FILE) -> Config:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise HomeError(f"config {source}: not valid TOML: {exc}") from None
+        try:
+            publish = _table(data, "publish")
+            sync = _table(data, "sync")
+            tls = _table(data, "tls")
+            config = cls(
+                name=_setting(data, "name", str, None),
+                node_id=_setting(data, "node_id", str, None),
+                listen=_setting(data, "listen", str, cls.listen),
+                url=_setting(data, "url", str, ""),
+                batch_size=_setting(publish, "batch_size", int, cls.batch_size, "publish."),
+                batch_delay_ms=_setting(
+                    publish, "batch_delay_ms", int, cls.batch_delay_ms, "publish."
+                ),
+                min_pdq_quality=_setting(
+                    publish, "min_pdq_quality", int, cls.min_pdq_quality, "publish."
+                ),
+                sync_interval_s=_setting(sync, "interval_s", float, cls.sync_interval_s, "sync."),
+                fanout=_setting(sync, "fanout", int, cls.fanout, "sync."),
+                tls_cert=_setting(tls, "cert", str, "", "tls."),
+                tls_key=_setting(tls, "key", str, "", "tls."),
+                tls_ca=_setting(tls, "ca", str, "", "tls."),
+                peers=[Peer(**p) for p in _entries(data, "peers", Peer)],
+                trust=[Trust(**t) for t in _entries(data, "trust", Trust)],
+                **_selfreport_fields(data.get("selfreport", {})),  # hashmesh/node/web/selfreport.py
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise HomeError(f"config {source}: {exc}") from None
+        try:
+            parse_listen(config.listen)
+        except NodeError as exc:
+            raise HomeError(f"config {source}: listen: {exc}") from None
+        if not 1 <= config.batch_size <= 10_000:
+            raise HomeError(f"config {source}: publish.batch_size must be 1-10000")
+        if not 0 <= config.batch_delay_ms <= 60_000:
+            raise HomeError(f"config {source}: publish.batch_delay_ms must be 0-60000")
+        _check_selfreport(config, source)  # hashmesh/node/web/selfreport.py
+        return config
+
+
+# -- self-report page settings ([selfreport], web/selfreport.py) ----------------------
+
+
+def _selfreport_fields(table: dict[str, Any]) -> dict[str, Any]:
+    """[selfreport] keys as Config fields, each converted to its field's type."""
+    kinds: dict[str, type] = {"enabled": bool, "collection": str, "client_ip_header": str}
+    kinds.update(display_name=str, logo=str, site_url=str, contact=dict)
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        name = "selfreport_" + key
+        if name not in Config.__dataclass_fields__:
+            raise ValueError(f"selfreport.{key}: unknown setting")
+        kind = kinds.get(key, int)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ValueError(f"selfreport.{key}: expected {kind.__name__}")
+        out[name] = value
+    return out
+
+
+def _check_selfreport(config: Config, source: str) -> None:
+    try:
+        validate_collection(config.selfreport_collection, "selfreport.collection")
+    except ProtocolError as exc:
+        raise HomeError(f"config {source}: {exc}") from None
+    if not 0 <= config.selfreport_pow_bits <= 28:
+        raise HomeError(f"config {source}: selfreport.pow_bits must be 0-28")
+    for key in ("submits_per_hour", "checks_per_hour", "total_submits_per_hour", "max_files"):
+        if not 1 <= getattr(config, "selfreport_" + key) <= 1_000_000:
+            raise HomeError(f"config {source}: selfreport.{key} must be 1-1000000")
+    _check_selfreport_branding(config, source)
+
+
+#: The page's languages (web/static/selfreport/i18n.js); contact lines are keyed by them.
+SELFREPORT_LANGUAGES = ("en", "nl", "fr")
+SELFREPORT_LOGO_TYPES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
+
+
+def _plain_text(value: str, limit: int) -> bool:
+    return 1 <= len(value) <= limit and value.isprintable() and value == value.strip()
+
+
+def _check_selfreport_branding(config: Config, source: str) -> None:
+    """The hotline's name, logo, site and contact lines: shown to a person in distress, so
+    each is short plain text (the page renders it as text, never as HTML)."""
+
+    def refuse(key: str, why: str) -> HomeError:
+        return HomeError(f"config {source}: selfreport.{key} {why}")
+
+    name = config.selfreport_display_name
+    if name and not _plain_text(name, 80):
+        raise refuse("display_name", "must be 1-80 printable characters on one line")
+    logo = config.selfreport_logo
+    if logo:
+        path = Path(logo)
+        if (
+            len(logo) > 200
+            or path.is_absolute()
+            or "\\" in logo
+            or any(part in ("..", "") for part in logo.split("/"))
+        ):
+            raise refuse("logo", f"{logo!r}: must be a file name inside the node's home")
+        if path.suffix.lower() not in SELFREPORT_LOGO_TYPES:
+            raise refuse("logo", f"{logo!r}: must be a .png, .jpg, .webp or .gif file")
+    site = config.selfreport_site_url
+    if site and (
+        not site.startswith("https://")
+        or len(site) > 300
+        or len(site) <= len("https://")
+        or any(c.isspace() or not c.isprintable() or c in "\"'<>`" for c in site)
+    ):
+        raise refuse("site_url", f"{site!r}: must be an https:// address of at most 300 characters")
+    for lang, line in config.selfreport_contact.items():
+        if lang not in SELFREPORT_LANGUAGES:
+            raise refuse(
+                f"contact.{lang}",
+                f"is not a language of the page ({', '.join(SELFREPORT_LANGUAGES)})",
+            )
+        if not isinstance(line, str) or not _plain_text(line, 300):
+            raise refuse(f"contact.{lang}", "must be 1-300 printable characters on one line")
+
+
+# -- end self-report ---------------------------------------------------------------------
+
+
+def validate_name(name: str, what: str = "name") -> str:
+    if not isinstance(name, str) or not 1 <= len(name) <= 64 or not name.isprintable():
+        raise NodeError(f"{what} {name!r}: must be 1-64 printable characters")
+    return name
+
+
+def _check_node_id(node_id: str) -> None:
+    try:
+        validate_node_id(node_id)
+    except ProtocolError as exc:
+        raise NodeError(str(exc)) from None
+
+
+def _check_collection(name: str) -> None:
+    try:
+        validate_collection(name)
+    except ProtocolError as exc:
+        raise NodeError(str(exc)) from None
+
+
+class Home:
+    """Paths inside a node's home folder, and the config file's load/save."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser().resolve()
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def key_path(self) -> Path:
+        return self.path / KEY_FILE
+
+    @property
+    def db_path(self) -> Path:
+        return self.path / DB_FILE
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.path / ADMIN_TOKEN_FILE
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / LOCK_FILE
+
+    @property
+    def runtime_path(self) -> Path:
+        return self.path / RUNTIME_FILE
+
+    def exists(self) -> bool:
+        return self.config_path.exists() or self.key_path.exists()
+
+    def require(self) -> None:
+        if not self.config_path.exists():
+            raise HomeError(f"{self.path} is not a hashmesh home (run: hashmesh init {self.path})")
+
+    def load_config(self) -> Config:
+        self.require()
+        return Config.from_toml(self.config_path.read_text("utf-8"), str(self.config_path))
+
+    def config_mtime(self) -> float:
+        return self.config_path.stat().st_mtime
+
+    def save_config(self, config: Config) -> None:
+        tmp = self.config_path.with_suffix(".toml.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(config.to_toml())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.config_path)
+
+
+class HomeLock:
+    """An exclusive flock on HOME/node.lock: held by the running node, or by a CLI command
+    working on the store directly, so two writers never share the database."""
+
+    def __init__(self, home: Home) -> None:
+        self.home = home
+        self._fd: int | None = None
+
+    def try_acquire(self) -> bool:
+        import fcntl
+
+        fd = os.open(self.home.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

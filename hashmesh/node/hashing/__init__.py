@@ -1,0 +1,1 @@
+"""Local hashing where the pictures are: PDQ, digests, degenerate-hash refusal."""

@@ -1,0 +1,1 @@
+"""Matching queries against held signals: exact lookups and the PDQ index."""

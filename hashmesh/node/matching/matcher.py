@@ -1,0 +1,250 @@
+"""Answering "is this hash known?" with provenance, over the store and the PDQ index.
+
+Exact types are a lookup in the store's value index. PDQ goes through the in-memory
+`PDQIndex`, loaded once at start and kept current by the store's change listener, so a
+new add is matchable as soon as its batch commits and a revoked one never matches again.
+
+In the node, matching runs on threads of its own with their own read-only connections
+(`StoreReader`), never on the store thread: a large match cannot hold up publishing,
+ingest or revocation. The listener, which runs on the store thread, only queues index
+changes; whoever next holds the index lock applies them, in commit order, before it
+queries.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from hashmesh.node.errors import NodeError
+from hashmesh.node.matching.pdq_index import DEFAULT_THRESHOLD, PDQIndex
+from hashmesh.node.store.core import Store
+from hashmesh.protocol.errors import ProtocolError
+from hashmesh.protocol.signals import Signal, get_type
+from hashmesh.protocol.state import OpinionCounts
+
+MAX_QUERIES = 1000
+# The default (Meta's and HMA's recommended distance) is also the ceiling: at 31 the PDQ
+# index probes 272 buckets a query; past it the probe set grows ~8x a step and a wide
+# threshold degrades to a scan of every row (docs/platforms.md, "Match bounds").
+MAX_THRESHOLD = DEFAULT_THRESHOLD
+MAX_MATCHES_PER_QUERY = 100
+MAX_MATCHES_PER_REQUEST = 10_000
+
+
+def check_threshold(threshold: object) -> int:
+    if type(threshold) is not int:
+        raise NodeError("threshold: must be an integer")
+    if not 0 <= threshold <= MAX_THRESHOLD:
+        raise NodeError(
+            f"threshold: must be 0-{MAX_THRESHOLD} (wider PDQ distances match unrelated"
+            f" pictures and scan the whole index), got {threshold}"
+        )
+    return threshold
+
+
+def parse_queries(queries: object) -> list[Signal]:
+    if not isinstance(queries, list) or not queries:
+        raise NodeError("queries: expected a non-empty list of {type, value}")
+    if len(queries) > MAX_QUERIES:
+        raise NodeError(f"queries: at most {MAX_QUERIES} per request, got {len(queries)}")
+    signals: list[Signal] = []
+    for n, q in enumerate(queries):
+        if (
+            not isinstance(q, dict)
+            or not isinstance(q.get("type"), str)
+            or not isinstance(q.get("value"), str)
+        ):
+            raise NodeError(f"queries[{n}]: expected an object with string type and value")
+        try:
+            signals.append(Signal.parse(q["type"], q["value"]))
+        except ProtocolError as exc:
+            raise NodeError(f"queries[{n}]: {exc}") from None
+    return signals
+
+
+def distinct(signals: list[Signal]) -> tuple[list[Signal], list[int]]:
+    """Each distinct signal once, and for every query the position of its signal: a request
+    repeating one hash a thousand times costs one lookup."""
+    seen: dict[tuple[str, str], int] = {}
+    unique: list[Signal] = []
+    slots: list[int] = []
+    for signal in signals:
+        key = (signal.type, signal.value)
+        if key not in seen:
+            seen[key] = len(unique)
+            unique.append(signal)
+        slots.append(seen[key])
+    return unique, slots
+
+
+def assemble(
+    queries: list[dict[str, Any]],
+    slots: list[int],
+    hits: list[list[tuple[int, int]]],
+    rows: dict[int, dict[str, Any]],
+    opinions: dict[str, OpinionCounts],
+    collections: frozenset[str] | None,
+    author_name: Callable[[str], Any],
+    threshold: int,
+) -> dict[str, Any]:
+    """The match answer, bounded: each query's nearest `MAX_MATCHES_PER_QUERY` (`hits` holds
+    one more, to tell that there were more) and `MAX_MATCHES_PER_REQUEST` in all, so one
+    request can neither run the node out of memory nor answer with tens of megabytes."""
+    budget = MAX_MATCHES_PER_REQUEST
+    results = []
+    cut = False
+    for q, slot in zip(queries, slots, strict=True):
+        window = hits[slot]
+        matches = []
+        for key, distance in window:
+            row = rows.get(key)
+            if row is None or not row["live"]:
+                continue
+            if collections is not None and row["collection"] not in collections:
+                continue
+            info = dict(row)
+            info.pop("id", None)
+            info["distance"] = distance
+            info["author_name"] = author_name(row["author"])
+            counts = opinions.get(row["op_id"], OpinionCounts(0, 0, 0))
+            info["opinions"] = {
+                "confirm": counts.confirm,
+                "dispute": counts.dispute,
+                "seen": counts.seen,
+            }
+            matches.append(info)
+        matches.sort(key=lambda m: (m["distance"], m["op_id"]))
+        cap = min(MAX_MATCHES_PER_QUERY, budget)
+        truncated = len(window) > MAX_MATCHES_PER_QUERY or len(matches) > cap
+        matches = matches[:cap]
+        budget -= len(matches)
+        entry: dict[str, Any] = {
+            "query": {"type": q["type"], "value": q["value"]},
+            "matches": matches,
+        }
+        if truncated:
+            entry["truncated"] = True
+            cut = True
+        results.append(entry)
+    return {
+        "threshold": threshold,
+        "matched": any(r["matches"] for r in results),
+        "truncated": cut,
+        "results": results,
+    }
+
+
+class SignalSource(Protocol):
+    """Where a match reads rows from: the store itself (CLI, store thread) or a
+    `StoreReader` (any other thread)."""
+
+    def find_exact(
+        self, signal_type: str, value: str, live_only: bool = True, limit: int = -1
+    ) -> list[int]: ...
+
+    def signals_by_id(self, ids: list[int]) -> dict[int, dict[str, Any]]: ...
+
+    def opinion_counts_many(
+        self, targets: list[str], collections: frozenset[str] | None = None
+    ) -> dict[str, OpinionCounts]: ...
+
+
+def exact_only(queries: Any) -> bool:
+    """True when every query names an exact type: such a request needs no PDQ index and
+    costs a few indexed lookups, small enough to answer inline."""
+    if not isinstance(queries, list) or not queries or len(queries) > MAX_QUERIES:
+        return False
+    for q in queries:
+        if not isinstance(q, dict) or not isinstance(q.get("type"), str):
+            return False
+        try:
+            if not get_type(q["type"]).exact:
+                return False
+        except ProtocolError:
+            return False
+    return True
+
+
+class Matcher:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._pdq: PDQIndex | None = None
+        self._index_lock = threading.Lock()
+        self._pending: deque[tuple[list[tuple[int, str]], list[int]]] = deque()
+
+    @property
+    def pdq(self) -> PDQIndex:
+        """Loaded on first use, on the store thread (its connection, and no commit can
+        slip between the load and the listener taking over), so an exact-only lookup from
+        the CLI never pays for it."""
+        if self._pdq is None:
+            index = PDQIndex()
+            keys: list[int] = []
+            values: list[str] = []
+            for key, value in self.store.live_signals("pdq"):
+                keys.append(key)
+                values.append(value)
+            if keys:
+                index.add_many(keys, values)
+            self._pdq = index
+            self.store.listeners.append(self._on_change)
+        return self._pdq
+
+    def _on_change(self, added: list[tuple[int, str, str]], removed: list[int]) -> None:
+        """Store thread, after a commit: queue the change, and apply it now only if no
+        match holds the index (never wait for one)."""
+        pdq = [(key, value) for key, kind, value in added if kind == "pdq"]
+        if not pdq and not removed:
+            return
+        self._pending.append((pdq, removed))
+        if self._index_lock.acquire(blocking=False):
+            try:
+                self._apply_pending()
+            finally:
+                self._index_lock.release()
+
+    def _apply_pending(self) -> None:
+        index = self._pdq
+        assert index is not None
+        while self._pending:
+            added, removed = self._pending.popleft()
+            if added:
+                index.add_many([k for k, _ in added], [v for _, v in added])
+            for key in removed:
+                index.remove(key)
+
+    def _pdq_hits(self, values: list[str], threshold: int, limit: int) -> list[Any]:
+        index = self.pdq
+        with self._index_lock:
+            self._apply_pending()
+            return index.query_many(values, threshold, limit=limit)
+
+    def answer(
+        self,
+        queries: Any,
+        threshold: int,
+        collections: frozenset[str] | None,
+        author_name: Callable[[str], Any],
+        source: SignalSource | None = None,
+    ) -> dict[str, Any]:
+        """The match answer (see `assemble`), drawn only from `collections`; rows come
+        from `source` (default: the store, for callers on its thread)."""
+        check_threshold(threshold)
+        reads: SignalSource = self.store if source is None else source
+        unique, slots = distinct(parse_queries(queries))
+        limit = MAX_MATCHES_PER_QUERY + 1
+        hits: list[list[tuple[int, int]]] = [[] for _ in unique]
+        pdq_positions = [i for i, s in enumerate(unique) if not get_type(s.type).exact]
+        if pdq_positions:
+            found = self._pdq_hits([unique[i].value for i in pdq_positions], threshold, limit)
+            for i, result in zip(pdq_positions, found, strict=True):
+                hits[i] = [(int(k), int(d)) for k, d in result]
+        for i, signal in enumerate(unique):
+            if get_type(signal.type).exact:
+                hits[i] = [(k, 0) for k in reads.find_exact(signal.type, signal.value, limit=limit)]
+        rows = reads.signals_by_id(sorted({k for h in hits for k, _ in h}))
+        opinions = reads.opinion_counts_many([r["op_id"] for r in rows.values()], collections)
+        return assemble(queries, slots, hits, rows, opinions, collections, author_name, threshold)

@@ -1,0 +1,1 @@
+"""Talking to peers: bounded bodies, peer state and scoring, gossip and sync."""

@@ -1,0 +1,635 @@
+"""Replication between nodes: pull with version vectors, push what the peer lacks, eager
+push of every new batch, relaying, fork-evidence gossip, and periodic anti-entropy.
+
+Server side (routes under /v1/peer/, every request signed by a configured peer):
+
+    POST /v1/peer/sync      the caller's vector -> a page of batches it lacks + our vector
+    POST /v1/peer/batches   batch frames pushed to us
+    POST /v1/peer/evidence  fork evidence gossiped to us
+
+A peer only ever receives batches of collections our policy lets it read; batches of
+authors we do not trust for their collection are refused and never stored or relayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+
+from hashmesh.node.config import Peer
+from hashmesh.node.errors import NodeError
+from hashmesh.node.net.peers import (
+    PENALTY_INVALID,
+    PENALTY_UNACCEPTED,
+    PeerClient,
+    Peers,
+    PeerTally,
+    Refusals,
+    clip,
+    peer_route,
+)
+from hashmesh.node.service import RESTORED_KEY
+from hashmesh.protocol.batches import Batch, LogKey, iter_frames, parse_header, verify_parts
+from hashmesh.protocol.errors import ProtocolError
+from hashmesh.protocol.evidence import ForkEvidence, verify_evidence
+from hashmesh.protocol.sync import (
+    MAX_EVIDENCE_MESSAGE_BYTES,
+    MAX_EVIDENCE_PER_MESSAGE,
+    Page,
+    PushReply,
+    PushResult,
+    Vector,
+    decode_evidence_message,
+    decode_page,
+    decode_push_reply,
+    encode_evidence_message,
+    encode_evidence_reply,
+    encode_page,
+    encode_push_reply,
+    encode_sync_request,
+    missing,
+    parse_sync_request,
+)
+
+if TYPE_CHECKING:
+    from hashmesh.node.daemon import Daemon
+
+log = logging.getLogger("hashmesh.sync")
+
+PAGE_BATCHES = 200
+PAGE_BYTES = 8 * 1024 * 1024
+MAX_PAGES_PER_ROUND = 1000
+PUSH_BATCHES = 50
+OUTBOX_BYTES = 64 * 1024 * 1024  # frames waiting for one peer; past it, anti-entropy delivers
+EVIDENCE_MESSAGE_BYTES = MAX_EVIDENCE_MESSAGE_BYTES  # 100 items of 2 KiB fit
+EVIDENCE_PER_MESSAGE = MAX_EVIDENCE_PER_MESSAGE
+EVIDENCE_PER_LOG = 8  # one item proves a fork; a few more only cover distinct seqs
+EVIDENCE_PER_SENDER = 1000
+
+
+class BadPeerData(NodeError):
+    status = 400
+
+
+class Outbox:
+    """Frames waiting to be pushed to one peer; `take` returns all of them at once.
+
+    Bounded: while a peer backs off (up to 5 minutes) new batches would pile up here, and
+    a dropped frame is not lost, the next anti-entropy round pushes what the peer lacks."""
+
+    def __init__(self, limit: int = OUTBOX_BYTES) -> None:
+        self._frames: list[bytes] = []
+        self._size = 0
+        self.limit = limit
+        self.dropped = 0
+        self._ready = asyncio.Event()
+
+    def put(self, frame: bytes) -> None:
+        if self._size + len(frame) > self.limit:
+            self.dropped += 1
+            return
+        self._frames.append(frame)
+        self._size += len(frame)
+        self._ready.set()
+
+    async def take(self) -> list[bytes]:
+        await self._ready.wait()
+        self._ready.clear()
+        frames, self._frames, self._size = self._frames, [], 0
+        return frames
+
+
+class Replicator:
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.service = daemon.service
+        self.store = daemon.service.store
+        self.peers = Peers(daemon.service.key)
+        self.client: PeerClient | None = None
+        self.queue: asyncio.Queue[tuple[list[Batch], list[ForkEvidence], str]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self._outboxes: dict[str, Outbox] = {}
+        self._senders: dict[str, asyncio.Task[None]] = {}
+        self._syncing: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.rounds = 0
+        self.refusals = Refusals()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def register(self, app: web.Application) -> None:
+        app.router.add_post("/v1/peer/sync", peer_route(self.handle_sync))
+        app.router.add_post("/v1/peer/batches", peer_route(self.handle_batches))
+        app.router.add_post("/v1/peer/evidence", peer_route(self.handle_evidence))
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.client = PeerClient(self.service.key, self.service.config.tls_ca)
+
+        def on_batches(batches: list[Batch], forks: list[ForkEvidence], source: str) -> None:
+            loop.call_soon_threadsafe(self.queue.put_nowait, (batches, forks, source))
+
+        self.store.batch_listeners.append(on_batches)
+        self._tasks = [
+            asyncio.create_task(self._anti_entropy()),
+            asyncio.create_task(self._push_worker()),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.client is not None:
+            await self.client.close()
+
+    def wake(self) -> None:
+        """Start an anti-entropy round now (e.g. after a policy change)."""
+        self._wake.set()
+
+    # -- server side ---------------------------------------------------------------------
+
+    def _apply(self, peer: Peer, tally: PeerTally) -> None:
+        """Apply what a store-thread step learned about a peer, on the event loop; an
+        author refused as untrusted is logged once per (sender, author, collection), with
+        the command that would accept it."""
+        tally.apply_to(self.peers.state(peer.node_id))
+        for (author, collection), n in tally.untrusted.items():
+            if self.refusals.record(peer.node_id, author, collection, "untrusted", n):
+                log.warning(
+                    "author %s offered %s in %s via peer %s; not trusted here: %s",
+                    author,
+                    f"{n} batch" if n == 1 else f"{n} batches",
+                    collection,
+                    peer.name,
+                    trust_fix(author, collection),
+                )
+
+    def _refuse(self, peer: Peer, reason: str, message: str) -> BadPeerData:
+        """Score a peer down for invalid data; the caller raises the returned 400."""
+        self.peers.state(peer.node_id).penalise(PENALTY_INVALID, reason)
+        return BadPeerData(message)
+
+    async def handle_sync(self, request: web.Request) -> web.Response:
+        config = self.service.config
+        peer, auth, body = await self.peers.authenticate(request, config)
+        try:
+            sync_request = parse_sync_request(body)
+        except ProtocolError as exc:
+            raise self._refuse(peer, "bad_sync_request", str(exc)) from None
+        page, sent, told = await self.daemon.call(self._build_page, peer, sync_request)
+        state = self.peers.state(peer.node_id)
+        state.batches_sent += sent
+        state.vector.update(told)  # its heads, as it just told us: lag is current
+        self.daemon.metrics.history.sent(sent)
+        return self.peers.respond(auth, page, "application/octet-stream")
+
+    def _build_page(
+        self, peer: Peer, request: Any
+    ) -> tuple[bytes, int, dict[tuple[str, str], int]]:
+        config = self.service.config
+        readable = {c for c in request.collections if config.peer_may_read(peer.node_id, c)}
+        # An offer outside the peer's share list must get the same answer as a collection
+        # that does not exist: accepting it would disclose that we hold it, and our heads.
+        accept = [
+            c
+            for c in request.offer
+            if config.peer_may_read(peer.node_id, c) and config.accepts_collection(c)
+        ]
+        ours = self.store.vector(readable)
+        told = {(k.author, k.collection): request.vector.get(k, 0) for k in ours}
+        frames: list[bytes] = []
+        size = 0
+        more = False
+        for log_key, have in sorted(missing(ours, request.vector).items(), key=_log_order):
+            for frame in self.store.batch_frames(log_key, after=have, limit=PAGE_BATCHES):
+                if len(frames) >= PAGE_BATCHES or (frames and size + len(frame) > PAGE_BYTES):
+                    more = True
+                    break
+                frames.append(frame)
+                size += len(frame)
+            if more:
+                break
+        vector = self.store.vector(readable | set(accept))
+        evidence = page_evidence(self.store.forks(), readable)
+        return encode_page(vector, frames, more, evidence, accept), len(frames), told
+
+    async def handle_batches(self, request: web.Request) -> web.Response:
+        config = self.service.config
+        peer, auth, body = await self.peers.authenticate(request, config)
+        try:
+            frames = iter_frames(body)
+        except ProtocolError as exc:
+            raise self._refuse(peer, "bad_frame", str(exc)) from None
+        (result, error), tally = await self.daemon.call(self._ingest_frames, peer, frames)
+        self._apply(peer, tally)
+        if error:
+            raise BadPeerData(error)
+        return self.peers.respond(auth, encode_push_reply(result), "application/json")
+
+    def _ingest_frames(
+        self, peer: Peer, frames: list[tuple[bytes, bytes, bytes]], tally: PeerTally | None = None
+    ) -> tuple[tuple[PushReply, str], PeerTally]:
+        """Verify and ingest pushed or pulled frames (store thread), one commit per page;
+        the reply, and the first invalid batch's error (then the rest was not read)."""
+        config = self.service.config
+        state = PeerTally() if tally is None else tally
+        results: list[dict[str, Any]] = []
+        touched: set[LogKey] = set()
+        deferred = False
+        error = ""
+        source = f"peer:{peer.node_id}"
+        with self.store.bulk(source):
+            for n, (header, sig, ops) in enumerate(frames):
+                try:
+                    if self._already_held(header):
+                        head = parse_header(header)
+                        state.holds(head.author, head.collection, head.seq)
+                        results.append(
+                            {
+                                "log": f"{head.author}/{head.collection}",
+                                "seq": head.seq,
+                                "outcome": "duplicate",
+                            }
+                        )
+                        continue
+                    batch = verify_parts(header, sig, ops)
+                except ProtocolError as exc:
+                    state.penalise(PENALTY_INVALID, "invalid_batch")
+                    log.warning("peer %s sent an invalid batch: %s", peer.name, exc)
+                    error = f"batch {n}: {exc}"
+                    break
+                state.holds(batch.header.author, batch.header.collection, batch.seq)
+                if not config.accepts(batch.header.author, batch.header.collection):
+                    state.refuse_untrusted(batch.header.author, batch.header.collection)
+                    results.append(
+                        {"log": str(batch.log), "seq": batch.seq, "outcome": "untrusted"}
+                    )
+                    continue
+                outcome = self.store.ingest(batch, source=source).outcome
+                state.received += 1
+                deferred = deferred or outcome == "deferred"
+                results.append({"log": str(batch.log), "seq": batch.seq, "outcome": outcome})
+                touched.add(batch.log)
+        vector = {k: self.store.head(k) for k in touched}
+        reply = PushReply(
+            [PushResult(r["log"], r["seq"], r["outcome"]) for r in results], vector, deferred
+        )
+        return (reply, error), state
+
+    def _already_held(self, header: bytes) -> bool:
+        """A batch whose exact signed header is stored needs no second verification: relays
+        deliver most batches more than once."""
+        try:
+            head = parse_header(header)
+        except ProtocolError:
+            return False
+        held = self.store.signed_header(LogKey(head.author, head.collection), head.seq)
+        return held is not None and held.header_bytes == header
+
+    async def handle_evidence(self, request: web.Request) -> web.Response:
+        peer, auth, body = await self.peers.authenticate(request, self.service.config)
+        try:
+            evidence = [verify_evidence(blob) for blob in decode_evidence_message(body)]
+        except ProtocolError as exc:
+            raise self._refuse(peer, "bad_evidence", str(exc)) from None
+        loop = asyncio.get_running_loop()
+        new, tally = await self.daemon.call(self._store_evidence, evidence, peer, loop)
+        self._apply(peer, tally)
+        return self.peers.respond(auth, encode_evidence_reply(new), "application/json")
+
+    def _store_evidence(
+        self, evidence: list[ForkEvidence], peer: Peer, loop: asyncio.AbstractEventLoop
+    ) -> tuple[int, PeerTally]:
+        """Store thread: asyncio.Queue is not thread-safe, so the gossip is queued from the
+        event loop."""
+        tally = PeerTally()
+        new = self._admit_evidence(peer, evidence, tally)
+        source = f"peer:{peer.node_id}"
+        for item in new:
+            loop.call_soon_threadsafe(self.queue.put_nowait, ([], [item], source))
+        return len(new), tally
+
+    def _admit_evidence(
+        self, peer: Peer, evidence: list[ForkEvidence], state: PeerTally
+    ) -> list[ForkEvidence]:
+        """Store the evidence worth storing; returns the items that were new (to gossip).
+        Only logs we accept count: a throw-away key can sign forks without end, and nobody
+        here relies on its log. Per-log and per-sender caps bound the rest. Unaccepted
+        evidence scores the sender down once per message, by less than invalid data: a
+        peer that trusts more authors than we do relays such evidence too."""
+        config = self.service.config
+        source = f"peer:{peer.node_id}"
+        new: list[ForkEvidence] = []
+        unaccepted = False
+        for item in evidence:
+            if not config.accepts(item.log.author, item.log.collection):
+                unaccepted = True
+                continue
+            if (
+                self.store.evidence_count(item.log) >= EVIDENCE_PER_LOG
+                or self.store.evidence_count_from(source) >= EVIDENCE_PER_SENDER
+            ):
+                state.refuse("evidence_cap")
+                continue
+            if self.store.add_evidence(item, source=source):
+                new.append(item)
+        if unaccepted:
+            state.penalise(PENALTY_UNACCEPTED, "unaccepted_evidence")
+        return new
+
+    # -- client side ---------------------------------------------------------------------
+
+    def _pull_request(self, peer: Peer) -> bytes:
+        config = self.service.config
+        wanted = config.accepted_collections() | {
+            k.collection for k in self.store.vector() if k.author == config.node_id
+        }
+        return encode_sync_request(
+            self.store.vector(wanted), sorted(wanted), sorted(set(peer.share))
+        )
+
+    def _ingest_page(self, peer: Peer, page: Page) -> tuple[tuple[PushReply, str], PeerTally]:
+        tally = PeerTally()
+        verified: list[ForkEvidence] = []
+        for blob in page.evidence:
+            try:
+                verified.append(verify_evidence(blob))
+            except ProtocolError:
+                tally.penalise(PENALTY_INVALID, "bad_evidence")
+        self._admit_evidence(peer, verified, tally)
+        return self._ingest_frames(peer, page.frames, tally)
+
+    async def sync_with(self, peer: Peer) -> bool:
+        """One anti-entropy exchange with a peer: pull all pages, then push what it lacks."""
+        state = self.peers.state(peer.node_id)
+        if state.cut_off or time.monotonic() < state.next_attempt or self.client is None:
+            return False
+        async with self._syncing[peer.node_id]:
+            state.last_attempt_ms = int(time.time() * 1000)
+            try:
+                page: Page | None = None
+                for _ in range(MAX_PAGES_PER_ROUND):
+                    body = await self.daemon.call(self._pull_request, peer)
+                    data = await self.client.post(peer, "/v1/peer/sync", body, "application/json")
+                    page = decode_page(data)
+                    (result, error), tally = await self.daemon.call(self._ingest_page, peer, page)
+                    self._apply(peer, tally)
+                    if error:
+                        raise NodeError(f"peer {peer.name} sent invalid data: {error}")
+                    if not page.more:
+                        break
+                    if not any(r.outcome in ("applied", "deferred") for r in result.results):
+                        # "more" but nothing new: a lying peer could keep us paging for ever.
+                        self.peers.state(peer.node_id).refuse("empty_page")
+                        break
+                assert page is not None
+                state.vector.update({(k.author, k.collection): v for k, v in page.vector.items()})
+                await self._push_missing(peer, page.vector, page.accept)
+            except (TimeoutError, aiohttp.ClientError, OSError, NodeError, ProtocolError) as exc:
+                state.failed(str(exc) or type(exc).__name__)
+                log.info("sync with %s failed: %s", peer.name, state.last_error)
+                self.daemon.metrics.sync_rounds.labels(peer.name, "failed").inc()
+                return False
+            except Exception as exc:  # gather() would swallow it: record it as the peer's
+                state.failed(f"sync: internal error ({type(exc).__name__})")
+                log.exception("sync with %s failed", peer.name)
+                self.daemon.metrics.sync_rounds.labels(peer.name, "failed").inc()
+                return False
+            state.succeeded()
+            self.rounds += 1
+            self.daemon.metrics.sync_rounds.labels(peer.name, "ok").inc()
+            await self.daemon.call(self.store.set_meta, RESTORED_KEY, None)
+            return True
+
+    async def _push_missing(self, peer: Peer, theirs: Vector, accept: list[str]) -> None:
+        """Push every batch the peer lacks in collections it may read and accepts."""
+        collections = set(peer.share) & set(accept)
+        if not collections:
+            return
+        ours = await self.daemon.call(self.store.vector, collections)
+        for log_key, have in sorted(missing(ours, theirs).items(), key=_log_order):
+            after = have
+            while True:
+                frames = await self.daemon.call(
+                    lambda k=log_key, a=after: list(self.store.batch_frames(k, a, PUSH_BATCHES))
+                )
+                if not frames:
+                    break
+                await self._post_pages(peer, frames)
+                after += len(frames)
+                if len(frames) < PUSH_BATCHES:
+                    break
+
+    async def _post_pages(self, peer: Peer, frames: list[bytes]) -> PushReply:
+        """Post frames in requests of at most PAGE_BYTES; the last answer is returned, with
+        `deferred` set if any request left batches waiting on the peer."""
+        result = PushReply([], {}, False)
+        deferred = False
+        page: list[bytes] = []
+        size = 0
+        for frame in [*frames, b""]:
+            if page and (not frame or size + len(frame) > PAGE_BYTES):
+                result = await self._post_batches(peer, page)
+                deferred = deferred or result.deferred
+                page, size = [], 0
+            if frame:
+                page.append(frame)
+                size += len(frame)
+        return result._replace(deferred=deferred)
+
+    async def _post_batches(self, peer: Peer, frames: list[bytes]) -> PushReply:
+        assert self.client is not None
+        data = await self.client.post(
+            peer, "/v1/peer/batches", b"".join(frames), "application/octet-stream"
+        )
+        try:
+            result = decode_push_reply(data)
+        except ProtocolError as exc:
+            raise NodeError(f"peer {peer.name}: malformed reply to pushed batches: {exc}") from None
+        state = self.peers.state(peer.node_id)
+        state.batches_sent += len(frames)
+        for key, seq in result.vector.items():
+            state.vector[(key.author, key.collection)] = seq  # its heads after our push
+        self.daemon.metrics.history.sent(len(frames))
+        return result
+
+    async def _anti_entropy(self) -> None:
+        await asyncio.sleep(0.2)
+        while True:
+            self._wake.clear()  # a wake() during the round starts the next one at once
+            peers = list(self.service.config.peers)
+            if peers:
+                await asyncio.gather(*(self.sync_with(p) for p in peers), return_exceptions=True)
+            interval = self.service.config.sync_interval_s * random.uniform(0.8, 1.2)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=interval)
+            except TimeoutError:
+                pass
+
+    async def _push_worker(self) -> None:
+        """Eager push: each new batch goes at once to up to `fanout` peers that may read it.
+
+        Batches are sorted into one outbox per peer, each drained by its own sender, so a
+        slow or unreachable peer never delays the others, and batches that arrive together
+        travel together (one request, not one per batch).
+        """
+        while True:
+            batches, forks, source = await self.queue.get()
+            try:
+                self._route(batches, forks, source)
+            except Exception:
+                log.exception("eager push failed")
+
+    def _route(self, batches: list[Batch], forks: list[ForkEvidence], source: str) -> None:
+        config = self.service.config
+        exclude = source.removeprefix("peer:") if source.startswith("peer:") else ""
+        for batch in batches:
+            eligible = [
+                p
+                for p in config.peers
+                if p.node_id != exclude
+                and batch.header.collection in p.share
+                and not self.peers.state(p.node_id).cut_off
+            ]
+            for p in random.sample(eligible, min(len(eligible), max(1, config.fanout))):
+                self._outbox(p).put(batch.to_bytes())
+        for evidence in forks:
+            body = encode_evidence_message([evidence.to_bytes()])
+            for p in config.peers:
+                if p.node_id != exclude and evidence.log.collection in p.share:
+                    self._track(asyncio.create_task(self._send_evidence(p, body)))
+
+    def _outbox(self, peer: Peer) -> Outbox:
+        box = self._outboxes.get(peer.node_id)
+        if box is None:
+            box = self._outboxes[peer.node_id] = Outbox()
+        sender = self._senders.get(peer.node_id)
+        if sender is None or sender.done():
+            sender = self._senders[peer.node_id] = asyncio.create_task(
+                self._sender(peer.node_id, box)
+            )
+            self._track(sender)
+        return box
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        """Keep a task for stop(), and forget it when done: one evidence task per gossip
+        would otherwise stay in the list for the node's lifetime."""
+        self._tasks.append(task)
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        if task in self._tasks:
+            self._tasks.remove(task)
+
+    async def _sender(self, node_id: str, box: Outbox) -> None:
+        """Drain one peer's outbox for ever: a failure is that peer's, never the task's end
+        (a dead sender stopped eager push to the peer and let its outbox grow)."""
+        while True:
+            frames = await box.take()
+            peer = self.service.config.peer(node_id)
+            if peer is None:
+                continue
+            state = self.peers.state(node_id)
+            wait = state.next_attempt - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)  # backing off: deliver when the peer is due again
+            try:
+                result = await self._post_pages(peer, frames)
+                if result.deferred:
+                    await self._push_missing(peer, result.vector, list(peer.share))
+            except (TimeoutError, aiohttp.ClientError, OSError, NodeError, ProtocolError) as exc:
+                state.failed(str(exc) or type(exc).__name__)
+                log.info("push to %s failed: %s", peer.name, state.last_error)
+            except Exception as exc:
+                state.failed(f"push: internal error ({type(exc).__name__})")
+                log.exception("push to %s failed", peer.name)
+
+    async def _send_evidence(self, peer: Peer, body: bytes) -> None:
+        assert self.client is not None
+        try:
+            await self.client.post(peer, "/v1/peer/evidence", body, "application/json")
+        except (TimeoutError, aiohttp.ClientError, OSError, NodeError, ProtocolError) as exc:
+            log.info("evidence to %s failed: %s", peer.name, clip(str(exc)))
+
+    # -- status --------------------------------------------------------------------------
+
+    def peer_status(self, peer: Peer, ours: Vector) -> dict[str, Any]:
+        state = self.peers.state(peer.node_id)
+        out = state.to_json()
+        lag = []
+        for key, head in sorted(ours.items(), key=_log_order):
+            if key.collection not in peer.share:
+                continue
+            theirs = state.vector.get((key.author, key.collection))
+            lag.append(
+                {
+                    "author": key.author,
+                    "collection": key.collection,
+                    "ours": head,
+                    "theirs": theirs,
+                    "behind": None if theirs is None else max(0, head - theirs),
+                }
+            )
+        out["lag"] = lag
+        return out
+
+    def refusal_status(self) -> list[dict[str, Any]]:
+        """Refusals that still hold under the current policy, newest first, each with the
+        command that would end it (an author trusted since is no longer listed)."""
+        config = self.service.config
+        out = []
+        for row in self.refusals.rows():
+            if row.reason == "untrusted" and config.accepts(row.author, row.collection):
+                continue
+            sender = config.peer(row.sender)
+            out.append(
+                {
+                    "sender": row.sender,
+                    "sender_name": sender.name if sender else "",
+                    "author": row.author,
+                    "author_name": config.author_name(row.author),
+                    "collection": row.collection,
+                    "reason": row.reason,
+                    "batches": row.batches,
+                    "first_ms": row.first_ms,
+                    "last_ms": row.last_ms,
+                    "fix": trust_fix(row.author, row.collection),
+                }
+            )
+        return out
+
+
+def trust_fix(author: str, collection: str) -> str:
+    return f"hashmesh trust add {author} {collection}"
+
+
+def page_evidence(forks: list[dict[str, Any]], readable: set[str]) -> list[bytes]:
+    """The fork evidence a sync page carries: one item per forked log (one proves the fork),
+    newest first, at most EVIDENCE_PER_MESSAGE items and EVIDENCE_MESSAGE_BYTES in all.
+    Older forks went out in earlier rounds and with the eager gossip; an unbounded list
+    would outgrow what a peer accepts in a page and stop sync with it altogether."""
+    out: list[bytes] = []
+    seen: set[tuple[str, str]] = set()
+    size = 0
+    for fork in reversed(forks):
+        log = (fork["author"], fork["collection"])
+        if fork["collection"] not in readable or log in seen:
+            continue
+        blob = fork["evidence"].encode("ascii")
+        if len(out) >= EVIDENCE_PER_MESSAGE or size + len(blob) > EVIDENCE_MESSAGE_BYTES:
+            break
+        seen.add(log)
+        out.append(blob)
+        size += len(blob)
+    return out
+
+
+def _log_order(item: tuple[LogKey, int]) -> tuple[str, str]:
+    return (item[0].collection, item[0].author)

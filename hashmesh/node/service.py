@@ -1,0 +1,653 @@
+"""What a node does, as plain methods: publish, revoke, opine, match, export, import, status.
+
+The CLI calls these directly when the node is not running, and the HTTP API calls the same
+methods when it is, so a command gives the same result either way. Every method takes and
+returns JSON-able values and raises NodeError (one sentence) for anything it refuses,
+before changing anything.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from hashmesh.node.config import Config, Home, Peer, Trust, check_url, parse_listen, validate_name
+from hashmesh.node.errors import Conflict, HomeError, NodeError, NotFound
+from hashmesh.node.hashing.degenerate import degenerate_reason
+from hashmesh.node.keys import create_key, load_key, new_token, write_secret
+from hashmesh.node.progress import Counter
+from hashmesh.node.store.core import IngestResult, Store, now_ms
+from hashmesh.protocol.batches import AnyOp, LogKey, build_batch, header_hash
+from hashmesh.protocol.bundles import BundleCheck, BundleDecoder, encode_bundle_header
+from hashmesh.protocol.errors import ProtocolError
+from hashmesh.protocol.ops import AddOp, OpId, OpinionOp, RevokeOp, validate_collection
+
+if TYPE_CHECKING:
+    from hashmesh.node.matching.matcher import Matcher
+
+DEFAULT_CATEGORY = "unspecified"
+RESTORED_KEY = "restored_from_backup"
+#: The node whose database this is (store meta): a restore of another node's is refused.
+NODE_ID_KEY = "node_id"
+BUNDLE_CHUNK = 1 << 20
+
+
+def init_home(path: str | Path, name: str, listen: str | None, url: str | None) -> Config:
+    """Create a node home: key (0600), admin token (0600), config and an empty database."""
+    home = Home(path)
+    validate_name(name, "name")
+    listen = listen or Config.listen
+    parse_listen(listen)
+    if url:
+        check_url(url)
+    if home.exists():
+        raise HomeError(f"{home.path} already holds a hashmesh node; refusing to overwrite it")
+    home.path.mkdir(parents=True, exist_ok=True)
+    os.chmod(home.path, 0o700)
+    key = create_key(home.key_path)
+    write_secret(home.admin_token_path, new_token() + "\n")
+    config = Config(name=name, node_id=key.node_id, listen=listen, url=url or f"http://{listen}")
+    home.save_config(config)
+    os.close(os.open(home.db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    store = Store(home.db_path)  # its -wal and -shm files take the database's 0600
+    store.set_meta(NODE_ID_KEY, key.node_id)
+    store.close()
+    return config
+
+
+def _protocol(call: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return call(*args, **kwargs)
+    except ProtocolError as exc:
+        raise NodeError(str(exc)) from None
+
+
+class NodeService:
+    """One node's operations over its home. Not thread-safe: one caller at a time."""
+
+    def __init__(self, home: Home, store: Store | None = None) -> None:
+        self.home = home
+        self.config = home.load_config()
+        self._config_mtime = home.config_mtime()
+        self.key = load_key(home.key_path)
+        if self.key.node_id != self.config.node_id:
+            raise HomeError(f"{home.key_path} does not hold the key of node {self.config.node_id}")
+        self.store = store or Store(home.db_path)
+        recorded = self.store.meta(NODE_ID_KEY)
+        if recorded is None:  # a database made before node ids were recorded in it
+            self.store.set_meta(NODE_ID_KEY, self.key.node_id)
+        elif recorded != self.key.node_id:
+            self.store.close()
+            raise HomeError(
+                f"database {home.db_path} belongs to node {recorded}, not to this home's "
+                f"node {self.key.node_id}; restore your own backup (hashmesh restore)"
+            )
+        self._matcher: Matcher | None = None
+
+    @property
+    def node_id(self) -> str:
+        return self.key.node_id
+
+    def close(self) -> None:
+        self.store.close()
+
+    def reload_config_if_changed(self) -> bool:
+        """Pick up hand edits of config.toml without a restart."""
+        mtime = self.home.config_mtime()
+        if mtime == self._config_mtime:
+            return False
+        self.config = self.home.load_config()
+        self._config_mtime = mtime
+        return True
+
+    def _save_config(self) -> None:
+        self.home.save_config(self.config)
+        self._config_mtime = self.home.config_mtime()
+
+    # -- publishing ----------------------------------------------------------------------
+
+    def publish(
+        self, collection: str, ops: list[AnyOp], ts: int | None = None
+    ) -> tuple[list[OpId], IngestResult]:
+        """Sign ops into batches of at most batch_size, apply each to the store in order
+        (`ts`: a coarser signed time, for publishers that promise not to keep the exact one)."""
+        _protocol(validate_collection, collection)
+        if self.store.meta(RESTORED_KEY) and self.config.peers:
+            raise Conflict(
+                "this database was restored from a backup: start the node and let it sync "
+                "with its peers before publishing (they hold your later batches; publishing "
+                "now would fork your log)"
+            )
+        key = LogKey(self.node_id, collection)
+        op_ids: list[OpId] = []
+        total = IngestResult()
+        size = self.config.batch_size
+        for start in range(0, len(ops), size):
+            chunk = ops[start : start + size]
+            seq = self.store.head(key) + 1
+            prev_header = self.store.signed_header(key, seq - 1) if seq > 1 else None
+            prev = header_hash(prev_header.header_bytes) if prev_header else None
+            when = now_ms() if ts is None else ts
+            batch = _protocol(build_batch, self.key, collection, seq, prev, when, chunk)
+            result = self.store.ingest(batch, source="local")
+            if result.outcome != "applied":
+                raise NodeError(f"publishing to {collection} failed: batch was {result.outcome}")
+            op_ids.extend(batch.op_id(i) for i in range(len(chunk)))
+            total.decisions.extend(result.decisions)
+            total.added.extend(result.added)
+            total.removed.extend(result.removed)
+        return op_ids, total
+
+    def prepare_add(
+        self,
+        type: str,
+        value: str,
+        collection: str,
+        category: str | None = None,
+        classification: str | None = None,
+        ref: str | None = None,
+        quality: int | None = None,
+        allow_low_quality: bool = False,
+    ) -> AddOp:
+        _protocol(validate_collection, collection)
+        op: AddOp = _protocol(
+            AddOp.create,
+            type,
+            value,
+            category=category or DEFAULT_CATEGORY,
+            quality=quality,
+            classification=classification,
+            ref=ref,
+        )
+        degenerate = degenerate_reason(op.type, op.value)
+        if degenerate is not None:
+            raise NodeError(f"value: refused, {degenerate}")
+        minimum = self.config.min_pdq_quality
+        if op.type == "pdq" and quality is not None and quality < minimum and not allow_low_quality:
+            raise NodeError(
+                f"pdq quality {quality} is below the publishing minimum {minimum}: such hashes "
+                "match unrelated pictures (use --allow-low-quality to publish anyway)"
+            )
+        return op
+
+    def held_add(self, collection: str, op: AddOp) -> str | None:
+        """The op id of this node's live add of `op`'s signal in `collection`, if any: the
+        one de-duplication rule of every publishing path (publishing it again would only
+        add a second op for the same signal)."""
+        existing = self.store.find_own_live(self.node_id, collection, op.type, op.value)
+        if existing is None:
+            return None
+        signal = self.store.signal(existing)
+        assert signal is not None
+        return str(signal["op_id"])
+
+    def add(self, type: str, value: str, collection: str, **labels: Any) -> dict[str, Any]:
+        op = self.prepare_add(type, value, collection, **labels)
+        held = self.held_add(collection, op)
+        if held is not None:
+            return {"op_id": held, "type": op.type, "value": op.value, "new": False}
+        op_ids, _ = self.publish(collection, [op])
+        return {"op_id": str(op_ids[0]), "type": op.type, "value": op.value, "new": True}
+
+    def add_many(
+        self, collection: str, items: list[dict[str, Any]], ts: int | None = None
+    ) -> dict[str, Any]:
+        """Publish many adds at once (submit, imports); already-live signals are skipped."""
+        ops: list[AddOp] = []
+        results: list[dict[str, Any]] = []
+        seen: set[tuple[str, str]] = set()
+        for n, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise NodeError(f"signals[{n}]: expected an object")
+            try:
+                op = self.prepare_add(collection=collection, **item)
+            except TypeError:
+                raise NodeError(f"signals[{n}]: unexpected fields {sorted(item)}") from None
+            except NodeError as exc:
+                raise NodeError(f"signals[{n}]: {exc}") from None
+            held = None if (op.type, op.value) in seen else self.held_add(collection, op)
+            if held is not None or (op.type, op.value) in seen:
+                results.append({"type": op.type, "value": op.value, "new": False, "op_id": held})
+                continue
+            seen.add((op.type, op.value))
+            ops.append(op)
+            results.append({"type": op.type, "value": op.value, "new": True})
+        op_ids = self.publish(collection, list(ops), ts)[0] if ops else []
+        fresh = iter(op_ids)
+        for r in results:
+            if r["new"]:
+                r["op_id"] = str(next(fresh))
+        return {"collection": collection, "published": len(op_ids), "signals": results}
+
+    def _known_add(self, op_id: str) -> tuple[OpId, dict[str, Any]]:
+        target: OpId = _protocol(OpId.parse, op_id)
+        signal_id = self.store.signal_id(target)
+        if signal_id is None:
+            raise NotFound(f"op id {op_id}: no add with this id is known to this node")
+        signal = self.store.signal(signal_id)
+        assert signal is not None
+        return target, signal
+
+    def revoke(self, op_id: str, reason: str = "") -> dict[str, Any]:
+        target, signal = self._known_add(op_id)
+        if target.author != self.node_id:
+            raise NodeError(
+                f"op id {op_id}: published by {target.author}, not by this node; only its "
+                "author can revoke it (record a dispute opinion instead)"
+            )
+        if not signal["live"]:
+            raise Conflict(f"op id {op_id}: already revoked by {signal['revoked_by']}")
+        revoke = _protocol(RevokeOp, targets=[str(target)], reason=reason or "")
+        op_ids, _ = self.publish(target.collection, [revoke])
+        return {"op_id": str(op_ids[0]), "revoked": str(target), **_what(signal)}
+
+    def opinion(self, op_id: str, opinion: str, collection: str | None = None) -> dict[str, Any]:
+        target, signal = self._known_add(op_id)
+        op = _protocol(OpinionOp, target=str(target), opinion=opinion)
+        op_ids, _ = self.publish(collection or target.collection, [op])
+        out = {"op_id": str(op_ids[0]), "target": str(target), "opinion": opinion}
+        return {**out, **_what(signal), "author": target.author}
+
+    # -- reading -------------------------------------------------------------------------
+
+    @property
+    def matcher(self) -> Matcher:
+        if self._matcher is None:
+            from hashmesh.node.matching.matcher import (
+                Matcher,  # numpy: loaded only by commands that match
+            )
+
+            self._matcher = Matcher(self.store)
+        return self._matcher
+
+    def match(self, queries: Any, threshold: int = 31) -> dict[str, Any]:
+        """Match many (type, value) queries; each hit carries its provenance and opinions.
+        The answer the API gives an unrestricted token, bounds included."""
+        return self.matcher.answer(queries, threshold, None, self.config.author_name)
+
+    def status(self) -> dict[str, Any]:
+        counts = self.store.counts()
+        logs = self.store.logs()
+        for log in logs:
+            log["author_name"] = self.config.author_name(log["author"])
+        return {
+            "node_id": self.node_id,
+            "name": self.config.name,
+            "listen": self.config.listen,
+            "url": self.config.url,
+            "home": str(self.home.path),
+            "min_pdq_quality": self.config.min_pdq_quality,
+            "live_signals": counts["live"],
+            "live_by_collection": counts["live_by_collection"],
+            "batches": counts["batches"],
+            "pending_batches": counts["pending"],
+            "feed_cursor": counts["feed_cursor"],
+            "logs": logs,
+            "forks": [{k: v for k, v in f.items() if k != "evidence"} for f in self.store.forks()],
+            "peers": [
+                {"name": p.name, "url": p.url, "node_id": p.node_id, "share": p.share}
+                for p in self.config.peers
+            ],
+            "trust": [
+                {"node_id": t.node_id, "collection": t.collection, "name": t.name}
+                for t in self.config.trust
+            ],
+        }
+
+    # -- policy --------------------------------------------------------------------------
+
+    def peer_list(self) -> dict[str, Any]:
+        self.reload_config_if_changed()
+        return {"peers": [_peer_json(p) for p in self.config.peers]}
+
+    def peer_show(self, name: str) -> dict[str, Any]:
+        self.reload_config_if_changed()
+        return _peer_json(self.config.peer_named(name))
+
+    def peer_add(self, name: str, url: str, node_id: str, share: list[str]) -> dict[str, Any]:
+        self.reload_config_if_changed()
+        peer = Peer(name=name, url=check_url(url, "peer url"), node_id=node_id)
+        peer.share = sorted(set(share))
+        self.config.add_peer(peer)
+        self._save_config()
+        return _peer_json(peer, "added")
+
+    def peer_update(
+        self,
+        name: str,
+        url: str | None = None,
+        node_id: str | None = None,
+        share: list[str] | None = None,
+    ) -> dict[str, Any]:
+        self.reload_config_if_changed()
+        before = self.config.peer_named(name)
+        peer = self.config.update_peer(name, url, node_id, share)
+        changed = (before.url, before.node_id, before.share) != (peer.url, peer.node_id, peer.share)
+        if changed:
+            self._save_config()
+        return _peer_json(peer, "updated" if changed else "unchanged")
+
+    def peer_remove(self, name: str) -> dict[str, Any]:
+        self.reload_config_if_changed()
+        peer = self.config.remove_peer(name)
+        self._save_config()
+        return _peer_json(peer, "removed")
+
+    def peer_share(self, name: str, collection: str, share: bool = True) -> dict[str, Any]:
+        """Add or drop one collection of a peer's share list, leaving the others as they are."""
+        self.reload_config_if_changed()
+        _protocol(validate_collection, collection)
+        before = self.config.peer_named(name).share
+        after = sorted(set(before) | {collection} if share else set(before) - {collection})
+        if after == before:
+            return _peer_json(self.config.peer_named(name), "unchanged")
+        peer = self.config.update_peer(name, share=after)
+        self._save_config()
+        return _peer_json(peer, "shared" if share else "unshared")
+
+    def trust_list(self, node_id: str | None = None) -> dict[str, Any]:
+        self.reload_config_if_changed()
+        entries = [t for t in self.config.trust if node_id is None or t.node_id == node_id]
+        return {
+            "trust": [
+                {"node_id": t.node_id, "collection": t.collection, "name": t.name}
+                for t in sorted(entries, key=lambda t: (t.node_id, t.collection))
+            ]
+        }
+
+    def _author_trust(self, node_id: str, collection: str, change: str) -> dict[str, Any]:
+        held = sorted(t.collection for t in self.config.trust if t.node_id == node_id)
+        return {
+            "node_id": node_id,
+            "collection": collection,
+            "name": self.config.author_name(node_id),
+            "collections": held,
+            "change": change,
+        }
+
+    def trust_add(self, node_id: str, collection: str, name: str = "") -> dict[str, Any]:
+        self.reload_config_if_changed()
+        self.config.add_trust(Trust(node_id=node_id, collection=collection, name=name))
+        self._save_config()
+        return self._author_trust(node_id, collection, "trusted")
+
+    def trust_remove(self, node_id: str, collection: str) -> dict[str, Any]:
+        self.reload_config_if_changed()
+        self.config.remove_trust(node_id, collection)
+        self._save_config()
+        return self._author_trust(node_id, collection, "untrusted")
+
+    # -- bundles -------------------------------------------------------------------------
+
+    def export_chunks(self, collection: str) -> Iterator[bytes]:
+        """A bundle of every log of the collection this node holds, as byte chunks."""
+        _protocol(validate_collection, collection)
+        logs = sorted(
+            (k for k in self.store.vector({collection})), key=lambda k: (k.collection, k.author)
+        )
+        manifest = {
+            "v": 1,
+            "collection": collection,
+            "exporter": self.node_id,
+            "created": now_ms(),
+            "logs": [
+                {"author": k.author, "collection": k.collection, "head": self.store.head(k)}
+                for k in logs
+            ],
+        }
+        yield encode_bundle_header(manifest)
+        for log in logs:
+            yield from self.store.batch_frames(log)
+
+    def backup(self, out: str, overwrite: bool = False) -> dict[str, Any]:
+        """A consistent copy of the database made with SQLite's online backup API, so a
+        running node keeps serving while it is taken; checked before it is kept.
+
+        The caller names any path the node's user can write, so the node's own files are
+        refused outright (a backup over node.key or the live WAL destroys the node), an
+        existing file only goes with `overwrite`, and the copy is 0600 from its first byte
+        (mkstemp, never chmod-ed afterwards): it holds every collection."""
+        import tempfile
+
+        path = Path(out).resolve()
+        home = self.home.path.resolve()
+        db = self.store.path.resolve()
+        own = ""
+        if path == home:
+            own = "the node's home folder"
+        elif path.parent == home or path.parent == db.parent:
+            # The node's files and their companions: -wal, -shm, -journal, .tmp, ...
+            kept = [
+                self.home.key_path,
+                self.home.config_path,
+                self.home.admin_token_path,
+                self.home.lock_path,
+                self.home.runtime_path,
+                self.home.db_path,
+                db,
+            ]
+            for name in sorted({k.name for k in kept if k.parent.resolve() == path.parent}):
+                if path.name.startswith(name):
+                    own = f"the node's own {name} (or a companion of it)"
+        for tls in (self.config.tls_cert, self.config.tls_key, self.config.tls_ca):
+            if tls and path == Path(tls).resolve():
+                own = f"the node's TLS file {tls}"
+        if own:
+            raise NodeError(f"file: {path} is {own}; write the backup outside the node's files")
+        exists = f'file: {path} already exists; pass "overwrite": true (--force) to replace it'
+        if not overwrite and (path.exists() or path.is_symlink()):
+            raise NodeError(exists)
+        try:
+            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+        except OSError as exc:
+            raise NodeError(f"file: backup to {out}: {exc.strerror}") from None
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            backup_database(self.store.conn, tmp)
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                try:
+                    os.link(tmp, path)  # atomic no-clobber, should the file appear meanwhile
+                except FileExistsError:
+                    raise NodeError(exists) from None
+                except OSError:  # a file system without hard links
+                    if path.exists() or path.is_symlink():
+                        raise NodeError(exists) from None
+                    os.replace(tmp, path)
+        except (OSError, sqlite3.Error) as exc:
+            raise NodeError(f"file: backup to {out}: {exc}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        return {"file": str(path), "bytes": path.stat().st_size, "integrity": "ok"}
+
+    def export(self, collection: str, out: str) -> dict[str, Any]:
+        path = Path(out)
+        tmp = path.with_name(path.name + ".partial")
+        batches = 0
+        total = sum(self.store.vector({collection}).values())
+        bar = Counter(total, "exporting")
+        try:
+            with open(tmp, "wb") as fh:
+                for n, chunk in enumerate(self.export_chunks(collection)):
+                    fh.write(chunk)
+                    batches = n
+                    if n:
+                        bar.advance()
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise NodeError(f"export to {out}: {exc.strerror}") from None
+        finally:
+            bar.close()
+        return {"collection": collection, "file": str(path), "batches": batches}
+
+    def import_bundle(self, stream: BinaryIO, source: str = "bundle") -> dict[str, Any]:
+        """Verify and ingest a bundle in one transaction: if any byte of it is wrong, nothing
+        changes; batches of authors not trusted for their collection are skipped, exactly as
+        they would be from a peer."""
+        self.reload_config_if_changed()
+        check = BundleCheck()
+        decoder = BundleDecoder()
+        counts = {"applied": 0, "duplicate": 0, "deferred": 0, "fork": 0, "frozen": 0}
+        refused = 0
+        refused_logs: set[str] = set()
+        try:
+            with self.store.bulk():
+                while chunk := stream.read(BUNDLE_CHUNK):
+                    for header, sig, ops in decoder.feed(chunk):
+                        batch = check.check(header, sig, ops)
+                        if not self.config.accepts(batch.header.author, batch.header.collection):
+                            refused += 1
+                            refused_logs.add(str(batch.log))
+                            continue
+                        outcome = self.store.ingest(batch, source=source).outcome
+                        counts[outcome] = counts.get(outcome, 0) + 1
+                decoder.close()
+        except ProtocolError as exc:
+            raise NodeError(f"bundle refused, nothing imported: {exc}") from None
+        return {
+            "batches": check.batches,
+            **counts,
+            "refused_untrusted": refused,
+            "untrusted_logs": sorted(refused_logs),
+        }
+
+
+def _peer_json(peer: Peer, change: str = "") -> dict[str, Any]:
+    """A peer as every policy answer shows it: what now holds (`peer`: the name, as the
+    first `peer add` answer called it)."""
+    out: dict[str, Any] = {
+        "peer": peer.name,
+        "name": peer.name,
+        "url": peer.url,
+        "node_id": peer.node_id,
+        "share": sorted(peer.share),
+    }
+    if change:
+        out["change"] = change
+    return out
+
+
+def backup_database(source: sqlite3.Connection, target: Path) -> None:
+    """Copy `source` into `target`, which the caller has already created 0600 (SQLite gives
+    the copy's journal the mode of the file it belongs to). The copy leaves WAL mode, so it
+    is one self-contained file that opening it read-only leaves no -wal or -shm beside."""
+    dest = sqlite3.connect(target)
+    try:
+        source.backup(dest, pages=4096)
+        dest.execute("PRAGMA journal_mode=DELETE")
+        check = dest.execute("PRAGMA integrity_check").fetchone()[0]
+        if check != "ok":
+            raise NodeError(f"backup {target} failed its integrity check: {check}")
+    finally:
+        dest.close()
+
+
+def database_node_id(conn: sqlite3.Connection) -> str | None:
+    """The node a database belongs to: recorded in its meta since node ids were, and for an
+    older database the single author of the batches it published itself (None when it has
+    published nothing)."""
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (NODE_ID_KEY,)).fetchone()
+    if row is not None:
+        return str(row[0])
+    authors = conn.execute(
+        "SELECT DISTINCT logs.author FROM batches JOIN logs ON logs.id = batches.log_id"
+        " WHERE batches.source = 'local' LIMIT 2"
+    ).fetchall()
+    return str(authors[0][0]) if len(authors) == 1 else None
+
+
+def restore_home(home: Home, backup: str, other_node: bool = False) -> dict[str, Any]:
+    """Put a backup in place of the node's database (the node must be stopped; the caller
+    holds the home's lock). The current database is kept beside it as hashmesh.db.before-restore.
+
+    A backup of another node's database is refused unless `other_node`: restored by
+    mistake it would make this node sign a second history of a log its peers already hold
+    (or drop its own), and carry the other node's tokens. Every file written on the way
+    (the staged copy and its journal) is 0600 from creation: the copy holds every
+    collection."""
+    import tempfile
+
+    source_path = Path(backup)
+    node_id = home.load_config().node_id
+    try:
+        source = sqlite3.connect(f"file:{source_path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise NodeError(f"backup {backup}: {exc}") from None
+    db = home.db_path
+    try:
+        try:
+            check = source.execute("PRAGMA integrity_check").fetchone()[0]
+            tables = {r[0] for r in source.execute("SELECT name FROM sqlite_master")}
+        except sqlite3.DatabaseError as exc:
+            raise NodeError(f"backup {backup} is not a hashmesh database: {exc}") from None
+        if check != "ok":
+            raise NodeError(f"backup {backup} failed its integrity check: {check}")
+        if not {"meta", "batches", "signals", "logs", "feed"} <= tables:
+            raise NodeError(f"backup {backup} is not a hashmesh database")
+        owner = database_node_id(source)
+        if owner is not None and owner != node_id and not other_node:
+            raise NodeError(
+                f"backup {backup} is the database of node {owner}, not of this node "
+                f"{node_id}; nothing was changed (to seed this node from another node's "
+                "database on purpose, pass --other-node)"
+            )
+        fd, name = tempfile.mkstemp(dir=db.parent, prefix=db.name + ".restoring-")
+        os.close(fd)
+        staged = Path(name)
+        try:
+            backup_database(source, staged)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+    finally:
+        source.close()
+    previous = db.with_name(db.name + ".before-restore")
+    if db.exists():
+        checkpoint = sqlite3.connect(db)
+        checkpoint.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        checkpoint.close()
+        os.replace(db, previous)
+    for suffix in ("-wal", "-shm"):
+        db.with_name(db.name + suffix).unlink(missing_ok=True)
+    os.replace(staged, db)
+    restored = Store(db)
+    restored.set_meta(RESTORED_KEY, str(now_ms()))
+    restored.set_meta(NODE_ID_KEY, node_id)
+    restored.close()
+    return {
+        "restored": str(source_path),
+        "database": str(db),
+        "previous": str(previous),
+        "node_id": node_id,
+        "backup_node_id": owner,
+    }
+
+
+def verify_bundle_file(path: str) -> dict[str, Any]:
+    """Check every signature, chain link and Merkle root of a bundle, offline."""
+    check = BundleCheck()
+    decoder = BundleDecoder()
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(BUNDLE_CHUNK):
+                for header, sig, ops in decoder.feed(chunk):
+                    check.check(header, sig, ops)
+            decoder.close()
+    except OSError as exc:
+        raise NodeError(f"bundle {path}: {exc.strerror}") from None
+    except ProtocolError as exc:
+        raise NodeError(f"bundle {path} is not valid: {exc}") from None
+    return {"file": path, "valid": True, "manifest": decoder.manifest, **check.summary()}
+
+
+def _what(signal: dict[str, Any]) -> dict[str, Any]:
+    """The hash an op is about, so a CLI can say what it revoked or opined on."""
+    return {k: signal[k] for k in ("type", "value", "collection") if k in signal}

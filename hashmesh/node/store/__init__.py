@@ -1,0 +1,1 @@
+"""The node's SQLite store: the one owner of SQL."""

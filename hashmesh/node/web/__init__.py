@@ -1,0 +1,1 @@
+"""The node's HTTP surface: operator API, platform API, status page, self-report page."""

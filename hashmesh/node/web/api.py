@@ -1,0 +1,343 @@
+"""The node's HTTP API (aiohttp): operator endpoints under /v1/.
+
+Handlers are thin: they check the caller, parse JSON, and call the same `NodeService`
+methods the CLI calls offline, on the node's single store thread. Every error is a JSON
+object `{"error": "..."}` with a 4xx status; nothing a client sends can crash the node.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from hashmesh.node.errors import NodeError
+from hashmesh.node.net.bodies import (
+    MAX_JSON_BODY,
+    encoding_middleware,
+    parse_json_object,
+    request_body,
+    spool_body,
+)
+from hashmesh.node.store.core import ReaderPool
+from hashmesh.node.web import access
+from hashmesh.node.web.selfreport import OPEN_PATHS as SELFREPORT_OPEN_PATHS
+from hashmesh.protocol.errors import ProtocolError
+
+if TYPE_CHECKING:
+    from hashmesh.node.daemon import Daemon
+
+log = logging.getLogger("hashmesh.api")
+
+MAX_BUNDLE_BODY = 16 * 1024 * 1024 * 1024
+MAX_UPLOAD = 50 * 1024 * 1024
+OPEN_PATHS = {"/v1/healthz", "/healthz", "/status", "/status.js"}  # status.js: the page's script
+OPEN_PATHS |= SELFREPORT_OPEN_PATHS  # the self-report page: no login, by design
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
+READERS_KEY: web.AppKey[ReaderPool] = web.AppKey("readers")
+INLINE_QUERIES = 32
+
+
+def error_response(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except NodeError as exc:
+        return error_response(exc.status, str(exc))
+    except ProtocolError as exc:
+        return error_response(400, str(exc))
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(413, "request body is too large")
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            return error_response(exc.status, exc.reason or "error")
+        raise
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return error_response(500, "internal error (see the node's log)")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in OPEN_PATHS or request.path.startswith("/v1/peer/"):
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return error_response(401, "missing bearer token (Authorization: Bearer ...)")
+    grant = request.app[access.TOKENS_KEY].lookup(token.strip())
+    if grant is None:
+        return error_response(401, "unknown or revoked token")
+    scope = access.required_scope(request.path)
+    if not grant.allows(scope):
+        if grant.admin_disabled:  # its admin scope would have allowed this (metrics too)
+            return error_response(
+                403,
+                "this token is restricted to collections, so its admin scope is ignored"
+                " (revoke it; admin tokens cannot be restricted)",
+            )
+        return error_response(403, f"this token lacks the {scope!r} scope needed here")
+    request[access.GRANT] = grant
+    if scope == "publish":
+        await access.check_publish_collections(request, grant)
+    return await handler(request)
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    raw = await request_body(request, MAX_JSON_BODY)
+    if not raw:
+        raise NodeError("request body: empty; expected a JSON object")
+    return parse_json_object(raw)
+
+
+def _fields(
+    body: dict[str, Any], required: tuple[str, ...], optional: tuple[str, ...]
+) -> dict[str, Any]:
+    for name in required:
+        if name not in body:
+            raise NodeError(f"{name}: required")
+    unknown = set(body) - set(required) - set(optional)
+    if unknown:
+        raise NodeError(f"{sorted(unknown)[0]}: unknown field")
+    return body
+
+
+ADD_FIELDS = ("category", "classification", "ref", "quality", "allow_low_quality")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def status(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    result = await daemon.status()
+    grant = access.grant_of(request)
+    if grant.restricted:  # a token restricted to collections hears nothing of the others
+        result["refusals"] = [r for r in result["refusals"] if grant.can_use(r["collection"])]
+    return web.json_response(result)
+
+
+async def add_signal(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    body = _fields(await read_json(request), ("type", "value", "collection"), ADD_FIELDS)
+    return web.json_response(await daemon.publisher.add(**body))
+
+
+async def add_signals(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    body = _fields(await read_json(request), ("collection", "signals"), ())
+    if not isinstance(body["signals"], list):
+        raise NodeError("signals: expected a list")
+    return web.json_response(
+        await daemon.call(daemon.service.add_many, body["collection"], body["signals"])
+    )
+
+
+async def revoke(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    body = _fields(await read_json(request), ("op_id",), ("reason",))
+    return web.json_response(
+        await daemon.call(daemon.service.revoke, body["op_id"], body.get("reason", ""))
+    )
+
+
+async def opinion(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    body = _fields(await read_json(request), ("op_id", "opinion"), ("collection",))
+    return web.json_response(
+        await daemon.call(
+            daemon.service.opinion, body["op_id"], body["opinion"], body.get("collection")
+        )
+    )
+
+
+async def export(request: web.Request) -> web.StreamResponse:
+    daemon = request.app[DAEMON_KEY]
+    collection = request.query.get("collection", "")
+    access.require_collection(access.grant_of(request), collection)
+    chunks = daemon.service.export_chunks(collection)
+    first = await daemon.call(next, chunks)
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    await response.prepare(request)
+    chunk: bytes | None = first
+    while chunk is not None:
+        await response.write(chunk)
+        chunk = await daemon.call(next, chunks, None)
+    await response.write_eof()
+    return response
+
+
+async def import_bundle(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    with tempfile.TemporaryFile(dir=daemon.home.path) as tmp:
+        await spool_body(request, tmp, MAX_BUNDLE_BODY, "bundle")
+        result = await daemon.call(daemon.service.import_bundle, tmp, "bundle")
+    return web.json_response(result)
+
+
+def _share_list(body: dict[str, Any]) -> list[str] | None:
+    share = body.get("share")
+    if share is None:
+        return None
+    if not isinstance(share, list) or not all(isinstance(c, str) for c in share):
+        raise NodeError("share: expected a list of collection names")
+    return share
+
+
+def _text(body: dict[str, Any], name: str) -> Any:
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise NodeError(f"{name}: expected a string")
+    return value
+
+
+async def _policy(request: web.Request, fn: Callable[..., Any], *args: Any) -> web.Response:
+    """Run one policy change on the store thread and apply it at once (no restart)."""
+    daemon = request.app[DAEMON_KEY]
+    result = await daemon.call(fn, *args)
+    await daemon.policy_changed()
+    return web.json_response(result)
+
+
+async def peer_list(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    return web.json_response(await daemon.call(daemon.service.peer_list))
+
+
+async def peer_show(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    return web.json_response(
+        await daemon.call(daemon.service.peer_show, request.match_info["name"])
+    )
+
+
+async def peer_add(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    body = _fields(await read_json(request), ("name", "url", "node_id"), ("share",))
+    for name in ("name", "url", "node_id"):
+        if not isinstance(body[name], str):
+            raise NodeError(f"{name}: expected a string")
+    share = _share_list(body) or []
+    return await _policy(
+        request, daemon.service.peer_add, body["name"], body["url"], body["node_id"], share
+    )
+
+
+async def peer_update(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    body = _fields(await read_json(request), (), ("url", "node_id", "share"))
+    return await _policy(
+        request,
+        daemon.service.peer_update,
+        request.match_info["name"],
+        _text(body, "url"),
+        _text(body, "node_id"),
+        _share_list(body),
+    )
+
+
+async def peer_remove(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    return await _policy(request, daemon.service.peer_remove, request.match_info["name"])
+
+
+async def peer_share(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    body = _fields(await read_json(request), ("collection",), ())
+    collection = _text(body, "collection")
+    return await _policy(
+        request, daemon.service.peer_share, request.match_info["name"], collection, True
+    )
+
+
+async def peer_unshare(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    info = request.match_info
+    return await _policy(
+        request, daemon.service.peer_share, info["name"], info["collection"], False
+    )
+
+
+async def trust_list(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    node_id = request.query.get("node_id") or None
+    return web.json_response(await daemon.call(daemon.service.trust_list, node_id))
+
+
+async def trust_add(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    body = _fields(await read_json(request), ("node_id", "collection"), ("name",))
+    for name in ("node_id", "collection", "name"):
+        _text(body, name)
+    return await _policy(
+        request,
+        daemon.service.trust_add,
+        body["node_id"],
+        body["collection"],
+        body.get("name") or "",
+    )
+
+
+async def trust_remove(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    info = request.match_info
+    return await _policy(request, daemon.service.trust_remove, info["node_id"], info["collection"])
+
+
+async def backup(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    body = _fields(await read_json(request), ("file",), ("overwrite",))
+    if not isinstance(body["file"], str) or not body["file"].startswith("/"):
+        raise NodeError("file: must be an absolute path on the node's machine")
+    overwrite = body.get("overwrite", False)
+    if not isinstance(overwrite, bool):
+        raise NodeError("overwrite: must be true or false")
+    return web.json_response(
+        await daemon.call(daemon.service.backup, body["file"], overwrite=overwrite)
+    )
+
+
+def build_app(daemon: Daemon) -> web.Application:
+    app = web.Application(
+        # encoding_middleware innermost: every route refuses an encoded body before any
+        # handler reads a byte of it (hashmesh/node/net/bodies.py).
+        middlewares=[errors_middleware, auth_middleware, encoding_middleware],
+        client_max_size=MAX_JSON_BODY,
+    )
+    app[DAEMON_KEY] = daemon
+    service = getattr(daemon, "service", None)
+    if service is not None:
+        app[READERS_KEY] = ReaderPool(service.store.path)
+    app.router.add_get("/v1/healthz", healthz)
+    app.router.add_get("/v1/status", status)
+    app.router.add_post("/v1/signals", add_signal)
+    app.router.add_post("/v1/signals/batch", add_signals)
+    app.router.add_post("/v1/revoke", revoke)
+    app.router.add_post("/v1/opinions", opinion)
+    app.router.add_get("/v1/export", export)
+    app.router.add_post("/v1/import", import_bundle)
+    app.router.add_get("/v1/admin/peers", peer_list)
+    app.router.add_post("/v1/admin/peers", peer_add)
+    app.router.add_get("/v1/admin/peers/{name}", peer_show)
+    app.router.add_patch("/v1/admin/peers/{name}", peer_update)
+    app.router.add_delete("/v1/admin/peers/{name}", peer_remove)
+    app.router.add_post("/v1/admin/peers/{name}/share", peer_share)
+    app.router.add_delete("/v1/admin/peers/{name}/share/{collection}", peer_unshare)
+    app.router.add_get("/v1/admin/trust", trust_list)
+    app.router.add_post("/v1/admin/trust", trust_add)
+    app.router.add_delete("/v1/admin/trust/{node_id}/{collection}", trust_remove)
+    from hashmesh.node.web.platform import register as register_platform_api
+
+    register_platform_api(app)
+    app.router.add_post("/v1/admin/backup", backup)
+    return app

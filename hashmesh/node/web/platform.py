@@ -1,0 +1,529 @@
+"""Operator API routes for platforms: matching, the change feed, its live stream,
+snapshots, token administration and list imports. Registered by `api.build_app`; scopes
+are enforced by the auth middleware (see access.py), collection filters here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+
+from hashmesh.node.errors import NodeError, PayloadTooLarge
+from hashmesh.node.hashing.hasher import ImageError, ImageTooLarge, hash_bytes
+from hashmesh.node.keys import hash_token
+from hashmesh.node.lists.feed import DEFAULT_PAGE, MAX_PAGE, FeedHub, FeedReader
+from hashmesh.node.lists.importers import formats
+from hashmesh.node.lists.listfiles import apply_import, import_file
+from hashmesh.node.matching.matcher import check_threshold, exact_only
+from hashmesh.node.matching.pdq_index import DEFAULT_THRESHOLD
+from hashmesh.node.net.bodies import (
+    MAX_JSON_BODY,
+    BodyPace,
+    parse_json_object,
+    request_body,
+    spool_body,
+)
+from hashmesh.node.tokens import Grant, TokenStore
+from hashmesh.node.web import access
+from hashmesh.node.web.api import DAEMON_KEY, INLINE_QUERIES, MAX_UPLOAD, READERS_KEY, read_json
+
+HEARTBEAT_S = 15.0
+MAX_IMPORT_BODY = 1 << 30  # a list file, parsed from disk as it is read
+MAX_IMPORT_PLAN_BODY = MAX_JSON_BODY  # a JSON plan, parsed whole in memory
+STREAM_PAGE = 1_000
+# Each open stream costs a feed query per wake-up: unbounded streams starved /v1/feed.
+MAX_STREAMS_PER_TOKEN = 4
+MAX_STREAMS = 64
+STREAM_RETRY_AFTER_S = 5
+# How often an idle stream re-checks its token and its connection: a revoked token's
+# stream ends within this, whatever heartbeat the client asked for.
+STREAM_CHECK_S = 1.0
+# A snapshot holds one read transaction; a client that stops reading would pin the WAL.
+SNAPSHOT_IDLE_S = 30.0
+SNAPSHOT_WRITE = 1 << 16
+
+
+@dataclass
+class StreamSlots:
+    """Open streams per token digest and in total, so no one token (nor all of them) can
+    hold enough streams to starve the feed's thread pool."""
+
+    per_token: dict[str, int] = field(default_factory=dict)
+    total: int = 0
+
+    def refusal(self, key: str) -> web.Response | None:
+        """A 429 naming the limit that is full, or None after taking a slot."""
+        if self.per_token.get(key, 0) >= MAX_STREAMS_PER_TOKEN:
+            message = f"too many open feed streams for this token (limit {MAX_STREAMS_PER_TOKEN})"
+            limit, scope = MAX_STREAMS_PER_TOKEN, "per_token"
+        elif self.total >= MAX_STREAMS:
+            message = f"too many open feed streams on this node (limit {MAX_STREAMS})"
+            limit, scope = MAX_STREAMS, "total"
+        else:
+            self.per_token[key] = self.per_token.get(key, 0) + 1
+            self.total += 1
+            return None
+        return web.json_response(
+            {"error": message, "limit": limit, "limit_scope": scope},
+            status=429,
+            headers={"Retry-After": str(STREAM_RETRY_AFTER_S)},
+        )
+
+    def release(self, key: str) -> None:
+        left = self.per_token.get(key, 0) - 1
+        if left > 0:
+            self.per_token[key] = left
+        else:
+            self.per_token.pop(key, None)
+        self.total -= 1
+
+
+@dataclass
+class FeedState:
+    """Set up when the app starts (the reader and hub need the running loop and store)."""
+
+    reader: FeedReader | None = None
+    hub: FeedHub | None = None
+    streams: StreamSlots = field(default_factory=StreamSlots)
+
+
+FEED_KEY: web.AppKey[FeedState] = web.AppKey("feed", FeedState)
+
+
+def _feed(request: web.Request) -> tuple[FeedReader, FeedHub]:
+    state = request.app[FEED_KEY]
+    if state.reader is None or state.hub is None:
+        raise NodeError("the feed is not ready yet")
+    return state.reader, state.hub
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise NodeError(f"{name}: expected an integer, got {raw[:20]!r}") from None
+    if not low <= value <= high:
+        raise NodeError(f"{name}: must be {low}-{high}")
+    return value
+
+
+def _collections(request: web.Request) -> frozenset[str] | None:
+    grant = access.grant_of(request)
+    return access.readable(grant, request.query.get("collection") or None)
+
+
+async def feed(request: web.Request) -> web.Response:
+    collections = _collections(request)
+    after = _int_param(request, "after", 0, 0, 1 << 62)
+    limit = _int_param(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
+    reader, _ = _feed(request)
+    body = await reader.run(reader.page, after, limit, collections)
+    return web.Response(body=body, content_type="application/json")
+
+
+def _bearer(request: web.Request) -> str:
+    return request.headers.get("Authorization", "").partition(" ")[2].strip()
+
+
+def _live_grant(request: web.Request, token: str) -> Grant | None:
+    """The token's grant as of now, or None once it is revoked or lost the `read` scope.
+
+    The auth middleware checked the grant when the response began; a response that lasts
+    minutes must not outlive the token (or a narrower grant) that allowed it.
+    """
+    grant = request.app[access.TOKENS_KEY].lookup(token)
+    if grant is None or not grant.allows("read"):
+        return None
+    return grant
+
+
+def _gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+async def feed_stream(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: one event per change, `id` = cursor, resumable by Last-Event-ID."""
+    collections = _collections(request)
+    only = request.query.get("collection") or None
+    after = _int_param(request, "after", 0, 0, 1 << 62)
+    last_id = request.headers.get("Last-Event-ID", "").strip()
+    if last_id:
+        if not (last_id.isascii() and last_id.isdigit()) or len(last_id) > 18:
+            raise NodeError("Last-Event-ID: expected a feed cursor")
+        after = int(last_id)
+    heartbeat = _int_param(request, "heartbeat", int(HEARTBEAT_S), 1, 300)
+    reader, hub = _feed(request)
+    token = _bearer(request)
+    slots = request.app[FEED_KEY].streams
+    key = hash_token(token)
+    refused = slots.refusal(key)
+    if refused is not None:
+        return refused
+    try:
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        response.force_close()  # a stream that ends is over; its client reconnects anew
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionResetError):
+            await response.write(b"retry: 1000\n\n")
+            beat_at = time.monotonic() + heartbeat
+            while not hub.closed and not _gone(request):
+                grant = _live_grant(request, token)
+                if grant is None:
+                    break
+                try:
+                    collections = access.readable(grant, only)
+                except NodeError:
+                    break
+                woken = hub.current
+                chunk, after = await reader.run(reader.events, after, STREAM_PAGE, collections)
+                if chunk:
+                    await response.write(chunk)
+                    continue
+                wait = min(STREAM_CHECK_S, max(0.0, beat_at - time.monotonic()))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), timeout=wait)
+                if time.monotonic() >= beat_at:
+                    await response.write(b": heartbeat\n\n")
+                    beat_at = time.monotonic() + heartbeat
+        return response
+    finally:
+        slots.release(key)
+
+
+async def snapshot(request: web.Request) -> web.StreamResponse:
+    """JSON lines: a header with the cursor, one line per live signal, an end line."""
+    collections = _collections(request)
+    only = request.query.get("collection") or None
+    token = _bearer(request)
+    reader, _ = _feed(request)
+    snap = await reader.run(reader.snapshot, collections)
+    try:
+        response = web.StreamResponse(
+            headers={"Content-Type": "application/x-ndjson", "X-Hashmesh-Cursor": str(snap.cursor)}
+        )
+        await response.prepare(request)
+
+        async def send(data: bytes) -> None:
+            # In small pieces, so the timeout means "no progress", not "a slow client".
+            view = memoryview(data)
+            for at in range(0, len(view), SNAPSHOT_WRITE):
+                piece = view[at : at + SNAPSHOT_WRITE]
+                await asyncio.wait_for(response.write(piece), timeout=SNAPSHOT_IDLE_S)
+
+        try:
+            header = {"cursor": snap.cursor, "collections": snap.collections}
+            await send(json.dumps(header).encode() + b"\n")
+            count = 0
+            while True:
+                grant = _live_grant(request, token)
+                if grant is None or access.readable(grant, only) != collections:
+                    raise ConnectionAbortedError("the token's grant changed")
+                rows = await reader.run(snap.rows)
+                if not rows:
+                    break
+                count += len(rows)
+                await send(
+                    "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows).encode()
+                )
+            await send(json.dumps({"end": True, "count": count}).encode() + b"\n")
+            await response.write_eof()
+        except (TimeoutError, ConnectionError, NodeError):
+            # Cut short: closing the connection is the only way to tell the client the
+            # snapshot is incomplete (it never sees the end line).
+            if request.transport is not None:
+                request.transport.abort()
+        return response
+    finally:
+        await reader.run(snap.close)
+
+
+# -- matching -------------------------------------------------------------------------------
+
+
+async def _answer(request: web.Request, queries: Any, threshold: int) -> dict[str, Any]:
+    """Bounded, de-duplicated, and drawn only from the collections the token may read:
+    matches and the opinions counted on them alike. Never on the store thread: rows come
+    from a read-only connection of the answering thread's own, so no match, however
+    large, delays publishing, ingest or a revocation."""
+    daemon = request.app[DAEMON_KEY]
+    collections = access.readable(access.grant_of(request), None)
+    matcher = daemon.service.matcher
+    readers = request.app[READERS_KEY]
+    author_name = daemon.service.config.author_name
+
+    def work() -> dict[str, Any]:
+        return matcher.answer(queries, threshold, collections, author_name, readers.get())
+
+    if exact_only(queries) and len(queries) <= INLINE_QUERIES:
+        return work()  # a few indexed lookups: cheaper than a thread hop
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, work)
+
+
+async def match(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    if "queries" not in body:
+        raise NodeError("queries: required")
+    unknown = set(body) - {"queries", "threshold"}
+    if unknown:
+        raise NodeError(f"{sorted(unknown)[0]}: unknown field")
+    threshold = check_threshold(body.get("threshold", DEFAULT_THRESHOLD))
+    return web.json_response(await _answer(request, body["queries"], threshold))
+
+
+async def match_file(request: web.Request) -> web.Response:
+    """Hash an uploaded image in memory and match its hashes; the image is never stored.
+
+    PDQ is of the stored pixels (EXIF orientation not applied, as HMA and pytx hash). The
+    part ``dihedral=true`` also queries the picture's 7 rotations and mirrors: off by
+    default (as in HMA), since it costs 8 PDQ lookups and gives 8 chances of a false match.
+    Each PDQ result names its variant.
+    """
+    from functools import partial
+
+    if not request.content_type.startswith("multipart/"):
+        raise NodeError("upload: expected multipart/form-data with a 'file' part")
+    reader = await request.multipart()
+    data = b""
+    threshold = DEFAULT_THRESHOLD
+    dihedral = False
+    pace = BodyPace("upload")
+
+    async def small_part(part: BodyPartReader, refusal: str) -> str:
+        raw = b""
+        while chunk := await pace.next(part.read_chunk(64)):
+            raw += chunk
+            if len(raw) > 16:  # a part is otherwise read whole, whatever its size
+                raise NodeError(refusal)
+        return raw.decode("ascii", "replace").strip()
+
+    try:
+        while (part := await pace.next(reader.next())) is not None:
+            if not isinstance(part, BodyPartReader):
+                continue
+            if part.name == "threshold":
+                text = await small_part(part, "threshold: must be an integer")
+                if not text.isdigit() or len(text) > 6:
+                    raise NodeError("threshold: must be an integer")
+                threshold = check_threshold(int(text))
+            elif part.name == "dihedral":
+                text = await small_part(part, "dihedral: must be true or false")
+                if text not in ("true", "false"):
+                    raise NodeError("dihedral: must be true or false")
+                dihedral = text == "true"
+            elif part.name == "file":
+                chunks = []
+                size = 0
+                while chunk := await pace.next(part.read_chunk(1 << 16)):
+                    size += len(chunk)
+                    if size > MAX_UPLOAD:
+                        raise PayloadTooLarge(f"upload: larger than {MAX_UPLOAD // (1 << 20)} MiB")
+                    chunks.append(chunk)
+                data = b"".join(chunks)
+    except ValueError as exc:  # aiohttp: not the multipart body it claims to be
+        raise NodeError(f"upload: malformed multipart body ({exc})") from None
+    if not data:
+        raise NodeError("upload: no 'file' part, or it is empty")
+    loop = asyncio.get_running_loop()
+    try:
+        hashes = await loop.run_in_executor(None, partial(hash_bytes, data, dihedral=dihedral))
+    except ImageTooLarge as exc:
+        raise PayloadTooLarge(f"upload: {exc}") from None
+    except ImageError as exc:
+        raise NodeError(f"upload: {exc}") from None
+    del data
+    variants = hashes.pdq_dihedral or {"original": hashes.pdq or ""}
+    queries = [
+        {"type": "md5", "value": hashes.md5},
+        {"type": "sha256", "value": hashes.sha256},
+        *({"type": "pdq", "value": value} for value in variants.values()),
+    ]
+    result = await _answer(request, queries, threshold)
+    for entry, name in zip(result["results"][2:], variants, strict=True):
+        entry["variant"] = name
+    result["hashes"] = {
+        "md5": hashes.md5,
+        "sha256": hashes.sha256,
+        "pdq": hashes.pdq,
+        "quality": hashes.quality,
+    }
+    if hashes.pdq_dihedral is not None:
+        result["hashes"]["pdq_dihedral"] = hashes.pdq_dihedral
+    return web.json_response(result)
+
+
+# -- tokens ---------------------------------------------------------------------------------
+
+
+async def _reload_tokens(app: web.Application) -> None:
+    daemon = app[DAEMON_KEY]
+    grants = await daemon.call(lambda: TokenStore(daemon.service.store.conn).grants())
+    app[access.TOKENS_KEY].grants = grants
+    hub = app[FEED_KEY].hub
+    if hub is not None:
+        hub.wake()
+
+
+async def token_create(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    body = await read_json(request)
+    unknown = set(body) - {"name", "scopes", "collections"}
+    if unknown:
+        raise NodeError(f"{sorted(unknown)[0]}: unknown field")
+    scopes = body.get("scopes")
+    collections = body.get("collections")
+    if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+        raise NodeError("scopes: expected a list of scope names")
+    if collections is not None and (
+        not isinstance(collections, list) or not all(isinstance(c, str) for c in collections)
+    ):
+        raise NodeError("collections: expected a list of collection names")
+    result = await daemon.call(
+        lambda: TokenStore(daemon.service.store.conn).create(
+            body.get("name", ""), scopes, collections
+        )
+    )
+    await _reload_tokens(request.app)
+    return web.json_response(result)
+
+
+async def token_list(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    tokens = await daemon.call(lambda: TokenStore(daemon.service.store.conn).list())
+    return web.json_response({"tokens": tokens})
+
+
+async def token_revoke(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    key = request.match_info["token"]
+    result = await daemon.call(lambda: TokenStore(daemon.service.store.conn).revoke(key))
+    await _reload_tokens(request.app)
+    return web.json_response(result)
+
+
+# -- list import ----------------------------------------------------------------------------
+
+
+async def lists_import(request: web.Request) -> web.Response:
+    """A list file as the raw body (`?format=&collection=`), or a plan as a JSON object."""
+    if "format" in request.query:
+        return await _lists_import_file(request)
+    daemon = request.app[DAEMON_KEY]
+    body: Any = parse_json_object(await request_body(request, MAX_IMPORT_PLAN_BODY))
+    if not isinstance(body, dict) or not isinstance(body.get("collection"), str):
+        raise NodeError("request body: expected an object with a collection")
+    unknown = set(body) - {"collection", "adds", "revoke_signals", "revoke_refs"}
+    if unknown:
+        raise NodeError(f"{sorted(unknown)[0]}: unknown field")
+    for name in ("adds", "revoke_signals", "revoke_refs"):
+        if not isinstance(body.get(name, []), list):
+            raise NodeError(f"{name}: expected a list")
+    access.require_collection(access.grant_of(request), body["collection"])
+    result = await daemon.call(
+        apply_import,
+        daemon.service,
+        body["collection"],
+        body.get("adds", []),
+        body.get("revoke_signals", []),
+        body.get("revoke_refs", []),
+    )
+    return web.json_response(result)
+
+
+async def _lists_import_file(request: web.Request) -> web.Response:
+    """Spool the body to an anonymous file and parse it from there: a JSON body is held
+    and parsed whole (about 23 times its size), a list file is read record by record."""
+    daemon = request.app[DAEMON_KEY]
+    query = request.query
+    unknown = set(query) - {"format", "collection", "category", "on_error"}
+    if unknown:
+        raise NodeError(f"{sorted(unknown)[0]}: unknown query parameter")
+    collection = query.get("collection")
+    if not collection:
+        raise NodeError("collection: required in the query string")
+    list_format = query["format"]
+    if list_format not in formats():
+        raise NodeError(f"format {list_format[:40]!r}: expected one of {', '.join(formats())}")
+    access.require_collection(access.grant_of(request), collection)
+    with tempfile.TemporaryFile(dir=daemon.home.path) as spool:
+        await spool_body(request, spool, MAX_IMPORT_BODY, "request body")
+        result = await daemon.call(
+            import_file,
+            daemon.service,
+            collection,
+            list_format,
+            spool,
+            query.get("category") or None,
+            query.get("on_error", "abort"),
+        )
+    return web.json_response(result)
+
+
+# -- wiring ---------------------------------------------------------------------------------
+
+
+async def _start(app: web.Application) -> None:
+    daemon = app[DAEMON_KEY]
+    service = daemon.service
+    state = app[FEED_KEY]
+    state.reader = FeedReader(service.store.path, lambda author: service.config.author_name(author))
+    state.hub = FeedHub(asyncio.get_running_loop())
+    await daemon.call(service.store.batch_listeners.append, state.hub.notify)
+    await _reload_tokens(app)
+
+
+async def _shutdown(app: web.Application) -> None:
+    hub = app[FEED_KEY].hub
+    if hub is not None:
+        hub.close()
+
+
+async def _cleanup(app: web.Application) -> None:
+    state = app[FEED_KEY]
+    daemon = app[DAEMON_KEY]
+    if state.hub is not None:
+        notify = state.hub.notify
+        listeners = daemon.service.store.batch_listeners
+
+        def unsubscribe() -> None:
+            if notify in listeners:
+                listeners.remove(notify)
+
+        await daemon.call(unsubscribe)
+    if state.reader is not None:
+        state.reader.close()
+
+
+def register(app: web.Application) -> None:
+    daemon = app[DAEMON_KEY]
+    app[access.TOKENS_KEY] = access.TokenCache(daemon.admin_token_hash)
+    app[FEED_KEY] = FeedState()
+    app.router.add_post("/v1/match", match)
+    app.router.add_post("/v1/match/file", match_file)
+    app.router.add_get("/v1/feed", feed)
+    app.router.add_get("/v1/feed/stream", feed_stream)
+    app.router.add_get("/v1/snapshot", snapshot)
+    app.router.add_post("/v1/lists/import", lists_import)
+    app.router.add_get("/v1/admin/tokens", token_list)
+    app.router.add_post("/v1/admin/tokens", token_create)
+    app.router.add_delete("/v1/admin/tokens/{token}", token_revoke)
+    app.on_startup.append(_start)
+    app.on_shutdown.append(_shutdown)
+    app.on_cleanup.append(_cleanup)

@@ -1,0 +1,116 @@
+"use strict";
+const KEY = "hashmesh-token";
+function token() {
+  const m = location.hash.match(/token=([^&]+)/);
+  if (m) { sessionStorage.setItem(KEY, decodeURIComponent(m[1])); history.replaceState(null, "", location.pathname); }
+  return sessionStorage.getItem(KEY);
+}
+async function get(path) {
+  const r = await fetch(path, { headers: { Authorization: "Bearer " + token() } });
+  if (r.status === 401) { sessionStorage.removeItem(KEY); throw new Error("login"); }
+  if (!r.ok) throw new Error((await r.json()).error || r.statusText);
+  return r.json();
+}
+function el(tag, text, cls) { const e = document.createElement(tag); if (text !== undefined) e.textContent = text; if (cls) e.className = cls; return e; }
+function row(tbody, cells) {
+  const tr = document.createElement("tr");
+  for (const c of cells) { const td = el("td", c.text, c.cls); if (c.title) td.title = c.title; tr.appendChild(td); }
+  tbody.appendChild(tr);
+}
+function ago(ms) {
+  if (!ms) return "never";
+  const s = Math.round((Date.now() - ms) / 1000);
+  return s < 60 ? s + " s ago" : s < 3600 ? Math.round(s / 60) + " min ago" : Math.round(s / 3600) + " h ago";
+}
+function short(id) { return id ? id.slice(0, 18) + "…" : ""; }
+function render(status, history, recent) {
+  document.getElementById("title").textContent = "hashmesh node " + status.name;
+  document.getElementById("node-id").textContent = status.node_id;
+  document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString() + (status.running ? "" : " (node not running)");
+  document.getElementById("live").textContent = status.live_signals.toLocaleString();
+  const coll = document.querySelector("#collections tbody"); coll.replaceChildren();
+  for (const [c, n] of Object.entries(status.live_by_collection)) row(coll, [{ text: c }, { text: n.toLocaleString(), cls: "num" }]);
+  document.getElementById("counts").textContent = status.batches + " batches stored, " + status.pending_batches + " waiting for predecessors, feed cursor " + status.feed_cursor;
+  const forks = document.getElementById("forks"); forks.replaceChildren();
+  if (!status.forks.length) forks.appendChild(el("p", "None: every log held is a single history.", "ok"));
+  for (const f of status.forks) forks.appendChild(el("p", "FORK: " + f.author + " in " + f.collection + " at seq " + f.seq + " (from " + f.source + ")", "bad"));
+  const peers = document.querySelector("#peers tbody"); peers.replaceChildren();
+  for (const p of status.peers) {
+    const behind = (p.lag || []).reduce((a, l) => a + (l.behind || 0), 0);
+    const state = p.cut_off ? { text: "cut off", cls: "bad" } : p.reachable ? { text: "reachable", cls: "ok" } : { text: p.failures ? "unreachable (" + p.failures + " failures)" : "not yet synced", cls: p.failures ? "bad" : "warn" };
+    row(peers, [{ text: p.name, title: p.node_id }, state, { text: ago(p.last_sync_ms) }, { text: p.share.join(", ") }, { text: String(behind), cls: "num" }, { text: String(p.score ?? 0), cls: "num" }, { text: p.last_error || "" , cls: "muted" }]);
+  }
+  const refusals = status.refusals || [];
+  const none = document.getElementById("refusals-none"); none.replaceChildren();
+  if (!refusals.length) none.appendChild(el("p", status.running ? "None: every batch peers offered was from a trusted author." : "Known only while the node runs.", "ok"));
+  const ref = document.querySelector("#refusals tbody"); ref.replaceChildren();
+  for (const r of refusals) row(ref, [{ text: r.author_name || short(r.author), title: r.author, cls: "mono" }, { text: r.collection }, { text: r.sender_name || short(r.sender), title: r.sender }, { text: String(r.batches), cls: "num" }, { text: ago(r.last_ms) }, { text: r.fix, cls: "mono" }]);
+  const authors = new Map();
+  for (const t of status.trust || []) { const a = authors.get(t.node_id) || { name: t.name, collections: [] }; a.collections.push(t.collection); a.name = a.name || t.name; authors.set(t.node_id, a); }
+  const trust = document.querySelector("#trust tbody"); trust.replaceChildren();
+  for (const [id, a] of authors) row(trust, [{ text: id, cls: "mono" }, { text: a.name }, { text: a.collections.sort().join(", ") }]);
+  const logs = document.querySelector("#logs tbody"); logs.replaceChildren();
+  for (const l of status.logs) row(logs, [{ text: l.collection }, { text: l.author_name || short(l.author), title: l.author }, { text: String(l.head), cls: "num" }, { text: l.live.toLocaleString(), cls: "num" }, { text: String(l.pending), cls: "num" }, l.forked ? { text: "FORKED", cls: "bad" } : { text: "ok", cls: "ok" }]);
+  const rec = document.querySelector("#recent tbody"); rec.replaceChildren();
+  for (const c of recent.changes) row(rec, [{ text: String(c.cursor), cls: "num" }, { text: c.kind + (c.detail ? " (" + c.detail + ")" : "") }, { text: c.collection }, { text: c.type ? c.type + " " + c.value.slice(0, 16) + "…" : (c.target ? "on " + short(c.target) : ""), cls: "mono" }, { text: short(c.op_id), cls: "mono", title: c.op_id }, { text: ago(c.at) }]);
+  chart(history.minutes);
+}
+function chart(minutes) {
+  const svg = document.getElementById("chart"); svg.replaceChildren();
+  const ns = "http://www.w3.org/2000/svg", W = 720, H = 200, P = 30;
+  const now = Math.floor(Date.now() / 60000), slot = (W - 2 * P) / 60;
+  const maxT = Math.max(1, ...minutes.map(m => Math.max(m.received, m.sent)));
+  const maxD = Math.max(1, ...minutes.map(m => m.delay_mean_ms || 0));
+  const add = (tag, attrs, text) => { const e = document.createElementNS(ns, tag); for (const k in attrs) e.setAttribute(k, attrs[k]); if (text) e.textContent = text; svg.appendChild(e); return e; };
+  add("line", { x1: P, y1: H - P, x2: W - P, y2: H - P, stroke: "#999" });
+  add("text", { x: P, y: H - 8 }, "-60 min"); add("text", { x: W - P - 20, y: H - 8 }, "now");
+  add("text", { x: 2, y: 14 }, maxT + " batches"); add("text", { x: W - 110, y: 14 }, Math.round(maxD) + " ms delay");
+  const pts = [];
+  for (const m of minutes) {
+    const x = P + (59 - (now - m.minute)) * slot;
+    const hr = (m.received / maxT) * (H - 2 * P), hs = (m.sent / maxT) * (H - 2 * P);
+    add("rect", { x: x, y: H - P - hr, width: slot * 0.45, height: hr, fill: "#3b5b92" });
+    add("rect", { x: x + slot * 0.45, y: H - P - hs, width: slot * 0.45, height: hs, fill: "#9db4d9" });
+    if (m.delay_mean_ms !== null) {
+      const cx = x + slot / 2, cy = H - P - (m.delay_mean_ms / maxD) * (H - 2 * P);
+      pts.push(cx + "," + cy);
+      add("circle", { cx: cx, cy: cy, r: 3, fill: "#b3261e" }).appendChild(document.createElementNS(ns, "title")).textContent = m.delay_mean_ms + " ms mean, " + m.delay_max_ms + " ms max";
+    }
+  }
+  if (pts.length) add("polyline", { points: pts.join(" "), fill: "none", stroke: "#b3261e", "stroke-width": 2 });
+}
+// -- self-report (hashmesh/node/web/selfreport.py) --
+function selfReports(r) {
+  const box = document.getElementById("selfreport");
+  box.hidden = !r.enabled;
+  if (!r.enabled) return;
+  document.getElementById("sr-path").textContent = r.path;
+  document.getElementById("sr-collection").textContent = r.collection;
+  document.getElementById("sr-cases").textContent = r.totals.cases;
+  document.getElementById("sr-withdrawn").textContent = r.totals.withdrawn;
+  document.getElementById("sr-hashes").textContent = r.totals.hashes;
+  const o = r.opinions;
+  document.getElementById("sr-opinions").textContent = "Platforms: " + o.hashes_seen + " hashes seen (" + o.seen + " reports), " + o.hashes_disputed + " disputed (" + o.disputes + " disputes), " + o.confirms + " confirmations.";
+  const tbody = document.querySelector("#sr-days tbody"); tbody.replaceChildren();
+  for (const d of r.days) row(tbody, [{ text: d.day }, { text: String(d.cases), cls: "num" }, { text: String(d.hashes), cls: "num" }, { text: String(d.withdrawn), cls: "num" }]);
+}
+// -- end self-report --
+async function refresh() {
+  try {
+    const [status, history, recent] = await Promise.all([get("/v1/status"), get("/v1/status/history"), get("/v1/status/recent")]);
+    document.getElementById("login").hidden = true;
+    document.getElementById("content").hidden = false;
+    render(status, history, recent);
+    get("/v1/admin/selfreport").then(selfReports, () => {});  // self-report (hashmesh/node/web/selfreport.py)
+  } catch (e) {
+    if (e.message === "login") { document.getElementById("login").hidden = false; document.getElementById("content").hidden = true; }
+    else document.getElementById("updated").textContent = "error: " + e.message;
+  }
+}
+document.getElementById("login-form").addEventListener("submit", ev => {
+  ev.preventDefault();
+  sessionStorage.setItem(KEY, document.getElementById("token").value.trim());
+  refresh();
+});
+if (token()) refresh(); else document.getElementById("login").hidden = false;
+setInterval(() => { if (sessionStorage.getItem(KEY)) refresh(); }, 5000);
