@@ -211,7 +211,7 @@ def _setup(nodes: dict[str, DemoNode], story: Story) -> None:
         cmd = [
             sys.executable,
             "-m",
-            "node",
+            "hashmesh",
             "init",
             str(node.home),
             "--name",
