@@ -21,6 +21,7 @@ $(STAMP): $(RUNTIME_STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check hashmesh tests bench
+	$(BIN)/ruff format --check hashmesh tests bench
 	$(BIN)/mypy --strict hashmesh
 
 test: lint
