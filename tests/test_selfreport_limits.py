@@ -135,10 +135,14 @@ def test_rotating_ipv6_addresses_share_one_limit(hotline: NodeProc) -> None:
 
 
 def test_limiter_peek_records_nothing() -> None:
-    limiter = RateLimiter(1)
-    assert limiter.allows(b"k", now=0) and limiter.allows(b"k", now=0)
-    assert limiter.hit(b"k", now=0)
-    assert not limiter.allows(b"k", now=1) and limiter.allows(b"k", now=3601)
+    now = [0.0]
+    limiter: RateLimiter[bytes] = RateLimiter(1, 3600.0, clock=lambda: now[0])
+    assert limiter.allows(b"k") and limiter.allows(b"k")
+    assert limiter.hit(b"k")
+    now[0] = 1
+    assert not limiter.allows(b"k")
+    now[0] = 3601
+    assert limiter.allows(b"k")
 
 
 def test_invalid_proofs_and_refused_bodies_cost_no_budget(hotline: NodeProc) -> None:
@@ -204,20 +208,21 @@ def test_answers_do_not_tell_whether_someone_else_reported_the_hash(hotline: Nod
 
 
 def test_budget_keeps_its_reserve_for_blocks_not_seen_this_hour() -> None:
-    budget = Budget(20)  # general 10, reserve 10; a /24 2, a /16 5, a /16's reserve 1
+    # general 10, reserve 10; a /24 2, a /16 5, a /16's reserve 1
+    budget = Budget(20, clock=lambda: 0.0)
     for n in range(10):
         budget_charge(budget, f"b{n}", f"w{n // 2}")
     with pytest.raises(Exception, match="too many requests reach this hotline"):
-        budget.plan(b"b0", b"w0", now=0)  # seen this hour: no reserve
+        budget.plan(b"b0", b"w0")  # seen this hour: no reserve
     budget_charge(budget, "fresh", "w-fresh")  # not seen: draws from the reserve
     with pytest.raises(Exception, match="too many requests reach this hotline"):
-        budget.plan(b"fresh-2", b"w-fresh", now=0)  # that /16's share of the reserve is used
-    assert budget.load(now=0) == 1.0
+        budget.plan(b"fresh-2", b"w-fresh")  # that /16's share of the reserve is used
+    assert budget.load() == 1.0
 
 
 def budget_charge(budget: Budget, block: str, wide: str) -> None:
-    for limiter, key in budget.plan(block.encode(), wide.encode(), now=0):
-        limiter.hit(key, now=0)
+    for limiter, key in budget.plan(block.encode(), wide.encode()):
+        limiter.hit(key)
 
 
 def test_an_attacker_over_many_networks_cannot_lock_out_a_fresh_address(
