@@ -4,8 +4,8 @@ Only the SHA-256 of a token is stored (a token is 256 random bits, so a plain ha
 enough); the token itself is shown once, when it is created. The admin token file of the
 home stays valid as an `admin` token, so nothing changes for an existing node.
 
-The table lives in the node's SQLite file but is owned by this module: the store never
-reads it, and a home created before tokens existed gets the table on first use.
+The rows live in the node's database (hashmesh/node/store/tokens.py holds their SQL); the
+rules about them live here, so the store never decides what a token may do.
 
 `admin` is never restricted to collections: an admin token can mint tokens, add peers,
 back up the whole database and read status and metrics, so a restriction on it would be
@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import logging
 import re
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from hashmesh.node.errors import Conflict, NodeError, NotFound
 from hashmesh.node.keys import hash_token, new_token
-from hashmesh.node.store.core import now_ms
+from hashmesh.node.store.core import Store, now_ms
+from hashmesh.node.store.tokens import NameTaken
 from hashmesh.protocol.errors import ProtocolError
 from hashmesh.protocol.ops import validate_collection
 
@@ -41,19 +41,6 @@ RESTRICTED_ADMIN = (
     " every collection anyway; give read, match, publish or metrics scopes with the"
     " collections instead"
 )
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS tokens (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL,
-    hash TEXT NOT NULL UNIQUE,
-    scopes TEXT NOT NULL,
-    collections TEXT,
-    created_at INTEGER NOT NULL,
-    revoked_at INTEGER
-);
-CREATE UNIQUE INDEX IF NOT EXISTS tokens_live_name ON tokens (name) WHERE revoked_at IS NULL;
-"""
 
 _name_re = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -107,11 +94,10 @@ def _row_info(row: tuple[Any, ...]) -> dict[str, Any]:
 
 
 class TokenStore:
-    """The tokens table on a connection of the node's database (the caller owns the thread)."""
+    """The node's tokens, in its store (the caller owns the store's thread)."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-        conn.executescript(SCHEMA)
+    def __init__(self, store: Store) -> None:
+        self.table = store.tokens
 
     def create(
         self, name: str, scopes: Iterable[str], collections: Iterable[str] | None = None
@@ -139,21 +125,13 @@ class TokenStore:
             raise NodeError(RESTRICTED_ADMIN)
         token = new_token()
         try:
-            cur = self.conn.execute(
-                "INSERT INTO tokens (name, hash, scopes, collections, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (
-                    name,
-                    hash_token(token),
-                    ",".join(wanted),
-                    ",".join(chosen or []) or None,
-                    now_ms(),
-                ),
+            token_id = self.table.insert(
+                name, hash_token(token), ",".join(wanted), ",".join(chosen or []) or None, now_ms()
             )
-        except sqlite3.IntegrityError:
+        except NameTaken:
             raise Conflict(f"token {name!r} already exists (revoke it first)") from None
         return {
-            "id": cur.lastrowid,
+            "id": token_id,
             "name": name,
             "token": token,
             "scopes": wanted,
@@ -161,43 +139,27 @@ class TokenStore:
         }
 
     def list(self) -> list[dict[str, Any]]:
-        return [
-            _row_info(row)
-            for row in self.conn.execute(
-                "SELECT id, name, hash, scopes, collections, created_at, revoked_at FROM tokens"
-                " ORDER BY id"
-            )
-        ]
+        return [_row_info(row) for row in self.table.rows()]
 
     def revoke(self, name_or_id: str) -> dict[str, Any]:
         """Revoke by name (the live token of that name) or by numeric id."""
         key = str(name_or_id)
         if key.isascii() and key.isdigit() and len(key) <= 18:
-            row = self.conn.execute(
-                "SELECT id, name, hash, scopes, collections, created_at, revoked_at FROM tokens"
-                " WHERE id = ?",
-                (int(key),),
-            ).fetchone()
+            row = self.table.by_id(int(key))
         else:
-            row = self.conn.execute(
-                "SELECT id, name, hash, scopes, collections, created_at, revoked_at FROM tokens"
-                " WHERE name = ? AND revoked_at IS NULL",
-                (key,),
-            ).fetchone()
+            row = self.table.live_by_name(key)
         if row is None:
             raise NotFound(f"token {key!r}: no such live token")
         if row[6] is not None:
             raise Conflict(f"token {key!r} is already revoked")
         at = now_ms()
-        self.conn.execute("UPDATE tokens SET revoked_at = ? WHERE id = ?", (at, row[0]))
+        self.table.mark_revoked(row[0], at)
         return {**_row_info(row), "revoked_at": at, "live": False}
 
     def grants(self) -> dict[str, Grant]:
         """Every live token as hash -> Grant, for the API's in-memory lookup."""
         out: dict[str, Grant] = {}
-        for name, hash_, scopes, collections in self.conn.execute(
-            "SELECT name, hash, scopes, collections FROM tokens WHERE revoked_at IS NULL"
-        ):
+        for name, hash_, scopes, collections in self.table.live():
             grant = Grant(
                 name,
                 frozenset(scopes.split(",")),

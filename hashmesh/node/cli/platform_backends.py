@@ -29,7 +29,7 @@ from hashmesh.node.tokens import TokenStore
 
 
 def _local_tokens(backend: LocalBackend) -> TokenStore:
-    return TokenStore(backend.service.store.conn)
+    return TokenStore(backend.service.store)
 
 
 def _remote(backend: RemoteBackend, method: str, path: str, body: Any = None) -> dict[str, Any]:

@@ -5,8 +5,9 @@ it carries, the log's new head and the feed entries, all in one transaction: a c
 instant leaves each batch either whole or absent, and re-receiving a batch is a no-op.
 
 The store implements `protocol.state.Ledger`: the protocol (`receive`, `decide`) makes every
-decision and the store only carries it out. sqlite-utils creates the schema and serves
-the convenience queries; the ingest hot path uses plain `executemany` in one transaction.
+decision and the store only carries it out. The schema and its migrations are in
+schema.py, the one transaction helper in transaction.py, the one rendering of a signal row
+in render.py; the ingest hot path uses plain `executemany` and set-based statements.
 """
 
 from __future__ import annotations
@@ -22,9 +23,14 @@ from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
-from hashmesh.node.errors import HomeError, NodeError, StorageFull, StorageUnavailable
+from hashmesh.node.errors import HomeError
+from hashmesh.node.store.backup import backup_database
+from hashmesh.node.store.cases import CaseTable
+from hashmesh.node.store.feed import connect_reader
+from hashmesh.node.store.render import SIGNAL_COLUMNS, signal_dict
+from hashmesh.node.store.schema import migrate
+from hashmesh.node.store.tokens import TokenTable
+from hashmesh.node.store.transaction import transaction
 from hashmesh.protocol.batches import Batch, LogKey, encode_frame, split_frame, verify_batch
 from hashmesh.protocol.errors import ProtocolError
 from hashmesh.protocol.evidence import ForkEvidence, SignedHeader, build_evidence
@@ -45,92 +51,6 @@ from hashmesh.protocol.state import (
     count_opinions,
     receive,
 )
-
-SCHEMA_VERSION = 1
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS logs (
-    id INTEGER PRIMARY KEY,
-    author TEXT NOT NULL,
-    collection TEXT NOT NULL,
-    head INTEGER NOT NULL DEFAULT 0,
-    head_hash BLOB,
-    head_ts INTEGER,
-    forked INTEGER NOT NULL DEFAULT 0,
-    adds INTEGER NOT NULL DEFAULT 0,
-    live INTEGER NOT NULL DEFAULT 0,
-    updated_at INTEGER,
-    UNIQUE (author, collection)
-);
-CREATE TABLE IF NOT EXISTS batches (
-    id INTEGER PRIMARY KEY,
-    log_id INTEGER NOT NULL REFERENCES logs(id),
-    seq INTEGER NOT NULL,
-    hash BLOB NOT NULL,
-    header BLOB NOT NULL,
-    sig BLOB NOT NULL,
-    ops BLOB NOT NULL,
-    op_count INTEGER NOT NULL,
-    received_at INTEGER NOT NULL,
-    source TEXT NOT NULL,
-    UNIQUE (log_id, seq)
-);
-CREATE TABLE IF NOT EXISTS signals (
-    id INTEGER PRIMARY KEY,
-    log_id INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    idx INTEGER NOT NULL,
-    type TEXT NOT NULL,
-    value TEXT NOT NULL,
-    quality INTEGER,
-    category TEXT NOT NULL,
-    classification TEXT,
-    ref TEXT,
-    revoked_by TEXT,
-    revoked_reason TEXT
-);
-CREATE UNIQUE INDEX IF NOT EXISTS signals_position ON signals (log_id, seq, idx);
-CREATE INDEX IF NOT EXISTS signals_value ON signals (value);
-CREATE TABLE IF NOT EXISTS opinions (
-    target TEXT NOT NULL,
-    author TEXT NOT NULL,
-    collection TEXT NOT NULL,
-    verdict TEXT,
-    seen INTEGER NOT NULL DEFAULT 0,
-    op_id TEXT NOT NULL,
-    PRIMARY KEY (target, author, collection)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS pending (
-    log_id INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    hash BLOB NOT NULL,
-    frame BLOB NOT NULL,
-    received_at INTEGER NOT NULL,
-    source TEXT NOT NULL,
-    PRIMARY KEY (log_id, seq, hash)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS forks (
-    id TEXT PRIMARY KEY,
-    log_id INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    evidence BLOB NOT NULL,
-    found_at INTEGER NOT NULL,
-    source TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS feed (
-    cursor INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL,
-    collection TEXT NOT NULL,
-    signal_id INTEGER,
-    op_id TEXT,
-    target TEXT,
-    detail TEXT,
-    at INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS feed_collection ON feed (collection, cursor);
-"""
-
 
 _second = itemgetter(1)
 _get_type = attrgetter("type")
@@ -158,22 +78,6 @@ def _for_observers(result: IngestResult) -> IngestResult:
 
 def _signed(batch: Batch) -> SignedHeader:
     return SignedHeader(batch.header_bytes, batch.signature)
-
-
-def storage_error(path: Path, exc: sqlite3.OperationalError) -> NodeError:
-    """One clear sentence for a write the disk refused; the transaction was rolled back."""
-    text = str(exc)
-    if "full" in text:
-        return StorageFull(
-            f"database {path}: the disk is full; the change was not saved (free some space, "
-            "reads keep working meanwhile)"
-        )
-    if "readonly" in text or "read-only" in text or "I/O error" in text:
-        return StorageUnavailable(
-            f"database {path} cannot be written ({text}); the change was not saved "
-            "(check the file system and the file's permissions; reads keep working)"
-        )
-    return StorageUnavailable(f"database {path}: {text}; the change was not saved")
 
 
 def now_ms() -> int:
@@ -229,14 +133,11 @@ class Store:
                 result = self.conn.execute("PRAGMA quick_check").fetchone()[0]
                 if result != "ok":
                     raise HomeError(f"database {self.path} failed its integrity check: {result}")
-            self.conn.executescript(SCHEMA)
+            migrate(self.conn, self.path)
         except sqlite3.DatabaseError as exc:
             raise HomeError(f"database {self.path}: {exc}") from None
-        self.db = sqlite_utils.Database(self.conn)
-        self.conn.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-            (str(SCHEMA_VERSION),),
-        )
+        self.tokens = TokenTable(self.conn)
+        self.cases = CaseTable(self.conn)
         self._log_ids: dict[LogKey, int] = {}
         self._log_keys: dict[int, LogKey] = {}
         self._heads: dict[int, int] = {}
@@ -368,34 +269,12 @@ class Store:
     def _transaction(self, work: Callable[[], None]) -> None:
         """One batch, atomically: a transaction, or a savepoint inside `bulk`."""
         snapshot = self._snapshot()
-        nested = self._bulk is not None
         try:
-            self.conn.execute("SAVEPOINT batch" if nested else "BEGIN IMMEDIATE")
-            try:
+            with transaction(self.conn, self.path, nested=self._bulk is not None):
                 work()
-                self.conn.execute("RELEASE batch" if nested else "COMMIT")
-            except BaseException:
-                self._rollback(nested)
-                self._restore(snapshot)
-                raise
-        except sqlite3.OperationalError as exc:
-            raise storage_error(self.path, exc) from None
-
-    def _rollback(self, nested: bool) -> None:
-        """Undo the current batch. SQLite may already have rolled the whole transaction
-        back by itself (disk full, I/O error): then there is nothing left to undo, and a
-        second error must not hide the first one or skip restoring the caches."""
-        if not self.conn.in_transaction:
-            return
-        try:
-            if nested:
-                self.conn.execute("ROLLBACK TO batch")
-                self.conn.execute("RELEASE batch")
-            else:
-                self.conn.execute("ROLLBACK")
-        except sqlite3.OperationalError:
-            if self.conn.in_transaction and not nested:
-                raise
+        except BaseException:
+            self._restore(snapshot)
+            raise
 
     @contextmanager
     def bulk(self, source: str = "bundle") -> Iterator[None]:
@@ -409,22 +288,15 @@ class Store:
         if self._bulk is not None:
             raise RuntimeError("bulk() does not nest")
         snapshot = self._snapshot()
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise storage_error(self.path, exc) from None
         self._bulk = IngestResult()
         self._bulk_decisions = []
         try:
-            yield
-            self.conn.execute("COMMIT")
-        except BaseException as exc:
+            with transaction(self.conn, self.path):
+                yield
+        except BaseException:
             self._bulk = None
             self._bulk_decisions = []
-            self._rollback(nested=False)
             self._restore(snapshot)
-            if isinstance(exc, sqlite3.OperationalError):
-                raise storage_error(self.path, exc) from None
             raise
         done, self._bulk = self._bulk, None
         decided, self._bulk_decisions = self._bulk_decisions, []
@@ -715,7 +587,7 @@ class Store:
 
     def signal(self, signal_id: int) -> dict[str, Any] | None:
         row = self.conn.execute(
-            f"SELECT {_SIGNAL_COLUMNS} FROM signals WHERE id = ?", (signal_id,)
+            f"SELECT {SIGNAL_COLUMNS} FROM signals WHERE id = ?", (signal_id,)
         ).fetchone()
         return None if row is None else signal_dict(row, self._log_keys[row[1]])
 
@@ -919,40 +791,34 @@ class Store:
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value)
             )
 
+    def set_batch_time(self, log: LogKey, seq: int, at: int) -> None:
+        """This node's own times of one batch it holds (its row, the log's when it is the
+        head, and its feed entries) set to `at`: the self-report page promises the day
+        only, and the second of receipt would tell more."""
+        log_id = self._log_ids[log]
+        self.conn.execute(
+            "UPDATE batches SET received_at = ? WHERE log_id = ? AND seq = ?", (at, log_id, seq)
+        )
+        self.conn.execute(
+            "UPDATE logs SET updated_at = ? WHERE id = ? AND head = ?", (at, log_id, seq)
+        )
+        self.conn.execute(
+            "UPDATE feed SET at = ? WHERE signal_id IN"
+            " (SELECT id FROM signals WHERE log_id = ? AND seq = ?)",
+            (at, log_id, seq),
+        )
+        prefix = f"{log.author}/{log.collection}/{seq}/"
+        self.conn.execute(
+            "UPDATE feed SET at = ? WHERE kind != 'add' AND op_id >= ? AND op_id < ?",
+            (at, prefix, prefix[:-1] + "0"),
+        )
+
+    def backup_to(self, target: Path) -> None:
+        """A consistent copy of the whole database into `target` (see backup.py)."""
+        backup_database(self.conn, target)
+
     def integrity_check(self) -> str:
         return str(self.conn.execute("PRAGMA integrity_check").fetchone()[0])
-
-
-def signal_labels(out: dict[str, Any], row: tuple[Any, ...], at: int) -> None:
-    """Type, value and labels from a row slice (type, value, quality, category,
-    classification, ref) starting at `at`, absent labels left out: the one rendering of a
-    signal's labels for the API, the feed and the snapshot."""
-    out["type"] = row[at]
-    out["value"] = row[at + 1]
-    if row[at + 2] is not None:
-        out["quality"] = row[at + 2]
-    out["category"] = row[at + 3]
-    if row[at + 4] is not None:
-        out["classification"] = row[at + 4]
-    if row[at + 5] is not None:
-        out["ref"] = row[at + 5]
-
-
-def signal_dict(row: tuple[Any, ...], log: LogKey) -> dict[str, Any]:
-    """A signals row (id, log_id, seq, idx, type, value, quality, category, classification,
-    ref, revoked_by, revoked_reason) as the JSON the API answers with."""
-    out: dict[str, Any] = {
-        "id": row[0],
-        "op_id": str(OpId(log.author, log.collection, row[2], row[3])),
-        "author": log.author,
-        "collection": log.collection,
-    }
-    signal_labels(out, row, 4)
-    out["live"] = row[10] is None
-    if row[10] is not None:
-        out["revoked_by"] = row[10]
-        out["revoked_reason"] = row[11]
-    return out
 
 
 def opinion_counts_many(
@@ -977,12 +843,6 @@ def opinion_counts_many(
     return {t: count_opinions(s) for t, s in stances.items()}
 
 
-_SIGNAL_COLUMNS = (
-    "id, log_id, seq, idx, type, value, quality, category, classification, ref,"
-    " revoked_by, revoked_reason"
-)
-
-
 def signals_by_id(
     conn: sqlite3.Connection, ids: list[int], log_of: Callable[[int], LogKey | None]
 ) -> dict[int, dict[str, Any]]:
@@ -993,7 +853,7 @@ def signals_by_id(
         chunk = ids[start : start + 500]
         marks = ",".join("?" * len(chunk))
         for row in conn.execute(
-            f"SELECT {_SIGNAL_COLUMNS} FROM signals WHERE id IN ({marks})", chunk
+            f"SELECT {SIGNAL_COLUMNS} FROM signals WHERE id IN ({marks})", chunk
         ):
             log = log_of(row[1])
             if log is not None:
@@ -1022,9 +882,7 @@ class StoreReader:
     """
 
     def __init__(self, path: str | Path) -> None:
-        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.conn.execute("PRAGMA busy_timeout=10000")
-        self.conn.execute("PRAGMA query_only=1")
+        self.conn = connect_reader(path)
         self._log_keys: dict[int, LogKey] = {}
 
     def _log(self, log_id: int) -> LogKey | None:
