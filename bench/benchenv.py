@@ -1,10 +1,11 @@
 """What machine a benchmark ran on and where its results go.
 
 Every benchmark reports the machine it ran on, needs a free local port for the nodes it
-starts and writes its own section of docs/benchmarks.md. Each used to carry its own copy of
-these helpers, and the copies had drifted apart (one reported RAM, one did not; each
-replaced its section in docs/benchmarks.md its own way). One copy here keeps the reports
-comparable and the sections of the shared file out of each other's way.
+starts and writes its own section of docs/benchmarks.md; those that compare with an old
+revision run that revision's code from a `git archive` of it (Tree). Each used to carry
+its own copy of these helpers, and the copies had drifted apart (one reported RAM, one did
+not; each replaced its section in docs/benchmarks.md its own way). One copy here keeps the
+reports comparable and the sections of the shared file out of each other's way.
 
 The scripts run as `python bench/<name>.py`, so bench/ is sys.path[0] and `from benchenv
 import ...` finds this module. It imports only the standard library, because some scripts
@@ -14,12 +15,17 @@ able to import it before they do.
 
 from __future__ import annotations
 
+import importlib
 import os
 import platform
 import re
 import socket
 import sqlite3
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
+from types import ModuleType
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
@@ -88,3 +94,122 @@ def replace_section(heading: str, body: str) -> None:
             text = text[: found.start()] + section + "\n" + text[following.start() :]
     DOCS.write_text(text)
     print(f"wrote {DOCS.relative_to(DOCS.parent.parent)}")
+
+
+# -- an old revision to compare with -------------------------------------------------------
+
+ROOT = DOCS.parent.parent
+
+#: Where a module of today's layout lived before the code became one `hashmesh` package
+#: (commit 5cffe44): a baseline from before then has top-level `node` and `protocol`
+#: packages, and a module missing here only lost its `hashmesh.` prefix.
+BEFORE_PACKAGE = {
+    "hashmesh.integrations": "node.integrations",
+    "hashmesh.integrations.threatexchange": "node.integrations.threatexchange",
+    "hashmesh.node.cli": "node.cli",
+    "hashmesh.node.cli.main": "node.cli",
+    "hashmesh.node.cli.backends": "node.client",
+    "hashmesh.node.cli.demo": "node.demo",
+    "hashmesh.node.cli.platform": "node.cli_platform",
+    "hashmesh.node.cli.platform_backends": "node.platform_client",
+    "hashmesh.node.hashing.degenerate": "node.degenerate",
+    "hashmesh.node.hashing.hasher": "node.hashing",
+    "hashmesh.node.hashing.pdq": "node.pdq",
+    "hashmesh.node.lists.feed": "node.feed",
+    "hashmesh.node.lists.importers": "node.importers",
+    "hashmesh.node.lists.listfiles": "node.lists",
+    "hashmesh.node.matching.matcher": "node.matcher",
+    "hashmesh.node.matching.pdq_index": "node.pdq_index",
+    "hashmesh.node.net.bodies": "node.bodies",
+    "hashmesh.node.net.peers": "node.peers",
+    "hashmesh.node.net.sync": "node.sync",
+    "hashmesh.node.store.core": "node.store",
+    "hashmesh.node.web.access": "node.access",
+    "hashmesh.node.web.api": "node.api",
+    "hashmesh.node.web.metrics": "node.metrics",
+    "hashmesh.node.web.platform": "node.platform_api",
+    "hashmesh.node.web.selfreport": "node.selfreport",
+    "hashmesh.node.web.status": "node.statuspage",
+}
+
+
+class Tree:
+    """The code of one revision, unpacked from `git archive`, for a benchmark to run as its
+    baseline next to the working tree.
+
+    The baseline must really be the old code: a child process that puts an old tree first
+    on sys.path and imports `hashmesh...` silently gets the installed (new) package when
+    the tree predates the package, and measures the new code twice. `load` imports by
+    today's module name, maps it to the tree's layout and refuses a module from anywhere
+    but the tree; `cli` starts the tree's own console-script entry point."""
+
+    def __init__(self, path: Path, rev: str = "") -> None:
+        self.path = Path(path).resolve()
+        self.rev = rev
+        #: True for trees with the `hashmesh` package, False for top-level node/protocol.
+        self.packaged = (self.path / "hashmesh" / "__init__.py").exists()
+        if not self.packaged and not (self.path / "node" / "__init__.py").exists():
+            raise ValueError(f"{self.path}: neither hashmesh/ nor node/ is a package here")
+
+    @classmethod
+    def archive(cls, rev: str, into: Path) -> Tree:
+        """Unpack the code of `rev` (its packages and pyproject.toml) into `into`."""
+        top = git("ls-tree", "--name-only", rev).split()
+        wanted = [p for p in ("hashmesh", "node", "protocol", "pyproject.toml") if p in top]
+        if "hashmesh" in wanted:
+            wanted = [p for p in wanted if p not in ("node", "protocol")]
+        into.mkdir(parents=True, exist_ok=True)
+        data = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", rev, *wanted], capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(into)], input=data, check=True)
+        return cls(into, git("rev-parse", "--short", rev).strip())
+
+    def module_name(self, name: str) -> str:
+        """Today's module name `name` in this tree's layout."""
+        if self.packaged or not name.startswith("hashmesh."):
+            return name
+        return BEFORE_PACKAGE.get(name, name.removeprefix("hashmesh."))
+
+    def use(self) -> None:
+        """Put the tree first on sys.path (in the process that will `load` from it), and
+        drop bench/ from it, whose protocol.py would shadow the protocol package."""
+        here = Path(__file__).resolve().parent
+        sys.path[:] = [str(self.path)] + [p for p in sys.path if Path(p or ".").resolve() != here]
+
+    def load(self, name: str) -> ModuleType:
+        """Import today's module `name` from this tree (after `use`); an import that
+        resolves outside the tree is an error, not a silent measurement of other code."""
+        module = importlib.import_module(self.module_name(name))
+        where = Path(module.__file__ or "").resolve()
+        if not where.is_relative_to(self.path):
+            raise ImportError(f"{name}: imported from {where}, not from the tree {self.path}")
+        return module
+
+    def cli(self, args: list[str]) -> list[str]:
+        """argv that runs `hashmesh ARGS` with this tree's code, through the entry point its
+        own pyproject.toml declares (node.cli:main before the package, now
+        hashmesh.node.cli:main)."""
+        module, func = self.entry_point().split(":")
+        code = (
+            f"import sys; sys.path.insert(0, {str(self.path)!r});"
+            f" sys.argv = ['hashmesh', *{args!r}];"
+            f" import {module} as m; assert m.__file__.startswith({str(self.path)!r}), m;"
+            f" m.{func}()"
+        )
+        return [sys.executable, "-c", code]
+
+    def entry_point(self) -> str:
+        try:
+            with (self.path / "pyproject.toml").open("rb") as fh:
+                scripts = tomllib.load(fh).get("project", {}).get("scripts", {})
+        except OSError:
+            scripts = {}
+        default = "hashmesh.node.cli:main" if self.packaged else "node.cli:main"
+        return str(scripts.get("hashmesh", default))
+
+
+def git(*args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True
+    ).stdout

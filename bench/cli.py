@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchenv import free_port, load_text, machine, replace_section
+from benchenv import Tree, free_port, load_text, machine, replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADING = "## CLI latency (bench/cli.py)"
@@ -71,26 +71,6 @@ def median_wall(argv: list[str], runs: int, env: dict[str, str], cwd: Path) -> f
     return statistics.median(times)
 
 
-def old_tree(rev: str, into: Path) -> Path:
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", rev, "node", "protocol"],
-        capture_output=True,
-        check=True,
-    ).stdout
-    into.mkdir()
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
-
-
-def launcher(tree: Path, args: list[str]) -> list[str]:
-    """`hashmesh ARGS` with the node and protocol packages of `tree`."""
-    code = (
-        f"import sys; sys.path.insert(0, {str(tree)!r}); sys.argv = ['hashmesh', *{args!r}];"
-        " from hashmesh.node.cli.main import main; main()"
-    )
-    return [sys.executable, "-c", code]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--runs", type=int, default=15)
@@ -122,13 +102,13 @@ def main() -> None:
                 if time.monotonic() > deadline or node.poll() is not None:
                     raise SystemExit("the node did not start")
                 time.sleep(0.1)
-            tree = old_tree(args.old, root / "old")
+            tree = Tree.archive(args.old, root / "old")
             floor = median_wall([sys.executable, "-c", "pass"], args.runs, env, root)
             rows = []
             for label, argv, target in COMMANDS:
                 argv = [image if a == "{image}" else a for a in argv]
                 new = median_wall([HASHMESH, *argv], args.runs, env, root)
-                old = median_wall(launcher(tree, argv), args.runs, env, root)
+                old = median_wall(tree.cli(argv), args.runs, env, root)
                 rows.append((label, old, new, target))
         finally:
             node.terminate()

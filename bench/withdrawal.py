@@ -34,23 +34,29 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchenv import Tree, load_text, machine, replace_section
+
 HEADING = "## Withdrawal (bench/withdrawal.py)"
 OLD = "91a99fe^"  # the revision before revocations were packed and applied set-based
 
 
-def worker(tree: str, count: int) -> dict[str, Any]:
-    """Runs with `tree` first on sys.path: the node and protocol code of one revision."""
-    sys.path[:] = [tree] + [p for p in sys.path if Path(p).resolve() != ROOT / "bench"]
-    import hashmesh.node.lists.listfiles as lists
-    from hashmesh.node.config import Home
-    from hashmesh.node.service import NodeService, init_home
-    from hashmesh.node.store.core import Store
-    from hashmesh.protocol.batches import MAX_OPS_BYTES, build_batch, header_hash
-    from hashmesh.protocol.encoding import canonical
-    from hashmesh.protocol.ops import MAX_OP_BYTES, OpId, RevokeOp
+def worker(path: str, count: int) -> dict[str, Any]:
+    """Runs with the code of one revision (benchenv.Tree: either package layout)."""
+    tree = Tree(Path(path))
+    tree.use()
+    lists = tree.load("hashmesh.node.lists.listfiles")
+    Home = tree.load("hashmesh.node.config").Home
+    service_module = tree.load("hashmesh.node.service")
+    NodeService, init_home = service_module.NodeService, service_module.init_home
+    Store = tree.load("hashmesh.node.store.core").Store
+    batches = tree.load("hashmesh.protocol.batches")
+    MAX_OPS_BYTES, build_batch = batches.MAX_OPS_BYTES, batches.build_batch
+    header_hash, verify_batch = batches.header_hash, batches.verify_batch
+    canonical = tree.load("hashmesh.protocol.encoding").canonical
+    ops_module = tree.load("hashmesh.protocol.ops")
+    MAX_OP_BYTES, OpId, RevokeOp = ops_module.MAX_OP_BYTES, ops_module.OpId, ops_module.RevokeOp
 
-    out: dict[str, Any] = {"tree": tree}
+    out: dict[str, Any] = {"tree": path}
     values = [hashlib.md5(f"withdrawal {i}".encode()).hexdigest() for i in range(count)]
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "author"
@@ -112,8 +118,6 @@ def worker(tree: str, count: int) -> dict[str, Any]:
             prev = batch.hash
         out["ops"], out["batches"] = len(ops), len(revocations)
 
-        from hashmesh.protocol.batches import verify_batch
-
         for name, counted in (("timed", False), ("counted", True)):
             peer = Store(Path(tmp) / f"peer-{name}.db")
             with peer.bulk():
@@ -150,26 +154,16 @@ def worker(tree: str, count: int) -> dict[str, Any]:
 
 
 def run_tree(rev: str, count: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tree:
-        archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", rev, "node", "protocol"],
-            check=True,
-            capture_output=True,
-        ).stdout
-        subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Tree.archive(rev, Path(tmp) / "tree")
         proc = subprocess.run(
-            [sys.executable, __file__, "--worker", tree, "--count", str(count)],
+            [sys.executable, __file__, "--worker", str(tree.path), "--count", str(count)],
             check=True,
             capture_output=True,
             text=True,
         )
         result: dict[str, Any] = json.loads(proc.stdout)
-        result["rev"] = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", rev],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+        result["rev"] = tree.rev
         return result
 
 
@@ -184,9 +178,6 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args.worker, args.count)))
         return
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from benchenv import load_text, machine, replace_section
-
     old, new = run_tree(args.old, args.count), run_tree(args.new, args.count)
     n = args.count
     for r in (old, new):
@@ -224,7 +215,7 @@ def main() -> None:
             f" ops of at most 2,048 bytes (about {n // new['ops']} targets each) in"
             f" {new['batches']} batches of at most 4 MiB. Old: `{old['rev']}` (per-target"
             f" statements); new: `{new['rev']}` (set-based). Each column is one child process"
-            " with that revision's `node` and `protocol`; the same signed revocation batches"
+            " with that revision's code; the same signed revocation batches"
             " are applied to a peer store that holds the adds, in one bulk transaction as a"
             " sync page is. `python bench/withdrawal.py --count N` to repeat.",
             "",
