@@ -215,3 +215,23 @@ def test_a_new_database_is_created_at_the_latest_version(tmp_path: Path) -> None
         assert store.meta("schema_version") is None
     finally:
         store.close()
+
+
+def test_a_restore_refuses_a_backup_newer_than_the_code(cli: Cli, home: HomeFactory) -> None:
+    """Put in place, such a backup would leave a node that no longer opens: it is refused
+    before anything is replaced."""
+    path = home("A")
+    cli("add", "md5", "5d41402abc4b2a76b9719d911017c592", "-c", "csam", home=path)
+    backup = path.parent / "newer.db"
+    cli("backup", backup, home=path)
+    conn = sqlite3.connect(backup)
+    conn.execute(f"PRAGMA user_version = {LATEST + 1}")
+    conn.commit()
+    conn.close()
+    db = path / "hashmesh.db"
+    before = digest(db)
+    result = cli("restore", backup, home=path, expect=2)
+    assert f"schema version {LATEST + 1}" in result.stderr, result
+    assert "nothing was changed" in result.stderr
+    assert digest(db) == before
+    assert not (path / "hashmesh.db.before-restore").exists()
