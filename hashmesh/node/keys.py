@@ -8,7 +8,6 @@ organisation, so a lax file mode is treated as an error, not a warning.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 import secrets
 import stat
@@ -76,7 +75,3 @@ def new_token() -> str:
 def hash_token(token: str) -> str:
     """Tokens are stored as SHA-256: they are long random strings, so no salt or KDF is needed."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def token_matches(token: str, stored_hash: str) -> bool:
-    return hmac.compare_digest(hash_token(token), stored_hash)

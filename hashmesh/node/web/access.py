@@ -121,13 +121,3 @@ async def check_publish_collections(request: web.Request, grant: Grant) -> None:
         if not isinstance(collection, str):
             raise Forbidden("collection: expected a string")
         require_collection(grant, collection)
-
-
-def filter_match(result: dict[str, Any], grant: Grant) -> dict[str, Any]:
-    """Drop matches in collections the token may not read; `matched` follows."""
-    if not grant.restricted:
-        return result
-    for entry in result.get("results", []):
-        entry["matches"] = [m for m in entry["matches"] if grant.can_use(m["collection"])]
-    result["matched"] = any(r["matches"] for r in result.get("results", []))
-    return result
