@@ -1,7 +1,9 @@
-"""Every failure the protocol can report is a ProtocolError, so callers need one except clause.
+"""Bad input is a ProtocolError, so a caller parsing bytes needs one except clause.
 
-Subclasses tell *why* (the node maps them to HTTP statuses and peer scores); the message
-always names the field and the reason in one sentence.
+Subclasses tell *why*; the message always names the field and the reason in one sentence.
+Whose fault the input is (the node's operator, a peer) only the caller knows, so the node
+converts at each boundary (hashmesh/node/errors.py). Misuse of this package's API by its
+caller is a ProtocolUsageError instead, never a ProtocolError.
 """
 
 from __future__ import annotations
@@ -45,3 +47,12 @@ class EvidenceError(ProtocolError):
 
 class BundleError(ProtocolError):
     """A bundle file that is truncated or not a hashmesh bundle."""
+
+
+class ProtocolUsageError(Exception):
+    """The protocol API was called in a way it never allows: a bug in the caller's code.
+
+    Deliberately not a ProtocolError (h11's LocalProtocolError against its
+    RemoteProtocolError): a node converts ProtocolError from a caller's or a peer's bytes
+    into that party's fault, and must never blame either for its own mistake.
+    """
