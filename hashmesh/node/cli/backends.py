@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from hashmesh.node.config import Home, HomeLock
-from hashmesh.node.errors import HomeError, NodeError
+from hashmesh.node.errors import INTERNAL, HomeError, InternalError, NodeError
 from hashmesh.node.keys import read_secret
 from hashmesh.protocol.errors import ProtocolError
 
@@ -143,7 +143,7 @@ class RemoteBackend:
                 result: dict[str, Any] = json.loads(response.read())
                 return result
         except urllib.error.HTTPError as exc:
-            raise NodeError(_error_text(exc)) from None
+            raise _http_error(exc) from None
         except urllib.error.URLError as exc:
             raise NodeError(f"cannot reach the running node at {self.api}: {exc.reason}") from None
 
@@ -192,13 +192,13 @@ class RemoteBackend:
             tmp.replace(path)
         except urllib.error.HTTPError as exc:
             tmp.unlink(missing_ok=True)
-            raise NodeError(_error_text(exc)) from None
+            raise _http_error(exc) from None
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise NodeError(f"export to {out}: {exc}") from None
-        except ProtocolError as exc:
+        except ProtocolError as exc:  # the node's own bytes: its bug, not the caller's
             tmp.unlink(missing_ok=True)
-            raise NodeError(f"export to {out}: the node sent a broken bundle: {exc}") from None
+            raise InternalError(f"export to {out}: the node sent a broken bundle: {exc}") from None
         return {"collection": collection, "file": str(path), "batches": batches}
 
     def backup(self, out: str, force: bool = False) -> dict[str, Any]:
@@ -255,6 +255,15 @@ Backend = LocalBackend | RemoteBackend
 
 def _segment(text: str) -> str:
     return urllib.parse.quote(text, safe="")
+
+
+def _http_error(exc: urllib.error.HTTPError) -> NodeError | InternalError:
+    """The running node's refusal as the same error the command would raise offline; its
+    500 is its internal error (the text only says where to look: the node's log)."""
+    text = _error_text(exc)
+    if exc.code == INTERNAL.status:
+        return InternalError(f"the running node failed: {text}")
+    return NodeError(text)
 
 
 def _error_text(exc: urllib.error.HTTPError) -> str:

@@ -7,7 +7,9 @@ The node commands (main.py) and the platform commands (platform.py) both registe
 from __future__ import annotations
 
 import json
+import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -15,29 +17,51 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from hashmesh.node.config import Home
-from hashmesh.node.errors import NodeError
-from hashmesh.protocol.errors import ProtocolError
+from hashmesh.node.errors import EXIT_CALLER, EXIT_INTERNAL, HashmeshError, fault_of
 
 if TYPE_CHECKING:  # urllib and ssl load with the first command that reaches a node
     from hashmesh.node.cli.backends import Backend
 
 EXIT_NOTHING = 1  # nothing wrong with the input, but nothing was done (as `match`: no match)
-EXIT_ERROR = 2
+EXIT_ERROR = EXIT_CALLER
+TRACEBACK_ENV = "HASHMESH_TRACEBACK"  # set to 1: an internal error also prints its traceback
 
 
-def fail(message: str) -> NoReturn:
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     click.echo(f"hashmesh: {message}", err=True)
-    sys.exit(EXIT_ERROR)
+    sys.exit(code)
+
+
+def internal(exc: BaseException) -> NoReturn:
+    """A bug of ours: one sentence that says so, never blaming the input; the traceback
+    only on request, since most readers of stderr are scripts and operators."""
+    if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+        traceback.print_exception(exc, file=sys.stderr)
+    text = str(exc).splitlines()[0][:300] if str(exc) else ""
+    fail(
+        f"internal error: {type(exc).__name__}{': ' + text if text else ''} (a bug in"
+        f" hashmesh, not in your input; nothing more was done; {TRACEBACK_ENV}=1 shows"
+        " where)",
+        EXIT_INTERNAL,
+    )
 
 
 @contextmanager
 def errors() -> Iterator[None]:
+    """Every failure as one sentence on stderr with the exit code of its fault
+    (hashmesh/node/errors.py FAULTS); a file the command was given that cannot be read is
+    the caller's. Click's own exits and usage errors pass through."""
     try:
         yield
-    except (NodeError, ProtocolError) as exc:
-        fail(str(exc))
+    except (click.ClickException, click.Abort):
+        raise
     except OSError as exc:
-        fail(f"{exc.filename or 'file'}: {exc.strerror}")
+        fail(f"{exc.filename or 'file'}: {exc.strerror or exc}")
+    except Exception as exc:
+        fault = fault_of(exc)
+        if fault.family == "internal" or not isinstance(exc, HashmeshError):
+            internal(exc)
+        fail(str(exc), fault.exit_code)
 
 
 def emit(data: Any, as_json: bool, human: Callable[[Any], str]) -> None:
@@ -66,6 +90,15 @@ class Context:
 
         with errors(), open_backend(self.home) as backend:
             yield backend
+
+    def show(
+        self, call: Callable[[Backend], Any], as_json: bool, human: Callable[[Any], str]
+    ) -> None:
+        """Make one call on the node (directly or through its API) and print its answer:
+        the whole of most commands, so their errors and output cannot drift apart."""
+        with self.backend() as backend:
+            result = call(backend)
+        emit(result, as_json, human)
 
 
 pass_ctx = click.make_pass_decorator(Context)

@@ -1,8 +1,9 @@
 """The `hashmesh` command: a thin layer over `NodeService` (directly or through the API).
 
 Contract (scripts rely on it): data goes to stdout, `--json` on every command that prints
-data, errors are one sentence on stderr with exit code 2 and change nothing; `match` exits
-0 when something matched and 1 when nothing did.
+data, a refusal is one sentence on stderr with exit code 2 and changes nothing; `match`
+exits 0 when something matched and 1 when nothing did. A bug of ours is "internal error"
+with exit code 70 (hashmesh/node/errors.py FAULTS; HASHMESH_TRACEBACK=1 shows where).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from hashmesh.node.cli.base import (
 )
 from hashmesh.node.config import Home
 from hashmesh.node.errors import NodeError
-from hashmesh.protocol.errors import ProtocolError
 
 
 @cli.command()
@@ -100,10 +100,8 @@ def _peer_text(d: dict[str, Any]) -> str:
 @pass_ctx
 def peer_list(ctx: Context, as_json: bool) -> None:
     """Every peer with its URL, node id and the collections it may read."""
-    with ctx.backend() as backend:
-        result = backend.peer_list()
-    emit(
-        result,
+    ctx.show(
+        lambda b: b.peer_list(),
         as_json,
         lambda d: "\n".join(_peer_text(p) for p in d["peers"]) or "no peers",
     )
@@ -115,9 +113,7 @@ def peer_list(ctx: Context, as_json: bool) -> None:
 @pass_ctx
 def peer_show(ctx: Context, name: str, as_json: bool) -> None:
     """One peer: its URL, node id and the collections it may read."""
-    with ctx.backend() as backend:
-        result = backend.peer_show(name)
-    emit(result, as_json, _peer_text)
+    ctx.show(lambda b: b.peer_show(name), as_json, _peer_text)
 
 
 @peer.command("add")
@@ -135,9 +131,7 @@ def peer_add(
     A peer of the same name or node id is an error (exit 2) and stays as it is: change it
     with `peer update`, `peer share` or `peer unshare`.
     """
-    with ctx.backend() as backend:
-        result = backend.peer_add(name, url, node_id, list(share))
-    emit(result, as_json, _peer_text)
+    ctx.show(lambda b: b.peer_add(name, url, node_id, list(share)), as_json, _peer_text)
 
 
 @peer.command("update")
@@ -167,9 +161,7 @@ def peer_update(
     shares = [] if share_nothing else (list(share) if share else None)
     if url is None and node_id is None and shares is None:
         fail("nothing to update: give --url, --node-id, --share or --share-nothing")
-    with ctx.backend() as backend:
-        result = backend.peer_update(name, url, node_id, shares)
-    emit(result, as_json, _peer_text)
+    ctx.show(lambda b: b.peer_update(name, url, node_id, shares), as_json, _peer_text)
 
 
 @peer.command("remove")
@@ -178,9 +170,7 @@ def peer_update(
 @pass_ctx
 def peer_remove(ctx: Context, name: str, as_json: bool) -> None:
     """Stop syncing with a peer; it may read nothing from us any more."""
-    with ctx.backend() as backend:
-        result = backend.peer_remove(name)
-    emit(result, as_json, _peer_text)
+    ctx.show(lambda b: b.peer_remove(name), as_json, _peer_text)
 
 
 @peer.command("share")
@@ -190,9 +180,7 @@ def peer_remove(ctx: Context, name: str, as_json: bool) -> None:
 @pass_ctx
 def peer_share(ctx: Context, name: str, collection: str, as_json: bool) -> None:
     """Let a peer read one more collection (its other collections stay)."""
-    with ctx.backend() as backend:
-        result = backend.peer_share(name, collection, True)
-    emit(result, as_json, _peer_text)
+    ctx.show(lambda b: b.peer_share(name, collection, True), as_json, _peer_text)
 
 
 @peer.command("unshare")
@@ -202,9 +190,7 @@ def peer_share(ctx: Context, name: str, collection: str, as_json: bool) -> None:
 @pass_ctx
 def peer_unshare(ctx: Context, name: str, collection: str, as_json: bool) -> None:
     """Stop a peer reading one collection (its other collections stay)."""
-    with ctx.backend() as backend:
-        result = backend.peer_share(name, collection, False)
-    emit(result, as_json, _peer_text)
+    ctx.show(lambda b: b.peer_share(name, collection, False), as_json, _peer_text)
 
 
 @cli.group()
@@ -227,8 +213,6 @@ def _trust_text(d: dict[str, Any]) -> str:
 @pass_ctx
 def trust_list(ctx: Context, node_id: str | None, as_json: bool) -> None:
     """Trusted (author, collection) pairs; of one author if NODE_ID is given."""
-    with ctx.backend() as backend:
-        result = backend.trust_list(node_id)
 
     def human(d: dict[str, Any]) -> str:
         return "\n".join(
@@ -236,7 +220,7 @@ def trust_list(ctx: Context, node_id: str | None, as_json: bool) -> None:
             for t in d["trust"]
         ) or ("no trusted authors" if node_id is None else f"{node_id} is trusted in nothing")
 
-    emit(result, as_json, human)
+    ctx.show(lambda b: b.trust_list(node_id), as_json, human)
 
 
 @trust.command("add")
@@ -247,9 +231,7 @@ def trust_list(ctx: Context, node_id: str | None, as_json: bool) -> None:
 @pass_ctx
 def trust_add(ctx: Context, node_id: str, collection: str, name: str, as_json: bool) -> None:
     """Accept batches authored by NODE_ID in COLLECTION (from any relay)."""
-    with ctx.backend() as backend:
-        result = backend.trust_add(node_id, collection, name)
-    emit(result, as_json, _trust_text)
+    ctx.show(lambda b: b.trust_add(node_id, collection, name), as_json, _trust_text)
 
 
 @trust.command("remove")
@@ -259,9 +241,7 @@ def trust_add(ctx: Context, node_id: str, collection: str, name: str, as_json: b
 @pass_ctx
 def trust_remove(ctx: Context, node_id: str, collection: str, as_json: bool) -> None:
     """Accept no further batches by NODE_ID in COLLECTION (what is held stays)."""
-    with ctx.backend() as backend:
-        result = backend.trust_remove(node_id, collection)
-    emit(result, as_json, _trust_text)
+    ctx.show(lambda b: b.trust_remove(node_id, collection), as_json, _trust_text)
 
 
 @cli.command()
@@ -299,9 +279,7 @@ def add(
     }
     if allow_low_quality:
         params["allow_low_quality"] = True
-    with ctx.backend() as backend:
-        result = backend.add(**params)
-    emit(result, as_json, lambda d: d["op_id"])
+    ctx.show(lambda b: b.add(**params), as_json, lambda d: d["op_id"])
 
 
 def _file_hashes(
@@ -570,7 +548,7 @@ def _cli_words(words: dict[str, str]) -> Iterator[None]:
     """Rewrite the leading API field name of an error ("queries[0]: ...") into the CLI's."""
     try:
         yield
-    except (NodeError, ProtocolError) as exc:
+    except NodeError as exc:
         text = str(exc)
         field, sep, rest = text.partition(": ")
         if sep and field in words:
@@ -680,9 +658,7 @@ def _peer_health(p: dict[str, Any], running: bool) -> list[str]:
 @pass_ctx
 def status(ctx: Context, as_json: bool) -> None:
     """Show this node: logs and heads, live signals, peers, forks."""
-    with ctx.backend() as backend:
-        result = backend.status()
-    emit(result, as_json, _format_status)
+    ctx.show(lambda b: b.status(), as_json, _format_status)
 
 
 @cli.command()
@@ -816,9 +792,11 @@ def hash_(files: tuple[str, ...], dihedral: bool, as_json: bool) -> None:
 @pass_ctx
 def backup(ctx: Context, out: str, force: bool, as_json: bool) -> None:
     """Copy the database consistently (online: the node keeps running); the copy is 0600."""
-    with ctx.backend() as backend:
-        result = backend.backup(out, force=force)
-    emit(result, as_json, lambda d: f"{d['file']} ({d['bytes']} bytes, integrity ok)")
+    ctx.show(
+        lambda b: b.backup(out, force=force),
+        as_json,
+        lambda d: f"{d['file']} ({d['bytes']} bytes, integrity ok)",
+    )
 
 
 @cli.command()
@@ -866,4 +844,5 @@ def main() -> None:
     from hashmesh.node.runtime import tune_gc
 
     tune_gc()
-    cli(prog_name="hashmesh")
+    with errors():  # what no command caught is a bug: exit 70, not a traceback and exit 1
+        cli(prog_name="hashmesh")

@@ -17,7 +17,6 @@ from typing import Any
 import click
 
 from hashmesh.node.cli.base import Context, cli, emit, errors, fail, json_option, pass_ctx
-from hashmesh.node.errors import NodeError
 
 # A column the importer drops on purpose (personal data, unknown extras) is not a bad row.
 _DROPPED_COLUMN = re.compile(r"^column .* is not imported$")
@@ -252,11 +251,12 @@ def export_list(ctx: Context, list_format: str, out: str, collection: str, as_js
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
-        except (NodeError, OSError) as exc:
+        except OSError as exc:
             tmp.unlink(missing_ok=True)
-            if isinstance(exc, OSError):
-                fail(f"{out}: {exc.strerror}")
-            fail(str(exc))
+            fail(f"{out}: {exc.strerror}")
+        except BaseException:  # refused or failed: no partial file; errors() reports it
+            tmp.unlink(missing_ok=True)
+            raise
     result.update({"file": str(path), "collection": collection, "cursor": header["cursor"]})
     for signal_type, count in sorted(result["skipped_types"].items()):
         click.echo(
