@@ -1,21 +1,25 @@
 """Real `hashmesh run` processes for the benchmarks that start nodes (load, propagation).
 
-Both used to carry their own node record, home set-up, spawn, stop and health wait, and
-the copies had drifted (one waited for node.json, one stopped nodes one by one). One copy
-keeps them measuring the same thing: a node counts as up when /v1/healthz answers and it
-has written node.json, and stopping sends SIGTERM to all first, so they stop in parallel.
+Starting, the wait for "up" and stopping are hashmesh.testing's, the one harness the tests
+and the demo use too: a node is up when it has written node.json with its own pid and
+/v1/healthz at that address answers; stopping sends SIGTERM to all first, so they stop in
+parallel.
+
+One exception to that harness's port 0: a benchmark's topology (every node's peers, with
+their URLs) is written into the configs before any node starts, so that each node starts
+as a deployed one does, with its peers already configured, and what is timed is not
+disturbed by re-wiring live nodes. So the port is picked beforehand (benchenv.free_port).
+Should another process take it first, the node exits with "address already in use" and
+the benchmark stops with that log; and a node.json naming another address is an error.
 
 Like benchenv, this module is imported while bench/ is still on sys.path, before the
-scripts drop it (bench/protocol.py would shadow the protocol package); so the node
-package is imported inside `make_node`, once the caller has put the repository on the path.
+scripts drop it (bench/protocol.py would shadow a top-level `protocol`); the hashmesh
+package is installed, so importing it here is safe.
 """
 
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,18 +28,17 @@ from typing import Any
 import aiohttp
 from benchenv import free_port
 
-HASHMESH = str(Path(sys.executable).with_name("hashmesh"))
+from hashmesh.testing import NodeFailed, NodeRun, stop_all
 
 
-@dataclass
+@dataclass(eq=False)
 class Node:
     name: str
     home: Path
     port: int
     node_id: str
     token: str
-    proc: subprocess.Popen[bytes] | None = None
-    started_at: float = 0.0
+    run: NodeRun | None = None
 
     @property
     def url(self) -> str:
@@ -44,6 +47,14 @@ class Node:
     @property
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
+
+    @property
+    def proc(self) -> Any:
+        return None if self.run is None else self.run.proc
+
+    @property
+    def started_at(self) -> float:
+        return 0.0 if self.run is None else self.run.started_at
 
 
 def make_node(root: Path, name: str, **settings: Any) -> Node:
@@ -66,56 +77,29 @@ def make_node(root: Path, name: str, **settings: Any) -> Node:
 
 
 def spawn(node: Node) -> None:
-    log = open(node.home / "run.log", "ab")  # noqa: SIM115 - the child keeps it
-    try:
-        node.proc = subprocess.Popen(
-            [HASHMESH, "--home", str(node.home), "run"],
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-        )
-    finally:
-        log.close()
-    node.started_at = time.monotonic()
+    node.run = NodeRun(node.home, node.home / "run.log")
 
 
 def stop(nodes: list[Node], timeout: float = 15.0) -> None:
     """SIGTERM to every running node, then wait for all within one shared `timeout`."""
-    targets = [n for n in nodes if n.proc is not None]
-    for n in targets:
-        assert n.proc is not None
-        if n.proc.poll() is None:
-            try:
-                n.proc.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    deadline = time.monotonic() + timeout
-    for n in targets:
-        assert n.proc is not None
-        try:
-            n.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            n.proc.kill()
-            n.proc.wait(timeout=10)
-        n.proc = None
+    runs = [n.run for n in nodes if n.run is not None]
+    stop_all(runs, timeout)
+    for n in nodes:
+        n.run = None
 
 
 async def wait_healthy(session: aiohttp.ClientSession, nodes: list[Node], timeout: float) -> None:
+    """Every node up (see the module doc) within one shared `timeout`, polled together."""
+    del session  # kept for the callers: the harness probes with its own client
     deadline = time.monotonic() + timeout
 
     async def one(n: Node) -> None:
-        while True:
-            if n.proc is not None and n.proc.poll() is not None:
-                log = (n.home / "run.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"node {n.name} exited with {n.proc.returncode}:\n{log}")
-            try:
-                async with session.get(n.url + "/v1/healthz") as r:
-                    if r.status == 200 and (n.home / "node.json").exists():
-                        return
-            except (aiohttp.ClientError, OSError):
-                pass
+        assert n.run is not None, f"node {n.name} was not spawned"
+        while not await asyncio.to_thread(n.run.poll_ready):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"node {n.name} not healthy within {timeout:.0f} s")
             await asyncio.sleep(0.1)
+        if n.run.api != n.url:
+            raise NodeFailed(f"node {n.name} listens on {n.run.api}, not {n.url}")
 
     await asyncio.gather(*(one(n) for n in nodes))

@@ -2,7 +2,7 @@
 
 Everything here drives the installed console script in a subprocess with a clean
 environment, so a test sees exactly what an operator's shell sees. Nodes started by the
-fixtures bind 127.0.0.1 only, on a port picked by binding a socket.
+fixtures bind 127.0.0.1:0 and the harness (hashmesh.testing) reads the bound port back.
 """
 
 from __future__ import annotations
@@ -10,11 +10,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -28,6 +25,7 @@ from hashmesh.node.config import Home
 from hashmesh.protocol import SigningKey, build_batch
 from hashmesh.protocol.batches import Batch
 from hashmesh.protocol.bundles import encode_bundle_header
+from hashmesh.testing import ANY_PORT, NodeFailed, NodeRun, pin_address
 
 
 def _find_hashmesh() -> str:
@@ -115,22 +113,17 @@ def cli(tmp_path: Path) -> Cli:
     return Cli(tmp_path)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 HomeFactory = Callable[..., Path]
 
 
 @pytest.fixture
 def home(tmp_path: Path, cli: Cli) -> HomeFactory:
-    """`home("A")` creates tmp_path/A with `hashmesh init`, listening on a free local port."""
+    """`home("A")` creates tmp_path/A with `hashmesh init`, listening on 127.0.0.1:0 (the
+    port a started node binds is read back from its node.json) unless `port` is given."""
 
     def make(name: str = "A", *, port: int | None = None) -> Path:
         path = tmp_path / name
-        listen = f"127.0.0.1:{port or free_port()}"
+        listen = f"127.0.0.1:{port}" if port is not None else ANY_PORT
         cli("init", path, "--name", name, "--listen", listen)
         return path
 
@@ -162,59 +155,30 @@ def http(
 
 
 class NodeProcess:
-    """`hashmesh --home H run` as a real subprocess."""
+    """`hashmesh --home H run` as a real subprocess, on 127.0.0.1:0 (hashmesh.testing)."""
 
     def __init__(self, home: Path, log: Path) -> None:
         self.home = home
         self.log_path = log
-        port = free_port()
-        set_config(home, listen=f"127.0.0.1:{port}")
-        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [HASHMESH, "--home", str(home), "run"],
-            env=clean_env(),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        self.api = self._wait_ready(port)
+        set_config(home, listen=ANY_PORT)
+        self.run = NodeRun(home, log, command=(HASHMESH,), env=clean_env())
+        self.proc = self.run.proc
+        self.api = self.run.wait_ready(timeout=20)
+        pin_address(home, self.api)
         self.token = (home / "admin.token").read_text().strip()
 
-    def _wait_ready(self, port: int, timeout: float = 20) -> str:
-        deadline = time.monotonic() + timeout
-        runtime = self.home / "node.json"
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"node exited with {self.proc.returncode}: {self.log()}")
-            if runtime.exists():
-                try:
-                    api = str(json.loads(runtime.read_text())["api"])
-                    if http("GET", api + "/v1/healthz", timeout=2) == {"ok": True}:
-                        assert api == f"http://127.0.0.1:{port}", api
-                        return api
-                except (ValueError, KeyError, OSError):
-                    pass
-            time.sleep(0.05)
-        raise RuntimeError(f"node did not become ready in {timeout}s: {self.log()}")
-
     def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
+        return self.run.log()
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         return http(method, self.api + path, body, token=self.token)
 
     def stop(self) -> int:
         """SIGTERM, then wait: the node must stop cleanly (exit 0) and remove its node.json."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError(f"node ignored SIGTERM: {self.log()}") from None
-        self._log.close()
-        return self.proc.returncode
+        try:
+            return self.run.stop(timeout=20)
+        except NodeFailed as exc:
+            raise AssertionError(str(exc)) from None
 
 
 NodeFactory = Callable[[Path], NodeProcess]

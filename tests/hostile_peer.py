@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 
 from hashmesh.protocol.batches import Batch, build_batch
 from hashmesh.protocol.peerauth import H_FROM, H_NONCE, sign_request, sign_response
@@ -42,17 +42,37 @@ class Reply:
         return str(self.json().get("error", ""))
 
 
-class HostilePeer:
-    """One attacking identity aimed at one victim (`url`, `node_id`)."""
+class HasUrl(Protocol):
+    @property
+    def url(self) -> str: ...
 
-    def __init__(self, name: str, victim_url: str, victim_id: str, seed: bytes | None = None):
+
+class HostilePeer:
+    """One attacking identity aimed at one victim (`url`, `node_id`).
+
+    The victim may be given as a node whose URL is known only once it has started (its
+    port is read back then): its identity is needed earlier, for the victim's config."""
+
+    def __init__(
+        self, name: str, victim: str | HasUrl, victim_id: str, seed: bytes | None = None
+    ) -> None:
         self.name = name
         self.key = SigningKey(seed or os.urandom(32))
-        self.victim_url = victim_url
+        self._victim = victim
         self.victim_id = victim_id
-        host, port = victim_url.removeprefix("http://").split(":")
-        self.host, self.port = host, int(port)
         self._conn: http.client.HTTPConnection | None = None
+
+    @property
+    def victim_url(self) -> str:
+        return self._victim if isinstance(self._victim, str) else self._victim.url
+
+    @property
+    def host(self) -> str:
+        return self.victim_url.removeprefix("http://").split(":")[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.victim_url.rsplit(":", 1)[1])
 
     @property
     def node_id(self) -> str:

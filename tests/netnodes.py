@@ -1,26 +1,37 @@
-"""Real node processes on 127.0.0.1 for multi-node tests (no mocks: real HTTP, real SQLite)."""
+"""Real node processes on 127.0.0.1 for multi-node tests (no mocks: real HTTP, real SQLite).
+
+A NodeProc's home listens on 127.0.0.1:0; the harness (hashmesh.testing) reads the port
+the node bound back from node.json at its first start and pins it into the config, so a
+restart keeps the address. Until then a node has no URL, so `a.peer(b)` before b has
+started adds the peer (name, node id, shares) with a placeholder URL on which nothing can
+listen, and b's start replaces it with b's real URL through `hashmesh peer update`; to a
+started before b, that looks as b's not-yet-running node always did: connection refused.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import signal
 import socket
 import sqlite3
-import ssl
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hashmesh.testing import ANY_PORT, NodeRun, pin_address
+
 HASHMESH = str(Path(sys.executable).with_name("hashmesh"))
+# Port 1 needs root to bind, so no test process can be listening on it.
+UNSTARTED_URL = "http://127.0.0.1:1"
 
 
 def free_port() -> int:
+    """For processes that are not hashmesh nodes (Postgres, HMA, the README's literal
+    commands), which cannot report the port they bound; a node gets port 0 instead."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -37,22 +48,69 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, step: float = 
         time.sleep(step)
 
 
+def sync_rounds(*pairs: tuple[NodeProc, str], timeout: float = 30.0) -> None:
+    """Wait until each (node, peer name) has completed an anti-entropy round that began
+    after this call: the positive witness, before asserting that something did not arrive,
+    that it had its chance (a fixed sleep proves nothing once a default interval changes)."""
+    since = int(time.time() * 1000)
+
+    def done(node: NodeProc, peer: str) -> bool:
+        state = next(p for p in node.status()["peers"] if p["name"] == peer)
+        began = state.get("last_attempt_ms") or 0
+        return bool(began > since and (state.get("last_sync_ms") or 0) >= began)
+
+    for node, peer in pairs:
+        wait_for(lambda: done(node, peer), timeout=timeout)  # noqa: B023 - called at once
+
+
+def both_ways(a: NodeProc, b: NodeProc, timeout: float = 30.0) -> None:
+    """A round of a with b and of b with a, each begun after this call (see sync_rounds)."""
+    sync_rounds((a, b.name), (b, a.name), timeout=timeout)
+
+
+def later_record_arrives(author: NodeProc, reader: NodeProc, collection: str) -> None:
+    """`author` publishes a fresh md5 to `collection` and this waits until `reader` matches
+    it. A log's batches are applied in sequence order, so every batch `author` published to
+    that log before has been applied by then: the witness before asserting that an earlier
+    change (or a refused one) did not arrive."""
+    value = hashlib.md5(os.urandom(16)).hexdigest()
+    author.cli("add", "md5", value, "-c", collection)
+    wait_for(lambda: reader.matches("md5", value), timeout=30)
+
+
 class NodeProc:
     """One hashmesh node: its home folder, CLI and (when started) its `run` process."""
 
     def __init__(self, root: Path, name: str, sync_interval: float = 1.0) -> None:
         self.name = name
         self.home = root / name
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-        out = self.cli(
-            "init", str(self.home), "--name", name, "--listen", f"127.0.0.1:{self.port}", home=False
-        )
+        self.run: NodeRun | None = None
+        self._api = ""
+        self._told: list[NodeProc] = []  # nodes holding our placeholder URL
+        out = self.cli("init", str(self.home), "--name", name, "--listen", ANY_PORT, home=False)
         self.node_id = out.stdout.strip()
         config = self.home / "config.toml"
         text = config.read_text().replace("interval_s = 30.0", f"interval_s = {sync_interval}")
         config.write_text(text)
+
+    @property
+    def url(self) -> str:
+        if not self._api:
+            raise AssertionError(f"node {self.name} has no address before its first start")
+        return self._api
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return None if self.run is None else self.run.proc
+
+    @proc.setter
+    def proc(self, value: None) -> None:
+        assert value is None, "proc can only be cleared (after killing it)"
+        self.run = None
 
     def cli(
         self, *args: str, home: bool = True, check: bool = True
@@ -68,41 +126,37 @@ class NodeProc:
         return json.loads(self.cli(*args, "--json").stdout)
 
     def start(self) -> None:
-        with open(self.home / "run.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                [HASHMESH, "--home", str(self.home), "run"], stdout=log, stderr=log
-            )
-        wait_for(self._healthy, timeout=20)
-
-    def _healthy(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"node {self.name} exited: {(self.home / 'run.log').read_text()}")
-        try:
-            insecure = ssl._create_unverified_context()  # only a liveness probe
-            with urllib.request.urlopen(self.url + "/v1/healthz", timeout=1, context=insecure) as r:
-                return r.status == 200 and (self.home / "node.json").exists()
-        except OSError:
-            return False
+        env = {k: v for k, v in os.environ.items() if k != "HASHMESH_HOME"}
+        self.run = NodeRun(self.home, self.home / "run.log", command=(HASHMESH,), env=env)
+        api = self.run.wait_ready(timeout=20)
+        if not self._api:
+            pin_address(self.home, api)
+            self._api = api
+            for other in self._told:
+                other.cli("peer", "update", self.name, "--url", api)
+            self._told.clear()
+        assert api == self._api, f"node {self.name} moved from {self._api} to {api}"
 
     def stop(self) -> int:
-        if self.proc is None:
+        if self.run is None:
             return 0
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=20)
-        self.proc = None
+        code = self.run.stop(timeout=20)
+        self.run = None
         return code
 
     def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            self.proc = None
+        if self.run is not None:
+            self.run.kill()
+            self.run = None
 
     def peer(self, other: NodeProc, *share: str) -> None:
-        args = ["peer", "add", other.name, other.url, other.node_id]
+        url = other._api or UNSTARTED_URL
+        args = ["peer", "add", other.name, url, other.node_id]
         for c in share:
             args += ["--share", c]
         self.cli(*args)
+        if not other._api:
+            other._told.append(self)
 
     def trust(self, author: NodeProc, collection: str) -> None:
         self.cli("trust", "add", author.node_id, collection, "--name", author.name)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netnodes import NodeProc, wait_for
+from netnodes import NodeProc, both_ways, wait_for
 
 from hashmesh.protocol.batches import build_batch, header_hash
 from hashmesh.protocol.ops import AddOp
@@ -107,7 +107,7 @@ def test_collection_never_reaches_a_peer_that_may_not_read_it(
     police.cli("add", "sha256", "%064x" % 8, "-c", "csam")
     wait_for(lambda: platform.matches("sha256", "%064x" % 8))
     wait_for(lambda: ncmec.matches("sha256", "%064x" % 7))
-    time.sleep(1.5)  # a couple of anti-entropy rounds
+    both_ways(ncmec, platform)  # rounds begun after ncmec held it
     assert not platform.matches("sha256", "%064x" % 7)
     # Asking for it explicitly, with a validly signed request, gives nothing either.
     key = SigningKey(platform.key_seed())
@@ -129,7 +129,7 @@ def test_untrusted_author_is_refused_and_not_relayed(nodes: list[NodeProc], tmp_
     a.cli("add", "md5", MD5 % 5, "-c", "csam")
     wait_for(lambda: b.status()["peers"][0].get("refused", {}).get("untrusted", 0) > 0)
     assert not b.matches("md5", MD5 % 5)
-    time.sleep(1.5)
+    both_ways(b, c)  # rounds begun after b refused it
     assert not c.matches("md5", MD5 % 5)
     assert b.status()["batches"] == 0
 
@@ -290,7 +290,7 @@ def test_policy_change_takes_effect_without_restart(nodes: list[NodeProc], tmp_p
     b.start()
     a.cli("add", "md5", MD5 % 50, "-c", "csam")
     link(a, b, "csam")
-    time.sleep(1.5)
+    both_ways(a, b)  # rounds begun after the link: b had its chance to take it
     assert not b.matches("md5", MD5 % 50)  # not trusted yet
     b.trust(a, "csam")
     wait_for(lambda: b.matches("md5", MD5 % 50))
@@ -411,12 +411,11 @@ def test_peers_sync_over_tls(nodes: list[NodeProc], tmp_path: Path) -> None:
         text = config.read_text().replace('cert = ""', f'cert = "{cert}"')
         text = text.replace('key = ""', f'key = "{key}"').replace('ca = ""', f'ca = "{cert}"')
         config.write_text(text)
-        n.url = n.url.replace("http://", "https://")
-    a.cli("peer", "add", "b", b.url, b.node_id, "--share", "csam")
-    b.cli("peer", "add", "a", a.url, a.node_id, "--share", "csam")
+    link(a, b, "csam")
     b.trust(a, "csam")
     for n in (a, b):
         n.start()
+    assert a.url.startswith("https://") and b.url.startswith("https://")
     a.cli("add", "md5", MD5 % 80, "-c", "csam")
     wait_for(lambda: b.matches("md5", MD5 % 80))
     assert b.status()["peers"][0]["reachable"] is True

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from hostile_peer import HostilePeer, LiarServer
-from netnodes import NodeProc, wait_for
+from netnodes import NodeProc, both_ways, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from hashmesh.node.config import Home, Peer, Trust
@@ -123,16 +123,16 @@ def arena(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Arena]:
     names = getattr(request, "param", ["evil"])
     victim = NodeProc(tmp_path, "victim")
     honest = NodeProc(tmp_path, "honest")
-    evil = {n: HostilePeer(n, victim.url, victim.node_id) for n in names}
+    evil = {n: HostilePeer(n, victim, victim.node_id) for n in names}
     home = Home(victim.home)
     config = home.load_config()
-    config.add_peer(Peer(name="honest", url=honest.url, node_id=honest.node_id, share=["csam"]))
     config.add_trust(Trust(node_id=honest.node_id, collection="csam"))
     for peer in evil.values():
         config.add_peer(Peer(name=peer.name, url=DEAD, node_id=peer.node_id, share=[]))
         config.add_trust(Trust(node_id=peer.node_id, collection="csam"))
     config.selfreport_enabled = True  # its public endpoints face the slowloris test too
     home.save_config(config)
+    victim.peer(honest, "csam")
     honest.peer(victim, "csam")
     honest.start()
     victim.start()
@@ -261,7 +261,8 @@ def test_batches_for_collections_it_may_not_write(arena: Arena) -> None:
     # ... nor scored: honest relays forward authors their own policy accepts.
     assert score(victim, "evil") == 0
     arena.honest_add_arrives()
-    time.sleep(1.2)  # an anti-entropy round: nothing of it reaches the honest node either
+    both_ways(victim, arena.honest)  # rounds begun after the refusal: nothing of it reaches
+    # the honest node either
     status, body = api(
         arena.honest, "POST", "/v1/match", {"queries": [{"type": "md5", "value": MD5 % 31}]}
     )
@@ -402,8 +403,8 @@ def test_lying_sync_pages(tmp_path: Path) -> None:
     once, a page with a forged batch scores the liar down, and honest sync goes on."""
     victim = NodeProc(tmp_path, "victim")
     honest = NodeProc(tmp_path, "honest")
-    liar_more = HostilePeer("more", victim.url, victim.node_id)
-    liar_forged = HostilePeer("forged", victim.url, victim.node_id)
+    liar_more = HostilePeer("more", victim, victim.node_id)
+    liar_forged = HostilePeer("forged", victim, victim.node_id)
     good = liar_more.chain("csam", [40, 41])
     servers = [
         LiarServer(liar_more, [b.to_bytes() for b in good], "more"),
@@ -417,9 +418,9 @@ def test_lying_sync_pages(tmp_path: Path) -> None:
         for liar, server in zip((liar_more, liar_forged), servers, strict=True):
             config.add_peer(Peer(name=liar.name, url=server.url, node_id=liar.node_id))
             config.add_trust(Trust(node_id=liar.node_id, collection="csam"))
-        config.add_peer(Peer(name="honest", url=honest.url, node_id=honest.node_id))
         config.add_trust(Trust(node_id=honest.node_id, collection="csam"))
         home.save_config(config)
+        victim.peer(honest)
         honest.peer(victim, "csam")
         honest.start()
         victim.start()

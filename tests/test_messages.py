@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netnodes import HASHMESH, NodeProc, free_port, wait_for
+from conftest import set_config
+from netnodes import HASHMESH, NodeProc, wait_for
 
 from hashmesh.protocol.errors import SignatureError
 from hashmesh.protocol.names import validate_node_id
@@ -50,14 +51,16 @@ def test_a_valid_node_id_still_passes(tmp_path: Path) -> None:
 def test_port_in_use_names_the_address_and_what_to_change(tmp_path: Path) -> None:
     node = NodeProc(tmp_path, "a")
     with socket.socket() as s:
-        s.bind(("127.0.0.1", node.port))
+        s.bind(("127.0.0.1", 0))
         s.listen()
+        port = s.getsockname()[1]
+        set_config(node.home, listen=f"127.0.0.1:{port}")
         result = subprocess.run(
             [HASHMESH, "--home", str(node.home), "run"], capture_output=True, text=True, timeout=60
         )
     assert result.returncode == 2, result
     assert (
-        f"hashmesh: cannot listen on 127.0.0.1:{node.port}: address already in use "
+        f"hashmesh: cannot listen on 127.0.0.1:{port}: address already in use "
         "(another node or program is using it; change listen in config.toml)"
     ) in result.stderr, result.stderr
     assert "error while attempting to bind" not in result.stderr
@@ -164,10 +167,11 @@ def test_an_unreachable_plain_http_peer_is_named_without_aiohttp_internals(
     tmp_path: Path,
 ) -> None:
     a = NodeProc(tmp_path, "a")
-    b = NodeProc(tmp_path, "b")  # never started: nothing listens on its port
-    b.port = free_port()
-    b.url = f"http://127.0.0.1:{b.port}"
-    a.peer(b, "test")
+    b = NodeProc(tmp_path, "b")  # never started
+    closed = socket.socket()  # bound, never listening: a connection to it is refused
+    closed.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    a.cli("peer", "add", "b", url, b.node_id, "--share", "test")
     a.start()
     try:
 
@@ -176,7 +180,8 @@ def test_an_unreachable_plain_http_peer_is_named_without_aiohttp_internals(
             return str(peers[0].get("last_error") or "")
 
         text = wait_for(last_error, timeout=30)
-        assert text.startswith(f"cannot reach peer b at {b.url}: connection refused"), text
+        assert text.startswith(f"cannot reach peer b at {url}: connection refused"), text
         assert "ssl:default" not in text and "Cannot connect to host" not in text
     finally:
         a.stop()
+        closed.close()

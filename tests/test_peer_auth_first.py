@@ -35,7 +35,7 @@ PREFIX = b"\0" * (64 * 1024)
 @pytest.fixture
 def victim(tmp_path: Path) -> Iterator[tuple[NodeProc, HostilePeer]]:
     node = NodeProc(tmp_path, "victim")
-    peer = HostilePeer("known", node.url, node.node_id)
+    peer = HostilePeer("known", node, node.node_id)
     home = Home(node.home)
     config = home.load_config()
     config.add_peer(Peer(name="known", url="http://127.0.0.1:9", node_id=peer.node_id, share=[]))
@@ -57,7 +57,7 @@ def test_unknown_sender_is_refused_before_its_body(
     victim: tuple[NodeProc, HostilePeer],
 ) -> None:
     node, _ = victim
-    stranger = HostilePeer("stranger", node.url, node.node_id)
+    stranger = HostilePeer("stranger", node, node.node_id)
     headers = stranger.headers(PATH, b"")
     started = time.monotonic()
     # 30 MiB declared, 64 KiB sent: the old node waited for the rest (408 after 15 s).
@@ -153,7 +153,7 @@ def test_many_large_unverifiable_bodies_keep_memory_bounded(
 
 def _victim_with(tmp_path: Path, answer: Any) -> tuple[NodeProc, ScriptedServer]:
     node = NodeProc(tmp_path, "pusher")
-    liar = HostilePeer("liar", node.url, node.node_id)
+    liar = HostilePeer("liar", node, node.node_id)
     server = ScriptedServer(liar, answer)
     home = Home(node.home)
     config = home.load_config()
@@ -199,7 +199,7 @@ def test_a_peers_huge_error_text_is_clipped(tmp_path: Path) -> None:
                 and server.seen.get("/v1/peer/batches", 0) >= 1
             )
         )
-        time.sleep(0.5)
+        wait_for(lambda: "answered 500" in _liar_state(node)["last_error"])
         error = _liar_state(node)["last_error"]
         assert "answered 500" in error and len(error) <= 600, len(error)
         assert (node.home / "run.log").stat().st_size < 1024 * 1024

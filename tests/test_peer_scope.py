@@ -5,7 +5,6 @@ logs the node accepts (a throw-away key's forks cost the sender score, not our d
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 
 import pytest
 from hostile_peer import HostilePeer
-from netnodes import NodeProc, wait_for
+from netnodes import NodeProc, both_ways, wait_for
 from test_hostile import api, peer_state
 
 from hashmesh.node.config import Home, Peer, Trust
@@ -40,15 +39,15 @@ def scene(tmp_path: Path) -> Iterator[Scene]:
     and a relay node that would receive any evidence the victim gossips."""
     victim = NodeProc(tmp_path, "victim")
     relay = NodeProc(tmp_path, "relay")
-    evil = HostilePeer("evil", victim.url, victim.node_id)
+    evil = HostilePeer("evil", victim, victim.node_id)
     law = SigningKey(os.urandom(32))
     home = Home(victim.home)
     config = home.load_config()
     config.add_peer(Peer(name="evil", url=DEAD, node_id=evil.node_id, share=["csam"]))
-    config.add_peer(Peer(name="relay", url=relay.url, node_id=relay.node_id, share=["csam"]))
     config.add_trust(Trust(node_id=evil.node_id, collection="csam"))
     config.add_trust(Trust(node_id=law.node_id, collection="le-only"))
     home.save_config(config)
+    victim.peer(relay, "csam")
     relay.peer(victim, "csam")
     relay.cli("trust", "add", evil.node_id, "csam", "--name", "evil")
     victim.start()
@@ -118,7 +117,7 @@ def test_evidence_about_logs_not_accepted_is_dropped_and_scored(scene: Scene) ->
     assert reply.status == 200 and reply.json()["new"] == 1
     assert [f["author"] for f in _forks(scene.victim)] == [scene.evil.node_id]
     wait_for(lambda: len(_forks(scene.relay)) == 1)
-    time.sleep(1.5)
+    both_ways(scene.victim, scene.relay)  # rounds begun after the relay had the real fork
     assert [f["author"] for f in _forks(scene.relay)] == [scene.evil.node_id]
 
 
