@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from cdp import CHROMIUM, Browser
-from netnodes import NodeProc, wait_for
+from netnodes import NodeProc, later_record_arrives, wait_for
 from PIL import Image
 from testdata import PDQ
 
@@ -176,7 +176,7 @@ def test_a_shared_hash_stays_until_every_case_withdraws(net: tuple[NodeProc, Nod
     second = submit(hotline, [{"type": "md5", "value": md5}])[1]
     wait_for(lambda: platform.matches("md5", md5))
     call("POST", hotline.url + "/takeitdown/api/withdraw", first)
-    time.sleep(1.5)
+    later_record_arrives(hotline, platform, COLLECTION)
     assert platform.matches("md5", md5)  # the second person's report still stands
     status, done = call("POST", hotline.url + "/takeitdown/api/withdraw", second)
     assert status == 200 and done["revoked"] == 1
@@ -346,7 +346,7 @@ def test_degenerate_hashes_are_refused_whatever_the_claimed_quality(
         assert status == 400 and answer["error"].startswith("signals[1]: value refused"), answer
     status, answer = submit(hotline, [{"type": "md5", "value": hashlib.md5(b"").hexdigest()}])
     assert status == 400 and "empty file" in answer["error"]
-    time.sleep(1.5)
+    later_record_arrives(hotline, platform, COLLECTION)
     assert not platform.matches("pdq", "0" * 64)
 
 
@@ -417,7 +417,7 @@ def test_withdrawal_keeps_the_analysts_own_adds(net: tuple[NodeProc, NodeProc]) 
     status, done = call("POST", hotline.url + "/takeitdown/api/withdraw", creds)
     assert status == 200 and done["revoked"] == 2, done  # the same answer as a fresh case
     wait_for(lambda: platform.matches("md5", md5))
-    time.sleep(1.5)
+    later_record_arrives(hotline, platform, COLLECTION)
     assert platform.matches("md5", md5)  # the analyst's add stands
 
 
