@@ -197,3 +197,62 @@ def test_a_peers_malformed_sync_page_is_scored_and_shown_as_the_peers(tmp_path: 
     finally:
         node.kill()
         server.close()
+
+
+def test_the_docs_tables_are_the_fault_table() -> None:
+    import re
+
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    api = (docs / "api.md").read_text()
+    section = api.split("## Errors by fault", 1)[1].split("\n## ", 1)[0]
+    rows = {
+        cells[0]: cells
+        for line in section.splitlines()
+        if line.startswith("| ")
+        and (cells := [c.strip() for c in line.strip("|").split("|")])[0]
+        in ("caller", "peer", "internal")
+    }
+    assert set(rows) == {"caller", "peer", "internal"}
+    for family, (_, _, http, exit_code, level) in rows.items():
+        faults = {f for f in FAULTS.values() if f.family == family}
+        assert {str(f.exit_code) for f in faults} == {exit_code}, family
+        assert {f.status for f in faults} == {int(n) for n in re.findall(r"\b[45]\d\d\b", http)}
+        assert {logging_name(f.log_level) for f in faults} == {level.split(",")[0]}, family
+    operators = (docs / "operators.md").read_text()
+    codes = re.findall(r"^\| (\d+) \|", operators.split("## Exit codes", 1)[1], re.M)
+    assert codes == ["0", "1", str(EXIT_CALLER), str(errors.EXIT_PEER), str(EXIT_INTERNAL)]
+    assert "HASHMESH_TRACEBACK=1" in operators
+
+
+def logging_name(level: int) -> str:
+    import logging
+
+    return logging.getLevelName(level).lower()
+
+
+def test_the_self_report_pages_429_says_when_to_retry(tmp_path: Path) -> None:
+    """The self-report page's refusals are the one TooManyRequests (its duplicate TooMany is
+    gone): the person reads minutes, a client reads Retry-After in seconds."""
+    from test_selfreport import configure
+
+    node = NodeProc(tmp_path, "hotline")
+    configure(node, enabled=True, submits_per_hour=1, client_ip_header="X-Forwarded-For")
+    node.start()
+    try:
+        answers = []
+        for _ in range(10):  # challenges: a few per allowed submission
+            request = urllib.request.Request(
+                node.url + "/takeitdown/api/challenge", headers={"X-Forwarded-For": "192.0.2.7"}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    answers.append((response.status, dict(response.headers), b""))
+            except urllib.error.HTTPError as exc:
+                answers.append((exc.code, dict(exc.headers), exc.read()))
+                break
+        status, headers, body = answers[-1]
+        assert status == 429, [a[0] for a in answers]
+        assert "please try again in" in json.loads(body)["error"]
+        assert 1 <= int(headers["Retry-After"]) <= 3600, headers
+    finally:
+        node.kill()

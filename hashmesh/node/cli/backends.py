@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from hashmesh.node.config import Home, HomeLock
-from hashmesh.node.errors import INTERNAL, HomeError, InternalError, NodeError
+from hashmesh.node.errors import (
+    INTERNAL,
+    INTERNAL_MESSAGE,
+    HomeError,
+    InternalError,
+    NodeError,
+)
 from hashmesh.node.keys import read_secret
 from hashmesh.protocol.errors import ProtocolError
 
@@ -262,6 +268,8 @@ def _http_error(exc: urllib.error.HTTPError) -> NodeError | InternalError:
     500 is its internal error (the text only says where to look: the node's log)."""
     text = _error_text(exc)
     if exc.code == INTERNAL.status:
+        if text == INTERNAL_MESSAGE:
+            return InternalError("the running node failed (its log has the traceback)")
         return InternalError(f"the running node failed: {text}")
     return NodeError(text)
 

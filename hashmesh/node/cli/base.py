@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from hashmesh.node.config import Home
-from hashmesh.node.errors import EXIT_CALLER, EXIT_INTERNAL, HashmeshError, fault_of
+from hashmesh.node.errors import (
+    EXIT_CALLER,
+    EXIT_INTERNAL,
+    HashmeshError,
+    InternalError,
+    fault_of,
+)
 
 if TYPE_CHECKING:  # urllib and ssl load with the first command that reaches a node
     from hashmesh.node.cli.backends import Backend
@@ -38,8 +44,10 @@ def internal(exc: BaseException) -> NoReturn:
     if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
         traceback.print_exception(exc, file=sys.stderr)
     text = str(exc).splitlines()[0][:300] if str(exc) else ""
+    if not isinstance(exc, InternalError):  # a stray exception: its class says most
+        text = f"{type(exc).__name__}{': ' + text if text else ''}"
     fail(
-        f"internal error: {type(exc).__name__}{': ' + text if text else ''} (a bug in"
+        f"internal error: {text} (a bug in"
         f" hashmesh, not in your input; nothing more was done; {TRACEBACK_ENV}=1 shows"
         " where)",
         EXIT_INTERNAL,
