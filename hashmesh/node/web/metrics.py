@@ -25,7 +25,10 @@ from hashmesh.node.store.core import IngestResult, now_ms
 from hashmesh.protocol.ops import AddOp, OpinionOp, RevokeOp
 
 if TYPE_CHECKING:
-    from hashmesh.node.daemon import Daemon
+    from hashmesh.node.net.sync import Replicator
+    from hashmesh.node.service import NodeService
+    from hashmesh.node.store.executor import StoreThread
+    from hashmesh.protocol.sync import Vector
 
 HISTORY_MINUTES = 60
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -182,21 +185,37 @@ class _OnlyCollections:
 
 
 class NodeCollector(Collector):
-    """Gauges read at scrape time from the running node."""
+    """Gauges read at scrape time from the running node.
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    A scrape runs on the event loop, which must not touch the write connection: what
+    needs the store is read on the store thread by `refresh` just before, and kept here.
+    """
+
+    def __init__(
+        self, service: NodeService, store_thread: StoreThread, replicator: Replicator
+    ) -> None:
+        self.service = service
+        self.store_thread = store_thread
+        self.replicator = replicator
+        self.live_counts: dict[str, int] = {}
+        self.vector: Vector = {}
+
+    async def refresh(self) -> None:
+        """Read what /metrics reports from the store, on the store thread."""
+        store = self.service.store
+        self.live_counts, self.vector = await self.store_thread.call(
+            lambda: (store.counts()["live_by_collection"], store.vector())
+        )
 
     def collect(self) -> Any:
-        daemon = self.daemon
-        pdq = daemon.service.matcher._pdq
+        pdq = self.service.matcher._pdq
         index = GaugeMetricFamily("hashmesh_index_size", "Signals in the PDQ index")
         index.add_metric([], len(pdq) if pdq is not None else 0)
         yield index
         live = GaugeMetricFamily(
             "hashmesh_live_signals", "Live signals by collection", labels=["collection"]
         )
-        for collection, count in daemon.live_counts.items():
+        for collection, count in self.live_counts.items():
             live.add_metric([collection], count)
         yield live
         lag = GaugeMetricFamily(
@@ -206,9 +225,8 @@ class NodeCollector(Collector):
         )
         score = GaugeMetricFamily("hashmesh_peer_score", "Misbehaviour score", labels=["peer"])
         reachable = GaugeMetricFamily("hashmesh_peer_reachable", "1 if reachable", labels=["peer"])
-        ours = daemon.vector_cache
-        for peer in daemon.service.config.peers:
-            state = daemon.replicator.peer_status(peer, ours)
+        for peer in self.service.config.peers:
+            state = self.replicator.peer_status(peer, self.vector)
             behind = sum(entry["behind"] or 0 for entry in state["lag"])
             lag.add_metric([peer.name], behind)
             score.add_metric([peer.name], state["score"])
@@ -218,8 +236,8 @@ class NodeCollector(Collector):
             "Requests or batches refused from peers, by reason",
             labels=["peer", "reason"],
         )
-        for peer in daemon.service.config.peers:
-            for reason, count in daemon.replicator.peers.state(peer.node_id).refused.items():
+        for peer in self.service.config.peers:
+            for reason, count in self.replicator.peers.state(peer.node_id).refused.items():
                 refused.add_metric([peer.name, reason], count)
         yield lag
         yield score

@@ -9,16 +9,16 @@ markup must not run with the operator's token at hand.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from hashmesh.node.errors import NodeError
+from hashmesh.node.store.core import Store
+from hashmesh.node.store.executor import StoreThread
 from hashmesh.node.web.access import grant_of
-
-if TYPE_CHECKING:
-    from hashmesh.node.daemon import Daemon
+from hashmesh.node.web.metrics import Metrics, NodeCollector
 
 SCRIPT_PATH = "/status.js"
 CSP = (
@@ -36,7 +36,18 @@ PAGE_HEADERS = {"Content-Type": "text/html; charset=utf-8", **_COMMON_HEADERS}
 SCRIPT_HEADERS = {"Content-Type": "text/javascript; charset=utf-8", **_COMMON_HEADERS}
 
 
-def register(app: web.Application, daemon: Daemon) -> None:
+@dataclass(frozen=True)
+class StatusDeps:
+    """What the status page and /metrics read: the counters, the scrape-time gauges, and
+    the store (recent changes), reached through its thread."""
+
+    metrics: Metrics
+    gauges: NodeCollector
+    store: Store
+    store_thread: StoreThread
+
+
+def register(app: web.Application, deps: StatusDeps) -> None:
     static = resources.files("hashmesh.node.web").joinpath("static")
     page = static.joinpath("status.html").read_bytes()
     script = static.joinpath("status.js").read_bytes()
@@ -48,19 +59,19 @@ def register(app: web.Application, daemon: Daemon) -> None:
         return web.Response(body=script, headers=SCRIPT_HEADERS)
 
     async def history(request: web.Request) -> web.Response:
-        return web.json_response({"minutes": daemon.metrics.history.to_json()})
+        return web.json_response({"minutes": deps.metrics.history.to_json()})
 
     async def recent(request: web.Request) -> web.Response:
         text = request.query.get("limit", "20")
         if not (text.isascii() and text.isdigit() and len(text) <= 3) or not 1 <= int(text) <= 500:
             raise NodeError("limit: must be an integer 1-500")
-        changes = await daemon.call(daemon.service.store.recent_changes, int(text))
+        changes = await deps.store_thread.call(deps.store.recent_changes, int(text))
         return web.json_response({"changes": changes})
 
     async def metrics(request: web.Request) -> web.Response:
-        await daemon.refresh_gauges()
+        await deps.gauges.refresh()
         return web.Response(
-            body=daemon.metrics.render(grant_of(request).collections),
+            body=deps.metrics.render(grant_of(request).collections),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
 
