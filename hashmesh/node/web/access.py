@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hashmesh.node.errors import Forbidden
+from hashmesh.node.errors import Forbidden, caller_input
 from hashmesh.node.keys import hash_token
 from hashmesh.node.net.bodies import MAX_JSON_BODY, request_body
 from hashmesh.node.tokens import ADMIN, Grant
@@ -77,7 +77,8 @@ def readable(grant: Grant, only: str | None) -> frozenset[str] | None:
     """The collections an answer may draw from: `only` if given (and allowed), else all
     the grant may read (None: no restriction)."""
     if only:
-        validate_collection(only)
+        with caller_input():  # the caller's query parameter: a bad name is theirs (400)
+            validate_collection(only)
         require_collection(grant, only)
         return frozenset({only})
     return grant.collections
