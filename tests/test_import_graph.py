@@ -35,10 +35,10 @@ LAYERS: list[tuple[str, ...]] = [
     ("hashmesh.node.net",),
     ("hashmesh.node.web",),
     ("hashmesh.node.daemon",),
-    ("hashmesh.node.cli",),
-    # Entry points: `python -m hashmesh`, and the harness that starts node processes for
-    # tests and benchmarks (it drives the node as an operator would, from above).
-    ("hashmesh.__main__", "hashmesh.testing"),
+    # testing: the harness that starts node processes (for `hashmesh demo`, the tests and
+    # the benchmarks); it drives nodes from outside, as the CLI does, so it ranks with it.
+    ("hashmesh.node.cli", "hashmesh.testing"),
+    ("hashmesh.__main__",),  # `python -m hashmesh`
 ]
 # Package docstrings only: they import nothing and nothing needs a rank for them.
 UNRANKED = {"hashmesh", "hashmesh.node"}
