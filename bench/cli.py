@@ -83,9 +83,13 @@ def main() -> None:
         root = Path(tmp)
         home = root / "node"
         listen = f"127.0.0.1:{free_port()}"
+        tree = Tree.archive(args.old, root / "old")
+        # The old revision's own init: a config both revisions read (newer ones accept an
+        # older config; an older CLI refuses the settings added since, e.g. [selfreport]).
         subprocess.run(
-            [HASHMESH, "init", str(home), "--name", "bench", "--listen", listen],
+            tree.cli(["init", str(home), "--name", "bench", "--listen", listen]),
             env=env,
+            cwd=root,
             capture_output=True,
             check=True,
         )
@@ -102,7 +106,6 @@ def main() -> None:
                 if time.monotonic() > deadline or node.poll() is not None:
                     raise SystemExit("the node did not start")
                 time.sleep(0.1)
-            tree = Tree.archive(args.old, root / "old")
             floor = median_wall([sys.executable, "-c", "pass"], args.runs, env, root)
             rows = []
             for label, argv, target in COMMANDS:
