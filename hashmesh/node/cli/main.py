@@ -28,7 +28,7 @@ from hashmesh.node.cli.base import (
     pass_ctx,
 )
 from hashmesh.node.config import Home
-from hashmesh.node.errors import NodeError
+from hashmesh.node.errors import NodeError, caller_input
 
 
 @cli.command()
@@ -675,7 +675,8 @@ def export(ctx: Context, collection: str, out: str, as_json: bool) -> None:
     from hashmesh.protocol.ops import validate_collection
 
     with ctx.backend() as backend:
-        validate_collection(collection)
+        with caller_input():  # the --collection argument: a bad name is the caller's
+            validate_collection(collection)
         held = {log["collection"] for log in backend.status()["logs"] if log["head"] > 0}
         if collection not in held:
             click.echo(
