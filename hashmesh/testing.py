@@ -44,7 +44,8 @@ def read_runtime(home: Path) -> dict[str, Any] | None:
 
 def pin_address(home: Path, api: str) -> None:
     """Write the address a node bound into its config (listen and url), so a restart binds
-    the same port and peers that were told it keep reaching it, as with an operator's node."""
+    the same port and peers that were told it keep reaching it, as with an operator's node.
+    Call it while the node is stopped: a running node re-reads a changed config.toml."""
     parts = urlsplit(api)
     h = Home(home)
     config = h.load_config()

@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from netnodes import NodeProc, NodeSet
 
 from hashmesh.node.config import Home
 from hashmesh.protocol import SigningKey, build_batch
 from hashmesh.protocol.batches import Batch
 from hashmesh.protocol.bundles import encode_bundle_header
-from hashmesh.testing import ANY_PORT, NodeFailed, NodeRun, pin_address
+from hashmesh.testing import ANY_PORT, NodeFailed, NodeRun
 
 
 def _find_hashmesh() -> str:
@@ -164,7 +165,6 @@ class NodeProcess:
         self.run = NodeRun(home, log, command=(HASHMESH,), env=clean_env())
         self.proc = self.run.proc
         self.api = self.run.wait_ready(timeout=20)
-        pin_address(home, self.api)
         self.token = (home / "admin.token").read_text().strip()
 
     def log(self) -> str:
@@ -204,6 +204,24 @@ def start_node(tmp_path: Path) -> Iterator[NodeFactory]:
         elif running and (node.home / "node.json").exists():
             failures.append(f"{node.home}: node.json left behind after a clean stop")
     assert not failures, "\n".join(failures)
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[NodeSet]:
+    """`nodes.make("a", "b")`: NodeProcs under tmp_path, all killed at teardown."""
+    made = NodeSet(tmp_path)
+    yield made
+    made.kill_all()
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[NodeProc]:
+    """One started node named hotline, which must stop cleanly at teardown (a test file
+    with a `node` fixture of its own overrides this one)."""
+    hotline = NodeProc(tmp_path, "hotline")
+    hotline.start()
+    yield hotline
+    assert hotline.stop() == 0
 
 
 # -- building signed data directly with the protocol -------------------------------------

@@ -1,11 +1,12 @@
 """Real node processes on 127.0.0.1 for multi-node tests (no mocks: real HTTP, real SQLite).
 
 A NodeProc's home listens on 127.0.0.1:0; the harness (hashmesh.testing) reads the port
-the node bound back from node.json at its first start and pins it into the config, so a
-restart keeps the address. Until then a node has no URL, so `a.peer(b)` before b has
-started adds the peer (name, node id, shares) with a placeholder URL on which nothing can
-listen, and b's start replaces it with b's real URL through `hashmesh peer update`; to a
-started before b, that looks as b's not-yet-running node always did: connection refused.
+the node bound back from node.json at its first start, and a restart pins it into the
+config first (listen and url), so the node keeps its address. Before its first start a
+node has no URL, so `a.peer(b)` before b has started adds the peer (name, node id,
+shares) with a placeholder URL on which nothing can listen, and b's start replaces it with
+b's real URL through `hashmesh peer update`; to an `a` started before b, that looks as b's
+not-yet-running node always did: connection refused.
 """
 
 from __future__ import annotations
@@ -126,11 +127,12 @@ class NodeProc:
         return json.loads(self.cli(*args, "--json").stdout)
 
     def start(self) -> None:
+        if self._api:  # written while stopped: a running node would reload it mid-test
+            pin_address(self.home, self._api)
         env = {k: v for k, v in os.environ.items() if k != "HASHMESH_HOME"}
         self.run = NodeRun(self.home, self.home / "run.log", command=(HASHMESH,), env=env)
         api = self.run.wait_ready(timeout=20)
         if not self._api:
-            pin_address(self.home, api)
             self._api = api
             for other in self._told:
                 other.cli("peer", "update", self.name, "--url", api)
@@ -189,6 +191,29 @@ class NodeProc:
                 (name, hashlib.sha256(token.encode()).hexdigest()),
             )
         return token
+
+
+class NodeSet(list[NodeProc]):
+    """Nodes made under one folder (conftest's `nodes` fixture kills what still runs)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+
+    def make(self, *names: str, interval: float = 1.0) -> list[NodeProc]:
+        new = [NodeProc(self.root, name, sync_interval=interval) for name in names]
+        self.extend(new)
+        return new
+
+    def kill_all(self) -> None:
+        for node in self:
+            node.kill()
+
+
+def link(a: NodeProc, b: NodeProc, *collections: str) -> None:
+    """Each a peer of the other, sharing `collections` both ways."""
+    a.peer(b, *collections)
+    b.peer(a, *collections)
 
 
 def peak_rss(pid: int) -> int:

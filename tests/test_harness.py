@@ -24,11 +24,11 @@ def test_port_zero_is_read_back_from_node_json(tmp_path: Path, cli: Cli) -> None
         assert run.port != 0
         with socket.create_connection(("127.0.0.1", run.port), timeout=5):
             pass  # the node listens where node.json says
-        pin_address(home, api)
-        config = Home(home).load_config()
-        assert (config.listen, config.url) == (f"127.0.0.1:{run.port}", api)
     finally:
         assert run.stop() == 0
+    pin_address(home, api)
+    config = Home(home).load_config()
+    assert (config.listen, config.url) == (f"127.0.0.1:{run.port}", api)
     again = NodeRun(home, tmp_path / "a.log")
     try:
         assert again.wait_ready() == api  # a pinned node keeps its address over a restart
