@@ -35,7 +35,7 @@ def test_demo_runs_the_story_end_to_end(tmp_path: Path) -> None:
     assert columns == ["step", "result", "command", "visible after"]
     assert rows["childfocus -> ncmec -> platform"] == "pdq matchable on the platform"
     assert rows["platform match --file"].startswith("PDQ distance ")
-    assert rows["platform (no le-only access)"] == "not there 1 s later"
+    assert rows["platform (no le-only access)"] == "not there after a sync round with ncmec"
     assert rows["revocation reaches the platform"] == "platform no longer matches it"
     assert rows["platform dispute -> childfocus"].startswith("childfocus sees dispute=1")
     for name in ("ncmec", "childfocus", "platform", "police"):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,8 @@ from typing import Any
 
 from PIL import Image
 
+from hashmesh.testing import ANY_PORT, NodeRun, stop_all
+
 SHARED_IMAGES = (
     Path(__file__).resolve().parents[3].parent / "shared" / "testdata" / "pdq" / "images"
 )
@@ -32,24 +33,18 @@ DEMO_IMAGES = ("bridge-1-original.jpg", "c.png", "q0122.jpg")
 NAMES = ("ncmec", "childfocus", "platform", "police")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass(eq=False)
 class DemoNode:
     name: str
     home: Path
-    port: int
     node_id: str = ""
     token: str = ""
-    proc: subprocess.Popen[bytes] | None = None
+    run: NodeRun | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        assert self.run is not None and self.run.api, f"{self.name} is not running"
+        return self.run.api
 
     def cli(self, *args: str) -> str:
         cmd = [sys.executable, "-m", "hashmesh", "--home", str(self.home), *args]
@@ -68,6 +63,11 @@ class DemoNode:
         )
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
+
+    def peer_state(self, name: str) -> dict[str, Any]:
+        peers = self.api("/v1/status")["peers"]
+        found: dict[str, Any] = next(p for p in peers if p["name"] == name)
+        return found
 
     def match(self, signal_type: str, value: str) -> dict[str, Any]:
         result: dict[str, Any] = self.api(
@@ -171,7 +171,7 @@ def _reencode(source: Path, target: Path) -> None:
 def run_demo(folder: str | None = None, keep_running: bool = False) -> int:
     root = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="hashmesh-demo-"))
     root.mkdir(parents=True, exist_ok=True)
-    nodes = {name: DemoNode(name, root / name, _free_port()) for name in NAMES}
+    nodes = {name: DemoNode(name, root / name) for name in NAMES}
     story = Story()
     interrupted = False
 
@@ -191,15 +191,7 @@ def run_demo(folder: str | None = None, keep_running: bool = False) -> int:
         interrupted = True
         print("\ninterrupted: stopping the nodes", flush=True)
     finally:
-        for node in nodes.values():
-            if node.proc is not None and node.proc.poll() is None:
-                node.proc.send_signal(signal.SIGTERM)
-        for node in nodes.values():
-            if node.proc is not None:
-                try:
-                    node.proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    node.proc.kill()
+        stop_all([n.run for n in nodes.values() if n.run is not None], timeout=15)
         signal.signal(signal.SIGTERM, previous)
     print(f"\nthe nodes' homes are in {root}", flush=True)
     return 130 if interrupted else 0
@@ -217,7 +209,7 @@ def _setup(nodes: dict[str, DemoNode], story: Story) -> None:
             "--name",
             node.name,
             "--listen",
-            f"127.0.0.1:{node.port}",
+            ANY_PORT,
         ]
         node.node_id = subprocess.run(
             cmd, capture_output=True, text=True, check=True
@@ -227,15 +219,6 @@ def _setup(nodes: dict[str, DemoNode], story: Story) -> None:
         config.write_text(config.read_text().replace("interval_s = 30.0", "interval_s = 5.0"))
         story.say(f"{node.name:<11} {node.node_id}")
     ncmec, childfocus, platform, police = (nodes[n] for n in NAMES)
-
-    def link(a: DemoNode, b: DemoNode, *collections: str) -> None:
-        shares = [x for c in collections for x in ("--share", c)]
-        a.cli("peer", "add", b.name, b.url, b.node_id, *shares)
-        b.cli("peer", "add", a.name, a.url, a.node_id, *shares)
-
-    link(childfocus, ncmec, "csam")
-    link(ncmec, platform, "csam")
-    link(ncmec, police, "csam", "le-only")
     trust = {
         ncmec: [(childfocus, "csam"), (platform, "csam"), (police, "csam"), (police, "le-only")],
         childfocus: [(ncmec, "csam"), (platform, "csam")],
@@ -245,30 +228,39 @@ def _setup(nodes: dict[str, DemoNode], story: Story) -> None:
     for node, entries in trust.items():
         for author, collection in entries:
             node.cli("trust", "add", author.node_id, collection, "--name", author.name)
-    story.say("links: childfocus - ncmec - platform, ncmec - police; csam shared by all,")
-    story.say("le-only only between police and ncmec; the platform trusts ncmec and childfocus")
-    for node in nodes.values():
-        with open(node.home / "run.log", "ab") as log:
-            node.proc = subprocess.Popen(
-                [sys.executable, "-m", "hashmesh", "--home", str(node.home), "run"],
-                stdout=log,
-                stderr=log,
-            )
-    for node in nodes.values():
-        _wait(partial(_started, node), timeout=30)
+    # Each node binds a free port itself (listen 127.0.0.1:0) and reports it in node.json;
+    # the links are made once the addresses are known, through the running nodes' API.
+    runs = [NodeRun(node.home, node.home / "run.log") for node in nodes.values()]
+    for node, run in zip(nodes.values(), runs, strict=True):
+        node.run = run
+        run.wait_ready(timeout=30)
     story.say("all four nodes are running")
 
+    def link(a: DemoNode, b: DemoNode, *collections: str) -> None:
+        shares = [x for c in collections for x in ("--share", c)]
+        a.cli("peer", "add", b.name, b.url, b.node_id, *shares)
+        b.cli("peer", "add", a.name, a.url, a.node_id, *shares)
 
-def _started(node: DemoNode) -> bool:
-    return (node.home / "node.json").exists() and _healthy(node)
+    links = [(childfocus, ncmec), (ncmec, platform), (ncmec, police)]
+    link(childfocus, ncmec, "csam")
+    link(ncmec, platform, "csam")
+    link(ncmec, police, "csam", "le-only")
+    for a, b in links:  # the story's clocks start once every link has synced once
+        _wait(partial(_linked, a, b))
+    story.say("links: childfocus - ncmec - platform, ncmec - police; csam shared by all,")
+    story.say("le-only only between police and ncmec; the platform trusts ncmec and childfocus")
 
 
-def _healthy(node: DemoNode) -> bool:
-    try:
-        with urllib.request.urlopen(node.url + "/v1/healthz", timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
+def _linked(a: DemoNode, b: DemoNode) -> bool:
+    return bool(a.peer_state(b.name).get("reachable") and b.peer_state(a.name).get("reachable"))
+
+
+def _round_since(node: DemoNode, peer: DemoNode, since_ms: int) -> bool:
+    """True once `node` completed a sync round with `peer` that began after `since_ms`: the
+    witness that what `peer` holds had its chance to reach `node`."""
+    state = node.peer_state(peer.name)
+    began = state.get("last_attempt_ms") or 0
+    return bool(began > since_ms and (state.get("last_sync_ms") or 0) >= began)
 
 
 def _tell(nodes: dict[str, DemoNode], story: Story, root: Path) -> None:
@@ -322,9 +314,11 @@ def _tell(nodes: dict[str, DemoNode], story: Story, root: Path) -> None:
     )
     elapsed = _wait(lambda: ncmec.match("sha256", case_hash)["matched"])
     story.record("police -> ncmec (le-only)", "ncmec can match the case hash", took, elapsed)
-    time.sleep(1.0)
+    since = int(time.time() * 1000)
+    _wait(lambda: _round_since(platform, ncmec, since) and _round_since(ncmec, platform, since))
     leaked = platform.match("sha256", case_hash)["matched"]
-    story.record("platform (no le-only access)", "not there 1 s later" if not leaked else "LEAKED")
+    outcome = "not there after a sync round with ncmec" if not leaked else "LEAKED"
+    story.record("platform (no le-only access)", outcome)
     if leaked:
         raise RuntimeError("le-only reached the platform")
 
