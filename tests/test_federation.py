@@ -8,12 +8,11 @@ import os
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from netnodes import NodeProc, both_ways, wait_for
+from netnodes import NodeProc, NodeSet, both_ways, link, wait_for
 
 from hashmesh.protocol.batches import build_batch, header_hash
 from hashmesh.protocol.ops import AddOp
@@ -22,25 +21,6 @@ from hashmesh.protocol.signing import SigningKey
 from hashmesh.protocol.sync import decode_page, encode_sync_request
 
 MD5 = "%032x"
-
-
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[list[NodeProc]]:
-    made: list[NodeProc] = []
-    yield made
-    for node in made:
-        node.kill()
-
-
-def make(nodes: list[NodeProc], root: Path, *names: str) -> list[NodeProc]:
-    new = [NodeProc(root, name) for name in names]
-    nodes.extend(new)
-    return new
-
-
-def link(a: NodeProc, b: NodeProc, collection: str) -> None:
-    a.peer(b, collection)
-    b.peer(a, collection)
 
 
 def signed_post(
@@ -65,10 +45,8 @@ def signed_post(
         return exc.code, exc.read(), dict(exc.headers)
 
 
-def test_line_of_four_converges_and_revocation_follows(
-    nodes: list[NodeProc], tmp_path: Path
-) -> None:
-    a, b, c, d = make(nodes, tmp_path, "ncmec", "childfocus", "relay", "platform")
+def test_line_of_four_converges_and_revocation_follows(nodes: NodeSet, tmp_path: Path) -> None:
+    a, b, c, d = nodes.make("ncmec", "childfocus", "relay", "platform")
     link(a, b, "csam")
     link(b, c, "csam")
     link(c, d, "csam")
@@ -90,9 +68,9 @@ def test_line_of_four_converges_and_revocation_follows(
 
 
 def test_collection_never_reaches_a_peer_that_may_not_read_it(
-    nodes: list[NodeProc], tmp_path: Path
+    nodes: NodeSet, tmp_path: Path
 ) -> None:
-    ncmec, police, platform = make(nodes, tmp_path, "ncmec", "police", "platform")
+    ncmec, police, platform = nodes.make("ncmec", "police", "platform")
     link(ncmec, police, "le-only")
     police.cli("peer", "share", "ncmec", "csam")  # peer add would refuse the existing peer
     ncmec.cli("peer", "share", "police", "csam")
@@ -119,8 +97,8 @@ def test_collection_never_reaches_a_peer_that_may_not_read_it(
     assert all(k.collection != "le-only" for k in page.vector)
 
 
-def test_untrusted_author_is_refused_and_not_relayed(nodes: list[NodeProc], tmp_path: Path) -> None:
-    a, b, c = make(nodes, tmp_path, "a", "b", "c")
+def test_untrusted_author_is_refused_and_not_relayed(nodes: NodeSet, tmp_path: Path) -> None:
+    a, b, c = nodes.make("a", "b", "c")
     link(a, b, "csam")
     link(b, c, "csam")
     c.trust(a, "csam")  # c would accept a, but b (the only path) does not trust a
@@ -134,8 +112,8 @@ def test_untrusted_author_is_refused_and_not_relayed(nodes: list[NodeProc], tmp_
     assert b.status()["batches"] == 0
 
 
-def test_peer_authentication_refusals(nodes: list[NodeProc], tmp_path: Path) -> None:
-    a, b = make(nodes, tmp_path, "a", "b")
+def test_peer_authentication_refusals(nodes: NodeSet, tmp_path: Path) -> None:
+    a, b = nodes.make("a", "b")
     link(a, b, "csam")
     a.start()
     body = encode_sync_request({}, ["csam"], [])
@@ -173,8 +151,8 @@ def test_peer_authentication_refusals(nodes: list[NodeProc], tmp_path: Path) -> 
     assert info.value.code == 401
 
 
-def test_restarted_node_catches_up(nodes: list[NodeProc], tmp_path: Path) -> None:
-    a, b = make(nodes, tmp_path, "a", "b")
+def test_restarted_node_catches_up(nodes: NodeSet, tmp_path: Path) -> None:
+    a, b = nodes.make("a", "b")
     link(a, b, "csam")
     b.trust(a, "csam")
     a.start()
@@ -204,8 +182,8 @@ def _author_batches(key: SigningKey, collection: str, values: list[int]) -> list
     return batches
 
 
-def test_out_of_order_push_waits_then_applies(nodes: list[NodeProc], tmp_path: Path) -> None:
-    a, b = make(nodes, tmp_path, "a", "b")
+def test_out_of_order_push_waits_then_applies(nodes: NodeSet, tmp_path: Path) -> None:
+    a, b = nodes.make("a", "b")
     b.peer(a)  # a may push to b; b shares nothing with a
     b.trust(a, "csam")
     b.start()
@@ -223,9 +201,9 @@ def test_out_of_order_push_waits_then_applies(nodes: list[NodeProc], tmp_path: P
 
 
 def test_fork_is_detected_stored_gossiped_and_freezes_the_log(
-    nodes: list[NodeProc], tmp_path: Path
+    nodes: NodeSet, tmp_path: Path
 ) -> None:
-    evil, b, c = make(nodes, tmp_path, "evil", "b", "c")
+    evil, b, c = nodes.make("evil", "b", "c")
     b.peer(evil)
     link(b, c, "csam")
     b.trust(evil, "csam")
@@ -262,8 +240,8 @@ def test_fork_is_detected_stored_gossiped_and_freezes_the_log(
     assert not b.matches("md5", MD5 % 32)
 
 
-def test_peer_sending_invalid_data_is_cut_off(nodes: list[NodeProc], tmp_path: Path) -> None:
-    bad, b = make(nodes, tmp_path, "bad", "b")
+def test_peer_sending_invalid_data_is_cut_off(nodes: NodeSet, tmp_path: Path) -> None:
+    bad, b = nodes.make("bad", "b")
     b.peer(bad)
     b.trust(bad, "csam")
     b.start()
@@ -284,8 +262,8 @@ def test_peer_sending_invalid_data_is_cut_off(nodes: list[NodeProc], tmp_path: P
     assert peer["cut_off"] is True and peer["refused"]["invalid_batch"] >= 4
 
 
-def test_policy_change_takes_effect_without_restart(nodes: list[NodeProc], tmp_path: Path) -> None:
-    a, b = make(nodes, tmp_path, "a", "b")
+def test_policy_change_takes_effect_without_restart(nodes: NodeSet, tmp_path: Path) -> None:
+    a, b = nodes.make("a", "b")
     a.start()
     b.start()
     a.cli("add", "md5", MD5 % 50, "-c", "csam")
@@ -296,10 +274,8 @@ def test_policy_change_takes_effect_without_restart(nodes: list[NodeProc], tmp_p
     wait_for(lambda: b.matches("md5", MD5 % 50))
 
 
-def test_oversized_and_malformed_peer_requests_are_refused(
-    nodes: list[NodeProc], tmp_path: Path
-) -> None:
-    a, b = make(nodes, tmp_path, "a", "b")
+def test_oversized_and_malformed_peer_requests_are_refused(nodes: NodeSet, tmp_path: Path) -> None:
+    a, b = nodes.make("a", "b")
     link(a, b, "csam")
     a.start()
     key = SigningKey(b.key_seed())
@@ -313,8 +289,8 @@ def test_oversized_and_malformed_peer_requests_are_refused(
     assert a.cli("status").returncode == 0  # still alive
 
 
-def test_partition_heals_in_both_directions(nodes: list[NodeProc], tmp_path: Path) -> None:
-    a, b = make(nodes, tmp_path, "a", "b")
+def test_partition_heals_in_both_directions(nodes: NodeSet, tmp_path: Path) -> None:
+    a, b = nodes.make("a", "b")
     dead = "http://127.0.0.1:9"  # nothing listens there: the link is cut
     a.cli("peer", "add", "b", dead, b.node_id, "--share", "csam")
     b.cli("peer", "add", "a", dead, a.node_id, "--share", "csam")
@@ -332,8 +308,8 @@ def test_partition_heals_in_both_directions(nodes: list[NodeProc], tmp_path: Pat
     wait_for(lambda: b.matches("md5", MD5 % 60) and a.matches("md5", MD5 % 61), timeout=30)
 
 
-def test_broken_chain_link_is_evidence_of_a_fork(nodes: list[NodeProc], tmp_path: Path) -> None:
-    evil, b = make(nodes, tmp_path, "evil", "b")
+def test_broken_chain_link_is_evidence_of_a_fork(nodes: NodeSet, tmp_path: Path) -> None:
+    evil, b = nodes.make("evil", "b")
     b.peer(evil)
     b.trust(evil, "csam")
     b.start()
@@ -351,8 +327,8 @@ def test_broken_chain_link_is_evidence_of_a_fork(nodes: list[NodeProc], tmp_path
     assert not b.matches("md5", MD5 % 71)
 
 
-def test_malformed_json_sync_request_is_refused(nodes: list[NodeProc], tmp_path: Path) -> None:
-    a, b = make(nodes, tmp_path, "a", "b")
+def test_malformed_json_sync_request_is_refused(nodes: NodeSet, tmp_path: Path) -> None:
+    a, b = nodes.make("a", "b")
     link(a, b, "csam")
     a.start()
     key = SigningKey(b.key_seed())
@@ -403,9 +379,9 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def test_peers_sync_over_tls(nodes: list[NodeProc], tmp_path: Path) -> None:
+def test_peers_sync_over_tls(nodes: NodeSet, tmp_path: Path) -> None:
     cert, key = _self_signed(tmp_path)
-    a, b = make(nodes, tmp_path, "a", "b")
+    a, b = nodes.make("a", "b")
     for n in (a, b):
         config = n.home / "config.toml"
         text = config.read_text().replace('cert = ""', f'cert = "{cert}"')

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from netnodes import NodeProc
 
 MD5 = [
@@ -147,14 +144,6 @@ def snapshot_changes(rows: list[dict[str, Any]]) -> State:
         }
         state[row["op_id"]] = {k: row.get(k) for k in LABELS} | {"stances": stances}
     return state
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[NodeProc]:
-    hotline = NodeProc(tmp_path, "hotline")
-    hotline.start()
-    yield hotline
-    assert hotline.stop() == 0
 
 
 def test_snapshot_plus_feed_equals_feed_from_zero(node: NodeProc) -> None:

@@ -16,7 +16,6 @@ import hashlib
 import json
 import pickle
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,14 +144,6 @@ def revoke(node: NodeProc, op_id: str) -> None:
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> Iterator[NodeProc]:
-    hotline = NodeProc(tmp_path, "hotline")
-    hotline.start()
-    yield hotline
-    assert hotline.stop() == 0
-
-
-@pytest.fixture
 def small_pages(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pages of two entries, so an opinion lands pages after its add (as 10,000 would)."""
     monkeypatch.setattr(ext, "PAGE_SIZE", 2)
@@ -218,25 +209,14 @@ def test_opinion_in_a_later_fetch(node: NodeProc) -> None:
     assert len(both.hma.bank) == 2
 
 
-def test_confirm_then_retract_in_later_fetches(node: NodeProc) -> None:
+@pytest.mark.parametrize("verdict", ["confirm", "dispute"])
+def test_an_opinion_then_retract_in_later_fetches(node: NodeProc, verdict: str) -> None:
     both = Both(node)
     first = publish(node, MD5[0])
     both.fetch()
-    opine(node, first, "confirm")
+    opine(node, first, verdict)
     both.fetch()
-    both.assert_holds(first, MD5[0], {node.node_id: "confirm"})
-    opine(node, first, "retract")
-    both.fetch()
-    both.assert_holds(first, MD5[0], {})
-
-
-def test_dispute_then_retract_in_later_fetches(node: NodeProc) -> None:
-    both = Both(node)
-    first = publish(node, MD5[0])
-    both.fetch()
-    opine(node, first, "dispute")
-    both.fetch()
-    both.assert_holds(first, MD5[0], {node.node_id: "dispute"})
+    both.assert_holds(first, MD5[0], {node.node_id: verdict})
     opine(node, first, "retract")
     both.fetch()
     both.assert_holds(first, MD5[0], {})

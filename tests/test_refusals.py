@@ -9,29 +9,13 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from netnodes import NodeProc, wait_for
+from netnodes import NodeProc, NodeSet, wait_for
 
 from hashmesh.node.net.peers import Refusals
 
 MD5 = "%032x"
-
-
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[list[NodeProc]]:
-    made: list[NodeProc] = []
-    yield made
-    for node in made:
-        node.kill()
-
-
-def make(nodes: list[NodeProc], root: Path, *names: str, interval: float = 1.0) -> list[NodeProc]:
-    out = [NodeProc(root, name, sync_interval=interval) for name in names]
-    nodes.extend(out)
-    return out
 
 
 def refusals(node: NodeProc) -> list[dict[str, object]]:
@@ -40,9 +24,9 @@ def refusals(node: NodeProc) -> list[dict[str, object]]:
 
 
 def test_untrusted_author_is_shown_with_its_fix_and_logged_once(
-    nodes: list[NodeProc], tmp_path: Path
+    nodes: NodeSet, tmp_path: Path
 ) -> None:
-    ncmec, platform = make(nodes, tmp_path, "ncmec", "platform")
+    ncmec, platform = nodes.make("ncmec", "platform")
     ncmec.peer(platform, "csam")
     platform.peer(ncmec)  # the platform forgot `trust add`
     ncmec.start()
@@ -86,11 +70,11 @@ def test_untrusted_author_is_shown_with_its_fix_and_logged_once(
 
 
 def test_refusals_of_a_collection_stay_from_tokens_that_may_not_read_it(
-    nodes: list[NodeProc], tmp_path: Path
+    nodes: NodeSet, tmp_path: Path
 ) -> None:
     """Status names authors and collections; a token restricted to other collections gets
     either no status or one without those refusals."""
-    ncmec, platform = make(nodes, tmp_path, "ncmec", "platform")
+    ncmec, platform = nodes.make("ncmec", "platform")
     ncmec.peer(platform, "csam")
     platform.peer(ncmec)
     ncmec.start()
@@ -129,15 +113,15 @@ def test_refusal_table_is_bounded_and_keeps_the_newest() -> None:
 
 
 def test_text_status_shows_peer_health_trust_and_current_lag(
-    nodes: list[NodeProc], tmp_path: Path
+    nodes: NodeSet, tmp_path: Path
 ) -> None:
     """Anti-entropy rounds an hour apart: the lag shown must come from what the peer told
     us since (its answers to our pushes and its own sync requests), not the last round."""
-    ncmec, platform = make(nodes, tmp_path, "ncmec", "platform", interval=3600.0)
+    ncmec, platform = nodes.make("ncmec", "platform", interval=3600.0)
     ncmec.peer(platform, "csam")
     platform.peer(ncmec)
     platform.trust(ncmec, "csam")
-    ncmec.cli("peer", "add", "gone", "http://127.0.0.1:9", make(nodes, tmp_path, "gone")[0].node_id)
+    ncmec.cli("peer", "add", "gone", "http://127.0.0.1:9", nodes.make("gone")[0].node_id)
     offline = ncmec.cli("status").stdout
     assert "    health   unknown (the node is not running)" in offline
     assert f"  {ncmec.node_id} (ncmec)  in csam" in platform.cli("status").stdout
