@@ -41,6 +41,7 @@ from hashmesh.protocol.errors import (
     OpError,
     ProofError,
     ProtocolError,
+    ProtocolUsageError,
     SignatureError,
 )
 from hashmesh.protocol.evidence import SignedHeader, build_evidence, verify_evidence
@@ -210,21 +211,25 @@ def test_any_canonical_op_text_is_accepted_exactly(reason: str, category: str, q
 
 
 def test_revoking_another_authors_op_is_refused() -> None:
+    # Building one is its author's mistake (ProtocolUsageError, the OpError as its cause);
+    # receiving one is bad input (OpError, as test_fuzz and the ingest tests check).
     foreign = OpId(OTHER.node_id, "csam-industry", 1, 0)
-    with pytest.raises(OpError, match="may only revoke its own adds"):
+    with pytest.raises(ProtocolUsageError, match="may only revoke its own adds") as refused:
         build_batch(KEY, "csam-industry", 2, b"\0" * 32, 0, [revoke(foreign)])
+    assert isinstance(refused.value.__cause__, OpError)
     other_collection = OpId(KEY.node_id, "ncii", 1, 0)
-    with pytest.raises(OpError, match="may only revoke its own adds"):
+    with pytest.raises(ProtocolUsageError, match="may only revoke its own adds"):
         build_batch(KEY, "csam-industry", 2, b"\0" * 32, 0, [revoke(other_collection)])
     later = OpId(KEY.node_id, "csam-industry", 2, 1)
-    with pytest.raises(OpError, match="does not precede"):
+    with pytest.raises(ProtocolUsageError, match="does not precede"):
         build_batch(KEY, "csam-industry", 2, b"\0" * 32, 0, [add(1), revoke(later)])
 
 
 def test_limits() -> None:
-    with pytest.raises(LimitError, match="exceeds"):
+    # Packing ops into batches is the caller's job: a bad batch is its bug, not bad input.
+    with pytest.raises(ProtocolUsageError, match="exceeds"):
         build_batch(KEY, "c", 1, None, 0, [add(0)] * (MAX_OPS_PER_BATCH + 1))
-    with pytest.raises(BatchError, match="at least one op"):
+    with pytest.raises(ProtocolUsageError, match="at least one op"):
         build_batch(KEY, "c", 1, None, 0, [])
     long_ops = canonical({"op": "revoke", "reason": "x" * 3000, "targets": ["a"]})
     with pytest.raises(LimitError, match="longer than"):

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from protocol_helpers import KEYS, add, chain, opinion, revoke
 
 from hashmesh.protocol.batches import Batch, LogKey, build_batch
-from hashmesh.protocol.errors import OpError
+from hashmesh.protocol.errors import OpError, ProtocolUsageError
 from hashmesh.protocol.evidence import verify_evidence
 from hashmesh.protocol.ops import AddOp, AnyOp, OpId
 from hashmesh.protocol.state import Apply, Defer, Duplicate, Fork, Frozen, State
@@ -111,8 +111,9 @@ def test_revoke_in_the_same_batch_and_of_non_adds() -> None:
 
 def test_revoke_of_another_authors_add_is_refused_at_verification() -> None:
     theirs = OpId(KEYS[1].node_id, "c", 1, 0)
-    with pytest.raises(OpError, match="may only revoke its own adds"):
+    with pytest.raises(ProtocolUsageError, match="may only revoke its own adds") as refused:
         build_batch(KEYS[0], "c", 1, None, 1, [add(1), revoke(theirs)])
+    assert isinstance(refused.value.__cause__, OpError)
 
 
 def test_opinions_latest_verdict_seen_flag_retract_and_distinct_authors() -> None:

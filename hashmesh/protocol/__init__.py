@@ -15,7 +15,7 @@ if TYPE_CHECKING:
         verify_batch,
         verify_parts,
     )
-    from hashmesh.protocol.errors import ProtocolError
+    from hashmesh.protocol.errors import ProtocolError, ProtocolUsageError
     from hashmesh.protocol.ops import AddOp, OpId, OpinionOp, RevokeOp
     from hashmesh.protocol.signals import Signal, get_type, register, signal_types
     from hashmesh.protocol.signing import SigningKey
@@ -30,6 +30,7 @@ _HOMES = {
     "verify_batch": "batches",
     "verify_parts": "batches",
     "ProtocolError": "errors",
+    "ProtocolUsageError": "errors",
     "AddOp": "ops",
     "OpId": "ops",
     "OpinionOp": "ops",
@@ -60,6 +61,7 @@ __all__ = [
     "OpId",
     "OpinionOp",
     "ProtocolError",
+    "ProtocolUsageError",
     "RevokeOp",
     "Signal",
     "SigningKey",

@@ -19,8 +19,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hashmesh.protocol.encoding import canonical, from_hex, parse_canonical
-from hashmesh.protocol.errors import BatchError, LimitError, OpError, ProtocolError
+from hashmesh.protocol.encoding import canonical, parse_canonical
+from hashmesh.protocol.errors import (
+    BatchError,
+    LimitError,
+    OpError,
+    ProtocolError,
+    ProtocolUsageError,
+)
 from hashmesh.protocol.merkle import root_from_leaf_hashes
 from hashmesh.protocol.ops import (
     COLLECTION_PATTERN,
@@ -260,14 +266,18 @@ def build_batch(
     ops: list[AnyOp] | list[dict[str, Any]],
 ) -> Batch:
     """Sign a new batch. The result is verified like any received batch before it is returned,
-    so a node can never publish something its peers would refuse."""
+    so a node can never publish something its peers would refuse.
+
+    The caller chooses the ops and packs them: an empty or oversized batch, or one that
+    would not verify, is its mistake (ProtocolUsageError); an op that breaks the schema is
+    still an OpError or LimitError, since ops can come from a caller's own input."""
     if not ops:
-        raise BatchError("batch: needs at least one op")
+        raise ProtocolUsageError("batch: needs at least one op")
     if len(ops) > MAX_OPS_PER_BATCH:
-        raise LimitError(f"batch: {len(ops)} ops exceeds {MAX_OPS_PER_BATCH}")
+        raise ProtocolUsageError(f"batch: {len(ops)} ops exceeds {MAX_OPS_PER_BATCH}")
     ops_bytes = encode_ops(ops)
     if len(ops_bytes) > MAX_OPS_BYTES:
-        raise LimitError(f"batch ops: {len(ops_bytes)} bytes exceeds {MAX_OPS_BYTES}")
+        raise ProtocolUsageError(f"batch ops: {len(ops_bytes)} bytes exceeds {MAX_OPS_BYTES}")
     lines = ops_bytes.split(b"\n")
     leaf_hashes = [sha256(b"\x00" + line).digest() for line in lines]
     header_value = {
@@ -286,8 +296,4 @@ def build_batch(
     try:
         return verify_parts(header_bytes, signature, ops_bytes)
     except ProtocolError as exc:
-        raise type(exc)(f"refusing to publish: {exc}") from None
-
-
-def prev_bytes(header: Header) -> bytes | None:
-    return None if header.prev is None else from_hex(header.prev, "batch header.prev", 32)
+        raise ProtocolUsageError(f"refusing to publish: {exc}") from exc

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from hashlib import sha256
 
-from hashmesh.protocol.errors import ProofError
+from hashmesh.protocol.errors import ProofError, ProtocolUsageError
 
 HASH_SIZE = 32
 MAX_PROOF_LENGTH = 64
@@ -52,7 +52,7 @@ def inclusion_path(leaf_hashes: list[bytes], index: int) -> list[bytes]:
     """The audit path of leaf `index` (RFC 6962 section 2.1.1), from the leaf upwards."""
     n = len(leaf_hashes)
     if not 0 <= index < n:
-        raise ProofError(f"proof index: {index} is outside a tree of {n} leaves")
+        raise ProtocolUsageError(f"proof index: {index} is outside a tree of {n} leaves")
     if n == 1:
         return []
     k = _largest_power_of_two_below(n)

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import ClassVar
 
-from hashmesh.protocol.errors import SignalError
+from hashmesh.protocol.errors import ProtocolUsageError, SignalError
 
 MAX_RAW_VALUE = 4096
 
@@ -27,7 +27,7 @@ class SignalType:
 
     @classmethod
     def normalize(cls, raw: str) -> str:
-        raise SignalError(f"{cls.name}: signal type has no normaliser")
+        raise ProtocolUsageError(f"{cls.name}: signal type has no normaliser")
 
     @classmethod
     def is_canonical(cls, value: str) -> bool:
@@ -177,7 +177,7 @@ _REGISTRY: dict[str, type[SignalType]] = {}
 def register(signal_type: type[SignalType]) -> type[SignalType]:
     """Add a signal type to the registry (also usable as a class decorator)."""
     if signal_type.name in _REGISTRY and _REGISTRY[signal_type.name] is not signal_type:
-        raise ValueError(f"signal type {signal_type.name!r} is already registered")
+        raise ProtocolUsageError(f"signal type {signal_type.name!r} is already registered")
     _REGISTRY[signal_type.name] = signal_type
     return signal_type
 
