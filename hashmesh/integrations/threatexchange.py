@@ -43,9 +43,9 @@ import importlib.abc
 import importlib.machinery
 import json
 import os
+import re
 import sys
 import types
-import re
 import typing as t
 import urllib.error
 import urllib.parse

@@ -7,7 +7,9 @@ needs a restart.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import stat
 import tomllib
 from dataclasses import MISSING, asdict, dataclass, field
 from dataclasses import fields as dataclass_fields
@@ -135,6 +137,8 @@ class Config:
     selfreport_logo: str = ""  # an image file in the node's home, served at /takeitdown/logo
     selfreport_site_url: str = ""  # https only
     selfreport_contact: dict[str, str] = field(default_factory=dict)  # language -> line
+    # the logo file's bytes, read by Home.load_config (not a TOML setting)
+    logo_image: Logo | None = field(default=None, repr=False, compare=False)
     # -- end self-report --------------------------------------------------------------
 
     # -- policy --------------------------------------------------------------------------
@@ -407,6 +411,58 @@ def _check_selfreport_branding(config: Config, source: str) -> None:
             raise refuse(f"contact.{lang}", "must be 1-300 printable characters on one line")
 
 
+#: The logo: small, and a raster image told by its bytes, never by its name.
+SELFREPORT_MAX_LOGO_BYTES = 256 * 1024
+SELFREPORT_LOGO_MAGIC = {
+    b"\x89PNG\r\n\x1a\n": "image/png",
+    b"\xff\xd8\xff": "image/jpeg",
+    b"GIF87a": "image/gif",
+    b"GIF89a": "image/gif",
+}
+
+
+@dataclass(frozen=True)
+class Logo:
+    """The logo's bytes as read at config load, so the page serves it from memory and a
+    missing or bad file is an error the operator sees when the config loads, not a broken
+    image a person in distress sees later."""
+
+    body: bytes
+    content_type: str
+    etag: str
+
+
+def load_selfreport_logo(home: Path, name: str, source: str) -> Logo:
+    """Read `[selfreport] logo` from inside the node's home (a link out of it is
+    refused), at most SELFREPORT_MAX_LOGO_BYTES, typed by its bytes."""
+
+    def refuse(why: str) -> HomeError:
+        return HomeError(f"config {source}: selfreport.logo {name!r}: {why}")
+
+    root = home.resolve()
+    path = (root / name).resolve()
+    if not path.is_relative_to(root):
+        raise refuse(f"the file is outside the node's home {root} (a link out is refused)")
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise refuse("not a regular file")
+        with path.open("rb") as fh:
+            body = fh.read(SELFREPORT_MAX_LOGO_BYTES + 1)
+    except FileNotFoundError:
+        raise refuse(f"no such file in {root}") from None
+    except OSError as exc:
+        raise refuse(f"cannot be read ({exc.strerror or exc})") from None
+    if len(body) > SELFREPORT_MAX_LOGO_BYTES:
+        raise refuse(f"the file is larger than {SELFREPORT_MAX_LOGO_BYTES // 1024} KiB")
+    kind = "image/webp" if body[:4] == b"RIFF" and body[8:12] == b"WEBP" else ""
+    kind = kind or next(
+        (t for magic, t in SELFREPORT_LOGO_MAGIC.items() if body.startswith(magic)), ""
+    )
+    if not kind:
+        raise refuse("the file is not a PNG, JPEG, WebP or GIF image")
+    return Logo(body, kind, '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
+
+
 # -- end self-report ---------------------------------------------------------------------
 
 
@@ -469,7 +525,11 @@ class Home:
 
     def load_config(self) -> Config:
         self.require()
-        return Config.from_toml(self.config_path.read_text("utf-8"), str(self.config_path))
+        source = str(self.config_path)
+        config = Config.from_toml(self.config_path.read_text("utf-8"), source)
+        if config.selfreport_logo:
+            config.logo_image = load_selfreport_logo(self.path, config.selfreport_logo, source)
+        return config
 
     def config_mtime(self) -> float:
         return self.config_path.stat().st_mtime

@@ -15,10 +15,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from hashmesh.node.config import Config, Home, Peer, Trust, check_url, parse_listen, validate_name
-from hashmesh.node.errors import Conflict, HomeError, NodeError, NotFound
+from hashmesh.node.errors import Conflict, HomeError, NodeError, NotFound, caller_input
 from hashmesh.node.hashing.degenerate import degenerate_reason
 from hashmesh.node.keys import create_key, load_key, new_token, write_secret
 from hashmesh.node.progress import Counter
+from hashmesh.node.store.backup import (
+    NODE_ID_KEY,
+    backup_database,
+    checkpoint,
+    database_node_id,
+    open_backup,
+)
 from hashmesh.node.store.core import IngestResult, Store, now_ms
 from hashmesh.protocol.batches import AnyOp, LogKey, build_batch, header_hash
 from hashmesh.protocol.bundles import BundleCheck, BundleDecoder, encode_bundle_header
@@ -31,7 +38,6 @@ if TYPE_CHECKING:
 DEFAULT_CATEGORY = "unspecified"
 RESTORED_KEY = "restored_from_backup"
 #: The node whose database this is (store meta): a restore of another node's is refused.
-NODE_ID_KEY = "node_id"
 BUNDLE_CHUNK = 1 << 20
 
 
@@ -59,10 +65,9 @@ def init_home(path: str | Path, name: str, listen: str | None, url: str | None) 
 
 
 def _protocol(call: Any, *args: Any, **kwargs: Any) -> Any:
-    try:
+    """A protocol parser given the caller's values: its ProtocolError is the caller's."""
+    with caller_input():
         return call(*args, **kwargs)
-    except ProtocolError as exc:
-        raise NodeError(str(exc)) from None
 
 
 class NodeService:
@@ -131,7 +136,8 @@ class NodeService:
             prev_header = self.store.signed_header(key, seq - 1) if seq > 1 else None
             prev = header_hash(prev_header.header_bytes) if prev_header else None
             when = now_ms() if ts is None else ts
-            batch = _protocol(build_batch, self.key, collection, seq, prev, when, chunk)
+            # Not the caller's input: the ops were checked, the rest is this node's own.
+            batch = build_batch(self.key, collection, seq, prev, when, chunk)
             result = self.store.ingest(batch, source="local")
             if result.outcome != "applied":
                 raise NodeError(f"publishing to {collection} failed: batch was {result.outcome}")
@@ -447,7 +453,7 @@ class NodeService:
         os.close(fd)
         tmp = Path(name)
         try:
-            backup_database(self.store.conn, tmp)
+            self.store.backup_to(tmp)
             if overwrite:
                 os.replace(tmp, path)
             else:
@@ -535,35 +541,6 @@ def _peer_json(peer: Peer, change: str = "") -> dict[str, Any]:
     return out
 
 
-def backup_database(source: sqlite3.Connection, target: Path) -> None:
-    """Copy `source` into `target`, which the caller has already created 0600 (SQLite gives
-    the copy's journal the mode of the file it belongs to). The copy leaves WAL mode, so it
-    is one self-contained file that opening it read-only leaves no -wal or -shm beside."""
-    dest = sqlite3.connect(target)
-    try:
-        source.backup(dest, pages=4096)
-        dest.execute("PRAGMA journal_mode=DELETE")
-        check = dest.execute("PRAGMA integrity_check").fetchone()[0]
-        if check != "ok":
-            raise NodeError(f"backup {target} failed its integrity check: {check}")
-    finally:
-        dest.close()
-
-
-def database_node_id(conn: sqlite3.Connection) -> str | None:
-    """The node a database belongs to: recorded in its meta since node ids were, and for an
-    older database the single author of the batches it published itself (None when it has
-    published nothing)."""
-    row = conn.execute("SELECT value FROM meta WHERE key = ?", (NODE_ID_KEY,)).fetchone()
-    if row is not None:
-        return str(row[0])
-    authors = conn.execute(
-        "SELECT DISTINCT logs.author FROM batches JOIN logs ON logs.id = batches.log_id"
-        " WHERE batches.source = 'local' LIMIT 2"
-    ).fetchall()
-    return str(authors[0][0]) if len(authors) == 1 else None
-
-
 def restore_home(home: Home, backup: str, other_node: bool = False) -> dict[str, Any]:
     """Put a backup in place of the node's database (the node must be stopped; the caller
     holds the home's lock). The current database is kept beside it as hashmesh.db.before-restore.
@@ -577,21 +554,9 @@ def restore_home(home: Home, backup: str, other_node: bool = False) -> dict[str,
 
     source_path = Path(backup)
     node_id = home.load_config().node_id
-    try:
-        source = sqlite3.connect(f"file:{source_path}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise NodeError(f"backup {backup}: {exc}") from None
+    source = open_backup(source_path, backup)
     db = home.db_path
     try:
-        try:
-            check = source.execute("PRAGMA integrity_check").fetchone()[0]
-            tables = {r[0] for r in source.execute("SELECT name FROM sqlite_master")}
-        except sqlite3.DatabaseError as exc:
-            raise NodeError(f"backup {backup} is not a hashmesh database: {exc}") from None
-        if check != "ok":
-            raise NodeError(f"backup {backup} failed its integrity check: {check}")
-        if not {"meta", "batches", "signals", "logs", "feed"} <= tables:
-            raise NodeError(f"backup {backup} is not a hashmesh database")
         owner = database_node_id(source)
         if owner is not None and owner != node_id and not other_node:
             raise NodeError(
@@ -611,9 +576,7 @@ def restore_home(home: Home, backup: str, other_node: bool = False) -> dict[str,
         source.close()
     previous = db.with_name(db.name + ".before-restore")
     if db.exists():
-        checkpoint = sqlite3.connect(db)
-        checkpoint.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        checkpoint.close()
+        checkpoint(db)
         os.replace(db, previous)
     for suffix in ("-wal", "-shm"):
         db.with_name(db.name + suffix).unlink(missing_ok=True)

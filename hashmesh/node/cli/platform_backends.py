@@ -20,7 +20,7 @@ from hashmesh.node.cli.backends import (
     Backend,
     LocalBackend,
     RemoteBackend,
-    _error_text,
+    _http_error,
 )
 from hashmesh.node.errors import NodeError
 from hashmesh.node.lists.feed import FeedReader
@@ -127,6 +127,6 @@ def snapshot(backend: Backend, collection: str) -> Iterator[dict[str, Any]]:
             if not ended:
                 raise NodeError("the node's snapshot ended early; nothing complete was received")
     except urllib.error.HTTPError as exc:
-        raise NodeError(_error_text(exc)) from None
+        raise _http_error(exc) from None
     except urllib.error.URLError as exc:
         raise NodeError(f"cannot reach the running node at {backend.api}: {exc.reason}") from None

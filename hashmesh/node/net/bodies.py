@@ -22,25 +22,21 @@ from typing import IO, Any, TypeVar
 import aiohttp
 from aiohttp import web
 
-from hashmesh.node.errors import NodeError, PayloadTooLarge, RequestTimeout
+from hashmesh.node.errors import (
+    RETRY_AFTER_S,
+    HashmeshError,
+    NodeError,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceBusy,
+    UnsupportedEncoding,
+)
 
 MAX_JSON_BODY = 16 * 1024 * 1024  # the operator API's JSON requests
 GRACE_S = 15.0
 MIN_RATE = 64 * 1024  # bytes per second, averaged from the start of the body
 _BODY_KEY = "hashmesh.body"
-RETRY_AFTER_S = 2
 T = TypeVar("T")
-
-
-class UnsupportedEncoding(NodeError):
-    status = 415
-
-
-class ServiceBusy(NodeError):
-    """Too many unauthenticated bytes in flight; the client should retry after a pause."""
-
-    status = 503
-    retry_after_s = RETRY_AFTER_S
 
 
 def refuse_encoded(request: web.Request) -> None:
@@ -53,11 +49,11 @@ def refuse_encoded(request: web.Request) -> None:
         )
 
 
-def error_json(request: web.Request, exc: NodeError) -> web.Response:
+def error_json(request: web.Request, exc: HashmeshError) -> web.Response:
     """The JSON error for a refusal; the connection is closed if the body was left unread,
     so aiohttp does not spend its lingering time draining it."""
     headers = {}
-    if isinstance(exc, ServiceBusy):
+    if exc.retry_after_s is not None:
         headers["Retry-After"] = str(exc.retry_after_s)
     response = web.json_response({"error": str(exc)}, status=exc.status, headers=headers)
     if not request.content.is_eof():

@@ -28,10 +28,12 @@ from hashmesh.node.config import Config, Peer
 from hashmesh.node.errors import (
     Forbidden,
     NodeError,
+    PeerError,
     RequestTimeout,
     TooManyRequests,
     Unauthorized,
 )
+from hashmesh.node.limits import RateLimiter
 from hashmesh.node.net.bodies import (
     ByteBudget,
     error_json,
@@ -59,8 +61,8 @@ ATTRIBUTABLE_BODY = 64 * 1024  # read before a stale/cut-off refusal, to learn w
 MAX_ERROR_TEXT = 500  # characters of a peer's error text that are stored or logged
 BODY_TIMEOUT_S = 15.0  # a peer request body must arrive within this (slowloris)
 CLIENT_KEEPALIVE_S = 5.0  # below the server's keep-alive timeout (hashmesh/node/daemon.py)
-RATE_PER_SECOND = 50.0
-RATE_BURST = 200.0
+RATE_PER_SECOND = 50
+RATE_BURST = 200  # at most this many requests from one peer in any RATE_BURST/RATE_PER_SECOND s
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 300.0
 CUTOFF_SCORE = 100
@@ -192,8 +194,6 @@ class PeerState:
     score: int = 0
     cut_off_until: float = 0.0
     vector: dict[tuple[str, str], int] = field(default_factory=dict)
-    tokens: float = RATE_BURST
-    refill_at: float = field(default_factory=time.monotonic)
     batches_received: int = 0
     batches_sent: int = 0
     refused: dict[str, int] = field(default_factory=dict)
@@ -229,15 +229,6 @@ class PeerState:
             self.score = CUTOFF_SCORE // 2
         return self.cut_off_until > 0.0
 
-    def take_token(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(RATE_BURST, self.tokens + (now - self.refill_at) * RATE_PER_SECOND)
-        self.refill_at = now
-        if self.tokens < 1.0:
-            return False
-        self.tokens -= 1.0
-        return True
-
     def to_json(self) -> dict[str, Any]:
         return {
             "reachable": self.failures == 0 and self.last_ok_ms is not None,
@@ -261,6 +252,7 @@ class Peers:
         self.nonces = NonceCache()
         self.states: dict[str, PeerState] = {}
         self.unverified = ByteBudget(UNVERIFIED_BYTES)
+        self.rate: RateLimiter[str] = RateLimiter(RATE_BURST, RATE_BURST / RATE_PER_SECOND)
 
     def state(self, node_id: str) -> PeerState:
         st = self.states.get(node_id)
@@ -330,7 +322,7 @@ class Peers:
         if not self.nonces.check_and_add(auth.caller, auth.nonce, now):
             state.refuse("replayed_nonce")
             raise Unauthorized("peer auth: nonce replayed")
-        if not state.take_token():
+        if not self.rate.hit(auth.caller):
             state.penalise(PENALTY_FLOOD, "rate_limited")
             raise TooManyRequests("too many requests from this peer; slow down")
         return peer, auth, body
@@ -424,7 +416,7 @@ def peer_route(handler: PeerHandler) -> PeerHandler:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
-        except NodeError as exc:
+        except (NodeError, PeerError) as exc:  # the peer is the caller here: it hears why
             return error_json(request, exc)
 
     return wrapped

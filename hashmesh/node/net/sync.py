@@ -18,13 +18,16 @@ import logging
 import random
 import time
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from hashmesh.node.config import Peer
-from hashmesh.node.errors import NodeError
+from hashmesh.node.errors import NodeError, PeerError, fault_of
 from hashmesh.node.net.peers import (
     PENALTY_INVALID,
     PENALTY_UNACCEPTED,
@@ -35,7 +38,8 @@ from hashmesh.node.net.peers import (
     clip,
     peer_route,
 )
-from hashmesh.node.service import RESTORED_KEY
+from hashmesh.node.service import RESTORED_KEY, NodeService
+from hashmesh.node.store.executor import StoreThread
 from hashmesh.protocol.batches import Batch, LogKey, iter_frames, parse_header, verify_parts
 from hashmesh.protocol.errors import ProtocolError
 from hashmesh.protocol.evidence import ForkEvidence, verify_evidence
@@ -58,9 +62,6 @@ from hashmesh.protocol.sync import (
     parse_sync_request,
 )
 
-if TYPE_CHECKING:
-    from hashmesh.node.daemon import Daemon
-
 log = logging.getLogger("hashmesh.sync")
 
 PAGE_BATCHES = 200
@@ -74,10 +75,6 @@ EVIDENCE_PER_LOG = 8  # one item proves a fork; a few more only cover distinct s
 EVIDENCE_PER_SENDER = 1000
 
 
-class BadPeerData(NodeError):
-    status = 400
-
-
 class Outbox:
     """Frames waiting to be pushed to one peer; `take` returns all of them at once.
 
@@ -88,12 +85,10 @@ class Outbox:
         self._frames: list[bytes] = []
         self._size = 0
         self.limit = limit
-        self.dropped = 0
         self._ready = asyncio.Event()
 
     def put(self, frame: bytes) -> None:
         if self._size + len(frame) > self.limit:
-            self.dropped += 1
             return
         self._frames.append(frame)
         self._size += len(frame)
@@ -106,12 +101,27 @@ class Outbox:
         return frames
 
 
+def _ignore(*_: Any) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class SyncObserver:
+    """What replication reports to whoever counts it (the metrics, a layer above)."""
+
+    batches_sent: Callable[[int], None] = _ignore  # batches sent to a peer
+    round_done: Callable[[str, str], None] = _ignore  # (peer name, "ok" or "failed")
+
+
 class Replicator:
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        self.service = daemon.service
-        self.store = daemon.service.store
-        self.peers = Peers(daemon.service.key)
+    def __init__(
+        self, service: NodeService, store_thread: StoreThread, observer: SyncObserver
+    ) -> None:
+        self.service = service
+        self.store = service.store
+        self.store_thread = store_thread
+        self.observer = observer
+        self.peers = Peers(service.key)
         self.client: PeerClient | None = None
         self.queue: asyncio.Queue[tuple[list[Batch], list[ForkEvidence], str]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
@@ -171,23 +181,32 @@ class Replicator:
                     trust_fix(author, collection),
                 )
 
-    def _refuse(self, peer: Peer, reason: str, message: str) -> BadPeerData:
-        """Score a peer down for invalid data; the caller raises the returned 400."""
+    def _refuse(self, peer: Peer, reason: str, message: str) -> PeerError:
+        """Score a peer down for invalid data and log it; the caller raises the result."""
         self.peers.state(peer.node_id).penalise(PENALTY_INVALID, reason)
-        return BadPeerData(message)
+        error = PeerError(message, reason)
+        log.log(fault_of(error).log_level, "peer %s sent %s: %s", peer.name, reason, clip(message))
+        return error
+
+    @contextmanager
+    def _from_peer(self, peer: Peer, reason: str, what: str = "") -> Iterator[None]:
+        """Parse a peer's bytes: a ProtocolError inside is that peer's fault, scored and
+        counted under `reason`; one raised outside such a block is this node's own bug."""
+        try:
+            yield
+        except ProtocolError as exc:
+            raise self._refuse(peer, reason, f"{what}: {exc}" if what else str(exc)) from None
 
     async def handle_sync(self, request: web.Request) -> web.Response:
         config = self.service.config
         peer, auth, body = await self.peers.authenticate(request, config)
-        try:
+        with self._from_peer(peer, "bad_sync_request"):
             sync_request = parse_sync_request(body)
-        except ProtocolError as exc:
-            raise self._refuse(peer, "bad_sync_request", str(exc)) from None
-        page, sent, told = await self.daemon.call(self._build_page, peer, sync_request)
+        page, sent, told = await self.store_thread.call(self._build_page, peer, sync_request)
         state = self.peers.state(peer.node_id)
         state.batches_sent += sent
         state.vector.update(told)  # its heads, as it just told us: lag is current
-        self.daemon.metrics.history.sent(sent)
+        self.observer.batches_sent(sent)
         return self.peers.respond(auth, page, "application/octet-stream")
 
     def _build_page(
@@ -223,14 +242,12 @@ class Replicator:
     async def handle_batches(self, request: web.Request) -> web.Response:
         config = self.service.config
         peer, auth, body = await self.peers.authenticate(request, config)
-        try:
+        with self._from_peer(peer, "bad_frame"):
             frames = iter_frames(body)
-        except ProtocolError as exc:
-            raise self._refuse(peer, "bad_frame", str(exc)) from None
-        (result, error), tally = await self.daemon.call(self._ingest_frames, peer, frames)
+        (result, error), tally = await self.store_thread.call(self._ingest_frames, peer, frames)
         self._apply(peer, tally)
         if error:
-            raise BadPeerData(error)
+            raise PeerError(error, "invalid_batch")  # scored in the tally, batch by batch
         return self.peers.respond(auth, encode_push_reply(result), "application/json")
 
     def _ingest_frames(
@@ -240,7 +257,7 @@ class Replicator:
         the reply, and the first invalid batch's error (then the rest was not read)."""
         config = self.service.config
         state = PeerTally() if tally is None else tally
-        results: list[dict[str, Any]] = []
+        results: list[PushResult] = []
         touched: set[LogKey] = set()
         deferred = False
         error = ""
@@ -252,11 +269,7 @@ class Replicator:
                         head = parse_header(header)
                         state.holds(head.author, head.collection, head.seq)
                         results.append(
-                            {
-                                "log": f"{head.author}/{head.collection}",
-                                "seq": head.seq,
-                                "outcome": "duplicate",
-                            }
+                            PushResult(f"{head.author}/{head.collection}", head.seq, "duplicate")
                         )
                         continue
                     batch = verify_parts(header, sig, ops)
@@ -268,20 +281,15 @@ class Replicator:
                 state.holds(batch.header.author, batch.header.collection, batch.seq)
                 if not config.accepts(batch.header.author, batch.header.collection):
                     state.refuse_untrusted(batch.header.author, batch.header.collection)
-                    results.append(
-                        {"log": str(batch.log), "seq": batch.seq, "outcome": "untrusted"}
-                    )
+                    results.append(PushResult(str(batch.log), batch.seq, "untrusted"))
                     continue
                 outcome = self.store.ingest(batch, source=source).outcome
                 state.received += 1
                 deferred = deferred or outcome == "deferred"
-                results.append({"log": str(batch.log), "seq": batch.seq, "outcome": outcome})
+                results.append(PushResult(str(batch.log), batch.seq, outcome))
                 touched.add(batch.log)
         vector = {k: self.store.head(k) for k in touched}
-        reply = PushReply(
-            [PushResult(r["log"], r["seq"], r["outcome"]) for r in results], vector, deferred
-        )
-        return (reply, error), state
+        return (PushReply(results, vector, deferred), error), state
 
     def _already_held(self, header: bytes) -> bool:
         """A batch whose exact signed header is stored needs no second verification: relays
@@ -295,12 +303,10 @@ class Replicator:
 
     async def handle_evidence(self, request: web.Request) -> web.Response:
         peer, auth, body = await self.peers.authenticate(request, self.service.config)
-        try:
+        with self._from_peer(peer, "bad_evidence"):
             evidence = [verify_evidence(blob) for blob in decode_evidence_message(body)]
-        except ProtocolError as exc:
-            raise self._refuse(peer, "bad_evidence", str(exc)) from None
         loop = asyncio.get_running_loop()
-        new, tally = await self.daemon.call(self._store_evidence, evidence, peer, loop)
+        new, tally = await self.store_thread.call(self._store_evidence, evidence, peer, loop)
         self._apply(peer, tally)
         return self.peers.respond(auth, encode_evidence_reply(new), "application/json")
 
@@ -376,13 +382,16 @@ class Replicator:
             try:
                 page: Page | None = None
                 for _ in range(MAX_PAGES_PER_ROUND):
-                    body = await self.daemon.call(self._pull_request, peer)
+                    body = await self.store_thread.call(self._pull_request, peer)
                     data = await self.client.post(peer, "/v1/peer/sync", body, "application/json")
-                    page = decode_page(data)
-                    (result, error), tally = await self.daemon.call(self._ingest_page, peer, page)
+                    with self._from_peer(peer, "bad_page", f"peer {peer.name}: sync page"):
+                        page = decode_page(data)
+                    (result, error), tally = await self.store_thread.call(
+                        self._ingest_page, peer, page
+                    )
                     self._apply(peer, tally)
                     if error:
-                        raise NodeError(f"peer {peer.name} sent invalid data: {error}")
+                        raise PeerError(f"peer {peer.name} sent invalid data: {error}")
                     if not page.more:
                         break
                     if not any(r.outcome in ("applied", "deferred") for r in result.results):
@@ -392,20 +401,20 @@ class Replicator:
                 assert page is not None
                 state.vector.update({(k.author, k.collection): v for k, v in page.vector.items()})
                 await self._push_missing(peer, page.vector, page.accept)
-            except (TimeoutError, aiohttp.ClientError, OSError, NodeError, ProtocolError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError, NodeError, PeerError) as exc:
                 state.failed(str(exc) or type(exc).__name__)
                 log.info("sync with %s failed: %s", peer.name, state.last_error)
-                self.daemon.metrics.sync_rounds.labels(peer.name, "failed").inc()
+                self.observer.round_done(peer.name, "failed")
                 return False
             except Exception as exc:  # gather() would swallow it: record it as the peer's
                 state.failed(f"sync: internal error ({type(exc).__name__})")
                 log.exception("sync with %s failed", peer.name)
-                self.daemon.metrics.sync_rounds.labels(peer.name, "failed").inc()
+                self.observer.round_done(peer.name, "failed")
                 return False
             state.succeeded()
             self.rounds += 1
-            self.daemon.metrics.sync_rounds.labels(peer.name, "ok").inc()
-            await self.daemon.call(self.store.set_meta, RESTORED_KEY, None)
+            self.observer.round_done(peer.name, "ok")
+            await self.store_thread.call(self.store.set_meta, RESTORED_KEY, None)
             return True
 
     async def _push_missing(self, peer: Peer, theirs: Vector, accept: list[str]) -> None:
@@ -413,19 +422,20 @@ class Replicator:
         collections = set(peer.share) & set(accept)
         if not collections:
             return
-        ours = await self.daemon.call(self.store.vector, collections)
+        ours = await self.store_thread.call(self.store.vector, collections)
         for log_key, have in sorted(missing(ours, theirs).items(), key=_log_order):
             after = have
             while True:
-                frames = await self.daemon.call(
-                    lambda k=log_key, a=after: list(self.store.batch_frames(k, a, PUSH_BATCHES))
-                )
+                frames = await self.store_thread.call(self._frames_after, log_key, after)
                 if not frames:
                     break
                 await self._post_pages(peer, frames)
                 after += len(frames)
                 if len(frames) < PUSH_BATCHES:
                     break
+
+    def _frames_after(self, log_key: LogKey, after: int) -> list[bytes]:
+        return list(self.store.batch_frames(log_key, after, PUSH_BATCHES))
 
     async def _post_pages(self, peer: Peer, frames: list[bytes]) -> PushReply:
         """Post frames in requests of at most PAGE_BYTES; the last answer is returned, with
@@ -449,15 +459,14 @@ class Replicator:
         data = await self.client.post(
             peer, "/v1/peer/batches", b"".join(frames), "application/octet-stream"
         )
-        try:
+        what = f"peer {peer.name}: malformed reply to pushed batches"
+        with self._from_peer(peer, "bad_push_reply", what):
             result = decode_push_reply(data)
-        except ProtocolError as exc:
-            raise NodeError(f"peer {peer.name}: malformed reply to pushed batches: {exc}") from None
         state = self.peers.state(peer.node_id)
         state.batches_sent += len(frames)
         for key, seq in result.vector.items():
             state.vector[(key.author, key.collection)] = seq  # its heads after our push
-        self.daemon.metrics.history.sent(len(frames))
+        self.observer.batches_sent(len(frames))
         return result
 
     async def _anti_entropy(self) -> None:
@@ -544,7 +553,7 @@ class Replicator:
                 result = await self._post_pages(peer, frames)
                 if result.deferred:
                     await self._push_missing(peer, result.vector, list(peer.share))
-            except (TimeoutError, aiohttp.ClientError, OSError, NodeError, ProtocolError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError, NodeError, PeerError) as exc:
                 state.failed(str(exc) or type(exc).__name__)
                 log.info("push to %s failed: %s", peer.name, state.last_error)
             except Exception as exc:
@@ -555,7 +564,7 @@ class Replicator:
         assert self.client is not None
         try:
             await self.client.post(peer, "/v1/peer/evidence", body, "application/json")
-        except (TimeoutError, aiohttp.ClientError, OSError, NodeError, ProtocolError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError, NodeError, PeerError) as exc:
             log.info("evidence to %s failed: %s", peer.name, clip(str(exc)))
 
     # -- status --------------------------------------------------------------------------

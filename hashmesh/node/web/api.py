@@ -2,7 +2,8 @@
 
 Handlers are thin: they check the caller, parse JSON, and call the same `NodeService`
 methods the CLI calls offline, on the node's single store thread. Every error is a JSON
-object `{"error": "..."}` with a 4xx status; nothing a client sends can crash the node.
+object `{"error": "..."}` with the status of its fault (errors.FAULTS): 4xx for the
+caller's, 500 for ours; nothing a client sends can crash the node.
 """
 
 from __future__ import annotations
@@ -10,37 +11,51 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
-from hashmesh.node.errors import NodeError
-from hashmesh.node.net.bodies import (
-    MAX_JSON_BODY,
-    encoding_middleware,
-    parse_json_object,
-    request_body,
-    spool_body,
+from hashmesh.node.batching import BatchingPublisher
+from hashmesh.node.errors import (
+    INTERNAL,
+    INTERNAL_MESSAGE,
+    HashmeshError,
+    NodeError,
+    fault_of,
 )
-from hashmesh.node.store.core import ReaderPool
+from hashmesh.node.net.bodies import MAX_JSON_BODY, encoding_middleware, error_json, spool_body
+from hashmesh.node.service import NodeService
+from hashmesh.node.store.executor import StoreThread
 from hashmesh.node.web import access
+from hashmesh.node.web.http import read_json
 from hashmesh.node.web.selfreport import OPEN_PATHS as SELFREPORT_OPEN_PATHS
-from hashmesh.protocol.errors import ProtocolError
-
-if TYPE_CHECKING:
-    from hashmesh.node.daemon import Daemon
 
 log = logging.getLogger("hashmesh.api")
 
 MAX_BUNDLE_BODY = 16 * 1024 * 1024 * 1024
-MAX_UPLOAD = 50 * 1024 * 1024
 OPEN_PATHS = {"/v1/healthz", "/healthz", "/status", "/status.js"}  # status.js: the page's script
 OPEN_PATHS |= SELFREPORT_OPEN_PATHS  # the self-report page: no login, by design
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
-READERS_KEY: web.AppKey[ReaderPool] = web.AppKey("readers")
-INLINE_QUERIES = 32
+
+
+@dataclass(frozen=True)
+class ApiDeps:
+    """What the operator routes use, wired once by the daemon (docs/design-notes.md,
+    "Wiring"): each handler reaches exactly these, never the process around it."""
+
+    service: NodeService
+    store_thread: StoreThread  # every `service` call runs here
+    publisher: BatchingPublisher  # single adds, coalesced into batches
+    tokens: access.TokenCache  # bearer tokens the auth middleware accepts
+    spool_dir: Path  # uploaded bundles are spooled here (the node's home)
+    status: Callable[[], Awaitable[dict[str, Any]]]  # the node's status, peers included
+    policy_changed: Callable[[], None]  # a peer or trust change, to apply it at once
+
+
+API_KEY: web.AppKey[ApiDeps] = web.AppKey("api")
 
 
 def error_response(status: int, message: str) -> web.Response:
@@ -49,21 +64,31 @@ def error_response(status: int, message: str) -> web.Response:
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error answered by its fault (hashmesh/node/errors.py FAULTS): the caller's and
+    a peer's name the field and why; ours is a 500 that says only where to look, its
+    traceback in the log. A ProtocolError still unconverted here is ours: every parser
+    given caller or peer bytes converts at that boundary."""
     try:
         return await handler(request)
-    except NodeError as exc:
-        return error_response(exc.status, str(exc))
-    except ProtocolError as exc:
-        return error_response(400, str(exc))
     except web.HTTPRequestEntityTooLarge:
         return error_response(413, "request body is too large")
     except web.HTTPException as exc:
         if exc.status >= 400:
             return error_response(exc.status, exc.reason or "error")
         raise
-    except Exception:
-        log.exception("internal error on %s %s", request.method, request.path)
-        return error_response(500, "internal error (see the node's log)")
+    except Exception as exc:
+        fault = fault_of(exc)
+        if fault.family == "internal" or not isinstance(exc, HashmeshError):
+            log.log(
+                fault.log_level,
+                "internal error on %s %s",
+                request.method,
+                request.path,
+                exc_info=exc,
+            )
+            return error_response(INTERNAL.status, INTERNAL_MESSAGE)
+        log.log(fault.log_level, "refused %s %s: %s", request.method, request.path, exc)
+        return error_json(request, exc)
 
 
 @web.middleware
@@ -92,13 +117,6 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
-async def read_json(request: web.Request) -> dict[str, Any]:
-    raw = await request_body(request, MAX_JSON_BODY)
-    if not raw:
-        raise NodeError("request body: empty; expected a JSON object")
-    return parse_json_object(raw)
-
-
 def _fields(
     body: dict[str, Any], required: tuple[str, ...], optional: tuple[str, ...]
 ) -> dict[str, Any]:
@@ -119,8 +137,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON_KEY]
-    result = await daemon.status()
+    deps = request.app[API_KEY]
+    result = await deps.status()
     grant = access.grant_of(request)
     if grant.restricted:  # a token restricted to collections hears nothing of the others
         result["refusals"] = [r for r in result["refusals"] if grant.can_use(r["collection"])]
@@ -128,60 +146,60 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def add_signal(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON_KEY]
+    deps = request.app[API_KEY]
     body = _fields(await read_json(request), ("type", "value", "collection"), ADD_FIELDS)
-    return web.json_response(await daemon.publisher.add(**body))
+    return web.json_response(await deps.publisher.add(**body))
 
 
 async def add_signals(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON_KEY]
+    deps = request.app[API_KEY]
     body = _fields(await read_json(request), ("collection", "signals"), ())
     if not isinstance(body["signals"], list):
         raise NodeError("signals: expected a list")
     return web.json_response(
-        await daemon.call(daemon.service.add_many, body["collection"], body["signals"])
+        await deps.store_thread.call(deps.service.add_many, body["collection"], body["signals"])
     )
 
 
 async def revoke(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON_KEY]
+    deps = request.app[API_KEY]
     body = _fields(await read_json(request), ("op_id",), ("reason",))
     return web.json_response(
-        await daemon.call(daemon.service.revoke, body["op_id"], body.get("reason", ""))
+        await deps.store_thread.call(deps.service.revoke, body["op_id"], body.get("reason", ""))
     )
 
 
 async def opinion(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON_KEY]
+    deps = request.app[API_KEY]
     body = _fields(await read_json(request), ("op_id", "opinion"), ("collection",))
     return web.json_response(
-        await daemon.call(
-            daemon.service.opinion, body["op_id"], body["opinion"], body.get("collection")
+        await deps.store_thread.call(
+            deps.service.opinion, body["op_id"], body["opinion"], body.get("collection")
         )
     )
 
 
 async def export(request: web.Request) -> web.StreamResponse:
-    daemon = request.app[DAEMON_KEY]
+    deps = request.app[API_KEY]
     collection = request.query.get("collection", "")
     access.require_collection(access.grant_of(request), collection)
-    chunks = daemon.service.export_chunks(collection)
-    first = await daemon.call(next, chunks)
+    chunks = deps.service.export_chunks(collection)
+    first = await deps.store_thread.call(next, chunks)
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
     await response.prepare(request)
     chunk: bytes | None = first
     while chunk is not None:
         await response.write(chunk)
-        chunk = await daemon.call(next, chunks, None)
+        chunk = await deps.store_thread.call(next, chunks, None)
     await response.write_eof()
     return response
 
 
 async def import_bundle(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON_KEY]
-    with tempfile.TemporaryFile(dir=daemon.home.path) as tmp:
+    deps = request.app[API_KEY]
+    with tempfile.TemporaryFile(dir=deps.spool_dir) as tmp:
         await spool_body(request, tmp, MAX_BUNDLE_BODY, "bundle")
-        result = await daemon.call(daemon.service.import_bundle, tmp, "bundle")
+        result = await deps.store_thread.call(deps.service.import_bundle, tmp, "bundle")
     return web.json_response(result)
 
 
@@ -203,42 +221,42 @@ def _text(body: dict[str, Any], name: str) -> Any:
 
 async def _policy(request: web.Request, fn: Callable[..., Any], *args: Any) -> web.Response:
     """Run one policy change on the store thread and apply it at once (no restart)."""
-    daemon = request.app[DAEMON_KEY]
-    result = await daemon.call(fn, *args)
-    await daemon.policy_changed()
+    deps = request.app[API_KEY]
+    result = await deps.store_thread.call(fn, *args)
+    deps.policy_changed()
     return web.json_response(result)
 
 
 async def peer_list(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON_KEY]
-    return web.json_response(await daemon.call(daemon.service.peer_list))
+    deps = request.app[API_KEY]
+    return web.json_response(await deps.store_thread.call(deps.service.peer_list))
 
 
 async def peer_show(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON_KEY]
+    deps = request.app[API_KEY]
     return web.json_response(
-        await daemon.call(daemon.service.peer_show, request.match_info["name"])
+        await deps.store_thread.call(deps.service.peer_show, request.match_info["name"])
     )
 
 
 async def peer_add(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON_KEY]
+    deps = request.app[API_KEY]
     body = _fields(await read_json(request), ("name", "url", "node_id"), ("share",))
     for name in ("name", "url", "node_id"):
         if not isinstance(body[name], str):
             raise NodeError(f"{name}: expected a string")
     share = _share_list(body) or []
     return await _policy(
-        request, daemon.service.peer_add, body["name"], body["url"], body["node_id"], share
+        request, deps.service.peer_add, body["name"], body["url"], body["node_id"], share
     )
 
 
 async def peer_update(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON_KEY]
+    deps = request.app[API_KEY]
     body = _fields(await read_json(request), (), ("url", "node_id", "share"))
     return await _policy(
         request,
-        daemon.service.peer_update,
+        deps.service.peer_update,
         request.match_info["name"],
         _text(body, "url"),
         _text(body, "node_id"),
@@ -247,41 +265,39 @@ async def peer_update(request: web.Request) -> web.Response:
 
 
 async def peer_remove(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON_KEY]
-    return await _policy(request, daemon.service.peer_remove, request.match_info["name"])
+    deps = request.app[API_KEY]
+    return await _policy(request, deps.service.peer_remove, request.match_info["name"])
 
 
 async def peer_share(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON_KEY]
+    deps = request.app[API_KEY]
     body = _fields(await read_json(request), ("collection",), ())
     collection = _text(body, "collection")
     return await _policy(
-        request, daemon.service.peer_share, request.match_info["name"], collection, True
+        request, deps.service.peer_share, request.match_info["name"], collection, True
     )
 
 
 async def peer_unshare(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON_KEY]
+    deps = request.app[API_KEY]
     info = request.match_info
-    return await _policy(
-        request, daemon.service.peer_share, info["name"], info["collection"], False
-    )
+    return await _policy(request, deps.service.peer_share, info["name"], info["collection"], False)
 
 
 async def trust_list(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON_KEY]
+    deps = request.app[API_KEY]
     node_id = request.query.get("node_id") or None
-    return web.json_response(await daemon.call(daemon.service.trust_list, node_id))
+    return web.json_response(await deps.store_thread.call(deps.service.trust_list, node_id))
 
 
 async def trust_add(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON_KEY]
+    deps = request.app[API_KEY]
     body = _fields(await read_json(request), ("node_id", "collection"), ("name",))
     for name in ("node_id", "collection", "name"):
         _text(body, name)
     return await _policy(
         request,
-        daemon.service.trust_add,
+        deps.service.trust_add,
         body["node_id"],
         body["collection"],
         body.get("name") or "",
@@ -289,13 +305,13 @@ async def trust_add(request: web.Request) -> web.Response:
 
 
 async def trust_remove(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON_KEY]
+    deps = request.app[API_KEY]
     info = request.match_info
-    return await _policy(request, daemon.service.trust_remove, info["node_id"], info["collection"])
+    return await _policy(request, deps.service.trust_remove, info["node_id"], info["collection"])
 
 
 async def backup(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON_KEY]
+    deps = request.app[API_KEY]
     body = _fields(await read_json(request), ("file",), ("overwrite",))
     if not isinstance(body["file"], str) or not body["file"].startswith("/"):
         raise NodeError("file: must be an absolute path on the node's machine")
@@ -303,21 +319,21 @@ async def backup(request: web.Request) -> web.Response:
     if not isinstance(overwrite, bool):
         raise NodeError("overwrite: must be true or false")
     return web.json_response(
-        await daemon.call(daemon.service.backup, body["file"], overwrite=overwrite)
+        await deps.store_thread.call(deps.service.backup, body["file"], overwrite=overwrite)
     )
 
 
-def build_app(daemon: Daemon) -> web.Application:
+def build_app(deps: ApiDeps) -> web.Application:
+    """The operator API; the daemon adds the other route sets (platform, peer, status,
+    self-report) to the same application."""
     app = web.Application(
         # encoding_middleware innermost: every route refuses an encoded body before any
         # handler reads a byte of it (hashmesh/node/net/bodies.py).
         middlewares=[errors_middleware, auth_middleware, encoding_middleware],
         client_max_size=MAX_JSON_BODY,
     )
-    app[DAEMON_KEY] = daemon
-    service = getattr(daemon, "service", None)
-    if service is not None:
-        app[READERS_KEY] = ReaderPool(service.store.path)
+    app[API_KEY] = deps
+    app[access.TOKENS_KEY] = deps.tokens
     app.router.add_get("/v1/healthz", healthz)
     app.router.add_get("/v1/status", status)
     app.router.add_post("/v1/signals", add_signal)
@@ -336,8 +352,5 @@ def build_app(daemon: Daemon) -> web.Application:
     app.router.add_get("/v1/admin/trust", trust_list)
     app.router.add_post("/v1/admin/trust", trust_add)
     app.router.add_delete("/v1/admin/trust/{node_id}/{collection}", trust_remove)
-    from hashmesh.node.web.platform import register as register_platform_api
-
-    register_platform_api(app)
     app.router.add_post("/v1/admin/backup", backup)
     return app

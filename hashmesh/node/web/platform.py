@@ -1,5 +1,6 @@
 """Operator API routes for platforms: matching, the change feed, its live stream,
-snapshots, token administration and list imports. Registered by `api.build_app`; scopes
+snapshots, token administration and list imports. The daemon registers them on the app
+`api.build_app` made (whose auth middleware and token cache they rely on); scopes
 are enforced by the auth middleware (see access.py), collection filters here.
 """
 
@@ -11,6 +12,7 @@ import json
 import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import BodyPartReader, web
@@ -30,11 +32,16 @@ from hashmesh.node.net.bodies import (
     request_body,
     spool_body,
 )
+from hashmesh.node.service import NodeService
+from hashmesh.node.store.core import ReaderPool
+from hashmesh.node.store.executor import StoreThread
 from hashmesh.node.tokens import Grant, TokenStore
 from hashmesh.node.web import access
-from hashmesh.node.web.api import DAEMON_KEY, INLINE_QUERIES, MAX_UPLOAD, READERS_KEY, read_json
+from hashmesh.node.web.http import read_json
 
 HEARTBEAT_S = 15.0
+MAX_UPLOAD = 50 * 1024 * 1024
+INLINE_QUERIES = 32
 MAX_IMPORT_BODY = 1 << 30  # a list file, parsed from disk as it is read
 MAX_IMPORT_PLAN_BODY = MAX_JSON_BODY  # a JSON plan, parsed whole in memory
 STREAM_PAGE = 1_000
@@ -48,6 +55,20 @@ STREAM_CHECK_S = 1.0
 # A snapshot holds one read transaction; a client that stops reading would pin the WAL.
 SNAPSHOT_IDLE_S = 30.0
 SNAPSHOT_WRITE = 1 << 16
+
+
+@dataclass(frozen=True)
+class PlatformDeps:
+    """What the platform routes use, wired once by the daemon (docs/design-notes.md,
+    "Wiring")."""
+
+    service: NodeService  # the matcher, the config, the store (tokens, list imports)
+    store_thread: StoreThread  # every store write runs here
+    spool_dir: Path  # uploaded list files are spooled here (the node's home)
+
+
+PLATFORM_KEY: web.AppKey[PlatformDeps] = web.AppKey("platform")
+READERS_KEY: web.AppKey[ReaderPool] = web.AppKey("readers")
 
 
 @dataclass
@@ -262,11 +283,11 @@ async def _answer(request: web.Request, queries: Any, threshold: int) -> dict[st
     matches and the opinions counted on them alike. Never on the store thread: rows come
     from a read-only connection of the answering thread's own, so no match, however
     large, delays publishing, ingest or a revocation."""
-    daemon = request.app[DAEMON_KEY]
+    deps = request.app[PLATFORM_KEY]
     collections = access.readable(access.grant_of(request), None)
-    matcher = daemon.service.matcher
+    matcher = deps.service.matcher
     readers = request.app[READERS_KEY]
-    author_name = daemon.service.config.author_name
+    author_name = deps.service.config.author_name
 
     def work() -> dict[str, Any]:
         return matcher.answer(queries, threshold, collections, author_name, readers.get())
@@ -373,8 +394,8 @@ async def match_file(request: web.Request) -> web.Response:
 
 
 async def _reload_tokens(app: web.Application) -> None:
-    daemon = app[DAEMON_KEY]
-    grants = await daemon.call(lambda: TokenStore(daemon.service.store.conn).grants())
+    deps = app[PLATFORM_KEY]
+    grants = await deps.store_thread.call(lambda: TokenStore(deps.service.store).grants())
     app[access.TOKENS_KEY].grants = grants
     hub = app[FEED_KEY].hub
     if hub is not None:
@@ -382,7 +403,7 @@ async def _reload_tokens(app: web.Application) -> None:
 
 
 async def token_create(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON_KEY]
+    deps = request.app[PLATFORM_KEY]
     body = await read_json(request)
     unknown = set(body) - {"name", "scopes", "collections"}
     if unknown:
@@ -395,25 +416,23 @@ async def token_create(request: web.Request) -> web.Response:
         not isinstance(collections, list) or not all(isinstance(c, str) for c in collections)
     ):
         raise NodeError("collections: expected a list of collection names")
-    result = await daemon.call(
-        lambda: TokenStore(daemon.service.store.conn).create(
-            body.get("name", ""), scopes, collections
-        )
+    result = await deps.store_thread.call(
+        lambda: TokenStore(deps.service.store).create(body.get("name", ""), scopes, collections)
     )
     await _reload_tokens(request.app)
     return web.json_response(result)
 
 
 async def token_list(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON_KEY]
-    tokens = await daemon.call(lambda: TokenStore(daemon.service.store.conn).list())
+    deps = request.app[PLATFORM_KEY]
+    tokens = await deps.store_thread.call(lambda: TokenStore(deps.service.store).list())
     return web.json_response({"tokens": tokens})
 
 
 async def token_revoke(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON_KEY]
+    deps = request.app[PLATFORM_KEY]
     key = request.match_info["token"]
-    result = await daemon.call(lambda: TokenStore(daemon.service.store.conn).revoke(key))
+    result = await deps.store_thread.call(lambda: TokenStore(deps.service.store).revoke(key))
     await _reload_tokens(request.app)
     return web.json_response(result)
 
@@ -425,7 +444,7 @@ async def lists_import(request: web.Request) -> web.Response:
     """A list file as the raw body (`?format=&collection=`), or a plan as a JSON object."""
     if "format" in request.query:
         return await _lists_import_file(request)
-    daemon = request.app[DAEMON_KEY]
+    deps = request.app[PLATFORM_KEY]
     body: Any = parse_json_object(await request_body(request, MAX_IMPORT_PLAN_BODY))
     if not isinstance(body, dict) or not isinstance(body.get("collection"), str):
         raise NodeError("request body: expected an object with a collection")
@@ -436,9 +455,9 @@ async def lists_import(request: web.Request) -> web.Response:
         if not isinstance(body.get(name, []), list):
             raise NodeError(f"{name}: expected a list")
     access.require_collection(access.grant_of(request), body["collection"])
-    result = await daemon.call(
+    result = await deps.store_thread.call(
         apply_import,
-        daemon.service,
+        deps.service,
         body["collection"],
         body.get("adds", []),
         body.get("revoke_signals", []),
@@ -450,7 +469,7 @@ async def lists_import(request: web.Request) -> web.Response:
 async def _lists_import_file(request: web.Request) -> web.Response:
     """Spool the body to an anonymous file and parse it from there: a JSON body is held
     and parsed whole (about 23 times its size), a list file is read record by record."""
-    daemon = request.app[DAEMON_KEY]
+    deps = request.app[PLATFORM_KEY]
     query = request.query
     unknown = set(query) - {"format", "collection", "category", "on_error"}
     if unknown:
@@ -462,11 +481,11 @@ async def _lists_import_file(request: web.Request) -> web.Response:
     if list_format not in formats():
         raise NodeError(f"format {list_format[:40]!r}: expected one of {', '.join(formats())}")
     access.require_collection(access.grant_of(request), collection)
-    with tempfile.TemporaryFile(dir=daemon.home.path) as spool:
+    with tempfile.TemporaryFile(dir=deps.spool_dir) as spool:
         await spool_body(request, spool, MAX_IMPORT_BODY, "request body")
-        result = await daemon.call(
+        result = await deps.store_thread.call(
             import_file,
-            daemon.service,
+            deps.service,
             collection,
             list_format,
             spool,
@@ -480,12 +499,12 @@ async def _lists_import_file(request: web.Request) -> web.Response:
 
 
 async def _start(app: web.Application) -> None:
-    daemon = app[DAEMON_KEY]
-    service = daemon.service
+    deps = app[PLATFORM_KEY]
+    service = deps.service
     state = app[FEED_KEY]
     state.reader = FeedReader(service.store.path, lambda author: service.config.author_name(author))
     state.hub = FeedHub(asyncio.get_running_loop())
-    await daemon.call(service.store.batch_listeners.append, state.hub.notify)
+    await deps.store_thread.call(service.store.batch_listeners.append, state.hub.notify)
     await _reload_tokens(app)
 
 
@@ -497,23 +516,23 @@ async def _shutdown(app: web.Application) -> None:
 
 async def _cleanup(app: web.Application) -> None:
     state = app[FEED_KEY]
-    daemon = app[DAEMON_KEY]
+    deps = app[PLATFORM_KEY]
     if state.hub is not None:
         notify = state.hub.notify
-        listeners = daemon.service.store.batch_listeners
+        listeners = deps.service.store.batch_listeners
 
         def unsubscribe() -> None:
             if notify in listeners:
                 listeners.remove(notify)
 
-        await daemon.call(unsubscribe)
+        await deps.store_thread.call(unsubscribe)
     if state.reader is not None:
         state.reader.close()
 
 
-def register(app: web.Application) -> None:
-    daemon = app[DAEMON_KEY]
-    app[access.TOKENS_KEY] = access.TokenCache(daemon.admin_token_hash)
+def register(app: web.Application, deps: PlatformDeps) -> None:
+    app[PLATFORM_KEY] = deps
+    app[READERS_KEY] = ReaderPool(deps.service.store.path)
     app[FEED_KEY] = FeedState()
     app.router.add_post("/v1/match", match)
     app.router.add_post("/v1/match/file", match_file)

@@ -34,26 +34,25 @@ import hmac
 import ipaddress
 import json
 import secrets
-import sqlite3
 import time
-from collections import OrderedDict, deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from hashmesh.node.errors import Forbidden, NodeError, NotFound
+from hashmesh.node.errors import Forbidden, NodeError, NotFound, TooManyRequests
 from hashmesh.node.hashing.degenerate import degenerate_reason
+from hashmesh.node.limits import Clock, RateLimiter
 from hashmesh.node.net.bodies import parse_json_object, request_body
+from hashmesh.protocol.batches import LogKey
 from hashmesh.protocol.errors import ProtocolError
 from hashmesh.protocol.ops import OpId, pack_revokes
 
 if TYPE_CHECKING:
-    from hashmesh.node.daemon import Daemon
     from hashmesh.node.service import NodeService
+    from hashmesh.node.store.executor import StoreThread
 
 PREFIX = "/takeitdown"
 ASSETS = {
@@ -76,14 +75,9 @@ CLASSIFICATION = "self-reported"
 CATEGORIES = ("ncii", "csam")
 WITHDRAW_REASON = "withdrawn by the person who reported it"
 MAX_BODY = 64 * 1024
-#: The hotline's logo ([selfreport] logo): small, and a raster image told by its bytes.
-MAX_LOGO_BYTES = 256 * 1024
-LOGO_MAGIC = {
-    b"\x89PNG\r\n\x1a\n": "image/png",
-    b"\xff\xd8\xff": "image/jpeg",
-    b"GIF87a": "image/gif",
-    b"GIF89a": "image/gif",
-}
+#: Logo fetches a visitor may make in an hour, per submission allowed: one a page view,
+#: so a person reloading the page keeps their logo, and a client looping on it gets 429.
+LOGO_PER_SUBMIT = 12
 #: Similarity hashes are what can match innocent pictures, and an automated poisoner gets
 #: the most out of each solved proof of work by packing many of them into one case.
 MAX_PDQS_PER_CASE = 10
@@ -130,28 +124,6 @@ HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
 }
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS selfreport_cases (
-    case_number TEXT PRIMARY KEY,
-    secret_salt BLOB NOT NULL,
-    secret_hash BLOB NOT NULL,
-    category TEXT NOT NULL,
-    created_day TEXT NOT NULL,
-    withdrawn_day TEXT
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS selfreport_ops (
-    case_number TEXT NOT NULL REFERENCES selfreport_cases(case_number),
-    op_id TEXT NOT NULL,
-    type TEXT NOT NULL,
-    PRIMARY KEY (case_number, op_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS selfreport_ops_op ON selfreport_ops (op_id);
-CREATE TABLE IF NOT EXISTS selfreport_sizes (
-    case_number TEXT PRIMARY KEY REFERENCES selfreport_cases(case_number),
-    hashes INTEGER NOT NULL
-) WITHOUT ROWID;
-"""
 
 
 def today() -> str:
@@ -233,59 +205,15 @@ def wide_block(address: str) -> str:
     return _block(address, 16, 32)
 
 
-class RateLimiter:
-    """At most `limit` events per `window_s` per key, in memory only.
-
-    Keys are opaque bytes (an HMAC of the client address); the table is bounded so that a
-    flood of distinct addresses cannot exhaust memory: the least recently used keys go.
-    """
-
-    def __init__(self, limit: int, window_s: float = 3600.0, max_keys: int = 50_000) -> None:
-        self.limit = limit
-        self.window_s = window_s
-        self.max_keys = max_keys
-        self._events: OrderedDict[bytes, deque[float]] = OrderedDict()
-
-    def hit(self, key: bytes, now: float | None = None) -> bool:
-        """Record an event; False (and nothing recorded) when the key is over its limit."""
-        now = time.monotonic() if now is None else now
-        events = self._events.get(key)
-        if events is None:
-            events = self._events[key] = deque()
-            while len(self._events) > self.max_keys:
-                self._events.popitem(last=False)
-        else:
-            self._events.move_to_end(key)
-        while events and events[0] <= now - self.window_s:
-            events.popleft()
-        if len(events) >= self.limit:
-            return False
-        events.append(now)
-        return True
-
-    def allows(self, key: bytes, now: float | None = None) -> bool:
-        """Whether hit would succeed now, recording nothing: limits are checked before the
-        proof of work and charged only once it holds."""
-        return self.count(key, now) < self.limit
-
-    def count(self, key: bytes, now: float | None = None) -> int:
-        """Events of `key` in the window, recording nothing."""
-        now = time.monotonic() if now is None else now
-        events = self._events.get(key)
-        if not events:
-            return 0
-        return sum(1 for t in events if t > now - self.window_s)
-
-    def retry_after(self, key: bytes, now: float | None = None) -> int:
-        now = time.monotonic() if now is None else now
-        events = self._events.get(key)
-        if not events:
-            return 0
-        return max(1, int(events[0] + self.window_s - now) + 1)
-
-
 ALL = b"*"
-Charges = list[tuple[RateLimiter, bytes]]
+#: Every self-report limit counts events in the last hour.
+WINDOW_S = 3600.0
+Charges = list[tuple[RateLimiter[bytes], bytes]]
+
+
+def wait_s(limiter: RateLimiter[bytes], key: bytes) -> int:
+    """Whole seconds to wait, rounded up and at least one, for a refusal's message."""
+    return max(1, int(limiter.retry_after(key)) + 1)
 
 
 class Budget:
@@ -299,40 +227,45 @@ class Budget:
     wide block at most 1/RESERVE_WIDE_SHARE of it.
     """
 
-    def __init__(self, total: int, window_s: float = 3600.0) -> None:
+    def __init__(
+        self, total: int, window_s: float = WINDOW_S, clock: Clock = time.monotonic
+    ) -> None:
         self.total = total
         reserve = total // RESERVE_SHARE
-        self.general = RateLimiter(total - reserve, window_s)
-        self.reserve = RateLimiter(reserve, window_s)
-        self.block = RateLimiter(max(1, total // BLOCK_SHARE), window_s)
-        self.wide = RateLimiter(max(1, total // WIDE_SHARE), window_s)
-        self.wide_reserve = RateLimiter(max(1, reserve // RESERVE_WIDE_SHARE), window_s)
 
-    def plan(self, block: bytes, wide: bytes, now: float | None = None) -> Charges:
-        """The limiters one more event would be charged to; TooMany when it does not fit."""
-        now = time.monotonic() if now is None else now
+        def limiter(limit: int) -> RateLimiter[bytes]:
+            return RateLimiter(limit, window_s, clock=clock)
+
+        self.general = limiter(total - reserve)
+        self.reserve = limiter(reserve)
+        self.block = limiter(max(1, total // BLOCK_SHARE))
+        self.wide = limiter(max(1, total // WIDE_SHARE))
+        self.wide_reserve = limiter(max(1, reserve // RESERVE_WIDE_SHARE))
+
+    def plan(self, block: bytes, wide: bytes) -> Charges:
+        """The limiters one more event would be charged to; TooManyRequests when it does not fit."""
         for limiter, key in ((self.block, block), (self.wide, wide)):
-            if not limiter.allows(key, now):
-                raise TooMany.waiting(
-                    "too many requests from your network", limiter.retry_after(key, now)
+            if not limiter.allows(key):
+                raise TooManyRequests.waiting(
+                    "too many requests from your network", wait_s(limiter, key)
                 )
         charges = [(self.block, block), (self.wide, wide)]
-        if self.general.allows(ALL, now):
+        if self.general.allows(ALL):
             return [*charges, (self.general, ALL)]
         if (
-            self.block.count(block, now) == 0
-            and self.reserve.allows(ALL, now)
-            and self.wide_reserve.allows(wide, now)
+            self.block.count(block) == 0
+            and self.reserve.allows(ALL)
+            and self.wide_reserve.allows(wide)
         ):
             return [*charges, (self.reserve, ALL), (self.wide_reserve, wide)]
-        raise TooMany.waiting(
-            "too many requests reach this hotline right now", self.general.retry_after(ALL, now)
+        raise TooManyRequests.waiting(
+            "too many requests reach this hotline right now", wait_s(self.general, ALL)
         )
 
-    def load(self, now: float | None = None) -> float:
+    def load(self) -> float:
         """How much of the general pool is spent, 0 to 1."""
         limit = self.general.limit
-        return 1.0 if limit == 0 else min(1.0, self.general.count(ALL, now) / limit)
+        return 1.0 if limit == 0 else min(1.0, self.general.count(ALL) / limit)
 
 
 def extra_pow_bits(load: float) -> int:
@@ -407,12 +340,11 @@ class Submission:
 
 
 class CaseStore:
-    """The self-report tables on the node's database connection (store thread only)."""
+    """The self-report cases, in the node's store (store thread only)."""
 
     def __init__(self, service: NodeService) -> None:
         self.service = service
-        self.conn: sqlite3.Connection = service.store.conn
-        self.conn.executescript(SCHEMA)
+        self.table = service.store.cases
 
     def create(
         self, collection: str, submission: Submission, salt: bytes, secret_hash: bytes
@@ -436,30 +368,23 @@ class CaseStore:
             published = self.service.add_many(collection, items, ts=day)
             while True:
                 number = random_code(CASE_CHARS)
-                known = self.conn.execute(
-                    "SELECT 1 FROM selfreport_cases WHERE case_number = ?", (number,)
-                ).fetchone()
-                if known is None:
+                if not self.table.exists(number):
                     break
             ops: set[tuple[str, str]] = set()
             for s in published["signals"]:
                 if not s["op_id"]:
                     continue
-                if not s["new"] and not self._made_by_a_case(s["op_id"]):
+                if not s["new"] and not self.table.made_by_a_case(s["op_id"]):
                     continue
                 ops.add((s["op_id"], s["type"]))
-            self.conn.execute(
-                "INSERT INTO selfreport_cases (case_number, secret_salt, secret_hash,"
-                " category, created_day) VALUES (?, ?, ?, ?, ?)",
-                (number, salt, secret_hash, submission.category, today()),
-            )
-            self.conn.executemany(
-                "INSERT INTO selfreport_ops (case_number, op_id, type) VALUES (?, ?, ?)",
-                [(number, op_id, kind) for op_id, kind in sorted(ops)],
-            )
-            self.conn.execute(
-                "INSERT INTO selfreport_sizes (case_number, hashes) VALUES (?, ?)",
-                (number, len(submission.signals)),
+            self.table.insert(
+                number,
+                salt,
+                secret_hash,
+                submission.category,
+                today(),
+                sorted(ops),
+                len(submission.signals),
             )
             self._coarsen_times([s["op_id"] for s in published["signals"] if s["new"]], day)
         return {
@@ -468,47 +393,16 @@ class CaseStore:
             "published": published["published"],
         }
 
-    def _made_by_a_case(self, op_id: str) -> bool:
-        return (
-            self.conn.execute(
-                "SELECT 1 FROM selfreport_ops WHERE op_id = ? LIMIT 1", (op_id,)
-            ).fetchone()
-            is not None
-        )
-
     def _coarsen_times(self, op_ids: list[str], day: int) -> None:
         """The node's own receipt times of these ops' batches (batch, feed and log rows) set
         to the day, as their signed time already is."""
         store = self.service.store
         batches = {(o.author, o.collection, o.seq) for o in map(OpId.parse, op_ids)}
         for author, collection, seq in sorted(batches):
-            log_id = store.conn.execute(
-                "SELECT id FROM logs WHERE author = ? AND collection = ?", (author, collection)
-            ).fetchone()[0]
-            self.conn.execute(
-                "UPDATE batches SET received_at = ? WHERE log_id = ? AND seq = ?",
-                (day, log_id, seq),
-            )
-            self.conn.execute(
-                "UPDATE logs SET updated_at = ? WHERE id = ? AND head = ?", (day, log_id, seq)
-            )
-            self.conn.execute(
-                "UPDATE feed SET at = ? WHERE signal_id IN"
-                " (SELECT id FROM signals WHERE log_id = ? AND seq = ?)",
-                (day, log_id, seq),
-            )
-            prefix = f"{author}/{collection}/{seq}/"
-            self.conn.execute(
-                "UPDATE feed SET at = ? WHERE kind != 'add' AND op_id >= ? AND op_id < ?",
-                (day, prefix, prefix[:-1] + "0"),
-            )
+            store.set_batch_time(LogKey(author, collection), seq, day)
 
     def secret_of(self, number: str) -> tuple[bytes, bytes] | None:
-        row = self.conn.execute(
-            "SELECT secret_salt, secret_hash FROM selfreport_cases WHERE case_number = ?",
-            (number,),
-        ).fetchone()
-        return None if row is None else (bytes(row[0]), bytes(row[1]))
+        return self.table.secret_of(number)
 
     def _signal(self, op_id: str) -> dict[str, Any] | None:
         try:
@@ -523,23 +417,12 @@ class CaseStore:
         live), and a hash another case or an analyst also holds counts as live while the
         case is active and as gone once it is withdrawn, so the answer is no oracle for
         "did someone else report this picture"."""
-        row = self.conn.execute(
-            "SELECT category, created_day, withdrawn_day FROM selfreport_cases"
-            " WHERE case_number = ?",
-            (number,),
-        ).fetchone()
+        row = self.table.case(number)
         if row is None:
             raise NotFound("case number or secret is wrong")
-        ops = [
-            r[0]
-            for r in self.conn.execute(
-                "SELECT op_id FROM selfreport_ops WHERE case_number = ?", (number,)
-            )
-        ]
-        size = self.conn.execute(
-            "SELECT hashes FROM selfreport_sizes WHERE case_number = ?", (number,)
-        ).fetchone()
-        hashes = len(ops) if size is None else int(size[0])
+        ops = self.table.ops(number)
+        size = self.table.size(number)
+        hashes = len(ops) if size is None else size
         if row[2]:
             live = 0
         else:
@@ -568,12 +451,7 @@ class CaseStore:
         state = self.status(number)
         if state["state"] == "withdrawn":
             return {**state, "revoked": 0}
-        ops = [
-            r[0]
-            for r in self.conn.execute(
-                "SELECT op_id FROM selfreport_ops WHERE case_number = ?", (number,)
-            )
-        ]
+        ops = self.table.ops(number)
         by_collection: dict[str, list[str]] = {}
         for op_id in ops:
             signal = self._signal(op_id)
@@ -584,12 +462,7 @@ class CaseStore:
                 or signal.get("classification") != CLASSIFICATION
             ):
                 continue
-            shared = self.conn.execute(
-                "SELECT 1 FROM selfreport_ops o JOIN selfreport_cases c USING (case_number)"
-                " WHERE o.op_id = ? AND o.case_number != ? AND c.withdrawn_day IS NULL",
-                (op_id, number),
-            ).fetchone()
-            if shared is None:
+            if not self.table.shared_with_active(op_id, number):
                 by_collection.setdefault(signal["collection"], []).append(op_id)
         day = day_ms()
         with self.service.store.bulk(source="local"):
@@ -598,80 +471,13 @@ class CaseStore:
                 revokes = pack_revokes(targets, WITHDRAW_REASON)
                 made = self.service.publish(collection, list(revokes), ts=day)[0]
                 self._coarsen_times([str(op) for op in made], day)
-            self.conn.execute(
-                "UPDATE selfreport_cases SET withdrawn_day = ? WHERE case_number = ?",
-                (today(), number),
-            )
+            self.table.mark_withdrawn(number, today())
         return {**self.status(number), "revoked": state["hashes"]}
 
     def report(self, days: int = 60) -> dict[str, Any]:
         """Per-day counts and the opinions platforms published on self-reported hashes."""
         since = (datetime.now(UTC) - timedelta(days=days)).strftime("%Y-%m-%d")
-        per_day: dict[str, dict[str, int]] = {}
-
-        def day(d: str) -> dict[str, int]:
-            return per_day.setdefault(d, {"cases": 0, "hashes": 0, "withdrawn": 0})
-
-        for d, n in self.conn.execute(
-            "SELECT created_day, count(*) FROM selfreport_cases WHERE created_day >= ?"
-            " GROUP BY created_day",
-            (since,),
-        ):
-            day(d)["cases"] = n
-        for d, n in self.conn.execute(
-            "SELECT c.created_day, count(*) FROM selfreport_ops o JOIN selfreport_cases c"
-            " USING (case_number) WHERE c.created_day >= ? GROUP BY c.created_day",
-            (since,),
-        ):
-            day(d)["hashes"] = n
-        for d, n in self.conn.execute(
-            "SELECT withdrawn_day, count(*) FROM selfreport_cases WHERE withdrawn_day >= ?"
-            " GROUP BY withdrawn_day",
-            (since,),
-        ):
-            day(d)["withdrawn"] = n
-        totals = self.conn.execute(
-            "SELECT count(*), count(withdrawn_day) FROM selfreport_cases"
-        ).fetchone()
-        by_category = dict(
-            self.conn.execute(
-                "SELECT category, count(*) FROM selfreport_cases GROUP BY category"
-            ).fetchall()
-        )
-        hashes = self.conn.execute("SELECT count(DISTINCT op_id) FROM selfreport_ops").fetchone()
-        opinions = self.conn.execute(
-            "SELECT count(DISTINCT CASE WHEN seen THEN target END),"
-            " coalesce(sum(seen), 0),"
-            " count(DISTINCT CASE WHEN verdict = 'dispute' THEN target END),"
-            " count(CASE WHEN verdict = 'dispute' THEN 1 END),"
-            " count(CASE WHEN verdict = 'confirm' THEN 1 END)"
-            " FROM opinions WHERE target IN (SELECT op_id FROM selfreport_ops)"
-        ).fetchone()
-        disputed = [
-            {"op_id": op, "disputes": n}
-            for op, n in self.conn.execute(
-                "SELECT target, count(*) FROM opinions WHERE verdict = 'dispute'"
-                " AND target IN (SELECT op_id FROM selfreport_ops)"
-                " GROUP BY target ORDER BY count(*) DESC, target LIMIT 50"
-            )
-        ]
-        return {
-            "days": [{"day": d, **per_day[d]} for d in sorted(per_day, reverse=True)],
-            "totals": {
-                "cases": totals[0],
-                "withdrawn": totals[1],
-                "hashes": hashes[0],
-                "by_category": by_category,
-            },
-            "opinions": {
-                "hashes_seen": opinions[0],
-                "seen": opinions[1],
-                "hashes_disputed": opinions[2],
-                "disputes": opinions[3],
-                "confirms": opinions[4],
-            },
-            "disputed": disputed,
-        }
+        return self.table.report(since)
 
 
 # -- HTTP ---------------------------------------------------------------------------------
@@ -680,12 +486,13 @@ class CaseStore:
 class SelfReport:
     """The routes, their in-memory limits and the proof-of-work state of one node process."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(self, service: NodeService, store_thread: StoreThread) -> None:
+        self.service = service
+        self.store_thread = store_thread
         self.pow = ProofOfWork()
         self._salt = secrets.token_bytes(32)  # per process, never stored
         self._cases: CaseStore | None = None
-        self._limits: dict[str, RateLimiter] = {}
+        self._limits: dict[str, RateLimiter[bytes]] = {}
         self._budgets: dict[str, Budget] = {}
         self._limit_settings: tuple[int, ...] = ()
         self._scrypt = asyncio.Semaphore(SCRYPT_CONCURRENCY)
@@ -695,7 +502,7 @@ class SelfReport:
 
     @property
     def config(self) -> Any:
-        return self.daemon.service.config
+        return self.service.config
 
     def _rebuild(self) -> None:
         """The limiters, rebuilt when the config's limits change (config is hot-reloaded)."""
@@ -708,9 +515,10 @@ class SelfReport:
         if settings != self._limit_settings:
             self._limit_settings = settings
             self._limits = {
-                "submit": RateLimiter(settings[0]),
-                "challenge": RateLimiter(settings[0] * 4),
-                "check": RateLimiter(settings[1]),
+                "submit": RateLimiter(settings[0], WINDOW_S),
+                "challenge": RateLimiter(settings[0] * 4, WINDOW_S),
+                "check": RateLimiter(settings[1], WINDOW_S),
+                "logo": RateLimiter(settings[0] * LOGO_PER_SUBMIT, WINDOW_S),
             }
             self._budgets = {
                 "submit": Budget(settings[2]),
@@ -718,8 +526,8 @@ class SelfReport:
                 "withdraw": Budget(settings[2] * WITHDRAW_PER_SUBMIT),
             }
 
-    def limiter(self, name: str) -> RateLimiter:
-        """A per-client limiter: submit, challenge or check."""
+    def limiter(self, name: str) -> RateLimiter[bytes]:
+        """A per-client limiter: submit, challenge, check or logo."""
         self._rebuild()
         return self._limits[name]
 
@@ -752,12 +560,12 @@ class SelfReport:
 
     def plan(self, request: web.Request, per_client: str, budget: str | None = None) -> Charges:
         """The limits this request would be charged to (its client's, then its blocks' and
-        the node's); TooMany, charging nothing, when any is spent."""
+        the node's); TooManyRequests, charging nothing, when any is spent."""
         key = self.client_key(request)
         limiter = self.limiter(per_client)
         if not limiter.allows(key):
-            raise TooMany.waiting(
-                "too many requests from your connection", limiter.retry_after(key)
+            raise TooManyRequests.waiting(
+                "too many requests from your connection", wait_s(limiter, key)
             )
         charges = [(limiter, key)]
         if budget is not None:
@@ -784,7 +592,7 @@ class SelfReport:
 
     async def cases(self) -> CaseStore:
         if self._cases is None:
-            self._cases = await self.daemon.call(CaseStore, self.daemon.service)
+            self._cases = await self.store_thread.call(CaseStore, self.service)
         return self._cases
 
     def require_enabled(self) -> None:
@@ -826,14 +634,22 @@ class SelfReport:
         )
 
     async def logo(self, request: web.Request) -> web.Response:
-        """The configured logo, only from inside the node's home (a symlink out is refused),
-        small, and with the content type its bytes show, never the one its name claims."""
+        """The logo as read and checked when the config loaded (config.load_selfreport_logo),
+        from memory. Limited per visitor like the page's API: each answer is up to 256 KiB.
+        It stays `no-store` like the rest of the page, so a shared device's browser cache
+        keeps no trace of the visit; the ETag saves the bytes for a client that asks with
+        If-None-Match anyway."""
         self.require_enabled()
-        name = self.config.selfreport_logo
-        if not name:
+        logo = self.config.logo_image
+        if logo is None:
             raise NotFound("no logo is configured")
-        body, kind = await asyncio.to_thread(read_logo, Path(self.daemon.home.path), name)
-        return web.Response(body=body, headers={**HEADERS, "Content-Type": kind})
+        self.limit(request, "logo")
+        headers = {**HEADERS, "Content-Type": logo.content_type, "ETag": logo.etag}
+        header = request.headers.get("If-None-Match", "")
+        asked = {t.strip().removeprefix("W/") for t in header.split(",")}
+        if logo.etag in asked or "*" in asked:
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=logo.body, headers=headers)
 
     async def challenge(self, request: web.Request) -> web.Response:
         self.require_enabled()
@@ -854,7 +670,7 @@ class SelfReport:
         salt = secrets.token_bytes(16)
         secret_hash = await self.slow_hash(secret, salt)
         cases = await self.cases()
-        result = await self.daemon.call(
+        result = await self.store_thread.call(
             cases.create, self.config.selfreport_collection, submission, salt, secret_hash
         )
         return json_response(
@@ -928,7 +744,7 @@ class SelfReport:
         secret = normalise_code(body.get("secret"), SECRET_CHARS, "secret")
         self.limit(request, "check", budget)
         cases = await self.cases()
-        stored = await self.daemon.call(cases.secret_of, number)
+        stored = await self.store_thread.call(cases.secret_of, number)
         salt, expected = stored if stored is not None else (b"\0" * 16, b"")
         actual = await self.slow_hash(secret, salt)
         if stored is None or not hmac.compare_digest(actual, expected):
@@ -937,11 +753,11 @@ class SelfReport:
 
     async def status(self, request: web.Request) -> web.Response:
         number, cases = await self._authenticate(request, "status")
-        return json_response(await self.daemon.call(cases.status, number))
+        return json_response(await self.store_thread.call(cases.status, number))
 
     async def withdraw(self, request: web.Request) -> web.Response:
         number, cases = await self._authenticate(request, "withdraw")
-        result = await self.daemon.call(cases.withdraw, number)
+        result = await self.store_thread.call(cases.withdraw, number)
         return json_response(result)
 
     async def admin(self, request: web.Request) -> web.Response:
@@ -954,36 +770,8 @@ class SelfReport:
         }
         if c.selfreport_enabled or self._cases is not None:
             cases = await self.cases()
-            out.update(await self.daemon.call(cases.report))
+            out.update(await self.store_thread.call(cases.report))
         return web.json_response(out)
-
-
-def read_logo(home: Path, name: str) -> tuple[bytes, str]:
-    root = home.resolve()
-    path = (root / name).resolve()
-    if not path.is_relative_to(root):
-        raise Forbidden("the logo file is outside the node's home")
-    try:
-        with path.open("rb") as fh:
-            body = fh.read(MAX_LOGO_BYTES + 1)
-    except OSError:
-        raise NotFound("the logo file cannot be read") from None
-    if len(body) > MAX_LOGO_BYTES:
-        raise NotFound(f"the logo file is larger than {MAX_LOGO_BYTES // 1024} KiB")
-    if body[:4] == b"RIFF" and body[8:12] == b"WEBP":
-        return body, "image/webp"
-    for magic, kind in LOGO_MAGIC.items():
-        if body.startswith(magic):
-            return body, kind
-    raise NotFound("the logo file is not a PNG, JPEG, WebP or GIF image")
-
-
-class TooMany(NodeError):
-    status = 429
-
-    @classmethod
-    def waiting(cls, what: str, wait_s: int) -> TooMany:
-        return cls(f"{what}; please try again in {max(1, wait_s // 60)} minutes")
 
 
 def json_response(value: Any, status: int = 200) -> web.Response:
@@ -1010,9 +798,9 @@ async def headers_middleware(request: web.Request, handler: Any) -> web.StreamRe
     return response
 
 
-def register(app: web.Application, daemon: Daemon) -> SelfReport:
+def register(app: web.Application, service: NodeService, store_thread: StoreThread) -> SelfReport:
     """Add the self-report routes (they answer 404 while [selfreport] enabled is false)."""
-    report = SelfReport(daemon)
+    report = SelfReport(service, store_thread)
     app.middlewares.insert(0, headers_middleware)
     app.router.add_get(PREFIX, report.index)
     app.router.add_get(PREFIX + "/", report.index)
