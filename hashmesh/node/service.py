@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -29,7 +30,7 @@ from hashmesh.node.store.backup import (
 from hashmesh.node.store.core import IngestResult, Store, now_ms
 from hashmesh.protocol.batches import AnyOp, LogKey, build_batch, header_hash
 from hashmesh.protocol.bundles import BundleCheck, BundleDecoder, encode_bundle_header
-from hashmesh.protocol.errors import ProtocolError
+from hashmesh.protocol.errors import BatchOverflow, ProtocolError
 from hashmesh.protocol.ops import AddOp, OpId, OpinionOp, RevokeOp, validate_collection
 
 if TYPE_CHECKING:
@@ -130,14 +131,21 @@ class NodeService:
         op_ids: list[OpId] = []
         total = IngestResult()
         size = self.config.batch_size
-        for start in range(0, len(ops), size):
-            chunk = ops[start : start + size]
+        chunks = deque(ops[start : start + size] for start in range(0, len(ops), size))
+        while chunks:
+            chunk = chunks.popleft()
             seq = self.store.head(key) + 1
             prev_header = self.store.signed_header(key, seq - 1) if seq > 1 else None
             prev = header_hash(prev_header.header_bytes) if prev_header else None
             when = now_ms() if ts is None else ts
             # Not the caller's input: the ops were checked, the rest is this node's own.
-            batch = build_batch(self.key, collection, seq, prev, when, chunk)
+            # Packed by count; ops long enough to pass the byte limit split in halves.
+            try:
+                batch = build_batch(self.key, collection, seq, prev, when, chunk)
+            except BatchOverflow:
+                half = len(chunk) // 2
+                chunks.extendleft((chunk[half:], chunk[:half]))
+                continue
             result = self.store.ingest(batch, source="local")
             if result.outcome != "applied":
                 raise NodeError(f"publishing to {collection} failed: batch was {result.outcome}")

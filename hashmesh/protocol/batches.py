@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from hashmesh.protocol.encoding import canonical, parse_canonical
 from hashmesh.protocol.errors import (
     BatchError,
+    BatchOverflow,
     LimitError,
     OpError,
     ProtocolError,
@@ -277,7 +278,7 @@ def build_batch(
         raise ProtocolUsageError(f"batch: {len(ops)} ops exceeds {MAX_OPS_PER_BATCH}")
     ops_bytes = encode_ops(ops)
     if len(ops_bytes) > MAX_OPS_BYTES:
-        raise ProtocolUsageError(f"batch ops: {len(ops_bytes)} bytes exceeds {MAX_OPS_BYTES}")
+        raise BatchOverflow(f"batch ops: {len(ops_bytes)} bytes exceeds {MAX_OPS_BYTES}")
     lines = ops_bytes.split(b"\n")
     leaf_hashes = [sha256(b"\x00" + line).digest() for line in lines]
     header_value = {

@@ -56,3 +56,10 @@ class ProtocolUsageError(Exception):
     RemoteProtocolError): a node converts ProtocolError from a caller's or a peer's bytes
     into that party's fault, and must never blame either for its own mistake.
     """
+
+
+class BatchOverflow(ProtocolUsageError):
+    """Ops that together exceed one batch's byte limit: the caller must pack fewer.
+
+    Its own class so that a publisher packing by count can split and retry on exactly this
+    mistake, without measuring every op first."""
