@@ -11,8 +11,11 @@ first; the table gives the median of the rounds and the ratio new/old. Measures:
 - bundle import: `hashmesh import` of N md5 adds (batches of 5,000) into a fresh home,
   each tree's own CLI in a child process (the store's ingest path, end to end);
 - verify+apply: `protocol.state.State` applying two 10,000-op batches of adds;
-- exact match: `NodeService.match`, 1,000 md5 queries per call, on the imported home
-  (the matcher's read path, off the store thread).
+- exact match: `NodeService.match`, 1,000 md5 queries per call, 50,000 queries, on the
+  imported home (the matcher's read path, off the store thread);
+- feed paging: each tree's node runs (`hashmesh run` on 127.0.0.1:0) on the imported home
+  and a subscriber pages `GET /v1/feed` to the end, 10,000 a page, decoding every page
+  (the platform feed through the web, access and store layers).
 
 Sync between nodes, the feed and CLI latency have benchmarks of their own
 (propagation.py, feed.py, cli.py --old REV).
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import http.client
 import json
 import statistics
 import subprocess
@@ -78,7 +82,7 @@ config = mod("hashmesh.node.config"); service_m = mod("hashmesh.node.service")
 svc = service_m.NodeService(config.Home(HOME))
 rng = random.Random(7)
 nb = (SIGNALS + BATCH - 1) // BATCH
-hits = [f"{rng.randint(1, nb):08x}{rng.randrange(BATCH):024x}" for _ in range(10_000)]
+hits = [f"{rng.randint(1, nb):08x}{rng.randrange(BATCH):024x}" for _ in range(50_000)]
 svc.match([{"type": "md5", "value": hits[0]}])
 t0 = time.perf_counter()
 for s in range(0, len(hits), 1000):
@@ -134,7 +138,53 @@ def one_round(tree: Tree, work: Path, bundle: Path, author: str, signals: int) -
         f"SIGNALS = {signals}\nBATCH = {BATCH}\n" + CHILD
     )
     got.update(json.loads(run([sys.executable, "-c", code]).strip().splitlines()[-1]))
+    got["feed"] = feed_rate(tree, home, signals)
     return got
+
+
+def feed_rate(tree: Tree, home: Path, signals: int) -> float:
+    """Changes a second a subscriber reads from the tree's running node, paging the feed."""
+    config = (home / "config.toml").read_text()
+    (home / "config.toml").write_text(config.replace("127.0.0.1:7400", "127.0.0.1:0"))
+    with open(home.parent / "node.log", "wb") as log:
+        proc = subprocess.Popen(tree.cli(["--home", str(home), "run"]), stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 120
+        api = ""
+        while not api:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"{tree.rev}: node did not start: {home.parent / 'node.log'}")
+            try:
+                runtime = json.loads((home / "node.json").read_text())
+                if runtime.get("pid") == proc.pid:
+                    api = str(runtime["api"])
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.1)
+        host, port = api.removeprefix("http://").rsplit(":", 1)
+        token = (home / "admin.token").read_text().strip()
+        conn = http.client.HTTPConnection(host, int(port), timeout=120)
+        headers = {"Authorization": f"Bearer {token}"}
+        after, total = 0, 0
+        started = time.perf_counter()
+        while True:
+            conn.request("GET", f"/v1/feed?after={after}&limit=10000", headers=headers)
+            response = conn.getresponse()
+            data = json.loads(response.read())
+            if response.status != 200:
+                raise SystemExit(f"{tree.rev}: feed answered {response.status}: {data}")
+            total += len(data["entries"])
+            after = data["next"]
+            if not data["more"]:
+                break
+        elapsed = time.perf_counter() - started
+        conn.close()
+        if total != signals:
+            raise SystemExit(f"{tree.rev}: feed had {total} changes, expected {signals}")
+        return total / elapsed
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
 
 
 _NAMES = (
@@ -150,6 +200,7 @@ LABELS = {
     "import": "bundle import, signals/s",
     "verify_apply": "verify+apply (State), ops/s",
     "match": "exact match, 1,000 queries a call, queries/s",
+    "feed": "feed paging from the running node, changes/s",
 }
 
 
