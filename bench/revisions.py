@@ -37,13 +37,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import store as store_bench
 from benchenv import Tree, load_text, machine, replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADING = "## The architecture step, old and new (bench/revisions.py)"
 OLD = "179643c"
-BATCH = 5_000
-COLLECTION = "bench"
+BATCH = store_bench.BATCH
+COLLECTION = store_bench.COLLECTION
 
 # Runs in a child with one tree first on sys.path; prints one JSON object.
 CHILD = r"""
@@ -94,27 +95,12 @@ print(json.dumps(out))
 """
 
 
-def value(seq: int, index: int) -> str:
-    return f"{seq:08x}{index:024x}"
-
-
 def build_bundle(path: Path, signals: int) -> str:
-    from hashmesh.protocol import SigningKey, build_batch
-    from hashmesh.protocol.bundles import encode_bundle_header
+    """store.py's bundle (N md5 adds in batches of BATCH), signed by a fixed key; its id."""
+    from hashmesh.protocol import SigningKey
 
     key = SigningKey(bytes([7]) * 32)
-    prev = None
-    with open(path, "wb") as fh:
-        fh.write(encode_bundle_header({"v": 1, "collection": COLLECTION, "logs": []}))
-        for seq in range(1, (signals + BATCH - 1) // BATCH + 1):
-            count = min(BATCH, signals - (seq - 1) * BATCH)
-            ops = [
-                {"op": "add", "type": "md5", "value": value(seq, i), "category": "csam"}
-                for i in range(count)
-            ]
-            batch = build_batch(key, COLLECTION, seq, prev, 1_700_000_000_000 + seq, ops)
-            fh.write(batch.to_bytes())
-            prev = batch.hash
+    store_bench.build_bundle(path, key, signals)
     return key.node_id
 
 
