@@ -268,3 +268,44 @@ def test_keys_beyond_32_bits_sort_the_same_way(key_offset: int) -> None:
     # 600 pairs: enough for the packed sort where the keys fit in 32 bits
     queries = np.concatenate([words[:300], rng.integers(0, 2**64, size=(10, 4), dtype=np.uint64)])
     assert index.query_many(queries) == brute(words, keys, queries, 31)
+
+
+def test_remove_many_counts_live_keys_and_matches_brute_force(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bulk removal over segments and the delta; duplicates and absent keys count 0."""
+    monkeypatch.setattr(pdq_index, "_DELTA_CAPACITY", 256)
+    rng = np.random.default_rng(21)
+    words = rng.integers(0, 2**64, size=(6000, 4), dtype=np.uint64)
+    index = PDQIndex()
+    index.add_many(np.arange(5000), words[:5000])
+    for k in range(5000, 6000):  # delta and small flushed segments
+        index.add(k, words_to_hex(words[k : k + 1])[0])
+    gone = rng.choice(6000, 900, replace=False)
+    asked = np.concatenate([gone, gone[:50], np.arange(6000, 6100), [-5]])
+    assert index.remove_many(asked.tolist()) == 900
+    assert index.remove_many(gone) == 0
+    assert index.remove_many([]) == 0
+    assert len(index) == 5100
+    live = np.setdiff1d(np.arange(6000), gone)
+    queries = np.concatenate([words[::40], words[gone[:30]]])
+    assert index.query_many(queries) == brute(words[live], live, queries, 31)
+    # compaction: removing most of the big segment rebuilds it, still exact
+    assert index.remove_many(np.arange(0, 4000)) == len(np.setdiff1d(np.arange(4000), gone))
+    live = np.setdiff1d(live, np.arange(4000))
+    assert len(index) == len(live)
+    assert index.query_many(queries) == brute(words[live], live, queries, 31)
+    assert index.digest() == (len(live), int(live.sum()) % 2**63)
+
+
+def test_digest_counts_and_sums_live_keys() -> None:
+    index = PDQIndex()
+    assert index.digest() == (0, 0)
+    rng = np.random.default_rng(22)
+    words = rng.integers(0, 2**64, size=(3000, 4), dtype=np.uint64)
+    keys = np.arange(3000, dtype=np.int64) + 2**62  # the sum wraps past 2**63
+    index.add_many(keys, words)
+    index.add(-7, words_to_hex(words[:1])[0])
+    index.remove(int(keys[5]))
+    live = [int(k) for k in keys if k != keys[5]] + [-7]
+    assert index.digest() == (3000, sum(live) % 2**63)
