@@ -173,6 +173,7 @@ def signed_bundle(tmp_path: Path) -> tuple[bytes, str]:
     return path.read_bytes(), key.node_id
 
 
+@pytest.mark.slow
 def test_tampered_bundles_are_refused_by_verify_and_import(
     cli: Cli, home: HomeFactory, tmp_path: Path, signed_bundle: tuple[bytes, str]
 ) -> None:
@@ -331,6 +332,7 @@ def run_import(home: Path, bundle: Path) -> subprocess.Popen[bytes]:
     )
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_large_import_loses_nothing_and_leaves_no_half_batch(
     cli: Cli, home: HomeFactory, large_bundle: tuple[Path, str, int]
 ) -> None:

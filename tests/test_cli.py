@@ -516,6 +516,7 @@ def scenario(cli: Cli, path: Path, peer: Path, work: Path) -> list[Any]:
     return out
 
 
+@pytest.mark.slow
 def test_offline_and_online_give_the_same_results(
     cli: Cli, home: HomeFactory, start_node: NodeFactory, tmp_path: Path
 ) -> None:

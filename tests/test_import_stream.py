@@ -60,6 +60,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProc]:
     n.stop()
 
 
+@pytest.mark.slow
 def test_large_list_body_is_parsed_in_bounded_memory(node: NodeProc) -> None:
     """The warm-up publishes as many signals from a small file, so what the big list adds
     to the peak is what its size costs (SQLite's page cache and the plan are bounded by

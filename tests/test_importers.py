@@ -260,6 +260,7 @@ class _ChunkStream(io.RawIOBase):
         return size
 
 
+@pytest.mark.slow
 def test_ncmec_streams_a_large_file_in_bounded_memory() -> None:
     entries = 40_000
     stream = io.BufferedReader(_ChunkStream(_big_ncmec(entries)))

@@ -124,6 +124,7 @@ def bad_config_reset(node: NodeProc) -> None:
     path.write_text(tomli_w.dumps(data))
 
 
+@pytest.mark.slow
 def test_bad_settings_are_refused_at_config_load(tmp_path: Path) -> None:
     node = NodeProc(tmp_path, "badconfig")
     cases: list[tuple[dict[str, Any], str]] = [
