@@ -1,24 +1,32 @@
-"""Load: sustained HTTP match requests while the node ingests a large sync.
+"""Load: a saturating match flood while the node ingests a large sync and a revocation.
 
-A seed home holding --signals md5 adds (batches of 5,000 ops) is built offline with
-NodeService.publish, and a target home holding --local own md5 signals (the hits). Both
-run as real `hashmesh run` processes on 127.0.0.1. --clients client processes, each an
-aiohttp session with keep-alive and --concurrency requests in flight, post
-`POST /v1/match` (one md5 query, half hits, half misses) to the target for the whole run.
+The question (issue 18): does matching at full speed slow down what the node exists to do
+(ingest, publish, revoke), and does ingest stall matching? Each configuration of
+--match-workers (0: matching in the node's own process, as before; N: N matcher worker
+processes on the node's match socket) runs the same phases side by side in one run:
 
-Phases, measured on the same client processes:
+1. sync alone: a fresh target pulls the seed's --signals PDQ adds with no flood (the
+   reference time);
+2. flood: --clients client processes post `POST /v1/match` (one PDQ query: half
+   near-duplicates of the target's own signals, half random misses) for --duration s;
+3. flood + sync: a second fresh target pulls the same seed under the flood;
+4. flood + revocation: the seed withdraws --revoke of its signals (one list withdrawal)
+   and the target ingests the revocations under the flood.
 
-1. without ingest: --duration seconds of matches while nothing else happens;
-2. during ingest: the seed is added as the target's peer (POST /v1/admin/peers starts a
-   sync round at once) and matches continue until the target's /v1/status shows every
-   seed signal live (or --ingest-timeout passes).
+Throughout 2-4 a probe in this process publishes one operator add every 250 ms, timing it,
+and then polls the match address until the add matches (freshness: how long after its
+publish call returned an add is matchable where platforms match). It posts to
+`/v1/signals/batch`, which publishes at once: `/v1/signals` waits up to batch_delay_ms
+(200 ms by default) on purpose, to coalesce single adds into one batch.
 
-For each phase: requests/s, p50/p99/max latency, errors. --py-spy N records the target
-with py-spy for N seconds during ingest and prints the hottest functions.
+Each configuration starts from its own copy of the seed (built once, offline, with
+NodeService.publish) so the revocations of one do not change the next. Memory: PSS of the
+target and its worker processes (from /proc/PID/smaps_rollup) at the end of each
+configuration.
 
-    .venv/bin/python bench/load.py                         # 1,000,000 signals
-    .venv/bin/python bench/load.py --signals 200k --duration 10
-    .venv/bin/python bench/load.py --write-docs            # the table into docs/benchmarks.md
+    .venv/bin/python bench/load.py                                   # 1M PDQ, workers 0 and 2
+    .venv/bin/python bench/load.py --signals 200k --duration 10 --match-workers 0,1,2
+    .venv/bin/python bench/load.py --write-docs                      # into docs/benchmarks.md
 
 Every node process is stopped on exit; homes live in a temporary folder that is removed
 afterwards unless --keep is given.
@@ -32,9 +40,7 @@ import json
 import multiprocessing as mp
 import os
 import random
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +51,7 @@ from typing import Any
 import aiohttp
 
 # benchenv and benchnodes are found in bench/ (sys.path[0]): imported before bench/ leaves sys.path
-from benchenv import machine, replace_section
+from benchenv import free_port, machine, replace_section
 from benchnodes import Node, make_node, spawn, stop, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,12 +62,16 @@ sys.path.append(str(ROOT))
 from hashmesh.node.config import Home, Peer, Trust  # noqa: E402
 from hashmesh.node.service import NodeService  # noqa: E402
 from hashmesh.protocol.ops import AddOp  # noqa: E402
+from hashmesh.testing import read_runtime  # noqa: E402
 
 SECTION = "## Load (bench/load.py)"
 COLLECTION = "csam"
 LOCAL = "local"
+PROBE = "probe"
 BATCH_SIZE = 5000
-PHASES = ("warmup", "without ingest", "during ingest", "after")
+PROBE_EVERY_S = 0.25
+FRESH_TIMEOUT_S = 10.0
+PHASES = ("idle", "flood", "flood + sync", "flood + revocation")
 
 
 def parse_count(text: str) -> int:
@@ -72,13 +82,26 @@ def parse_count(text: str) -> int:
     return int(text)
 
 
-def publish_offline(node: Node, collection: str, values: list[str]) -> float:
+def random_pdq(rng: random.Random) -> str:
+    return rng.randbytes(32).hex()
+
+
+def near(rng: random.Random, value: str, bits: int = 8) -> str:
+    n = int(value, 16)
+    for b in rng.sample(range(256), bits):
+        n ^= 1 << b
+    return f"{n:064x}"
+
+
+def publish_offline(home: Path, collection: str, values: list[str]) -> float:
     t = time.monotonic()
-    service = NodeService(Home(node.home))
+    service = NodeService(Home(home))
     try:
         for start in range(0, len(values), BATCH_SIZE):
             chunk = values[start : start + BATCH_SIZE]
-            service.publish(collection, [AddOp.create("md5", v, category="csam") for v in chunk])
+            service.publish(
+                collection, [AddOp.create("pdq", v, category="csam", quality=100) for v in chunk]
+            )
     finally:
         service.close()
     return time.monotonic() - t
@@ -92,12 +115,10 @@ def client_main(
 ) -> None:
     """Post matches until phase is -1; latencies (ms) are kept per phase at send time."""
     rng = random.Random(seed)
-    misses = [rng.randbytes(16).hex() for _ in range(len(values))]
-    bodies = [
-        json.dumps({"queries": [{"type": "md5", "value": v}]}).encode()
-        for pair in zip(values, misses, strict=True)
-        for v in pair
-    ]
+    bodies = []
+    for v in values:
+        for q in (near(rng, v), random_pdq(rng)):
+            bodies.append(json.dumps({"queries": [{"type": "pdq", "value": q}]}).encode())
     rng.shuffle(bodies)
     latencies: dict[int, list[float]] = {i: [] for i in range(len(PHASES))}
     errors: Counter[str] = Counter()
@@ -117,12 +138,14 @@ def client_main(
                     await r.read()
                     if r.status != 200:
                         errors[f"HTTP {r.status}"] += 1
+                        await asyncio.sleep(0.01)
                         continue
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 errors[type(exc).__name__] += 1
                 await asyncio.sleep(0.01)
                 continue
-            latencies[p].append((time.perf_counter() - t) * 1000)
+            ms = (time.perf_counter() - t) * 1000
+            latencies[p].append(ms)
 
     async def run() -> None:
         connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
@@ -138,6 +161,62 @@ def percentile(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return float("nan")
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+# -- probes in this process -----------------------------------------------------------------
+
+
+class Probe:
+    """One operator add every PROBE_EVERY_S, timed, then how long until it matches at the
+    match address (exact md5: the freshness of the matcher, not PDQ search time)."""
+
+    def __init__(self, node: Node, match_url: str, rng: random.Random) -> None:
+        self.node = node
+        self.match_url = match_url
+        self.rng = rng
+        self.publish_ms: dict[str, list[float]] = {}
+        self.fresh_ms: dict[str, list[float]] = {}
+        self.misses: Counter[str] = Counter()
+        self.phase = ""
+
+    async def run(self, stop_event: asyncio.Event) -> None:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            while not stop_event.is_set():
+                phase = self.phase
+                value = self.rng.randbytes(16).hex()
+                signal = {"type": "md5", "value": value, "category": "csam"}
+                body = {"collection": PROBE, "signals": [signal]}
+                t = time.perf_counter()
+                async with session.post(
+                    self.node.url + "/v1/signals/batch", json=body, headers=self.node.auth
+                ) as r:
+                    await r.read()
+                    ok = r.status == 200
+                done = time.perf_counter()
+                if not ok:
+                    self.misses[f"publish HTTP {r.status}"] += 1
+                    continue
+                self.publish_ms.setdefault(phase, []).append((done - t) * 1000)
+                query = {"queries": [{"type": "md5", "value": value}]}
+                while time.perf_counter() - done < FRESH_TIMEOUT_S:
+                    async with session.post(
+                        self.match_url + "/v1/match", json=query, headers=self.node.auth
+                    ) as r:
+                        answer = await r.json() if r.status == 200 else {}
+                    if answer.get("matched"):
+                        self.fresh_ms.setdefault(phase, []).append(
+                            (time.perf_counter() - done) * 1000
+                        )
+                        break
+                    await asyncio.sleep(0.005)
+                else:
+                    self.misses["not matchable within 10 s"] += 1
+                wait = PROBE_EVERY_S - (time.perf_counter() - t)
+                if wait > 0:
+                    try:
+                        await asyncio.wait_for(stop_event.wait(), timeout=wait)
+                    except TimeoutError:
+                        pass
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -160,73 +239,71 @@ async def add_peer(target: Node, seed: Node) -> None:
         assert r.status == 200, await r.text()
 
 
-def py_spy(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes] | None:
-    exe = Path(sys.executable).with_name("py-spy")
-    if not exe.exists():
-        print("py-spy not found next to the interpreter; no profile")
-        return None
-    return subprocess.Popen(
-        [
-            str(exe),
-            "record",
-            "-p",
-            str(pid),
-            "-d",
-            str(seconds),
-            "-r",
-            "200",
-            "-f",
-            "raw",
-            "-o",
-            str(out),
-            "--nonblocking",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+async def wait_live(node: Node, want: int, timeout: float, label: str) -> tuple[float, int]:
+    t0 = time.monotonic()
+    live = -1
+    while time.monotonic() - t0 < timeout:
+        await asyncio.sleep(0.5)
+        status = await status_of(node)
+        live = int(status["live_by_collection"].get(COLLECTION, 0))
+        if live == want:
+            return time.monotonic() - t0, live
+    print(f"  {label}: {live:,} live, wanted {want:,}, after {timeout:.0f} s", flush=True)
+    return time.monotonic() - t0, live
 
 
-def summarise_profile(raw: Path, top: int = 15) -> list[tuple[str, float, float]]:
-    """(function, self %, inclusive %) of the hottest functions in a py-spy raw file."""
-    self_counts: Counter[str] = Counter()
-    incl: Counter[str] = Counter()
-    total = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack:
-            continue
-        n = int(count_text)
-        frames = stack.split(";")
-        total += n
-        names = [re.sub(r" \(.*?:\d+\)$", "", f).strip() + " " + _file(f) for f in frames]
-        self_counts[names[-1]] += n
-        for name in set(names):
-            incl[name] += n
-    return [
-        (name, 100 * c / total, 100 * incl[name] / total)
-        for name, c in self_counts.most_common(top)
-    ]
+def pss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
-def _file(frame: str) -> str:
-    m = re.search(r"\((.*?):\d+\)$", frame)
-    return f"({Path(m.group(1)).name})" if m else ""
+def children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
 
 
-async def main_async(args: argparse.Namespace, root: Path, nodes: list[Node]) -> dict[str, Any]:
-    rng = random.Random(args.seed)
-    seed = make_node(root, "seed")
-    target = make_node(root, "target")
-    nodes += [seed, target]
-    print(f"building the seed: {args.signals:,} md5 signals offline ...", flush=True)
-    build_s = publish_offline(
-        seed, COLLECTION, [rng.randbytes(16).hex() for _ in range(args.signals)]
-    )
-    local = [rng.randbytes(16).hex() for _ in range(args.local)]
-    publish_offline(target, LOCAL, local)
-    print(f"  built in {build_s:.0f} s", flush=True)
+def match_url_of(node: Node, workers: int) -> str:
+    if workers == 0:
+        return node.url
+    runtime = read_runtime(node.home) or {}
+    url = runtime.get("match")
+    if not isinstance(url, str):
+        raise RuntimeError(f"{node.name}: node.json has no match address: {runtime}")
+    return url
+
+
+def worker_settings(workers: int) -> dict[str, Any]:
+    """0 is the node's default (matching in its own process): left unset, so the same
+    script also measures a revision that has no such setting."""
+    return {"match_workers": workers} if workers else {}
+
+
+def seed_copy(template: Path, root: Path, name: str) -> Node:
+    home = root / name
+    shutil.copytree(template, home)
+    h = Home(home)
+    config = h.load_config()
+    port = free_port()
+    config.listen = f"127.0.0.1:{port}"
+    h.save_config(config)
+    token = h.admin_token_path.read_text().strip()
+    return Node(name, home, port, config.node_id, token)
+
+
+def connect(seed: Node, target: Node) -> None:
     h = Home(seed.home)
     config = h.load_config()
+    config.peers = [p for p in config.peers if p.name != target.name]
     config.add_peer(
         Peer(name=target.name, url=target.url, node_id=target.node_id, share=[COLLECTION])
     )
@@ -235,72 +312,122 @@ async def main_async(args: argparse.Namespace, root: Path, nodes: list[Node]) ->
     config = h.load_config()
     config.add_trust(Trust(node_id=seed.node_id, collection=COLLECTION, name=seed.name))
     h.save_config(config)
+
+
+async def one_config(
+    args: argparse.Namespace,
+    root: Path,
+    nodes: list[Node],
+    template: Path,
+    seed_values: list[str],
+    workers: int,
+) -> dict[str, Any]:
+    rng = random.Random(args.seed + workers)
+    result: dict[str, Any] = {"workers": workers}
+
+    # 1. the sync alone
+    seed = seed_copy(template, root, f"seed-w{workers}-a")
+    quiet = make_node(root, f"quiet-w{workers}", **worker_settings(workers))
+    nodes += [seed, quiet]
+    connect(seed, quiet)
+    for n in (seed, quiet):
+        spawn(n)
+    async with aiohttp.ClientSession() as session:
+        await wait_healthy(session, [seed, quiet], timeout=120)
+    await add_peer(quiet, seed)
+    alone_s, live = await wait_live(quiet, args.signals, args.ingest_timeout, "sync alone")
+    result["sync_alone_s"] = alone_s if live == args.signals else None
+    print(f"  [{workers} workers] sync alone: {alone_s:.1f} s", flush=True)
+    stop([seed, quiet])
+
+    # 2-4. under the flood
+    seed = seed_copy(template, root, f"seed-w{workers}-b")
+    target = make_node(root, f"target-w{workers}", **worker_settings(workers))
+    nodes += [seed, target]
+    local = [random_pdq(rng) for _ in range(args.local)]
+    publish_offline(target.home, LOCAL, local)
+    connect(seed, target)
     for n in (seed, target):
         spawn(n)
     async with aiohttp.ClientSession() as session:
-        await wait_healthy(session, [seed, target], timeout=60)
+        await wait_healthy(session, [seed, target], timeout=120)
+    match_url = match_url_of(target, workers)
+    # A worker's PDQ index loads after its listener opens: wait until a PDQ query answers.
+    async with aiohttp.ClientSession() as session:
+        deadline = time.monotonic() + 120
+        body = {"queries": [{"type": "pdq", "value": local[0]}]}
+        while time.monotonic() < deadline:
+            async with session.post(match_url + "/v1/match", json=body, headers=target.auth) as r:
+                if r.status == 200 and (await r.json())["matched"]:
+                    break
+            await asyncio.sleep(0.2)
 
     phase = mp.Value("i", 0)
     out: mp.Queue[dict[str, Any]] = mp.Queue()
-    ctx_procs = [
+    procs = [
         mp.Process(
             target=client_main,
-            args=(target.url, target.token, local, args.concurrency, phase, out, n),
+            args=(match_url, target.token, local, args.concurrency, phase, out, n),
         )
         for n in range(args.clients)
     ]
-    for p in ctx_procs:
+    for p in procs:
         p.start()
+    probe = Probe(target, match_url, rng)
+    probe_stop = asyncio.Event()
+    probe_task = asyncio.create_task(probe.run(probe_stop))
     durations: dict[str, float] = {}
-    ingest: dict[str, Any] = {}
-    profile: list[tuple[str, float, float]] = []
+    loads = [os.getloadavg()[0]]
     try:
         await asyncio.sleep(args.warmup)
         phase.value = 1
+        probe.phase = "flood"
         t0 = time.monotonic()
-        loads = [os.getloadavg()[0]]
         await asyncio.sleep(args.duration)
-        durations["without ingest"] = time.monotonic() - t0
-        loads.append(os.getloadavg()[0])
+        durations["flood"] = time.monotonic() - t0
 
         phase.value = 2
+        probe.phase = "flood + sync"
         t0 = time.monotonic()
         await add_peer(target, seed)
-        spy = None
-        raw = root / "target.pyspy.txt"
-        if args.py_spy and target.proc is not None:
-            spy = py_spy(target.proc.pid, args.py_spy, raw)
-        live = 0
-        while time.monotonic() - t0 < args.ingest_timeout:
-            await asyncio.sleep(1.0)
-            status = await status_of(target)
-            live = int(status["live_by_collection"].get(COLLECTION, 0))
-            print(
-                f"  ingest: {live:,} / {args.signals:,} live after {time.monotonic() - t0:.0f} s",
-                flush=True,
-            )
-            if live >= args.signals:
-                break
-        durations["during ingest"] = time.monotonic() - t0
+        sync_s, live = await wait_live(target, args.signals, args.ingest_timeout, "flood + sync")
+        durations["flood + sync"] = time.monotonic() - t0
+        result["sync_flood_s"] = sync_s if live == args.signals else None
+        print(f"  [{workers} workers] sync under flood: {sync_s:.1f} s", flush=True)
         loads.append(os.getloadavg()[0])
-        ingest = {
-            "seconds": durations["during ingest"],
-            "live": live,
-            "complete": live >= args.signals,
-        }
+
         phase.value = 3
-        if spy is not None:
-            spy.wait(timeout=args.py_spy + 30)
-            if raw.exists():
-                profile = summarise_profile(raw)
+        probe.phase = "flood + revocation"
+        t0 = time.monotonic()
+        withdrawn = seed_values[: args.revoke]
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session,
+            session.post(
+                seed.url + "/v1/lists/import",
+                json={"collection": COLLECTION, "revoke_signals": [["pdq", v] for v in withdrawn]},
+                headers=seed.auth,
+            ) as r,
+        ):
+            assert r.status == 200, await r.text()
+        revoke_s, live = await wait_live(
+            target, args.signals - args.revoke, args.ingest_timeout, "flood + revocation"
+        )
+        durations["flood + revocation"] = time.monotonic() - t0
+        result["revoke_flood_s"] = revoke_s
+        loads.append(os.getloadavg()[0])
+        pids = [target.proc.pid, *children(target.proc.pid)] if target.proc else []
+        result["pss_mb"] = sum(pss_kb(pid) for pid in pids) / 1024
+        result["processes"] = len(pids)
     finally:
         phase.value = -1
-        results = [out.get(timeout=120) for _ in ctx_procs]
-        for p in ctx_procs:
+        probe_stop.set()
+        await probe_task
+        results = [out.get(timeout=120) for _ in procs]
+        for p in procs:
             p.join(timeout=30)
             if p.is_alive():
                 p.kill()
-
+        stop([seed, target])
     table: dict[str, dict[str, float]] = {}
     errors: Counter[str] = Counter()
     for r in results:
@@ -317,81 +444,101 @@ async def main_async(args: argparse.Namespace, root: Path, nodes: list[Node]) ->
             "max": lat[-1] if lat else float("nan"),
             "seconds": durations[name],
         }
-    return {
-        "table": table,
-        "errors": dict(errors),
-        "ingest": ingest,
-        "build_s": build_s,
-        "profile": profile,
-        "load": loads,
-    }
+    result.update(
+        table=table,
+        errors=dict(errors) | dict(probe.misses),
+        publish={k: sorted(v) for k, v in probe.publish_ms.items()},
+        fresh={k: sorted(v) for k, v in probe.fresh_ms.items()},
+        load=loads,
+    )
+    return result
+
+
+async def main_async(args: argparse.Namespace, root: Path, nodes: list[Node]) -> dict[str, Any]:
+    rng = random.Random(args.seed)
+    template = make_node(root, "seed")
+    print(f"building the seed: {args.signals:,} PDQ signals offline ...", flush=True)
+    values = [random_pdq(rng) for _ in range(args.signals)]
+    build_s = publish_offline(template.home, COLLECTION, values)
+    print(f"  built in {build_s:.0f} s", flush=True)
+    configs = []
+    for workers in args.match_workers:
+        configs.append(await one_config(args, root, nodes, template.home, values, workers))
+    return {"build_s": build_s, "configs": configs}
+
+
+def _ms(values: list[float], q: float) -> str:
+    return f"{percentile(values, q):.0f}" if values else "-"
 
 
 def render(args: argparse.Namespace, result: dict[str, Any]) -> str:
-    t = result["table"]
-    ingest = result["ingest"]
     lines = [
         SECTION,
         "",
-        f"Machine: {machine()}. Date: {time.strftime('%Y-%m-%d %H:%M %Z')}. Load average "
-        f"(1 min) at the start / after the no-ingest phase / after ingest: "
-        + " / ".join(f"{x:.2f}" for x in result["load"])
-        + ".",
+        f"Machine: {machine()}. Date: {time.strftime('%Y-%m-%d %H:%M %Z')}.",
         "",
-        f"Command: `.venv/bin/python bench/load.py --signals {args.signals} --clients "
-        f"{args.clients} --concurrency {args.concurrency} --duration {args.duration:g}"
-        + (f" --py-spy {args.py_spy}" if args.py_spy else "")
-        + "`. "
-        f"{args.clients} client processes (aiohttp, keep-alive, {args.concurrency} requests "
-        "in flight each) post `POST /v1/match` with one md5 query (half hits among "
-        f"{args.local:,} local signals, half misses) to a target node, on the same machine. "
-        f"During ingest the target pulls a seed's {args.signals:,} md5 signals (built "
-        f"offline in {result['build_s']:.0f} s, batches of {BATCH_SIZE:,}); ingest "
-        + (
-            f"completed in {ingest['seconds']:.1f} s "
-            f"({ingest['live'] / ingest['seconds']:,.0f} signals/s)."
-            if ingest.get("complete")
-            else f"did not complete: {ingest.get('live', 0):,} live after "
-            f"{ingest.get('seconds', 0):.0f} s."
-        ),
+        f"Command: `.venv/bin/python bench/load.py --signals {args.signals} --revoke "
+        f"{args.revoke} --clients {args.clients} --concurrency {args.concurrency} --duration "
+        f"{args.duration:g} --match-workers {','.join(map(str, args.match_workers))}`. "
+        f"{args.clients} client processes (aiohttp, keep-alive, {args.concurrency} requests in "
+        "flight each) post `POST /v1/match` with one PDQ query (half 8-bit near-duplicates of "
+        f"{args.local:,} local PDQ signals, half random misses) to the target's match address "
+        "(the node itself with 0 workers, its match socket otherwise). The seed's "
+        f"{args.signals:,} PDQ adds were built offline in {result['build_s']:.0f} s (batches "
+        f"of {BATCH_SIZE:,}); every configuration syncs its own copy of it. Everything (seed, "
+        "target, workers, clients) shares the machine's cores.",
         "",
-        "| phase | requests | seconds | matches/s | p50 ms | p99 ms | max ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| workers | phase | seconds | matches/s | p50 ms | p99 ms | max ms |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name in ("without ingest", "during ingest"):
-        if name in t:
-            r = t[name]
-            lines.append(
-                f"| {name} | {r['requests']:,} | {r['seconds']:.1f} | {r['rps']:,.0f} | "
-                f"{r['p50']:.1f} | {r['p99']:.1f} | {r['max']:.0f} |"
-            )
-    lines.append("")
-    lines.append(f"Errors: {result['errors'] or 'none'}.")
-    during = t.get("during ingest")
-    if during:
-        ok = during["rps"] >= 2000 and during["p99"] <= 50
+    for c in result["configs"]:
+        for name in PHASES[1:]:
+            r = c["table"].get(name)
+            if r:
+                lines.append(
+                    f"| {c['workers']} | {name} | {r['seconds']:.1f} | {r['rps']:,.0f} | "
+                    f"{r['p50']:.1f} | {r['p99']:.1f} | {r['max']:.0f} |"
+                )
+    lines += [
+        "",
+        "| workers | sync alone s | sync under flood s | ratio | 100k revocation under flood s"
+        " | publish p50 / p99 ms | freshness p50 / p99 ms | PSS MB (processes) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for c in result["configs"]:
+        alone, flood = c.get("sync_alone_s"), c.get("sync_flood_s")
+        ratio = f"{flood / alone:.2f}x" if alone and flood else "-"
+        pub = [x for v in c["publish"].values() for x in v]
+        fresh = [x for v in c["fresh"].values() for x in v]
+        pub.sort()
+        fresh.sort()
         lines.append(
-            f"Target (>= 2,000 matches/s with p99 <= 50 ms while ingesting): "
-            f"{'met' if ok else 'MISSED'} ({during['rps']:,.0f}/s, p99 "
-            f"{during['p99']:.1f} ms)."
+            f"| {c['workers']} | {alone or float('nan'):.1f} | {flood or float('nan'):.1f} | "
+            f"{ratio} | {c.get('revoke_flood_s', float('nan')):.1f} | {_ms(pub, 0.5)} / "
+            f"{_ms(pub, 0.99)} | {_ms(fresh, 0.5)} / {_ms(fresh, 0.99)} | "
+            f"{c.get('pss_mb', 0):,.0f} ({c.get('processes', 0)}) |"
         )
-    if result["profile"]:
-        lines += ["", "py-spy on the target during ingest (self %, inclusive %):", ""]
-        for name, self_pct, incl_pct in result["profile"][:12]:
-            lines.append(f"- `{name}`: {self_pct:.1f} % self, {incl_pct:.1f} % inclusive")
+    errors = {c["workers"]: c["errors"] for c in result["configs"] if c["errors"]}
+    lines += ["", f"Errors: {errors or 'none'}."]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--signals", type=parse_count, default=1_000_000)
+    parser.add_argument("--revoke", type=parse_count, default=100_000)
     parser.add_argument("--local", type=parse_count, default=10_000)
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--ingest-timeout", type=float, default=300.0)
-    parser.add_argument("--py-spy", type=int, default=0, help="seconds of py-spy during ingest")
+    parser.add_argument("--ingest-timeout", type=float, default=600.0)
+    parser.add_argument(
+        "--match-workers",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[0, 2],
+        help="comma-separated match_workers values, run side by side",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--write-docs", action="store_true")
