@@ -309,3 +309,53 @@ def test_digest_counts_and_sums_live_keys() -> None:
     index.remove(int(keys[5]))
     live = [int(k) for k in keys if k != keys[5]] + [-7]
     assert index.digest() == (3000, sum(live) % 2**63)
+
+
+@pytest.mark.parametrize("n", [1, 3000, 70_000])
+def test_packed_sort_build_equals_argsort_build(n: int) -> None:
+    """Same offsets, same rows in every bucket; the new build's rows ascend within one."""
+    rng = np.random.default_rng(n)
+    words = rng.integers(0, 2**64, size=(n, 4), dtype=np.uint64)
+    words[n // 2 :] = words[: n - n // 2] ^ np.uint64(1)  # shared buckets, near copies
+    keys = np.arange(n, dtype=np.int64) * 5
+    for layout in pdq_index._LAYOUTS:
+        old_lay = pdq_index._LAYOUTS
+        pdq_index._LAYOUTS = (layout,)
+        try:
+            old = pdq_index._Segment.build(words, keys, 31, argsort=True)
+            new = pdq_index._Segment.build(words, keys, 31)
+        finally:
+            pdq_index._LAYOUTS = old_lay
+        assert (old.layout, old.bits) == (new.layout, new.bits) == (layout, new.bits)
+        assert np.array_equal(old.offsets, new.offsets)
+        buckets = (1 << new.bits) + 1
+        for c in range(layout.chunks):
+            off = new.offsets[c * buckets : (c + 1) * buckets].astype(np.int64)
+            bucket = np.repeat(np.arange(buckets - 1, dtype=np.int64), np.diff(off))
+            lo, hi = int(off[0]), int(off[-1])
+            assert (lo, hi) == (c * n, (c + 1) * n)
+            new_pairs = (bucket << 32) | new.rows[lo:hi].astype(np.int64)
+            old_pairs = np.sort((bucket << 32) | old.rows[lo:hi].astype(np.int64))
+            assert np.array_equal(new_pairs, old_pairs)
+            assert np.all(np.diff(new_pairs) > 0)  # ascending rows within a bucket
+        queries = np.concatenate([words[:: max(1, n // 50)], flip(rng, words[0], 20)[None]])
+        assert np.array_equal(
+            np.sort(new.search(queries, 31)[1]), np.sort(old.search(queries, 31)[1])
+        )
+
+
+def test_search_never_writes_into_segment_arrays() -> None:
+    """Checkpoints map segments read-only: queries and removals must not write into them."""
+    rng = np.random.default_rng(23)
+    words = rng.integers(0, 2**64, size=(20_000, 4), dtype=np.uint64)
+    keys = np.arange(20_000, dtype=np.int64)
+    index = PDQIndex()
+    index.add_many(keys, words)
+    for seg in index._segments:
+        for arr in (seg.words, seg.keys, seg.offsets, seg.rows):
+            arr.flags.writeable = False
+    queries = np.concatenate([words[:200], rng.integers(0, 2**64, size=(50, 4), dtype=np.uint64)])
+    assert index.remove_many(np.arange(0, 20_000, 7)) == len(range(0, 20_000, 7))
+    live = np.setdiff1d(keys, np.arange(0, 20_000, 7))
+    for t in (10, 31, 44):
+        assert index.query_many(queries, t) == brute(words[live], live, queries, t)
