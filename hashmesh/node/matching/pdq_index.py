@@ -222,6 +222,7 @@ class _Segment:
     rows: npt.NDArray[np.uint32]  # (chunks * n,) row ids, chunk by chunk, grouped by bucket
     key_order: npt.NDArray[np.int64] | None  # argsort of keys; None when keys are sorted
     dead: int = 0
+    cid: str | None = None  # content id once a checkpoint has named it (checkpoint.py)
 
     @classmethod
     def build(
