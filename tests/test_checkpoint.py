@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from test_pdq_index import brute, flip
 
-from hashmesh.node.matching import pdq_index
+from hashmesh.node.matching import checkpoint, pdq_index
 from hashmesh.node.matching.checkpoint import read_checkpoint, write_checkpoint
 from hashmesh.node.matching.pdq_index import PDQIndex, words_to_hex
 
@@ -281,3 +281,29 @@ def test_processes_mapping_one_checkpoint_share_its_pages(tmp_path: Path) -> Non
     for rss, pss in seen:
         assert rss >= 0.95 * seg_kib, (seen, seg_kib)  # all pages resident in each process
         assert pss <= 0.4 * seg_kib, (seen, seg_kib)  # but a third of each is its share
+
+
+def test_reader_racing_a_writer_loads_the_new_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer removes the files a reader's manifest named: the reader starts over."""
+    rng = np.random.default_rng(8)
+    first, _, _ = build(rng, 20_000)
+    second, words, keys = build(np.random.default_rng(9), 20_000)
+    write_checkpoint(tmp_path, first, 1)
+    real = checkpoint._load_segment
+    calls = []
+
+    def racing(*args: object, **kw: object) -> object:
+        if not calls:  # between this reader's manifest read and its first file
+            write_checkpoint(tmp_path, second, 2)
+        calls.append(1)
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(checkpoint, "_load_segment", racing)
+    loaded = read_checkpoint(tmp_path)
+    assert loaded is not None and loaded[1] == 2
+    segments = json.loads((tmp_path / "manifest.json").read_text())["segments"]
+    assert len(calls) == 1 + len(segments)  # one failed start, then the new checkpoint's
+    q = queries_for(rng, words)
+    assert loaded[0].query_many(q) == brute(words, keys, q, 31)
