@@ -151,7 +151,42 @@ def store_digest(store: Any) -> tuple[int, int]:
     return int(count), int(total) % (1 << 63)
 
 
-def child_build(home: Path, ckpt: Path, old: bool) -> dict[str, Any]:
+def make_queries(store: Any, count: int) -> list[str]:
+    """Stored hashes with 0-20 bits flipped (2,000), and random ones (500)."""
+    import numpy as np
+
+    from hashmesh.node.matching.pdq_index import hex_to_words, words_to_hex
+
+    rng = np.random.default_rng(1)
+    ids = rng.integers(1, max(2, count), 2_000).tolist()
+    marks = ",".join("?" * len(ids))
+    sql = f"SELECT value FROM signals WHERE type = 'pdq' AND id IN ({marks})"
+    words = hex_to_words([v for (v,) in store.conn.execute(sql, ids)])
+    for i in range(len(words)):
+        for b in rng.choice(256, int(rng.integers(0, 21)), replace=False):
+            words[i, b // 64] ^= np.uint64(1) << np.uint64(int(b) % 64)
+    return words_to_hex(np.concatenate([words, rng.integers(0, 2**64, (500, 4), np.uint64)]))
+
+
+def measure_queries(index: Any, queries: list[str], seconds: float) -> dict[str, float]:
+    r = {}
+    n, t = 0, time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        index.query(queries[n % len(queries)])
+        n += 1
+    r["qps_single"] = n / (time.perf_counter() - t)
+    n, t = 0, time.perf_counter()
+    found = 0
+    while time.perf_counter() - t < seconds:
+        lo = (n * 100) % (len(queries) - 100)
+        found += sum(1 for hit in index.query_many(queries[lo : lo + 100]) if hit)
+        n += 1
+    r["qps_batch100"] = n * 100 / (time.perf_counter() - t)
+    r["query_hit_fraction"] = found / (n * 100)
+    return r
+
+
+def child_build(home: Path, ckpt: Path, old: bool, seconds: float) -> dict[str, Any]:
     from hashmesh.node.config import Home
     from hashmesh.node.matching import pdq_index
     from hashmesh.node.matching.checkpoint import write_checkpoint
@@ -175,12 +210,16 @@ def child_build(home: Path, ckpt: Path, old: bool) -> dict[str, Any]:
     r["rows_s"] = time.perf_counter() - t
     r["rows_peak_mib"] = peak_mib()
     t = time.perf_counter()
+    words = pdq_index.hex_to_words(values)  # what add_many does with hex strings first
+    r["parse_s"] = time.perf_counter() - t
+    del values
+    t = time.perf_counter()
     index = pdq_index.PDQIndex()
-    index.add_many(keys, values)
+    index.add_many(keys, words)
     r["build_s"] = time.perf_counter() - t
     r["build_peak_mib"] = peak_mib()
     r["segments"] = [len(s) for s in index._segments]
-    del keys, values
+    del keys, words
     if not old:
         cursor = store.conn.execute("SELECT coalesce(max(cursor), 0) FROM feed").fetchone()[0]
         shutil.rmtree(ckpt, ignore_errors=True)
@@ -193,16 +232,16 @@ def child_build(home: Path, ckpt: Path, old: bool) -> dict[str, Any]:
         write_checkpoint(ckpt, index, int(cursor))
         r["rewrite_s"] = time.perf_counter() - t
         r["checkpoint_mib"] = sum(f.stat().st_size for f in ckpt.iterdir()) / 2**20
+        built = measure_queries(index, make_queries(store, len(index)), seconds)
+        r.update({f"built_{k}": v for k, v in built.items()})
     store.close()
     return r
 
 
 def child_load(home: Path, ckpt: Path, seconds: float) -> dict[str, Any]:
-    import numpy as np
 
     from hashmesh.node.config import Home
     from hashmesh.node.matching.checkpoint import read_checkpoint
-    from hashmesh.node.matching.pdq_index import hex_to_words, words_to_hex
     from hashmesh.node.store.core import Store
 
     r: dict[str, Any] = {}
@@ -227,39 +266,12 @@ def child_load(home: Path, ckpt: Path, seconds: float) -> dict[str, Any]:
         raise SystemExit(f"checkpoint digest {ours} != store {theirs}")
     r["ready_s"] = time.perf_counter() - t0
     r["ready_peak_mib"] = peak_mib()
-    # queries: stored hashes with 0-20 bits flipped, and random ones
-    rng = np.random.default_rng(1)
-    ids = rng.integers(1, max(2, ours[0]), 2_000).tolist()
-    marks = ",".join("?" * len(ids))
-    stored = [
-        v
-        for (v,) in store.conn.execute(
-            f"SELECT value FROM signals WHERE type = 'pdq' AND id IN ({marks})", ids
-        )
-    ]
-    words = hex_to_words(stored)
-    for i in range(len(words)):
-        for b in rng.choice(256, int(rng.integers(0, 21)), replace=False):
-            words[i, b // 64] ^= np.uint64(1) << np.uint64(int(b) % 64)
-    queries = words_to_hex(np.concatenate([words, rng.integers(0, 2**64, (500, 4), np.uint64)]))
+    queries = make_queries(store, ours[0])
     first = time.perf_counter()
-    hits = index.query(queries[0])
+    index.query(queries[0])
     r["first_query_ms"] = (time.perf_counter() - first) * 1000
-    del hits
     reset_peak()
-    n, t = 0, time.perf_counter()
-    while time.perf_counter() - t < seconds:
-        index.query(queries[n % len(queries)])
-        n += 1
-    r["qps_single"] = n / (time.perf_counter() - t)
-    n, t = 0, time.perf_counter()
-    found = 0
-    while time.perf_counter() - t < seconds:
-        lo = (n * 100) % (len(queries) - 100)
-        found += sum(1 for hit in index.query_many(queries[lo : lo + 100]) if hit)
-        n += 1
-    r["qps_batch100"] = n * 100 / (time.perf_counter() - t)
-    r["query_hit_fraction"] = found / (n * 100)
+    r.update(measure_queries(index, queries, seconds))
     r["query_peak_mib"] = peak_mib()
     r.update({f"after_queries_{k}_mib": v for k, v in rollup_mib().items()})
     t = time.perf_counter()
@@ -293,13 +305,16 @@ def table(
     def mib(runs: list[dict[str, Any]], key: str) -> str:
         return f"{med(runs, key):,.0f} MiB"
 
-    old_path = statistics.median(r["store_open_s"] + r["rows_s"] + r["build_s"] for r in old)
+    old_path = statistics.median(
+        r["store_open_s"] + r["rows_s"] + r["parse_s"] + r["build_s"] for r in old
+    )
     rows = [
         (
             "rows from SQLite (`live_signals` into lists)",
             s(old + new, "rows_s"),
             mib(old + new, "rows_peak_mib"),
         ),
+        ("parse hex into words (`hex_to_words`)", s(old + new, "parse_s"), ""),
         (
             "index build, old (`np.argsort` per chunk)",
             s(old, "build_s"),
@@ -307,7 +322,7 @@ def table(
         ),
         ("index build, new (packed in-place sort)", s(new, "build_s"), mib(new, "build_peak_mib")),
         (
-            "old start-up path: open + rows + old build",
+            "old start-up path: open + rows + parse + old build",
             f"{old_path:.2f} s",
             mib(old, "build_peak_mib"),
         ),
@@ -325,6 +340,11 @@ def table(
             mib(load, "query_peak_mib"),
         ),
         ("PDQ queries, 100 per call", f"{med(load, 'qps_batch100'):,.0f} q/s", ""),
+        (
+            "the same on the index just built in memory (1 / 100 per call)",
+            f"{med(new, 'built_qps_single'):,.0f} / {med(new, 'built_qps_batch100'):,.0f} q/s",
+            "",
+        ),
         (
             "after queries: RSS / PSS (file-backed PSS)",
             f"{med(load, 'after_queries_Rss_mib'):,.0f} / {med(load, 'after_queries_Pss_mib'):,.0f}"
@@ -366,7 +386,7 @@ def main() -> None:
         if phase == "load":
             result = child_load(home, ckpt, float(sys.argv[5]))
         else:
-            result = child_build(home, ckpt, old=phase == "old")
+            result = child_build(home, ckpt, phase == "old", float(sys.argv[5]))
         print(json.dumps(result), flush=True)
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -388,9 +408,9 @@ def main() -> None:
     old, new, load = [], [], []
     for i in range(args.repeat):
         print(f"run {i + 1}/{args.repeat}", flush=True)
-        old.append(run_child(["--child", "old", str(home), str(ckpt)]))
+        old.append(run_child(["--child", "old", str(home), str(ckpt), str(args.seconds)]))
         print("  old:", json.dumps(old[-1]), flush=True)
-        new.append(run_child(["--child", "new", str(home), str(ckpt)]))
+        new.append(run_child(["--child", "new", str(home), str(ckpt), str(args.seconds)]))
         print("  new:", json.dumps(new[-1]), flush=True)
         load.append(run_child(["--child", "load", str(home), str(ckpt), str(args.seconds)]))
         print("  load:", json.dumps(load[-1]), flush=True)

@@ -65,7 +65,7 @@ def test_round_trip_is_exact_and_mapped_read_only(tmp_path: Path) -> None:
     assert got.query_many(q) == index.query_many(q) == expected
     for seg in got._segments:
         for arr in (seg.words, seg.keys, seg.offsets, seg.rows):
-            assert isinstance(arr, np.memmap) and not arr.flags.writeable
+            assert isinstance(arr.base, np.memmap) and not arr.flags.writeable
         assert seg.alive.flags.writeable
     assert stat.S_IMODE(os.stat(d).st_mode) == 0o700
     for f in d.iterdir():

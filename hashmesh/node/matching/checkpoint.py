@@ -568,7 +568,9 @@ def _load_file(
                 raise _Invalid(f"{fname}: content does not match the manifest's hash")
     arr: npt.NDArray[Any]
     if mmap and size > header_len:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        # A plain ndarray view of the map: the np.memmap subclass's wrapping of every
+        # result costs ~15% of single-query throughput (measured at 1M rows).
+        arr = np.load(path, mmap_mode="r", allow_pickle=False).view(np.ndarray)
     else:
         arr = np.load(path, allow_pickle=False)
         arr.flags.writeable = False
