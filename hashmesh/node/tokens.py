@@ -15,6 +15,11 @@ refused wherever it reached beyond its collections.
 
 `metrics` reads `/metrics` and nothing else, for a Prometheus scraper. Restricted to
 collections, it sees only the series labelled with one of them (hashmesh/node/web/metrics.py).
+
+`replicate` reads /v1/replica/state, for a matcher replica (`hashmesh matcher --follow`):
+the head cursor, author names, and the hashes, scopes and collections of the tokens that
+may match, cut to the replica token's collections (hashmesh/node/web/replicas.py). A
+replica's token needs `read` too, for the snapshot and the feed it follows.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from hashmesh.protocol.ops import validate_collection
 
 log = logging.getLogger("hashmesh.tokens")
 
-SCOPES = ("read", "match", "publish", "admin", "metrics")
+SCOPES = ("read", "match", "publish", "admin", "metrics", "replicate")
 RESTRICTED_ADMIN = (
     "collections: an admin token cannot be restricted to collections (--collection):"
     " admin can mint tokens, add peers and back up the whole database, so it would reach"

@@ -1,0 +1,612 @@
+"""The HTTP follower of a matcher replica: the node's snapshot, then its live change feed,
+into the replica's own store (store/replica.py) and PDQ index; and the node's replica
+state (grants, author names, head cursor), polled.
+
+Never skipping a change is the one rule that matters (a missed revocation keeps matching
+a withdrawn hash): the stream resumes from the cursor committed with the rows, with
+Last-Event-ID, and an event this cannot understand stops the stream there (it is retried
+after a pause) rather than being passed over. A node whose head falls below what this
+replica already applied has lost changes (restored from a backup): the replica then takes
+a new snapshot instead of serving rows the node no longer holds.
+
+Everything the node sends is bounded (a line, an event, a snapshot row, the state body and
+its counts) and validated field by field, so a hostile or broken node can make a replica
+stale (and so refuse to answer, see hashmesh/node/replica.py) but cannot crash it, grow its
+memory without bound, or plant rows of a shape the node would never send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiohttp
+from pydantic import ValidationError
+
+from hashmesh.node.keys import hash_token
+from hashmesh.node.matching.pdq_index import PDQIndex
+from hashmesh.node.store.replica import Add, Applied, Page, ReplicaStore, StanceRow
+from hashmesh.node.tokens import Grant
+from hashmesh.protocol.errors import ProtocolError
+from hashmesh.protocol.names import validate_node_id
+from hashmesh.protocol.ops import MAX_REASON, AddOp, OpId, validate_collection
+
+log = logging.getLogger("hashmesh.follow")
+
+POLL_S = 0.25
+POLL_TIMEOUT_S = 5.0
+HEARTBEAT_S = 5  # asked of the node; a stream silent for 3 of them is reconnected
+STREAM_IDLE_S = 3 * HEARTBEAT_S
+SNAPSHOT_IDLE_S = 60.0
+BACKOFF_FIRST_S = 0.25
+BACKOFF_MAX_S = 5.0
+
+MAX_LINE = 1 << 20  # one SSE line or snapshot row; a signal's JSON is well under 8 KiB
+MAX_EVENT = 1 << 20
+MAX_PAGE_EVENTS = 1000  # events applied in one transaction
+SNAPSHOT_CHUNK = 5000
+MAX_STANCES = 10_000  # per target: authors x opinion collections
+MAX_STATE_BODY = 16 << 20
+MAX_GRANTS = 100_000
+MAX_AUTHORS = 100_000
+MAX_NAME = 256
+MAX_CURSOR = 1 << 62
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_TOKEN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class NodeDataError(Exception):
+    """What the node sent is not what a hashmesh node sends (the field and why)."""
+
+
+class IndexSink(Protocol):
+    """The matcher the follower keeps current (hashmesh/node/matching/matcher.py)."""
+
+    def load(self, index: PDQIndex, cursor: int) -> None: ...
+
+    def apply(
+        self, added: list[tuple[int, str]], removed: list[int], cursor: int | None = None
+    ) -> None: ...
+
+
+def build_index(store: ReplicaStore) -> PDQIndex:
+    """The PDQ index of the store's live rows (blocking: run it on a thread)."""
+    index = PDQIndex()
+    for rows in store.live_pdq():
+        index.add_many([k for k, _ in rows], [v for _, v in rows])
+    return index
+
+
+# -- validation -----------------------------------------------------------------------------
+
+
+def _int(value: Any, what: str, low: int = 0, high: int = MAX_CURSOR) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise NodeDataError(f"{what}: expected an integer {low}-{high}")
+    return value
+
+
+def _str(value: Any, what: str, limit: int = MAX_NAME) -> str:
+    if not isinstance(value, str) or len(value) > limit:
+        raise NodeDataError(f"{what}: expected a string of at most {limit} characters")
+    return value
+
+
+def _collection(value: Any, what: str) -> str:
+    text = _str(value, what)
+    try:
+        validate_collection(text)
+    except ProtocolError as exc:
+        raise NodeDataError(f"{what}: {exc}") from None
+    return text
+
+
+def _node_id(value: Any, what: str) -> str:
+    try:
+        return validate_node_id(_str(value, what), what)
+    except ProtocolError as exc:
+        raise NodeDataError(str(exc)) from None
+
+
+def _op_id(value: Any, what: str) -> OpId:
+    try:
+        return OpId.parse(_str(value, what), what)
+    except ProtocolError as exc:
+        raise NodeDataError(str(exc)) from None
+
+
+def parse_add(entry: dict[str, Any], what: str) -> Add:
+    """An add of a snapshot line or feed event, checked as the protocol checks an add op."""
+    op = _op_id(entry.get("op_id"), f"{what}.op_id")
+    if entry.get("author") != op.author or entry.get("collection") != op.collection:
+        raise NodeDataError(f"{what}: author and collection must be those of its op_id")
+    try:
+        add = AddOp(
+            type=entry.get("type"),
+            value=entry.get("value"),
+            quality=entry.get("quality"),
+            category=entry.get("category"),
+            classification=entry.get("classification"),
+            ref=entry.get("ref"),
+        )
+        add.check_signal()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise NodeDataError(f"{what}.{loc}: {first['msg']}") from None
+    except ProtocolError as exc:
+        raise NodeDataError(f"{what}: {exc}") from None
+    return Add(
+        op_id=str(op),
+        author=op.author,
+        collection=op.collection,
+        seq=op.seq,
+        idx=op.index,
+        type=add.type,
+        value=add.value,
+        quality=add.quality,
+        category=add.category,
+        classification=add.classification,
+        ref=add.ref,
+    )
+
+
+def parse_stances(value: Any, what: str) -> list[StanceRow]:
+    if not isinstance(value, list) or len(value) > MAX_STANCES:
+        raise NodeDataError(f"{what}: expected a list of at most {MAX_STANCES} stances")
+    out = []
+    for n, s in enumerate(value):
+        where = f"{what}[{n}]"
+        if not isinstance(s, dict):
+            raise NodeDataError(f"{where}: expected an object")
+        author = _node_id(s.get("author"), f"{where}.author")
+        verdict = s.get("verdict")
+        if verdict not in (None, "confirm", "dispute"):
+            raise NodeDataError(f"{where}.verdict: expected confirm, dispute or null")
+        seen = s.get("seen")
+        if type(seen) is not bool:
+            raise NodeDataError(f"{where}.seen: expected true or false")
+        out.append(
+            StanceRow(
+                author, _collection(s.get("collection"), f"{where}.collection"), verdict, seen
+            )
+        )
+    return out
+
+
+def parse_event(event_id: str, data: str, after: int) -> tuple[int, dict[str, Any]]:
+    """A feed event's cursor and entry; its cursor must follow `after`."""
+    try:
+        cursor = int(event_id) if event_id.isascii() and event_id.isdigit() else -1
+    except ValueError:
+        cursor = -1
+    if not 0 < cursor <= MAX_CURSOR or len(event_id) > 19:
+        raise NodeDataError(f"event id {event_id[:40]!r}: expected a feed cursor")
+    if cursor <= after:
+        raise NodeDataError(f"event id {cursor}: not after the cursor applied ({after})")
+    try:
+        entry = json.loads(data)
+    except (ValueError, RecursionError):
+        raise NodeDataError(f"event {cursor}: data is not JSON") from None
+    if not isinstance(entry, dict):
+        raise NodeDataError(f"event {cursor}: expected a JSON object")
+    if entry.get("cursor") != cursor:
+        raise NodeDataError(f"event {cursor}: its cursor field differs from its id")
+    return cursor, entry
+
+
+def add_event(page: Page, cursor: int, entry: dict[str, Any]) -> None:
+    """Fold one feed entry into `page` (validated; NodeDataError names what is wrong)."""
+    what = f"event {cursor}"
+    kind = entry.get("kind")
+    collection = _collection(entry.get("collection"), f"{what}.collection")
+    if kind == "add":
+        add = parse_add(entry, what)
+        if add.collection != collection:
+            raise NodeDataError(f"{what}: collection differs from its op_id's")
+        page.order.append(("add", len(page.adds)))
+        page.adds.append(add)
+        page.stances[add.op_id] = parse_stances(entry.get("stances", []), f"{what}.stances")
+    elif kind == "revoke":
+        by = _op_id(entry.get("op_id"), f"{what}.op_id")
+        target = _op_id(entry.get("target"), f"{what}.target")
+        if target.collection != collection or by.collection != collection:
+            raise NodeDataError(f"{what}: a revocation withdraws adds of its own collection")
+        reason = _str(entry.get("reason", ""), f"{what}.reason", MAX_REASON)
+        page.order.append(("revoke", len(page.revokes)))
+        page.revokes.append((str(target), str(by), reason))
+    elif kind == "opinion":
+        target = _op_id(entry.get("target"), f"{what}.target")
+        page.stances[str(target)] = parse_stances(entry.get("stances", []), f"{what}.stances")
+    else:
+        raise NodeDataError(f"{what}.kind: expected add, revoke or opinion")
+    page.cursor = cursor
+
+
+@dataclass(frozen=True)
+class ReplicaState:
+    """The node's answer at /v1/replica/state."""
+
+    head: int
+    grants: dict[str, Grant]
+    authors: dict[str, str]
+
+
+def parse_state(body: Any) -> ReplicaState:
+    if not isinstance(body, dict):
+        raise NodeDataError("replica state: expected a JSON object")
+    head = _int(body.get("cursor"), "replica state.cursor")
+    grants_in = body.get("grants")
+    if not isinstance(grants_in, list) or len(grants_in) > MAX_GRANTS:
+        raise NodeDataError(f"replica state.grants: expected a list of at most {MAX_GRANTS}")
+    grants: dict[str, Grant] = {}
+    for n, g in enumerate(grants_in):
+        where = f"replica state.grants[{n}]"
+        if not isinstance(g, dict):
+            raise NodeDataError(f"{where}: expected an object")
+        digest = _str(g.get("hash"), f"{where}.hash")
+        if not _HEX64.match(digest):
+            raise NodeDataError(f"{where}.hash: expected a SHA-256 in hex")
+        name = _str(g.get("name"), f"{where}.name")
+        if not _TOKEN_NAME.match(name):
+            raise NodeDataError(f"{where}.name: not a token name")
+        scopes = g.get("scopes")
+        if not isinstance(scopes, list) or not scopes or not set(scopes) <= {"match", "metrics"}:
+            raise NodeDataError(f"{where}.scopes: expected a list of match and metrics")
+        collections = g.get("collections")
+        chosen: frozenset[str] | None = None
+        if collections is not None:
+            if not isinstance(collections, list) or not collections or len(collections) > 10_000:
+                raise NodeDataError(f"{where}.collections: expected null or a non-empty list")
+            chosen = frozenset(
+                _collection(c, f"{where}.collections[{i}]") for i, c in enumerate(collections)
+            )
+        grants[digest] = Grant(name, frozenset(scopes), chosen)
+    authors_in = body.get("authors")
+    if not isinstance(authors_in, dict) or len(authors_in) > MAX_AUTHORS:
+        raise NodeDataError(f"replica state.authors: expected an object of at most {MAX_AUTHORS}")
+    authors: dict[str, str] = {}
+    for node_id, name in authors_in.items():
+        _node_id(node_id, "replica state.authors: a key")
+        authors[node_id] = _str(name, f"replica state.authors[{node_id}]")
+    return ReplicaState(head, grants, authors)
+
+
+# -- reading bounded lines --------------------------------------------------------------------
+
+
+async def _lines(response: aiohttp.ClientResponse, idle: float) -> AsyncIterator[list[str]]:
+    """The body's lines (without their ending), as many as each read brings; a line longer
+    than MAX_LINE, or a body silent for `idle` seconds, is an error."""
+    buffer = b""
+    while True:
+        try:
+            chunk = await asyncio.wait_for(response.content.readany(), timeout=idle)
+        except TimeoutError:
+            raise NodeDataError(f"the node sent nothing for {idle:.0f} s") from None
+        if not chunk:
+            if buffer:
+                raise NodeDataError("the body ended inside a line")
+            return
+        buffer += chunk
+        if b"\n" not in chunk:
+            if len(buffer) > MAX_LINE:
+                raise NodeDataError(f"a line longer than {MAX_LINE} bytes")
+            continue
+        *complete, buffer = buffer.split(b"\n")
+        if len(buffer) > MAX_LINE or any(len(line) > MAX_LINE for line in complete):
+            raise NodeDataError(f"a line longer than {MAX_LINE} bytes")
+        try:
+            yield [line.decode("utf-8").rstrip("\r") for line in complete]
+        except UnicodeDecodeError:
+            raise NodeDataError("a line that is not UTF-8") from None
+
+
+# -- the follower -------------------------------------------------------------------------------
+
+
+@dataclass
+class FollowStats:
+    """What /healthz and /metrics of the replica report besides the freshness."""
+
+    bootstraps: int = 0
+    reconnects: int = 0
+    events: int = 0
+    refused: int = 0  # events or lines refused as malformed (the stream stopped there)
+    last_error: str = ""
+    errors_by_kind: dict[str, int] = field(default_factory=dict)
+
+
+class Follower:
+    """Follows one node for one replica store; `run()` until `stop()`."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        store: ReplicaStore,
+        matcher: IndexSink,
+        on_state: Callable[[ReplicaState | None], None],
+        poll_s: float = POLL_S,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.token_hash = hash_token(token)
+        self.store = store
+        self.matcher = matcher
+        self.on_state = on_state
+        self.poll_s = poll_s
+        self.head: int | None = None
+        self.last_answer: float | None = None  # monotonic time of the node's last answer
+        self.started = time.monotonic()
+        self.stats = FollowStats()
+        self._stopping = asyncio.Event()
+        self._rebootstrap = asyncio.Event()
+        self._session: aiohttp.ClientSession | None = None
+        self._etag = ""
+
+    # -- freshness ---------------------------------------------------------------------
+
+    @property
+    def applied(self) -> int | None:
+        return self.store.cursor
+
+    def behind(self) -> int | None:
+        applied = self.applied
+        if applied is None or self.head is None:
+            return None
+        return max(0, self.head - applied)
+
+    def stale_s(self) -> float:
+        """Seconds since the node last answered the state poll (inf before it ever did)."""
+        if self.last_answer is None:
+            return math.inf
+        return max(0.0, time.monotonic() - self.last_answer)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        async with aiohttp.ClientSession(headers=headers) as session:
+            self._session = session
+            poll = asyncio.create_task(self._poll_loop())
+            try:
+                await self._follow_loop()
+            finally:
+                poll.cancel()
+                await asyncio.gather(poll, return_exceptions=True)
+                self._session = None
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _error(self, kind: str, message: str) -> None:
+        self.stats.errors_by_kind[kind] = self.stats.errors_by_kind.get(kind, 0) + 1
+        if message != self.stats.last_error:
+            log.warning("following %s: %s", self.url, message)
+        self.stats.last_error = message
+
+    async def _pause(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+
+    # -- the state poll ----------------------------------------------------------------
+
+    async def _poll_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self.poll_once()
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                self._error("state", f"replica state: {exc.__class__.__name__}: {exc}")
+            except NodeDataError as exc:
+                self._error("state", str(exc))
+            await self._pause(self.poll_s)
+
+    async def poll_once(self) -> ReplicaState | None:
+        """One GET /v1/replica/state; the state when it changed."""
+        assert self._session is not None
+        floor = self.store.floor()  # read before asking: the head answered is newer
+        headers = {"If-None-Match": self._etag} if self._etag else {}
+        timeout = aiohttp.ClientTimeout(total=POLL_TIMEOUT_S)
+        async with self._session.get(
+            self.url + "/v1/replica/state", headers=headers, timeout=timeout
+        ) as response:
+            if response.status == 304:
+                self.last_answer = time.monotonic()
+                return None
+            if response.status in (401, 403):
+                # The follow token is revoked (or lost a scope): nobody may match here.
+                self.on_state(None)
+                self._etag = ""
+                text = (await response.content.read(4096)).decode("utf-8", "replace")
+                raise NodeDataError(f"replica state: the node refused the token ({text[:200]})")
+            if response.status != 200:
+                raise NodeDataError(f"replica state: HTTP {response.status}")
+            body = await response.content.read(MAX_STATE_BODY + 1)
+            if len(body) > MAX_STATE_BODY:
+                raise NodeDataError(f"replica state: larger than {MAX_STATE_BODY} bytes")
+            try:
+                state = parse_state(json.loads(body))
+            except (ValueError, RecursionError):
+                raise NodeDataError("replica state: not JSON") from None
+            self._etag = response.headers.get("ETag", "")[:100]
+        self.last_answer = time.monotonic()
+        self.head = state.head
+        self.on_state(state)
+        if state.head < floor and self.store.cursor is not None:
+            log.warning(
+                "node %s reports head %d below cursor %d this replica applied: it lost"
+                " changes (restored?); taking a new snapshot",
+                self.url,
+                state.head,
+                floor,
+            )
+            self._rebootstrap.set()
+        return state
+
+    # -- snapshot and stream -----------------------------------------------------------
+
+    def _needs_snapshot(self) -> bool:
+        if self.store.cursor is None:
+            return True
+        source = self.store.source()
+        return source.get("url") != self.url or source.get("token_hash") != self.token_hash
+
+    async def _follow_loop(self) -> None:
+        backoff = BACKOFF_FIRST_S
+        while not self._stopping.is_set():
+            began = time.monotonic()
+            try:
+                if self._needs_snapshot() or self._rebootstrap.is_set():
+                    self._rebootstrap.clear()
+                    await self.bootstrap()
+                await self.stream()
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                self._error("connect", f"{exc.__class__.__name__}: {exc}")
+            except NodeDataError as exc:
+                self.stats.refused += 1
+                self._error("data", str(exc))
+            if self._stopping.is_set():
+                break
+            self.stats.reconnects += 1
+            if time.monotonic() - began > 10:
+                backoff = BACKOFF_FIRST_S
+            await self._pause(backoff)
+            backoff = min(BACKOFF_MAX_S, backoff * 2)
+
+    async def bootstrap(self) -> None:
+        """All live signals from /v1/snapshot, then the index built from them."""
+        assert self._session is not None
+        state = await self.poll_once()
+        floor = state.head if state is not None else (self.head or 0)
+        await asyncio.to_thread(self.store.begin_snapshot, self.url, self.token_hash, floor)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+        async with self._session.get(self.url + "/v1/snapshot", timeout=timeout) as response:
+            if response.status != 200:
+                raise NodeDataError(f"snapshot: HTTP {response.status}")
+            header_cursor = response.headers.get("X-Hashmesh-Cursor", "")
+            cursor: int | None = None
+            count = 0
+            ended = False
+            chunk: list[Add] = []
+            stances: dict[str, list[StanceRow]] = {}
+            async for lines in _lines(response, SNAPSHOT_IDLE_S):
+                for line in lines:
+                    if ended:
+                        raise NodeDataError("snapshot: data after its end line")
+                    try:
+                        row = json.loads(line)
+                    except (ValueError, RecursionError):
+                        raise NodeDataError(f"snapshot line {count + 2}: not JSON") from None
+                    if not isinstance(row, dict):
+                        raise NodeDataError(f"snapshot line {count + 2}: expected an object")
+                    if cursor is None:
+                        cursor = _int(row.get("cursor"), "snapshot header.cursor")
+                        if str(cursor) != header_cursor:
+                            raise NodeDataError(
+                                "snapshot: header cursor differs from X-Hashmesh-Cursor"
+                            )
+                        continue
+                    if row.get("end") is True:
+                        if row.get("count") != count:
+                            raise NodeDataError(
+                                f"snapshot: end line says {row.get('count')!r} rows, sent {count}"
+                            )
+                        ended = True
+                        continue
+                    add = parse_add(row, f"snapshot row {count}")
+                    chunk.append(add)
+                    stances[add.op_id] = parse_stances(
+                        row.get("stances", []), f"snapshot row {count}.stances"
+                    )
+                    count += 1
+                    if len(chunk) >= SNAPSHOT_CHUNK:
+                        await asyncio.to_thread(self.store.snapshot_rows, chunk, stances, cursor)
+                        chunk, stances = [], {}
+                if self._stopping.is_set():
+                    return
+            if cursor is None or not ended:
+                raise NodeDataError("snapshot: cut short (no end line)")
+            if chunk:
+                await asyncio.to_thread(self.store.snapshot_rows, chunk, stances, cursor)
+        index = await asyncio.to_thread(build_index, self.store)
+        await asyncio.to_thread(self.store.end_snapshot, cursor)
+        self.matcher.load(index, cursor)
+        self.stats.bootstraps += 1
+        log.info(
+            "replica bootstrapped from %s: %d live signals at cursor %d", self.url, count, cursor
+        )
+
+    async def stream(self) -> None:
+        """/v1/feed/stream from the applied cursor until it ends, fails or we stop."""
+        assert self._session is not None
+        after = self.store.cursor
+        assert after is not None
+        headers = {"Last-Event-ID": str(after), "Accept": "text/event-stream"}
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+        async with self._session.get(
+            self.url + f"/v1/feed/stream?after={after}&heartbeat={HEARTBEAT_S}",
+            headers=headers,
+            timeout=timeout,
+        ) as response:
+            if response.status == 429:
+                retry = response.headers.get("Retry-After", "5")
+                await self._pause(min(60.0, float(retry) if retry.isdigit() else 5.0))
+                raise NodeDataError("feed stream: the node refused (429, too many streams)")
+            if response.status != 200:
+                raise NodeDataError(f"feed stream: HTTP {response.status}")
+            event_id = ""
+            data: list[str] = []
+            size = 0
+            stop = asyncio.ensure_future(self._stopping.wait())
+            rebootstrap = asyncio.ensure_future(self._rebootstrap.wait())
+            try:
+                async for lines in _lines(response, STREAM_IDLE_S):
+                    page = Page(cursor=after)
+                    for line in lines:
+                        if line == "":
+                            if data:
+                                cursor, entry = parse_event(event_id, "\n".join(data), page.cursor)
+                                add_event(page, cursor, entry)
+                            event_id, data, size = "", [], 0
+                            if (
+                                len(page.order) >= MAX_PAGE_EVENTS
+                                or len(page.stances) >= MAX_PAGE_EVENTS
+                            ):
+                                after = await self._apply(page)
+                                page = Page(cursor=after)
+                        elif line.startswith(":"):
+                            continue
+                        else:
+                            name, _, value = line.partition(":")
+                            value = value[1:] if value.startswith(" ") else value
+                            if name == "id":
+                                event_id = value
+                            elif name == "data":
+                                size += len(value)
+                                if size > MAX_EVENT:
+                                    raise NodeDataError(f"an event larger than {MAX_EVENT} bytes")
+                                data.append(value)
+                    if page.cursor > after:
+                        after = await self._apply(page)
+                    if stop.done() or rebootstrap.done():
+                        return
+            finally:
+                stop.cancel()
+                rebootstrap.cancel()
+
+    async def _apply(self, page: Page) -> int:
+        applied: Applied = await asyncio.to_thread(self.store.apply, page)
+        self.matcher.apply(applied.added, applied.removed, page.cursor)
+        self.stats.events += len(page.order) or 1
+        return page.cursor

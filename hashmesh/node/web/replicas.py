@@ -1,0 +1,117 @@
+"""GET /v1/replica/state: what a matcher replica (`hashmesh matcher --follow`) polls.
+
+A replica answers POST /v1/match with the node's tokens, author names and freshness, so
+it polls this every 250 ms: the head cursor (to report its lag), the grants of the tokens
+that may match or read metrics (so a token created or revoked on the node works, or stops
+working, on every replica within the poll), and the names of authors.
+
+Nothing here may tell a restricted follower about collections it cannot read: the head is
+the newest change it is sent, each grant's collections are cut to the follower's (a grant
+left with none is not sent), and authors are those trusted in its collections. The admin
+token never leaves the node, nor does any token with the admin scope (those match on the
+node only), and a grant's scopes are cut to `match` and `metrics`: a replica needs no more.
+
+An ETag over the body, with If-None-Match, answers an unchanged state with 304 and no body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import threading
+from typing import Any
+
+from aiohttp import web
+
+from hashmesh.node.service import NodeService
+from hashmesh.node.store.feed import connect_reader
+from hashmesh.node.store.replica import visible_head
+from hashmesh.node.tokens import Grant
+from hashmesh.node.web import access
+
+PATH = "/v1/replica/state"
+REPLICATED_SCOPES = ("match", "metrics")
+
+SERVICE_KEY: web.AppKey[NodeService] = web.AppKey("replica_service")
+
+
+def _grants(tokens: access.TokenCache, readable: frozenset[str] | None) -> list[dict[str, Any]]:
+    out = []
+    for digest, grant in sorted(tokens.grants.items()):
+        if grant.allows("admin"):
+            continue
+        scopes = [s for s in REPLICATED_SCOPES if grant.allows(s)]
+        if not scopes:
+            continue
+        collections = _intersect(grant, readable)
+        if collections is not None and not collections:
+            continue
+        out.append(
+            {
+                "hash": digest,
+                "name": grant.name,
+                "scopes": scopes,
+                "collections": None if collections is None else sorted(collections),
+            }
+        )
+    return out
+
+
+def _intersect(grant: Grant, readable: frozenset[str] | None) -> frozenset[str] | None:
+    if grant.collections is None:
+        return readable
+    if readable is None:
+        return grant.collections
+    return grant.collections & readable
+
+
+def _authors(service: NodeService, readable: frozenset[str] | None) -> dict[str, str]:
+    config = service.config
+    ids = {config.node_id}
+    ids.update(t.node_id for t in config.trust if readable is None or t.collection in readable)
+    if readable is None:
+        ids.update(p.node_id for p in config.peers)
+    return {node_id: config.author_name(node_id) for node_id in sorted(ids)}
+
+
+class _Heads:
+    """One read-only connection per thread of the default executor."""
+
+    def __init__(self, service: NodeService) -> None:
+        self.path = service.store.path
+        self._local = threading.local()
+
+    def head(self, readable: frozenset[str] | None) -> int:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = connect_reader(self.path)
+        return visible_head(conn, readable)
+
+
+HEADS_KEY: web.AppKey[_Heads] = web.AppKey("replica_heads")
+
+
+async def state(request: web.Request) -> web.Response:
+    grant = access.grant_of(request)
+    readable = access.readable(grant, None)
+    heads = request.app[HEADS_KEY]
+    loop = asyncio.get_running_loop()
+    head = await loop.run_in_executor(None, heads.head, readable)
+    body = {
+        "cursor": head,
+        "grants": _grants(request.app[access.TOKENS_KEY], readable),
+        "authors": _authors(request.app[SERVICE_KEY], readable),
+    }
+    data = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+    etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if request.headers.get("If-None-Match", "").strip() == etag:
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=data, content_type="application/json", headers=headers)
+
+
+def register(app: web.Application, service: NodeService) -> None:
+    app[SERVICE_KEY] = service
+    app[HEADS_KEY] = _Heads(service)
+    app.router.add_get(PATH, state)
