@@ -158,8 +158,8 @@ def test_a_snapshot_is_one_only_at_its_end(tmp_path: Path) -> None:
     s.end_snapshot(7)
     assert s.cursor == 7
     assert s.source() == {"url": "http://node", "token_hash": "h" * 64}
-    count, total = s.pdq_digest()
-    assert count == 1
+    pdq_id = s.find_exact("pdq", PDQ)[0]
+    assert s.pdq_digest() == (1, pdq_id)
     # A new snapshot forgets every row of the old one.
     s.begin_snapshot("http://node", "h" * 64, 0)
     assert s.cursor is None and s.find_exact("md5", f"{1:032x}") == []
