@@ -12,6 +12,8 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -282,6 +284,11 @@ def test_sigkill_then_restart_misses_no_revocation(
     # It resumed from its cursor: no second snapshot.
     assert replica.metrics(platform)["hashmesh_replica_bootstraps_total"] == 0
     assert replica.stop() == 0
+    # After a clean stop the index comes from the checkpoint written at stop, not the rows.
+    replica.start()
+    assert "replica index: checkpoint at cursor" in replica.log().rsplit("following", 1)[0]
+    assert match(replica.url, platform, queries)[1] == match(node.url, platform, queries)[1]
+    assert replica.stop() == 0
 
 
 def test_replica_refuses_once_the_node_is_gone(
@@ -391,3 +398,53 @@ def test_a_hostile_node_cannot_crash_the_replica(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_replica_state_route_tells_a_follower_only_its_collections(node: NodeProc) -> None:
+    publish(node, "md5", md5(1), "csam")
+    publish(node, "md5", md5(2), "ncii")
+    everything = token(node, "replica-all", ["read", "replicate"])
+    csam_follow = token(node, "replica-csam", ["read", "replicate"], ["csam"])
+    token(node, "platform", ["match"])
+    token(node, "ncii-platform", ["match"], ["ncii"])
+    token(node, "both", ["match", "metrics", "publish"], ["csam", "ncii"])
+    token(node, "operator", ["admin"])
+    reader_only = token(node, "reader", ["read"])
+
+    full = ok_json(node.url + "/v1/replica/state", token=everything)
+    head = ok_json(node.url + "/v1/feed?limit=10", token=node.admin_token())["entries"][-1]
+    assert full["cursor"] == head["cursor"]
+    grants = {g["name"]: g for g in full["grants"]}
+    assert sorted(grants) == ["both", "ncii-platform", "platform"]  # no admin, no read-only
+    assert grants["both"]["scopes"] == ["match", "metrics"]  # publish never leaves the node
+    assert grants["platform"]["collections"] is None
+    assert full["authors"] == {node.node_id: "hotline"}
+
+    csam = ok_json(node.url + "/v1/replica/state", token=csam_follow)
+    assert csam["cursor"] < full["cursor"]  # the ncii add came last: not told
+    grants = {g["name"]: g for g in csam["grants"]}
+    assert sorted(grants) == ["both", "platform"]  # ncii-platform has nothing in csam
+    assert grants["both"]["collections"] == grants["platform"]["collections"] == ["csam"]
+
+    # The admin token may read it; a token without the replicate scope may not.
+    assert request(node.url + "/v1/replica/state", token=node.admin_token())[0] == 200
+    assert request(node.url + "/v1/replica/state", token=reader_only)[0] == 403
+
+    # Unchanged: 304 and no body; a new token changes the ETag.
+    def get(etag: str) -> tuple[int, str]:
+        req = urllib.request.Request(
+            node.url + "/v1/replica/state",
+            headers={"Authorization": f"Bearer {everything}", "If-None-Match": etag},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, r.headers["ETag"]
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.headers["ETag"]
+
+    status, etag = get("")
+    assert status == 200
+    assert get(etag) == (304, etag)
+    token(node, "another", ["match"])
+    status, changed = get(etag)
+    assert status == 200 and changed != etag
