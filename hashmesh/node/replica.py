@@ -42,7 +42,8 @@ from aiohttp import BodyPartReader, web
 from hashmesh.node.config import parse_listen
 from hashmesh.node.errors import NodeError, PayloadTooLarge
 from hashmesh.node.hashing.hasher import ImageError, ImageTooLarge, hash_bytes
-from hashmesh.node.matching.checkpoint import read_checkpoint, write_checkpoint
+from hashmesh.node.matching.checkpoint import read_checkpoint
+from hashmesh.node.matching.checkpoint import snapshot as checkpoint_snapshot
 from hashmesh.node.matching.matcher import (
     MAX_MATCHES_PER_QUERY,
     SignalSource,
@@ -122,13 +123,16 @@ class ReplicaMatcher:
                 self._cursor = cursor
 
     def checkpoint(self, directory: Path) -> int | None:
-        """Write the index and its cursor (under the lock: a match waits, never a change)."""
+        """Write the index and its cursor. Only the capture holds the index lock (it copies
+        the mutable parts, milliseconds); the slow write runs without it, so matches and
+        changes go on meanwhile."""
         with self._lock:
             self._drain()
             if self._index is None:
                 return None
-            write_checkpoint(directory, self._index, self._cursor)
-            return self._cursor
+            captured = checkpoint_snapshot(self._index, self._cursor)
+        captured.write(directory)
+        return captured.cursor
 
     def answer(
         self,
