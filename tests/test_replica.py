@@ -448,3 +448,31 @@ def test_replica_state_route_tells_a_follower_only_its_collections(node: NodePro
     token(node, "another", ["match"])
     status, changed = get(etag)
     assert status == 200 and changed != etag
+
+
+def test_a_node_restored_from_a_backup_is_snapshotted_again(
+    tmp_path: Path, node: NodeProc, matchers: list[MatcherProc]
+) -> None:
+    follow = token(node, "replica", ["read", "replicate"])
+    platform = token(node, "platform", ["match", "metrics"])
+    kept = publish(node, "md5", md5(1), "csam")
+    node.cli("backup", str(tmp_path / "backup.db"))
+    lost = [publish(node, "md5", md5(n), "csam") for n in range(2, 6)]
+    replica = MatcherProc(tmp_path, node, follow)
+    matchers.append(replica)
+    replica.start()
+    queries = [{"type": "md5", "value": md5(n)} for n in range(1, 6)]
+    assert matched_ops(match(replica.url, platform, queries)[1]) == [[kept], *([op] for op in lost)]
+
+    # The node goes back to its backup: the adds made since are gone from it. The replica
+    # sees the head fall below what it applied and takes the node's snapshot again.
+    node.stop()
+    node.cli("restore", str(tmp_path / "backup.db"))
+    node.start()
+    wait_for(
+        lambda: replica.metrics(platform)["hashmesh_replica_bootstraps_total"] == 2, timeout=FRESH_S
+    )
+    wait_for(lambda: replica.health()[0] == 200, timeout=FRESH_S)
+    answer = match(replica.url, platform, queries)[1]
+    assert matched_ops(answer) == [[kept], [], [], [], []]
+    assert answer == match(node.url, platform, queries)[1]
