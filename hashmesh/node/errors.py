@@ -103,6 +103,13 @@ class ServiceBusy(NodeError):
     retry_after_s = RETRY_AFTER_S
 
 
+class IndexLoading(NodeError):
+    """A PDQ query arrived while the matcher's index is still loading (start-up, or a
+    worker catching up): exact lookups answer meanwhile; the client retries shortly."""
+
+    retry_after_s = 1
+
+
 class RequestTimeout(NodeError):
     """A client took too long to send its request (a slow or stalled upload)."""
 
@@ -148,6 +155,7 @@ FAULTS: dict[type[BaseException], Fault] = {
     TooManyRequests: _caller(429),
     HomeError: _caller(500),
     ServiceBusy: _caller(503),
+    IndexLoading: _caller(503),
     StorageUnavailable: _caller(503),
     StorageFull: _caller(507),
     PeerError: Fault("peer", 400, EXIT_PEER, logging.WARNING),

@@ -1,8 +1,9 @@
 """Answering "is this hash known?" with provenance, over the store and the PDQ index.
 
-Exact types are a lookup in the store's value index. PDQ goes through the in-memory
-`PDQIndex`, loaded once at start and kept current by the store's change listener, so a
-new add is matchable as soon as its batch commits and a revoked one never matches again.
+Exact types are a lookup in the store's value index. PDQ goes through a `PDQIndex`
+held by a `Matcher`, loaded once (from a checkpoint or the rows) and kept current by its
+owner in feed order, so a new add is matchable as soon as it is applied and a revoked one
+never matches again.
 
 In the node, matching runs on threads of its own with their own read-only connections
 (`StoreReader`), never on the store thread: a large match cannot hold up publishing,
@@ -15,10 +16,10 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from hashmesh.node.errors import NodeError
+from hashmesh.node.errors import IndexLoading, NodeError
 from hashmesh.node.matching.pdq_index import DEFAULT_THRESHOLD, PDQIndex
 from hashmesh.node.store.core import Store
 from hashmesh.protocol.errors import ProtocolError
@@ -169,37 +170,92 @@ def exact_only(queries: Any) -> bool:
 
 
 class Matcher:
-    def __init__(self, store: Store) -> None:
+    """A PDQ index and the feed cursor it reflects, answering over any `SignalSource`.
+
+    It does not know where its changes come from: the node feeds it from its store's
+    change listener, a worker process from the feed table, a replica from the node's
+    stream. Whoever owns it calls `load` once and `apply` for every change after, in
+    cursor order. `apply` never waits for a running match: changes are queued and whoever
+    next holds the index lock (the applier itself if it is free, else the next match)
+    applies them, so a 100k revocation neither blocks nor is blocked by PDQ queries.
+
+    `Matcher(store)` keeps the node's old in-process behaviour for the CLI and tests: the
+    index is loaded from the store's rows on first use (on the store's thread), and the
+    store's change listener feeds it.
+    """
+
+    def __init__(self, store: Store | None = None) -> None:
         self.store = store
         self._pdq: PDQIndex | None = None
+        self._cursor = 0
         self._index_lock = threading.Lock()
-        self._pending: deque[tuple[list[tuple[int, str]], list[int]]] = deque()
+        self._pending: deque[tuple[list[tuple[int, str]], list[int], int | None]] = deque()
+
+    @property
+    def ready(self) -> bool:
+        """True once a PDQ index is loaded: before, PDQ queries raise IndexLoading."""
+        return self._pdq is not None
+
+    @property
+    def cursor(self) -> int:
+        """The feed cursor of the last change applied (or queued to be, see `apply`)."""
+        return self._cursor
+
+    def load(self, index: PDQIndex, cursor: int) -> None:
+        """Start from `index`, which reflects the feed up to `cursor`; changes queued
+        before are dropped (the index already holds them, or the owner re-applies them)."""
+        with self._index_lock:
+            self._pending.clear()
+            self._pdq = index
+            self._cursor = cursor
+
+    def attach(self, store: Store) -> None:
+        """Load the index from `store`'s live PDQ rows and follow its change listener.
+        Call on the store's thread, so no commit slips between the load and the listener."""
+        index = PDQIndex()
+        keys: list[int] = []
+        values: list[str] = []
+        for key, value in store.live_signals("pdq"):
+            keys.append(key)
+            values.append(value)
+        if keys:
+            index.add_many(keys, values)
+        self.load(index, self._cursor)
+        self.follow(store)
+
+    def follow(self, store: Store) -> None:
+        """Keep the index current from `store`'s change listener (after a `load`)."""
+        if self._on_change not in store.listeners:
+            store.listeners.append(self._on_change)
 
     @property
     def pdq(self) -> PDQIndex:
-        """Loaded on first use, on the store thread (its connection, and no commit can
-        slip between the load and the listener taking over), so an exact-only lookup from
-        the CLI never pays for it."""
+        """The index; with a store and none loaded yet, loaded from the store's rows (on
+        the store thread), so an exact-only lookup from the CLI never pays for it."""
         if self._pdq is None:
-            index = PDQIndex()
-            keys: list[int] = []
-            values: list[str] = []
-            for key, value in self.store.live_signals("pdq"):
-                keys.append(key)
-                values.append(value)
-            if keys:
-                index.add_many(keys, values)
-            self._pdq = index
-            self.store.listeners.append(self._on_change)
+            if self.store is None:
+                raise IndexLoading("the PDQ index is loading; retry shortly")
+            self.attach(self.store)
+        assert self._pdq is not None
         return self._pdq
 
     def _on_change(self, added: list[tuple[int, str, str]], removed: list[int]) -> None:
-        """Store thread, after a commit: queue the change, and apply it now only if no
-        match holds the index (never wait for one)."""
+        """Store thread, after a commit: queue the change, never wait for a match."""
         pdq = [(key, value) for key, kind, value in added if kind == "pdq"]
-        if not pdq and not removed:
-            return
-        self._pending.append((pdq, removed))
+        if pdq or removed:
+            self.apply(pdq, removed)
+
+    def apply(
+        self,
+        added: Sequence[tuple[int, str]],
+        removed: Sequence[int],
+        cursor: int | None = None,
+    ) -> None:
+        """Add `added` (key, PDQ hex) and tombstone `removed` keys, then record `cursor`;
+        thread-safe, and it never waits for a running match (see the class)."""
+        self._pending.append((list(added), list(removed), cursor))
+        if cursor is not None:
+            self._cursor = max(self._cursor, cursor)
         if self._index_lock.acquire(blocking=False):
             try:
                 self._apply_pending()
@@ -208,16 +264,28 @@ class Matcher:
 
     def _apply_pending(self) -> None:
         index = self._pdq
-        assert index is not None
+        if index is None:  # not loaded yet: the changes wait for `load` (which drops them)
+            return
         while self._pending:
-            added, removed = self._pending.popleft()
+            added, removed, _ = self._pending.popleft()
             if added:
                 index.add_many([k for k, _ in added], [v for _, v in added])
-            for key in removed:
-                index.remove(key)
+            if removed:
+                index.remove_many(removed)
+
+    def snapshot_for_checkpoint(self) -> tuple[PDQIndex, int] | None:
+        """The index with every queued change applied, and its cursor, taken under the
+        lock; None before a load. The caller writes a checkpoint from it (checkpoint.py)."""
+        with self._index_lock:
+            self._apply_pending()
+            if self._pdq is None:
+                return None
+            return self._pdq, self._cursor
 
     def _pdq_hits(self, values: list[str], threshold: int, limit: int) -> list[Any]:
-        index = self.pdq
+        index = self.pdq if self.store is not None else self._pdq
+        if index is None:
+            raise IndexLoading("the PDQ index is loading; retry shortly")
         with self._index_lock:
             self._apply_pending()
             return index.query_many(values, threshold, limit=limit)
@@ -231,9 +299,15 @@ class Matcher:
         source: SignalSource | None = None,
     ) -> dict[str, Any]:
         """The match answer (see `assemble`), drawn only from `collections`; rows come
-        from `source` (default: the store, for callers on its thread)."""
+        from `source` (default: the store, for callers on its thread). A PDQ query before
+        the index is loaded raises IndexLoading (503); exact queries need no index."""
         check_threshold(threshold)
-        reads: SignalSource = self.store if source is None else source
+        if source is None:
+            if self.store is None:
+                raise TypeError("Matcher.answer: a source is required without a store")
+            reads: SignalSource = self.store
+        else:
+            reads = source
         unique, slots = distinct(parse_queries(queries))
         limit = MAX_MATCHES_PER_QUERY + 1
         hits: list[list[tuple[int, int]]] = [[] for _ in unique]
