@@ -207,6 +207,10 @@ def test_node_input_is_validated() -> None:
         "category": "csam",
     }
     assert parse_add(good, "row").value == "0" * 31 + "1"
+    # Its log is now known (a short cut for the next op ids): odd spellings still fail.
+    for odd in (f"{A}/csam/01/0", f"{A}/csam/0/0", f"{A}/csam/1/-1", f"{A}/csam/{2**53}/0"):
+        with pytest.raises(NodeDataError, match="row.op_id"):
+            parse_add({**good, "op_id": odd}, "row")
     for field, value, words in (
         ("author", B, "author and collection"),
         ("value", "0" * 31 + "X", "md5"),

@@ -174,6 +174,11 @@ class ReplicaStore:
             )
         self._local = threading.local()
         self._lock = threading.Lock()  # the writer connection, from any one thread at a time
+        # Kept in memory as committed: the event loop reads them (health, every request) and
+        # must never wait for the lock a snapshot chunk's write holds.
+        self._cursor = self._int_meta("cursor")
+        self._floor = self._int_meta("floor") or 0
+        self._source = self._get("source")
 
     # -- meta ----------------------------------------------------------------------------
 
@@ -184,29 +189,23 @@ class ReplicaStore:
     def _set(self, key: str, value: str) -> None:
         self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
+    def _int_meta(self, key: str) -> int | None:
+        value = self._get(key)
+        return None if value is None else int(value)
+
     @property
     def cursor(self) -> int | None:
         """The feed cursor every row reflects; None before a snapshot completed."""
-        with self._lock:
-            value = self._get("cursor")
-        return None if value is None else int(value)
+        return self._cursor
 
     def source(self) -> dict[str, str]:
         """Whom the rows came from ({"url", "token_hash"}; empty when never bootstrapped)."""
-        with self._lock:
-            value = self._get("source")
-        return {} if value is None else dict(json.loads(value))
+        return {} if self._source is None else dict(json.loads(self._source))
 
     def floor(self) -> int:
         """The lowest head cursor the node may report without having been reset: its head
         before our snapshot, or the last event we applied (see net/follow.py)."""
-        with self._lock:
-            value = self._get("floor")
-        return 0 if value is None else int(value)
-
-    def set_floor(self, floor: int) -> None:
-        with self._lock:
-            self._set("floor", str(floor))
+        return self._floor
 
     # -- writing -------------------------------------------------------------------------
 
@@ -220,22 +219,63 @@ class ReplicaStore:
                 conn.execute("DELETE FROM signals")
                 conn.execute("DELETE FROM stances")
                 conn.execute("DELETE FROM meta WHERE key IN ('cursor', 'floor')")
-                self._set("source", json.dumps({"url": url, "token_hash": token_hash}))
+                source = json.dumps({"url": url, "token_hash": token_hash})
+                self._set("source", source)
                 self._set("floor", str(floor))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+            self._cursor, self._floor, self._source = None, floor, source
 
     def snapshot_rows(self, adds: list[Add], stances: dict[str, list[StanceRow]], at: int) -> None:
-        """One chunk of a snapshot in one transaction (no cursor yet)."""
-        page = Page(cursor=at, adds=adds, stances=stances)
-        page.order = [("add", i) for i in range(len(adds))]
-        self._apply(page, commit_cursor=False)
+        """One chunk of a snapshot in one transaction (no cursor yet). In one statement per
+        table: the index is built from the rows once the snapshot ends, so no id is needed
+        back."""
+        with self._lock:
+            conn = self.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "INSERT INTO signals (op_id, author, collection, seq, idx, type, value,"
+                    " quality, category, classification, ref, added_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (op_id) DO NOTHING",
+                    [
+                        (
+                            a.op_id,
+                            a.author,
+                            a.collection,
+                            a.seq,
+                            a.idx,
+                            a.type,
+                            a.value,
+                            a.quality,
+                            a.category,
+                            a.classification,
+                            a.ref,
+                            at,
+                        )
+                        for a in adds
+                    ],
+                )
+                conn.executemany(
+                    "INSERT OR REPLACE INTO stances (target, author, collection, verdict, seen)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (target, s.author, s.collection, s.verdict, int(s.seen))
+                        for target, rows in stances.items()
+                        for s in rows
+                    ],
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
 
     def end_snapshot(self, cursor: int) -> None:
         with self._lock:
             self._set("cursor", str(cursor))
+            self._cursor = cursor
 
     def apply(self, page: Page) -> Applied:
         """Feed changes and the cursor they reach, in one transaction."""
@@ -267,6 +307,8 @@ class ReplicaStore:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+            if commit_cursor:
+                self._cursor = self._floor = page.cursor
         return out
 
     def _add(self, a: Add, cursor: int, out: Applied) -> None:
