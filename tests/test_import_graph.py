@@ -34,7 +34,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("hashmesh.node.service", "hashmesh.node.batching"),
     ("hashmesh.node.net",),
     ("hashmesh.node.web",),
-    ("hashmesh.node.daemon",),
+    # replica: the matcher replica process (hashmesh matcher), a peer of the daemon
+    ("hashmesh.node.daemon", "hashmesh.node.replica"),
     # testing: the harness that starts node processes (for `hashmesh demo`, the tests and
     # the benchmarks); it drives nodes from outside, as the CLI does, so it ranks with it.
     ("hashmesh.node.cli", "hashmesh.testing"),

@@ -36,6 +36,8 @@ SCOPE_BY_PATH = {
     # A Prometheus scraper's token: the metrics and nothing else (it cannot mint tokens,
     # add peers or read hashes, as the admin token it needed before could).
     "/metrics": "metrics",
+    # A matcher replica's poll: head cursor, match grants, author names (web/replicas.py).
+    "/v1/replica/state": "replicate",
 }
 GRANT = "hashmesh.grant"
 
