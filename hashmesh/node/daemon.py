@@ -28,7 +28,7 @@ from hashmesh.node.net.sync import Replicator, SyncObserver
 from hashmesh.node.runtime import tune_gc
 from hashmesh.node.service import NodeService
 from hashmesh.node.store.executor import StoreThread
-from hashmesh.node.web import platform, selfreport
+from hashmesh.node.web import platform, replicas, selfreport
 from hashmesh.node.web import status as statuspage
 from hashmesh.node.web.access import TokenCache
 from hashmesh.node.web.api import ApiDeps, build_app
@@ -134,6 +134,7 @@ class Daemon:
         )
         app.middlewares.insert(0, metrics_middleware(metrics))
         platform.register(app, platform.PlatformDeps(service, store_thread, self.home.path))
+        replicas.register(app, service)  # /v1/replica/state (hashmesh matcher --follow)
         replicator.register(app)
         statuspage.register(
             app, statuspage.StatusDeps(metrics, gauges, service.store, store_thread)
