@@ -29,9 +29,6 @@ import math
 import os
 import signal
 import sys
-import threading
-from collections import deque
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -44,14 +41,7 @@ from hashmesh.node.errors import NodeError, PayloadTooLarge
 from hashmesh.node.hashing.hasher import ImageError, ImageTooLarge, hash_bytes
 from hashmesh.node.matching.checkpoint import read_checkpoint
 from hashmesh.node.matching.checkpoint import snapshot as checkpoint_snapshot
-from hashmesh.node.matching.matcher import (
-    MAX_MATCHES_PER_QUERY,
-    SignalSource,
-    assemble,
-    check_threshold,
-    distinct,
-    parse_queries,
-)
+from hashmesh.node.matching.matcher import Matcher, check_threshold
 from hashmesh.node.matching.pdq_index import DEFAULT_THRESHOLD, PDQIndex
 from hashmesh.node.net.bodies import BodyPace, encoding_middleware
 from hashmesh.node.net.follow import Follower, ReplicaState, build_index
@@ -59,7 +49,6 @@ from hashmesh.node.store.replica import ReplicaStore, private_dir
 from hashmesh.node.web import access
 from hashmesh.node.web.api import auth_middleware, errors_middleware
 from hashmesh.node.web.http import read_json
-from hashmesh.protocol.signals import get_type
 
 log = logging.getLogger("hashmesh.replica")
 
@@ -71,102 +60,6 @@ CHECKPOINT_S = 60.0
 RUNTIME_FILE = "matcher.json"
 MAX_UPLOAD = 50 * 1024 * 1024
 KEEPALIVE_TIMEOUT_S = 15.0
-
-
-class ReplicaMatcher:
-    """The PDQ index and the cursor it reflects, fed by the follower, answering over the
-    replica's store: what matching/matcher.py's source-agnostic Matcher does for the node.
-
-    `apply` never waits for a running match: changes are queued and whoever next holds the
-    index lock applies them before it queries (as the node's matcher does)."""
-
-    def __init__(self) -> None:
-        self._index: PDQIndex | None = None
-        self._cursor = 0
-        self._lock = threading.Lock()
-        self._pending: deque[tuple[list[tuple[int, str]], list[int], int | None]] = deque()
-
-    @property
-    def ready(self) -> bool:
-        return self._index is not None
-
-    @property
-    def cursor(self) -> int:
-        return self._cursor
-
-    def load(self, index: PDQIndex, cursor: int) -> None:
-        with self._lock:
-            self._pending.clear()
-            self._index = index
-            self._cursor = cursor
-
-    def apply(
-        self, added: Sequence[tuple[int, str]], removed: Sequence[int], cursor: int | None = None
-    ) -> None:
-        self._pending.append((list(added), list(removed), cursor))
-        if self._lock.acquire(blocking=False):
-            try:
-                self._drain()
-            finally:
-                self._lock.release()
-
-    def _drain(self) -> None:
-        index = self._index
-        while self._pending:
-            added, removed, cursor = self._pending.popleft()
-            if index is not None:
-                if added:
-                    index.add_many([k for k, _ in added], [v for _, v in added])
-                if removed:
-                    index.remove_many(removed)
-            if cursor is not None:
-                self._cursor = cursor
-
-    def checkpoint(self, directory: Path) -> int | None:
-        """Write the index and its cursor. Only the capture holds the index lock (it copies
-        the mutable parts, milliseconds); the slow write runs without it, so matches and
-        changes go on meanwhile."""
-        with self._lock:
-            self._drain()
-            if self._index is None:
-                return None
-            captured = checkpoint_snapshot(self._index, self._cursor)
-        captured.write(directory)
-        return captured.cursor
-
-    def answer(
-        self,
-        queries: Any,
-        threshold: int,
-        collections: frozenset[str] | None,
-        author_name: Callable[[str], Any],
-        source: SignalSource,
-    ) -> dict[str, Any]:
-        check_threshold(threshold)
-        unique, slots = distinct(parse_queries(queries))
-        limit = MAX_MATCHES_PER_QUERY + 1
-        hits: list[list[tuple[int, int]]] = [[] for _ in unique]
-        pdq_positions = [i for i, s in enumerate(unique) if not get_type(s.type).exact]
-        if pdq_positions:
-            with self._lock:
-                self._drain()
-                if self._index is None:
-                    raise _NotReady("the PDQ index is loading")
-                found = self._index.query_many(
-                    [unique[i].value for i in pdq_positions], threshold, limit=limit
-                )
-            for i, result in zip(pdq_positions, found, strict=True):
-                hits[i] = [(int(k), int(d)) for k, d in result]
-        for i, s in enumerate(unique):
-            if get_type(s.type).exact:
-                hits[i] = [(k, 0) for k in source.find_exact(s.type, s.value, limit=limit)]
-        rows = source.signals_by_id(sorted({k for h in hits for k, _ in h}))
-        opinions = source.opinion_counts_many([r["op_id"] for r in rows.values()], collections)
-        return assemble(queries, slots, hits, rows, opinions, collections, author_name, threshold)
-
-
-class _NotReady(Exception):
-    pass
 
 
 @dataclass(frozen=True)
@@ -218,7 +111,7 @@ class Replica:
         self.data = private_dir(options.data)
         self.index_dir = self.data / "index"
         self.store = ReplicaStore(self.data)
-        self.matcher = ReplicaMatcher()
+        self.matcher = Matcher()  # source-agnostic: fed by the follower, reads our store
         self.tokens = access.TokenCache(admin_hash="")  # no admin token here: nothing matches it
         self.authors: dict[str, str] = {}
         self.follower = Follower(
@@ -272,9 +165,17 @@ class Replica:
         self.matcher.load(index, cursor)
         return how
 
-    def _write_checkpoint(self) -> None:
+    async def _write_checkpoint(self) -> None:
+        """Capture the index on the event loop, write it on a thread. The follower calls
+        `Matcher.apply` only from the loop, and the capture drains what is queued, so
+        nothing changes the index while it is captured (milliseconds: segments are
+        immutable, only dead masks and the delta are copied); matches go on throughout."""
+        held = self.matcher.snapshot_for_checkpoint()
+        if held is None:
+            return
+        captured = checkpoint_snapshot(*held)
         try:
-            self.matcher.checkpoint(self.index_dir)
+            await asyncio.to_thread(captured.write, self.index_dir)
         except OSError as exc:
             log.error("index checkpoint not written to %s: %s", self.index_dir, exc)
 
@@ -310,8 +211,8 @@ class Replica:
         while True:
             await asyncio.sleep(CHECKPOINT_S)
             if self.matcher.ready and self.matcher.cursor != written:
-                await asyncio.to_thread(self._write_checkpoint)
                 written = self.matcher.cursor
+                await self._write_checkpoint()
 
     async def stop(self) -> None:
         self.follower.stop()
@@ -320,7 +221,7 @@ class Replica:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.runner is not None:
             await self.runner.cleanup()
-        await asyncio.to_thread(self._write_checkpoint)
+        await self._write_checkpoint()
         (self.data / RUNTIME_FILE).unlink(missing_ok=True)
         self.store.close()
 
@@ -368,10 +269,8 @@ async def _answer(request: web.Request, queries: Any, threshold: int) -> web.Res
             queries, threshold, collections, lambda a: authors.get(a, ""), store.reader()
         )
 
-    try:
-        result = await asyncio.get_running_loop().run_in_executor(None, work)
-    except _NotReady as exc:
-        return web.json_response({"error": str(exc)}, status=503, headers={"Retry-After": "1"})
+    # A PDQ query before the index is loaded raises IndexLoading: 503 with Retry-After.
+    result = await asyncio.get_running_loop().run_in_executor(None, work)
     replica.requests["answered"] += 1
     return web.json_response(result)
 
