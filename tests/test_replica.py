@@ -476,3 +476,25 @@ def test_a_node_restored_from_a_backup_is_snapshotted_again(
     answer = match(replica.url, platform, queries)[1]
     assert matched_ops(answer) == [[kept], [], [], [], []]
     assert answer == match(node.url, platform, queries)[1]
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--follow", "ftp://node"], "--follow 'ftp://node': must start with http"),
+        (["--token-file", "/nonexistent/token"], "--token-file /nonexistent/token:"),
+        (["--listen", "nonsense"], "listen address 'nonsense': expected HOST:PORT"),
+    ],
+)
+def test_matcher_command_refuses_bad_arguments(tmp_path: Path, args: list[str], words: str) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("hm_token\n")
+    given = {"--follow": "http://127.0.0.1:1", "--token-file": str(token_file)}
+    given.update(dict(zip(args[::2], args[1::2], strict=True)))
+    argv = [HASHMESH, "matcher", "--data", str(tmp_path / "m")]
+    for key, value in given.items():
+        argv += [key, value]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2, result.stderr
+    assert words in result.stderr
+    assert not (tmp_path / "m" / "matcher.json").exists()

@@ -191,7 +191,10 @@ class Replica:
         )
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port, shutdown_timeout=5)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise NodeError(f"--listen {self.options.listen}: {exc.strerror or exc}") from None
         sockets = getattr(site._server, "sockets", None) or []
         bound = sockets[0].getsockname()[1] if sockets else port
         connect_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
