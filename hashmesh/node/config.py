@@ -29,6 +29,7 @@ ADMIN_TOKEN_FILE = "admin.token"
 LOCK_FILE = "node.lock"
 RUNTIME_FILE = "node.json"
 DEFAULT_PORT = 7400
+MAX_MATCH_WORKERS = 64
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -122,6 +123,9 @@ class Config:
     tls_cert: str = ""
     tls_key: str = ""
     tls_ca: str = ""
+    # Matcher worker processes (hashmesh/node/workers.py): 0 matches in the node process.
+    match_workers: int = 0
+    match_listen: str = "127.0.0.1:0"
     peers: list[Peer] = field(default_factory=list)
     trust: list[Trust] = field(default_factory=list)
     # -- self-report page ([selfreport], web/selfreport.py; off by default) -------------
@@ -268,6 +272,11 @@ class Config:
             "node_id": self.node_id,
             "listen": self.listen,
             "url": self.url,
+            **(
+                {"match_workers": self.match_workers, "match_listen": self.match_listen}
+                if self.match_workers or self.match_listen != Config.match_listen
+                else {}
+            ),
             "publish": {
                 "batch_size": self.batch_size,
                 "batch_delay_ms": self.batch_delay_ms,
@@ -300,6 +309,8 @@ class Config:
                 node_id=_setting(data, "node_id", str, None),
                 listen=_setting(data, "listen", str, cls.listen),
                 url=_setting(data, "url", str, ""),
+                match_workers=_setting(data, "match_workers", int, cls.match_workers),
+                match_listen=_setting(data, "match_listen", str, cls.match_listen),
                 batch_size=_setting(publish, "batch_size", int, cls.batch_size, "publish."),
                 batch_delay_ms=_setting(
                     publish, "batch_delay_ms", int, cls.batch_delay_ms, "publish."
@@ -322,6 +333,12 @@ class Config:
             parse_listen(config.listen)
         except NodeError as exc:
             raise HomeError(f"config {source}: listen: {exc}") from None
+        try:
+            parse_listen(config.match_listen)
+        except NodeError as exc:
+            raise HomeError(f"config {source}: match_listen: {exc}") from None
+        if not 0 <= config.match_workers <= MAX_MATCH_WORKERS:
+            raise HomeError(f"config {source}: match_workers must be 0-{MAX_MATCH_WORKERS}")
         if not 1 <= config.batch_size <= 10_000:
             raise HomeError(f"config {source}: publish.batch_size must be 1-10000")
         if not 0 <= config.batch_delay_ms <= 60_000:
@@ -515,6 +532,12 @@ class Home:
     @property
     def runtime_path(self) -> Path:
         return self.path / RUNTIME_FILE
+
+    @property
+    def index_dir(self) -> Path:
+        """The PDQ index checkpoint (matching/checkpoint.py): written by the node only,
+        memory-mapped by it and its matcher workers."""
+        return self.path / "index" / "pdq"
 
     def exists(self) -> bool:
         return self.config_path.exists() or self.key_path.exists()

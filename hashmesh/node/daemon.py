@@ -28,15 +28,20 @@ from hashmesh.node.net.sync import Replicator, SyncObserver
 from hashmesh.node.runtime import tune_gc
 from hashmesh.node.service import NodeService
 from hashmesh.node.store.executor import StoreThread
+from hashmesh.node.store.feed import feed_head
 from hashmesh.node.web import platform, replicas, selfreport
 from hashmesh.node.web import status as statuspage
 from hashmesh.node.web.access import TokenCache
 from hashmesh.node.web.api import ApiDeps, build_app
 from hashmesh.node.web.metrics import Metrics, NodeCollector
 from hashmesh.node.web.metrics import middleware as metrics_middleware
+from hashmesh.node.workers import WorkerPool
 
 log = logging.getLogger("hashmesh.daemon")
 KEEPALIVE_TIMEOUT_S = 15.0
+# How often the PDQ index checkpoint is rewritten while the feed moves: a restarted matcher
+# worker (or the node) replays at most this much of the feed on top of it.
+CHECKPOINT_S = 60.0
 
 
 class Daemon:
@@ -48,6 +53,7 @@ class Daemon:
         self.api_url = ""
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self.workers: WorkerPool | None = None
 
     async def status(self) -> dict[str, Any]:
         """The service's status with what only the running node knows: its address, and
@@ -71,7 +77,24 @@ class Daemon:
             raise HomeError(f"{self.home.path} is already in use by a running node")
         self.service = service = await self.store_thread.call(NodeService, self.home)
         admin_token_hash = hash_token(read_secret(self.home.admin_token_path, "admin token"))
-        await self.store_thread.call(lambda: service.matcher.pdq)
+        how = await self.store_thread.call(service.load_index)
+        log.info("PDQ index loaded from %s", how)
+        if how == "rows" or service.config.match_workers:
+            await self._checkpoint()  # for the next start, and for the workers to map
+        if service.config.match_workers:
+            try:
+                self.workers = WorkerPool(
+                    self.home.path,
+                    service.config.match_listen,
+                    service.config.match_workers,
+                    changed=self._write_runtime,
+                )
+            except OSError as exc:
+                raise HomeError(
+                    _listen_error(service.config.match_listen, exc).replace(
+                        "(check listen", "(check match_listen"
+                    )
+                ) from None
         host, port = parse_listen(service.config.listen)
         ssl_context = None
         config = service.config
@@ -97,13 +120,50 @@ class Daemon:
         scheme = "https" if ssl_context else "http"
         connect_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
         self.api_url = f"{scheme}://{connect_host}:{actual_port}"
-        runtime = {"pid": os.getpid(), "api": self.api_url, "node_id": service.node_id}
+        if self.workers is not None:
+            self.workers.start()  # writes node.json with their pids
+        self._write_runtime()
+        self._tasks.append(asyncio.create_task(self._watch_config()))
+        self._tasks.append(asyncio.create_task(self._checkpoints()))
+        self.replicator.start()
+        log.info("node %s listening on %s", config.name, self.api_url)
+
+    def _write_runtime(self) -> None:
+        """node.json: pid, API address, node id; with matcher workers their address and
+        pids (rewritten when one is restarted)."""
+        if not self.api_url:
+            return
+        runtime: dict[str, Any] = {
+            "pid": os.getpid(),
+            "api": self.api_url,
+            "node_id": self.service.node_id,
+        }
+        if self.workers is not None:
+            runtime["match"] = self.workers.url
+            runtime["workers"] = self.workers.pids
         tmp = self.home.runtime_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(runtime))
         os.replace(tmp, self.home.runtime_path)
-        self._tasks.append(asyncio.create_task(self._watch_config()))
-        self.replicator.start()
-        log.info("node %s listening on %s", config.name, self.api_url)
+
+    async def _checkpoint(self) -> None:
+        """Write the PDQ index checkpoint: captured on the store thread (milliseconds),
+        written on another (segment files are reused, so only new ones cost)."""
+        snap = await self.store_thread.call(self.service.index_snapshot)
+        if snap is None:
+            return
+        try:
+            await asyncio.to_thread(snap.write, self.home.index_dir)
+        except OSError as exc:
+            log.error("PDQ index checkpoint not written to %s: %s", self.home.index_dir, exc)
+
+    async def _checkpoints(self) -> None:
+        written = await self.store_thread.call(lambda: feed_head(self.service.store.conn))
+        while True:
+            await asyncio.sleep(CHECKPOINT_S)
+            head = await self.store_thread.call(lambda: feed_head(self.service.store.conn))
+            if head != written:
+                await self._checkpoint()
+                written = head
 
     def _wire(self, service: NodeService, admin_token_hash: str) -> web.Application:
         """Build every component and hand each exactly what it uses."""
@@ -133,7 +193,10 @@ class Daemon:
             )
         )
         app.middlewares.insert(0, metrics_middleware(metrics))
-        platform.register(app, platform.PlatformDeps(service, store_thread, self.home.path))
+        match_url = self.workers.url if self.workers is not None else ""
+        platform.register(
+            app, platform.PlatformDeps(service, store_thread, self.home.path, match_url)
+        )
         replicas.register(app, service)  # /v1/replica/state (hashmesh matcher --follow)
         replicator.register(app)
         statuspage.register(
@@ -175,6 +238,9 @@ class Daemon:
         await self.replicator.stop()
         if self.runner is not None:
             await self.runner.cleanup()
+        if self.workers is not None:
+            await self.workers.stop()
+        await self._checkpoint()
         self.home.runtime_path.unlink(missing_ok=True)
         await self.store_thread.call(self.service.close)
         self.store_thread.shutdown()

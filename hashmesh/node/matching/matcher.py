@@ -209,7 +209,7 @@ class Matcher:
             self._pdq = index
             self._cursor = cursor
 
-    def attach(self, store: Store) -> None:
+    def attach(self, store: Store, cursor: int = 0) -> None:
         """Load the index from `store`'s live PDQ rows and follow its change listener.
         Call on the store's thread, so no commit slips between the load and the listener."""
         index = PDQIndex()
@@ -220,7 +220,7 @@ class Matcher:
             values.append(value)
         if keys:
             index.add_many(keys, values)
-        self.load(index, self._cursor)
+        self.load(index, cursor)
         self.follow(store)
 
     def follow(self, store: Store) -> None:

@@ -177,3 +177,50 @@ class SnapshotRead:
         except sqlite3.Error:
             pass
         self.conn.close()
+
+
+# -- PDQ index changes, for matcher processes (hashmesh/node/worker.py) -----------------------
+
+INDEX_PAGE = 5000
+
+
+def index_changes(
+    conn: sqlite3.Connection, after: int, limit: int = INDEX_PAGE
+) -> list[tuple[int, str, int, str, str]]:
+    """(cursor, kind, signal_id, type, value) of the adds and revocations after `after`, in
+    cursor order: what a matcher process applies to its index, page by page. Opinions
+    change no index and are skipped here (a signal's opinions are read at match time)."""
+    return conn.execute(
+        "SELECT f.cursor, f.kind, f.signal_id, s.type, s.value FROM feed f"
+        " JOIN signals s ON s.id = f.signal_id WHERE f.cursor > ? AND f.kind IN"
+        " ('add', 'revoke') ORDER BY f.cursor LIMIT ?",
+        (after, limit),
+    ).fetchall()
+
+
+def feed_head(conn: sqlite3.Connection) -> int:
+    """The newest feed cursor (0 for an empty feed)."""
+    row = conn.execute("SELECT MAX(cursor) FROM feed").fetchone()
+    return int(row[0] or 0)
+
+
+def live_pdq(conn: sqlite3.Connection) -> tuple[list[int], list[str]]:
+    """Keys and values of every live PDQ signal, to build an index from rows."""
+    keys: list[int] = []
+    values: list[str] = []
+    for key, value in conn.execute(
+        "SELECT id, value FROM signals WHERE type = 'pdq' AND revoked_by IS NULL"
+    ):
+        keys.append(key)
+        values.append(value)
+    return keys, values
+
+
+def pdq_digest(conn: sqlite3.Connection) -> tuple[int, int]:
+    """(live count, sum of live keys mod 2**63), as PDQIndex.digest() computes it, to verify
+    a loaded index against the rows it should reflect."""
+    count, total = 0, 0
+    for (key,) in conn.execute("SELECT id FROM signals WHERE type = 'pdq' AND revoked_by IS NULL"):
+        count += 1
+        total += key
+    return count, total % (1 << 63)

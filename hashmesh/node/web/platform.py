@@ -1,7 +1,7 @@
-"""Operator API routes for platforms: matching, the change feed, its live stream,
-snapshots, token administration and list imports. The daemon registers them on the app
-`api.build_app` made (whose auth middleware and token cache they rely on); scopes
-are enforced by the auth middleware (see access.py), collection filters here.
+"""Operator API routes for platforms: matching (handlers in matchroutes.py), the change
+feed, its live stream, snapshots, token administration and list imports. The daemon
+registers them on the app `api.build_app` made (whose auth middleware and token cache they
+rely on); scopes are enforced by the auth middleware (see access.py), collection filters here.
 """
 
 from __future__ import annotations
@@ -15,19 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
-from hashmesh.node.errors import NodeError, PayloadTooLarge
-from hashmesh.node.hashing.hasher import ImageError, ImageTooLarge, hash_bytes
+from hashmesh.node.errors import NodeError
 from hashmesh.node.keys import hash_token
 from hashmesh.node.lists.feed import DEFAULT_PAGE, MAX_PAGE, FeedHub, FeedReader
 from hashmesh.node.lists.importers import formats
 from hashmesh.node.lists.listfiles import apply_import, import_file
-from hashmesh.node.matching.matcher import check_threshold, exact_only
-from hashmesh.node.matching.pdq_index import DEFAULT_THRESHOLD
+from hashmesh.node.matching.matcher import exact_only
 from hashmesh.node.net.bodies import (
     MAX_JSON_BODY,
-    BodyPace,
     parse_json_object,
     request_body,
     spool_body,
@@ -36,11 +33,11 @@ from hashmesh.node.service import NodeService
 from hashmesh.node.store.core import ReaderPool
 from hashmesh.node.store.executor import StoreThread
 from hashmesh.node.tokens import Grant, TokenStore
-from hashmesh.node.web import access
+from hashmesh.node.web import access, matchroutes
 from hashmesh.node.web.http import read_json
 
 HEARTBEAT_S = 15.0
-MAX_UPLOAD = 50 * 1024 * 1024
+MAX_UPLOAD = matchroutes.MAX_UPLOAD  # /v1/match/file (matchroutes.py)
 INLINE_QUERIES = 32
 MAX_IMPORT_BODY = 1 << 30  # a list file, parsed from disk as it is read
 MAX_IMPORT_PLAN_BODY = MAX_JSON_BODY  # a JSON plan, parsed whole in memory
@@ -65,6 +62,8 @@ class PlatformDeps:
     service: NodeService  # the matcher, the config, the store (tokens, list imports)
     store_thread: StoreThread  # every store write runs here
     spool_dir: Path  # uploaded list files are spooled here (the node's home)
+    # The matcher workers' address (match_workers > 0): /v1/match is forwarded there.
+    match_url: str = ""
 
 
 PLATFORM_KEY: web.AppKey[PlatformDeps] = web.AppKey("platform")
@@ -276,118 +275,34 @@ async def snapshot(request: web.Request) -> web.StreamResponse:
 
 
 # -- matching -------------------------------------------------------------------------------
+# The handlers are web/matchroutes.py's (shared with the matcher workers and replicas);
+# here is where the node's answers come from.
 
 
-async def _answer(request: web.Request, queries: Any, threshold: int) -> dict[str, Any]:
-    """Bounded, de-duplicated, and drawn only from the collections the token may read:
-    matches and the opinions counted on them alike. Never on the store thread: rows come
-    from a read-only connection of the answering thread's own, so no match, however
-    large, delays publishing, ingest or a revocation."""
-    deps = request.app[PLATFORM_KEY]
-    collections = access.readable(access.grant_of(request), None)
-    matcher = deps.service.matcher
-    readers = request.app[READERS_KEY]
-    author_name = deps.service.config.author_name
+class NodeMatch:
+    """`MatchDeps` matching in the node process (match_workers = 0)."""
 
-    def work() -> dict[str, Any]:
-        return matcher.answer(queries, threshold, collections, author_name, readers.get())
+    def __init__(self, service: NodeService, readers: ReaderPool) -> None:
+        self.service = service
+        self.readers = readers
 
-    if exact_only(queries) and len(queries) <= INLINE_QUERIES:
-        return work()  # a few indexed lookups: cheaper than a thread hop
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(None, work)
+    async def answer(self, request: web.Request, queries: Any, threshold: int) -> dict[str, Any]:
+        """Bounded, de-duplicated, and drawn only from the collections the token may read:
+        matches and the opinions counted on them alike. Never on the store thread: rows
+        come from a read-only connection of the answering thread's own, so no match,
+        however large, delays publishing, ingest or a revocation."""
+        collections = access.readable(access.grant_of(request), None)
+        matcher = self.service.matcher
+        readers = self.readers
+        author_name = self.service.config.author_name
 
+        def work() -> dict[str, Any]:
+            return matcher.answer(queries, threshold, collections, author_name, readers.get())
 
-async def match(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    if "queries" not in body:
-        raise NodeError("queries: required")
-    unknown = set(body) - {"queries", "threshold"}
-    if unknown:
-        raise NodeError(f"{sorted(unknown)[0]}: unknown field")
-    threshold = check_threshold(body.get("threshold", DEFAULT_THRESHOLD))
-    return web.json_response(await _answer(request, body["queries"], threshold))
-
-
-async def match_file(request: web.Request) -> web.Response:
-    """Hash an uploaded image in memory and match its hashes; the image is never stored.
-
-    PDQ is of the stored pixels (EXIF orientation not applied, as HMA and pytx hash). The
-    part ``dihedral=true`` also queries the picture's 7 rotations and mirrors: off by
-    default (as in HMA), since it costs 8 PDQ lookups and gives 8 chances of a false match.
-    Each PDQ result names its variant.
-    """
-    from functools import partial
-
-    if not request.content_type.startswith("multipart/"):
-        raise NodeError("upload: expected multipart/form-data with a 'file' part")
-    reader = await request.multipart()
-    data = b""
-    threshold = DEFAULT_THRESHOLD
-    dihedral = False
-    pace = BodyPace("upload")
-
-    async def small_part(part: BodyPartReader, refusal: str) -> str:
-        raw = b""
-        while chunk := await pace.next(part.read_chunk(64)):
-            raw += chunk
-            if len(raw) > 16:  # a part is otherwise read whole, whatever its size
-                raise NodeError(refusal)
-        return raw.decode("ascii", "replace").strip()
-
-    try:
-        while (part := await pace.next(reader.next())) is not None:
-            if not isinstance(part, BodyPartReader):
-                continue
-            if part.name == "threshold":
-                text = await small_part(part, "threshold: must be an integer")
-                if not text.isdigit() or len(text) > 6:
-                    raise NodeError("threshold: must be an integer")
-                threshold = check_threshold(int(text))
-            elif part.name == "dihedral":
-                text = await small_part(part, "dihedral: must be true or false")
-                if text not in ("true", "false"):
-                    raise NodeError("dihedral: must be true or false")
-                dihedral = text == "true"
-            elif part.name == "file":
-                chunks = []
-                size = 0
-                while chunk := await pace.next(part.read_chunk(1 << 16)):
-                    size += len(chunk)
-                    if size > MAX_UPLOAD:
-                        raise PayloadTooLarge(f"upload: larger than {MAX_UPLOAD // (1 << 20)} MiB")
-                    chunks.append(chunk)
-                data = b"".join(chunks)
-    except ValueError as exc:  # aiohttp: not the multipart body it claims to be
-        raise NodeError(f"upload: malformed multipart body ({exc})") from None
-    if not data:
-        raise NodeError("upload: no 'file' part, or it is empty")
-    loop = asyncio.get_running_loop()
-    try:
-        hashes = await loop.run_in_executor(None, partial(hash_bytes, data, dihedral=dihedral))
-    except ImageTooLarge as exc:
-        raise PayloadTooLarge(f"upload: {exc}") from None
-    except ImageError as exc:
-        raise NodeError(f"upload: {exc}") from None
-    del data
-    variants = hashes.pdq_dihedral or {"original": hashes.pdq or ""}
-    queries = [
-        {"type": "md5", "value": hashes.md5},
-        {"type": "sha256", "value": hashes.sha256},
-        *({"type": "pdq", "value": value} for value in variants.values()),
-    ]
-    result = await _answer(request, queries, threshold)
-    for entry, name in zip(result["results"][2:], variants, strict=True):
-        entry["variant"] = name
-    result["hashes"] = {
-        "md5": hashes.md5,
-        "sha256": hashes.sha256,
-        "pdq": hashes.pdq,
-        "quality": hashes.quality,
-    }
-    if hashes.pdq_dihedral is not None:
-        result["hashes"]["pdq_dihedral"] = hashes.pdq_dihedral
-    return web.json_response(result)
+        if exact_only(queries) and len(queries) <= INLINE_QUERIES:
+            return work()  # a few indexed lookups: cheaper than a thread hop
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, work)
 
 
 # -- tokens ---------------------------------------------------------------------------------
@@ -534,8 +449,14 @@ def register(app: web.Application, deps: PlatformDeps) -> None:
     app[PLATFORM_KEY] = deps
     app[READERS_KEY] = ReaderPool(deps.service.store.path)
     app[FEED_KEY] = FeedState()
-    app.router.add_post("/v1/match", match)
-    app.router.add_post("/v1/match/file", match_file)
+    forward = matchroutes.Forward(deps.match_url) if deps.match_url else None
+    matchroutes.register(app, forward or NodeMatch(deps.service, app[READERS_KEY]))
+    if forward is not None:
+
+        async def close_forward(_app: web.Application) -> None:
+            await forward.close()
+
+        app.on_cleanup.append(close_forward)
     app.router.add_get("/v1/feed", feed)
     app.router.add_get("/v1/feed/stream", feed_stream)
     app.router.add_get("/v1/snapshot", snapshot)

@@ -1,0 +1,305 @@
+"""`python -m hashmesh.node.worker --home H --fd N`: one of the node's matcher workers.
+
+Started by the node (node/workers.py) with the match listening socket as descriptor N. It
+matches so the node process does not: no match request holds the node's GIL, event loop
+or store thread. What it holds, and how it stays current:
+
+- the node's database, opened read-only (WAL: it sees each commit whole, never blocks the
+  node's writer): rows, opinions and tokens are read from it at match time;
+- the PDQ index from the node's latest checkpoint in Home.index_dir (memory-mapped, so N
+  workers share one copy of its segments in the page cache), brought up to the feed's head
+  and checked against the rows (live count and key sum) before it answers; without a
+  checkpoint, or when the check fails, an index built from the rows;
+- then the `feed` table from that cursor, every POLL_S: adds of PDQ signals go into the
+  index, revocations are removed from it, in cursor order (the one writer assigns cursors
+  in commit order, so a page read in one transaction has no gap);
+- the tokens table every TOKENS_S (a revoked token stops working here within that) and
+  author names from config.toml when it changes.
+
+Freshness (cursor applied against the feed's head, seconds since the last successful read)
+is on /healthz and /metrics; past DEFAULT_MAX_LAG changes or DEFAULT_MAX_STALE_S seconds it
+answers 503 to matches and health checks alike. It exits on SIGTERM, and by itself when
+its parent (the node) is gone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from hashmesh.node.config import Config, Home
+from hashmesh.node.errors import HomeError
+from hashmesh.node.keys import hash_token, read_secret
+from hashmesh.node.matching.checkpoint import read_checkpoint
+from hashmesh.node.matching.freshness import DEFAULT_MAX_LAG, DEFAULT_MAX_STALE_S, Freshness
+from hashmesh.node.matching.matcher import Matcher, exact_only
+from hashmesh.node.matching.pdq_index import PDQIndex
+from hashmesh.node.runtime import tune_gc
+from hashmesh.node.store import feed
+from hashmesh.node.store.core import ReaderPool
+from hashmesh.node.store.tokens import TokenTable
+from hashmesh.node.tokens import Grant
+from hashmesh.node.web import access, matchroutes, matchserver
+
+log = logging.getLogger("hashmesh.worker")
+
+POLL_S = 0.05
+TOKENS_S = 0.25
+CONFIG_S = 1.0
+INLINE_QUERIES = 32
+KEEPALIVE_TIMEOUT_S = 15.0
+
+
+def _changes(
+    page: list[tuple[int, str, int, str, str]],
+) -> tuple[list[tuple[int, str]], list[int]]:
+    added = [
+        (key, value) for _, kind, key, kind2, value in page if kind == "add" and kind2 == "pdq"
+    ]
+    removed = [key for _, kind, key, kind2, _ in page if kind == "revoke" and kind2 == "pdq"]
+    return added, removed
+
+
+def load_index(conn: sqlite3.Connection, index_dir: Path) -> tuple[PDQIndex, int, str]:
+    """The index at a cursor, and how it was made: the checkpoint brought up to the feed's
+    head and verified against the rows, all in one read transaction, else the rows."""
+    loaded = read_checkpoint(index_dir)
+    conn.execute("BEGIN")
+    try:
+        head = feed.feed_head(conn)
+        if loaded is not None and loaded[1] <= head:
+            index, at = loaded
+            after = at
+            while page := feed.index_changes(conn, after):
+                added, removed = _changes(page)
+                if added:
+                    index.add_many([k for k, _ in added], [v for _, v in added])
+                if removed:
+                    index.remove_many(removed)
+                after = page[-1][0]
+            if index.digest() == feed.pdq_digest(conn):
+                return index, head, f"checkpoint at cursor {at}, brought up to {head}"
+            log.warning("PDQ index checkpoint does not match the rows: building from rows")
+        keys, values = feed.live_pdq(conn)
+        index = PDQIndex()
+        if keys:
+            index.add_many(keys, values)
+        return index, head, "rows"
+    finally:
+        conn.execute("COMMIT")
+
+
+class Worker:
+    def __init__(self, home: Home, fd: int) -> None:
+        self.home = home
+        self.fd = fd
+        self.parent = os.getppid()
+        self.config: Config = home.load_config()
+        self._config_mtime = home.config_mtime()
+        admin = hash_token(read_secret(home.admin_token_path, "admin token"))
+        self.tokens = access.TokenCache(admin)
+        self._token_rows: list[Any] = []
+        self.matcher = Matcher()
+        self.readers = ReaderPool(home.db_path)
+        self.conn = feed.connect_reader(home.db_path)
+        self.head: int | None = None
+        self.last_read = float("-inf")
+        self.max_lag = DEFAULT_MAX_LAG
+        self.max_stale = DEFAULT_MAX_STALE_S
+        self.counts = {"answered": 0, "refused": 0}
+        self.stopping = asyncio.Event()
+        self.runner: web.AppRunner | None = None
+
+    # -- freshness and health --------------------------------------------------------------
+
+    def freshness(self) -> Freshness:
+        applied = self.matcher.cursor if self.matcher.ready else None
+        behind = None if applied is None or self.head is None else max(0, self.head - applied)
+        return Freshness(applied, self.head, behind, time.monotonic() - self.last_read)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        fresh = self.freshness()
+        why = fresh.refusal(self.max_lag, self.max_stale)
+        body: dict[str, Any] = {**fresh.json(), "pid": os.getpid(), "pdq_ready": self.matcher.ready}
+        if why is not None:
+            body["reason"] = why
+        return why is None, body
+
+    def metrics_text(self) -> str:
+        fresh = self.freshness()
+
+        def num(value: float | None) -> str:
+            return "-1" if value is None or value == float("inf") else f"{value:g}"
+
+        lines = [
+            "# HELP hashmesh_matcher_cursor Feed cursor this matcher has applied.",
+            "# TYPE hashmesh_matcher_cursor gauge",
+            f"hashmesh_matcher_cursor {num(fresh.applied)}",
+            "# HELP hashmesh_matcher_head The feed's newest cursor when last read.",
+            "# TYPE hashmesh_matcher_head gauge",
+            f"hashmesh_matcher_head {num(fresh.head)}",
+            "# HELP hashmesh_matcher_lag Feed changes this matcher is behind.",
+            "# TYPE hashmesh_matcher_lag gauge",
+            f"hashmesh_matcher_lag {num(fresh.behind)}",
+            "# HELP hashmesh_matcher_stale_seconds Seconds since the feed was last read.",
+            "# TYPE hashmesh_matcher_stale_seconds gauge",
+            f"hashmesh_matcher_stale_seconds {num(round(fresh.stale_s, 3))}",
+            "# HELP hashmesh_matcher_matches_total Match requests answered or refused as stale.",
+            "# TYPE hashmesh_matcher_matches_total counter",
+            f'hashmesh_matcher_matches_total{{outcome="answered"}} {self.counts["answered"]}',
+            f'hashmesh_matcher_matches_total{{outcome="stale"}} {self.counts["refused"]}',
+        ]
+        return "\n".join(lines) + "\n"
+
+    # -- MatchDeps ---------------------------------------------------------------------------
+
+    async def answer(self, request: web.Request, queries: Any, threshold: int) -> dict[str, Any]:
+        fresh = self.freshness()
+        why = fresh.refusal(self.max_lag, self.max_stale)
+        if why is not None:
+            self.counts["refused"] += 1
+            raise matchroutes.Refused(
+                web.json_response(
+                    {"error": f"this matcher is not current: {why}", **fresh.json()},
+                    status=503,
+                    headers={"Retry-After": "1"},
+                )
+            )
+        collections = access.readable(access.grant_of(request), None)
+        author_name = self.config.author_name
+        readers, matcher = self.readers, self.matcher
+
+        def work() -> dict[str, Any]:
+            return matcher.answer(queries, threshold, collections, author_name, readers.get())
+
+        if exact_only(queries) and len(queries) <= INLINE_QUERIES:
+            result = work()
+        else:
+            result = await asyncio.get_running_loop().run_in_executor(None, work)
+        self.counts["answered"] += 1
+        return result
+
+    # -- following the node ------------------------------------------------------------------
+
+    def _poll_once(self) -> bool:
+        """Apply one page of the feed; True when there may be more right away."""
+        self.conn.execute("BEGIN")
+        try:
+            head = feed.feed_head(self.conn)
+            page = feed.index_changes(self.conn, self.matcher.cursor)
+        finally:
+            self.conn.execute("COMMIT")
+        full = len(page) >= feed.INDEX_PAGE
+        # A short page saw every row up to `head` (one transaction): opinions in between
+        # move the cursor too, so lag is not counted for rows that change no index.
+        cursor = page[-1][0] if full else max(head, self.matcher.cursor)
+        added, removed = _changes(page)
+        self.matcher.apply(added, removed, cursor)
+        self.head = head
+        self.last_read = time.monotonic()
+        return full
+
+    def _reload_tokens(self) -> None:
+        rows = TokenTable(self.conn).live()
+        if rows == self._token_rows:
+            return
+        grants: dict[str, Grant] = {}
+        for name, digest, scopes, collections in rows:
+            grants[digest] = Grant(
+                name,
+                frozenset(scopes.split(",")),
+                frozenset(collections.split(",")) if collections else None,
+            )
+        self.tokens.grants = grants
+        self._token_rows = rows
+
+    def _reload_config(self) -> None:
+        mtime = self.home.config_mtime()
+        if mtime != self._config_mtime:
+            try:
+                self.config = self.home.load_config()
+            except HomeError as exc:
+                log.error("config not reloaded: %s", exc)
+            self._config_mtime = mtime
+
+    async def follow(self) -> None:
+        tokens_at = config_at = 0.0
+        while not self.stopping.is_set():
+            if os.getppid() != self.parent:
+                log.warning("the node (pid %d) is gone: worker exiting", self.parent)
+                self.stopping.set()
+                return
+            more = False
+            try:
+                more = await asyncio.to_thread(self._poll_once)
+                now = time.monotonic()
+                if now - tokens_at >= TOKENS_S:
+                    await asyncio.to_thread(self._reload_tokens)
+                    tokens_at = now
+                if now - config_at >= CONFIG_S:
+                    self._reload_config()
+                    config_at = now
+            except sqlite3.Error as exc:
+                log.warning("feed not read: %s", exc)
+            if not more:
+                await asyncio.sleep(POLL_S)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        # Serve at once (health says "loading", exact matches answer): the index loads after.
+        sock = socket.socket(fileno=self.fd)
+        app = matchserver.build_app(self.tokens, self, self.health, self.metrics_text)
+        self.runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, keepalive_timeout=KEEPALIVE_TIMEOUT_S
+        )
+        await self.runner.setup()
+        await asyncio.to_thread(self._reload_tokens)
+        await web.SockSite(self.runner, sock, shutdown_timeout=5).start()
+        index, cursor, how = await asyncio.to_thread(load_index, self.conn, self.home.index_dir)
+        self.matcher.load(index, cursor)
+        log.info(
+            "matcher worker %d ready: PDQ index from %s (%d live)", os.getpid(), how, len(index)
+        )
+        follower = asyncio.create_task(self.follow())
+        try:
+            await self.stopping.wait()
+        finally:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
+            await self.runner.cleanup()
+            self.conn.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m hashmesh.node.worker")
+    parser.add_argument("--home", required=True)
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    sys.setswitchinterval(0.0005)
+    tune_gc()
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=args.log_level, handlers=[handler], force=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(Worker(Home(args.home), args.fd).run())
+
+
+if __name__ == "__main__":
+    main()
