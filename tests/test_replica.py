@@ -26,6 +26,7 @@ from platform_util import ok_json, request
 from hashmesh.protocol import SigningKey
 
 NEEDLES = Path("/work/shared/testdata/pdq/needles.txt")
+IMAGES = Path("/work/shared/testdata/pdq/images")
 FRESH_S = 10.0  # the bound every "reaches the replica" wait below allows
 
 
@@ -154,6 +155,26 @@ def publish(node: NodeProc, signal_type: str, value: str, collection: str) -> st
     return str(ok_json(node.url + "/v1/signals", "POST", node.admin_token(), body)["op_id"])
 
 
+def upload(url: str, token: str, picture: Path) -> tuple[int, Any]:
+    boundary = "replica-test-boundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="p.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + picture.read_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    status, data = request(
+        url + "/v1/match/file",
+        "POST",
+        token,
+        raw=body,
+        content_type=f"multipart/form-data; boundary={boundary}",
+    )
+    return status, json.loads(data)
+
+
 def matched_ops(answer: Any) -> list[list[str]]:
     return [[m["op_id"] for m in r["matches"]] for r in answer["results"]]
 
@@ -203,6 +224,23 @@ def test_replica_answers_as_the_node_and_follows_it(
     confirmed = next(r for r in full["results"] if r["query"]["value"] == near(pdqs[1]))
     assert confirmed["matches"][0]["opinions"]["confirm"] == 1
     assert confirmed["matches"][0]["author_name"] == "hotline"
+
+    # An uploaded picture: the same answer too (hashes, variant, matches).
+    picture = IMAGES / "bridge-1-original.jpg"
+    if picture.exists():
+        hashed = json.loads(node.cli("hash", str(picture), "--json").stdout)[0]
+        publish(node, "pdq", hashed["pdq"], "csam")
+        later_add = md5(0, salt=11)
+        publish(node, "md5", later_add, "csam")  # a witness: the pdq add came before it
+        wait_for(
+            lambda: match(replica.url, platform, [{"type": "md5", "value": later_add}])[1][
+                "matched"
+            ],
+            timeout=FRESH_S,
+        )
+        there = upload(replica.url, platform, picture)
+        assert there[0] == 200 and there[1]["matched"], there
+        assert there == upload(node.url, platform, picture)
 
     # The follow token itself may not match, nor may the admin token: neither is a grant.
     assert match(replica.url, follow, queries)[0] == 401
@@ -306,7 +344,7 @@ def test_replica_refuses_once_the_node_is_gone(
     wait_for(lambda: replica.health()[0] == 503, timeout=FRESH_S)
     status, body = match(replica.url, platform, query)
     assert status == 503
-    assert "has not answered" in body["error"] and body["stale_s"] > 1
+    assert "has not been read for" in body["error"] and body["stale_s"] > 1
     node.start()
     wait_for(lambda: replica.health()[0] == 200, timeout=FRESH_S * 2)
     assert match(replica.url, platform, query)[0] == 200
@@ -390,7 +428,7 @@ def test_a_hostile_node_cannot_crash_the_replica(
         assert replica.proc is not None and replica.proc.poll() is None
         assert health["cursor"] == 1  # the snapshot's; no bad event moved it
         assert status == 503 and health["behind"] == 20_000
-        assert "20000 changes behind the node (limit 10000)" in health["reason"]
+        assert "20000 changes behind its source (limit 10000)" in health["reason"]
         log = replica.log()
         for words in ("not JSON", "not after the cursor", "longer than", "expected a JSON object"):
             assert words in log, words

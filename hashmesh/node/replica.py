@@ -34,63 +34,26 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
 from hashmesh.node.config import parse_listen
-from hashmesh.node.errors import NodeError, PayloadTooLarge
-from hashmesh.node.hashing.hasher import ImageError, ImageTooLarge, hash_bytes
+from hashmesh.node.errors import NodeError
 from hashmesh.node.matching.checkpoint import read_checkpoint
 from hashmesh.node.matching.checkpoint import snapshot as checkpoint_snapshot
-from hashmesh.node.matching.matcher import Matcher, check_threshold
-from hashmesh.node.matching.pdq_index import DEFAULT_THRESHOLD, PDQIndex
-from hashmesh.node.net.bodies import BodyPace, encoding_middleware
+from hashmesh.node.matching.freshness import DEFAULT_MAX_LAG, DEFAULT_MAX_STALE_S, Freshness
+from hashmesh.node.matching.matcher import Matcher
+from hashmesh.node.matching.pdq_index import PDQIndex
 from hashmesh.node.net.follow import Follower, ReplicaState, build_index
 from hashmesh.node.store.replica import ReplicaStore, private_dir
-from hashmesh.node.web import access
-from hashmesh.node.web.api import auth_middleware, errors_middleware
-from hashmesh.node.web.http import read_json
+from hashmesh.node.web import access, matchroutes, matchserver
 
 log = logging.getLogger("hashmesh.replica")
 
 DEFAULT_DATA = "hashmesh-matcher"
 DEFAULT_LISTEN = "127.0.0.1:0"
-DEFAULT_MAX_LAG = 10_000
-DEFAULT_MAX_STALE_S = 10.0
 CHECKPOINT_S = 60.0
 RUNTIME_FILE = "matcher.json"
-MAX_UPLOAD = 50 * 1024 * 1024
 KEEPALIVE_TIMEOUT_S = 15.0
-
-
-@dataclass(frozen=True)
-class Freshness:
-    """How current the replica is: the cursor applied, the node's head, how far behind,
-    and seconds since the node last answered."""
-
-    applied: int | None
-    head: int | None
-    behind: int | None
-    stale_s: float
-
-    def refusal(self, max_lag: int, max_stale: float) -> str | None:
-        """Why this replica must not answer now, or None."""
-        if self.applied is None:
-            return "the replica has not completed its snapshot of the node yet"
-        if self.stale_s > max_stale:
-            return f"the node has not answered for {self.stale_s:.1f} s (limit {max_stale:g} s)"
-        if self.behind is None:
-            return "the node's head cursor is not known yet"
-        if self.behind > max_lag:
-            return f"{self.behind} changes behind the node (limit {max_lag})"
-        return None
-
-    def json(self) -> dict[str, Any]:
-        return {
-            "cursor": self.applied,
-            "head": self.head,
-            "behind": self.behind,
-            "stale_s": None if math.isinf(self.stale_s) else round(self.stale_s, 3),
-        }
 
 
 @dataclass
@@ -240,190 +203,103 @@ class Replica:
             await self.stop()
 
 
-# -- HTTP -----------------------------------------------------------------------------------
-
-REPLICA_KEY: web.AppKey[Replica] = web.AppKey("replica")
+# -- HTTP: web/matchserver.py's app (the node's match handlers, middlewares, tokens) -------
 
 
-def _refusal(replica: Replica) -> web.Response | None:
-    fresh = replica.freshness()
-    why = fresh.refusal(replica.options.max_lag, replica.options.max_stale)
-    if why is None:
-        return None
-    replica.requests["refused_stale"] += 1
-    return web.json_response(
-        {"error": f"this replica is not current: {why}", **fresh.json()},
-        status=503,
-        headers={"Retry-After": "1"},
-    )
+class _Answers:
+    """matchroutes.MatchDeps for the replica: refuse while not current, else answer on a
+    thread over the replica's own store, as the request's token may see it."""
+
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+
+    async def answer(self, request: web.Request, queries: Any, threshold: int) -> dict[str, Any]:
+        replica = self.replica
+        fresh = replica.freshness()
+        why = fresh.refusal(replica.options.max_lag, replica.options.max_stale)
+        if why is not None:
+            replica.requests["refused_stale"] += 1
+            raise matchroutes.Refused(
+                web.json_response(
+                    {"error": f"this replica is not current: {why}", **fresh.json()},
+                    status=503,
+                    headers={"Retry-After": "1"},
+                )
+            )
+        collections = access.readable(access.grant_of(request), None)
+        authors = replica.authors
+        store = replica.store
+
+        def work() -> dict[str, Any]:
+            # A PDQ query before the index is loaded raises IndexLoading (503, Retry-After).
+            return replica.matcher.answer(
+                queries, threshold, collections, lambda a: authors.get(a, ""), store.reader()
+            )
+
+        result = await asyncio.get_running_loop().run_in_executor(None, work)
+        replica.requests["answered"] += 1
+        return result
 
 
-async def _answer(request: web.Request, queries: Any, threshold: int) -> web.Response:
-    replica = request.app[REPLICA_KEY]
-    refused = _refusal(replica)
-    if refused is not None:
-        return refused
-    collections = access.readable(access.grant_of(request), None)
-    authors = replica.authors
-    store = replica.store
-
-    def work() -> dict[str, Any]:
-        return replica.matcher.answer(
-            queries, threshold, collections, lambda a: authors.get(a, ""), store.reader()
-        )
-
-    # A PDQ query before the index is loaded raises IndexLoading: 503 with Retry-After.
-    result = await asyncio.get_running_loop().run_in_executor(None, work)
-    replica.requests["answered"] += 1
-    return web.json_response(result)
-
-
-async def match(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    if "queries" not in body:
-        raise NodeError("queries: required")
-    unknown = set(body) - {"queries", "threshold"}
-    if unknown:
-        raise NodeError(f"{sorted(unknown)[0]}: unknown field")
-    threshold = check_threshold(body.get("threshold", DEFAULT_THRESHOLD))
-    return await _answer(request, body["queries"], threshold)
-
-
-async def match_file(request: web.Request) -> web.Response:
-    """As the node's /v1/match/file (web/platform.py): the image hashed in memory, never
-    stored; parts `file`, `threshold`, `dihedral`."""
-    if not request.content_type.startswith("multipart/"):
-        raise NodeError("upload: expected multipart/form-data with a 'file' part")
-    reader = await request.multipart()
-    data = b""
-    threshold = DEFAULT_THRESHOLD
-    dihedral = False
-    pace = BodyPace("upload")
-
-    async def small_part(part: BodyPartReader, refusal: str) -> str:
-        raw = b""
-        while chunk := await pace.next(part.read_chunk(64)):
-            raw += chunk
-            if len(raw) > 16:
-                raise NodeError(refusal)
-        return raw.decode("ascii", "replace").strip()
-
-    try:
-        while (part := await pace.next(reader.next())) is not None:
-            if not isinstance(part, BodyPartReader):
-                continue
-            if part.name == "threshold":
-                text = await small_part(part, "threshold: must be an integer")
-                if not text.isdigit() or len(text) > 6:
-                    raise NodeError("threshold: must be an integer")
-                threshold = check_threshold(int(text))
-            elif part.name == "dihedral":
-                text = await small_part(part, "dihedral: must be true or false")
-                if text not in ("true", "false"):
-                    raise NodeError("dihedral: must be true or false")
-                dihedral = text == "true"
-            elif part.name == "file":
-                chunks, size = [], 0
-                while chunk := await pace.next(part.read_chunk(1 << 16)):
-                    size += len(chunk)
-                    if size > MAX_UPLOAD:
-                        raise PayloadTooLarge(f"upload: larger than {MAX_UPLOAD >> 20} MiB")
-                    chunks.append(chunk)
-                data = b"".join(chunks)
-    except ValueError as exc:
-        raise NodeError(f"upload: malformed multipart body ({exc})") from None
-    if not data:
-        raise NodeError("upload: no 'file' part, or it is empty")
-    loop = asyncio.get_running_loop()
-    try:
-        hashes = await loop.run_in_executor(None, partial(hash_bytes, data, dihedral=dihedral))
-    except ImageTooLarge as exc:
-        raise PayloadTooLarge(f"upload: {exc}") from None
-    except ImageError as exc:
-        raise NodeError(f"upload: {exc}") from None
-    variants = hashes.pdq_dihedral or {"original": hashes.pdq or ""}
-    queries = [
-        {"type": "md5", "value": hashes.md5},
-        {"type": "sha256", "value": hashes.sha256},
-        *({"type": "pdq", "value": value} for value in variants.values()),
-    ]
-    response = await _answer(request, queries, threshold)
-    if response.status != 200 or response.body is None:
-        return response
-    result = json.loads(bytes(response.body))  # type: ignore[arg-type]
-    for entry, name in zip(result["results"][2:], variants, strict=True):
-        entry["variant"] = name
-    result["hashes"] = {
-        "md5": hashes.md5,
-        "sha256": hashes.sha256,
-        "pdq": hashes.pdq,
-        "quality": hashes.quality,
-    }
-    if hashes.pdq_dihedral is not None:
-        result["hashes"]["pdq_dihedral"] = hashes.pdq_dihedral
-    return web.json_response(result)
-
-
-async def healthz(request: web.Request) -> web.Response:
+def _health(replica: Replica) -> tuple[bool, dict[str, Any]]:
     """200 while the replica may answer (current within its bounds), else 503 with why:
     what a load balancer's health check reads."""
-    replica = request.app[REPLICA_KEY]
     fresh = replica.freshness()
     why = fresh.refusal(replica.options.max_lag, replica.options.max_stale)
-    body = {"ok": why is None, **fresh.json(), "pdq_ready": replica.matcher.ready}
+    body = {**fresh.json(), "pdq_ready": replica.matcher.ready}
     if why is not None:
         body["reason"] = why
-    return web.json_response(body, status=200 if why is None else 503)
+    return why is None, body
 
 
-async def metrics(request: web.Request) -> web.Response:
-    replica = request.app[REPLICA_KEY]
+def _metrics_text(replica: Replica) -> str:
     fresh = replica.freshness()
     stats = replica.follower.stats
+
+    def gauge(name: str, what: str, value: float | None, kind: str = "gauge") -> list[str]:
+        shown = -1 if value is None or math.isinf(value) else value
+        return [f"# HELP {name} {what}", f"# TYPE {name} {kind}", f"{name} {shown}"]
+
     lines = [
-        "# HELP hashmesh_replica_cursor Feed cursor this replica has applied.",
-        "# TYPE hashmesh_replica_cursor gauge",
-        f"hashmesh_replica_cursor {fresh.applied if fresh.applied is not None else -1}",
-        "# HELP hashmesh_replica_head Head cursor the node last reported.",
-        "# TYPE hashmesh_replica_head gauge",
-        f"hashmesh_replica_head {fresh.head if fresh.head is not None else -1}",
-        "# HELP hashmesh_replica_lag Changes this replica is behind the node.",
-        "# TYPE hashmesh_replica_lag gauge",
-        f"hashmesh_replica_lag {fresh.behind if fresh.behind is not None else -1}",
-        "# HELP hashmesh_replica_stale_seconds Seconds since the node last answered.",
-        "# TYPE hashmesh_replica_stale_seconds gauge",
-        f"hashmesh_replica_stale_seconds {fresh.stale_s if not math.isinf(fresh.stale_s) else -1}",
-        "# HELP hashmesh_replica_bootstraps_total Snapshots taken from the node.",
-        "# TYPE hashmesh_replica_bootstraps_total counter",
-        f"hashmesh_replica_bootstraps_total {stats.bootstraps}",
-        "# HELP hashmesh_replica_reconnects_total Feed stream reconnections.",
-        "# TYPE hashmesh_replica_reconnects_total counter",
-        f"hashmesh_replica_reconnects_total {stats.reconnects}",
-        "# HELP hashmesh_replica_refused_total Node lines or events refused as malformed.",
-        "# TYPE hashmesh_replica_refused_total counter",
-        f"hashmesh_replica_refused_total {stats.refused}",
+        *gauge("hashmesh_replica_cursor", "Feed cursor this replica has applied.", fresh.applied),
+        *gauge("hashmesh_replica_head", "Head cursor the node last reported.", fresh.head),
+        *gauge("hashmesh_replica_lag", "Changes this replica is behind the node.", fresh.behind),
+        *gauge(
+            "hashmesh_replica_stale_seconds", "Seconds since the node last answered.", fresh.stale_s
+        ),
+        *gauge(
+            "hashmesh_replica_bootstraps_total",
+            "Snapshots taken from the node.",
+            stats.bootstraps,
+            "counter",
+        ),
+        *gauge(
+            "hashmesh_replica_reconnects_total",
+            "Feed stream reconnections.",
+            stats.reconnects,
+            "counter",
+        ),
+        *gauge(
+            "hashmesh_replica_refused_total",
+            "Node lines or events refused as malformed.",
+            stats.refused,
+            "counter",
+        ),
         "# HELP hashmesh_replica_matches_total Match requests answered or refused as stale.",
         "# TYPE hashmesh_replica_matches_total counter",
         f'hashmesh_replica_matches_total{{outcome="answered"}} {replica.requests["answered"]}',
         f'hashmesh_replica_matches_total{{outcome="stale"}} {replica.requests["refused_stale"]}',
     ]
-    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+    return "\n".join(lines) + "\n"
 
 
 def build_app(replica: Replica) -> web.Application:
-    """The node's own error, auth and body middlewares, so a refusal reads as the node's."""
-    app = web.Application(
-        client_max_size=MAX_UPLOAD + (1 << 20),
-        middlewares=[errors_middleware, auth_middleware, encoding_middleware],
+    return matchserver.build_app(
+        replica.tokens,
+        _Answers(replica),
+        partial(_health, replica),
+        partial(_metrics_text, replica),
     )
-    app[access.TOKENS_KEY] = replica.tokens
-    app[REPLICA_KEY] = replica
-    app.router.add_post("/v1/match", match)
-    app.router.add_post("/v1/match/file", match_file)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/v1/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
-    return app
 
 
 def read_token(path: str | Path) -> str:
