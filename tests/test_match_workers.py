@@ -112,8 +112,16 @@ def test_workers_answer_as_the_node_and_follow_it(
         status, health = get(match_url + "/healthz")
         return health if status == 200 else None
 
-    health = until("workers healthy", healthy)
-    assert health["ok"] is True and health["behind"] == 0
+    ready: set[int] = set()
+
+    def all_healthy() -> bool:
+        health = healthy()  # each request lands on either worker: see both say 200
+        if health is not None:
+            assert health["ok"] is True and health["behind"] == 0
+            ready.add(health["pid"])
+        return ready == set(pids)
+
+    until("both workers healthy", all_healthy)
 
     def caught_up() -> bool:
         status, answer = post(match_url + "/v1/match", body, token)
@@ -163,6 +171,38 @@ def test_workers_answer_as_the_node_and_follow_it(
 
     now = until("a killed worker restarted", replaced, timeout=15)
     assert pids[1] in now
-    until("both workers answer", lambda: all(caught_up() for _ in range(6)))
-    health = until("workers healthy again", healthy)
-    assert {"cursor", "head", "behind", "stale_s"} <= set(health)
+    pids, ready = now, set()
+    until("both workers healthy again", all_healthy)
+    assert all(caught_up() for _ in range(6))
+    health = healthy()
+    assert health is not None and {"cursor", "head", "behind", "stale_s"} <= set(health)
+
+
+def test_workers_exit_when_their_node_dies(home: HomeFactory, start_node: NodeFactory) -> None:
+    """kill -9 of the node leaves no orphan matcher answering from a database nobody
+    updates: each worker sees its parent change and exits."""
+    path = home("B")
+    set_config(path, match_workers=1)
+    node = start_node(path)
+    runtime = read_runtime(path)
+    assert runtime is not None
+    (pid,) = runtime["workers"]
+    status, answer = post(
+        runtime["match"] + "/v1/match",
+        {"queries": [{"type": "md5", "value": "%032x" % random.getrandbits(128)}]},
+        node.token,
+    )
+    assert status == 200 and answer["matched"] is False
+    node.proc.kill()
+    node.proc.wait(timeout=10)
+
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        # A zombie (exited, not yet reaped by init) counts as gone.
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+    until("the worker exits after its node", gone)

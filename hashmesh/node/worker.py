@@ -166,8 +166,11 @@ class Worker:
     # -- MatchDeps ---------------------------------------------------------------------------
 
     async def answer(self, request: web.Request, queries: Any, threshold: int) -> dict[str, Any]:
+        """Exact-only requests read the database, current at every commit: they answer even
+        while the index loads or lags. Anything with a PDQ query needs a fresh index."""
+        exact = exact_only(queries)
         fresh = self.freshness()
-        why = fresh.refusal(self.max_lag, self.max_stale)
+        why = None if exact else fresh.refusal(self.max_lag, self.max_stale)
         if why is not None:
             self.counts["refused"] += 1
             raise matchroutes.Refused(
@@ -184,7 +187,7 @@ class Worker:
         def work() -> dict[str, Any]:
             return matcher.answer(queries, threshold, collections, author_name, readers.get())
 
-        if exact_only(queries) and len(queries) <= INLINE_QUERIES:
+        if exact and len(queries) <= INLINE_QUERIES:
             result = work()
         else:
             result = await asyncio.get_running_loop().run_in_executor(None, work)
