@@ -338,7 +338,7 @@ class FollowStats:
 
     bootstraps: int = 0
     reconnects: int = 0
-    events: int = 0
+    events: int = 0  # feed events received and validated
     refused: int = 0  # events or lines refused as malformed (the stream stopped there)
     last_error: str = ""
     errors_by_kind: dict[str, int] = field(default_factory=dict)
@@ -597,6 +597,7 @@ class Follower:
                             if data:
                                 cursor, entry = parse_event(event_id, "\n".join(data), page.cursor)
                                 add_event(page, cursor, entry)
+                                self.stats.events += 1
                             event_id, data, size = "", [], 0
                             if (
                                 len(page.order) >= MAX_PAGE_EVENTS
@@ -627,5 +628,4 @@ class Follower:
     async def _apply(self, page: Page) -> int:
         applied: Applied = await asyncio.to_thread(self.store.apply, page)
         self.matcher.apply(applied.added, applied.removed, page.cursor)
-        self.stats.events += len(page.order) or 1
         return page.cursor
