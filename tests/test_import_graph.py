@@ -35,7 +35,13 @@ LAYERS: list[tuple[str, ...]] = [
     ("hashmesh.node.net",),
     ("hashmesh.node.web",),
     # replica: the matcher replica process (hashmesh matcher), a peer of the daemon
-    ("hashmesh.node.daemon", "hashmesh.node.replica"),
+    # workers, worker: the node's matcher worker processes (pool and process), ditto
+    (
+        "hashmesh.node.daemon",
+        "hashmesh.node.replica",
+        "hashmesh.node.workers",
+        "hashmesh.node.worker",
+    ),
     # testing: the harness that starts node processes (for `hashmesh demo`, the tests and
     # the benchmarks); it drives nodes from outside, as the CLI does, so it ranks with it.
     ("hashmesh.node.cli", "hashmesh.testing"),

@@ -16,8 +16,10 @@ from typing import Any
 
 import click
 
-from hashmesh.node.cli import matcher  # noqa: F401  (registers matcher)
-from hashmesh.node.cli import platform  # noqa: F401  (registers token, import-list, export-list)
+from hashmesh.node.cli import (
+    matcher,  # noqa: F401  (registers matcher)
+    platform,  # noqa: F401  (registers token, import-list, export-list)
+)
 from hashmesh.node.cli.base import (
     EXIT_NOTHING,
     Context,
