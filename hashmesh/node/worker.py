@@ -34,8 +34,10 @@ import socket
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -54,6 +56,7 @@ from hashmesh.node.tokens import Grant
 from hashmesh.node.web import access, matchroutes, matchserver
 
 log = logging.getLogger("hashmesh.worker")
+T = TypeVar("T")
 
 POLL_S = 0.05
 TOKENS_S = 0.25
@@ -114,6 +117,9 @@ class Worker:
         self.matcher = Matcher()
         self.readers = ReaderPool(home.db_path)
         self.conn = feed.connect_reader(home.db_path)
+        # The feed follower's own thread: on the default pool (where matches run) a poll
+        # waits behind every queued match, and under a flood the index falls behind.
+        self._follow_thread = ThreadPoolExecutor(1, thread_name_prefix="follow")
         self.head: int | None = None
         self.last_read = float("-inf")
         self.max_lag = DEFAULT_MAX_LAG
@@ -237,6 +243,9 @@ class Worker:
                 log.error("config not reloaded: %s", exc)
             self._config_mtime = mtime
 
+    async def _on_follow_thread(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._follow_thread, fn)
+
     async def follow(self) -> None:
         tokens_at = config_at = 0.0
         while not self.stopping.is_set():
@@ -246,10 +255,10 @@ class Worker:
                 return
             more = False
             try:
-                more = await asyncio.to_thread(self._poll_once)
+                more = await self._on_follow_thread(self._poll_once)
                 now = time.monotonic()
                 if now - tokens_at >= TOKENS_S:
-                    await asyncio.to_thread(self._reload_tokens)
+                    await self._on_follow_thread(self._reload_tokens)
                     tokens_at = now
                 if now - config_at >= CONFIG_S:
                     self._reload_config()
@@ -272,9 +281,11 @@ class Worker:
             app, access_log=None, handle_signals=False, keepalive_timeout=KEEPALIVE_TIMEOUT_S
         )
         await self.runner.setup()
-        await asyncio.to_thread(self._reload_tokens)
+        await self._on_follow_thread(self._reload_tokens)
         await web.SockSite(self.runner, sock, shutdown_timeout=5).start()
-        index, cursor, how = await asyncio.to_thread(load_index, self.conn, self.home.index_dir)
+        index, cursor, how = await self._on_follow_thread(
+            lambda: load_index(self.conn, self.home.index_dir)
+        )
         self.matcher.load(index, cursor)
         log.info(
             "matcher worker %d ready: PDQ index from %s (%d live)", os.getpid(), how, len(index)
@@ -286,6 +297,7 @@ class Worker:
             follower.cancel()
             await asyncio.gather(follower, return_exceptions=True)
             await self.runner.cleanup()
+            self._follow_thread.shutdown(wait=True)
             self.conn.close()
 
 
