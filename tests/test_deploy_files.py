@@ -368,14 +368,16 @@ def _k8s_objects() -> list[dict[str, Any]]:
 def test_k8s_objects_are_complete_and_consistent() -> None:
     objects = _k8s_objects()
     for obj in objects:
-        assert obj.get("apiVersion") and obj.get("kind"), obj
+        assert {"apiVersion", "kind", "metadata", "spec"} <= set(obj), obj.get("metadata")
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", obj["metadata"]["name"]), obj
     kustomization = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
     listed = set(kustomization["resources"])
     assert listed == {p.name for p in (DEPLOY / "k8s").glob("*.yaml")} - {"kustomization.yaml"}
     by_kind: dict[str, dict[str, dict[str, Any]]] = {}
     for obj in objects:
-        by_kind.setdefault(obj["kind"], {})[obj["metadata"]["name"]] = obj
+        same_kind = by_kind.setdefault(obj["kind"], {})
+        assert obj["metadata"]["name"] not in same_kind, f"duplicate {obj['metadata']}"
+        same_kind[obj["metadata"]["name"]] = obj
     workloads = {**by_kind.get("StatefulSet", {}), **by_kind.get("Deployment", {})}
     assert set(by_kind["StatefulSet"]) == {"hashmesh-node"}
     assert set(by_kind["Deployment"]) == {"hashmesh-matcher"}
@@ -398,14 +400,16 @@ def test_k8s_objects_are_complete_and_consistent() -> None:
         assert {p["targetPort"] for p in service["spec"]["ports"]} <= ports, name
     for pdb in by_kind.get("PodDisruptionBudget", {}).values():
         labels = pdb["spec"]["selector"]["matchLabels"]
-        assert any(labels.items() <= pod_labels(w).items() for w in workloads.values())
+        (chosen,) = [w for w in workloads.values() if labels.items() <= pod_labels(w).items()]
+        assert pdb["spec"]["minAvailable"] < chosen["spec"]["replicas"]  # rollouts can drain
 
     node = by_kind["StatefulSet"]["hashmesh-node"]
     assert node["spec"]["replicas"] == 1  # one writer of one SQLite file
     headless = by_kind["Service"][node["spec"]["serviceName"]]
     assert headless["spec"].get("clusterIP") == "None"
-    claims = {c["metadata"]["name"] for c in node["spec"]["volumeClaimTemplates"]}
-    assert claims == {"data"}
+    claims = node["spec"]["volumeClaimTemplates"]
+    assert [c["metadata"]["name"] for c in claims] == ["data"]
+    assert claims[0]["spec"]["accessModes"] == ["ReadWriteOnce"]
 
     for name, workload in workloads.items():
         pod = workload["spec"]["template"]["spec"]
@@ -448,6 +452,8 @@ def test_k8s_objects_are_complete_and_consistent() -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
     assert "httpGet" not in container["livenessProbe"], "a lagging replica is not dead"
     assert "startupProbe" in container
+    data = _option(args, "--data")
+    assert any(data.startswith(m["mountPath"] + "/") for m in container["volumeMounts"])
     # The follow token comes from the Secret, mounted where --token-file reads it.
     token_file = _option(args, "--token-file")
     secret_volumes = {v["name"]: v["secret"] for v in matcher["volumes"] if "secret" in v}
