@@ -75,7 +75,10 @@ def token() -> None:
     multiple=True,
     required=True,
     type=_LazyChoice(_scopes),
-    help="read, match, publish, admin or metrics (repeatable).",
+    help=(
+        "read, match, publish, admin, metrics or replicate (a matcher replica's follow"
+        " token, with read) (repeatable)."
+    ),
 )
 @click.option(
     "--collection",
