@@ -27,7 +27,7 @@ from hashmesh.node.errors import HomeError
 from hashmesh.node.store.backup import backup_database
 from hashmesh.node.store.cases import CaseTable
 from hashmesh.node.store.feed import connect_reader
-from hashmesh.node.store.integrity import check_at_open, closed_cleanly
+from hashmesh.node.store.integrity import check_at_open, closed_cleanly, read_header
 from hashmesh.node.store.render import SIGNAL_COLUMNS, signal_dict
 from hashmesh.node.store.schema import migrate
 from hashmesh.node.store.tokens import TokenTable
@@ -125,6 +125,10 @@ class Store:
     def __init__(self, path: str | Path, *, check: bool = True) -> None:
         self.path = Path(path)
         clean = closed_cleanly(self.path)  # before connecting: the -wal file a crash leaves
+        # Before connecting too: closing any descriptor of the file drops this process's
+        # POSIX locks on it, and a connection that lost them lets another process take the
+        # database for unused and delete its -wal and -shm under us (integrity.py).
+        size = read_header(self.path) if check else 0
         self.open_check = "none"  # which check ran at open (integrity.py says why)
         try:
             self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -133,7 +137,7 @@ class Store:
             self.conn.execute("PRAGMA busy_timeout=10000")
             self.conn.execute("PRAGMA cache_size=-65536")
             if check:
-                self.open_check = check_at_open(self.conn, self.path, clean)
+                self.open_check = check_at_open(self.conn, self.path, clean, size)
             migrate(self.conn, self.path)
         except sqlite3.DatabaseError as exc:
             raise HomeError(f"database {self.path}: {exc}") from None

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from hashmesh.node.errors import HomeError
 
-__all__ = ["QUICK_CHECK_MAX_BYTES", "check_at_open", "closed_cleanly"]
+__all__ = ["QUICK_CHECK_MAX_BYTES", "check_at_open", "closed_cleanly", "read_header"]
 
 QUICK_CHECK_MAX_BYTES = 128 << 20
 _MAGIC = b"SQLite format 3\x00"
@@ -38,12 +38,12 @@ def closed_cleanly(path: Path) -> bool:
         return True
 
 
-def check_at_open(conn: sqlite3.Connection, path: Path, clean: bool) -> str:
-    """Check the database just opened; returns which check ran ("header" or "quick_check").
+def check_at_open(conn: sqlite3.Connection, path: Path, clean: bool, size: int) -> str:
+    """Check the database just opened, whose header `read_header` passed (`size` is what
+    it returned); returns which check ran ("header" or "quick_check").
 
     Raises HomeError naming the file and what is wrong with it.
     """
-    size = _check_header(path)
     if clean and size > QUICK_CHECK_MAX_BYTES:
         return "header"
     result = conn.execute("PRAGMA quick_check").fetchone()[0]
@@ -52,8 +52,15 @@ def check_at_open(conn: sqlite3.Connection, path: Path, clean: bool) -> str:
     return "quick_check"
 
 
-def _check_header(path: Path) -> int:
-    """The file's size once its header is a SQLite 3 header; 0 for a new, empty file."""
+def read_header(path: Path) -> int:
+    """The file's size once its header is a SQLite 3 header; 0 for a new, empty file.
+
+    Call it before this process connects to the database, never while it has a connection
+    open: closing the descriptor read here releases every POSIX lock the process holds on
+    the file, SQLite's included. A connection that lost its locks looks unused to another
+    process, which then checkpoints the database and deletes its -wal and -shm files under
+    it (seen as "disk I/O error" on the next connection, 2026-12-02).
+    """
     try:
         with open(path, "rb") as f:
             header = f.read(100)
