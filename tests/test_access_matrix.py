@@ -74,6 +74,9 @@ MATRIX: list[tuple[str, tuple[int | str, ...]]] = [
      (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
     ("GET /metrics",
      (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 200, 200)),
+    # A matcher replica's poll (grants, heads, names): `replicate` only, which no column has.
+    ("GET /v1/replica/state",
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
     ("POST /v1/signals",
      (401, 401, 401, 401, 403, 403, 200, 200, 403, 403, 403, 403, 403, 403)),
     ("POST /v1/signals/batch",
