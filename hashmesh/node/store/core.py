@@ -827,15 +827,19 @@ class Store:
 
 
 def opinion_counts_many(
-    conn: sqlite3.Connection, targets: list[str], collections: frozenset[str] | None = None
+    conn: sqlite3.Connection,
+    targets: list[str],
+    collections: frozenset[str] | None = None,
+    table: str = "opinions",
 ) -> dict[str, OpinionCounts]:
     """Opinions on many signals in one statement, counting only those held in `collections`
     (None: all): a caller restricted to some collections must not learn what was said in
-    the others. Takes a connection so the off-thread exact reader can use its own."""
+    the others. Takes a connection so the off-thread exact reader can use its own, and the
+    table (one of ours, never input) so a matcher replica's copy counts the same way."""
     if not targets:
         return {}
     sql = (
-        "SELECT target, author, verdict, seen FROM opinions"
+        f"SELECT target, author, verdict, seen FROM {table}"
         " WHERE target IN (SELECT value FROM json_each(?))"
     )
     args: list[str] = [json.dumps(sorted(set(targets)))]

@@ -32,11 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hashmesh.node.store.core import opinion_counts_many
 from hashmesh.node.store.render import signal_dict
 from hashmesh.protocol.batches import LogKey
 from hashmesh.protocol.errors import ProtocolError
 from hashmesh.protocol.ops import OpId
-from hashmesh.protocol.state import OpinionCounts, Stance, count_opinions
+from hashmesh.protocol.state import OpinionCounts
 
 DB_NAME = "replica.sqlite"
 SCHEMA_VERSION = 1
@@ -237,26 +238,8 @@ class ReplicaStore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.executemany(
-                    "INSERT INTO signals (op_id, author, collection, seq, idx, type, value,"
-                    " quality, category, classification, ref, added_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (op_id) DO NOTHING",
-                    [
-                        (
-                            a.op_id,
-                            a.author,
-                            a.collection,
-                            a.seq,
-                            a.idx,
-                            a.type,
-                            a.value,
-                            a.quality,
-                            a.category,
-                            a.classification,
-                            a.ref,
-                            at,
-                        )
-                        for a in adds
-                    ],
+                    _INSERT_ADD,
+                    [_add_row(a, at) for a in adds],
                 )
                 conn.executemany(
                     "INSERT OR REPLACE INTO stances (target, author, collection, verdict, seen)"
@@ -313,23 +296,8 @@ class ReplicaStore:
 
     def _add(self, a: Add, cursor: int, out: Applied) -> None:
         row = self.conn.execute(
-            "INSERT INTO signals (op_id, author, collection, seq, idx, type, value, quality,"
-            " category, classification, ref, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (op_id) DO NOTHING RETURNING id",
-            (
-                a.op_id,
-                a.author,
-                a.collection,
-                a.seq,
-                a.idx,
-                a.type,
-                a.value,
-                a.quality,
-                a.category,
-                a.classification,
-                a.ref,
-                cursor,
-            ),
+            _INSERT_ADD + " RETURNING id",
+            _add_row(a, cursor),
         ).fetchone()
         if row is not None and a.type == "pdq":
             out.added.append((int(row[0]), a.value))
@@ -438,22 +406,32 @@ class ReplicaStore:
     def opinion_counts_many(
         self, targets: list[str], collections: frozenset[str] | None = None
     ) -> dict[str, OpinionCounts]:
-        """As the node's store counts them: distinct authors, only stances held in
-        `collections` (None: all)."""
-        if not targets:
-            return {}
-        sql = (
-            "SELECT target, author, verdict, seen FROM stances"
-            " WHERE target IN (SELECT value FROM json_each(?))"
-        )
-        args: list[str] = [json.dumps(sorted(set(targets)))]
-        if collections is not None:
-            sql += " AND collection IN (SELECT value FROM json_each(?))"
-            args.append(json.dumps(sorted(collections)))
-        stances: dict[str, list[tuple[str, Stance]]] = {t: [] for t in targets}
-        for target, author, verdict, seen in self._reader_conn().execute(sql, args):
-            stances[target].append((author, Stance(verdict, bool(seen))))
-        return {t: count_opinions(s) for t, s in stances.items()}
+        """As the node's store counts them (the same function, over the replica's stances)."""
+        return opinion_counts_many(self._reader_conn(), targets, collections, table="stances")
+
+
+_INSERT_ADD = (
+    "INSERT INTO signals (op_id, author, collection, seq, idx, type, value, quality,"
+    " category, classification, ref, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (op_id) DO NOTHING"
+)
+
+
+def _add_row(a: Add, at: int) -> tuple[Any, ...]:
+    return (
+        a.op_id,
+        a.author,
+        a.collection,
+        a.seq,
+        a.idx,
+        a.type,
+        a.value,
+        a.quality,
+        a.category,
+        a.classification,
+        a.ref,
+        at,
+    )
 
 
 # -- the node side --------------------------------------------------------------------------
