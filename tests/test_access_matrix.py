@@ -137,6 +137,13 @@ MATRIX: list[tuple[str, tuple[int | str, ...]]] = [
      (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
     ("DELETE /v1/admin/trust/{node_id}/{collection}",
      (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
+    # Match policy (issue 19): the node's own rules, told only to its operator.
+    ("GET /v1/admin/policy",
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
+    ("GET /v1/admin/policy/{collection}",
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
+    ("PUT /v1/admin/policy/{collection}",
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
     ("POST /v1/admin/backup",
      (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
     ("GET /v1/admin/selfreport",
@@ -416,6 +423,11 @@ def request_for(world: dict[str, Any], endpoint: str) -> tuple[str, str, bytes |
             body = json.dumps({"share": ["csam", "ncii"]}).encode()
         elif method == "POST":
             body = json.dumps({"collection": "ncii"}).encode()
+    elif path == "/v1/admin/policy/{collection}":
+        # A collection nothing is held in: a policy there changes no other row's answer.
+        path = "/v1/admin/policy/matrix-policy"
+        if method == "PUT":
+            body = json.dumps({"threshold": 20, "quorum": 2}).encode()
     elif path == "/v1/admin/trust/{node_id}/{collection}":
         path = f"/v1/admin/trust/{_fresh_trust(world)}/csam"
     return method, path, body, ctype

@@ -138,12 +138,12 @@ def _broken(conn: sqlite3.Connection) -> None:
 
 
 def test_a_migration_step_runs_on_an_old_database(tmp_path: Path) -> None:
-    """From 0.1 (version 0) through 1 to a test-only version 2, in one open."""
+    """From 0.1 (version 0) through every release's step to a test-only one, in one open."""
     path = old_database(tmp_path)
-    steps = [*MIGRATIONS, Migration(2, "signals.reviewed", _add_label_column)]
+    steps = [*MIGRATIONS, Migration(LATEST + 1, "signals.reviewed", _add_label_column)]
     conn = sqlite3.connect(path, isolation_level=None)
-    assert migrate(conn, path, steps) == [1, 2]
-    assert user_version(conn) == 2
+    assert migrate(conn, path, steps) == list(range(1, LATEST + 2))
+    assert user_version(conn) == LATEST + 1
     reviewed = conn.execute("SELECT type, reviewed FROM signals ORDER BY type").fetchall()
     assert reviewed == [("md5", 0), ("md5", 0), ("pdq", 1), ("sha256", 0)]
     assert migrate(conn, path, steps) == []
@@ -155,8 +155,8 @@ def test_a_failed_step_leaves_the_database_at_its_old_version(tmp_path: Path) ->
     before = digest(path)
     steps = [
         *MIGRATIONS,
-        Migration(2, "signals.reviewed", _add_label_column),
-        Migration(3, "broken", _broken),
+        Migration(LATEST + 1, "signals.reviewed", _add_label_column),
+        Migration(LATEST + 2, "broken", _broken),
     ]
     conn = sqlite3.connect(path, isolation_level=None)
     with pytest.raises(sqlite3.OperationalError, match="no such table"):
@@ -201,7 +201,7 @@ def test_the_cli_refuses_a_newer_database_with_exit_2(cli: Cli, home: HomeFactor
 def test_migration_numbers_are_checked(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
     with pytest.raises(ValueError, match="numbered"):
-        migrate(conn, tmp_path / "x.db", [*MIGRATIONS, Migration(3, "gap", _broken)])
+        migrate(conn, tmp_path / "x.db", [*MIGRATIONS, Migration(LATEST + 2, "gap", _broken)])
     assert user_version(conn) == 0
     conn.close()
 

@@ -448,6 +448,45 @@ class NodeService:
         self._save_config()
         return self._author_trust(node_id, collection, "untrusted")
 
+    # -- match policy (matching/policy.py; rows in store/policies.py) ---------------------
+
+    def policy_show(self, collection: str | None = None) -> dict[str, Any]:
+        """Every collection with a policy, or one collection's (its default when unset)."""
+        from hashmesh.node.matching.policy import CollectionPolicy, policy_set
+
+        policies = policy_set(self.store.policies.rows())
+        if collection is None:
+            return {"policies": [p.json() for p in policies.visible(lambda _c: True)]}
+        _protocol(validate_collection, collection)
+        policy = policies.by_collection.get(collection)
+        shown = (policy or CollectionPolicy(collection)).json()
+        return {"policies": [{**shown, "default": policy is None}]}
+
+    def policy_set(self, collection: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """Replace a collection's policy with exactly `fields` (absent: the default), so
+        the same command always leaves the same policy whatever was set before; it
+        applies to the next match (every matcher reads the table, replicas within a
+        poll)."""
+        from hashmesh.node.matching.policy import parse_policy, policy_set
+
+        _protocol(validate_collection, collection)
+        policy = parse_policy(collection, fields)
+        before = policy_set(self.store.policies.rows()).of(collection)
+        if policy == before:
+            change = "unchanged"
+        elif policy.is_default:
+            self.store.policies.delete(collection)
+            change = "reset"
+        else:
+            self.store.policies.put(policy.row(now_ms()))
+            change = "set"
+        return {
+            "collection": collection,
+            "policy": policy.json(),
+            "previous": before.json(),
+            "change": change,
+        }
+
     # -- bundles -------------------------------------------------------------------------
 
     def export_chunks(self, collection: str) -> Iterator[bytes]:

@@ -101,6 +101,12 @@ class LocalBackend:
     def trust_remove(self, node_id: str, collection: str) -> dict[str, Any]:
         return self.service.trust_remove(node_id, collection)
 
+    def policy_show(self, collection: str | None = None) -> dict[str, Any]:
+        return self.service.policy_show(collection)
+
+    def policy_set(self, collection: str, fields: dict[str, Any]) -> dict[str, Any]:
+        return self.service.policy_set(collection, fields)
+
 
 class RemoteBackend:
     """The node is running: the same calls over its local HTTP API."""
@@ -254,6 +260,14 @@ class RemoteBackend:
     def trust_remove(self, node_id: str, collection: str) -> dict[str, Any]:
         path = f"/v1/admin/trust/{_segment(node_id)}/{_segment(collection)}"
         return self._call("DELETE", path)
+
+    def policy_show(self, collection: str | None = None) -> dict[str, Any]:
+        if collection is None:
+            return self._call("GET", "/v1/admin/policy")
+        return self._call("GET", f"/v1/admin/policy/{_segment(collection)}")
+
+    def policy_set(self, collection: str, fields: dict[str, Any]) -> dict[str, Any]:
+        return self._call("PUT", f"/v1/admin/policy/{_segment(collection)}", fields)
 
 
 Backend = LocalBackend | RemoteBackend

@@ -18,6 +18,7 @@ import click
 
 from hashmesh.node.cli import (
     matcher,  # noqa: F401  (registers matcher)
+    matchpolicy,  # noqa: F401  (registers policy)
     platform,  # noqa: F401  (registers token, import-list, export-list)
 )
 from hashmesh.node.cli.base import (

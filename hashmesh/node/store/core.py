@@ -28,6 +28,7 @@ from hashmesh.node.store.backup import backup_database
 from hashmesh.node.store.cases import CaseTable
 from hashmesh.node.store.feed import connect_reader
 from hashmesh.node.store.integrity import check_at_open, closed_cleanly, read_header
+from hashmesh.node.store.policies import PolicyRow, PolicyTable, policy_rows
 from hashmesh.node.store.render import SIGNAL_COLUMNS, signal_dict
 from hashmesh.node.store.schema import migrate
 from hashmesh.node.store.tokens import TokenTable
@@ -143,6 +144,7 @@ class Store:
             raise HomeError(f"database {self.path}: {exc}") from None
         self.tokens = TokenTable(self.conn)
         self.cases = CaseTable(self.conn)
+        self.policies = PolicyTable(self.conn)
         self._log_ids: dict[LogKey, int] = {}
         self._log_keys: dict[int, LogKey] = {}
         self._heads: dict[int, int] = {}
@@ -653,6 +655,9 @@ class Store:
             "SELECT id, value FROM signals WHERE type = ? AND revoked_by IS NULL", (signal_type,)
         )
 
+    def policy_rows(self) -> list[PolicyRow]:
+        return policy_rows(self.conn)
+
     def opinion_counts(self, target: str) -> OpinionCounts:
         rows = self.conn.execute(
             "SELECT author, verdict, seen FROM opinions WHERE target = ?", (target,)
@@ -917,6 +922,9 @@ class StoreReader:
         self, targets: list[str], collections: frozenset[str] | None = None
     ) -> dict[str, OpinionCounts]:
         return opinion_counts_many(self.conn, targets, collections)
+
+    def policy_rows(self) -> list[PolicyRow]:
+        return policy_rows(self.conn)
 
 
 class ReaderPool:

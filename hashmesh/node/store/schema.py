@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hashmesh.node.errors import HomeError
+from hashmesh.node.store.policies import POLICY_V2
 from hashmesh.node.store.transaction import transaction
 
 STORE_V1 = """
@@ -174,8 +175,13 @@ def _version_1(conn: sqlite3.Connection) -> None:
     conn.execute("DELETE FROM meta WHERE key = 'schema_version'")
 
 
+def _version_2(conn: sqlite3.Connection) -> None:
+    run_script(conn, POLICY_V2)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "release 0.1's tables: logs, batches, signals, feed, tokens, cases", _version_1),
+    Migration(2, "match_policy: per-collection match policy (issue 19)", _version_2),
 )
 
 

@@ -310,6 +310,22 @@ async def trust_remove(request: web.Request) -> web.Response:
     return await _policy(request, deps.service.trust_remove, info["node_id"], info["collection"])
 
 
+async def policy_show(request: web.Request) -> web.Response:
+    deps = request.app[API_KEY]
+    collection = request.match_info.get("collection")
+    return web.json_response(await deps.store_thread.call(deps.service.policy_show, collection))
+
+
+async def policy_set(request: web.Request) -> web.Response:
+    """Replace one collection's match policy with the body's fields (absent: default)."""
+    deps = request.app[API_KEY]
+    body = await read_json(request)
+    collection = request.match_info["collection"]
+    return web.json_response(
+        await deps.store_thread.call(deps.service.policy_set, collection, body)
+    )
+
+
 async def backup(request: web.Request) -> web.Response:
     deps = request.app[API_KEY]
     body = _fields(await read_json(request), ("file",), ("overwrite",))
@@ -352,5 +368,8 @@ def build_app(deps: ApiDeps) -> web.Application:
     app.router.add_get("/v1/admin/trust", trust_list)
     app.router.add_post("/v1/admin/trust", trust_add)
     app.router.add_delete("/v1/admin/trust/{node_id}/{collection}", trust_remove)
+    app.router.add_get("/v1/admin/policy", policy_show)
+    app.router.add_get("/v1/admin/policy/{collection}", policy_show)
+    app.router.add_put("/v1/admin/policy/{collection}", policy_set)
     app.router.add_post("/v1/admin/backup", backup)
     return app

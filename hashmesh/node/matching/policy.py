@@ -1,0 +1,314 @@
+"""Per-collection match policy: what this node lets through as a match, and why not.
+
+Policy is local: each node decides for itself how to read the lists it holds (signed logs
+and opinions travel; thresholds, quorum, suspensions and review flags never do). It is
+judged after the lookup, over the hits the lookup found, so the same answer code serves
+the node, its matcher workers and replicas: whoever answers passes the rows of its store's
+match_policy table (store/policies.py), and this module turns them into a verdict per hit.
+
+Verdicts, in the order they are decided (the first that applies; `reasons` lists every
+one that applies, so a reviewer sees all of them):
+
+- ``negative``: the hit is in a negative (allowlist) collection; it never matches.
+- ``suppressed``: a negative collection lists the query's signal (PDQ: within that
+  collection's distance of the query or of the hit), or the query is a PDQ that
+  describes no picture (a flat colour: hashing/degenerate.py). The last holds with no
+  policy set: publishing refuses such hashes, and this stops one that another
+  implementation signed and a peer relayed from matching every blank upload.
+- ``beyond_threshold``: PDQ distance past the hit collection's own threshold.
+- ``low_quality``: the hit's stated PDQ quality is under the collection's minimum.
+- ``suspended``: disputed by at least N authors (suspend-after-disputes).
+- ``below_quorum``: fewer independent authors list the signal in the collection than it
+  requires ("below quorum: 1 of 2 authors").
+- ``review_required``: the collection requires review: shown, never a match.
+- ``match``: policy lets it through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from hashmesh.node.errors import NodeError
+
+MAX_POLICY_THRESHOLD = 31  # PDQ's recommended distance; matcher.MAX_THRESHOLD is the same
+MAX_QUALITY = 100
+MAX_QUORUM = 16
+MAX_DISPUTES = 1000
+MAX_POLICIES = 10_000  # rows a replica accepts from a node's state
+
+MATCH = "match"
+NEGATIVE = "negative"
+SUPPRESSED = "suppressed"
+BEYOND_THRESHOLD = "beyond_threshold"
+LOW_QUALITY = "low_quality"
+SUSPENDED = "suspended"
+BELOW_QUORUM = "below_quorum"
+REVIEW_REQUIRED = "review_required"
+VERDICTS = (
+    NEGATIVE,
+    SUPPRESSED,
+    BEYOND_THRESHOLD,
+    LOW_QUALITY,
+    SUSPENDED,
+    BELOW_QUORUM,
+    REVIEW_REQUIRED,
+    MATCH,
+)
+
+
+@dataclass(frozen=True)
+class CollectionPolicy:
+    """One collection's policy; the defaults let every hit through, as before policy."""
+
+    collection: str
+    negative: bool = False
+    threshold: int | None = None
+    min_quality: int | None = None
+    quorum: int = 1
+    suspend_after_disputes: int | None = None
+    require_review: bool = False
+
+    @property
+    def is_default(self) -> bool:
+        return self == CollectionPolicy(self.collection)
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "collection": self.collection,
+            "negative": self.negative,
+            "threshold": self.threshold,
+            "min_quality": self.min_quality,
+            "quorum": self.quorum,
+            "suspend_after_disputes": self.suspend_after_disputes,
+            "require_review": self.require_review,
+        }
+
+    def row(self, at: int) -> tuple[Any, ...]:
+        """As store/policies.py keeps it (its column order), changed at `at` (ms)."""
+        return (
+            self.collection,
+            int(self.negative),
+            self.threshold,
+            self.min_quality,
+            self.quorum,
+            self.suspend_after_disputes,
+            int(self.require_review),
+            at,
+        )
+
+
+def from_row(row: Sequence[Any]) -> CollectionPolicy:
+    return CollectionPolicy(
+        collection=str(row[0]),
+        negative=bool(row[1]),
+        threshold=row[2],
+        min_quality=row[3],
+        quorum=int(row[4]),
+        suspend_after_disputes=row[5],
+        require_review=bool(row[6]),
+    )
+
+
+def _bounded(fields: dict[str, Any], name: str, low: int, high: int) -> int | None:
+    value = fields.get(name)
+    if value is None:
+        return None
+    if type(value) is not int or not low <= value <= high:
+        raise NodeError(f"{name}: must be an integer {low}-{high}, got {str(value)[:20]!r}")
+    return value
+
+
+def _flag(fields: dict[str, Any], name: str) -> bool:
+    value = fields.get(name, False)
+    if not isinstance(value, bool):
+        raise NodeError(f"{name}: must be true or false")
+    return value
+
+
+FIELDS = (
+    "negative",
+    "threshold",
+    "min_quality",
+    "quorum",
+    "suspend_after_disputes",
+    "require_review",
+)
+
+
+def parse_policy(collection: str, fields: dict[str, Any]) -> CollectionPolicy:
+    """A policy from caller (or node) values, each bounded, naming the field it refuses.
+
+    A negative collection never matches, so only its distance (`threshold`: how near a
+    query or a hit must be to one of its PDQs to be suppressed) means anything; the
+    other knobs are refused for it rather than kept and silently ignored."""
+    unknown = set(fields) - set(FIELDS)
+    if unknown:
+        raise NodeError(f"{sorted(unknown)[0]}: unknown policy field")
+    quorum = _bounded(fields, "quorum", 1, MAX_QUORUM)
+    policy = CollectionPolicy(
+        collection=collection,
+        negative=_flag(fields, "negative"),
+        threshold=_bounded(fields, "threshold", 0, MAX_POLICY_THRESHOLD),
+        min_quality=_bounded(fields, "min_quality", 0, MAX_QUALITY),
+        quorum=1 if quorum is None else quorum,
+        suspend_after_disputes=_bounded(fields, "suspend_after_disputes", 1, MAX_DISPUTES),
+        require_review=_flag(fields, "require_review"),
+    )
+    if policy.negative:
+        for name in ("min_quality", "suspend_after_disputes"):
+            if getattr(policy, name) is not None:
+                raise NodeError(f"{name}: a negative collection never matches, so it has no {name}")
+        if policy.quorum != 1:
+            raise NodeError("quorum: a negative collection never matches, so it has no quorum")
+        if policy.require_review:
+            raise NodeError("require_review: a negative collection never matches")
+    return policy
+
+
+class PolicySet:
+    """Every collection's policy, as one answer judges by."""
+
+    def __init__(self, policies: Iterable[CollectionPolicy]) -> None:
+        self.by_collection = {p.collection: p for p in policies if not p.is_default}
+        self.negatives = {c: p for c, p in self.by_collection.items() if p.negative}
+        self.active = bool(self.by_collection)
+
+    def of(self, collection: str) -> CollectionPolicy:
+        return self.by_collection.get(collection) or CollectionPolicy(collection)
+
+    def lookup_threshold(self, threshold: int) -> int:
+        """How far the PDQ lookup must reach: the request's distance, or a negative
+        collection's when that is wider (a benign picture suppresses from its own radius)."""
+        radii = [p.threshold for p in self.negatives.values() if p.threshold is not None]
+        return max([threshold, *radii])
+
+    def visible(self, readable: Callable[[str], bool]) -> list[CollectionPolicy]:
+        return [p for c, p in sorted(self.by_collection.items()) if readable(c)]
+
+
+EMPTY = PolicySet(())
+
+
+@lru_cache(maxsize=16)
+def _from_rows(rows: tuple[tuple[Any, ...], ...]) -> PolicySet:
+    return PolicySet(from_row(r) for r in rows)
+
+
+def policy_set(rows: Iterable[Sequence[Any]]) -> PolicySet:
+    """The set for a table's rows, parsed once per distinct content (read every match)."""
+    key = tuple(tuple(r) for r in rows)
+    return _from_rows(key) if key else EMPTY
+
+
+def pdq_distance(a: str, b: str) -> int:
+    return (int(a, 16) ^ int(b, 16)).bit_count()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    verdict: str
+    reasons: tuple[str, ...] = ()
+
+    def json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"verdict": self.verdict}
+        if self.reasons:
+            out["reasons"] = list(self.reasons)
+        return out
+
+
+LET_THROUGH = Verdict(MATCH)
+
+
+def judge(
+    policies: PolicySet,
+    exact: bool,
+    hits: Sequence[tuple[dict[str, Any], int]],
+    threshold: int,
+    readable: Callable[[str], bool],
+    disputes: Callable[[str], int],
+    unusable: str | None = None,
+) -> list[Verdict]:
+    """A verdict for each (row, distance) hit of one query, in order.
+
+    `hits` are the query's live hits in every collection, readable or not: a negative
+    collection suppresses for every caller, but only one who may read it is told its name.
+    Quorum counts the distinct authors (node ids) among the query's hits in the hit's
+    collection within its threshold: for an exact type the same value, for PDQ the same
+    neighbourhood of the query. `disputes(op_id)` counts the distinct authors disputing
+    it that the caller may see. `unusable` says why the query itself cannot match (a PDQ
+    that describes no picture, hashing/degenerate.py): then no hit of it is a match."""
+    negatives: list[tuple[dict[str, Any], int, int]] = []  # row, radius, distance to query
+    for row, distance in hits:
+        policy = policies.negatives.get(row["collection"])
+        if policy is not None:
+            radius = threshold if policy.threshold is None else policy.threshold
+            negatives.append((row, radius, distance))
+    authors: dict[str, set[str]] = {}
+    for row, distance in hits:
+        policy = policies.of(row["collection"])
+        if policy.quorum > 1 and distance <= _limit(policy, threshold):
+            authors.setdefault(row["collection"], set()).add(row["author"])
+    out: list[Verdict] = []
+    for row, distance in hits:
+        collection = row["collection"]
+        policy = policies.of(collection)
+        if policy.negative:
+            out.append(Verdict(NEGATIVE, (f"listed in negative collection {collection}",)))
+            continue
+        reasons: list[tuple[str, str]] = []
+        if unusable is not None:
+            reasons.append((SUPPRESSED, f"matched, but the query is not a usable PDQ: {unusable}"))
+        for benign, radius, to_query in negatives:
+            if benign["type"] != row["type"]:
+                continue
+            if exact or to_query <= radius or pdq_distance(benign["value"], row["value"]) <= radius:
+                named = benign["collection"]
+                where = (
+                    f"negative collection {named} ({benign['op_id']})"
+                    if readable(named)
+                    else "a negative collection of this node"
+                )
+                reasons.append((SUPPRESSED, f"matched, but suppressed by {where}"))
+                break
+        limit = _limit(policy, threshold)
+        if distance > limit:
+            reasons.append(
+                (BEYOND_THRESHOLD, f"distance {distance} is past {collection}'s threshold {limit}")
+            )
+        quality = row.get("quality")
+        if policy.min_quality is not None and quality is not None and quality < policy.min_quality:
+            reasons.append(
+                (
+                    LOW_QUALITY,
+                    f"quality {quality} is below {collection}'s minimum {policy.min_quality}",
+                )
+            )
+        if policy.suspend_after_disputes is not None:
+            count = disputes(row["op_id"])
+            if count >= policy.suspend_after_disputes:
+                reasons.append(
+                    (
+                        SUSPENDED,
+                        f"suspended: disputed by {count} authors ({collection} suspends at"
+                        f" {policy.suspend_after_disputes})",
+                    )
+                )
+        if policy.quorum > 1:
+            have = len(authors.get(collection, ()))
+            if have < policy.quorum:
+                reasons.append((BELOW_QUORUM, f"below quorum: {have} of {policy.quorum} authors"))
+        if policy.require_review:
+            reasons.append((REVIEW_REQUIRED, f"{collection} requires review before action"))
+        if not reasons:
+            out.append(LET_THROUGH)
+        else:
+            out.append(Verdict(reasons[0][0], tuple(text for _, text in reasons)))
+    return out
+
+
+def _limit(policy: CollectionPolicy, threshold: int) -> int:
+    """A collection's distance never widens the request's, only narrows it."""
+    return threshold if policy.threshold is None else min(threshold, policy.threshold)
