@@ -16,7 +16,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from netnodes import NodeProc
+import pytest
+from conftest import author_key, chain, set_config, write_bundle
+from netnodes import NodeProc, NodeSet, link, wait_for
 from PIL import Image
 from platform_util import ok_json, request
 from testdata import IMAGES
@@ -127,6 +129,149 @@ def test_policy_commands_offline_and_through_the_running_node(tmp_path: Path) ->
     assert [p["collection"] for p in policies(node)] == ["benign"]
 
 
+# -- the seeded network -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_seeded_network_negative_list_quorum_and_every_suppression_explained(
+    nodes: NodeSet,
+) -> None:
+    ncmec, childfocus, platform = nodes.make("ncmec", "childfocus", "platform")
+    link(platform, ncmec, "csam", "benign")
+    link(platform, childfocus, "csam")
+    platform.trust(ncmec, "csam")
+    platform.trust(ncmec, "benign")
+    platform.trust(childfocus, "csam")
+    for node in (ncmec, childfocus, platform):
+        node.start()
+
+    # A black picture's PDQ never enters the network: the author's node refuses it.
+    refused = childfocus.cli("add", "pdq", BLACK_PDQ, "-c", "csam", check=False)
+    assert refused.returncode == 2 and "value: refused" in refused.stderr, refused
+
+    # A popular meme's MD5, wrongly listed as csam, and listed benign by a curator.
+    listed = childfocus.json("add", "md5", MEME_MD5, "-c", "csam")["op_id"]
+    benign = ncmec.json("add", "md5", MEME_MD5, "-c", "benign")["op_id"]
+    wait_for(lambda: len(hits(match(platform, "md5", MEME_MD5)[1])) == 2, timeout=30)
+    code, answer = match(platform, "md5", MEME_MD5)
+    assert code == 0 and hits(answer)["csam"]["verdict"] == "match"  # no policy yet
+
+    platform.cli("policy", "set", "benign", "--negative")
+    code, answer = match(platform, "md5", MEME_MD5)
+    assert code == 1 and answer["matched"] is False
+    by = hits(answer)
+    assert by["csam"]["op_id"] == listed and by["csam"]["verdict"] == "suppressed"
+    assert by["csam"]["reasons"] == [
+        f"matched, but suppressed by negative collection benign ({benign})"
+    ]
+    assert by["benign"]["verdict"] == "negative"
+    text = platform.cli("match", "md5", MEME_MD5, check=False).stdout
+    assert "NOT A MATCH (suppressed)" in text and "suppressed by negative collection benign" in text
+    assert "\nMATCH" not in text and not text.startswith("MATCH")
+
+    # POST /v1/match with a token that may not read the negative list: still suppressed,
+    # and told nothing about the list.
+    csam_only = platform.cli(
+        "token", "create", "csam-matcher", "--scope", "match", "--collection", "csam"
+    ).stdout.strip()
+    body = {"queries": [{"type": "md5", "value": MEME_MD5}]}
+    restricted = ok_json(platform.url + "/v1/match", "POST", csam_only, body)
+    [only] = restricted["results"][0]["matches"]
+    assert restricted["matched"] is False and only["verdict"] == "suppressed"
+    assert only["reasons"] == ["matched, but suppressed by a negative collection of this node"]
+    assert "benign" not in json.dumps(restricted)
+
+    # Quorum 2: one author's PDQ is below quorum until a second author lists it.
+    assert BRIDGE.pdq is not None
+    platform.cli("policy", "set", "csam", "--quorum", "2")
+    first = ncmec.json("add", "pdq", BRIDGE.pdq, "-c", "csam", "--quality", "100")["op_id"]
+    wait_for(lambda: hits(match(platform, "pdq", BRIDGE.pdq)[1]), timeout=30)
+    code, answer = match(platform, "pdq", BRIDGE.pdq)
+    assert code == 1 and answer["matched"] is False
+    hit = hits(answer)["csam"]
+    assert hit["op_id"] == first and hit["verdict"] == "below_quorum"
+    assert hit["reasons"] == ["below quorum: 1 of 2 authors"]
+
+    second_copy = flip(BRIDGE.pdq, 5)
+    childfocus.cli("add", "pdq", second_copy, "-c", "csam", "--quality", "100")
+    wait_for(lambda: len(match(platform, "pdq", BRIDGE.pdq)[1]["results"][0]["matches"]) == 2)
+    code, answer = match(platform, "pdq", BRIDGE.pdq)
+    assert code == 0 and answer["matched"] is True
+    assert {m["verdict"] for m in answer["results"][0]["matches"]} == {"match"}
+    assert all("reasons" not in m for m in answer["results"][0]["matches"])
+    # The same answer through the API.
+    api = ok_json(
+        platform.url + "/v1/match",
+        "POST",
+        platform.admin_token(),
+        {"queries": [{"type": "pdq", "value": BRIDGE.pdq}]},
+    )
+    assert api["matched"] is True
+
+
+# -- each knob, on one node -------------------------------------------------------------------
+
+
+def test_threshold_quality_disputes_and_review_each_hold_a_hit_back(tmp_path: Path) -> None:
+    node = NodeProc(tmp_path, "hotline")
+    assert BRIDGE.pdq is not None
+    op = node.json("add", "pdq", BRIDGE.pdq, "-c", "ncii", "--quality", "60")["op_id"]
+    query = flip(BRIDGE.pdq, 6)
+    assert match(node, "pdq", query)[0] == 0
+
+    def verdict(*policy: str) -> tuple[int, str, list[str]]:
+        node.cli("policy", "set", "ncii", *policy)
+        code, answer = match(node, "pdq", query)
+        hit = hits(answer)["ncii"]
+        assert hit["op_id"] == op
+        return code, hit["verdict"], hit.get("reasons", [])
+
+    assert verdict("--threshold", "4") == (
+        1,
+        "beyond_threshold",
+        ["distance 6 is past ncii's threshold 4"],
+    )
+    assert verdict("--threshold", "6") == (0, "match", [])
+    assert verdict("--min-quality", "80") == (
+        1,
+        "low_quality",
+        ["quality 60 is below ncii's minimum 80"],
+    )
+    code, answer = match(node, "pdq", query, "--threshold", "3")  # the request narrows too
+    assert code == 1 and not answer["results"][0]["matches"]
+
+    node.cli("policy", "set", "ncii", "--require-review")
+    code, answer = match(node, "pdq", query)
+    assert code == 1 and answer["review_required"] is True and answer["matched"] is False
+    assert hits(answer)["ncii"]["reasons"] == ["ncii requires review before action"]
+
+    node.cli("opinion", op, "dispute")
+    assert verdict("--suspend-after-disputes", "2") == (0, "match", [])
+    code, kind, reasons = verdict("--suspend-after-disputes", "1", "--min-quality", "80")
+    assert (code, kind) == (1, "low_quality")  # the first reason decides, all are listed
+    assert reasons == [
+        "quality 60 is below ncii's minimum 80",
+        "suspended: disputed by 1 authors (ncii suspends at 1)",
+    ]
+
+
+def test_a_flat_picture_query_never_matches_even_a_hash_from_a_peer(tmp_path: Path) -> None:
+    """Publishing refuses a degenerate PDQ, but another implementation's author can sign
+    one: the match answer holds back every hit of a query that describes no picture."""
+    node = NodeProc(tmp_path, "platform")
+    key = author_key(7)
+    node.cli("trust", "add", key.node_id, "csam", "--name", "elsewhere")
+    ops = [{"op": "add", "type": "pdq", "value": BLACK_PDQ, "category": "csam"}]
+    bundle = write_bundle(tmp_path / "b.hmb", chain(key, "csam", [ops]), "csam")
+    node.cli("import", str(bundle))
+    for query in (BLACK_PDQ, flip(BLACK_PDQ, 3)):
+        code, answer = match(node, "pdq", query)
+        hit = hits(answer)["csam"]
+        assert code == 1 and hit["verdict"] == "suppressed"
+        why = degenerate_reason("pdq", query)
+        assert hit["reasons"] == [f"matched, but the query is not a usable PDQ: {why}"]
+
+
 def test_a_refused_policy_request_changes_nothing(tmp_path: Path) -> None:
     node = NodeProc(tmp_path, "platform")
     node.cli("policy", "set", "csam", "--quorum", "3")
@@ -134,3 +279,68 @@ def test_a_refused_policy_request_changes_nothing(tmp_path: Path) -> None:
     assert refused.returncode == 2 and "--min-quality: a negative collection" in refused.stderr
     assert policies(node, "csam")[0]["quorum"] == 3
     assert policies(node, "csam")[0]["negative"] is False
+
+
+# -- matcher workers and replicas judge as the node does --------------------------------------
+
+
+@pytest.mark.slow
+def test_workers_and_replicas_apply_the_node_policy(tmp_path: Path) -> None:
+    """The node's matcher workers read match_policy with the rows they match; a replica
+    learns it from /v1/replica/state (only for collections its token reads), so a policy
+    change holds back the same hit everywhere within a poll."""
+    from test_replica import MatcherProc
+
+    assert BRIDGE.pdq is not None
+    node = NodeProc(tmp_path, "platform")
+    node.cli("add", "md5", MEME_MD5, "-c", "csam")
+    node.cli("add", "md5", MEME_MD5, "-c", "benign")
+    node.cli("add", "pdq", BRIDGE.pdq, "-c", "csam", "--quality", "100")
+    set_config(node.home, match_workers=1)
+    node.start()
+    replica = None
+    try:
+        runtime = json.loads((node.home / "node.json").read_text())
+        worker_url = runtime["match"]
+        follow = node.cli(
+            "token", "create", "replica", "--scope", "read", "--scope", "replicate"
+        ).stdout.strip()
+        matcher = node.cli("token", "create", "platform", "--scope", "match").stdout.strip()
+        replica = MatcherProc(tmp_path, node, follow)
+        replica.start()
+        body = {
+            "queries": [{"type": "md5", "value": MEME_MD5}, {"type": "pdq", "value": BRIDGE.pdq}]
+        }
+
+        def answers() -> list[Any]:
+            out = []
+            for url in (node.url, worker_url, replica.url):
+                status, data = request(url + "/v1/match", "POST", matcher, body)
+                assert status == 200, data
+                out.append(json.loads(data))
+            return out
+
+        wait_for(lambda: all(a["matched"] for a in answers()), timeout=30)
+        node.cli("policy", "set", "benign", "--negative")
+        node.cli("policy", "set", "csam", "--quorum", "2")
+
+        def verdicts(answer: Any) -> list[list[tuple[str, str]]]:
+            return [
+                [(m["collection"], m["verdict"]) for m in r["matches"]] for r in answer["results"]
+            ]
+
+        expected = [
+            [("benign", "negative"), ("csam", "suppressed")],
+            [("csam", "below_quorum")],
+        ]
+        wait_for(lambda: all(verdicts(a) == expected for a in answers()), timeout=30)
+        node_answer, worker_answer, replica_answer = answers()
+        assert node_answer == worker_answer == replica_answer
+        assert replica_answer["matched"] is False
+        suppressed = replica_answer["results"][0]["matches"][1]
+        assert suppressed["reasons"][0].startswith("matched, but suppressed by negative collection")
+        assert "below quorum: 1 of 2 authors" in suppressed["reasons"]
+    finally:
+        if replica is not None:
+            replica.kill()
+        assert node.stop() == 0

@@ -94,6 +94,7 @@ class Replica:
             return
         self.tokens.grants = state.grants
         self.authors = state.authors
+        self.store.set_policy_rows([p.row(0) for p in state.policies])
 
     def freshness(self) -> Freshness:
         f = self.follower

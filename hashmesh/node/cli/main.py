@@ -475,8 +475,10 @@ def _format_matches(data: dict[str, Any]) -> str:
             o = m["opinions"]
             turned = result.get("variant", "original")
             label = f", {m['classification']}" if "classification" in m else ""
+            verdict = m.get("verdict", "match")
+            head = "MATCH" if verdict == "match" else f"NOT A MATCH ({verdict.replace('_', ' ')})"
             lines += [
-                f"MATCH {m['type']} {m['value']}",
+                f"{head} {m['type']} {m['value']}",
                 f"  query     {q['type']} {q['value']}"
                 f"{'' if turned == 'original' else ' (as ' + turned + ')'}",
                 f"  distance  {m['distance']}",
@@ -485,6 +487,7 @@ def _format_matches(data: dict[str, Any]) -> str:
                 f"  opinions  confirm={o['confirm']} dispute={o['dispute']} seen={o['seen']}",
                 f"  op id     {m['op_id']}",
             ]
+            lines += [f"  policy    {reason}" for reason in m.get("reasons", ())]
     return "\n".join(lines)
 
 
@@ -508,7 +511,11 @@ def match(
     dihedral: bool,
     as_json: bool,
 ) -> None:
-    """Match TYPE VALUE, or --file FILE. Exit 0: a live match, 1: none, 2: error.
+    """Match TYPE VALUE, or --file FILE. Exit 0: a match policy lets through, 1: none, 2: error.
+
+    A hit that this node's match policy holds back (`hashmesh policy`: suppressed by a
+    negative collection, below quorum, review required, ...) is shown with its reasons and
+    exits 1; --json gives each hit's verdict and reasons.
 
     With --file, each PDQ result says which variant of the picture it is ("original"
     unless --dihedral found a rotation or mirror).

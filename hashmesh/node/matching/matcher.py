@@ -20,7 +20,18 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from hashmesh.node.errors import IndexLoading, NodeError
+from hashmesh.node.hashing.degenerate import degenerate_reason
 from hashmesh.node.matching.pdq_index import DEFAULT_THRESHOLD, PDQIndex
+from hashmesh.node.matching.policy import (
+    EMPTY,
+    LET_THROUGH,
+    MATCH,
+    REVIEW_REQUIRED,
+    PolicySet,
+    Verdict,
+    judge,
+    policy_set,
+)
 from hashmesh.node.store.core import Store
 from hashmesh.protocol.errors import ProtocolError
 from hashmesh.protocol.signals import Signal, get_type
@@ -90,19 +101,38 @@ def assemble(
     collections: frozenset[str] | None,
     author_name: Callable[[str], Any],
     threshold: int,
+    policies: PolicySet = EMPTY,
 ) -> dict[str, Any]:
     """The match answer, bounded: each query's nearest `MAX_MATCHES_PER_QUERY` (`hits` holds
     one more, to tell that there were more) and `MAX_MATCHES_PER_REQUEST` in all, so one
-    request can neither run the node out of memory nor answer with tens of megabytes."""
+    request can neither run the node out of memory nor answer with tens of megabytes.
+
+    Each hit carries its policy verdict (matching/policy.py) and, unless it is a plain
+    match, the reasons; `matched` is true only for a hit policy lets through. `hits` may
+    reach past `threshold` (a negative collection's wider radius): such rows only judge."""
     budget = MAX_MATCHES_PER_REQUEST
     results = []
     cut = False
+    judged: dict[int, list[Verdict]] = {}
     for q, slot in zip(queries, slots, strict=True):
         window = hits[slot]
+        live = [(row, d) for key, d in window if (row := rows.get(key)) is not None and row["live"]]
+        verdicts = judged.get(slot)
+        exact = get_type(q["type"]).exact
+        unusable = None if exact or not live else degenerate_reason("pdq", query_value(q))
+        if verdicts is None and (policies.active or unusable is not None):
+            verdicts = judged[slot] = judge(
+                policies,
+                exact,
+                live,
+                threshold,
+                _readable(collections),
+                lambda op_id: opinions.get(op_id, NO_OPINIONS).dispute,
+                unusable,
+            )
         matches = []
-        for key, distance in window:
-            row = rows.get(key)
-            if row is None or not row["live"]:
+        for n, (row, distance) in enumerate(live):
+            if distance > threshold:
                 continue
             if collections is not None and row["collection"] not in collections:
                 continue
@@ -110,12 +140,13 @@ def assemble(
             info.pop("id", None)
             info["distance"] = distance
             info["author_name"] = author_name(row["author"])
-            counts = opinions.get(row["op_id"], OpinionCounts(0, 0, 0))
+            counts = opinions.get(row["op_id"], NO_OPINIONS)
             info["opinions"] = {
                 "confirm": counts.confirm,
                 "dispute": counts.dispute,
                 "seen": counts.seen,
             }
+            info.update(LET_THROUGH.json() if verdicts is None else verdicts[n].json())
             matches.append(info)
         matches.sort(key=lambda m: (m["distance"], m["op_id"]))
         cap = min(MAX_MATCHES_PER_QUERY, budget)
@@ -130,12 +161,28 @@ def assemble(
             entry["truncated"] = True
             cut = True
         results.append(entry)
+    verdicts_seen = {m["verdict"] for r in results for m in r["matches"]}
     return {
         "threshold": threshold,
-        "matched": any(r["matches"] for r in results),
+        "matched": MATCH in verdicts_seen,
+        "review_required": REVIEW_REQUIRED in verdicts_seen,
         "truncated": cut,
         "results": results,
     }
+
+
+NO_OPINIONS = OpinionCounts(0, 0, 0)
+
+
+def query_value(q: dict[str, Any]) -> str:
+    """A PDQ query's value as the index compared it (parse_queries accepted it)."""
+    return Signal.parse(q["type"], q["value"]).value
+
+
+def _readable(collections: frozenset[str] | None) -> Callable[[str], bool]:
+    if collections is None:
+        return lambda _collection: True
+    return collections.__contains__
 
 
 class SignalSource(Protocol):
@@ -151,6 +198,10 @@ class SignalSource(Protocol):
     def opinion_counts_many(
         self, targets: list[str], collections: frozenset[str] | None = None
     ) -> dict[str, OpinionCounts]: ...
+
+    def policy_rows(self) -> list[tuple[Any, ...]]:
+        """The match_policy rows to judge by (store/policies.py's column order)."""
+        ...
 
 
 def exact_only(queries: Any) -> bool:
@@ -309,11 +360,13 @@ class Matcher:
         else:
             reads = source
         unique, slots = distinct(parse_queries(queries))
+        policies = policy_set(reads.policy_rows())
         limit = MAX_MATCHES_PER_QUERY + 1
         hits: list[list[tuple[int, int]]] = [[] for _ in unique]
         pdq_positions = [i for i, s in enumerate(unique) if not get_type(s.type).exact]
         if pdq_positions:
-            found = self._pdq_hits([unique[i].value for i in pdq_positions], threshold, limit)
+            reach = policies.lookup_threshold(threshold)
+            found = self._pdq_hits([unique[i].value for i in pdq_positions], reach, limit)
             for i, result in zip(pdq_positions, found, strict=True):
                 hits[i] = [(int(k), int(d)) for k, d in result]
         for i, signal in enumerate(unique):
@@ -321,4 +374,6 @@ class Matcher:
                 hits[i] = [(k, 0) for k in reads.find_exact(signal.type, signal.value, limit=limit)]
         rows = reads.signals_by_id(sorted({k for h in hits for k, _ in h}))
         opinions = reads.opinion_counts_many([r["op_id"] for r in rows.values()], collections)
-        return assemble(queries, slots, hits, rows, opinions, collections, author_name, threshold)
+        return assemble(
+            queries, slots, hits, rows, opinions, collections, author_name, threshold, policies
+        )

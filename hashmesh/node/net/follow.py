@@ -30,8 +30,10 @@ from typing import Any, Protocol
 import aiohttp
 from pydantic import ValidationError
 
+from hashmesh.node.errors import NodeError
 from hashmesh.node.keys import hash_token
 from hashmesh.node.matching.pdq_index import PDQIndex
+from hashmesh.node.matching.policy import MAX_POLICIES, CollectionPolicy, parse_policy
 from hashmesh.node.store.replica import Add, Applied, Page, ReplicaStore, StanceRow
 from hashmesh.node.tokens import Grant
 from hashmesh.protocol.errors import ProtocolError
@@ -257,6 +259,27 @@ class ReplicaState:
     head: int
     grants: dict[str, Grant]
     authors: dict[str, str]
+    policies: list[CollectionPolicy] = field(default_factory=list)
+
+
+def _policies(body: dict[str, Any]) -> list[CollectionPolicy]:
+    """The node's match policy for the collections we follow (absent from a node older
+    than policy: none); each checked as the node checks an operator's."""
+    raw = body.get("policies", [])
+    if not isinstance(raw, list) or len(raw) > MAX_POLICIES:
+        raise NodeDataError(f"replica state.policies: expected a list of at most {MAX_POLICIES}")
+    out = []
+    for n, entry in enumerate(raw):
+        where = f"replica state.policies[{n}]"
+        if not isinstance(entry, dict):
+            raise NodeDataError(f"{where}: expected an object")
+        fields = dict(entry)
+        collection = _collection(fields.pop("collection", None), f"{where}.collection")
+        try:
+            out.append(parse_policy(collection, fields))
+        except NodeError as exc:
+            raise NodeDataError(f"{where}.{exc}") from None
+    return out
 
 
 def parse_state(body: Any) -> ReplicaState:
@@ -296,7 +319,7 @@ def parse_state(body: Any) -> ReplicaState:
     for node_id, name in authors_in.items():
         _node_id(node_id, "replica state.authors: a key")
         authors[node_id] = _str(name, f"replica state.authors[{node_id}]")
-    return ReplicaState(head, grants, authors)
+    return ReplicaState(head, grants, authors, _policies(body))
 
 
 # -- reading bounded lines --------------------------------------------------------------------

@@ -180,6 +180,9 @@ class ReplicaStore:
         self._cursor = self._int_meta("cursor")
         self._floor = self._int_meta("floor") or 0
         self._source = self._get("source")
+        # The node's match policy for the collections we follow, as /v1/replica/state
+        # last sent it: kept in memory (the state is polled every 250 ms), never on disk.
+        self._policy_rows: list[tuple[Any, ...]] = []
 
     # -- meta ----------------------------------------------------------------------------
 
@@ -377,6 +380,12 @@ class ReplicaStore:
         if conn is None:
             conn = self._local.conn = _connect(self.path, readonly=True)
         return conn
+
+    def set_policy_rows(self, rows: list[tuple[Any, ...]]) -> None:
+        self._policy_rows = rows
+
+    def policy_rows(self) -> list[tuple[Any, ...]]:
+        return self._policy_rows
 
     def reader(self) -> ReplicaStore:
         """This object is its own reader: each thread reads through a connection of its own."""

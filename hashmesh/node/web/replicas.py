@@ -1,9 +1,11 @@
 """GET /v1/replica/state: what a matcher replica (`hashmesh matcher --follow`) polls.
 
-A replica answers POST /v1/match with the node's tokens, author names and freshness, so
-it polls this every 250 ms: the head cursor (to report its lag), the grants of the tokens
-that may match or read metrics (so a token created or revoked on the node works, or stops
-working, on every replica within the poll), and the names of authors.
+A replica answers POST /v1/match with the node's tokens, author names, match policy and
+freshness, so it polls this every 250 ms: the head cursor (to report its lag), the grants
+of the tokens that may match or read metrics (so a token created or revoked on the node
+works, or stops working, on every replica within the poll), the names of authors, and
+the node's per-collection match policy (matching/policy.py) for the collections the
+follower may read, so a replica judges hits as the node does.
 
 Nothing here may tell a restricted follower about collections it cannot read: the head is
 the newest change it is sent, each grant's collections are cut to the follower's (a grant
@@ -24,8 +26,10 @@ from typing import Any
 
 from aiohttp import web
 
+from hashmesh.node.matching.policy import policy_set
 from hashmesh.node.service import NodeService
 from hashmesh.node.store.feed import connect_reader
+from hashmesh.node.store.policies import policy_rows
 from hashmesh.node.store.replica import visible_head
 from hashmesh.node.tokens import Grant
 from hashmesh.node.web import access
@@ -82,11 +86,16 @@ class _Heads:
         self.path = service.store.path
         self._local = threading.local()
 
-    def head(self, readable: frozenset[str] | None) -> int:
+    def head_and_policies(
+        self, readable: frozenset[str] | None
+    ) -> tuple[int, list[dict[str, Any]]]:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = connect_reader(self.path)
-        return visible_head(conn, readable)
+        policies = policy_set(policy_rows(conn)).visible(
+            lambda c: readable is None or c in readable
+        )
+        return visible_head(conn, readable), [p.json() for p in policies]
 
 
 HEADS_KEY: web.AppKey[_Heads] = web.AppKey("replica_heads")
@@ -97,11 +106,12 @@ async def state(request: web.Request) -> web.Response:
     readable = access.readable(grant, None)
     heads = request.app[HEADS_KEY]
     loop = asyncio.get_running_loop()
-    head = await loop.run_in_executor(None, heads.head, readable)
+    head, policies = await loop.run_in_executor(None, heads.head_and_policies, readable)
     body = {
         "cursor": head,
         "grants": _grants(request.app[access.TOKENS_KEY], readable),
         "authors": _authors(request.app[SERVICE_KEY], readable),
+        "policies": policies,
     }
     data = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
     etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
