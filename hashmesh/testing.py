@@ -2,9 +2,10 @@
 
 One copy of starting, waiting and stopping, so the three agree on what "up" means: the
 process has written node.json naming its own pid, and /v1/healthz at the address in it
-answers. A node is started on 127.0.0.1:0 and the port it actually bound is read back from
-node.json. Picking a free port first (bind, close, hand the number to the node) is a race:
-another process can take the port between the close and the node's bind.
+answers with the PDQ index loaded. A node is started on 127.0.0.1:0 and the port it
+actually bound is read back from node.json. Picking a free port first (bind, close, hand
+the number to the node) is a race: another process can take the port between the close and
+the node's bind.
 
 Like aiohttp.test_utils this ships in the package, because `hashmesh demo` uses it too.
 """
@@ -104,7 +105,9 @@ class NodeRun:
         insecure = ssl._create_unverified_context() if api.startswith("https:") else None
         try:
             with urllib.request.urlopen(api + "/v1/healthz", timeout=2, context=insecure) as r:
-                if r.status != 200 or json.loads(r.read()) != {"ok": True}:
+                body = json.loads(r.read())
+                # Ready means matching too: the PDQ index loads after the listener opens.
+                if r.status != 200 or body.get("ok") is not True or not body.get("pdq_ready"):
                     return False
         except (OSError, ValueError):
             return False

@@ -24,11 +24,13 @@ from hashmesh.node.batching import BatchingPublisher
 from hashmesh.node.config import Home, HomeLock, parse_listen
 from hashmesh.node.errors import HomeError
 from hashmesh.node.keys import hash_token, read_secret
+from hashmesh.node.matching import loading
+from hashmesh.node.matching.checkpoint import has_checkpoint, write_checkpoint
 from hashmesh.node.net.sync import Replicator, SyncObserver
 from hashmesh.node.runtime import tune_gc
 from hashmesh.node.service import NodeService
 from hashmesh.node.store.executor import StoreThread
-from hashmesh.node.store.feed import feed_head
+from hashmesh.node.store.feed import connect_reader, feed_head
 from hashmesh.node.web import platform, replicas, selfreport
 from hashmesh.node.web import status as statuspage
 from hashmesh.node.web.access import TokenCache
@@ -77,10 +79,9 @@ class Daemon:
             raise HomeError(f"{self.home.path} is already in use by a running node")
         self.service = service = await self.store_thread.call(NodeService, self.home)
         admin_token_hash = hash_token(read_secret(self.home.admin_token_path, "admin token"))
-        how = await self.store_thread.call(service.load_index)
-        log.info("PDQ index loaded from %s", how)
-        if how == "rows" or service.config.match_workers:
-            await self._checkpoint()  # for the next start, and for the workers to map
+        # The PDQ index loads after the listener opens (_load_index): until then health,
+        # exact matches, feeds and publishing answer, and PDQ queries get 503 "loading".
+        service.matcher.defer_load()
         if service.config.match_workers:
             try:
                 self.workers = WorkerPool(
@@ -120,11 +121,14 @@ class Daemon:
         scheme = "https" if ssl_context else "http"
         connect_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
         self.api_url = f"{scheme}://{connect_host}:{actual_port}"
-        if self.workers is not None:
+        # Workers map the checkpoint; without one they would each build a private index
+        # from the rows, so then they start once the node has written it.
+        early = self.workers is not None and has_checkpoint(self.home.index_dir)
+        if early and self.workers is not None:
             self.workers.start()  # writes node.json with their pids
         self._write_runtime()
+        self._tasks.append(asyncio.create_task(self._load_index(start_workers=not early)))
         self._tasks.append(asyncio.create_task(self._watch_config()))
-        self._tasks.append(asyncio.create_task(self._checkpoints()))
         self.replicator.start()
         log.info("node %s listening on %s", config.name, self.api_url)
 
@@ -144,6 +148,29 @@ class Daemon:
         tmp = self.home.runtime_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(runtime))
         os.replace(tmp, self.home.runtime_path)
+
+    async def _load_index(self, start_workers: bool) -> None:
+        """Load the PDQ index off the store thread, install it, then keep checkpoints.
+        Workers held back for want of a checkpoint start once it is written (before the
+        node reports itself ready, so node.json names them by then)."""
+        try:
+            loaded = await asyncio.to_thread(_load_index, self.home)
+            if start_workers and self.workers is not None:
+                self.workers.start()
+                self._write_runtime()
+            caught_up = await self.store_thread.call(
+                self.service.install_index, loaded.index, loaded.cursor
+            )
+        except Exception:
+            log.exception("PDQ index not loaded: PDQ queries answer 503 until a restart")
+            return
+        log.info(
+            "PDQ index ready: %d live, from %s, %d changes caught up",
+            len(loaded.index),
+            loaded.how,
+            caught_up,
+        )
+        await self._checkpoints()
 
     async def _checkpoint(self) -> None:
         """Write the PDQ index checkpoint: captured on the store thread (milliseconds),
@@ -256,6 +283,30 @@ class Daemon:
             await self._stopping.wait()
         finally:
             await self.stop()
+
+
+def _load_index(home: Home) -> loading.Loaded:
+    """The node's index, read through a connection of its own (matching/loading.py).
+
+    After a build from rows the checkpoint is written and the index loaded back from it,
+    memory-mapped: the matcher workers map the same files, so the machine holds one copy
+    of the segments, not one per process."""
+    conn = connect_reader(home.db_path)
+    try:
+        loaded = loading.load(conn, home.index_dir)
+        if loaded.how != "rows":
+            return loaded
+        try:
+            write_checkpoint(home.index_dir, loaded.index, loaded.cursor)
+        except OSError as exc:
+            log.error("PDQ index checkpoint not written to %s: %s", home.index_dir, exc)
+            return loaded
+        mapped = loading.load(conn, home.index_dir)
+        if mapped.how == "rows":
+            return loaded
+        return loading.Loaded(mapped.index, mapped.cursor, f"rows, then mapped ({mapped.how})")
+    finally:
+        conn.close()
 
 
 def _listen_error(listen: str, exc: OSError) -> str:

@@ -279,43 +279,19 @@ class NodeService:
             self._matcher = Matcher(self.store)
         return self._matcher
 
-    def load_index(self) -> str:
-        """Load the PDQ index for the running node, on the store thread (no commit can slip
-        between the load and the change listener taking over), and say how.
-
-        From the checkpoint in Home.index_dir when there is a valid one: brought up to the
-        feed's head from the feed rows after its cursor, then checked against the rows
-        (live count and key sum, PDQIndex.digest); else, or when that check fails, built
-        from the rows. Returns "checkpoint ..." or "rows ..." (the caller writes a fresh
-        checkpoint after a build from rows, for the next start and the matcher workers)."""
-        from hashmesh.node.matching.checkpoint import read_checkpoint
+    def install_index(self, index: Any, cursor: int) -> int:
+        """Make `index` (loaded off the store thread at feed cursor `cursor`, see
+        matching/loading.py) the running node's, on the store thread: the changes committed
+        during the load are applied first, then the change listener takes over, so no commit
+        is missed or applied twice. Returns the number of changes caught up."""
+        from hashmesh.node.matching.loading import catch_up
         from hashmesh.node.store import feed
 
-        matcher = self.matcher
-        conn = self.store.conn
-        head = feed.feed_head(conn)
-        loaded = read_checkpoint(self.home.index_dir)
-        if loaded is not None and loaded[1] <= head:
-            index, at = loaded
-            added = removed = 0
-            after = at
-            while page := feed.index_changes(conn, after):
-                adds = [(k, v) for _, kind, k, t, v in page if kind == "add" and t == "pdq"]
-                gone = [k for _, kind, k, t, _ in page if kind == "revoke" and t == "pdq"]
-                if adds:
-                    index.add_many([k for k, _ in adds], [v for _, v in adds])
-                if gone:
-                    index.remove_many(gone)
-                added, removed, after = added + len(adds), removed + len(gone), page[-1][0]
-            if index.digest() == feed.pdq_digest(conn):
-                matcher.load(index, head)
-                matcher.follow(self.store)
-                return f"checkpoint at cursor {at}, {added} adds and {removed} removals since"
-            log.warning("PDQ index checkpoint does not match the rows: rebuilding from rows")
-        elif loaded is not None:
-            log.warning("PDQ index checkpoint is ahead of this database: rebuilding from rows")
-        matcher.attach(self.store, head)
-        return "rows"
+        head, added, removed = catch_up(index, self.store.conn, cursor)
+        self.matcher.load(index, max(head, feed.feed_head(self.store.conn)))
+        self.matcher.apply_in_background()
+        self.matcher.follow(self.store)
+        return added + removed
 
     def index_snapshot(self) -> Any:
         """The PDQ index as a checkpoint snapshot at the feed's head (matching/checkpoint.py

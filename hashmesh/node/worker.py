@@ -36,7 +36,6 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -44,10 +43,9 @@ from aiohttp import web
 from hashmesh.node.config import Config, Home
 from hashmesh.node.errors import HomeError
 from hashmesh.node.keys import hash_token, read_secret
-from hashmesh.node.matching.checkpoint import read_checkpoint
+from hashmesh.node.matching import loading
 from hashmesh.node.matching.freshness import DEFAULT_MAX_LAG, DEFAULT_MAX_STALE_S, Freshness
 from hashmesh.node.matching.matcher import Matcher, exact_only
-from hashmesh.node.matching.pdq_index import PDQIndex
 from hashmesh.node.runtime import tune_gc
 from hashmesh.node.store import feed
 from hashmesh.node.store.core import ReaderPool
@@ -63,45 +61,6 @@ TOKENS_S = 0.25
 CONFIG_S = 1.0
 INLINE_QUERIES = 32
 KEEPALIVE_TIMEOUT_S = 15.0
-
-
-def _changes(
-    page: list[tuple[int, str, int, str, str]],
-) -> tuple[list[tuple[int, str]], list[int]]:
-    added = [
-        (key, value) for _, kind, key, kind2, value in page if kind == "add" and kind2 == "pdq"
-    ]
-    removed = [key for _, kind, key, kind2, _ in page if kind == "revoke" and kind2 == "pdq"]
-    return added, removed
-
-
-def load_index(conn: sqlite3.Connection, index_dir: Path) -> tuple[PDQIndex, int, str]:
-    """The index at a cursor, and how it was made: the checkpoint brought up to the feed's
-    head and verified against the rows, all in one read transaction, else the rows."""
-    loaded = read_checkpoint(index_dir)
-    conn.execute("BEGIN")
-    try:
-        head = feed.feed_head(conn)
-        if loaded is not None and loaded[1] <= head:
-            index, at = loaded
-            after = at
-            while page := feed.index_changes(conn, after):
-                added, removed = _changes(page)
-                if added:
-                    index.add_many([k for k, _ in added], [v for _, v in added])
-                if removed:
-                    index.remove_many(removed)
-                after = page[-1][0]
-            if index.digest() == feed.pdq_digest(conn):
-                return index, head, f"checkpoint at cursor {at}, brought up to {head}"
-            log.warning("PDQ index checkpoint does not match the rows: building from rows")
-        keys, values = feed.live_pdq(conn)
-        index = PDQIndex()
-        if keys:
-            index.add_many(keys, values)
-        return index, head, "rows"
-    finally:
-        conn.execute("COMMIT")
 
 
 class Worker:
@@ -214,7 +173,7 @@ class Worker:
         # A short page saw every row up to `head` (one transaction): opinions in between
         # move the cursor too, so lag is not counted for rows that change no index.
         cursor = page[-1][0] if full else max(head, self.matcher.cursor)
-        added, removed = _changes(page)
+        added, removed = loading.changes(page)
         self.matcher.apply(added, removed, cursor)
         self.head = head
         self.last_read = time.monotonic()
@@ -283,12 +242,13 @@ class Worker:
         await self.runner.setup()
         await self._on_follow_thread(self._reload_tokens)
         await web.SockSite(self.runner, sock, shutdown_timeout=5).start()
-        index, cursor, how = await self._on_follow_thread(
-            lambda: load_index(self.conn, self.home.index_dir)
-        )
-        self.matcher.load(index, cursor)
+        loaded = await self._on_follow_thread(lambda: loading.load(self.conn, self.home.index_dir))
+        self.matcher.load(loaded.index, loaded.cursor)
         log.info(
-            "matcher worker %d ready: PDQ index from %s (%d live)", os.getpid(), how, len(index)
+            "matcher worker %d ready: PDQ index from %s (%d live)",
+            os.getpid(),
+            loaded.how,
+            len(loaded.index),
         )
         follower = asyncio.create_task(self.follow())
         try:

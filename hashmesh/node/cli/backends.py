@@ -108,6 +108,17 @@ class LocalBackend:
         return self.service.policy_set(collection, fields)
 
 
+# How long `hashmesh match` waits for a running node's PDQ index to finish loading.
+INDEX_WAIT_S = 120.0
+
+
+class _Loading(Exception):
+    """The node answered 503 with Retry-After: busy loading, worth retrying."""
+
+    def __init__(self, error: urllib.error.HTTPError) -> None:
+        self.error = error
+
+
 class RemoteBackend:
     """The node is running: the same calls over its local HTTP API."""
 
@@ -149,12 +160,32 @@ class RemoteBackend:
     def _call(self, method: str, path: str, body: Any = None, **kw: Any) -> dict[str, Any]:
         request = self._request(method, path, body, **kw)
         try:
+            return self._send(request)
+        except _Loading as exc:
+            raise _http_error(exc.error) from None
+
+    def _match_call(self, body: Any) -> dict[str, Any]:
+        """A match waits (up to INDEX_WAIT_S) for a node whose PDQ index is still loading
+        after a start, instead of failing a script that started the node a moment ago."""
+        deadline = time.monotonic() + INDEX_WAIT_S
+        while True:
+            try:
+                return self._send(self._request("POST", "/v1/match", body))
+            except _Loading as exc:
+                if time.monotonic() > deadline:
+                    raise _http_error(exc.error) from None
+                time.sleep(0.2)
+
+    def _send(self, request: urllib.request.Request) -> dict[str, Any]:
+        try:
             with urllib.request.urlopen(
                 request, timeout=HTTP_TIMEOUT, context=self.context
             ) as response:
                 result: dict[str, Any] = json.loads(response.read())
                 return result
         except urllib.error.HTTPError as exc:
+            if exc.code == 503 and exc.headers.get("Retry-After"):
+                raise _Loading(exc) from None
             raise _http_error(exc) from None
         except urllib.error.URLError as exc:
             raise NodeError(f"cannot reach the running node at {self.api}: {exc.reason}") from None
@@ -174,7 +205,7 @@ class RemoteBackend:
         return self._call("POST", "/v1/opinions", {"op_id": op_id, "opinion": opinion})
 
     def match(self, queries: list[dict[str, Any]], threshold: int) -> dict[str, Any]:
-        return self._call("POST", "/v1/match", {"queries": queries, "threshold": threshold})
+        return self._match_call({"queries": queries, "threshold": threshold})
 
     def status(self) -> dict[str, Any]:
         return self._call("GET", "/v1/status")

@@ -144,6 +144,11 @@ def write_checkpoint(directory: Path, index: PDQIndex, cursor: int) -> None:
     snapshot(index, cursor).write(Path(directory))
 
 
+def has_checkpoint(directory: Path) -> bool:
+    """Whether a checkpoint's manifest is in `directory` (not whether it is valid)."""
+    return (Path(directory) / MANIFEST).is_file()
+
+
 def read_checkpoint(
     directory: Path, *, verify_content: bool = False
 ) -> tuple[PDQIndex, int] | None:

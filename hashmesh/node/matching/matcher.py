@@ -240,12 +240,25 @@ class Matcher:
         self._pdq: PDQIndex | None = None
         self._cursor = 0
         self._index_lock = threading.Lock()
+        self._deferred = False
+        self._wake: threading.Event | None = None
         self._pending: deque[tuple[list[tuple[int, str]], list[int], int | None]] = deque()
 
     @property
     def ready(self) -> bool:
         """True once a PDQ index is loaded: before, PDQ queries raise IndexLoading."""
         return self._pdq is not None
+
+    @property
+    def size(self) -> int:
+        """Live PDQ signals in the index (0 before it is loaded)."""
+        return len(self._pdq) if self._pdq is not None else 0
+
+    def defer_load(self) -> None:
+        """Never load from the store's rows on first use: the owner loads the index off the
+        store thread (matching/loading.py) and calls `load`; until then PDQ queries raise
+        IndexLoading. The running node does this, so its listener opens at once."""
+        self._deferred = True
 
     @property
     def cursor(self) -> int:
@@ -284,7 +297,7 @@ class Matcher:
         """The index; with a store and none loaded yet, loaded from the store's rows (on
         the store thread), so an exact-only lookup from the CLI never pays for it."""
         if self._pdq is None:
-            if self.store is None:
+            if self.store is None or self._deferred:
                 raise IndexLoading("the PDQ index is loading; retry shortly")
             self.attach(self.store)
         assert self._pdq is not None
@@ -307,11 +320,32 @@ class Matcher:
         self._pending.append((list(added), list(removed), cursor))
         if cursor is not None:
             self._cursor = max(self._cursor, cursor)
+        if self._wake is not None:
+            self._wake.set()
+            return
         if self._index_lock.acquire(blocking=False):
             try:
                 self._apply_pending()
             finally:
                 self._index_lock.release()
+
+    def apply_in_background(self) -> None:
+        """From now on `apply` only queues, and a thread of the matcher's own applies: the
+        node's change listener runs on the store thread, and a segment merge there (up to
+        seconds at 10M) held every publish behind it. A match still applies what is queued
+        before it answers, so no answer misses a committed change."""
+        if self._wake is not None:
+            return
+        self._wake = wake = threading.Event()
+
+        def applier() -> None:
+            while True:
+                wake.wait()
+                wake.clear()
+                with self._index_lock:
+                    self._apply_pending()
+
+        threading.Thread(target=applier, name="index", daemon=True).start()
 
     def _apply_pending(self) -> None:
         index = self._pdq

@@ -133,7 +133,10 @@ ADD_FIELDS = ("category", "classification", "ref", "quality", "allow_low_quality
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"ok": True})
+    """Alive and answering; `pdq_ready` is false while the PDQ index loads after a start
+    (exact matches, feeds and publishing answer meanwhile; PDQ queries get 503)."""
+    matcher = request.app[API_KEY].service.matcher
+    return web.json_response({"ok": True, "pdq_ready": matcher.ready})
 
 
 async def status(request: web.Request) -> web.Response:
@@ -351,6 +354,7 @@ def build_app(deps: ApiDeps) -> web.Application:
     app[API_KEY] = deps
     app[access.TOKENS_KEY] = deps.tokens
     app.router.add_get("/v1/healthz", healthz)
+    app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/status", status)
     app.router.add_post("/v1/signals", add_signal)
     app.router.add_post("/v1/signals/batch", add_signals)

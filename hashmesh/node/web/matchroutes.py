@@ -30,6 +30,7 @@ MAX_UPLOAD = 50 * 1024 * 1024
 # A worker's answer: at most MAX_MATCHES_PER_REQUEST rows of ~1 KiB, with room to spare.
 MAX_FORWARDED_ANSWER = 64 << 20
 FORWARD_TIMEOUT_S = 60.0
+WATCH_PROBE_S = 0.1
 
 
 class Refused(Exception):
@@ -157,9 +158,27 @@ class Forward:
     the caller's Authorization header goes along (the workers check the same tokens), and
     a worker's refusal (its status, body, Retry-After) reaches the caller as it is."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url.rstrip("/") + "/v1/match"
+    def __init__(self, url: str, local: MatchDeps | None = None) -> None:
+        self.base = url.rstrip("/")
+        self.url = self.base + "/v1/match"
         self._session: aiohttp.ClientSession | None = None
+        # Until a worker answers (they start, import and map their index for a second or
+        # more; without a checkpoint only once the node has written one), the node answers
+        # itself: exact matches at once, PDQ ones once its own index is in.
+        self.local = local
+        self.serving = local is None
+
+    async def watch(self) -> None:
+        """Poll the match socket until a worker answers anything, then forward for good
+        (a worker restarted later leaves the others accepting on the same socket)."""
+        probe = aiohttp.ClientTimeout(total=WATCH_PROBE_S)
+        while not self.serving:
+            try:
+                async with self._client().get(self.base + "/healthz", timeout=probe) as r:
+                    await r.read()
+                self.serving = True
+            except (TimeoutError, aiohttp.ClientError):
+                await asyncio.sleep(WATCH_PROBE_S)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -174,6 +193,8 @@ class Forward:
             await self._session.close()
 
     async def answer(self, request: web.Request, queries: Any, threshold: int) -> dict[str, Any]:
+        if not self.serving and self.local is not None:
+            return await self.local.answer(request, queries, threshold)
         headers = {"Content-Type": "application/json"}
         auth = request.headers.get("Authorization")
         if auth is not None:

@@ -208,9 +208,8 @@ class NodeCollector(Collector):
         )
 
     def collect(self) -> Any:
-        pdq = self.service.matcher._pdq
         index = GaugeMetricFamily("hashmesh_index_size", "Signals in the PDQ index")
-        index.add_metric([], len(pdq) if pdq is not None else 0)
+        index.add_metric([], self.service.matcher.size)
         yield index
         live = GaugeMetricFamily(
             "hashmesh_live_signals", "Live signals by collection", labels=["collection"]

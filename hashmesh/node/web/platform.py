@@ -449,13 +449,22 @@ def register(app: web.Application, deps: PlatformDeps) -> None:
     app[PLATFORM_KEY] = deps
     app[READERS_KEY] = ReaderPool(deps.service.store.path)
     app[FEED_KEY] = FeedState()
-    forward = matchroutes.Forward(deps.match_url) if deps.match_url else None
-    matchroutes.register(app, forward or NodeMatch(deps.service, app[READERS_KEY]))
+    local = NodeMatch(deps.service, app[READERS_KEY])
+    forward = matchroutes.Forward(deps.match_url, local) if deps.match_url else None
+    matchroutes.register(app, forward or local)
     if forward is not None:
+        watching: list[asyncio.Task[None]] = []
+
+        async def watch_forward(_app: web.Application) -> None:
+            watching.append(asyncio.create_task(forward.watch()))
 
         async def close_forward(_app: web.Application) -> None:
+            for task in watching:
+                task.cancel()
+            await asyncio.gather(*watching, return_exceptions=True)
             await forward.close()
 
+        app.on_startup.append(watch_forward)
         app.on_cleanup.append(close_forward)
     app.router.add_get("/v1/feed", feed)
     app.router.add_get("/v1/feed/stream", feed_stream)

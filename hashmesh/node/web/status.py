@@ -75,12 +75,8 @@ def register(app: web.Application, deps: StatusDeps) -> None:
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
 
-    async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"ok": True})
-
     app.router.add_get("/status", status_page)
     app.router.add_get(SCRIPT_PATH, status_script)
-    app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/status/history", history)
     app.router.add_get("/v1/status/recent", recent)
     app.router.add_get("/metrics", metrics)

@@ -1,0 +1,78 @@
+"""Loading a node's PDQ index off the store thread, for the node and its matcher workers.
+
+Both start from the checkpoint in Home.index_dir when it verifies against the rows, else
+from the rows, reading through a read-only connection of their own inside one read
+transaction: in WAL mode that is a consistent snapshot at one feed cursor, however long the
+load takes, and the node's store thread goes on publishing and ingesting meanwhile. The
+node then catches up on the store thread from that cursor (`catch_up`: only what was
+committed during the load) before its change listener takes over.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from hashmesh.node.matching.checkpoint import read_checkpoint
+from hashmesh.node.matching.pdq_index import PDQIndex
+from hashmesh.node.store import feed
+
+log = logging.getLogger("hashmesh.matching")
+
+
+@dataclass(frozen=True)
+class Loaded:
+    index: PDQIndex
+    cursor: int
+    how: str
+
+
+def changes(
+    page: list[tuple[int, str, int, str, str]],
+) -> tuple[list[tuple[int, str]], list[int]]:
+    """The PDQ adds (key, value) and removed keys of one `feed.index_changes` page."""
+    added = [(key, value) for _, kind, key, t, value in page if kind == "add" and t == "pdq"]
+    removed = [key for _, kind, key, t, _ in page if kind == "revoke" and t == "pdq"]
+    return added, removed
+
+
+def catch_up(index: PDQIndex, conn: sqlite3.Connection, after: int) -> tuple[int, int, int]:
+    """Apply every index change after cursor `after` to `index`, page by page; returns
+    (last cursor applied, adds, removals). Run it where no commit can interleave (the
+    store thread, or inside a read transaction) to end exactly at the head."""
+    added_n = removed_n = 0
+    while page := feed.index_changes(conn, after):
+        added, removed = changes(page)
+        if added:
+            index.add_many([k for k, _ in added], [v for _, v in added])
+        if removed:
+            index.remove_many(removed)
+        added_n, removed_n, after = added_n + len(added), removed_n + len(removed), page[-1][0]
+    return after, added_n, removed_n
+
+
+def load(conn: sqlite3.Connection, index_dir: Path) -> Loaded:
+    """The index at the feed's head as of this call, and how it was made, in one read
+    transaction on `conn` (a `feed.connect_reader` connection)."""
+    loaded = read_checkpoint(index_dir)
+    conn.execute("BEGIN")
+    try:
+        head = feed.feed_head(conn)
+        if loaded is not None and loaded[1] <= head:
+            index, at = loaded
+            _, added, removed = catch_up(index, conn, at)
+            if index.digest() == feed.pdq_digest(conn):
+                how = f"checkpoint at cursor {at}, {added} adds and {removed} removals since"
+                return Loaded(index, head, how)
+            log.warning("PDQ index checkpoint does not match the rows: building from rows")
+        elif loaded is not None:
+            log.warning("PDQ index checkpoint is ahead of this database: building from rows")
+        keys, values = feed.live_pdq(conn)
+        index = PDQIndex()
+        if keys:
+            index.add_many(keys, values)
+        return Loaded(index, head, "rows")
+    finally:
+        conn.execute("COMMIT")
