@@ -68,6 +68,9 @@ PAGE_BATCHES = 200
 PAGE_BYTES = 8 * 1024 * 1024
 MAX_PAGES_PER_ROUND = 1000
 PUSH_BATCHES = 50
+# Ops bytes per store-thread call when ingesting a page: about one 5,000-signal batch, so
+# an operator's publish (run first, store/executor.py) never waits for a whole 8 MB page.
+INGEST_SLICE_BYTES = 512 * 1024
 OUTBOX_BYTES = 64 * 1024 * 1024  # frames waiting for one peer; past it, anti-entropy delivers
 EVIDENCE_MESSAGE_BYTES = MAX_EVIDENCE_MESSAGE_BYTES  # 100 items of 2 KiB fit
 EVIDENCE_PER_MESSAGE = MAX_EVIDENCE_PER_MESSAGE
@@ -202,7 +205,7 @@ class Replicator:
         peer, auth, body = await self.peers.authenticate(request, config)
         with self._from_peer(peer, "bad_sync_request"):
             sync_request = parse_sync_request(body)
-        page, sent, told = await self.store_thread.call(self._build_page, peer, sync_request)
+        page, sent, told = await self.store_thread.call_bulk(self._build_page, peer, sync_request)
         state = self.peers.state(peer.node_id)
         state.batches_sent += sent
         state.vector.update(told)  # its heads, as it just told us: lag is current
@@ -244,17 +247,49 @@ class Replicator:
         peer, auth, body = await self.peers.authenticate(request, config)
         with self._from_peer(peer, "bad_frame"):
             frames = iter_frames(body)
-        (result, error), tally = await self.store_thread.call(self._ingest_frames, peer, frames)
+        (result, error), tally = await self._ingest_sliced(peer, frames, PeerTally())
         self._apply(peer, tally)
         if error:
             raise PeerError(error, "invalid_batch")  # scored in the tally, batch by batch
         return self.peers.respond(auth, encode_push_reply(result), "application/json")
 
-    def _ingest_frames(
-        self, peer: Peer, frames: list[tuple[bytes, bytes, bytes]], tally: PeerTally | None = None
+    async def _ingest_sliced(
+        self, peer: Peer, frames: list[tuple[bytes, bytes, bytes]], tally: PeerTally
     ) -> tuple[tuple[PushReply, str], PeerTally]:
-        """Verify and ingest pushed or pulled frames (store thread), one commit per page;
-        the reply, and the first invalid batch's error (then the rest was not read)."""
+        """Ingest frames in slices of about INGEST_SLICE_BYTES, one bulk store-thread call
+        and one commit each, so urgent store work runs between them; stops at the first
+        invalid batch (the slices before it stay committed, as batches before it in one
+        transaction did)."""
+        results: list[PushResult] = []
+        vector: Vector = {}
+        deferred = False
+        start = 0
+        while start < len(frames):
+            end, size = start, 0
+            while end < len(frames) and (end == start or size < INGEST_SLICE_BYTES):
+                size += len(frames[end][2])
+                end += 1
+            (reply, error), tally = await self.store_thread.call_bulk(
+                self._ingest_frames, peer, frames[start:end], tally, start
+            )
+            results += reply.results
+            vector.update(reply.vector)
+            deferred = deferred or reply.deferred
+            if error:
+                return (PushReply(results, vector, deferred), error), tally
+            start = end
+        return (PushReply(results, vector, deferred), ""), tally
+
+    def _ingest_frames(
+        self,
+        peer: Peer,
+        frames: list[tuple[bytes, bytes, bytes]],
+        tally: PeerTally | None = None,
+        first: int = 0,
+    ) -> tuple[tuple[PushReply, str], PeerTally]:
+        """Verify and ingest pushed or pulled frames (store thread), one commit for all;
+        the reply, and the first invalid batch's error (then the rest was not read).
+        `first` is the position of frames[0] in the page, for that error."""
         config = self.service.config
         state = PeerTally() if tally is None else tally
         results: list[PushResult] = []
@@ -276,7 +311,7 @@ class Replicator:
                 except ProtocolError as exc:
                     state.penalise(PENALTY_INVALID, "invalid_batch")
                     log.warning("peer %s sent an invalid batch: %s", peer.name, exc)
-                    error = f"batch {n}: {exc}"
+                    error = f"batch {first + n}: {exc}"
                     break
                 state.holds(batch.header.author, batch.header.collection, batch.seq)
                 if not config.accepts(batch.header.author, batch.header.collection):
@@ -361,7 +396,7 @@ class Replicator:
             self.store.vector(wanted), sorted(wanted), sorted(set(peer.share))
         )
 
-    def _ingest_page(self, peer: Peer, page: Page) -> tuple[tuple[PushReply, str], PeerTally]:
+    async def _ingest_page(self, peer: Peer, page: Page) -> tuple[tuple[PushReply, str], PeerTally]:
         tally = PeerTally()
         verified: list[ForkEvidence] = []
         for blob in page.evidence:
@@ -369,8 +404,9 @@ class Replicator:
                 verified.append(verify_evidence(blob))
             except ProtocolError:
                 tally.penalise(PENALTY_INVALID, "bad_evidence")
-        self._admit_evidence(peer, verified, tally)
-        return self._ingest_frames(peer, page.frames, tally)
+        if verified:
+            await self.store_thread.call_bulk(self._admit_evidence, peer, verified, tally)
+        return await self._ingest_sliced(peer, page.frames, tally)
 
     async def sync_with(self, peer: Peer) -> bool:
         """One anti-entropy exchange with a peer: pull all pages, then push what it lacks."""
@@ -386,9 +422,7 @@ class Replicator:
                     data = await self.client.post(peer, "/v1/peer/sync", body, "application/json")
                     with self._from_peer(peer, "bad_page", f"peer {peer.name}: sync page"):
                         page = decode_page(data)
-                    (result, error), tally = await self.store_thread.call(
-                        self._ingest_page, peer, page
-                    )
+                    (result, error), tally = await self._ingest_page(peer, page)
                     self._apply(peer, tally)
                     if error:
                         raise PeerError(f"peer {peer.name} sent invalid data: {error}")
@@ -426,7 +460,7 @@ class Replicator:
         for log_key, have in sorted(missing(ours, theirs).items(), key=_log_order):
             after = have
             while True:
-                frames = await self.store_thread.call(self._frames_after, log_key, after)
+                frames = await self.store_thread.call_bulk(self._frames_after, log_key, after)
                 if not frames:
                     break
                 await self._post_pages(peer, frames)
