@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -44,7 +45,12 @@ from hashmesh.node.config import Config, Home
 from hashmesh.node.errors import HomeError
 from hashmesh.node.keys import hash_token, read_secret
 from hashmesh.node.matching import loading
-from hashmesh.node.matching.freshness import DEFAULT_MAX_LAG, DEFAULT_MAX_STALE_S, Freshness
+from hashmesh.node.matching.freshness import (
+    DEFAULT_MAX_LAG_S,
+    DEFAULT_MAX_STALE_S,
+    Freshness,
+    LagClock,
+)
 from hashmesh.node.matching.matcher import Matcher, exact_only
 from hashmesh.node.runtime import tune_gc
 from hashmesh.node.store import feed
@@ -81,7 +87,9 @@ class Worker:
         self._follow_thread = ThreadPoolExecutor(1, thread_name_prefix="follow")
         self.head: int | None = None
         self.last_read = float("-inf")
-        self.max_lag = DEFAULT_MAX_LAG
+        self.lag = LagClock()
+        self.max_lag = math.inf  # the node's workers are bounded in seconds (freshness.py)
+        self.max_lag_s = DEFAULT_MAX_LAG_S
         self.max_stale = DEFAULT_MAX_STALE_S
         self.counts = {"answered": 0, "refused": 0}
         self.stopping = asyncio.Event()
@@ -92,11 +100,12 @@ class Worker:
     def freshness(self) -> Freshness:
         applied = self.matcher.cursor if self.matcher.ready else None
         behind = None if applied is None or self.head is None else max(0, self.head - applied)
-        return Freshness(applied, self.head, behind, time.monotonic() - self.last_read)
+        now = time.monotonic()
+        return Freshness(applied, self.head, behind, now - self.last_read, self.lag.lag_s(now))
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         fresh = self.freshness()
-        why = fresh.refusal(self.max_lag, self.max_stale)
+        why = fresh.refusal(self.max_lag, self.max_stale, self.max_lag_s)
         body: dict[str, Any] = {**fresh.json(), "pid": os.getpid(), "pdq_ready": self.matcher.ready}
         if why is not None:
             body["reason"] = why
@@ -118,6 +127,9 @@ class Worker:
             "# HELP hashmesh_matcher_lag Feed changes this matcher is behind.",
             "# TYPE hashmesh_matcher_lag gauge",
             f"hashmesh_matcher_lag {num(fresh.behind)}",
+            "# HELP hashmesh_matcher_lag_seconds How old this matcher's answers are.",
+            "# TYPE hashmesh_matcher_lag_seconds gauge",
+            f"hashmesh_matcher_lag_seconds {num(round(fresh.lag_s, 3))}",
             "# HELP hashmesh_matcher_stale_seconds Seconds since the feed was last read.",
             "# TYPE hashmesh_matcher_stale_seconds gauge",
             f"hashmesh_matcher_stale_seconds {num(round(fresh.stale_s, 3))}",
@@ -135,7 +147,7 @@ class Worker:
         while the index loads or lags. Anything with a PDQ query needs a fresh index."""
         exact = exact_only(queries)
         fresh = self.freshness()
-        why = None if exact else fresh.refusal(self.max_lag, self.max_stale)
+        why = None if exact else fresh.refusal(self.max_lag, self.max_stale, self.max_lag_s)
         if why is not None:
             self.counts["refused"] += 1
             raise matchroutes.Refused(
@@ -163,6 +175,7 @@ class Worker:
 
     def _poll_once(self) -> bool:
         """Apply one page of the feed; True when there may be more right away."""
+        read_at = time.monotonic()
         self.conn.execute("BEGIN")
         try:
             head = feed.feed_head(self.conn)
@@ -174,7 +187,9 @@ class Worker:
         # move the cursor too, so lag is not counted for rows that change no index.
         cursor = page[-1][0] if full else max(head, self.matcher.cursor)
         added, removed = loading.changes(page)
+        self.lag.read(head, read_at)
         self.matcher.apply(added, removed, cursor)
+        self.lag.applied(cursor)
         self.head = head
         self.last_read = time.monotonic()
         return full
