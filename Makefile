@@ -20,9 +20,9 @@ $(STAMP): $(RUNTIME_STAMP)
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check hashmesh tests bench
-	$(BIN)/ruff format --check hashmesh tests bench
-	$(BIN)/mypy --strict hashmesh
+	$(BIN)/ruff check hashmesh tests bench lists
+	$(BIN)/ruff format --check hashmesh tests bench lists
+	$(BIN)/mypy --strict hashmesh lists/make_negative_starter.py
 
 test: lint
 	$(BIN)/python -m pytest -q -m "not slow and not hma and not deploy"
