@@ -144,6 +144,11 @@ MATRIX: list[tuple[str, tuple[int | str, ...]]] = [
      (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
     ("PUT /v1/admin/policy/{collection}",
      (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
+    ("GET /v1/admin/quarantine",
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
+    # Nothing is under quarantine in this world: admin's lift is the 404 naming the target.
+    ("POST /v1/admin/quarantine/lift",
+     (401, 401, 401, 401, 403, 403, 403, 404, 403, 403, 403, 403, 403, 403)),
     ("POST /v1/admin/backup",
      (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
     ("GET /v1/admin/selfreport",
@@ -407,6 +412,7 @@ def request_for(world: dict[str, Any], endpoint: str) -> tuple[str, str, bytes |
             "collection": "csam",
         },
         "/v1/admin/backup": lambda: {"file": str(world["tmp"] / f"backup-{fresh}.db")},
+        "/v1/admin/quarantine/lift": lambda: {"target": MD5_CSAM},
     }
     body: bytes | None = None
     if path in bodies:

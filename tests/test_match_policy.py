@@ -80,6 +80,8 @@ def test_policy_commands_offline_and_through_the_running_node(tmp_path: Path) ->
         "quorum": 1,
         "suspend_after_disputes": None,
         "require_review": False,
+        "spike_cap": None,
+        "spike_factor": None,
     }
     out = node.json("policy", "set", "csam", "--quorum", "2", "--threshold", "20")
     assert out["change"] == "set" and out["previous"]["quorum"] == 1
@@ -92,6 +94,8 @@ def test_policy_commands_offline_and_through_the_running_node(tmp_path: Path) ->
         (["csam", "--suspend-after-disputes", "0"], "--suspend-after-disputes: must be"),
         (["benign", "--negative", "--quorum", "2"], "--quorum: a negative collection"),
         (["benign", "--negative", "--require-review"], "--require-review: a negative"),
+        (["benign", "--negative", "--spike-cap", "5"], "--spike-cap: a negative collection"),
+        (["csam", "--spike-factor", "1"], "--spike-factor: must be an integer 2-1000"),
         (["Bad Name"], "collection: 'Bad Name' is not a collection name"),
     ]
     for args, message in refusals:
@@ -340,6 +344,15 @@ def test_workers_and_replicas_apply_the_node_policy(tmp_path: Path) -> None:
         suppressed = replica_answer["results"][0]["matches"][1]
         assert suppressed["reasons"][0].startswith("matched, but suppressed by negative collection")
         assert "below quorum: 1 of 2 authors" in suppressed["reasons"]
+
+        # A quarantine (the node counts the matches it answers, forwarded to its worker)
+        # holds the hit back on the worker and the replica too.
+        node.cli("policy", "set", "csam", "--spike-cap", "3")
+        pdq_only = {"queries": [{"type": "pdq", "value": BRIDGE.pdq}]}
+        for _ in range(3):
+            status, data = request(node.url + "/v1/match", "POST", matcher, pdq_only)
+            assert status == 200 and json.loads(data)["matched"] is True, data
+        wait_for(lambda: all(verdicts(a)[1] == [("csam", "quarantined")] for a in answers()))
     finally:
         if replica is not None:
             replica.kill()

@@ -95,6 +95,7 @@ class Replica:
         self.tokens.grants = state.grants
         self.authors = state.authors
         self.store.set_policy_rows([p.row(0) for p in state.policies])
+        self.store.set_quarantined(state.quarantined)
 
     def freshness(self) -> Freshness:
         f = self.follower

@@ -339,6 +339,8 @@ class NodeService:
                 {"node_id": t.node_id, "collection": t.collection, "name": t.name}
                 for t in self.config.trust
             ],
+            # Signals held back on a match spike (the newest 100), for `status` and its page.
+            "quarantine": self.quarantine_list()["quarantine"][:100],
         }
 
     # -- policy --------------------------------------------------------------------------
@@ -462,6 +464,53 @@ class NodeService:
             "previous": before.json(),
             "change": change,
         }
+
+    # -- quarantine on a match spike (matching/quarantine.py; rows in store/quarantine.py) --
+
+    def quarantine_add(self, spikes: list[Any]) -> int:
+        """Record `spikes` (matching.quarantine.Spike) as quarantined, each once ever: a
+        signal an operator lifted is not quarantined again by the same node."""
+        added = 0
+        for spike in spikes:
+            hit = spike.hit
+            row = (
+                hit.op_id,
+                hit.collection,
+                hit.type,
+                hit.value,
+                hit.author,
+                spike.reason,
+                spike.matches,
+                now_ms(),
+            )
+            if self.store.quarantine.add(row):
+                added += 1
+                log.warning("quarantined %s (%s): %s", hit.op_id, hit.collection, spike.reason)
+        return added
+
+    def quarantine_list(self, include_lifted: bool = False) -> dict[str, Any]:
+        return {
+            "quarantine": [
+                _quarantine_json(r, self.config.author_name)
+                for r in self.store.quarantine.rows(include_lifted)
+            ]
+        }
+
+    def quarantine_lift(self, target: str) -> dict[str, Any]:
+        """Lift the quarantine of one add (its op id) or of every add of a signal value."""
+        if not isinstance(target, str) or not 1 <= len(target) <= 300 or not target.isascii():
+            raise NodeError("target: expected an op id or a signal value")
+        if "/" in target:
+            _protocol(OpId.parse, target)
+        else:
+            target = target.strip().lower()  # a hex value, as signals are stored
+        rows = self.store.quarantine.active_matching(target)
+        if not rows:
+            raise NotFound(
+                f"target {target[:100]}: no signal under quarantine here has this op id or value"
+            )
+        self.store.quarantine.lift([r[0] for r in rows], now_ms())
+        return {"lifted": [_quarantine_json(r, self.config.author_name) for r in rows]}
 
     # -- bundles -------------------------------------------------------------------------
 
@@ -601,6 +650,24 @@ class NodeService:
             "refused_untrusted": refused,
             "untrusted_logs": sorted(refused_logs),
         }
+
+
+def _quarantine_json(row: tuple[Any, ...], author_name: Any) -> dict[str, Any]:
+    op_id, collection, kind, value, author, reason, matches, at, lifted_at = row
+    out = {
+        "op_id": op_id,
+        "collection": collection,
+        "type": kind,
+        "value": value,
+        "author": author,
+        "author_name": author_name(author),
+        "reason": reason,
+        "matches": matches,
+        "at": at,
+    }
+    if lifted_at is not None:
+        out["lifted_at"] = lifted_at
+    return out
 
 
 def _peer_json(peer: Peer, change: str = "") -> dict[str, Any]:

@@ -107,6 +107,12 @@ class LocalBackend:
     def policy_set(self, collection: str, fields: dict[str, Any]) -> dict[str, Any]:
         return self.service.policy_set(collection, fields)
 
+    def quarantine_list(self, include_lifted: bool = False) -> dict[str, Any]:
+        return self.service.quarantine_list(include_lifted)
+
+    def quarantine_lift(self, target: str) -> dict[str, Any]:
+        return self.service.quarantine_lift(target)
+
 
 # How long `hashmesh match` waits for a running node's PDQ index to finish loading.
 INDEX_WAIT_S = 120.0
@@ -299,6 +305,12 @@ class RemoteBackend:
 
     def policy_set(self, collection: str, fields: dict[str, Any]) -> dict[str, Any]:
         return self._call("PUT", f"/v1/admin/policy/{_segment(collection)}", fields)
+
+    def quarantine_list(self, include_lifted: bool = False) -> dict[str, Any]:
+        return self._call("GET", f"/v1/admin/quarantine?lifted={'1' if include_lifted else '0'}")
+
+    def quarantine_lift(self, target: str) -> dict[str, Any]:
+        return self._call("POST", "/v1/admin/quarantine/lift", {"target": target})
 
 
 Backend = LocalBackend | RemoteBackend

@@ -20,6 +20,7 @@ from hashmesh.node.cli import (
     matcher,  # noqa: F401  (registers matcher)
     matchpolicy,  # noqa: F401  (registers policy)
     platform,  # noqa: F401  (registers token, import-list, export-list)
+    quarantine,  # noqa: F401  (registers quarantine)
 )
 from hashmesh.node.cli.base import (
     EXIT_NOTHING,
@@ -599,6 +600,11 @@ def _format_status(d: dict[str, Any]) -> str:
     for author, collections in by_author.items():
         name = f" ({names[author]})" if names[author] else ""
         lines.append(f"  {author}{name}  in {', '.join(sorted(collections))}")
+    held = d.get("quarantine", [])
+    if held:
+        lines.append(f"quarantine {len(held)} signals held back on a match spike")
+    for q in held:
+        lines.append(f"  {q['collection']:<16} {q['type']} {q['value'][:16]}...  {q['reason']}")
     refusals = d.get("refusals", [])
     if refusals:
         lines.append(f"refused   {len(refusals)} (batches this node would not store)")

@@ -35,6 +35,10 @@ def _policy_lines(p: dict[str, Any]) -> list[str]:
         knobs.append(f"suspend after {p['suspend_after_disputes']} disputes")
     if p["require_review"]:
         knobs.append("review required")
+    if p.get("spike_cap") is not None:
+        knobs.append(f"quarantine at {p['spike_cap']} matches a minute")
+    if p.get("spike_factor") is not None:
+        knobs.append(f"quarantine at {p['spike_factor']}x the usual match rate")
     return [f"{p['collection']:<20} {'; '.join(knobs) or 'default (every hit matches)'}"]
 
 
@@ -80,6 +84,16 @@ def policy_show(ctx: Context, collection: str | None, as_json: bool) -> None:
 @click.option(
     "--require-review", is_flag=True, help="Return hits as review_required, never as a match."
 )
+@click.option(
+    "--spike-cap",
+    type=int,
+    help="Quarantine a signal matched this many times within 60 s (1-1000000).",
+)
+@click.option(
+    "--spike-factor",
+    type=int,
+    help="Quarantine a signal matched this many times its usual rate (2-1000; 20+ matches).",
+)
 @json_option
 @pass_ctx
 def policy_set(
@@ -91,6 +105,8 @@ def policy_set(
     quorum: int | None,
     suspend_after_disputes: int | None,
     require_review: bool,
+    spike_cap: int | None,
+    spike_factor: int | None,
     as_json: bool,
 ) -> None:
     """Replace COLLECTION's policy with exactly these flags (none: the default)."""
@@ -101,6 +117,8 @@ def policy_set(
         "quorum": quorum,
         "suspend_after_disputes": suspend_after_disputes,
         "require_review": require_review,
+        "spike_cap": spike_cap,
+        "spike_factor": spike_factor,
     }
     fields = {k: v for k, v in fields.items() if v is not None and v is not False}
     with ctx.backend() as backend:

@@ -102,6 +102,7 @@ def assemble(
     author_name: Callable[[str], Any],
     threshold: int,
     policies: PolicySet = EMPTY,
+    quarantined: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The match answer, bounded: each query's nearest `MAX_MATCHES_PER_QUERY` (`hits` holds
     one more, to tell that there were more) and `MAX_MATCHES_PER_REQUEST` in all, so one
@@ -120,7 +121,7 @@ def assemble(
         verdicts = judged.get(slot)
         exact = get_type(q["type"]).exact
         unusable = None if exact or not live else degenerate_reason("pdq", query_value(q))
-        if verdicts is None and (policies.active or unusable is not None):
+        if verdicts is None and (policies.active or unusable is not None or quarantined):
             verdicts = judged[slot] = judge(
                 policies,
                 exact,
@@ -129,6 +130,7 @@ def assemble(
                 _readable(collections),
                 lambda op_id: opinions.get(op_id, NO_OPINIONS).dispute,
                 unusable,
+                (quarantined or {}).get,
             )
         matches = []
         for n, (row, distance) in enumerate(live):
@@ -201,6 +203,10 @@ class SignalSource(Protocol):
 
     def policy_rows(self) -> list[tuple[Any, ...]]:
         """The match_policy rows to judge by (store/policies.py's column order)."""
+        ...
+
+    def quarantined(self, op_ids: list[str]) -> dict[str, str]:
+        """Which of these signals are under quarantine here, and why."""
         ...
 
 
@@ -407,7 +413,18 @@ class Matcher:
             if get_type(signal.type).exact:
                 hits[i] = [(k, 0) for k in reads.find_exact(signal.type, signal.value, limit=limit)]
         rows = reads.signals_by_id(sorted({k for h in hits for k, _ in h}))
-        opinions = reads.opinion_counts_many([r["op_id"] for r in rows.values()], collections)
+        op_ids = [r["op_id"] for r in rows.values()]
+        opinions = reads.opinion_counts_many(op_ids, collections)
+        held = reads.quarantined(op_ids)
         return assemble(
-            queries, slots, hits, rows, opinions, collections, author_name, threshold, policies
+            queries,
+            slots,
+            hits,
+            rows,
+            opinions,
+            collections,
+            author_name,
+            threshold,
+            policies,
+            held,
         )

@@ -15,6 +15,8 @@ one that applies, so a reviewer sees all of them):
   describes no picture (a flat colour: hashing/degenerate.py). The last holds with no
   policy set: publishing refuses such hashes, and this stops one that another
   implementation signed and a peer relayed from matching every blank upload.
+- ``quarantined``: this node suspended the signal on a match spike (matching/
+  quarantine.py) until an operator lifts it.
 - ``beyond_threshold``: PDQ distance past the hit collection's own threshold.
 - ``low_quality``: the hit's stated PDQ quality is under the collection's minimum.
 - ``suspended``: disputed by at least N authors (suspend-after-disputes).
@@ -38,10 +40,13 @@ MAX_QUALITY = 100
 MAX_QUORUM = 16
 MAX_DISPUTES = 1000
 MAX_POLICIES = 10_000  # rows a replica accepts from a node's state
+MAX_SPIKE_CAP = 1_000_000
+MAX_SPIKE_FACTOR = 1000
 
 MATCH = "match"
 NEGATIVE = "negative"
 SUPPRESSED = "suppressed"
+QUARANTINED = "quarantined"
 BEYOND_THRESHOLD = "beyond_threshold"
 LOW_QUALITY = "low_quality"
 SUSPENDED = "suspended"
@@ -50,6 +55,7 @@ REVIEW_REQUIRED = "review_required"
 VERDICTS = (
     NEGATIVE,
     SUPPRESSED,
+    QUARANTINED,
     BEYOND_THRESHOLD,
     LOW_QUALITY,
     SUSPENDED,
@@ -70,6 +76,8 @@ class CollectionPolicy:
     quorum: int = 1
     suspend_after_disputes: int | None = None
     require_review: bool = False
+    spike_cap: int | None = None
+    spike_factor: int | None = None
 
     @property
     def is_default(self) -> bool:
@@ -84,6 +92,8 @@ class CollectionPolicy:
             "quorum": self.quorum,
             "suspend_after_disputes": self.suspend_after_disputes,
             "require_review": self.require_review,
+            "spike_cap": self.spike_cap,
+            "spike_factor": self.spike_factor,
         }
 
     def row(self, at: int) -> tuple[Any, ...]:
@@ -97,6 +107,8 @@ class CollectionPolicy:
             self.suspend_after_disputes,
             int(self.require_review),
             at,
+            self.spike_cap,
+            self.spike_factor,
         )
 
 
@@ -109,6 +121,8 @@ def from_row(row: Sequence[Any]) -> CollectionPolicy:
         quorum=int(row[4]),
         suspend_after_disputes=row[5],
         require_review=bool(row[6]),
+        spike_cap=row[8] if len(row) > 8 else None,
+        spike_factor=row[9] if len(row) > 9 else None,
     )
 
 
@@ -135,6 +149,8 @@ FIELDS = (
     "quorum",
     "suspend_after_disputes",
     "require_review",
+    "spike_cap",
+    "spike_factor",
 )
 
 
@@ -156,9 +172,11 @@ def parse_policy(collection: str, fields: dict[str, Any]) -> CollectionPolicy:
         quorum=1 if quorum is None else quorum,
         suspend_after_disputes=_bounded(fields, "suspend_after_disputes", 1, MAX_DISPUTES),
         require_review=_flag(fields, "require_review"),
+        spike_cap=_bounded(fields, "spike_cap", 1, MAX_SPIKE_CAP),
+        spike_factor=_bounded(fields, "spike_factor", 2, MAX_SPIKE_FACTOR),
     )
     if policy.negative:
-        for name in ("min_quality", "suspend_after_disputes"):
+        for name in ("min_quality", "suspend_after_disputes", "spike_cap", "spike_factor"):
             if getattr(policy, name) is not None:
                 raise NodeError(f"{name}: a negative collection never matches, so it has no {name}")
         if policy.quorum != 1:
@@ -230,6 +248,7 @@ def judge(
     readable: Callable[[str], bool],
     disputes: Callable[[str], int],
     unusable: str | None = None,
+    quarantined: Callable[[str], str | None] = lambda _op_id: None,
 ) -> list[Verdict]:
     """A verdict for each (row, distance) hit of one query, in order.
 
@@ -239,7 +258,8 @@ def judge(
     collection within its threshold: for an exact type the same value, for PDQ the same
     neighbourhood of the query. `disputes(op_id)` counts the distinct authors disputing
     it that the caller may see. `unusable` says why the query itself cannot match (a PDQ
-    that describes no picture, hashing/degenerate.py): then no hit of it is a match."""
+    that describes no picture, hashing/degenerate.py): then no hit of it is a match.
+    `quarantined(op_id)` is the reason a signal is under quarantine here, or None."""
     negatives: list[tuple[dict[str, Any], int, int]] = []  # row, radius, distance to query
     for row, distance in hits:
         policy = policies.negatives.get(row["collection"])
@@ -273,6 +293,9 @@ def judge(
                 )
                 reasons.append((SUPPRESSED, f"matched, but suppressed by {where}"))
                 break
+        held = quarantined(row["op_id"])
+        if held is not None:
+            reasons.append((QUARANTINED, f"quarantined: {held}"))
         limit = _limit(policy, threshold)
         if distance > limit:
             reasons.append(

@@ -58,6 +58,7 @@ MAX_STANCES = 10_000  # per target: authors x opinion collections
 MAX_STATE_BODY = 16 << 20
 MAX_GRANTS = 100_000
 MAX_AUTHORS = 100_000
+MAX_QUARANTINED = 100_000
 MAX_NAME = 256
 MAX_CURSOR = 1 << 62
 
@@ -260,6 +261,24 @@ class ReplicaState:
     grants: dict[str, Grant]
     authors: dict[str, str]
     policies: list[CollectionPolicy] = field(default_factory=list)
+    quarantined: frozenset[str] = frozenset()
+
+
+def _quarantined(body: dict[str, Any]) -> frozenset[str]:
+    """The op ids the node holds under quarantine in the collections we follow."""
+    raw = body.get("quarantined", [])
+    if not isinstance(raw, list) or len(raw) > MAX_QUARANTINED:
+        raise NodeDataError(
+            f"replica state.quarantined: expected a list of at most {MAX_QUARANTINED} op ids"
+        )
+    out = []
+    for n, op_id in enumerate(raw):
+        where = f"replica state.quarantined[{n}]"
+        try:
+            out.append(str(OpId.parse(_str(op_id, where))))
+        except ProtocolError as exc:
+            raise NodeDataError(f"{where}: {exc}") from None
+    return frozenset(out)
 
 
 def _policies(body: dict[str, Any]) -> list[CollectionPolicy]:
@@ -319,7 +338,7 @@ def parse_state(body: Any) -> ReplicaState:
     for node_id, name in authors_in.items():
         _node_id(node_id, "replica state.authors: a key")
         authors[node_id] = _str(name, f"replica state.authors[{node_id}]")
-    return ReplicaState(head, grants, authors, _policies(body))
+    return ReplicaState(head, grants, authors, _policies(body), _quarantined(body))
 
 
 # -- reading bounded lines --------------------------------------------------------------------

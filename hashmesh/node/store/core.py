@@ -29,6 +29,7 @@ from hashmesh.node.store.cases import CaseTable
 from hashmesh.node.store.feed import connect_reader
 from hashmesh.node.store.integrity import check_at_open, closed_cleanly, read_header
 from hashmesh.node.store.policies import PolicyRow, PolicyTable, policy_rows
+from hashmesh.node.store.quarantine import QuarantineTable, active_for
 from hashmesh.node.store.render import SIGNAL_COLUMNS, signal_dict
 from hashmesh.node.store.schema import migrate
 from hashmesh.node.store.tokens import TokenTable
@@ -145,6 +146,7 @@ class Store:
         self.tokens = TokenTable(self.conn)
         self.cases = CaseTable(self.conn)
         self.policies = PolicyTable(self.conn)
+        self.quarantine = QuarantineTable(self.conn)
         self._log_ids: dict[LogKey, int] = {}
         self._log_keys: dict[int, LogKey] = {}
         self._heads: dict[int, int] = {}
@@ -658,6 +660,9 @@ class Store:
     def policy_rows(self) -> list[PolicyRow]:
         return policy_rows(self.conn)
 
+    def quarantined(self, op_ids: list[str]) -> dict[str, str]:
+        return active_for(self.conn, op_ids)
+
     def opinion_counts(self, target: str) -> OpinionCounts:
         rows = self.conn.execute(
             "SELECT author, verdict, seen FROM opinions WHERE target = ?", (target,)
@@ -925,6 +930,9 @@ class StoreReader:
 
     def policy_rows(self) -> list[PolicyRow]:
         return policy_rows(self.conn)
+
+    def quarantined(self, op_ids: list[str]) -> dict[str, str]:
+        return active_for(self.conn, op_ids)
 
 
 class ReaderPool:

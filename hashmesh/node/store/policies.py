@@ -2,8 +2,9 @@
 match are hashmesh/node/matching/policy.py's; this module only keeps the SQL here.
 
 A row is (collection, negative, threshold, min_quality, quorum, suspend_after_disputes,
-require_review, updated_at); NULL means "not set" (the request's threshold, no minimum,
-no suspension). A collection without a row has the default policy: every hit matches.
+require_review, updated_at, spike_cap, spike_factor); NULL means "not set" (the
+request's threshold, no minimum, no suspension, no quarantine). A collection without a
+row has the default policy: every hit matches.
 """
 
 from __future__ import annotations
@@ -26,9 +27,15 @@ CREATE TABLE IF NOT EXISTS match_policy (
 ) WITHOUT ROWID;
 """
 
+# Version 3 (quarantine on a match spike) added the last two.
+POLICY_V3 = """
+ALTER TABLE match_policy ADD COLUMN spike_cap INTEGER;
+ALTER TABLE match_policy ADD COLUMN spike_factor INTEGER;
+"""
+
 _COLUMNS = (
     "collection, negative, threshold, min_quality, quorum, suspend_after_disputes,"
-    " require_review, updated_at"
+    " require_review, updated_at, spike_cap, spike_factor"
 )
 
 

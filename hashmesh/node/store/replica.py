@@ -183,6 +183,7 @@ class ReplicaStore:
         # The node's match policy for the collections we follow, as /v1/replica/state
         # last sent it: kept in memory (the state is polled every 250 ms), never on disk.
         self._policy_rows: list[tuple[Any, ...]] = []
+        self._quarantined: frozenset[str] = frozenset()  # op ids, as the state last said
 
     # -- meta ----------------------------------------------------------------------------
 
@@ -386,6 +387,15 @@ class ReplicaStore:
 
     def policy_rows(self) -> list[tuple[Any, ...]]:
         return self._policy_rows
+
+    def set_quarantined(self, op_ids: frozenset[str]) -> None:
+        self._quarantined = op_ids
+
+    def quarantined(self, op_ids: list[str]) -> dict[str, str]:
+        held = self._quarantined
+        return {
+            o: "on a match spike, at the node this replica follows" for o in op_ids if o in held
+        }
 
     def reader(self) -> ReplicaStore:
         """This object is its own reader: each thread reads through a connection of its own."""

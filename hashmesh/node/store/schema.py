@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hashmesh.node.errors import HomeError
-from hashmesh.node.store.policies import POLICY_V2
+from hashmesh.node.store.policies import POLICY_V2, POLICY_V3
+from hashmesh.node.store.quarantine import QUARANTINE_V3
 from hashmesh.node.store.transaction import transaction
 
 STORE_V1 = """
@@ -179,9 +180,14 @@ def _version_2(conn: sqlite3.Connection) -> None:
     run_script(conn, POLICY_V2)
 
 
+def _version_3(conn: sqlite3.Connection) -> None:
+    run_script(conn, POLICY_V3 + QUARANTINE_V3)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "release 0.1's tables: logs, batches, signals, feed, tokens, cases", _version_1),
     Migration(2, "match_policy: per-collection match policy (issue 19)", _version_2),
+    Migration(3, "quarantine on a match spike: its table, policy spike knobs", _version_3),
 )
 
 

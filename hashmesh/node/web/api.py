@@ -329,6 +329,25 @@ async def policy_set(request: web.Request) -> web.Response:
     )
 
 
+async def quarantine_list(request: web.Request) -> web.Response:
+    deps = request.app[API_KEY]
+    lifted = request.query.get("lifted", "")
+    if lifted not in ("", "0", "1", "true", "false"):
+        raise NodeError("lifted: must be true or false")
+    include = lifted in ("1", "true")
+    return web.json_response(await deps.store_thread.call(deps.service.quarantine_list, include))
+
+
+async def quarantine_lift(request: web.Request) -> web.Response:
+    deps = request.app[API_KEY]
+    body = _fields(await read_json(request), ("target",), ())
+    if not isinstance(body["target"], str):
+        raise NodeError("target: expected an op id or a signal value")
+    return web.json_response(
+        await deps.store_thread.call(deps.service.quarantine_lift, body["target"])
+    )
+
+
 async def backup(request: web.Request) -> web.Response:
     deps = request.app[API_KEY]
     body = _fields(await read_json(request), ("file",), ("overwrite",))
@@ -375,5 +394,7 @@ def build_app(deps: ApiDeps) -> web.Application:
     app.router.add_get("/v1/admin/policy", policy_show)
     app.router.add_get("/v1/admin/policy/{collection}", policy_show)
     app.router.add_put("/v1/admin/policy/{collection}", policy_set)
+    app.router.add_get("/v1/admin/quarantine", quarantine_list)
+    app.router.add_post("/v1/admin/quarantine/lift", quarantine_lift)
     app.router.add_post("/v1/admin/backup", backup)
     return app

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from hashmesh.node.lists.feed import DEFAULT_PAGE, MAX_PAGE, FeedHub, FeedReader
 from hashmesh.node.lists.importers import formats
 from hashmesh.node.lists.listfiles import apply_import, import_file
 from hashmesh.node.matching.matcher import exact_only
+from hashmesh.node.matching.policy import NEGATIVE, QUARANTINED, SUPPRESSED, PolicySet, policy_set
+from hashmesh.node.matching.quarantine import Hit, Spike, SpikeDetector
 from hashmesh.node.net.bodies import (
     MAX_JSON_BODY,
     parse_json_object,
@@ -35,6 +38,8 @@ from hashmesh.node.store.executor import StoreThread
 from hashmesh.node.tokens import Grant, TokenStore
 from hashmesh.node.web import access, matchroutes
 from hashmesh.node.web.http import read_json
+
+log = logging.getLogger("hashmesh.platform")
 
 HEARTBEAT_S = 15.0
 MAX_UPLOAD = matchroutes.MAX_UPLOAD  # /v1/match/file (matchroutes.py)
@@ -305,6 +310,64 @@ class NodeMatch:
         return await loop.run_in_executor(None, work)
 
 
+class SpikeWatch:
+    """`MatchDeps` around the node's own (in process or forwarded to its workers): counts
+    every answer's hits per signal (matching/quarantine.py) and quarantines, on the store
+    thread and after the answer, a signal whose collection's spike rule it crosses. Only
+    the node's matches are counted: a replica's answers never reach it."""
+
+    NOT_COUNTED = frozenset({NEGATIVE, SUPPRESSED, QUARANTINED})
+    POLICY_TTL_S = 1.0
+
+    def __init__(
+        self,
+        inner: matchroutes.MatchDeps,
+        service: NodeService,
+        store_thread: StoreThread,
+        readers: ReaderPool,
+    ) -> None:
+        self.inner = inner
+        self.service = service
+        self.store_thread = store_thread
+        self.readers = readers
+        self.detector = SpikeDetector()
+        self._policies: tuple[float, PolicySet] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _current(self, now: float) -> PolicySet:
+        if self._policies is None or now - self._policies[0] > self.POLICY_TTL_S:
+            self._policies = (now, policy_set(self.readers.get().policy_rows()))
+        return self._policies[1]
+
+    async def answer(self, request: web.Request, queries: Any, threshold: int) -> dict[str, Any]:
+        result = await self.inner.answer(request, queries, threshold)
+        now = time.monotonic()
+        policies = self._current(now)
+        if any(p.spike_cap or p.spike_factor for p in policies.by_collection.values()):
+            hits = [
+                Hit(m["op_id"], m["collection"], m["type"], m["value"], m["author"])
+                for r in result.get("results", ())
+                for m in r.get("matches", ())
+                if m.get("verdict") not in self.NOT_COUNTED
+            ]
+            spikes = self.detector.observe(now, hits, policies)
+            if spikes:
+                task = asyncio.create_task(self._quarantine(spikes))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        return result
+
+    async def _quarantine(self, spikes: list[Spike]) -> None:
+        try:
+            await self.store_thread.call(self.service.quarantine_add, spikes)
+        except Exception:  # the match was answered; the spike is counted again later
+            log.exception("quarantine of %d signals not recorded", len(spikes))
+            self.detector.unforget(s.hit.op_id for s in spikes)
+
+
+SPIKES_KEY: web.AppKey[SpikeWatch] = web.AppKey("spikes", SpikeWatch)
+
+
 # -- tokens ---------------------------------------------------------------------------------
 
 
@@ -451,7 +514,9 @@ def register(app: web.Application, deps: PlatformDeps) -> None:
     app[FEED_KEY] = FeedState()
     local = NodeMatch(deps.service, app[READERS_KEY])
     forward = matchroutes.Forward(deps.match_url, local) if deps.match_url else None
-    matchroutes.register(app, forward or local)
+    watch = SpikeWatch(forward or local, deps.service, deps.store_thread, app[READERS_KEY])
+    app[SPIKES_KEY] = watch
+    matchroutes.register(app, watch)
     if forward is not None:
         watching: list[asyncio.Task[None]] = []
 

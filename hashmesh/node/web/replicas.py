@@ -30,6 +30,7 @@ from hashmesh.node.matching.policy import policy_set
 from hashmesh.node.service import NodeService
 from hashmesh.node.store.feed import connect_reader
 from hashmesh.node.store.policies import policy_rows
+from hashmesh.node.store.quarantine import active_ids
 from hashmesh.node.store.replica import visible_head
 from hashmesh.node.tokens import Grant
 from hashmesh.node.web import access
@@ -88,14 +89,15 @@ class _Heads:
 
     def head_and_policies(
         self, readable: frozenset[str] | None
-    ) -> tuple[int, list[dict[str, Any]]]:
+    ) -> tuple[int, list[dict[str, Any]], list[str]]:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = connect_reader(self.path)
         policies = policy_set(policy_rows(conn)).visible(
             lambda c: readable is None or c in readable
         )
-        return visible_head(conn, readable), [p.json() for p in policies]
+        held = active_ids(conn, readable)
+        return visible_head(conn, readable), [p.json() for p in policies], held
 
 
 HEADS_KEY: web.AppKey[_Heads] = web.AppKey("replica_heads")
@@ -106,12 +108,13 @@ async def state(request: web.Request) -> web.Response:
     readable = access.readable(grant, None)
     heads = request.app[HEADS_KEY]
     loop = asyncio.get_running_loop()
-    head, policies = await loop.run_in_executor(None, heads.head_and_policies, readable)
+    head, policies, held = await loop.run_in_executor(None, heads.head_and_policies, readable)
     body = {
         "cursor": head,
         "grants": _grants(request.app[access.TOKENS_KEY], readable),
         "authors": _authors(request.app[SERVICE_KEY], readable),
         "policies": policies,
+        "quarantined": held,
     }
     data = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
     etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'

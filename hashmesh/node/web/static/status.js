@@ -45,6 +45,11 @@ function render(status, history, recent) {
   if (!refusals.length) none.appendChild(el("p", status.running ? "None: every batch peers offered was from a trusted author." : "Known only while the node runs.", "ok"));
   const ref = document.querySelector("#refusals tbody"); ref.replaceChildren();
   for (const r of refusals) row(ref, [{ text: r.author_name || short(r.author), title: r.author, cls: "mono" }, { text: r.collection }, { text: r.sender_name || short(r.sender), title: r.sender }, { text: String(r.batches), cls: "num" }, { text: ago(r.last_ms) }, { text: r.fix, cls: "mono" }]);
+  const held = status.quarantine || [];
+  const qnone = document.getElementById("quarantine-none"); qnone.replaceChildren();
+  if (!held.length) qnone.appendChild(el("p", "None: no signal is held back on a match spike.", "ok"));
+  const qt = document.querySelector("#quarantine tbody"); qt.replaceChildren();
+  for (const q of held) row(qt, [{ text: q.collection }, { text: q.type + " " + q.value.slice(0, 16) + "…", title: q.value, cls: "mono" }, { text: q.author_name || short(q.author), title: q.author }, { text: q.reason, cls: "bad" }, { text: ago(q.at) }, { text: q.op_id, cls: "mono" }]);
   const authors = new Map();
   for (const t of status.trust || []) { const a = authors.get(t.node_id) || { name: t.name, collections: [] }; a.collections.push(t.collection); a.name = a.name || t.name; authors.set(t.node_id, a); }
   const trust = document.querySelector("#trust tbody"); trust.replaceChildren();
