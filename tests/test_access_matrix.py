@@ -146,6 +146,8 @@ MATRIX: list[tuple[str, tuple[int | str, ...]]] = [
      (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
     ("GET /v1/admin/quarantine",
      (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
+    ("GET /v1/admin/disputes",
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
     # Nothing is under quarantine in this world: admin's lift is the 404 naming the target.
     ("POST /v1/admin/quarantine/lift",
      (401, 401, 401, 401, 403, 403, 403, 404, 403, 403, 403, 403, 403, 403)),

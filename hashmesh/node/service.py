@@ -341,6 +341,8 @@ class NodeService:
             ],
             # Signals held back on a match spike (the newest 100), for `status` and its page.
             "quarantine": self.quarantine_list()["quarantine"][:100],
+            # This node's own adds that others disputed (the author's review queue).
+            "disputed": [e for e in self.disputes(200)["disputes"] if e["disputes"]][:50],
         }
 
     # -- policy --------------------------------------------------------------------------
@@ -511,6 +513,52 @@ class NodeService:
             )
         self.store.quarantine.lift([r[0] for r in rows], now_ms())
         return {"lifted": [_quarantine_json(r, self.config.author_name) for r in rows]}
+
+    # -- the author's review queue ---------------------------------------------------------
+
+    def disputes(self, limit: int = 1000) -> dict[str, Any]:
+        """This node's own adds that other authors confirmed, disputed or marked seen, by
+        whom, most disputed first: what the author reviews, with the one command that
+        revokes an add (a dispute was right) or confirms it (it was not)."""
+        if type(limit) is not int or not 1 <= limit <= 10_000:
+            raise NodeError("limit: must be an integer 1-10000")
+        by_target: dict[str, dict[str, Any]] = {}
+        for target, author, collection, verdict, seen, op_id in self.store.opinions_on_author(
+            self.node_id, limit
+        ):
+            entry = by_target.get(target)
+            if entry is None:
+                entry = by_target[target] = {
+                    "op_id": target,
+                    "disputes": [],
+                    "confirms": [],
+                    "seen": 0,
+                }
+            who = {
+                "author": author,
+                "author_name": self.config.author_name(author),
+                "collection": collection,
+                "op_id": op_id,
+            }
+            if verdict == "dispute":
+                entry["disputes"].append(who)
+            elif verdict == "confirm":
+                entry["confirms"].append(who)
+            if seen:
+                entry["seen"] += 1
+        queue = []
+        for target, entry in by_target.items():
+            if not entry["disputes"] and not entry["confirms"] and not entry["seen"]:
+                continue  # every opinion on it was retracted
+            signal_id = self.store.signal_id(OpId.parse(target))
+            signal = self.store.signal(signal_id) if signal_id is not None else None
+            if signal is not None:
+                entry.update(_what(signal), live=signal["live"])
+            entry["revoke"] = f"hashmesh revoke {target}"
+            entry["confirm"] = f"hashmesh opinion {target} confirm"
+            queue.append(entry)
+        queue.sort(key=lambda e: (-len(e["disputes"]), -len(e["confirms"]), e["op_id"]))
+        return {"disputes": queue}
 
     # -- bundles -------------------------------------------------------------------------
 

@@ -113,6 +113,9 @@ class LocalBackend:
     def quarantine_lift(self, target: str) -> dict[str, Any]:
         return self.service.quarantine_lift(target)
 
+    def disputes(self) -> dict[str, Any]:
+        return self.service.disputes()
+
 
 # How long `hashmesh match` waits for a running node's PDQ index to finish loading.
 INDEX_WAIT_S = 120.0
@@ -311,6 +314,9 @@ class RemoteBackend:
 
     def quarantine_lift(self, target: str) -> dict[str, Any]:
         return self._call("POST", "/v1/admin/quarantine/lift", {"target": target})
+
+    def disputes(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/admin/disputes")
 
 
 Backend = LocalBackend | RemoteBackend

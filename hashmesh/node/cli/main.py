@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from hashmesh.node.cli import (
+    disputes,  # noqa: F401  (registers disputes)
     matcher,  # noqa: F401  (registers matcher)
     matchpolicy,  # noqa: F401  (registers policy)
     platform,  # noqa: F401  (registers token, import-list, export-list)
@@ -605,6 +606,9 @@ def _format_status(d: dict[str, Any]) -> str:
         lines.append(f"quarantine {len(held)} signals held back on a match spike")
     for q in held:
         lines.append(f"  {q['collection']:<16} {q['type']} {q['value'][:16]}...  {q['reason']}")
+    disputed = d.get("disputed", [])
+    if disputed:
+        lines.append(f"disputed  {len(disputed)} of this node's adds (hashmesh disputes)")
     refusals = d.get("refusals", [])
     if refusals:
         lines.append(f"refused   {len(refusals)} (batches this node would not store)")

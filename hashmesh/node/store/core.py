@@ -684,6 +684,30 @@ class Store:
             )
         ]
 
+    def opinions_on_author(self, author: str, limit: int) -> list[tuple[Any, ...]]:
+        """(target, opinion author, collection, verdict, seen, op id) of other authors'
+        opinions on `author`'s adds, for its review queue: a range over the opinions'
+        primary key (an op id begins with its author's node id), at most `limit` targets,
+        those with the most recent opinions (by opinion op id) first."""
+        low = author + "/"
+        high = author + "0"  # "0" sorts right after "/"
+        targets = [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT target FROM opinions WHERE target >= ? AND target < ? AND author != ?"
+                " GROUP BY target ORDER BY max(op_id) DESC LIMIT ?",
+                (low, high, author, limit),
+            )
+        ]
+        if not targets:
+            return []
+        return self.conn.execute(
+            "SELECT target, author, collection, verdict, seen, op_id FROM opinions"
+            " WHERE target IN (SELECT value FROM json_each(?)) AND author != ?"
+            " ORDER BY target, author, collection",
+            (json.dumps(targets), author),
+        ).fetchall()
+
     def logs(self) -> list[dict[str, Any]]:
         rows = self.conn.execute(
             "SELECT l.id, l.author, l.collection, l.head, l.head_hash, l.head_ts, l.forked,"

@@ -348,6 +348,14 @@ async def quarantine_lift(request: web.Request) -> web.Response:
     )
 
 
+async def disputes(request: web.Request) -> web.Response:
+    deps = request.app[API_KEY]
+    text = request.query.get("limit", "1000")
+    if not (text.isascii() and text.isdigit() and len(text) <= 5):
+        raise NodeError("limit: must be an integer 1-10000")
+    return web.json_response(await deps.store_thread.call(deps.service.disputes, int(text)))
+
+
 async def backup(request: web.Request) -> web.Response:
     deps = request.app[API_KEY]
     body = _fields(await read_json(request), ("file",), ("overwrite",))
@@ -395,6 +403,7 @@ def build_app(deps: ApiDeps) -> web.Application:
     app.router.add_get("/v1/admin/policy/{collection}", policy_show)
     app.router.add_put("/v1/admin/policy/{collection}", policy_set)
     app.router.add_get("/v1/admin/quarantine", quarantine_list)
+    app.router.add_get("/v1/admin/disputes", disputes)
     app.router.add_post("/v1/admin/quarantine/lift", quarantine_lift)
     app.router.add_post("/v1/admin/backup", backup)
     return app

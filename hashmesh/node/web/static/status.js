@@ -50,6 +50,12 @@ function render(status, history, recent) {
   if (!held.length) qnone.appendChild(el("p", "None: no signal is held back on a match spike.", "ok"));
   const qt = document.querySelector("#quarantine tbody"); qt.replaceChildren();
   for (const q of held) row(qt, [{ text: q.collection }, { text: q.type + " " + q.value.slice(0, 16) + "…", title: q.value, cls: "mono" }, { text: q.author_name || short(q.author), title: q.author }, { text: q.reason, cls: "bad" }, { text: ago(q.at) }, { text: q.op_id, cls: "mono" }]);
+  const disputed = status.disputed || [];
+  const dnone = document.getElementById("disputes-none"); dnone.replaceChildren();
+  if (!disputed.length) dnone.appendChild(el("p", "None: no author disputes a hash this node published.", "ok"));
+  const dt = document.querySelector("#disputes tbody"); dt.replaceChildren();
+  const names = l => l.map(w => w.author_name || short(w.author)).join(", ");
+  for (const d of disputed) row(dt, [{ text: d.collection || "" }, { text: d.type ? d.type + " " + d.value.slice(0, 16) + "…" : d.op_id, title: d.value || d.op_id, cls: "mono" }, { text: names(d.disputes), cls: "bad" }, { text: names(d.confirms) }, { text: d.live === false ? "revoked" : d.revoke + "  |  " + d.confirm, cls: "mono" }]);
   const authors = new Map();
   for (const t of status.trust || []) { const a = authors.get(t.node_id) || { name: t.name, collections: [] }; a.collections.push(t.collection); a.name = a.name || t.name; authors.set(t.node_id, a); }
   const trust = document.querySelector("#trust tbody"); trust.replaceChildren();
