@@ -357,3 +357,25 @@ def test_workers_and_replicas_apply_the_node_policy(tmp_path: Path) -> None:
         if replica is not None:
             replica.kill()
         assert node.stop() == 0
+
+
+def test_a_wide_negative_radius_does_not_mark_a_narrow_answer_truncated(tmp_path: Path) -> None:
+    """The lookup reaches a negative collection's radius past the request's threshold;
+    the rows it finds out there only judge, and never make the answer look cut short."""
+    from itertools import combinations
+
+    assert BRIDGE.pdq is not None
+    node = NodeProc(tmp_path, "platform")
+    base = int(BRIDGE.pdq, 16)
+    masks = [sum(1 << (40 + b) for b in bits) for bits in combinations(range(12), 8)][:150]
+    rows = ["type,value,quality"] + [f"pdq,{base ^ m:064x},100" for m in masks]
+    listing = tmp_path / "near.csv"
+    listing.write_text("\n".join(rows) + "\n")
+    assert node.json("import-list", "csv", str(listing), "-c", "csam")["published"] == 150
+    node.cli("policy", "set", "benign", "--negative", "--threshold", "20")
+    code, answer = match(node, "pdq", BRIDGE.pdq, "--threshold", "5")
+    assert code == 1 and answer["results"][0]["matches"] == []
+    assert answer["truncated"] is False and "truncated" not in answer["results"][0]
+    code, answer = match(node, "pdq", BRIDGE.pdq, "--threshold", "8")
+    assert code == 0 and len(answer["results"][0]["matches"]) == 100
+    assert answer["truncated"] is True

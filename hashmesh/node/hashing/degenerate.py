@@ -54,6 +54,20 @@ EMPTY_FILE = {
 }
 
 _RUN = re.compile(r"0+|1+")
+_ALL_ONES = (1 << 256) - 1
+
+
+def _has_run(bits: int, length: int) -> bool:
+    """Whether `bits` has `length` consecutive ones: after `x &= x >> k` a set bit marks a
+    run of at least twice the length it marked before, so a few shifts answer what a scan
+    of the 256 bits did (every match asks this of its query: matching/matcher.py)."""
+    marked = 1
+    while marked * 2 <= length:
+        bits &= bits >> marked
+        marked *= 2
+    if marked < length:
+        bits &= bits >> (length - marked)
+    return bits != 0
 
 
 def degenerate_reason(kind: str, value: str) -> str | None:
@@ -78,8 +92,8 @@ def degenerate_reason(kind: str, value: str) -> str | None:
         )
     if words.count("0000") >= MAX_ZERO_WORDS:
         return "pdq of a flat picture (many zero words): it would match plain pictures"
-    longest = max(len(m.group(0)) for m in _RUN.finditer(format(bits, "0256b")))
-    if longest > MAX_BIT_RUN:
+    if _has_run(bits, MAX_BIT_RUN + 1) or _has_run(bits ^ _ALL_ONES, MAX_BIT_RUN + 1):
+        longest = max(len(m.group(0)) for m in _RUN.finditer(format(bits, "0256b")))
         return f"pdq with a run of {longest} identical bits: not the hash of a real picture"
     if any((bits ^ flat).bit_count() <= FLAT_DISTANCE for flat in _FLAT):
         return "pdq of an empty or single-colour picture: it would match every plain picture"

@@ -120,7 +120,9 @@ def assemble(
         live = [(row, d) for key, d in window if (row := rows.get(key)) is not None and row["live"]]
         verdicts = judged.get(slot)
         exact = get_type(q["type"]).exact
-        unusable = None if exact or not live else degenerate_reason("pdq", query_value(q))
+        unusable = None
+        if verdicts is None and live and not exact:
+            unusable = degenerate_reason("pdq", query_value(q))
         if verdicts is None and (policies.active or unusable is not None or quarantined):
             verdicts = judged[slot] = judge(
                 policies,
@@ -152,7 +154,9 @@ def assemble(
             matches.append(info)
         matches.sort(key=lambda m: (m["distance"], m["op_id"]))
         cap = min(MAX_MATCHES_PER_QUERY, budget)
-        truncated = len(window) > MAX_MATCHES_PER_QUERY or len(matches) > cap
+        # Rows past `threshold` (a negative radius reached further) never count as more.
+        within = sum(1 for _, d in window if d <= threshold)
+        truncated = within > MAX_MATCHES_PER_QUERY or len(matches) > cap
         matches = matches[:cap]
         budget -= len(matches)
         entry: dict[str, Any] = {

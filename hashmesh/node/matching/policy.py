@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 from hashmesh.node.errors import NodeError
@@ -82,6 +82,18 @@ class CollectionPolicy:
     @property
     def is_default(self) -> bool:
         return self == CollectionPolicy(self.collection)
+
+    @cached_property
+    def is_plain(self) -> bool:
+        """No knob that can hold one of its hits back (spike knobs act by quarantine)."""
+        return (
+            not self.negative
+            and self.threshold is None
+            and self.min_quality is None
+            and self.quorum == 1
+            and self.suspend_after_disputes is None
+            and not self.require_review
+        )
 
     def json(self) -> dict[str, Any]:
         return {
@@ -193,9 +205,15 @@ class PolicySet:
         self.by_collection = {p.collection: p for p in policies if not p.is_default}
         self.negatives = {c: p for c, p in self.by_collection.items() if p.negative}
         self.active = bool(self.by_collection)
+        self._defaults: dict[str, CollectionPolicy] = {}
 
     def of(self, collection: str) -> CollectionPolicy:
-        return self.by_collection.get(collection) or CollectionPolicy(collection)
+        policy = self.by_collection.get(collection)
+        if policy is None:
+            policy = self._defaults.get(collection)
+            if policy is None:
+                policy = self._defaults[collection] = CollectionPolicy(collection)
+        return policy
 
     def lookup_threshold(self, threshold: int) -> int:
         """How far the PDQ lookup must reach: the request's distance, or a negative
@@ -231,6 +249,11 @@ class Verdict:
     reasons: tuple[str, ...] = ()
 
     def json(self) -> dict[str, Any]:
+        """The answer's fields, built once per verdict (a crowded answer shares a few)."""
+        return self._json
+
+    @cached_property
+    def _json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"verdict": self.verdict}
         if self.reasons:
             out["reasons"] = list(self.reasons)
@@ -261,26 +284,51 @@ def judge(
     that describes no picture, hashing/degenerate.py): then no hit of it is a match.
     `quarantined(op_id)` is the reason a signal is under quarantine here, or None."""
     negatives: list[tuple[dict[str, Any], int, int]] = []  # row, radius, distance to query
-    for row, distance in hits:
-        policy = policies.negatives.get(row["collection"])
-        if policy is not None:
-            radius = threshold if policy.threshold is None else policy.threshold
-            negatives.append((row, radius, distance))
+    rules: dict[str, tuple[CollectionPolicy, int]] = {}  # collection: its policy, limit
     authors: dict[str, set[str]] = {}
     for row, distance in hits:
-        policy = policies.of(row["collection"])
-        if policy.quorum > 1 and distance <= _limit(policy, threshold):
-            authors.setdefault(row["collection"], set()).add(row["author"])
+        collection = row["collection"]
+        rule = rules.get(collection)
+        if rule is None:
+            policy = policies.of(collection)
+            rule = rules[collection] = (policy, _limit(policy, threshold))
+        policy, limit = rule
+        if policy.negative:
+            radius = threshold if policy.threshold is None else policy.threshold
+            negatives.append((row, radius, distance))
+        elif policy.quorum > 1 and distance <= limit:
+            authors.setdefault(collection, set()).add(row["author"])
+    # Quorum and review depend on the collection alone: judged once, not per hit.
+    fixed: dict[str, list[tuple[str, str]]] = {}
+    plain: dict[str, Verdict] = {}
+    for collection, (policy, _) in rules.items():
+        reasons: list[tuple[str, str]] = []
+        if policy.quorum > 1:
+            have = len(authors.get(collection, ()))
+            if have < policy.quorum:
+                reasons.append((BELOW_QUORUM, f"below quorum: {have} of {policy.quorum} authors"))
+        if policy.require_review:
+            reasons.append((REVIEW_REQUIRED, f"{collection} requires review before action"))
+        fixed[collection] = reasons
+        plain[collection] = (
+            Verdict(reasons[0][0], tuple(t for _, t in reasons)) if reasons else LET_THROUGH
+        )
     out: list[Verdict] = []
+    seen: dict[tuple[str, ...], Verdict] = {}
     for row, distance in hits:
         collection = row["collection"]
-        policy = policies.of(collection)
+        policy, limit = rules[collection]
         if policy.negative:
             out.append(Verdict(NEGATIVE, (f"listed in negative collection {collection}",)))
             continue
-        reasons: list[tuple[str, str]] = []
+        held = quarantined(row["op_id"])
+        if policy.is_plain and not negatives and unusable is None and held is None:
+            out.append(LET_THROUGH)
+            continue
+        reasons = []
+        hold = reasons.append
         if unusable is not None:
-            reasons.append((SUPPRESSED, f"matched, but the query is not a usable PDQ: {unusable}"))
+            hold((SUPPRESSED, f"matched, but the query is not a usable PDQ: {unusable}"))
         for benign, radius, to_query in negatives:
             if benign["type"] != row["type"]:
                 continue
@@ -291,44 +339,35 @@ def judge(
                     if readable(named)
                     else "a negative collection of this node"
                 )
-                reasons.append((SUPPRESSED, f"matched, but suppressed by {where}"))
+                hold((SUPPRESSED, f"matched, but suppressed by {where}"))
                 break
-        held = quarantined(row["op_id"])
         if held is not None:
-            reasons.append((QUARANTINED, f"quarantined: {held}"))
-        limit = _limit(policy, threshold)
+            hold((QUARANTINED, f"quarantined: {held}"))
         if distance > limit:
-            reasons.append(
+            hold(
                 (BEYOND_THRESHOLD, f"distance {distance} is past {collection}'s threshold {limit}")
             )
         quality = row.get("quality")
         if policy.min_quality is not None and quality is not None and quality < policy.min_quality:
-            reasons.append(
-                (
-                    LOW_QUALITY,
-                    f"quality {quality} is below {collection}'s minimum {policy.min_quality}",
-                )
-            )
+            why = f"quality {quality} is below {collection}'s minimum {policy.min_quality}"
+            hold((LOW_QUALITY, why))
         if policy.suspend_after_disputes is not None:
             count = disputes(row["op_id"])
             if count >= policy.suspend_after_disputes:
-                reasons.append(
-                    (
-                        SUSPENDED,
-                        f"suspended: disputed by {count} authors ({collection} suspends at"
-                        f" {policy.suspend_after_disputes})",
-                    )
+                why = (
+                    f"suspended: disputed by {count} authors ({collection} suspends at"
+                    f" {policy.suspend_after_disputes})"
                 )
-        if policy.quorum > 1:
-            have = len(authors.get(collection, ()))
-            if have < policy.quorum:
-                reasons.append((BELOW_QUORUM, f"below quorum: {have} of {policy.quorum} authors"))
-        if policy.require_review:
-            reasons.append((REVIEW_REQUIRED, f"{collection} requires review before action"))
+                hold((SUSPENDED, why))
         if not reasons:
-            out.append(LET_THROUGH)
-        else:
-            out.append(Verdict(reasons[0][0], tuple(text for _, text in reasons)))
+            out.append(plain[collection])
+            continue
+        reasons += fixed[collection]
+        key = tuple(text for _, text in reasons)
+        verdict = seen.get(key)
+        if verdict is None:
+            verdict = seen[key] = Verdict(reasons[0][0], key)
+        out.append(verdict)
     return out
 
 
