@@ -219,8 +219,11 @@ def live_pdq(conn: sqlite3.Connection) -> tuple[list[int], list[str]]:
 def pdq_digest(conn: sqlite3.Connection) -> tuple[int, int]:
     """(live count, sum of live keys mod 2**63), as PDQIndex.digest() computes it, to verify
     a loaded index against the rows it should reflect."""
-    count, total = 0, 0
-    for (key,) in conn.execute("SELECT id FROM signals WHERE type = 'pdq' AND revoked_by IS NULL"):
-        count += 1
-        total += key
-    return count, total % (1 << 63)
+    # In SQL, not row by row in Python (2.1 s against 6.7 s at 10M: it runs at every start
+    # of the node and of each worker). Ids are the node's own rowids, positive and far
+    # below 2**63 / rows, so the sum cannot overflow.
+    count, total = conn.execute(
+        "SELECT count(*), coalesce(sum(id), 0) FROM signals"
+        " WHERE type = 'pdq' AND revoked_by IS NULL"
+    ).fetchone()
+    return int(count), int(total) % (1 << 63)

@@ -1,0 +1,220 @@
+"""Exact matches over HTTP at the node's match address, measured with wrk (a C load
+generator: Python clients on the same two cores would measure themselves).
+
+    .venv/bin/python bench/http_match.py [--signals 100k] [--workers 0,1,2] [--duration 10]
+
+For each --workers value a node home holding --signals MD5 adds (published offline
+through NodeService, one copy per configuration) is started with that many matcher
+workers; wrk (1 thread, --connections keep-alive connections) posts `POST /v1/match` with
+one MD5 query each, half of them hashes the node holds, half misses. Two phases per
+configuration, side by side:
+
+1. idle: matches only;
+2. ingest: the same while this process publishes batches of 1,000 new MD5 adds through
+   `POST /v1/signals/batch` as fast as the node takes them (ingest rate reported).
+
+wrk's own latency distribution gives p50/p99 (it corrects for coordinated omission only in
+wrk2; wrk reports what its connections saw). Debian's `wrk` package must be installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from benchenv import free_port, machine
+from benchnodes import Node, make_node, spawn, stop, wait_healthy
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.append(str(ROOT))
+
+from hashmesh.node.config import Home  # noqa: E402
+from hashmesh.node.service import NodeService  # noqa: E402
+from hashmesh.protocol.ops import AddOp  # noqa: E402
+from hashmesh.testing import read_runtime  # noqa: E402
+
+LUA = """
+local hits = {%(hits)s}
+local auth = "Bearer %(token)s"
+math.randomseed(%(seed)d)
+request = function()
+  local v
+  if math.random() < 0.5 then
+    v = hits[math.random(#hits)]
+  else
+    v = string.format("%%08x%%08x%%08x%%08x", math.random(0, 0x7fffffff),
+      math.random(0, 0x7fffffff), math.random(0, 0x7fffffff), math.random(0, 0x7fffffff))
+  end
+  local body = '{"queries":[{"type":"md5","value":"' .. v .. '"}]}'
+  return wrk.format("POST", "/v1/match",
+    {["Content-Type"] = "application/json", ["Authorization"] = auth}, body)
+end
+"""
+
+
+def parse_count(text: str) -> int:
+    t = text.strip().lower()
+    scale = {"k": 1_000, "m": 1_000_000}.get(t[-1:], 1)
+    return int(float(t[:-1] if scale > 1 else t) * scale)
+
+
+def wrk(url: str, script: Path, connections: int, duration: int) -> dict[str, Any]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+    def ms(label: str) -> float:
+        m = re.search(rf"\s{label}%\s+([\d.]+)(us|ms|s)\b", out)
+        assert m is not None, out
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:(.*)", out)
+    return {
+        "rps": rps,
+        "p50": ms("50"),
+        "p99": ms("99"),
+        "non2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": errors.group(1).strip() if errors else "",
+    }
+
+
+async def ingest(node: Node, stop_event: asyncio.Event, rng: random.Random) -> int:
+    added = 0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        while not stop_event.is_set():
+            signals = [{"type": "md5", "value": rng.randbytes(16).hex()} for _ in range(1000)]
+            body = {"collection": "csam", "signals": signals}
+            async with session.post(
+                node.url + "/v1/signals/batch", json=body, headers=node.auth
+            ) as r:
+                await r.read()
+                if r.status == 200:
+                    added += len(signals)
+    return added
+
+
+async def one_config(
+    template: Path, root: Path, workers: int, hits: list[str], args: argparse.Namespace
+) -> dict[str, Any]:
+    home = root / f"w{workers}"
+    shutil.copytree(template, home)
+    h = Home(home)
+    config = h.load_config()
+    port = free_port()
+    config.listen = f"127.0.0.1:{port}"
+    config.match_workers = workers
+    config.match_listen = "127.0.0.1:0"
+    h.save_config(config)
+    node = Node(f"w{workers}", home, port, config.node_id, h.admin_token_path.read_text().strip())
+    spawn(node)
+    try:
+        async with aiohttp.ClientSession() as session:
+            await wait_healthy(session, [node], 120)
+            url = node.url
+            if workers:
+                runtime = read_runtime(home) or {}
+                url = runtime["match"]
+                seen: set[int] = set()
+                deadline = time.monotonic() + 60
+                while seen != set(runtime.get("workers", [])) and time.monotonic() < deadline:
+                    async with session.get(url + "/healthz") as r:
+                        if r.status == 200:
+                            seen.add((await r.json())["pid"])
+                    runtime = read_runtime(home) or {}
+        script = root / "match.lua"
+        script.write_text(
+            LUA
+            % {
+                "hits": ",".join(f'"{v}"' for v in hits[:2000]),
+                "token": node.token,
+                "seed": 18,
+            }
+        )
+        result = {
+            "idle": await asyncio.to_thread(wrk, url, script, args.connections, args.duration)
+        }
+        stop_event = asyncio.Event()
+        feeder = asyncio.create_task(ingest(node, stop_event, random.Random(workers)))
+        t = time.monotonic()
+        loaded = await asyncio.to_thread(wrk, url, script, args.connections, args.duration)
+        stop_event.set()
+        added = await feeder
+        loaded["ingest_per_s"] = added / (time.monotonic() - t)
+        result["ingest"] = loaded
+        return result
+    finally:
+        stop([node])
+
+
+def build_template(root: Path, signals: int) -> tuple[Path, list[str]]:
+    node = make_node(root, "template")
+    rng = random.Random(signals)
+    values = [rng.randbytes(16).hex() for _ in range(signals)]
+    service = NodeService(Home(node.home))
+    try:
+        for start in range(0, signals, 5000):
+            service.publish(
+                "csam",
+                [AddOp.create("md5", v, category="csam") for v in values[start : start + 5000]],
+            )
+    finally:
+        service.close()
+    return node.home, values
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--signals", type=parse_count, default=100_000)
+    parser.add_argument("--workers", default="0,1,2")
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=64)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed (apt-get install wrk)")
+    root = Path(tempfile.mkdtemp(prefix="hashmesh-http-match-"))
+    try:
+        t = time.monotonic()
+        template, values = build_template(root, args.signals)
+        print(f"template of {args.signals:,} md5 built in {time.monotonic() - t:.0f} s", flush=True)
+        results = {}
+        for w in (int(x) for x in args.workers.split(",")):
+            results[w] = asyncio.run(one_config(template, root, w, values, args))
+            print(w, json.dumps(results[w]), flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"\n{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {machine()}")
+    print(f"{args.signals:,} md5 signals; wrk -t1 -c{args.connections} -d{args.duration}s\n")
+    print("| workers | phase | matches/s | p50 ms | p99 ms | non-2xx | ingest adds/s |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    base = results.get(1, {}).get("idle", {}).get("rps")
+    for w, r in results.items():
+        for phase in ("idle", "ingest"):
+            x = r[phase]
+            ing = f"{x['ingest_per_s']:,.0f}" if "ingest_per_s" in x else ""
+            print(f"| {w} | {phase} | {x['rps']:,.0f} | {x['p50']:.2f} | {x['p99']:.2f} | "
+                  f"{x['non2xx']} | {ing} |")  # fmt: skip
+    if base and 2 in results:
+        print(f"\n2 workers / 1 worker (idle): {results[2]['idle']['rps'] / base:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
