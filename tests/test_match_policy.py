@@ -115,6 +115,8 @@ def test_policy_commands_offline_and_through_the_running_node(tmp_path: Path) ->
         assert node.json("policy", "set", "csam")["change"] == "reset"
         assert [p["collection"] for p in policies(node)] == ["benign"]
         assert node.json("policy", "set", "csam")["change"] == "unchanged"
+        # The status (and its page) shows the policy that explains held-back hits.
+        assert [p["collection"] for p in node.json("status")["policies"]] == ["benign"]
 
         url = node.url + "/v1/admin/policy/csam"
         for body, field in [

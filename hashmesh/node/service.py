@@ -339,6 +339,8 @@ class NodeService:
                 {"node_id": t.node_id, "collection": t.collection, "name": t.name}
                 for t in self.config.trust
             ],
+            # This node's match policy, so the status page can say why hits are held back.
+            "policies": self.policy_show()["policies"],
             # Signals held back on a match spike (the newest 100), for `status` and its page.
             "quarantine": self.quarantine_list()["quarantine"][:100],
             # This node's own adds that others disputed (the author's review queue).

@@ -45,6 +45,22 @@ function render(status, history, recent) {
   if (!refusals.length) none.appendChild(el("p", status.running ? "None: every batch peers offered was from a trusted author." : "Known only while the node runs.", "ok"));
   const ref = document.querySelector("#refusals tbody"); ref.replaceChildren();
   for (const r of refusals) row(ref, [{ text: r.author_name || short(r.author), title: r.author, cls: "mono" }, { text: r.collection }, { text: r.sender_name || short(r.sender), title: r.sender }, { text: String(r.batches), cls: "num" }, { text: ago(r.last_ms) }, { text: r.fix, cls: "mono" }]);
+  const policies = status.policies || [];
+  const pnone = document.getElementById("policy-none"); pnone.replaceChildren();
+  if (!policies.length) pnone.appendChild(el("p", "No collection has a policy: every hit is a match.", "ok"));
+  const pt = document.querySelector("#policy tbody"); pt.replaceChildren();
+  for (const p of policies) {
+    const rules = [];
+    if (p.negative) rules.push("never matches; suppresses the same signal elsewhere (PDQ within " + (p.threshold ?? "the request's threshold") + ")");
+    else if (p.threshold !== null) rules.push("PDQ distance over " + p.threshold);
+    if (p.min_quality !== null) rules.push("quality under " + p.min_quality);
+    if (p.quorum > 1) rules.push("fewer than " + p.quorum + " authors list it");
+    if (p.suspend_after_disputes !== null) rules.push(p.suspend_after_disputes + "+ disputes");
+    if (p.require_review) rules.push("always: review required");
+    if (p.spike_cap !== null) rules.push("quarantine at " + p.spike_cap + " matches a minute");
+    if (p.spike_factor !== null) rules.push("quarantine at " + p.spike_factor + "x its usual rate");
+    row(pt, [{ text: p.collection }, { text: rules.join("; ") }]);
+  }
   const held = status.quarantine || [];
   const qnone = document.getElementById("quarantine-none"); qnone.replaceChildren();
   if (!held.length) qnone.appendChild(el("p", "None: no signal is held back on a match spike.", "ok"));
