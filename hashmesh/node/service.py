@@ -29,6 +29,7 @@ from hashmesh.node.store.backup import (
     open_backup,
 )
 from hashmesh.node.store.core import IngestResult, Store, now_ms
+from hashmesh.node.store.quarantine import DEGENERATE_REASON
 from hashmesh.protocol.batches import AnyOp, LogKey, build_batch, header_hash
 from hashmesh.protocol.bundles import BundleCheck, BundleDecoder, encode_bundle_header
 from hashmesh.protocol.errors import BatchOverflow, ProtocolError
@@ -343,6 +344,11 @@ class NodeService:
             "policies": self.policy_show()["policies"],
             # Signals held back on a match spike (the newest 100), for `status` and its page.
             "quarantine": self.quarantine_list()["quarantine"][:100],
+            # Degenerate hashes other nodes sent, held back at ingest, per author.
+            "degenerate_by_author": [
+                {"author": a, "name": self.config.author_name(a), "held_back": n}
+                for a, n in self.store.quarantine.degenerate_by_author().items()
+            ],
             # This node's own adds that others disputed (the author's review queue).
             "disputed": [e for e in self.disputes(200)["disputes"] if e["disputes"]][:50],
         }
@@ -512,6 +518,11 @@ class NodeService:
         if not rows:
             raise NotFound(
                 f"target {target[:100]}: no signal under quarantine here has this op id or value"
+            )
+        if any(str(r[5]).startswith(DEGENERATE_REASON) for r in rows):
+            raise NodeError(
+                f"target {target[:100]}: a degenerate hash held back at ingest is never lifted"
+                " (it describes no picture and would match innocent ones)"
             )
         self.store.quarantine.lift([r[0] for r in rows], now_ms())
         return {"lifted": [_quarantine_json(r, self.config.author_name) for r in rows]}

@@ -17,6 +17,7 @@ least 89 from every flat-picture hash below. Each rule keeps a wide margin from 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 #: PDQ sets a bit for each DCT coefficient above the median, so a real hash has about half
 #: of its 256 bits set; far from it, the hash is not the output of PDQ on a real picture.
@@ -98,3 +99,44 @@ def degenerate_reason(kind: str, value: str) -> str | None:
     if any((bits ^ flat).bit_count() <= FLAT_DISTANCE for flat in _FLAT):
         return "pdq of an empty or single-colour picture: it would match every plain picture"
     return None
+
+
+def degenerate_adds(adds: Sequence[tuple[str, str]]) -> list[tuple[int, str]]:
+    """(position, reason) of each degenerate (type, value) in `adds`, for ingest from peers,
+    where a batch holds up to 10,000 adds: a vectorised pass clears the hashes that no rule
+    can catch (7 us a PDQ one by one was 7 s of a 1M sync), and only the rest are asked
+    `degenerate_reason`. A run of 64 equal bits spans three whole 16-bit words, so a hash
+    with at most two 0000 and two ffff words, enough distinct words, a real popcount and
+    no flat hash within FLAT_DISTANCE is cleared; values are validated hex already."""
+    import numpy as np
+
+    out: list[tuple[int, str]] = []
+    pdq: list[int] = []
+    for n, (kind, value) in enumerate(adds):
+        if kind == "pdq":
+            if len(value) == 64:
+                pdq.append(n)
+        elif EMPTY_FILE.get(kind) == value.lower():
+            out.append((n, degenerate_reason(kind, value) or ""))
+    if pdq:
+        words = np.frombuffer(bytes.fromhex("".join(adds[n][1] for n in pdq)), dtype=">u2").reshape(
+            len(pdq), 16
+        )
+        popcount = np.bitwise_count(words).sum(axis=1, dtype=np.int64)
+        ordered = np.sort(words, axis=1)
+        distinct = 1 + (ordered[:, 1:] != ordered[:, :-1]).sum(axis=1)
+        flat = np.frombuffer(bytes.fromhex("".join(FLAT_PDQS)), dtype=">u2").reshape(-1, 16)
+        nearest = np.bitwise_count(words[:, None, :] ^ flat[None, :, :]).sum(axis=2).min(axis=1)
+        cleared = (
+            (popcount >= POPCOUNT_MIN)
+            & (popcount <= POPCOUNT_MAX)
+            & (distinct >= MIN_DISTINCT_WORDS)
+            & ((words == 0).sum(axis=1) <= 2)
+            & ((words == 0xFFFF).sum(axis=1) <= 2)
+            & (nearest > FLAT_DISTANCE)
+        )
+        for i in np.flatnonzero(~cleared).tolist():
+            reason = degenerate_reason("pdq", adds[pdq[i]][1])
+            if reason is not None:
+                out.append((pdq[i], reason))
+    return sorted(out)

@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from hashmesh.node.errors import HomeError
+from hashmesh.node.hashing.degenerate import degenerate_adds
 from hashmesh.node.store.backup import backup_database
 from hashmesh.node.store.cases import CaseTable
 from hashmesh.node.store.feed import connect_reader
 from hashmesh.node.store.integrity import check_at_open, closed_cleanly, read_header
 from hashmesh.node.store.policies import PolicyRow, PolicyTable, policy_rows
-from hashmesh.node.store.quarantine import QuarantineTable, active_for
+from hashmesh.node.store.quarantine import DEGENERATE_REASON, QuarantineTable, active_for
 from hashmesh.node.store.render import SIGNAL_COLUMNS, signal_dict
 from hashmesh.node.store.schema import migrate
 from hashmesh.node.store.tokens import TokenTable
@@ -316,6 +317,22 @@ class Store:
                 observe(result, batch_source)
         self._notify(done, source)
 
+    def _hold_degenerate(
+        self, header: Any, adds: list[tuple[int, Any]], fields: list[tuple[Any, ...]], at: int
+    ) -> None:
+        """Quarantine the degenerate hashes of another node's batch (hashing/degenerate.py):
+        the batch must be kept whole (it is signed, and its log goes on after it), but such
+        a hash describes no picture and would match innocent ones, so it never matches
+        here. Our own publishing routes refuse them before they are signed."""
+        found = degenerate_adds([(f[0], f[1]) for f in fields])
+        for position, reason in found:
+            index = adds[position][0]
+            kind, value = fields[position][0], fields[position][1]
+            op_id = f"{header.author}/{header.collection}/{header.seq}/{index}"
+            row = (op_id, header.collection, kind, value, header.author,
+                   f"{DEGENERATE_REASON}{reason}", 0, at)  # fmt: skip
+            self.quarantine.add(row)
+
     def _apply(self, decision: Apply, source: str, result: IngestResult) -> None:
         batch = decision.batch
         header = batch.header
@@ -360,6 +377,8 @@ class Store:
                 " SELECT 'add', ?, id, ? FROM signals WHERE id BETWEEN ? AND ? ORDER BY id",
                 (header.collection, at, first_id, first_id + count - 1),
             )
+            if source != "local":
+                self._hold_degenerate(header, decision.adds, fields, at)
             result.added.extend(
                 zip(
                     range(first_id, first_id + count),

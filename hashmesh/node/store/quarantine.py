@@ -27,6 +27,10 @@ CREATE TABLE IF NOT EXISTS quarantine (
 CREATE INDEX IF NOT EXISTS quarantine_value ON quarantine (value);
 """
 
+#: The reason prefix of a degenerate hash held back at ingest (store/core.py), which no
+#: operator lift releases.
+DEGENERATE_REASON = "degenerate hash from another node: "
+
 _COLUMNS = "op_id, collection, type, value, author, reason, matches, at, lifted_at"
 
 
@@ -86,6 +90,15 @@ class QuarantineTable:
             " AND (op_id = ? OR value = ?) ORDER BY op_id",
             (target, target),
         ).fetchall()
+
+    def degenerate_by_author(self) -> dict[str, int]:
+        """Degenerate hashes held back at ingest, counted per author."""
+        rows = self.conn.execute(
+            "SELECT author, count(*) FROM quarantine WHERE substr(reason, 1, ?) = ?"
+            " GROUP BY author ORDER BY author",
+            (len(DEGENERATE_REASON), DEGENERATE_REASON),
+        )
+        return {str(author): int(n) for author, n in rows}
 
     def lift(self, op_ids: list[str], at: int) -> None:
         self.conn.execute(

@@ -66,6 +66,9 @@ function render(status, history, recent) {
   if (!held.length) qnone.appendChild(el("p", "None: no signal is held back on a match spike.", "ok"));
   const qt = document.querySelector("#quarantine tbody"); qt.replaceChildren();
   for (const q of held) row(qt, [{ text: q.collection }, { text: q.type + " " + q.value.slice(0, 16) + "…", title: q.value, cls: "mono" }, { text: q.author_name || short(q.author), title: q.author }, { text: q.reason, cls: "bad" }, { text: ago(q.at) }, { text: q.op_id, cls: "mono" }]);
+  const degenerate = status.degenerate_by_author || [];
+  const dg = document.getElementById("degenerate"); dg.replaceChildren();
+  if (degenerate.length) dg.appendChild(el("p", "Degenerate hashes other nodes sent (held back at ingest, never matched): " + degenerate.map(d => (d.name || short(d.author)) + " " + d.held_back).join(", "), "bad"));
   const disputed = status.disputed || [];
   const dnone = document.getElementById("disputes-none"); dnone.replaceChildren();
   if (!disputed.length) dnone.appendChild(el("p", "None: no author disputes a hash this node published.", "ok"));
