@@ -630,7 +630,7 @@ def assert_healthy(world: dict[str, Any]) -> None:
     node: NodeProc = world["node"]
     assert node.proc is not None and node.proc.poll() is None, "the node process died"
     status, data = Http(node).send("GET", "/v1/healthz")
-    assert status == 200 and json.loads(data) == {"ok": True}
+    assert status == 200 and json.loads(data) == {"ok": True, "pdq_ready": True}
     assert not log_errors(node), "\n".join(log_errors(node))[-5000:]
 
 
