@@ -275,7 +275,13 @@ def test_a_flat_picture_query_never_matches_even_a_hash_from_a_peer(tmp_path: Pa
         hit = hits(answer)["csam"]
         assert code == 1 and hit["verdict"] == "suppressed"
         why = degenerate_reason("pdq", query)
-        assert hit["reasons"] == [f"matched, but the query is not a usable PDQ: {why}"]
+        # Held back twice over: the query describes no picture, and ingest quarantined the
+        # peer's degenerate hash itself (store/core.py).
+        stored = degenerate_reason("pdq", BLACK_PDQ)
+        assert hit["reasons"] == [
+            f"matched, but the query is not a usable PDQ: {why}",
+            f"quarantined: degenerate hash from another node: {stored}",
+        ]
 
 
 def test_a_refused_policy_request_changes_nothing(tmp_path: Path) -> None:
