@@ -343,7 +343,7 @@ class NodeService:
             # This node's match policy, so the status page can say why hits are held back.
             "policies": self.policy_show()["policies"],
             # Signals held back on a match spike (the newest 100), for `status` and its page.
-            "quarantine": self.quarantine_list()["quarantine"][:100],
+            "quarantine": self.quarantine_list(limit=100)["quarantine"],
             # Degenerate hashes other nodes sent, held back at ingest, per author.
             "degenerate_by_author": [
                 {"author": a, "name": self.config.author_name(a), "held_back": n}
@@ -498,11 +498,11 @@ class NodeService:
                 log.warning("quarantined %s (%s): %s", hit.op_id, hit.collection, spike.reason)
         return added
 
-    def quarantine_list(self, include_lifted: bool = False) -> dict[str, Any]:
+    def quarantine_list(self, include_lifted: bool = False, limit: int = 10_000) -> dict[str, Any]:
         return {
             "quarantine": [
                 _quarantine_json(r, self.config.author_name)
-                for r in self.store.quarantine.rows(include_lifted)
+                for r in self.store.quarantine.rows(include_lifted, limit)
             ]
         }
 
