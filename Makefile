@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(BIN)/mypy --strict hashmesh lists/make_negative_starter.py
 
 test: lint
-	$(BIN)/python -m pytest -q --durations=20 -m "not slow and not hma and not deploy"
+	$(BIN)/python -m pytest -q -n 3 --dist worksteal --durations=20 -m "not slow and not hma and not deploy"
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

@@ -35,7 +35,7 @@ from hashmesh.node.errors import (
 MAX_JSON_BODY = 16 * 1024 * 1024  # the operator API's JSON requests
 GRACE_S = 15.0
 MIN_RATE = 64 * 1024  # bytes per second, averaged from the start of the body
-_BODY_KEY = "hashmesh.body"
+_BODY_KEY: web.RequestKey[bytes] = web.RequestKey("hashmesh.body", bytes)
 T = TypeVar("T")
 
 

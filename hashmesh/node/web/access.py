@@ -39,7 +39,7 @@ SCOPE_BY_PATH = {
     # A matcher replica's poll: head cursor, match grants, author names (web/replicas.py).
     "/v1/replica/state": "replicate",
 }
-GRANT = "hashmesh.grant"
+GRANT: web.RequestKey[Grant] = web.RequestKey("hashmesh.grant", Grant)
 
 
 @dataclass
