@@ -126,6 +126,9 @@ class Config:
     # Matcher worker processes (hashmesh/node/workers.py): 0 matches in the node process.
     match_workers: int = 0
     match_listen: str = "127.0.0.1:0"
+    # Seconds between PDQ index checkpoints while the feed moves (matching/checkpoint.py):
+    # what a restart replays, and how soon workers remap what they added in memory.
+    index_checkpoint_s: int = 60
     peers: list[Peer] = field(default_factory=list)
     trust: list[Trust] = field(default_factory=list)
     # -- self-report page ([selfreport], web/selfreport.py; off by default) -------------
@@ -277,6 +280,11 @@ class Config:
                 if self.match_workers or self.match_listen != Config.match_listen
                 else {}
             ),
+            **(
+                {"index_checkpoint_s": self.index_checkpoint_s}
+                if self.index_checkpoint_s != Config.index_checkpoint_s
+                else {}
+            ),
             "publish": {
                 "batch_size": self.batch_size,
                 "batch_delay_ms": self.batch_delay_ms,
@@ -311,6 +319,9 @@ class Config:
                 url=_setting(data, "url", str, ""),
                 match_workers=_setting(data, "match_workers", int, cls.match_workers),
                 match_listen=_setting(data, "match_listen", str, cls.match_listen),
+                index_checkpoint_s=_setting(
+                    data, "index_checkpoint_s", int, cls.index_checkpoint_s
+                ),
                 batch_size=_setting(publish, "batch_size", int, cls.batch_size, "publish."),
                 batch_delay_ms=_setting(
                     publish, "batch_delay_ms", int, cls.batch_delay_ms, "publish."
@@ -339,6 +350,8 @@ class Config:
             raise HomeError(f"config {source}: match_listen: {exc}") from None
         if not 0 <= config.match_workers <= MAX_MATCH_WORKERS:
             raise HomeError(f"config {source}: match_workers must be 0-{MAX_MATCH_WORKERS}")
+        if not 1 <= config.index_checkpoint_s <= 86_400:
+            raise HomeError(f"config {source}: index_checkpoint_s must be 1-86400 (seconds)")
         if not 1 <= config.batch_size <= 10_000:
             raise HomeError(f"config {source}: publish.batch_size must be 1-10000")
         if not 0 <= config.batch_delay_ms <= 60_000:

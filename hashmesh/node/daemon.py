@@ -41,9 +41,6 @@ from hashmesh.node.workers import WorkerPool
 
 log = logging.getLogger("hashmesh.daemon")
 KEEPALIVE_TIMEOUT_S = 15.0
-# How often the PDQ index checkpoint is rewritten while the feed moves: a restarted matcher
-# worker (or the node) replays at most this much of the feed on top of it.
-CHECKPOINT_S = 60.0
 
 
 class Daemon:
@@ -186,7 +183,8 @@ class Daemon:
     async def _checkpoints(self) -> None:
         written = await self.store_thread.call(lambda: feed_head(self.service.store.conn))
         while True:
-            await asyncio.sleep(CHECKPOINT_S)
+            # A restarted worker (or the node) replays at most this much of the feed.
+            await asyncio.sleep(self.service.config.index_checkpoint_s)
             head = await self.store_thread.call(lambda: feed_head(self.service.store.conn))
             if head != written:
                 await self._checkpoint()

@@ -13,6 +13,10 @@ or store thread. What it holds, and how it stays current:
 - then the `feed` table from that cursor, every POLL_S: adds of PDQ signals go into the
   index, revocations are removed from it, in cursor order (the one writer assigns cursors
   in commit order, so a page read in one transaction has no gap);
+- a newer checkpoint, once the node has written one covering REMAP_CHANGES more of the
+  feed: mapped and verified on a thread of its own while the old index answers, brought
+  up to the feed's head on the follower's thread and swapped in, so what the worker added
+  in private memory since it started goes back to the shared page cache;
 - the tokens table every TOKENS_S (a revoked token stops working here within that) and
   author names from config.toml when it changes.
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -45,6 +50,7 @@ from hashmesh.node.config import Config, Home
 from hashmesh.node.errors import HomeError
 from hashmesh.node.keys import hash_token, read_secret
 from hashmesh.node.matching import loading
+from hashmesh.node.matching.checkpoint import checkpoint_cursor
 from hashmesh.node.matching.freshness import (
     DEFAULT_MAX_LAG_S,
     DEFAULT_MAX_STALE_S,
@@ -66,6 +72,8 @@ POLL_S = 0.05
 TOKENS_S = 0.25
 CONFIG_S = 1.0
 INLINE_QUERIES = 32
+REMAP_CHECK_S = 2.0
+REMAP_CHANGES = 1_000
 KEEPALIVE_TIMEOUT_S = 15.0
 
 
@@ -91,7 +99,9 @@ class Worker:
         self.max_lag = math.inf  # the node's workers are bounded in seconds (freshness.py)
         self.max_lag_s = DEFAULT_MAX_LAG_S
         self.max_stale = DEFAULT_MAX_STALE_S
-        self.counts = {"answered": 0, "refused": 0}
+        self.counts = {"answered": 0, "refused": 0, "remapped": 0}
+        self.mapped_at: int | None = None  # cursor of the checkpoint the index came from
+        self._remap_tried: int | None = None
         self.stopping = asyncio.Event()
         self.runner: web.AppRunner | None = None
 
@@ -137,6 +147,12 @@ class Worker:
             "# TYPE hashmesh_matcher_matches_total counter",
             f'hashmesh_matcher_matches_total{{outcome="answered"}} {self.counts["answered"]}',
             f'hashmesh_matcher_matches_total{{outcome="stale"}} {self.counts["refused"]}',
+            "# HELP hashmesh_matcher_checkpoint_cursor Cursor of the checkpoint mapped (-1: none).",
+            "# TYPE hashmesh_matcher_checkpoint_cursor gauge",
+            f"hashmesh_matcher_checkpoint_cursor {num(self.mapped_at)}",
+            "# HELP hashmesh_matcher_remaps_total Newer checkpoints mapped in place of the index.",
+            "# TYPE hashmesh_matcher_remaps_total counter",
+            f"hashmesh_matcher_remaps_total {self.counts['remapped']}",
         ]
         return "\n".join(lines) + "\n"
 
@@ -217,6 +233,52 @@ class Worker:
                 log.error("config not reloaded: %s", exc)
             self._config_mtime = mtime
 
+    def _map_newer(self) -> loading.Loaded | None:
+        """A thread of its own, while the old index answers and the follower goes on: the
+        newer checkpoint mapped and verified on a connection of its own, or None."""
+        at = checkpoint_cursor(self.home.index_dir)
+        if at is None or at == self._remap_tried:
+            return None
+        if self.mapped_at is not None and at - self.mapped_at < REMAP_CHANGES:
+            return None
+        self._remap_tried = at  # one that does not verify is not read again
+        conn = feed.connect_reader(self.home.db_path)
+        try:
+            return loading.from_checkpoint(conn, self.home.index_dir)
+        finally:
+            conn.close()
+
+    def _swap(self, loaded: loading.Loaded) -> None:
+        """The follower's thread, so no feed page interleaves: bring the mapped index from
+        its cursor to the head (it is never behind the old one after this) and swap."""
+        self.conn.execute("BEGIN")
+        try:
+            head = feed.feed_head(self.conn)
+            loading.catch_up(loaded.index, self.conn, loaded.cursor)
+        finally:
+            self.conn.execute("COMMIT")
+        cursor = max(head, self.matcher.cursor)
+        self.matcher.load(loaded.index, cursor)
+        self.head = head
+        self.mapped_at = loaded.checkpoint
+        self.counts["remapped"] += 1
+        log.info(
+            "matcher worker %d remapped the PDQ index from the %s (%d live)",
+            os.getpid(),
+            loaded.how,
+            len(loaded.index),
+        )
+
+    async def remap(self) -> None:
+        while not self.stopping.is_set():
+            await asyncio.sleep(REMAP_CHECK_S)
+            try:
+                loaded = await asyncio.to_thread(self._map_newer)
+                if loaded is not None:
+                    await self._on_follow_thread(functools.partial(self._swap, loaded))
+            except sqlite3.Error as exc:
+                log.warning("newer PDQ index checkpoint not mapped: %s", exc)
+
     async def _on_follow_thread(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._follow_thread, fn)
 
@@ -259,18 +321,20 @@ class Worker:
         await web.SockSite(self.runner, sock, shutdown_timeout=5).start()
         loaded = await self._on_follow_thread(lambda: loading.load(self.conn, self.home.index_dir))
         self.matcher.load(loaded.index, loaded.cursor)
+        self.mapped_at = loaded.checkpoint
         log.info(
             "matcher worker %d ready: PDQ index from %s (%d live)",
             os.getpid(),
             loaded.how,
             len(loaded.index),
         )
-        follower = asyncio.create_task(self.follow())
+        tasks = [asyncio.create_task(self.follow()), asyncio.create_task(self.remap())]
         try:
             await self.stopping.wait()
         finally:
-            follower.cancel()
-            await asyncio.gather(follower, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self.runner.cleanup()
             self._follow_thread.shutdown(wait=True)
             self.conn.close()

@@ -66,7 +66,14 @@ from hashmesh.node.matching.pdq_index import (
     _Segment,
 )
 
-__all__ = ["FORMAT", "CheckpointSnapshot", "read_checkpoint", "snapshot", "write_checkpoint"]
+__all__ = [
+    "FORMAT",
+    "CheckpointSnapshot",
+    "checkpoint_cursor",
+    "read_checkpoint",
+    "snapshot",
+    "write_checkpoint",
+]
 
 log = logging.getLogger("hashmesh.checkpoint")
 
@@ -177,6 +184,16 @@ def read_checkpoint(
             return None
     log.warning("PDQ index checkpoint in %s not loaded: %s", directory, last)
     return None
+
+
+def checkpoint_cursor(directory: Path) -> int | None:
+    """The feed cursor of the checkpoint in `directory`, reading only its manifest: a
+    matcher worker polls it to learn when a newer checkpoint is worth mapping. None when
+    there is none or its manifest is unreadable (`read_checkpoint` says why)."""
+    try:
+        return _int(_manifest(Path(directory)), "cursor", 0)
+    except (OSError, ValueError, _Invalid):
+        return None
 
 
 # -- writing ------------------------------------------------------------------------------
@@ -374,7 +391,7 @@ def _locked(directory: Path) -> Iterator[None]:
 # -- reading ------------------------------------------------------------------------------
 
 
-def _read(directory: Path, verify_content: bool) -> tuple[PDQIndex, int]:
+def _manifest(directory: Path) -> dict[str, Any]:
     with open(directory / MANIFEST, "rb") as f:
         body = f.read(_MAX_MANIFEST_BYTES + 1)
     if len(body) > _MAX_MANIFEST_BYTES:
@@ -387,6 +404,11 @@ def _read(directory: Path, verify_content: bool) -> tuple[PDQIndex, int]:
         raise _Invalid(f"{MANIFEST}: not a PDQ index checkpoint")
     if m.get("format") != FORMAT:
         raise _Invalid(f"{MANIFEST}: format {m.get('format')!r}, this version reads {FORMAT}")
+    return m
+
+
+def _read(directory: Path, verify_content: bool) -> tuple[PDQIndex, int]:
+    m = _manifest(directory)
     cursor = _int(m, "cursor", 0)
     threshold = _int(m, "threshold", 0, 255)
     digest = m.get("digest")

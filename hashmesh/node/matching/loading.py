@@ -27,6 +27,7 @@ class Loaded:
     index: PDQIndex
     cursor: int
     how: str
+    checkpoint: int | None = None  # the cursor of the checkpoint it was mapped from
 
 
 def changes(
@@ -56,19 +57,12 @@ def catch_up(index: PDQIndex, conn: sqlite3.Connection, after: int) -> tuple[int
 def load(conn: sqlite3.Connection, index_dir: Path) -> Loaded:
     """The index at the feed's head as of this call, and how it was made, in one read
     transaction on `conn` (a `feed.connect_reader` connection)."""
-    loaded = read_checkpoint(index_dir)
     conn.execute("BEGIN")
     try:
+        loaded = _verified_checkpoint(conn, index_dir)
+        if loaded is not None:
+            return loaded
         head = feed.feed_head(conn)
-        if loaded is not None and loaded[1] <= head:
-            index, at = loaded
-            _, added, removed = catch_up(index, conn, at)
-            if index.digest() == feed.pdq_digest(conn):
-                how = f"checkpoint at cursor {at}, {added} adds and {removed} removals since"
-                return Loaded(index, head, how)
-            log.warning("PDQ index checkpoint does not match the rows: building from rows")
-        elif loaded is not None:
-            log.warning("PDQ index checkpoint is ahead of this database: building from rows")
         keys, values = feed.live_pdq(conn)
         index = PDQIndex()
         if keys:
@@ -76,3 +70,32 @@ def load(conn: sqlite3.Connection, index_dir: Path) -> Loaded:
         return Loaded(index, head, "rows")
     finally:
         conn.execute("COMMIT")
+
+
+def from_checkpoint(conn: sqlite3.Connection, index_dir: Path) -> Loaded | None:
+    """Like `load`, but None instead of a build from rows when the checkpoint is missing or
+    does not verify: a worker remapping a newer checkpoint keeps the index it has."""
+    conn.execute("BEGIN")
+    try:
+        return _verified_checkpoint(conn, index_dir)
+    finally:
+        conn.execute("COMMIT")
+
+
+def _verified_checkpoint(conn: sqlite3.Connection, index_dir: Path) -> Loaded | None:
+    """Inside a read transaction: the checkpoint brought up to the head and checked against
+    the rows (live count and key sum), or None with a warning saying why not."""
+    loaded = read_checkpoint(index_dir)
+    if loaded is None:
+        return None
+    head = feed.feed_head(conn)
+    index, at = loaded
+    if at > head:
+        log.warning("PDQ index checkpoint is ahead of this database: not used")
+        return None
+    _, added, removed = catch_up(index, conn, at)
+    if index.digest() != feed.pdq_digest(conn):
+        log.warning("PDQ index checkpoint does not match the rows: not used")
+        return None
+    how = f"checkpoint at cursor {at}, {added} adds and {removed} removals since"
+    return Loaded(index, head, how, at)
