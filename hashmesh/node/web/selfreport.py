@@ -58,6 +58,7 @@ PREFIX = "/takeitdown"
 ASSETS = {
     "app.js": "text/javascript; charset=utf-8",
     "pdq.js": "text/javascript; charset=utf-8",
+    "video.js": "text/javascript; charset=utf-8",
     "md5.js": "text/javascript; charset=utf-8",
     "i18n.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
@@ -113,6 +114,8 @@ SECRET_CHARS = 20  # 100 bits: the only thing that proves ownership of a case
 HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        # The chosen video, decoded from a blob: URL of the local file (video.js).
+        "media-src blob:; "
         "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
         "frame-ancestors 'none'"
     ),

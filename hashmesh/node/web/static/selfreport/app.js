@@ -4,16 +4,23 @@
  *
  * Images: MD5 of the file's bytes and PDQ of the decoded picture's stored pixels (EXIF
  * orientation not applied, colour profiles ignored, as Pillow, pdqhash, HMA and the node
- * hash them; only the preview is turned upright). Videos: MD5 only, read in slices.
+ * hash them; only the preview is turned upright). Videos: MD5 of the file's bytes and vPDQ
+ * (video.js): PDQ of one frame a second, decoded by the browser, the first MAX_VIDEO_SECONDS
+ * only; files over MAX_VIDEO_BYTES are refused (MD5 alone would take minutes on a phone).
  */
 (function () {
   "use strict";
   const { STRINGS, LANGUAGES } = globalThis.HashmeshI18n;
   const PDQ = globalThis.HashmeshPDQ;
   const { MD5 } = globalThis.HashmeshMD5;
+  const { hashVideo } = globalThis.HashmeshVideo;
   const API = "/takeitdown/api/";
   const CHUNK = 4 * 1024 * 1024;
   const MAX_CANVAS_PIXELS = 16 * 1000 * 1000; // iOS Safari's canvas limit is ~16.7 MP
+  // The caps the page states (i18n.js videoCaps): frames of the first 10 minutes, files up
+  // to 1 GB (MD5 runs at about 40 MB/s in a browser: under half a minute).
+  const MAX_VIDEO_SECONDS = 600;
+  const MAX_VIDEO_BYTES = 1000 * 1000 * 1000;
   const $ = (id) => document.getElementById(id);
 
   let lang = pickLanguage();
@@ -37,7 +44,8 @@
 
   function applyLanguage() {
     document.documentElement.lang = lang;
-    for (const el of document.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n);
+    const caps = capsText();
+    for (const el of document.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n, caps);
     for (const el of document.querySelectorAll("[data-i18n-label]")) el.setAttribute("aria-label", t(el.dataset.i18nLabel));
     for (const b of document.querySelectorAll("#languages button")) b.setAttribute("aria-pressed", String(b.dataset.lang === lang));
     $("hotline").textContent = info.hotline ? t("hotline", { name: info.hotline }) : "";
@@ -88,13 +96,48 @@
 
   const tick = () => new Promise((r) => setTimeout(r, 0));
 
-  async function md5File(file) {
+  async function md5File(file, onProgress) {
     const md5 = new MD5();
     for (let off = 0; off < file.size; off += CHUNK) {
       md5.update(new Uint8Array(await file.slice(off, off + CHUNK).arrayBuffer()));
+      if (onProgress) onProgress(Math.min(file.size, off + CHUNK), file.size);
       await tick();
     }
     return md5.hex();
+  }
+
+  /** Seconds of a video hashed: the page's cap, or fewer if this node takes fewer frames
+   * a video (its info's max_video_frames, one frame a second). */
+  function videoSeconds() {
+    return Math.min(MAX_VIDEO_SECONDS, info.max_video_frames || MAX_VIDEO_SECONDS);
+  }
+
+  function capsText() {
+    return { minutes: +(videoSeconds() / 60).toFixed(1), gb: MAX_VIDEO_BYTES / 1e9 };
+  }
+
+  /** The vpdq value as the node's signal type reads it: one frame a line. */
+  function vpdqValue(frames) {
+    return frames.map((f) => f.t + "," + f.quality + "," + f.pdq).join("\n");
+  }
+
+  /** MD5 (the exact file) and vPDQ (its frames, however re-encoded) of a chosen video. */
+  async function hashVideoItem(item) {
+    const progress = (phase) => (done, total) => { item.progress = { phase, done, total }; renderProgress(item); };
+    if (item.file.size > MAX_VIDEO_BYTES) { item.state = "videoTooLarge"; return; }
+    item.md5 = await md5File(item.file, progress("md5"));
+    try {
+      const result = await hashVideo(item.file, { maxSeconds: videoSeconds(), minQuality: info.min_quality, onProgress: progress("frames"), preview: (canvas) => previews.set(item.file, canvas) });
+      item.frames = result.frames;
+      item.seconds = Math.min(Math.ceil(result.duration), videoSeconds());
+      if (!result.frames.length) item.state = "videoPlain";
+      else item.state = result.truncated ? "videoTruncated" : "videoHashed";
+    } catch (e) {
+      if (!(e && (e.undecodable || e.tooSmall))) throw e;
+      item.state = e.tooSmall ? "videoPlain" : "videoUndecodable";
+    } finally {
+      item.progress = null;
+    }
   }
 
   async function isJpeg(file) {
@@ -185,8 +228,8 @@
 
   async function hashItem(item) {
     try {
-      item.md5 = await md5File(item.file);
       if (item.kind === "image") {
+        item.md5 = await md5File(item.file);
         try {
           const { hash, quality } = await pdqFile(item.file);
           item.quality = quality;
@@ -195,7 +238,7 @@
         } catch (e) {
           item.state = e && e.tooSmall ? "tooSmall" : "undecodable";
         }
-      } else item.state = "video";
+      } else await hashVideoItem(item);
     } catch (e) {
       item.state = "failed";
       item.error = String(e && e.message ? e.message : e);
@@ -231,13 +274,30 @@
     }
     if (li.firstChild.tagName === "CANVAS") li.firstChild.setAttribute("aria-label", t("thumbAlt"));
     const state = li.querySelector(".state");
-    state.textContent = item.state === "failed" ? t("failed", { error: item.error }) : t(item.state);
-    state.className = "state " + ({ hashed: "ok", video: "ok", lowQuality: "warn", tooSmall: "warn", undecodable: "warn", failed: "error" }[item.state] || "");
+    const vars = { ...capsText(), error: item.error, n: item.frames ? item.frames.length : 0, seconds: item.seconds };
+    state.textContent = t(item.state, vars);
+    state.className = "state " + ({ hashed: "ok", videoHashed: "ok", videoTruncated: "warn", videoPlain: "warn", videoUndecodable: "warn", videoTooLarge: "error", lowQuality: "warn", tooSmall: "warn", undecodable: "warn", failed: "error" }[item.state] || "");
     li.dataset.state = item.state;
     li.dataset.name = item.file.name;
     if (item.md5) li.dataset.md5 = item.md5;
     if (item.pdq) li.dataset.pdq = item.pdq;
     if (item.quality !== undefined) li.dataset.quality = String(item.quality);
+    if (item.frames && item.frames.length) li.dataset.vpdq = vpdqValue(item.frames);
+    renderProgress(item);
+  }
+
+  /** A <progress> bar while a video is read (MD5, then frames), its words in the label: the
+   * list itself is a live region, and a screen reader should not read every frame out. */
+  function renderProgress(item) {
+    const li = item.li;
+    if (!li) return;
+    let bar = li.querySelector("progress");
+    if (!item.progress) { if (bar) bar.remove(); return; }
+    if (!bar) { bar = document.createElement("progress"); li.lastChild.appendChild(bar); }
+    const { phase, done, total } = item.progress;
+    bar.max = total; bar.value = done;
+    bar.setAttribute("aria-label", t(phase === "md5" ? "videoReading" : "videoFrames", { done, total }));
+    bar.dataset.phase = phase;
   }
 
   function signals() {
@@ -246,6 +306,8 @@
       const add = (s) => { const k = s.type + s.value; if (!seen.has(k)) { seen.add(k); out.push(s); } };
       if (item.md5) add({ type: "md5", value: item.md5 });
       if (item.pdq) add({ type: "pdq", value: item.pdq, quality: item.quality });
+      // A node that takes no vPDQ says so with max_video_frames 0 (or by not saying it).
+      if (item.frames && item.frames.length && info.max_video_frames) add({ type: "vpdq", value: vpdqValue(item.frames) });
     }
     return out;
   }
@@ -256,6 +318,7 @@
     for (const s of signals()) {
       const li = document.createElement("li");
       li.textContent = s.type + " " + s.value + (s.quality !== undefined ? " (quality " + s.quality + ")" : "");
+      if (s.type === "vpdq") li.className = "frames"; // one line a frame: seconds, quality, PDQ
       list.appendChild(li);
     }
   }
