@@ -418,6 +418,10 @@ async def one_config(
         pids = [target.proc.pid, *children(target.proc.pid)] if target.proc else []
         result["pss_mb"] = sum(pss_kb(pid) for pid in pids) / 1024
         result["processes"] = len(pids)
+        if args.settle > 0:
+            # The node's next checkpoint, and the workers' remap of it (matching/checkpoint.py).
+            await asyncio.sleep(args.settle)
+            result["pss_settled_mb"] = sum(pss_kb(pid) for pid in pids) / 1024
     finally:
         phase.value = -1
         probe_stop.set()
@@ -502,8 +506,9 @@ def render(args: argparse.Namespace, result: dict[str, Any]) -> str:
     lines += [
         "",
         "| workers | sync alone s | sync under flood s | ratio | 100k revocation under flood s"
-        " | publish p50 / p99 ms | freshness p50 / p99 ms | PSS MB (processes) |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        " | publish p50 / p99 ms | freshness p50 / p99 ms | PSS MB (processes) |"
+        " PSS MB settled |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for c in result["configs"]:
         alone, flood = c.get("sync_alone_s"), c.get("sync_flood_s")
@@ -516,7 +521,8 @@ def render(args: argparse.Namespace, result: dict[str, Any]) -> str:
             f"| {c['workers']} | {alone or float('nan'):.1f} | {flood or float('nan'):.1f} | "
             f"{ratio} | {c.get('revoke_flood_s', float('nan')):.1f} | {_ms(pub, 0.5)} / "
             f"{_ms(pub, 0.99)} | {_ms(fresh, 0.5)} / {_ms(fresh, 0.99)} | "
-            f"{c.get('pss_mb', 0):,.0f} ({c.get('processes', 0)}) |"
+            f"{c.get('pss_mb', 0):,.0f} ({c.get('processes', 0)}) | "
+            f"{c.get('pss_settled_mb', float('nan')):,.0f} |"
         )
     errors = {c["workers"]: c["errors"] for c in result["configs"] if c["errors"]}
     lines += ["", f"Errors: {errors or 'none'}."]
@@ -538,6 +544,12 @@ def main() -> None:
         type=lambda s: [int(x) for x in s.split(",")],
         default=[0, 2],
         help="comma-separated match_workers values, run side by side",
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=75.0,
+        help="seconds to wait after the last phase before measuring PSS again (0: skip)",
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true")
