@@ -258,7 +258,7 @@ def test_haproxy_config_checks_clean() -> None:
     assert result.returncode == 0, out
     for line in out.splitlines():
         if "WARNING" in line or "ALERT" in line:
-            assert re.search(r"could not resolve address 'matcher\d'", line), line
+            assert re.search(r"could not resolve address '(matcher\d|node)'", line), line
 
 
 def test_haproxy_config_retries_reads_and_checks_health() -> None:
@@ -322,7 +322,11 @@ def test_compose_matchers_wires_node_matchers_and_haproxy() -> None:
     # HAProxy's servers are exactly these services, on the port they listen on.
     sections = _haproxy_sections((DEPLOY / "haproxy.cfg").read_text())
     servers = {d.split()[2] for d in sections["backend matchers"] if d.startswith("server ")}
-    assert servers == {f"{n}:7500" for n in matchers}
+    assert servers == {f"{n}:7500" for n in matchers} | {f"node:{node_port}"}
+    backup = [d for d in sections["backend matchers"] if d.startswith("server node ")]
+    assert len(backup) == 1 and " backup" in backup[0]  # only when no replica may answer
+    node_servers = [d.split()[2] for d in sections["backend node"] if d.startswith("server ")]
+    assert node_servers == [f"node:{node_port}"]
     haproxy = services["haproxy"]
     assert "./haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro" in haproxy["volumes"]
     binds = {

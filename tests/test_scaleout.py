@@ -45,7 +45,9 @@ def haproxy_binary() -> str:
     pytest.skip("haproxy not installed (.ci/run installs Debian's package)")
 
 
-def local_config(shipped: str, front: int, metrics: int, sock: Path, servers: list[str]) -> str:
+def local_config(
+    shipped: str, front: int, metrics: int, sock: Path, servers: list[str], node: str
+) -> str:
     """deploy/haproxy.cfg with its listening addresses, stats socket and server lines
     swapped for 127.0.0.1 ones; every other directive is the shipped file's. Each swap must
     hit exactly what it expects, so a reshaped shipped file fails here, not silently."""
@@ -59,15 +61,17 @@ def local_config(shipped: str, front: int, metrics: int, sock: Path, servers: li
     text = swap(text, r"^(\s+)bind :8405$", rf"\g<1>bind 127.0.0.1:{metrics}")
     text = swap(text, r"^(\s+stats socket )\S+", rf"\g<1>{sock}")
     lines = [f"    server m{i + 1} {hostport} check" for i, hostport in enumerate(servers)]
-    return swap(text, r"^(\s+server matcher\d .*\n)+", "\n".join(lines) + "\n")
+    text = swap(text, r"^(\s+server matcher\d .*\n)+", "\n".join(lines) + "\n")
+    return swap(text, r"^(\s+server node )node:7400 check", rf"\g<1>{node} check", count=2)
 
 
 class HAProxy:
     """One HAProxy process in the foreground (-db), its stats read from its socket."""
 
-    def __init__(self, root: Path, servers: list[str]) -> None:
+    def __init__(self, root: Path, servers: list[str], node: str) -> None:
         self.root = root
         self.servers = servers
+        self.node = node
         self.proc: subprocess.Popen[bytes] | None = None
         self.sock = root / "haproxy.sock"
         self.log_path = root / "haproxy.log"
@@ -81,7 +85,9 @@ class HAProxy:
             front, metrics = free_port(), free_port()
             config = self.root / "haproxy.cfg"
             config.write_text(
-                local_config(SHIPPED.read_text(), front, metrics, self.sock, self.servers)
+                local_config(
+                    SHIPPED.read_text(), front, metrics, self.sock, self.servers, self.node
+                )
             )
             with open(self.log_path, "ab") as log:
                 self.proc = subprocess.Popen(
@@ -110,8 +116,8 @@ class HAProxy:
         except OSError:
             return False
 
-    def stats(self) -> dict[str, dict[str, str]]:
-        """`show stat` of the matchers backend: row per server name (and BACKEND)."""
+    def stats(self, backend: str = "matchers") -> dict[str, dict[str, str]]:
+        """`show stat` of one backend: row per server name (and BACKEND)."""
         with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(5)
             s.connect(str(self.sock))
@@ -121,10 +127,10 @@ class HAProxy:
                 chunks.append(chunk)
         text = b"".join(chunks).decode().lstrip("# ")
         rows = csv.DictReader(io.StringIO(text))
-        return {r["svname"]: r for r in rows if r["pxname"] == "matchers"}
+        return {r["svname"]: r for r in rows if r["pxname"] == backend}
 
-    def status(self, server: str) -> str:
-        return self.stats()[server]["status"]
+    def status(self, server: str, backend: str = "matchers") -> str:
+        return self.stats(backend)[server]["status"]
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -185,10 +191,20 @@ def test_killing_a_replica_behind_haproxy_loses_no_request(
     for r in replicas:
         r.start()
         pin_port(r)
-    proxy = HAProxy(tmp_path, [r.url.removeprefix("http://") for r in replicas])
+    proxy = HAProxy(
+        tmp_path,
+        [r.url.removeprefix("http://") for r in replicas],
+        node.url.removeprefix("http://"),
+    )
     stack["haproxy"] = proxy
     proxy.start()
     wait_for(lambda: proxy.status("m1") == "UP" and proxy.status("m2") == "UP", WAIT_S)
+    # Every other route goes to the node: a platform needs one address.
+    wait_for(lambda: proxy.status("node", "node") == "UP", WAIT_S)
+    feed = "/v1/feed?limit=50"
+    through = request(proxy.url + feed, token=node.admin_token())
+    assert through == request(node.url + feed, token=node.admin_token())
+    assert through[0] == 200 and len(json.loads(through[1])["entries"]) == 26
 
     outcomes: list[tuple[int, str]] = []  # (status, what was wrong or "")
     lock = threading.Lock()
