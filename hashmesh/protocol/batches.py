@@ -31,11 +31,15 @@ from hashmesh.protocol.errors import (
 from hashmesh.protocol.merkle import root_from_leaf_hashes
 from hashmesh.protocol.ops import (
     COLLECTION_PATTERN,
+    MAX_LARGE_OP_BYTES,
     MAX_OP_BYTES,
     AddOp,
     OpId,
     OpinionOp,
     RevokeOp,
+    check_op_sizes,
+    may_be_long,
+    op_size_limit,
     op_to_wire,
     parse_op_lines,
 )
@@ -219,9 +223,15 @@ def verify_parts(header_bytes: bytes, signature: bytes, ops_bytes: bytes) -> Bat
     leaf_hashes = [sha256(b"\x00" + line).digest() for line in lines]
     if root_from_leaf_hashes(leaf_hashes).hex() != header.root:
         raise BatchError("batch ops: Merkle root does not match the signed header")
-    if max(map(len, lines)) > MAX_OP_BYTES:
+    longest = max(map(len, lines))
+    if longest > MAX_OP_BYTES and (
+        longest > MAX_LARGE_OP_BYTES
+        or not all(may_be_long(line) for line in lines if len(line) > MAX_OP_BYTES)
+    ):
         raise LimitError(f"batch ops: an op is longer than {MAX_OP_BYTES} bytes")
     ops = parse_op_lines(ops_bytes, lines)
+    if longest > MAX_OP_BYTES:
+        check_op_sizes(lines, ops)
     if set(map(type, ops)) != {AddOp}:
         _static_checks(header, ops)
     return Batch(header, header_bytes, signature, ops_bytes, ops, leaf_hashes)
@@ -253,7 +263,9 @@ def encode_ops(ops: list[AnyOp] | list[dict[str, Any]]) -> bytes:
         wire = op if isinstance(op, dict) else op_to_wire(op)
         line = canonical(wire)
         if len(line) > MAX_OP_BYTES:
-            raise LimitError(f"ops[{i}]: {len(line)} bytes exceeds {MAX_OP_BYTES}")
+            limit = op_size_limit(op)
+            if len(line) > limit:
+                raise LimitError(f"ops[{i}]: {len(line)} bytes exceeds {limit}")
         lines.append(line)
     return b"\n".join(lines)
 

@@ -14,11 +14,17 @@ from typing import Annotated, Any, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from hashmesh.protocol.encoding import canonical, parse_canonical
-from hashmesh.protocol.errors import OpError, ProtocolError, SignalError
+from hashmesh.protocol.errors import LimitError, OpError, ProtocolError, SignalError
 from hashmesh.protocol.names import COLLECTION_PATTERN as COLLECTION_PATTERN
 from hashmesh.protocol.names import validate_collection as validate_collection
 from hashmesh.protocol.names import validate_node_id
-from hashmesh.protocol.signals import Signal, get_type, signal_registry, validate_quality
+from hashmesh.protocol.signals import (
+    MAX_LARGE_VALUE,
+    Signal,
+    get_type,
+    signal_registry,
+    validate_quality,
+)
 
 LABEL_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 CLASSIFICATION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,15}$"
@@ -26,6 +32,8 @@ REF_PATTERN = r"^[\x21-\x7e]{1,128}$"
 MAX_REVOKE_TARGETS = 1000
 MAX_REASON = 256
 MAX_OP_BYTES = 2048
+#: An add whose type allows values over 512 characters (vpdq, tmk) may be this long.
+MAX_LARGE_OP_BYTES = MAX_LARGE_VALUE + MAX_OP_BYTES
 
 
 class OpId(NamedTuple):
@@ -79,7 +87,7 @@ class AddOp(BaseModel):
     quality: int | None = Field(default=None, ge=0, le=100)
     ref: str | None = Field(default=None, pattern=REF_PATTERN)
     type: str = Field(max_length=32)
-    value: str = Field(max_length=512)
+    value: str = Field(max_length=MAX_LARGE_VALUE)  # each type's own bound: check_signal
 
     @classmethod
     def create(
@@ -114,6 +122,8 @@ class AddOp(BaseModel):
         ingest rate; `parse_op(s)` and `AddOp.create` always call it.
         """
         signal_type = get_type(self.type)
+        if len(self.value) > signal_type.max_value:
+            raise SignalError(f"{self.type} value: longer than {signal_type.max_value} characters")
         if not signal_type.is_canonical(self.value):
             normal = signal_type.normalize(self.value)  # raises with the precise reason
             raise SignalError(f"{self.type} value: not normalised (expected {normal!r})")
@@ -168,6 +178,44 @@ def op_to_wire(op: AddOp | RevokeOp | OpinionOp) -> dict[str, Any]:
 def op_size(op: AddOp | RevokeOp | OpinionOp) -> int:
     """An op's size on the wire: what MAX_OP_BYTES and a batch's MAX_OPS_BYTES count."""
     return len(canonical(op_to_wire(op)))
+
+
+def op_size_limit(op: AddOp | RevokeOp | OpinionOp | dict[str, Any]) -> int:
+    """The most bytes `op`'s line may have: MAX_OP_BYTES, more for an add of a long type."""
+    if type(op) is AddOp:
+        name: Any = op.type
+    elif isinstance(op, dict) and op.get("op") == "add":
+        name = op.get("type")
+    else:
+        return MAX_OP_BYTES
+    signal_type = signal_registry().get(name) if isinstance(name, str) else None
+    if signal_type is not None and signal_type.max_value > 512:
+        return MAX_LARGE_OP_BYTES
+    return MAX_OP_BYTES
+
+
+def may_be_long(line: bytes) -> bool:
+    """Whether a line over MAX_OP_BYTES can be an add of a long type, read before parsing.
+
+    Canonical key order puts `type` and then `value` last, so such an add names its type
+    within its first MAX_OP_BYTES; any other long line is refused without being parsed.
+    """
+    head = line[:MAX_OP_BYTES]
+    return any(
+        b',"type":"' + name.encode() + b'","value":"' in head
+        for name, signal_type in signal_registry().items()
+        if signal_type.max_value > 512
+    )
+
+
+def check_op_sizes(
+    lines: list[bytes], ops: list[AddOp | RevokeOp | OpinionOp], what: str = "batch ops"
+) -> None:
+    """Refuse a line longer than its op may be (lines over MAX_LARGE_OP_BYTES are refused
+    before parsing; this is the per-type rule for the ones between)."""
+    for i, (line, op) in enumerate(zip(lines, ops, strict=True)):
+        if len(line) > MAX_OP_BYTES and len(line) > op_size_limit(op):
+            raise LimitError(f"{what}[{i}]: {len(line)} bytes exceeds {MAX_OP_BYTES}")
 
 
 def pack_revokes(targets: list[str], reason: str = "") -> list[RevokeOp]:
@@ -244,7 +292,8 @@ def check_signals(ops: list[AddOp | RevokeOp | OpinionOp], what: str = "ops") ->
             chosen = values
             if len(types) > 1:
                 chosen = list(compress(values, map(name.__eq__, type_list)))
-            if not registry[name].all_canonical(chosen):
+            cls = registry[name]
+            if max(map(len, chosen)) > cls.max_value or not cls.all_canonical(chosen):
                 ok = False
                 break
     if ok:
