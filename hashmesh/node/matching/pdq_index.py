@@ -710,6 +710,17 @@ class PDQIndex:
                 out[i] = list(zip(kl[lo:hi], dl[lo:hi], strict=True))
         return out
 
+    def search(
+        self, words: U64Array, threshold: int | None = None
+    ) -> tuple[I64Array, I64Array, I64Array]:
+        """Every (query row, key, distance) within threshold, in no order: for callers that
+        aggregate the hits themselves (the vPDQ index counts them per video), so neither the
+        nearest-first sort nor a Python tuple per hit is paid for."""
+        t = self.threshold if threshold is None else int(threshold)
+        if not 0 <= t <= 255:
+            raise ValueError(f"threshold must be within 0..255, got {t}")
+        return self._search_parallel(_check_words(words), t)
+
     def _search_parallel(self, queries: U64Array, t: int) -> tuple[I64Array, I64Array, I64Array]:
         """Split a large batch over the idle cores: the gathers release the GIL."""
         if len(queries) < _PARALLEL_MIN_QUERIES or self._count < _PARALLEL_MIN_ROWS:
