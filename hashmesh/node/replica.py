@@ -38,7 +38,7 @@ from aiohttp import web
 
 from hashmesh.node.config import parse_listen
 from hashmesh.node.errors import NodeError
-from hashmesh.node.matching.checkpoint import read_checkpoint
+from hashmesh.node.matching import loading
 from hashmesh.node.matching.checkpoint import snapshot as checkpoint_snapshot
 from hashmesh.node.matching.freshness import DEFAULT_MAX_LAG, DEFAULT_MAX_STALE_S, Freshness
 from hashmesh.node.matching.matcher import Matcher
@@ -109,24 +109,21 @@ class Replica:
         cursor = self.store.cursor
         if cursor is None:
             return "no snapshot yet"
-        loaded = read_checkpoint(self.index_dir)
-        how = "rebuilt from rows"
-        index: PDQIndex | None = None
-        if loaded is not None and loaded[1] <= cursor:
-            index, at = loaded
-            changes = self.store.pdq_changes_since(at)
+        store = self.store
+
+        def catch_up_from(index: PDQIndex, at: int) -> tuple[int, int]:
+            changes = store.pdq_changes_since(at)
             if changes.added:
                 index.add_many([k for k, _ in changes.added], [v for _, v in changes.added])
             if changes.removed:
                 index.remove_many(changes.removed)
-            if index.digest() == self.store.pdq_digest():
-                how = f"checkpoint at cursor {at}, {len(changes.added)} adds and"
-                how += f" {len(changes.removed)} removals since"
-            else:
-                log.warning("index checkpoint does not match the rows: rebuilding from rows")
-                index = None
-        if index is None:
-            index = build_index(self.store)
+            return len(changes.added), len(changes.removed)
+
+        loaded = loading.verified_checkpoint(
+            self.index_dir, cursor, catch_up_from, store.pdq_digest
+        )
+        index = loaded.index if loaded is not None else build_index(store)
+        how = loaded.how if loaded is not None else "rebuilt from rows"
         self.matcher.load(index, cursor)
         return how
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,18 +84,35 @@ def from_checkpoint(conn: sqlite3.Connection, index_dir: Path) -> Loaded | None:
 
 
 def _verified_checkpoint(conn: sqlite3.Connection, index_dir: Path) -> Loaded | None:
-    """Inside a read transaction: the checkpoint brought up to the head and checked against
-    the rows (live count and key sum), or None with a warning saying why not."""
+    """Inside a read transaction: the checkpoint brought up to the head and verified."""
+    return verified_checkpoint(
+        index_dir,
+        feed.feed_head(conn),
+        lambda index, at: catch_up(index, conn, at)[1:],
+        lambda: feed.pdq_digest(conn),
+    )
+
+
+def verified_checkpoint(
+    index_dir: Path,
+    head: int,
+    catch_up_from: Callable[[PDQIndex, int], tuple[int, int]],
+    rows_digest: Callable[[], tuple[int, int]],
+) -> Loaded | None:
+    """The checkpoint in `index_dir` brought from its cursor up to `head` by
+    `catch_up_from(index, cursor)` (which returns the adds and removals it applied) and
+    checked against the rows it should reflect (`rows_digest`: live count and key sum), or
+    None with a warning saying why not. The node's, its workers' and a replica's stores
+    each say how to catch up and what the rows hold; the rule is this one."""
     loaded = read_checkpoint(index_dir)
     if loaded is None:
         return None
-    head = feed.feed_head(conn)
     index, at = loaded
     if at > head:
         log.warning("PDQ index checkpoint is ahead of this database: not used")
         return None
-    _, added, removed = catch_up(index, conn, at)
-    if index.digest() != feed.pdq_digest(conn):
+    added, removed = catch_up_from(index, at)
+    if index.digest() != rows_digest():
         log.warning("PDQ index checkpoint does not match the rows: not used")
         return None
     how = f"checkpoint at cursor {at}, {added} adds and {removed} removals since"
