@@ -14,6 +14,7 @@ import json
 import math
 import os
 import statistics
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -192,3 +193,38 @@ async def test_page_states_its_caps_and_keeps_to_them(hotline: NodeProc, tmp_pat
         )
         assert result["truncated"] is True and 22 < result["duration"] < 23
         assert [f["t"] for f in result["frames"]] == [0, 1, 2, 3, 4]
+
+
+def rotated(source: Path, target: Path, matrix: tuple[int, int, int, int]) -> Path:
+    """`source` with its video track's matrix set to a rotation, as a phone writes a portrait
+    video (landscape frames stored, the turn in the track header): the frames are the same."""
+    data = bytearray(source.read_bytes())
+    at = data.index(b"tkhd") + 4
+    start = at + (36 if data[at] == 1 else 24) + 16
+    a, b, c, d = (v * 65536 for v in matrix)
+    data[start : start + 36] = struct.pack(">9i", a, b, 0, c, d, 0, 0, 0, 1 << 30)
+    target.write_bytes(data)
+    return target
+
+
+@needs_browser
+@needs_videos
+async def test_a_rotated_video_is_hashed_as_stored(hotline: NodeProc, tmp_path: Path) -> None:
+    """Browsers draw a rotated video upright; Meta's vpdq and the node hash the stored frames
+    (about 128 bits apart at 90 degrees). The page must turn the frames back."""
+    source = VIDEOS / "doorknob-hd-no-bar.mp4"  # landscape, 5 seconds
+    files = [source]
+    for degrees, matrix in ((90, (0, 1, -1, 0)), (180, (-1, 0, 0, -1)), (270, (0, -1, 1, 0))):
+        files.append(rotated(source, tmp_path / f"turned-{degrees}.mp4", matrix))
+    async with Browser(tmp_path / "profile") as browser:
+        items = await choose(browser, hotline, files)
+        size = "[...document.querySelectorAll('#items canvas')].map(c => c.width).join()"
+        assert await browser.evaluate(size) == "144,144,144,144"
+    by_name = {item["name"]: item for item in items}
+    stored = by_name[source.name]["vpdq"]
+    assert max(compare(source.stem, stored)) <= 10
+    for path in files[1:]:
+        turned = frames_of(by_name[path.name]["vpdq"])
+        pairs = zip(turned, frames_of(stored), strict=True)
+        print(path.name, [distance(a[2], b[2]) for a, b in pairs])
+        assert by_name[path.name]["vpdq"] == stored, path.name

@@ -4,6 +4,12 @@
  * a canvas and hashed with the page's PDQ (pdq.js), as Meta's vpdq samples and hashes
  * frames: at their stored size, no thumbnail first.
  *
+ * Orientation: a phone stores a portrait video as landscape frames and a rotation in the
+ * MP4/MOV track header; browsers draw the frames turned upright, Meta's vpdq (libavcodec)
+ * and the node hash them as stored, 90 degrees apart: ~128 bits. The page reads the
+ * rotation from the file (storedRotation) and turns each frame back before hashing it, as
+ * it ignores a JPEG's orientation tag; only the preview is upright.
+ *
  * Frames are found by seeking to t = 0, 1, 2, ... seconds and waiting for `seeked`: the
  * element then shows the frame on screen at t, the frame Meta's vpdq keeps for that second
  * (within one frame interval). Frames under the quality floor are left out: matching
@@ -15,6 +21,7 @@
   const PDQ = root.HashmeshPDQ;
   const WAIT_MS = 20000; // a seek or the metadata taking longer than this: not decodable here
   const MAX_CANVAS_PIXELS = 16 * 1000 * 1000;
+  const FRAME_WAIT_MS = 2000; // no frame callback this long after `seeked`: the browser sends none
 
   function once(el, ok, ms) {
     return new Promise((resolve, reject) => {
@@ -38,10 +45,84 @@
     return canvas;
   }
 
-  async function seek(video, t) {
+  const MAX_MOOV = 64 * 1024 * 1024; // a 10-minute phone video's index is a few MB
+  const MAX_BOXES = 10000;
+
+  function u32(b, i) { return ((b[i] << 24) | (b[i + 1] << 16) | (b[i + 2] << 8) | b[i + 3]) >>> 0; }
+  function i32(b, i) { return u32(b, i) | 0; }
+  function fourcc(b, i) { return String.fromCharCode(b[i], b[i + 1], b[i + 2], b[i + 3]); }
+
+  /** The child boxes of an ISO BMFF box's content b[start..end): [type, from, to]. */
+  function children(b, start, end) {
+    const out = [];
+    for (let i = start; i + 8 <= end && out.length < MAX_BOXES;) {
+      let size = u32(b, i), head = 8;
+      if (size === 1) { size = u32(b, i + 8) * 2 ** 32 + u32(b, i + 12); head = 16; }
+      else if (size === 0) size = end - i;
+      if (size < head || i + size > end) break;
+      out.push([fourcc(b, i + 4), i + head, i + size]);
+      i += size;
+    }
+    return out;
+  }
+
+  /** Clockwise degrees (0, 90, 180, 270) a video track's matrix turns its stored frames,
+   * read from an MP4 or MOV file's moov box; 0 for anything else or unreadable. */
+  async function storedRotation(file) {
+    let off = 0;
+    for (let n = 0; off + 16 <= file.size && n < MAX_BOXES; n++) {
+      const h = new Uint8Array(await file.slice(off, off + 16).arrayBuffer());
+      let size = u32(h, 0);
+      if (size === 1) size = u32(h, 8) * 2 ** 32 + u32(h, 12);
+      else if (size === 0) size = file.size - off;
+      if (size < 8) return 0;
+      if (fourcc(h, 4) === "moov") {
+        if (size > MAX_MOOV) return 0;
+        const b = new Uint8Array(await file.slice(off, off + size).arrayBuffer());
+        return rotationIn(b, u32(h, 0) === 1 ? 16 : 8, b.length);
+      }
+      off += size;
+    }
+    return 0;
+  }
+
+  function rotationIn(b, start, end) {
+    for (const [type, from, to] of children(b, start, end)) {
+      if (type !== "trak") continue;
+      let matrix = null, video = false;
+      for (const [t, f, e] of children(b, from, to)) {
+        if (t === "tkhd" && e - f >= 84) {
+          const m = f + (b[f] === 1 ? 36 : 24) + 16;
+          if (m + 36 <= e) matrix = [i32(b, m), i32(b, m + 4), i32(b, m + 12), i32(b, m + 16)];
+        } else if (t === "mdia") {
+          for (const [t2, f2, e2] of children(b, f, e)) if (t2 === "hdlr" && e2 - f2 >= 12 && fourcc(b, f2 + 8) === "vide") video = true;
+        }
+      }
+      if (video && matrix) {
+        const [a, bb] = matrix;
+        const degrees = Math.round((Math.atan2(bb, a) * 180) / Math.PI / 90) * 90;
+        return (degrees + 360) % 360;
+      }
+    }
+    return 0;
+  }
+
+  /** Seek to `t` and wait until its frame is the one drawn: `seeked` alone is not enough,
+   * Chromium sometimes still draws a frame from elsewhere in the video for a moment after
+   * it (about one seek in 200, 100 bits away), so the frame is awaited through
+   * requestVideoFrameCallback too where the browser has it and it answers. */
+  async function seek(video, t, state) {
     const wait = once(video, "seeked", WAIT_MS);
+    let presented = null;
+    if (state.frameCallbacks && video.requestVideoFrameCallback) {
+      presented = new Promise((resolve) => video.requestVideoFrameCallback(() => resolve(true)));
+    }
     video.currentTime = t;
     await wait;
+    if (presented) {
+      const late = new Promise((resolve) => setTimeout(() => resolve(false), FRAME_WAIT_MS));
+      if (!(await Promise.race([presented, late]))) state.frameCallbacks = false;
+    }
   }
 
   /**
@@ -64,33 +145,41 @@
       let duration = video.duration;
       if (!Number.isFinite(duration)) {
         // Some WebM files carry no duration: seeking far past the end makes the browser find it.
-        await seek(video, 1e9);
+        await seek(video, 1e9, { frameCallbacks: false });
         duration = video.duration;
       }
-      const w = video.videoWidth, h = video.videoHeight;
+      const w = video.videoWidth, h = video.videoHeight; // upright, as the browser shows it
       if (!w || !h || !Number.isFinite(duration) || duration <= 0) throw Object.assign(new Error("no picture in this video"), { undecodable: true });
       if (PDQ.tooSmall(w, h)) throw Object.assign(new RangeError("too small"), { tooSmall: true });
+      const rotation = await storedRotation(file);
       const scale = w * h <= MAX_CANVAS_PIXELS ? 1 : Math.sqrt(MAX_CANVAS_PIXELS / (w * h));
-      const cw = Math.max(1, Math.floor(w * scale)), ch = Math.max(1, Math.floor(h * scale));
+      const dw = Math.max(1, Math.floor(w * scale)), dh = Math.max(1, Math.floor(h * scale));
+      const turned = rotation === 90 || rotation === 270;
+      const cw = turned ? dh : dw, ch = turned ? dw : dh; // the stored frame's shape
       const canvas = document.createElement("canvas");
       canvas.width = cw; canvas.height = ch;
       const ctx = canvas.getContext("2d", { willReadFrequently: true });
+      // Undo the rotation the browser applied: turn the upright frame back by -rotation.
+      if (rotation === 90) { ctx.translate(0, dw); ctx.rotate(-Math.PI / 2); }
+      else if (rotation === 180) { ctx.translate(dw, dh); ctx.rotate(Math.PI); }
+      else if (rotation === 270) { ctx.translate(dh, 0); ctx.rotate(Math.PI / 2); }
       const seconds = Math.ceil(duration);
       const total = Math.min(seconds, maxSeconds);
       const frames = [];
+      const state = { frameCallbacks: true };
       for (let t = 0; t < total; t++) {
-        await seek(video, t);
-        ctx.drawImage(video, 0, 0, cw, ch);
+        await seek(video, t, state);
+        ctx.drawImage(video, 0, 0, dw, dh);
         const img = PDQ.rgbaToRgb(ctx.getImageData(0, 0, cw, ch).data, cw, ch);
         const { hash, quality } = PDQ.pdqFromRGB(img);
         if (quality >= minQuality) {
-          if (!frames.length && preview) preview(thumbnail(canvas, cw, ch));
+          if (!frames.length && preview) preview(thumbnail(video, w, h));
           frames.push({ t, quality, pdq: hash });
         }
         if (onProgress) onProgress(t + 1, total);
       }
       canvas.width = canvas.height = 0;
-      return { frames, duration, width: w, height: h, truncated: seconds > maxSeconds };
+      return { frames, duration, width: w, height: h, rotation, truncated: seconds > maxSeconds };
     } finally {
       video.removeAttribute("src");
       video.load();
