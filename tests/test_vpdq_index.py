@@ -190,7 +190,7 @@ def test_random_equals_brute_force_through_changes(seed: int) -> None:
     matched = 0
     for query in list(library.values())[:80]:
         every = reference_query(query, live, query_percent=0.0)  # each video's shares
-        for q_pct, t_pct in ((80.0, 0.0), (80.0, 50.0), (50.0, 100.0)):
+        for q_pct, t_pct in ((80.0, 0.0), (80.0, 50.0), (50.0, 100.0), (0.0, 0.0), (100.0, 0)):
             want = [r for r in every if r[1] >= q_pct and r[2] >= t_pct]
             assert answer(index, query, query_percent=q_pct, target_percent=t_pct) == want
         matched += sum(1 for r in every if r[1] >= 80.0)
@@ -207,6 +207,7 @@ video = st.lists(frame, min_size=0, max_size=8)
     query=video,
     removed=st.sets(st.integers(0, 11), max_size=4),
     target_pct=st.sampled_from([0.0, 50.0, 100.0]),
+    query_pct=st.sampled_from([0.0, 33.3, 80.0, 100.0]),
     seed=st.integers(0, 2**16),
 )
 def test_property_index_equals_brute_force(
@@ -214,6 +215,7 @@ def test_property_index_equals_brute_force(
     query: list[tuple[int, int, int]],
     removed: set[int],
     target_pct: float,
+    query_pct: float,
     seed: int,
 ) -> None:
     rng = random.Random(seed)
@@ -232,8 +234,8 @@ def test_property_index_equals_brute_force(
     index.remove_many(removed)
     live = {k: v for k, v in videos.items() if k not in removed}
     q = make(query)
-    assert answer(index, q, target_percent=target_pct) == reference_query(
-        q, live, target_percent=target_pct
+    assert answer(index, q, query_percent=query_pct, target_percent=target_pct) == (
+        reference_query(q, live, query_percent=query_pct, target_percent=target_pct)
     )
 
 

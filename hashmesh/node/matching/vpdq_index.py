@@ -10,18 +10,23 @@ the target-side percentage (default 0) of the video's counted frames match some 
 frame. Percentages are computed as pytx computes them (`count * 100 / total`, compared
 with `>=`), so a borderline 4-of-5 is a match here exactly when it is one there.
 
-Why one PDQ index over every frame: a 60-frame query against 100,000 videos is 60 range
-searches over 6M frames, which the multi-index PDQ index answers with a few thousand
-probes each, where comparing the query with each video (pytx's brute matcher) reads all
-6M frames per query. A frame's key in that index is ``video << 16 | slot`` (slot: the
-frame's place among its video's distinct frames), so the hits are counted per video by
-arithmetic on keys, with no table from frame to video, and a video's frames are removed by
-one `remove_many` of keys it can recompute. Adds and removals are incremental, as the PDQ
+Why one PDQ index over every frame: a 60-frame query against 100,000 videos would, by
+comparing it with each video (pytx's brute matcher), read all 6M frames; the multi-index
+PDQ index finds a frame's neighbours with a few thousand probes. And not every query frame
+needs looking up: a video that matches holds at least 80 % of the query's frames, so any
+21 % of them include one that matches it (13 of 60; see `VPDQIndex.query`); the videos they
+find are then compared frame by frame with the whole query, which gives the exact shares.
+A frame's key in the PDQ index is ``video << 16 | slot`` (slot: the frame's place among its
+video's distinct frames), so hits map to videos by arithmetic on keys, with no table from
+frame to video, and a video's frames are removed by one `remove_many` of keys it can
+recompute. Each video's distinct frames are also kept beside the PDQ index (32 bytes a
+frame) for that comparison. Adds and removals are incremental, as the PDQ
 index's are; not thread-safe either: the owner serialises calls.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -48,6 +53,7 @@ TARGET_PERCENT = 0.0
 _SLOT_BITS = 16
 MAX_DISTINCT_FRAMES = 1 << _SLOT_BITS
 MAX_VIDEO_KEY = (1 << (63 - _SLOT_BITS)) - 1
+_VERIFY_PAIRS = 1 << 18  # frame pairs compared in one step (8 MiB of XORed words)
 
 U64Array = npt.NDArray[np.uint64]
 I64Array = npt.NDArray[np.int64]
@@ -247,55 +253,94 @@ class VPDQIndex:
         target_percent: float | None = None,
     ) -> list[VideoMatch]:
         """Every indexed video the query matches, best first (query share, target share,
-        then key)."""
+        then key).
+
+        Only some of the query's frames are looked up. A video matches only if at least
+        `need` of the m query frames match it, so it misses at most m - need of them, and
+        any m - need + 1 query frames include one that matches it (pigeonhole): looking
+        those up finds every video that can match (at 80 %, 13 of 60 frames). Each video
+        found is then compared frame by frame with the whole query, so every share is the
+        exact one, as brute force computes it.
+        """
         q_pct = self.query_percent if query_percent is None else query_percent
         t_pct = self.target_percent if target_percent is None else target_percent
         q = _prepare(frames, self.quality)
         m = q.distinct
         if m == 0 or not self._frames:
             return []
-        qid, key, dist = self._frames.search(q.words, self.distance)
-        if len(key) == 0:
+        need = _least_count(m, q_pct)
+        if need > m:
             return []
-        video = key >> _SLOT_BITS
-        videos, vid = np.unique(video, return_inverse=True)
-        vid = vid.reshape(-1)
-        n = len(videos)
-        q_hits = np.unique(vid * m + qid)
-        q_count = np.bincount(q_hits // m, minlength=n)
-        t_keys = np.unique(key)
-        t_vid = np.searchsorted(videos, t_keys >> _SLOT_BITS)
-        t_count = np.bincount(t_vid, minlength=n)
-        nearest = np.full(n, 1 << 16, dtype=np.int64)
-        np.minimum.at(nearest, vid, dist)
-        totals = np.array([self._videos[int(v)].distinct for v in videos.tolist()], np.int64)
+        probe = np.unique(np.linspace(0, m - 1, m - need + 1).round().astype(np.int64))
+        _, key, _ = self._frames.search(q.words[probe], self.distance)
+        candidates = np.unique(key >> _SLOT_BITS).tolist()
+        out: list[VideoMatch] = []
+        batch: list[int] = []
+        pairs = 0
+        for k in candidates:
+            batch.append(k)
+            pairs += m * self._videos[k].distinct
+            if pairs >= _VERIFY_PAIRS:
+                out += self._verify(q, batch, q_pct, t_pct)
+                batch, pairs = [], 0
+        if batch:
+            out += self._verify(q, batch, q_pct, t_pct)
+        out.sort(key=lambda v: (-v.query_percent, -v.target_percent, v.key))
+        return out
+
+    def _verify(
+        self, q: _Prepared, keys: list[int], q_pct: float, t_pct: float
+    ) -> list[VideoMatch]:
+        """The exact shares of these videos against the whole query, by every frame pair."""
+        videos = [self._videos[k] for k in keys]
+        sizes = np.array([v.distinct for v in videos], dtype=np.int64)
+        starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        words = np.concatenate([v.words for v in videos])
+        m = q.distinct
+        close = np.empty((m, len(words)), dtype=np.bool_)
+        nearest = np.full(len(words), 256, dtype=np.int16)
+        step = max(1, _VERIFY_PAIRS // len(words))
+        for r in range(0, m, step):
+            block = q.words[r : r + step, None, :] ^ words[None, :, :]
+            dist = np.bitwise_count(block).sum(axis=2, dtype=np.int16)
+            np.less_equal(dist, self.distance, out=close[r : r + step])
+            np.minimum(nearest, dist.min(axis=0), out=nearest)
+        distance = np.minimum.reduceat(nearest, starts)
+        q_count = np.logical_or.reduceat(close, starts, axis=1).sum(axis=0)
+        t_close = np.asarray(close.any(axis=0))
+        t_count = np.add.reduceat(t_close, starts)
         q_share = q_count * 100 / m
-        t_share = t_count * 100 / totals
-        passing = np.flatnonzero((q_share >= q_pct) & (t_share >= t_pct))
+        t_share = t_count * 100 / sizes
         out = []
-        for i in passing.tolist():
-            target = self._videos[int(videos[i])]
-            slots = t_keys[t_vid == i] & ((1 << _SLOT_BITS) - 1)
-            t_matched = np.zeros(target.distinct, dtype=np.bool_)
-            t_matched[slots] = True
-            q_matched = np.zeros(m, dtype=np.bool_)
-            q_matched[q_hits[q_hits // m == i] % m] = True
+        for i in np.flatnonzero((q_share >= q_pct) & (t_share >= t_pct)).tolist():
+            a, b = int(starts[i]), int(starts[i] + sizes[i])
+            target = videos[i]
+            q_matched = np.asarray(close[:, a:b].any(axis=1))
             out.append(
                 VideoMatch(
-                    key=int(videos[i]),
+                    key=keys[i],
                     query_percent=float(q_share[i]),
                     target_percent=float(t_share[i]),
                     query_matched=int(q_count[i]),
                     query_frames=m,
                     target_matched=int(t_count[i]),
-                    target_frames=int(totals[i]),
-                    distance=int(nearest[i]),
-                    ranges=_runs(target.seconds, t_matched[target.slot]),
+                    target_frames=int(sizes[i]),
+                    distance=int(distance[i]),
+                    ranges=_runs(target.seconds, t_close[a:b][target.slot]),
                     query_ranges=_runs(q.seconds, q_matched[q.slot]),
                 )
             )
-        out.sort(key=lambda v: (-v.query_percent, -v.target_percent, v.key))
         return out
+
+
+def _least_count(m: int, percent: float) -> int:
+    """The fewest matched frames of m whose share pytx's `count * 100 / m >= percent`
+    accepts (at least 1: pytx reports only videos some frame matched); m + 1 if none."""
+    guess = max(1, math.ceil(percent * m / 100) - 1)
+    for c in range(guess, m + 1):
+        if c * 100 / m >= percent:
+            return c
+    return m + 1
 
 
 def reference_query(
@@ -319,6 +364,8 @@ def reference_query(
             continue
         xor = np.bitwise_xor(q.words[:, None, :], t.words[None, :, :])
         close = np.bitwise_count(xor).sum(axis=2, dtype=np.int16) <= distance
+        if not close.any():  # pytx reports only videos some frame matched
+            continue
         q_share = int(close.any(axis=1).sum()) * 100 / q.distinct
         t_share = int(close.any(axis=0).sum()) * 100 / t.distinct
         if q_share >= query_percent and t_share >= target_percent:
