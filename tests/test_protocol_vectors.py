@@ -86,3 +86,42 @@ def test_a_changed_stored_byte_is_refused(field: str) -> None:
     frame[offset + 5] ^= 0x01
     with pytest.raises(ProtocolError):
         verify_batch(bytes(frame))
+
+
+def test_opinion_reason_vector_verifies_and_follows_batch_one() -> None:
+    r = STORED["opinion_reason"]
+    batch = verify_batch(bytes.fromhex(r["frame_hex"]))
+    assert batch.header_bytes == r["header"].encode()
+    assert batch.header.prev == header_hash(STORED["batch"]["header"].encode()).hex() == r["prev"]
+    assert [line.decode() for line in batch.op_lines()] == r["op_lines"]
+    assert [op.reason for op in batch.ops] == ["match-spike", "reviewed: A1"]  # type: ignore[union-attr]
+    state = State()
+    state.receive(verify_batch(bytes.fromhex(STORED["batch"]["frame_hex"])))
+    (decision,) = state.receive(batch)
+    assert type(decision).__name__ == "Apply"
+
+
+def test_an_opinion_without_reason_keeps_its_v1_bytes() -> None:
+    from hashmesh.protocol.encoding import canonical
+    from hashmesh.protocol.ops import parse_op_lines
+
+    line = STORED["batch"]["op_lines"][6].encode()
+    (op,) = parse_op_lines(line, [line])
+    assert op.reason is None  # type: ignore[union-attr]
+    assert canonical(op.model_dump(exclude_none=True)) == line
+
+
+@pytest.mark.parametrize(
+    ("reason", "why"),
+    [
+        ("", "1-256 characters"),
+        ("a\nb", "none of them a control character"),
+        ("x" * 257, "1-256 characters"),
+    ],
+)
+def test_an_opinion_reason_out_of_bounds_is_refused_naming_the_field(reason: str, why: str) -> None:
+    from hashmesh.protocol.ops import parse_op
+
+    op = {"op": "opinion", "opinion": "dispute", "reason": reason, "target": "x"}
+    with pytest.raises(ProtocolError, match=f"op\\[0\\].reason: must be .*{why}"):
+        parse_op(op)

@@ -31,6 +31,15 @@ CLASSIFICATION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,15}$"
 REF_PATTERN = r"^[\x21-\x7e]{1,128}$"
 MAX_REVOKE_TARGETS = 1000
 MAX_REASON = 256
+# An opinion's reason: 1-256 characters, none of them a control character (it is shown to
+# the author's reviewers as one line). Codes of OPINION_REASONS first, by convention.
+OPINION_REASON_PATTERN = r"^[^\x00-\x1f\x7f]{1,256}$"
+#: Reasons with a meaning every node agrees on; any other reason is free text.
+OPINION_REASONS = {
+    "match-spike": "the disputing node quarantined the add on a spike of its match rate",
+    "false-positive": "a reviewer found the matched content is not what the add's labels say",
+    "degenerate": "the hash describes no picture (a flat colour, an empty file)",
+}
 MAX_OP_BYTES = 2048
 #: An add whose type allows values over 512 characters (vpdq, tmk) may be this long.
 MAX_LARGE_OP_BYTES = MAX_LARGE_VALUE + MAX_OP_BYTES
@@ -146,14 +155,27 @@ class RevokeOp(BaseModel):
 
 
 class OpinionOp(BaseModel):
-    """Any author's view of an add: confirm, dispute (false positive), seen, or retract."""
+    """Any author's view of an add: confirm, dispute (false positive), seen, or retract.
+
+    `reason` is optional and says why (a code of OPINION_REASONS, or free text); an
+    opinion without one is byte for byte what it was before the field existed."""
 
     model_config = _strict
 
     # Fields in key order, as in AddOp: the ingest fast path depends on it.
     op: Literal["opinion"] = "opinion"
     opinion: Literal["confirm", "dispute", "seen", "retract"]
+    reason: str | None = Field(default=None, pattern=OPINION_REASON_PATTERN)
     target: str = Field(max_length=200)
+
+    @classmethod
+    def create(cls, target: str, opinion: str, reason: str | None = None) -> OpinionOp:
+        """Build an opinion from user input, each field checked and named when refused."""
+        fields: dict[str, Any] = {} if reason is None else {"reason": reason}
+        try:
+            return cls(target=target, opinion=opinion, **fields)
+        except ValidationError as exc:
+            raise OpError(_explain(exc, "opinion")) from None
 
     def target_id(self) -> OpId:
         return OpId.parse(self.target, "opinion target")
@@ -165,10 +187,16 @@ _ops_adapter: TypeAdapter[list[Op]] = TypeAdapter(list[Op])
 _op_adapter: TypeAdapter[Op] = TypeAdapter(Op)
 
 
+def _message(error: Any) -> str:
+    if error["type"] == "string_pattern_mismatch" and error["loc"][-1:] == ("reason",):
+        return "must be 1-256 characters, none of them a control character"
+    return str(error["msg"])
+
+
 def _explain(exc: ValidationError, prefix: str) -> str:
     first = exc.errors()[0]
     loc = ".".join(str(part) for part in first["loc"])
-    return f"{prefix}{'.' + loc if loc else ''}: {first['msg']}"
+    return f"{prefix}{'.' + loc if loc else ''}: {_message(first)}"
 
 
 def op_to_wire(op: AddOp | RevokeOp | OpinionOp) -> dict[str, Any]:
@@ -264,7 +292,7 @@ def parse_ops(values: list[Any], what: str = "ops") -> list[AddOp | RevokeOp | O
         first = exc.errors()[0]
         index = first["loc"][0] if first["loc"] else "?"
         loc = ".".join(str(part) for part in first["loc"][2:])
-        raise OpError(f"{what}[{index}]{'.' + loc if loc else ''}: {first['msg']}") from None
+        raise OpError(f"{what}[{index}]{'.' + loc if loc else ''}: {_message(first)}") from None
     check_signals(ops, what)
     return ops
 

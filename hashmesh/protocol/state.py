@@ -59,6 +59,7 @@ class Opined:
     op_id: OpId
     target: OpId
     opinion: OpinionKind
+    reason: str | None = None  # informational: it changes no stance
 
 
 Effect = Revoked | Opined
@@ -162,7 +163,7 @@ def _effects(
                 else:
                     ignored.append(f"{op_id}: revoke target {target} is not an add")
         elif isinstance(op, OpinionOp):
-            effects.append(Opined(op_id, op.target_id(), op.opinion))
+            effects.append(Opined(op_id, op.target_id(), op.opinion, op.reason))
     return adds, effects, ignored
 
 

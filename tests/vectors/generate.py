@@ -88,6 +88,35 @@ def make_ops(key: SigningKey, other: SigningKey) -> list[AddOp | RevokeOp | Opin
     return ops
 
 
+# Opinions with the optional `reason` (a code, then free text), in batch seq 2: the v1
+# vector above does not change, and an opinion without a reason keeps its exact bytes.
+REASON_OPS: list[dict[str, Any]] = [
+    {"op": "opinion", "target": "<other>/1/0", "opinion": "dispute", "reason": "match-spike"},
+    {"op": "opinion", "target": "<other>/1/0", "opinion": "confirm", "reason": "reviewed: A1"},
+]
+
+
+def reason_vectors(key: SigningKey, other: SigningKey, prev: bytes) -> dict[str, Any]:
+    target = str(OpId(other.node_id, COLLECTION, 1, 0))
+    ops: list[AddOp | RevokeOp | OpinionOp] = [
+        OpinionOp(target=target, opinion=spec["opinion"], reason=spec["reason"])
+        for spec in REASON_OPS
+    ]
+    batch = build_batch(key, COLLECTION, 2, prev, TS + 2, ops)
+    return {
+        "seq": 2,
+        "prev": prev.hex(),
+        "ts": TS + 2,
+        "input_ops": REASON_OPS,
+        "op_lines": [line.decode() for line in batch.op_lines()],
+        "leaf_hashes_hex": [h.hex() for h in batch.leaf_hashes],
+        "merkle_root_hex": batch.header.root,
+        "header": batch.header_bytes.decode(),
+        "signature_hex": batch.signature.hex(),
+        "frame_hex": batch.to_bytes().hex(),
+    }
+
+
 def build_vectors() -> dict[str, Any]:
     key, other = SigningKey(SEED), SigningKey(OTHER_SEED)
     batch = build_batch(key, COLLECTION, 1, None, TS, make_ops(key, other))
@@ -129,6 +158,7 @@ def build_vectors() -> dict[str, Any]:
             "evidence_json": evidence.to_bytes().decode(),
             "evidence_id": evidence.id,
         },
+        "opinion_reason": reason_vectors(key, other, header_hash(batch.header_bytes)),
     }
 
 
