@@ -357,3 +357,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+        del loaded  # held here for the worker's life, a remapped index could never be freed
