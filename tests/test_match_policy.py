@@ -82,6 +82,8 @@ def test_policy_commands_offline_and_through_the_running_node(tmp_path: Path) ->
         "require_review": False,
         "spike_cap": None,
         "spike_factor": None,
+        "quorum_by": "node",
+        "dispute_on_spike": False,
     }
     out = node.json("policy", "set", "csam", "--quorum", "2", "--threshold", "20")
     assert out["change"] == "set" and out["previous"]["quorum"] == 1
@@ -96,6 +98,9 @@ def test_policy_commands_offline_and_through_the_running_node(tmp_path: Path) ->
         (["benign", "--negative", "--require-review"], "--require-review: a negative"),
         (["benign", "--negative", "--spike-cap", "5"], "--spike-cap: a negative collection"),
         (["csam", "--spike-factor", "1"], "--spike-factor: must be an integer 2-1000"),
+        (["csam", "--quorum-by", "org"], "--quorum-by: counts a quorum, so it needs a quorum"),
+        (["csam", "--quorum-by", "city", "--quorum", "2"], "'city' is not one of"),
+        (["csam", "--dispute-on-spike"], "--dispute-on-spike: needs a spike_cap or spike_factor"),
         (["Bad Name"], "collection: 'Bad Name' is not a collection name"),
     ]
     for args, message in refusals:

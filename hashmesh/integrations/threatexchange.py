@@ -29,6 +29,12 @@ any author readable with the token disputes) and `min_confirmations` (leave out 
 confirmed by fewer authors). Both act where records become signals, so in HMA a dispute
 removes the hash from the bank at the next fetch and a retraction brings it back.
 
+The node's match policy reaches consumers marked, not hidden: a feed entry the node holds
+back (negative list, suppressed, quarantined, below quorum, review required ...) carries
+`policy`, kept in the record as `held_back` and shown as a pytx opinion tagged
+`policy:VERDICT` (NEGATIVE_CLASS, so pytx shows DISPUTED; INVESTIGATION_SEED for
+review_required). `drop_held_back` leaves such adds out instead.
+
 `HashmeshSignalMetadata` is pickled by HMA and pytx under this module path: its path and
 field names are a compatibility promise; new fields get immutable defaults, so records
 pickled by older versions still load. Version 0.1 lived at `node.integrations.threatexchange`
@@ -98,6 +104,10 @@ class HashmeshCollabConfig(CollaborationConfigWithDefaults, _RequiredFields):
     min_confirmations: int = field(
         default=0,
         metadata={"help": "leave out adds confirmed by fewer authors than this"},
+    )
+    drop_held_back: bool = field(
+        default=False,
+        metadata={"help": "leave out adds the node's match policy holds back (default: mark)"},
     )
     token_env: str = field(
         default="",
@@ -175,6 +185,8 @@ class HashmeshSignalMetadata(state.FetchedSignalMetadata):
     ref: str = ""
     author_ids: tuple[str, ...] = ()
     verdict_names: tuple[tuple[str, str], ...] = ()
+    # (op id, verdict, reasons) of each add the node's match policy holds back.
+    held_back: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def confirmations(self) -> int:
@@ -194,6 +206,7 @@ class HashmeshSignalMetadata(state.FetchedSignalMetadata):
         if self.ref:
             tags.add(f"ref:{self.ref}")
         tags.update(f"author:{a}" for a in self.authors)
+        tags.update(f"policy:{verdict}" for _, verdict, _ in self.held_back)
         return tags
 
     def get_as_opinions(self) -> t.Sequence[state.SignalOpinion]:
@@ -213,11 +226,20 @@ class HashmeshSignalMetadata(state.FetchedSignalMetadata):
             )
             who = names.get(author) or author
             opinions.append(state.SignalOpinion(False, category, {f"{verdict}:{who}"}))
+        for _, verdict, _ in self.held_back:
+            category = (
+                state.SignalOpinionCategory.INVESTIGATION_SEED
+                if verdict == "review_required"
+                else state.SignalOpinionCategory.NEGATIVE_CLASS
+            )
+            opinions.append(state.SignalOpinion(False, category, {f"policy:{verdict}"}))
         return opinions
 
     def passes(self, collab: "HashmeshCollabConfig") -> bool:
         """Whether the collab's drop_disputed / min_confirmations let this add through."""
         if getattr(collab, "drop_disputed", False) and self.disputes >= 1:
+            return False
+        if getattr(collab, "drop_held_back", False) and self.held_back:
             return False
         return self.confirmations >= getattr(collab, "min_confirmations", 0)
 
@@ -239,6 +261,7 @@ class HashmeshSignalMetadata(state.FetchedSignalMetadata):
             verdicts={**self.verdicts, **other.verdicts},
             author_ids=self.author_ids + other.author_ids,
             verdict_names=self.verdict_names + other.verdict_names,
+            held_back=self.held_back + other.held_back,
         )
 
 
@@ -432,6 +455,11 @@ def _record(
         return None
     verdicts = {str(a): str(v) for a, v in (entry.get("verdicts") or {}).items()}
     names = entry.get("verdict_names") or {}
+    policy = entry.get("policy")
+    held: tuple[tuple[str, str, str], ...] = ()
+    if isinstance(policy, dict) and isinstance(policy.get("verdict"), str):
+        reasons = policy.get("reasons") or []
+        held = ((op_id, policy["verdict"], "; ".join(str(r) for r in reasons)),)
     return HashmeshSignalMetadata(
         signal_type=signal_type.get_name(),
         signal=entry["value"],
@@ -444,6 +472,7 @@ def _record(
         ref=entry.get("ref", ""),
         author_ids=(author,),
         verdict_names=tuple(sorted((str(a), str(n)) for a, n in names.items() if a in verdicts)),
+        held_back=held,
     )
 
 

@@ -107,6 +107,10 @@ class Trust:
     node_id: str
     collection: str
     name: str = ""
+    # Labels a quorum may count by (matching/policy.py, quorum_by): the author's
+    # organisation, and its country as ISO 3166-1 alpha-2 ("BE"). Empty: unlabelled.
+    org: str = ""
+    country: str = ""
 
 
 @dataclass
@@ -159,6 +163,12 @@ class Config:
     def accepted_collections(self) -> set[str]:
         """Collections with at least one trusted author (besides our own logs)."""
         return {t.collection for t in self.trust}
+
+    def trust_labels(self) -> dict[tuple[str, str], tuple[str, str]]:
+        """(author, collection): (org, country) of every labelled trust entry."""
+        return {
+            (t.node_id, t.collection): (t.org, t.country) for t in self.trust if t.org or t.country
+        }
 
     def accepts_collection(self, collection: str) -> bool:
         return collection in self.accepted_collections()
@@ -245,6 +255,7 @@ class Config:
         _check_collection(trust.collection)
         if trust.name:
             validate_name(trust.name, "name")
+        check_trust_labels(trust)
         self.trust = [
             t
             for t in self.trust
@@ -293,7 +304,10 @@ class Config:
             "sync": {"interval_s": self.sync_interval_s, "fanout": self.fanout},
             "tls": {"cert": self.tls_cert, "key": self.tls_key, "ca": self.tls_ca},
             "peers": [asdict(p) for p in self.peers],
-            "trust": [asdict(t) for t in self.trust],
+            "trust": [
+                {k: v for k, v in asdict(t).items() if v or k not in ("org", "country")}
+                for t in self.trust
+            ],
         }
         data["selfreport"] = {  # self-report page (hashmesh/node/web/selfreport.py)
             k.removeprefix("selfreport_"): v
@@ -356,6 +370,11 @@ class Config:
             raise HomeError(f"config {source}: publish.batch_size must be 1-10000")
         if not 0 <= config.batch_delay_ms <= 60_000:
             raise HomeError(f"config {source}: publish.batch_delay_ms must be 0-60000")
+        for n, entry in enumerate(config.trust):
+            try:
+                check_trust_labels(entry)
+            except NodeError as exc:
+                raise HomeError(f"config {source}: trust[{n}].{exc}") from None
         _check_selfreport(config, source)  # hashmesh/node/web/selfreport.py
         return config
 
@@ -500,6 +519,18 @@ def validate_name(name: str, what: str = "name") -> str:
     if not isinstance(name, str) or not 1 <= len(name) <= 64 or not name.isprintable():
         raise NodeError(f"{what} {name!r}: must be 1-64 printable characters")
     return name
+
+
+def check_trust_labels(trust: Trust) -> None:
+    """An org is a short printable name; a country two upper-case letters (ISO 3166-1)."""
+    org, country = trust.org, trust.country
+    if not isinstance(org, str) or (org and (len(org) > 64 or not _plain_text(org, 64))):
+        raise NodeError(f"org {str(org)[:70]!r}: must be 1-64 printable characters on one line")
+    two_letters = len(country) == 2 and country.isascii() and country.isalpha()
+    if not isinstance(country, str) or (country and not (two_letters and country.isupper())):
+        raise NodeError(
+            f"country {str(country)[:10]!r}: must be an ISO 3166-1 alpha-2 code, e.g. BE"
+        )
 
 
 def _check_node_id(node_id: str) -> None:

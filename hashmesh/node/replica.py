@@ -43,6 +43,8 @@ from hashmesh.node.matching.checkpoint import snapshot as checkpoint_snapshot
 from hashmesh.node.matching.freshness import DEFAULT_MAX_LAG, DEFAULT_MAX_STALE_S, Freshness
 from hashmesh.node.matching.matcher import Matcher
 from hashmesh.node.matching.pdq_index import PDQIndex
+from hashmesh.node.matching.policy import policy_set
+from hashmesh.node.matching.quarantine import MatchCounter, spiky
 from hashmesh.node.net.follow import Follower, ReplicaState, build_index
 from hashmesh.node.store.replica import ReplicaStore, private_dir
 from hashmesh.node.web import access, matchroutes, matchserver
@@ -77,9 +79,12 @@ class Replica:
         self.matcher = Matcher()  # source-agnostic: fed by the follower, reads our store
         self.tokens = access.TokenCache(admin_hash="")  # no admin token here: nothing matches it
         self.authors: dict[str, str] = {}
+        self.labels: dict[tuple[str, str], tuple[str, str]] = {}
         self.follower = Follower(
             options.follow, options.token, self.store, self.matcher, self._state
         )
+        # What this replica answers counts towards the node's quarantine windows.
+        self.counter = self.follower.counter = MatchCounter()
         self.runner: web.AppRunner | None = None
         self.url = ""
         self._stopping = asyncio.Event()
@@ -94,6 +99,7 @@ class Replica:
             return
         self.tokens.grants = state.grants
         self.authors = state.authors
+        self.labels = state.labels
         self.store.set_policy_rows([p.row(0) for p in state.policies])
         self.store.set_quarantined(state.quarantined)
 
@@ -226,17 +232,23 @@ class _Answers:
                 )
             )
         collections = access.readable(access.grant_of(request), None)
-        authors = replica.authors
+        authors, labels = replica.authors, replica.labels
         store = replica.store
 
         def work() -> dict[str, Any]:
             # A PDQ query before the index is loaded raises IndexLoading (503, Retry-After).
             return replica.matcher.answer(
-                queries, threshold, collections, lambda a: authors.get(a, ""), store.reader()
+                queries,
+                threshold,
+                collections,
+                lambda a: authors.get(a, ""),
+                store.reader(),
+                labels,
             )
 
         result = await asyncio.get_running_loop().run_in_executor(None, work)
         replica.requests["answered"] += 1
+        replica.counter.count(result, spiky(policy_set(store.policy_rows())))
         return result
 
 

@@ -261,11 +261,18 @@ class NodeService:
         op_ids, _ = self.publish(target.collection, [revoke])
         return {"op_id": str(op_ids[0]), "revoked": str(target), **_what(signal)}
 
-    def opinion(self, op_id: str, opinion: str, collection: str | None = None) -> dict[str, Any]:
+    def opinion(
+        self,
+        op_id: str,
+        opinion: str,
+        collection: str | None = None,
+        reason: str | None = None,
+    ) -> dict[str, Any]:
         target, signal = self._known_add(op_id)
-        op = _protocol(OpinionOp, target=str(target), opinion=opinion)
+        fields = {} if reason is None else {"reason": reason}
+        op = _protocol(OpinionOp.create, str(target), opinion, reason)
         op_ids, _ = self.publish(collection or target.collection, [op])
-        out = {"op_id": str(op_ids[0]), "target": str(target), "opinion": opinion}
+        out = {"op_id": str(op_ids[0]), "target": str(target), "opinion": opinion, **fields}
         return {**out, **_what(signal), "author": target.author}
 
     # -- reading -------------------------------------------------------------------------
@@ -311,7 +318,9 @@ class NodeService:
     def match(self, queries: Any, threshold: int = 31) -> dict[str, Any]:
         """Match many (type, value) queries; each hit carries its provenance and opinions.
         The answer the API gives an unrestricted token, bounds included."""
-        return self.matcher.answer(queries, threshold, None, self.config.author_name)
+        return self.matcher.answer(
+            queries, threshold, None, self.config.author_name, labels=self.config.trust_labels()
+        )
 
     def status(self) -> dict[str, Any]:
         counts = self.store.counts()
@@ -336,10 +345,7 @@ class NodeService:
                 {"name": p.name, "url": p.url, "node_id": p.node_id, "share": p.share}
                 for p in self.config.peers
             ],
-            "trust": [
-                {"node_id": t.node_id, "collection": t.collection, "name": t.name}
-                for t in self.config.trust
-            ],
+            "trust": [_trust_json(t) for t in self.config.trust],
             # This node's match policy, so the status page can say why hits are held back.
             "policies": self.policy_show()["policies"],
             # Signals held back on a match spike (the newest 100), for `status` and its page.
@@ -409,26 +415,35 @@ class NodeService:
         entries = [t for t in self.config.trust if node_id is None or t.node_id == node_id]
         return {
             "trust": [
-                {"node_id": t.node_id, "collection": t.collection, "name": t.name}
-                for t in sorted(entries, key=lambda t: (t.node_id, t.collection))
+                _trust_json(t) for t in sorted(entries, key=lambda t: (t.node_id, t.collection))
             ]
         }
 
-    def _author_trust(self, node_id: str, collection: str, change: str) -> dict[str, Any]:
+    def _author_trust(
+        self, node_id: str, collection: str, change: str, entry: Trust | None = None
+    ) -> dict[str, Any]:
         held = sorted(t.collection for t in self.config.trust if t.node_id == node_id)
-        return {
+        out = {
             "node_id": node_id,
             "collection": collection,
             "name": self.config.author_name(node_id),
             "collections": held,
             "change": change,
         }
+        if entry is not None:
+            out.update(org=entry.org, country=entry.country)
+        return out
 
-    def trust_add(self, node_id: str, collection: str, name: str = "") -> dict[str, Any]:
+    def trust_add(
+        self, node_id: str, collection: str, name: str = "", org: str = "", country: str = ""
+    ) -> dict[str, Any]:
+        """Trust an author in a collection; `org` and `country` label it for quorums
+        counted by organisation or country (matching/policy.py)."""
         self.reload_config_if_changed()
-        self.config.add_trust(Trust(node_id=node_id, collection=collection, name=name))
+        entry = Trust(node_id=node_id, collection=collection, name=name, org=org, country=country)
+        self.config.add_trust(entry)
         self._save_config()
-        return self._author_trust(node_id, collection, "trusted")
+        return self._author_trust(node_id, collection, "trusted", entry)
 
     def trust_remove(self, node_id: str, collection: str) -> dict[str, Any]:
         self.reload_config_if_changed()
@@ -479,7 +494,15 @@ class NodeService:
 
     def quarantine_add(self, spikes: list[Any]) -> int:
         """Record `spikes` (matching.quarantine.Spike) as quarantined, each once ever: a
-        signal an operator lifted is not quarantined again by the same node."""
+        signal an operator lifted is not quarantined again by the same node. Where the
+        collection's policy says `dispute_on_spike`, a new quarantine of another author's
+        add also publishes this node's signed dispute of it, reason `match-spike`: the
+        author learns that its hash matched far more than it should, never how much (the
+        counts are this platform's traffic, and stay here)."""
+        from hashmesh.node.matching.policy import policy_set
+
+        policies = policy_set(self.store.policies.rows())
+        disputes: dict[str, list[AnyOp]] = {}
         added = 0
         for spike in spikes:
             hit = spike.hit
@@ -496,6 +519,14 @@ class NodeService:
             if self.store.quarantine.add(row):
                 added += 1
                 log.warning("quarantined %s (%s): %s", hit.op_id, hit.collection, spike.reason)
+                if policies.of(hit.collection).dispute_on_spike and hit.author != self.node_id:
+                    op = OpinionOp(target=hit.op_id, opinion="dispute", reason="match-spike")
+                    disputes.setdefault(hit.collection, []).append(op)
+        for collection, ops in disputes.items():
+            try:
+                self.publish(collection, ops)
+            except NodeError as exc:  # the quarantine stands; only the dispute is lost
+                log.warning("match-spike disputes in %s not published: %s", collection, exc)
         return added
 
     def quarantine_list(self, include_lifted: bool = False, limit: int = 10_000) -> dict[str, Any]:
@@ -536,9 +567,8 @@ class NodeService:
         if type(limit) is not int or not 1 <= limit <= 10_000:
             raise NodeError("limit: must be an integer 1-10000")
         by_target: dict[str, dict[str, Any]] = {}
-        for target, author, collection, verdict, seen, op_id in self.store.opinions_on_author(
-            self.node_id, limit
-        ):
+        rows = self.store.opinions_on_author(self.node_id, limit)
+        for target, author, collection, verdict, seen, op_id, reason in rows:
             entry = by_target.get(target)
             if entry is None:
                 entry = by_target[target] = {
@@ -553,6 +583,8 @@ class NodeService:
                 "collection": collection,
                 "op_id": op_id,
             }
+            if reason is not None and verdict is not None:
+                who["reason"] = reason
             if verdict == "dispute":
                 entry["disputes"].append(who)
             elif verdict == "confirm":
@@ -711,6 +743,12 @@ class NodeService:
             "refused_untrusted": refused,
             "untrusted_logs": sorted(refused_logs),
         }
+
+
+def _trust_json(t: Trust) -> dict[str, Any]:
+    out = {"node_id": t.node_id, "collection": t.collection, "name": t.name}
+    out.update({k: v for k, v in (("org", t.org), ("country", t.country)) if v})
+    return out
 
 
 def _quarantine_json(row: tuple[Any, ...], author_name: Any) -> dict[str, Any]:

@@ -54,8 +54,8 @@ class LocalBackend:
     def revoke(self, op_id: str, reason: str) -> dict[str, Any]:
         return self.service.revoke(op_id, reason)
 
-    def opinion(self, op_id: str, opinion: str) -> dict[str, Any]:
-        return self.service.opinion(op_id, opinion)
+    def opinion(self, op_id: str, opinion: str, reason: str | None = None) -> dict[str, Any]:
+        return self.service.opinion(op_id, opinion, reason=reason)
 
     def match(self, queries: list[dict[str, Any]], threshold: int) -> dict[str, Any]:
         return self.service.match(queries, threshold)
@@ -95,8 +95,10 @@ class LocalBackend:
     def trust_list(self, node_id: str | None = None) -> dict[str, Any]:
         return self.service.trust_list(node_id)
 
-    def trust_add(self, node_id: str, collection: str, name: str) -> dict[str, Any]:
-        return self.service.trust_add(node_id, collection, name)
+    def trust_add(
+        self, node_id: str, collection: str, name: str, org: str = "", country: str = ""
+    ) -> dict[str, Any]:
+        return self.service.trust_add(node_id, collection, name, org, country)
 
     def trust_remove(self, node_id: str, collection: str) -> dict[str, Any]:
         return self.service.trust_remove(node_id, collection)
@@ -210,8 +212,11 @@ class RemoteBackend:
     def revoke(self, op_id: str, reason: str) -> dict[str, Any]:
         return self._call("POST", "/v1/revoke", {"op_id": op_id, "reason": reason})
 
-    def opinion(self, op_id: str, opinion: str) -> dict[str, Any]:
-        return self._call("POST", "/v1/opinions", {"op_id": op_id, "opinion": opinion})
+    def opinion(self, op_id: str, opinion: str, reason: str | None = None) -> dict[str, Any]:
+        body = {"op_id": op_id, "opinion": opinion}
+        if reason is not None:
+            body["reason"] = reason
+        return self._call("POST", "/v1/opinions", body)
 
     def match(self, queries: list[dict[str, Any]], threshold: int) -> dict[str, Any]:
         return self._match_call({"queries": queries, "threshold": threshold})
@@ -293,8 +298,11 @@ class RemoteBackend:
         query = f"?{urllib.parse.urlencode({'node_id': node_id})}" if node_id else ""
         return self._call("GET", f"/v1/admin/trust{query}")
 
-    def trust_add(self, node_id: str, collection: str, name: str) -> dict[str, Any]:
+    def trust_add(
+        self, node_id: str, collection: str, name: str, org: str = "", country: str = ""
+    ) -> dict[str, Any]:
         body = {"node_id": node_id, "collection": collection, "name": name}
+        body.update({k: v for k, v in (("org", org), ("country", country)) if v})
         return self._call("POST", "/v1/admin/trust", body)
 
     def trust_remove(self, node_id: str, collection: str) -> dict[str, Any]:

@@ -8,7 +8,10 @@ from hashmesh.node.cli.base import Context, cli, json_option, pass_ctx
 
 
 def _who(entries: list[dict[str, Any]]) -> str:
-    return ", ".join(e["author_name"] or e["author"] for e in entries)
+    return ", ".join(
+        (e["author_name"] or e["author"]) + (f" ({e['reason']})" if e.get("reason") else "")
+        for e in entries
+    )
 
 
 def _queue_text(d: dict[str, Any]) -> str:

@@ -207,6 +207,7 @@ def trust() -> None:
 def _trust_text(d: dict[str, Any]) -> str:
     verb = "now trusted" if d["change"] == "trusted" else "no longer trusted"
     name = f" ({d['name']})" if d.get("name") else ""
+    name += "".join(f" {k} {d[k]}" for k in ("org", "country") if d.get(k))
     return (
         f"author {d['node_id']}{name} {verb} in {d['collection']}; trusted in:"
         f" {', '.join(d['collections']) or '(nothing)'}"
@@ -223,6 +224,7 @@ def trust_list(ctx: Context, node_id: str | None, as_json: bool) -> None:
     def human(d: dict[str, Any]) -> str:
         return "\n".join(
             f"{t['node_id']}  {t['collection']}{'  ' + t['name'] if t['name'] else ''}"
+            + "".join(f"  {k} {t[k]}" for k in ("org", "country") if t.get(k))
             for t in d["trust"]
         ) or ("no trusted authors" if node_id is None else f"{node_id} is trusted in nothing")
 
@@ -233,11 +235,15 @@ def trust_list(ctx: Context, node_id: str | None, as_json: bool) -> None:
 @click.argument("node_id")
 @click.argument("collection")
 @click.option("--name", default="", help="A name to show for this author.")
+@click.option("--org", default="", help="Its organisation, for policy set --quorum-by org.")
+@click.option("--country", default="", help="Its country (ISO 3166-1, e.g. BE), for --quorum-by.")
 @json_option
 @pass_ctx
-def trust_add(ctx: Context, node_id: str, collection: str, name: str, as_json: bool) -> None:
+def trust_add(
+    ctx: Context, node_id: str, collection: str, name: str, org: str, country: str, as_json: bool
+) -> None:
     """Accept batches authored by NODE_ID in COLLECTION (from any relay)."""
-    ctx.show(lambda b: b.trust_add(node_id, collection, name), as_json, _trust_text)
+    ctx.show(lambda b: b.trust_add(node_id, collection, name, org, country), as_json, _trust_text)
 
 
 @trust.command("remove")
@@ -434,12 +440,16 @@ def revoke(ctx: Context, op_id: str, reason: str, as_json: bool) -> None:
 @cli.command()
 @click.argument("op_id")
 @click.argument("opinion", type=click.Choice(["confirm", "dispute", "seen", "retract"]))
+@click.option(
+    "--reason",
+    help="Why, signed with it (false-positive, degenerate, or up to 256 characters of text).",
+)
 @json_option
 @pass_ctx
-def opinion(ctx: Context, op_id: str, opinion: str, as_json: bool) -> None:
+def opinion(ctx: Context, op_id: str, opinion: str, reason: str | None, as_json: bool) -> None:
     """Record this node's view of an add (any author's)."""
     with ctx.backend() as backend:
-        result = backend.opinion(op_id, opinion)
+        result = backend.opinion(op_id, opinion, reason)
     emit(result, as_json, _opinion_text)
 
 

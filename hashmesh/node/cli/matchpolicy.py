@@ -30,7 +30,8 @@ def _policy_lines(p: dict[str, Any]) -> list[str]:
     if p["min_quality"] is not None:
         knobs.append(f"min quality {p['min_quality']}")
     if p["quorum"] > 1:
-        knobs.append(f"quorum {p['quorum']} authors")
+        unit = {"org": "organisations", "country": "countries"}.get(p.get("quorum_by", ""))
+        knobs.append(f"quorum {p['quorum']} {unit or 'authors'}")
     if p["suspend_after_disputes"] is not None:
         knobs.append(f"suspend after {p['suspend_after_disputes']} disputes")
     if p["require_review"]:
@@ -39,6 +40,8 @@ def _policy_lines(p: dict[str, Any]) -> list[str]:
         knobs.append(f"quarantine at {p['spike_cap']} matches a minute")
     if p.get("spike_factor") is not None:
         knobs.append(f"quarantine at {p['spike_factor']}x the usual match rate")
+    if p.get("dispute_on_spike"):
+        knobs.append("a quarantine sends the author a dispute (match-spike)")
     return [f"{p['collection']:<20} {'; '.join(knobs) or 'default (every hit matches)'}"]
 
 
@@ -77,6 +80,12 @@ def policy_show(ctx: Context, collection: str | None, as_json: bool) -> None:
 @click.option("--min-quality", type=int, help="Hits of a lower stated PDQ quality do not match.")
 @click.option("--quorum", type=int, help="Distinct authors that must list the signal (1-16).")
 @click.option(
+    "--quorum-by",
+    type=click.Choice(["node", "org", "country"]),
+    help="What the quorum counts: node ids (default), or the org or country label of each"
+    " author's trust entry (hashmesh trust add --org/--country).",
+)
+@click.option(
     "--suspend-after-disputes",
     type=int,
     help="Suspend a signal disputed by this many authors (1-1000).",
@@ -94,6 +103,12 @@ def policy_show(ctx: Context, collection: str | None, as_json: bool) -> None:
     type=int,
     help="Quarantine a signal matched this many times its usual rate (2-1000; 20+ matches).",
 )
+@click.option(
+    "--dispute-on-spike",
+    is_flag=True,
+    help="When a signal is quarantined, publish a signed dispute (reason match-spike) to its"
+    " author.",
+)
 @json_option
 @pass_ctx
 def policy_set(
@@ -103,10 +118,12 @@ def policy_set(
     threshold: int | None,
     min_quality: int | None,
     quorum: int | None,
+    quorum_by: str | None,
     suspend_after_disputes: int | None,
     require_review: bool,
     spike_cap: int | None,
     spike_factor: int | None,
+    dispute_on_spike: bool,
     as_json: bool,
 ) -> None:
     """Replace COLLECTION's policy with exactly these flags (none: the default)."""
@@ -119,6 +136,8 @@ def policy_set(
         "require_review": require_review,
         "spike_cap": spike_cap,
         "spike_factor": spike_factor,
+        "quorum_by": quorum_by,
+        "dispute_on_spike": dispute_on_spike,
     }
     fields = {k: v for k, v in fields.items() if v is not None and v is not False}
     with ctx.backend() as backend:

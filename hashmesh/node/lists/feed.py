@@ -41,6 +41,9 @@ DEFAULT_PAGE = 1_000
 SNAPSHOT_CHUNK = 5_000
 
 AuthorName = Callable[[str], str]
+#: Marks a page's entries in place with this node's match policy (web/platform.py
+#: FeedMarks), given the caller's collections; runs on the feed's thread.
+Marker = Callable[[list[dict[str, Any]], frozenset[str] | None], None]
 
 
 def _named(state: dict[str, Any], name: AuthorName) -> dict[str, Any]:
@@ -52,9 +55,16 @@ def _named(state: dict[str, Any], name: AuthorName) -> dict[str, Any]:
 class FeedReader:
     """Feed pages and snapshots from the node's SQLite file, on a small thread pool."""
 
-    def __init__(self, db_path: str | Path, author_name: AuthorName, threads: int = 2) -> None:
+    def __init__(
+        self,
+        db_path: str | Path,
+        author_name: AuthorName,
+        threads: int = 2,
+        mark: Marker | None = None,
+    ) -> None:
         self.db_path = Path(db_path)
         self.author_name = author_name
+        self.mark = mark
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="feed")
         self._local = threading.local()
 
@@ -147,8 +157,11 @@ class FeedReader:
         return out
 
     def page(self, after: int, limit: int, collections: Iterable[str] | None) -> bytes:
-        """One page as the JSON body of GET /v1/feed (encoded here, off the event loop)."""
+        """One page as the JSON body of GET /v1/feed (encoded here, off the event loop),
+        each add this node's policy holds back marked (`policy`), never left out."""
         entries = self.entries(after, limit, collections)
+        if self.mark is not None and entries:
+            self.mark(entries, None if collections is None else frozenset(collections))
         last = entries[-1]["cursor"] if entries else after
         body = {"entries": entries, "next": last, "more": len(entries) == limit}
         return json.dumps(body, separators=(",", ":")).encode()

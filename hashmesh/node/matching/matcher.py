@@ -26,8 +26,10 @@ from hashmesh.node.matching.policy import (
     EMPTY,
     LET_THROUGH,
     MATCH,
+    NO_LABELS,
     REVIEW_REQUIRED,
     PolicySet,
+    TrustLabels,
     Verdict,
     judge,
     policy_set,
@@ -103,6 +105,7 @@ def assemble(
     threshold: int,
     policies: PolicySet = EMPTY,
     quarantined: dict[str, str] | None = None,
+    labels: TrustLabels = NO_LABELS,
 ) -> dict[str, Any]:
     """The match answer, bounded: each query's nearest `MAX_MATCHES_PER_QUERY` (`hits` holds
     one more, to tell that there were more) and `MAX_MATCHES_PER_REQUEST` in all, so one
@@ -133,6 +136,7 @@ def assemble(
                 lambda op_id: opinions.get(op_id, NO_OPINIONS).dispute,
                 unusable,
                 (quarantined or {}).get,
+                labels,
             )
         matches = []
         for n, (row, distance) in enumerate(live):
@@ -392,10 +396,12 @@ class Matcher:
         collections: frozenset[str] | None,
         author_name: Callable[[str], Any],
         source: SignalSource | None = None,
+        labels: TrustLabels = NO_LABELS,
     ) -> dict[str, Any]:
         """The match answer (see `assemble`), drawn only from `collections`; rows come
         from `source` (default: the store, for callers on its thread). A PDQ query before
-        the index is loaded raises IndexLoading (503); exact queries need no index."""
+        the index is loaded raises IndexLoading (503); exact queries need no index.
+        `labels` are the trust entries' org and country, for quorums counted by them."""
         check_threshold(threshold)
         if source is None:
             if self.store is None:
@@ -431,4 +437,5 @@ class Matcher:
             threshold,
             policies,
             held,
+            labels,
         )

@@ -21,14 +21,16 @@ one that applies, so a reviewer sees all of them):
 - ``low_quality``: the hit's stated PDQ quality is under the collection's minimum.
 - ``suspended``: disputed by at least N authors (suspend-after-disputes).
 - ``below_quorum``: fewer independent authors list the signal in the collection than it
-  requires ("below quorum: 1 of 2 authors").
+  requires ("below quorum: 1 of 2 authors"); with `quorum_by` org or country, authors
+  are grouped by the label their trust entry gives them ("1 of 2 organisations"), and an
+  author without one counts as an organisation (a country) of its own.
 - ``review_required``: the collection requires review: shown, never a match.
 - ``match``: policy lets it through.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import Any
@@ -42,6 +44,8 @@ MAX_DISPUTES = 1000
 MAX_POLICIES = 10_000  # rows a replica accepts from a node's state
 MAX_SPIKE_CAP = 1_000_000
 MAX_SPIKE_FACTOR = 1000
+QUORUM_BY = ("node", "org", "country")
+_QUORUM_UNITS = {"node": "authors", "org": "organisations", "country": "countries"}
 
 MATCH = "match"
 NEGATIVE = "negative"
@@ -78,6 +82,8 @@ class CollectionPolicy:
     require_review: bool = False
     spike_cap: int | None = None
     spike_factor: int | None = None
+    quorum_by: str = "node"
+    dispute_on_spike: bool = False
 
     @property
     def is_default(self) -> bool:
@@ -106,6 +112,8 @@ class CollectionPolicy:
             "require_review": self.require_review,
             "spike_cap": self.spike_cap,
             "spike_factor": self.spike_factor,
+            "quorum_by": self.quorum_by,
+            "dispute_on_spike": self.dispute_on_spike,
         }
 
     def row(self, at: int) -> tuple[Any, ...]:
@@ -121,6 +129,8 @@ class CollectionPolicy:
             at,
             self.spike_cap,
             self.spike_factor,
+            None if self.quorum_by == "node" else self.quorum_by,
+            int(self.dispute_on_spike),
         )
 
 
@@ -135,6 +145,8 @@ def from_row(row: Sequence[Any]) -> CollectionPolicy:
         require_review=bool(row[6]),
         spike_cap=row[8] if len(row) > 8 else None,
         spike_factor=row[9] if len(row) > 9 else None,
+        quorum_by=str(row[10] or "node") if len(row) > 10 else "node",
+        dispute_on_spike=bool(row[11]) if len(row) > 11 else False,
     )
 
 
@@ -163,6 +175,8 @@ FIELDS = (
     "require_review",
     "spike_cap",
     "spike_factor",
+    "quorum_by",
+    "dispute_on_spike",
 )
 
 
@@ -176,6 +190,11 @@ def parse_policy(collection: str, fields: dict[str, Any]) -> CollectionPolicy:
     if unknown:
         raise NodeError(f"{sorted(unknown)[0]}: unknown policy field")
     quorum = _bounded(fields, "quorum", 1, MAX_QUORUM)
+    quorum_by = fields.get("quorum_by", "node")
+    if quorum_by not in QUORUM_BY:
+        raise NodeError(
+            f"quorum_by: must be one of {', '.join(QUORUM_BY)}, got {str(quorum_by)[:20]!r}"
+        )
     policy = CollectionPolicy(
         collection=collection,
         negative=_flag(fields, "negative"),
@@ -186,7 +205,13 @@ def parse_policy(collection: str, fields: dict[str, Any]) -> CollectionPolicy:
         require_review=_flag(fields, "require_review"),
         spike_cap=_bounded(fields, "spike_cap", 1, MAX_SPIKE_CAP),
         spike_factor=_bounded(fields, "spike_factor", 2, MAX_SPIKE_FACTOR),
+        quorum_by=quorum_by,
+        dispute_on_spike=_flag(fields, "dispute_on_spike"),
     )
+    if policy.quorum_by != "node" and policy.quorum < 2:
+        raise NodeError("quorum_by: counts a quorum, so it needs a quorum of 2 or more")
+    if policy.dispute_on_spike and policy.spike_cap is None and policy.spike_factor is None:
+        raise NodeError("dispute_on_spike: needs a spike_cap or spike_factor to quarantine by")
     if policy.negative:
         for name in ("min_quality", "suspend_after_disputes", "spike_cap", "spike_factor"):
             if getattr(policy, name) is not None:
@@ -262,6 +287,26 @@ class Verdict:
 
 LET_THROUGH = Verdict(MATCH)
 
+#: (author, collection): (org, country) from that author's trust entry ("" when unset).
+TrustLabels = Mapping[tuple[str, str], tuple[str, str]]
+NO_LABELS: TrustLabels = {}
+
+
+def quorum_members(
+    authors: Iterable[str], collection: str, by: str, labels: TrustLabels
+) -> set[tuple[str, str]]:
+    """What a quorum counts: node ids, or the org or country of each author's trust entry
+    in `collection`; an author without that label is a group of its own, so leaving a
+    label out never lets two authors pass as one, nor one as two."""
+    if by == "node":
+        return {("node", a) for a in authors}
+    at = 0 if by == "org" else 1
+    out = set()
+    for author in authors:
+        label = labels.get((author, collection), ("", ""))[at]
+        out.add((by, label) if label else ("node", author))
+    return out
+
 
 def judge(
     policies: PolicySet,
@@ -272,6 +317,7 @@ def judge(
     disputes: Callable[[str], int],
     unusable: str | None = None,
     quarantined: Callable[[str], str | None] = lambda _op_id: None,
+    labels: TrustLabels = NO_LABELS,
 ) -> list[Verdict]:
     """A verdict for each (row, distance) hit of one query, in order.
 
@@ -282,7 +328,8 @@ def judge(
     neighbourhood of the query. `disputes(op_id)` counts the distinct authors disputing
     it that the caller may see. `unusable` says why the query itself cannot match (a PDQ
     that describes no picture, hashing/degenerate.py): then no hit of it is a match.
-    `quarantined(op_id)` is the reason a signal is under quarantine here, or None."""
+    `quarantined(op_id)` is the reason a signal is under quarantine here, or None.
+    `labels` groups authors for a quorum counted by org or country (`quorum_members`)."""
     negatives: list[tuple[dict[str, Any], int, int]] = []  # row, radius, distance to query
     rules: dict[str, tuple[CollectionPolicy, int]] = {}  # collection: its policy, limit
     authors: dict[str, set[str]] = {}
@@ -304,9 +351,16 @@ def judge(
     for collection, (policy, _) in rules.items():
         reasons: list[tuple[str, str]] = []
         if policy.quorum > 1:
-            have = len(authors.get(collection, ()))
+            members = authors.get(collection, set())
+            by = policy.quorum_by
+            have = (
+                len(members)
+                if by == "node"
+                else len(quorum_members(members, collection, by, labels))
+            )
             if have < policy.quorum:
-                reasons.append((BELOW_QUORUM, f"below quorum: {have} of {policy.quorum} authors"))
+                units = _QUORUM_UNITS[by]
+                reasons.append((BELOW_QUORUM, f"below quorum: {have} of {policy.quorum} {units}"))
         if policy.require_review:
             reasons.append((REVIEW_REQUIRED, f"{collection} requires review before action"))
         fixed[collection] = reasons

@@ -22,8 +22,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from hashmesh.node.matching.policy import PolicySet
+from hashmesh.node.errors import NodeError
+from hashmesh.node.matching.policy import NEGATIVE, QUARANTINED, SUPPRESSED, PolicySet
+from hashmesh.protocol.errors import ProtocolError
+from hashmesh.protocol.ops import OpId
 
 BUCKET_S = 10.0
 BUCKETS = 6
@@ -31,6 +35,11 @@ WINDOW_S = BUCKET_S * BUCKETS
 ALPHA = 1 / 360  # a closed bucket's weight in the baseline: about an hour of memory
 MIN_SPIKE = 20  # the relative rule needs at least this many matches in the window
 MAX_TRACKED = 200_000
+# What one report of matches answered elsewhere (a matcher worker, a replica) may carry.
+MAX_REPORT = 10_000  # signals
+MAX_REPORTED = 100_000  # matches of one signal
+REPORT_S = 1.0  # how often workers and replicas report
+NOT_COUNTED = frozenset({NEGATIVE, SUPPRESSED, QUARANTINED})  # held back already
 
 
 @dataclass(frozen=True)
@@ -96,9 +105,16 @@ class SpikeDetector:
     def observe(self, now: float, hits: Iterable[Hit], policies: PolicySet) -> list[Spike]:
         """Count `hits` (one per matched signal per query) at time `now` (seconds, any
         monotonic clock); the signals whose collection's rule they now cross, once each."""
+        return self.observe_counted(now, ((hit, 1) for hit in hits), policies)
+
+    def observe_counted(
+        self, now: float, counted: Iterable[tuple[Hit, int]], policies: PolicySet
+    ) -> list[Spike]:
+        """`observe` for hits counted elsewhere (a worker's or replica's report): each
+        (hit, n) is n matches of that signal, counted in the bucket of `now`."""
         bucket = int(now // BUCKET_S)
         spikes: list[Spike] = []
-        for hit in hits:
+        for hit, n in counted:
             if hit.op_id in self._reported:
                 continue
             policy = policies.by_collection.get(hit.collection)
@@ -112,7 +128,7 @@ class SpikeDetector:
             else:
                 self._tracks.move_to_end(hit.op_id)
                 track.advance(bucket)
-            track.counts[bucket % BUCKETS] += 1
+            track.counts[bucket % BUCKETS] += n
             window = sum(track.counts)
             reason = None
             if policy.spike_cap is not None and window >= policy.spike_cap:
@@ -131,3 +147,88 @@ class SpikeDetector:
                 spikes.append(Spike(hit, window, reason))
                 self.forget([hit.op_id])
         return spikes
+
+
+def spiky(policies: PolicySet) -> frozenset[str]:
+    """The collections whose policy can quarantine: only their hits are worth counting."""
+    return frozenset(c for c, p in policies.by_collection.items() if p.spike_cap or p.spike_factor)
+
+
+class MatchCounter:
+    """Hits answered where the node's own quarantine cannot see them (its matcher workers
+    answering on their address, a replica), counted per signal until the next report.
+
+    Counted as the node counts its own answers: one per matched signal per query, in a
+    collection with a spike rule, unless policy held the hit back already. Bounded: a
+    report holds at most MAX_REPORT signals (hits of others wait in `dropped`, counted
+    but not sent) and MAX_REPORTED matches of one."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+        self.dropped = 0
+        self.reported = 0
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    def count(self, answer: dict[str, Any], collections: frozenset[str]) -> None:
+        """Count `answer`'s hits in `collections` (`spiky` of the policy it was judged by)."""
+        if not collections:
+            return
+        counts = self._counts
+        for result in answer.get("results", ()):
+            for hit in result.get("matches", ()):
+                if hit["collection"] not in collections or hit.get("verdict") in NOT_COUNTED:
+                    continue
+                op_id = hit["op_id"]
+                held = counts.get(op_id)
+                if held is not None:
+                    counts[op_id] = min(MAX_REPORTED, held + 1)
+                elif len(counts) < MAX_REPORT:
+                    counts[op_id] = 1
+                else:
+                    self.dropped += 1
+
+    def drain(self) -> list[tuple[str, int]]:
+        """The counts so far, cleared: what one report carries."""
+        out = sorted(self._counts.items())
+        self._counts = {}
+        self.reported += len(out)
+        return out
+
+    def restore(self, pairs: list[tuple[str, int]]) -> None:
+        """Put back counts a report could not deliver (the node was unreachable)."""
+        for op_id, n in pairs:
+            held = self._counts.get(op_id)
+            if held is not None or len(self._counts) < MAX_REPORT:
+                self._counts[op_id] = min(MAX_REPORTED, (held or 0) + n)
+        self.reported -= len(pairs)
+
+
+def parse_report(body: Any, what: str = "matches") -> list[tuple[OpId, int]]:
+    """A report `{"matches": [[OP_ID, N], ...]}` from a worker or replica, each field
+    checked and bounded (at most MAX_REPORT distinct op ids, N 1-MAX_REPORTED): a report
+    can add counts, never rows, so each op id must be a live add of the node to count."""
+    if not isinstance(body, dict) or set(body) != {"matches"}:
+        raise NodeError("request body: expected an object with only a matches list")
+    raw = body["matches"]
+    if not isinstance(raw, list) or len(raw) > MAX_REPORT:
+        raise NodeError(f"{what}: expected a list of at most {MAX_REPORT} [op id, count] pairs")
+    out: list[tuple[OpId, int]] = []
+    seen: set[str] = set()
+    for n, pair in enumerate(raw):
+        where = f"{what}[{n}]"
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise NodeError(f"{where}: expected [op id, count]")
+        op_id, count = pair
+        if type(count) is not int or not 1 <= count <= MAX_REPORTED:
+            raise NodeError(f"{where}: count must be an integer 1-{MAX_REPORTED}")
+        try:
+            parsed = OpId.parse(op_id, f"{where} op id")
+        except ProtocolError as exc:
+            raise NodeError(str(exc)) from None
+        if op_id in seen:
+            raise NodeError(f"{where}: op id {op_id} is listed twice")
+        seen.add(op_id)
+        out.append((parsed, count))
+    return out

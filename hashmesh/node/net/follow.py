@@ -30,10 +30,12 @@ from typing import Any, Protocol
 import aiohttp
 from pydantic import ValidationError
 
+from hashmesh.node.config import Trust, check_trust_labels
 from hashmesh.node.errors import NodeError
 from hashmesh.node.keys import hash_token
 from hashmesh.node.matching.pdq_index import PDQIndex
 from hashmesh.node.matching.policy import MAX_POLICIES, CollectionPolicy, parse_policy
+from hashmesh.node.matching.quarantine import REPORT_S, MatchCounter
 from hashmesh.node.store.replica import Add, Applied, Page, ReplicaStore, StanceRow
 from hashmesh.node.tokens import Grant
 from hashmesh.protocol.errors import ProtocolError
@@ -262,6 +264,29 @@ class ReplicaState:
     authors: dict[str, str]
     policies: list[CollectionPolicy] = field(default_factory=list)
     quarantined: frozenset[str] = frozenset()
+    labels: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+
+
+def _labels(body: dict[str, Any]) -> dict[tuple[str, str], tuple[str, str]]:
+    """The node's trust labels (org, country) per author and collection we follow, for
+    quorums counted by them; each checked as the node checks its config's."""
+    raw = body.get("labels", [])
+    if not isinstance(raw, list) or len(raw) > MAX_AUTHORS:
+        raise NodeDataError(f"replica state.labels: expected a list of at most {MAX_AUTHORS}")
+    out: dict[tuple[str, str], tuple[str, str]] = {}
+    for n, entry in enumerate(raw):
+        where = f"replica state.labels[{n}]"
+        if not isinstance(entry, list) or len(entry) != 4:
+            raise NodeDataError(f"{where}: expected [author, collection, org, country]")
+        author = _node_id(entry[0], f"{where}[0]")
+        collection = _collection(entry[1], f"{where}[1]")
+        org, country = _str(entry[2], f"{where}[2]", 64), _str(entry[3], f"{where}[3]", 2)
+        try:
+            check_trust_labels(Trust(author, collection, org=org, country=country))
+        except NodeError as exc:
+            raise NodeDataError(f"{where}: {exc}") from None
+        out[(author, collection)] = (org, country)
+    return out
 
 
 def _quarantined(body: dict[str, Any]) -> frozenset[str]:
@@ -338,7 +363,7 @@ def parse_state(body: Any) -> ReplicaState:
     for node_id, name in authors_in.items():
         _node_id(node_id, "replica state.authors: a key")
         authors[node_id] = _str(name, f"replica state.authors[{node_id}]")
-    return ReplicaState(head, grants, authors, _policies(body), _quarantined(body))
+    return ReplicaState(head, grants, authors, _policies(body), _quarantined(body), _labels(body))
 
 
 # -- reading bounded lines --------------------------------------------------------------------
@@ -413,6 +438,9 @@ class Follower:
         self._rebootstrap = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self._etag = ""
+        # Hits this replica answered, reported to the node's quarantine (POST
+        # /v1/replica/matches) every REPORT_S; None reports nothing.
+        self.counter: MatchCounter | None = None
 
     # -- freshness ---------------------------------------------------------------------
 
@@ -438,12 +466,17 @@ class Follower:
         headers = {"Authorization": f"Bearer {self.token}"}
         async with aiohttp.ClientSession(headers=headers) as session:
             self._session = session
-            poll = asyncio.create_task(self._poll_loop())
+            tasks = [asyncio.create_task(self._poll_loop())]
+            if self.counter is not None:
+                tasks.append(asyncio.create_task(self._report_loop(self.counter)))
             try:
                 await self._follow_loop()
             finally:
-                poll.cancel()
-                await asyncio.gather(poll, return_exceptions=True)
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                if self.counter is not None:
+                    await self._report_once(self.counter)
                 self._session = None
 
     def stop(self) -> None:
@@ -472,6 +505,32 @@ class Follower:
             except NodeDataError as exc:
                 self._error("state", str(exc))
             await self._pause(self.poll_s)
+
+    async def _report_loop(self, counter: MatchCounter) -> None:
+        while not self._stopping.is_set():
+            await self._pause(REPORT_S)
+            await self._report_once(counter)
+
+    async def _report_once(self, counter: MatchCounter) -> None:
+        """One report of the hits counted since the last; kept for the next try when the
+        node cannot be reached, dropped when it refuses them (it would again)."""
+        if not len(counter) or self._session is None:
+            return
+        pairs = counter.drain()
+        body = {"matches": [[op_id, n] for op_id, n in pairs]}
+        timeout = aiohttp.ClientTimeout(total=POLL_TIMEOUT_S)
+        try:
+            async with self._session.post(
+                self.url + "/v1/replica/matches", json=body, timeout=timeout
+            ) as response:
+                text = (await response.content.read(4096)).decode("utf-8", "replace")
+                if response.status >= 500:
+                    counter.restore(pairs)
+                if response.status != 200:
+                    self._error("report", f"match report: HTTP {response.status} {text[:200]}")
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            counter.restore(pairs)
+            self._error("report", f"match report: {exc.__class__.__name__}: {exc}")
 
     async def poll_once(self) -> ReplicaState | None:
         """One GET /v1/replica/state; the state when it changed."""

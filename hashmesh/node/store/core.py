@@ -30,7 +30,12 @@ from hashmesh.node.store.cases import CaseTable
 from hashmesh.node.store.feed import connect_reader
 from hashmesh.node.store.integrity import check_at_open, closed_cleanly, read_header
 from hashmesh.node.store.policies import PolicyRow, PolicyTable, policy_rows
-from hashmesh.node.store.quarantine import DEGENERATE_REASON, QuarantineTable, active_for
+from hashmesh.node.store.quarantine import (
+    DEGENERATE_REASON,
+    QuarantineTable,
+    active_for,
+    live_adds,
+)
 from hashmesh.node.store.render import SIGNAL_COLUMNS, signal_dict
 from hashmesh.node.store.schema import migrate
 from hashmesh.node.store.tokens import TokenTable
@@ -487,27 +492,40 @@ class Store:
 
     def _opine(self, run: list[Opined], at: int) -> None:
         """A run of one batch's opinions (one author and collection): the stances they
-        change read in one statement, folded in op order, written back in one."""
+        change read in one statement, folded in op order, written back in one. A stance
+        keeps the reason of the op that set its verdict (a `seen` leaves it, a `retract`
+        clears it with the verdict)."""
         author, collection = run[0].op_id.author, run[0].op_id.collection
         targets = sorted({str(e.target) for e in run})
-        stances: dict[str, Stance] = {
-            target: Stance(verdict, bool(seen))
-            for target, verdict, seen in self.conn.execute(
-                "SELECT target, verdict, seen FROM opinions WHERE author = ? AND collection = ?"
-                " AND target IN (SELECT value FROM json_each(?))",
-                (author, collection, json.dumps(targets)),
-            )
-        }
+        stances: dict[str, Stance] = {}
+        reasons: dict[str, str | None] = {}
+        for target, verdict, seen, reason in self.conn.execute(
+            "SELECT target, verdict, seen, reason FROM opinions WHERE author = ?"
+            " AND collection = ? AND target IN (SELECT value FROM json_each(?))",
+            (author, collection, json.dumps(targets)),
+        ):
+            stances[target] = Stance(verdict, bool(seen))
+            reasons[target] = reason
         last: dict[str, str] = {}
         for effect in run:
             target = str(effect.target)
             apply_opinion(stances.setdefault(target, Stance()), effect.opinion)
+            if effect.opinion != "seen":
+                reasons[target] = effect.reason if effect.opinion != "retract" else None
             last[target] = str(effect.op_id)
         self.conn.executemany(
-            "INSERT OR REPLACE INTO opinions (target, author, collection, verdict, seen, op_id)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO opinions (target, author, collection, verdict, seen, op_id,"
+            " reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
-                (t, author, collection, stances[t].verdict, int(stances[t].seen), op_id)
+                (
+                    t,
+                    author,
+                    collection,
+                    stances[t].verdict,
+                    int(stances[t].seen),
+                    op_id,
+                    reasons.get(t),
+                )
                 for t, op_id in last.items()
             ],
         )
@@ -704,8 +722,8 @@ class Store:
         ]
 
     def opinions_on_author(self, author: str, limit: int) -> list[tuple[Any, ...]]:
-        """(target, opinion author, collection, verdict, seen, op id) of other authors'
-        opinions on `author`'s adds, for its review queue: a range over the opinions'
+        """(target, opinion author, collection, verdict, seen, op id, reason) of other
+        authors' opinions on `author`'s adds, for its review queue: a range over the opinions'
         primary key (an op id begins with its author's node id), at most `limit` targets,
         those with the most recent opinions (by opinion op id) first."""
         low = author + "/"
@@ -721,7 +739,7 @@ class Store:
         if not targets:
             return []
         return self.conn.execute(
-            "SELECT target, author, collection, verdict, seen, op_id FROM opinions"
+            "SELECT target, author, collection, verdict, seen, op_id, reason FROM opinions"
             " WHERE target IN (SELECT value FROM json_each(?)) AND author != ?"
             " ORDER BY target, author, collection",
             (json.dumps(targets), author),
@@ -976,6 +994,11 @@ class StoreReader:
 
     def quarantined(self, op_ids: list[str]) -> dict[str, str]:
         return active_for(self.conn, op_ids)
+
+    def live_adds(
+        self, keys: list[tuple[str, str, int, int]]
+    ) -> dict[str, tuple[str, str, str, str]]:
+        return live_adds(self.conn, keys)
 
 
 class ReaderPool:

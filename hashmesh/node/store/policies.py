@@ -2,8 +2,9 @@
 match are hashmesh/node/matching/policy.py's; this module only keeps the SQL here.
 
 A row is (collection, negative, threshold, min_quality, quorum, suspend_after_disputes,
-require_review, updated_at, spike_cap, spike_factor); NULL means "not set" (the
-request's threshold, no minimum, no suspension, no quarantine). A collection without a
+require_review, updated_at, spike_cap, spike_factor, quorum_by, dispute_on_spike); NULL
+means "not set" (the request's threshold, no minimum, no suspension, no quarantine,
+quorum counted by node id). A collection without a
 row has the default policy: every hit matches.
 """
 
@@ -33,9 +34,15 @@ ALTER TABLE match_policy ADD COLUMN spike_cap INTEGER;
 ALTER TABLE match_policy ADD COLUMN spike_factor INTEGER;
 """
 
+# Version 4: what a quorum counts (node, org, country) and the dispute sent on a spike.
+POLICY_V4 = """
+ALTER TABLE match_policy ADD COLUMN quorum_by TEXT;
+ALTER TABLE match_policy ADD COLUMN dispute_on_spike INTEGER NOT NULL DEFAULT 0;
+"""
+
 _COLUMNS = (
     "collection, negative, threshold, min_quality, quorum, suspend_after_disputes,"
-    " require_review, updated_at, spike_cap, spike_factor"
+    " require_review, updated_at, spike_cap, spike_factor, quorum_by, dispute_on_spike"
 )
 
 

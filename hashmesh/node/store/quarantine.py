@@ -46,6 +46,27 @@ def active_for(conn: sqlite3.Connection, op_ids: list[str]) -> dict[str, str]:
     return {str(op_id): str(reason) for op_id, reason in rows}
 
 
+def live_adds(
+    conn: sqlite3.Connection, keys: list[tuple[str, str, int, int]]
+) -> dict[str, tuple[str, str, str, str]]:
+    """For each (author, collection, seq, index) that is a live add here, its op id's
+    (collection, type, value, author): what a quarantine row keeps, read from this node's
+    rows rather than taken from whoever reported the matches."""
+    if not keys:
+        return {}
+    rows = conn.execute(
+        "SELECT l.author, l.collection, s.seq, s.idx, s.type, s.value FROM json_each(?) j"
+        " JOIN logs l ON l.author = j.value ->> 0 AND l.collection = j.value ->> 1"
+        " JOIN signals s ON s.log_id = l.id AND s.seq = j.value ->> 2 AND s.idx = j.value ->> 3"
+        " WHERE s.revoked_by IS NULL",
+        (json.dumps(keys),),
+    )
+    return {
+        f"{author}/{collection}/{seq}/{idx}": (collection, kind, value, author)
+        for author, collection, seq, idx, kind, value in rows
+    }
+
+
 def active_ids(conn: sqlite3.Connection, collections: frozenset[str] | None) -> list[str]:
     sql = "SELECT op_id FROM quarantine WHERE lifted_at IS NULL"
     args: list[str] = []

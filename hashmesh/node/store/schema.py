@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hashmesh.node.errors import HomeError
-from hashmesh.node.store.policies import POLICY_V2, POLICY_V3
+from hashmesh.node.store.policies import POLICY_V2, POLICY_V3, POLICY_V4
 from hashmesh.node.store.quarantine import QUARANTINE_V3
 from hashmesh.node.store.transaction import transaction
 
@@ -144,6 +144,11 @@ CREATE TABLE IF NOT EXISTS selfreport_sizes (
 ) WITHOUT ROWID;
 """
 
+# Version 4: the reason an opinion op gave (protocol `reason`), kept with the stance it set.
+OPINIONS_V4 = """
+ALTER TABLE opinions ADD COLUMN reason TEXT;
+"""
+
 Step = Callable[[sqlite3.Connection], None]
 
 
@@ -184,10 +189,17 @@ def _version_3(conn: sqlite3.Connection) -> None:
     run_script(conn, POLICY_V3 + QUARANTINE_V3)
 
 
+def _version_4(conn: sqlite3.Connection) -> None:
+    run_script(conn, POLICY_V4 + OPINIONS_V4)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "release 0.1's tables: logs, batches, signals, feed, tokens, cases", _version_1),
     Migration(2, "match_policy: per-collection match policy (issue 19)", _version_2),
     Migration(3, "quarantine on a match spike: its table, policy spike knobs", _version_3),
+    Migration(
+        4, "opinion reasons; quorum by organisation or country, dispute on spike", _version_4
+    ),
 )
 
 

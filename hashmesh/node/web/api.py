@@ -95,12 +95,22 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path in OPEN_PATHS or request.path.startswith("/v1/peer/"):
         return await handler(request)
-    grant = access.bearer_grant(
-        request.app[access.TOKENS_KEY], request.path, request.headers.get("Authorization", "")
-    )
-    if isinstance(grant, tuple):
-        return error_response(*grant)
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return error_response(401, "missing bearer token (Authorization: Bearer ...)")
+    grant = request.app[access.TOKENS_KEY].lookup(token.strip())
+    if grant is None:
+        return error_response(401, "unknown or revoked token")
     scope = access.required_scope(request.path)
+    if not grant.allows(scope):
+        if grant.admin_disabled:  # its admin scope would have allowed this (metrics too)
+            return error_response(
+                403,
+                "this token is restricted to collections, so its admin scope is ignored"
+                " (revoke it; admin tokens cannot be restricted)",
+            )
+        return error_response(403, f"this token lacks the {scope!r} scope needed here")
     request[access.GRANT] = grant
     if scope == "publish":
         await access.check_publish_collections(request, grant)
@@ -164,10 +174,14 @@ async def revoke(request: web.Request) -> web.Response:
 
 async def opinion(request: web.Request) -> web.Response:
     deps = request.app[API_KEY]
-    body = _fields(await read_json(request), ("op_id", "opinion"), ("collection",))
+    body = _fields(await read_json(request), ("op_id", "opinion"), ("collection", "reason"))
     return web.json_response(
         await deps.store_thread.call(
-            deps.service.opinion, body["op_id"], body["opinion"], body.get("collection")
+            deps.service.opinion,
+            body["op_id"],
+            body["opinion"],
+            body.get("collection"),
+            body.get("reason"),
         )
     )
 
@@ -285,8 +299,8 @@ async def trust_list(request: web.Request) -> web.Response:
 
 async def trust_add(request: web.Request) -> web.Response:
     deps = request.app[API_KEY]
-    body = _fields(await read_json(request), ("node_id", "collection"), ("name",))
-    for name in ("node_id", "collection", "name"):
+    body = _fields(await read_json(request), ("node_id", "collection"), ("name", "org", "country"))
+    for name in ("node_id", "collection", "name", "org", "country"):
         _text(body, name)
     return await _policy(
         request,
@@ -294,6 +308,8 @@ async def trust_add(request: web.Request) -> web.Response:
         body["node_id"],
         body["collection"],
         body.get("name") or "",
+        body.get("org") or "",
+        body.get("country") or "",
     )
 
 

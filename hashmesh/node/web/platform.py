@@ -23,9 +23,17 @@ from hashmesh.node.keys import hash_token
 from hashmesh.node.lists.feed import DEFAULT_PAGE, MAX_PAGE, FeedHub, FeedReader
 from hashmesh.node.lists.importers import formats
 from hashmesh.node.lists.listfiles import apply_import, import_file
-from hashmesh.node.matching.matcher import exact_only
-from hashmesh.node.matching.policy import NEGATIVE, QUARANTINED, SUPPRESSED, PolicySet, policy_set
-from hashmesh.node.matching.quarantine import Hit, Spike, SpikeDetector
+from hashmesh.node.matching.matcher import MAX_QUERIES, exact_only
+from hashmesh.node.matching.pdq_index import DEFAULT_THRESHOLD
+from hashmesh.node.matching.policy import (
+    MATCH,
+    NEGATIVE,
+    QUARANTINED,
+    SUPPRESSED,
+    PolicySet,
+    policy_set,
+)
+from hashmesh.node.matching.quarantine import Hit, Spike, SpikeDetector, spiky
 from hashmesh.node.net.bodies import (
     MAX_JSON_BODY,
     parse_json_object,
@@ -38,6 +46,7 @@ from hashmesh.node.store.executor import StoreThread
 from hashmesh.node.tokens import Grant, TokenStore
 from hashmesh.node.web import access, matchroutes
 from hashmesh.node.web.http import read_json
+from hashmesh.protocol.ops import OpId
 
 log = logging.getLogger("hashmesh.platform")
 
@@ -299,10 +308,13 @@ class NodeMatch:
         collections = access.readable(access.grant_of(request), None)
         matcher = self.service.matcher
         readers = self.readers
-        author_name = self.service.config.author_name
+        config = self.service.config
+        author_name, labels = config.author_name, config.trust_labels()
 
         def work() -> dict[str, Any]:
-            return matcher.answer(queries, threshold, collections, author_name, readers.get())
+            return matcher.answer(
+                queries, threshold, collections, author_name, readers.get(), labels
+            )
 
         if exact_only(queries) and len(queries) <= INLINE_QUERIES:
             return work()  # a few indexed lookups: cheaper than a thread hop
@@ -311,10 +323,12 @@ class NodeMatch:
 
 
 class SpikeWatch:
-    """`MatchDeps` around the node's own (in process or forwarded to its workers): counts
-    every answer's hits per signal (matching/quarantine.py) and quarantines, on the store
-    thread and after the answer, a signal whose collection's spike rule it crosses. Only
-    the node's matches are counted: a replica's answers never reach it."""
+    """`MatchDeps` around the node's own matching: counts every answer's hits per signal
+    (matching/quarantine.py) and quarantines, on the store thread and after the answer, a
+    signal whose collection's spike rule it crosses. Matches answered elsewhere arrive as
+    counts (`reported`): the matcher workers' (every answer of theirs, forwarded by the
+    node or sent to their address, over a pipe: node/workers.py) and replicas' (POST
+    /v1/replica/matches over their follow token: web/replicas.py), into the same windows."""
 
     NOT_COUNTED = frozenset({NEGATIVE, SUPPRESSED, QUARANTINED})
     POLICY_TTL_S = 1.0
@@ -350,12 +364,44 @@ class SpikeWatch:
                 for m in r.get("matches", ())
                 if m.get("verdict") not in self.NOT_COUNTED
             ]
-            spikes = self.detector.observe(now, hits, policies)
-            if spikes:
-                task = asyncio.create_task(self._quarantine(spikes))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            self._spiked(self.detector.observe(now, hits, policies))
         return result
+
+    async def reported(
+        self, pairs: list[tuple[OpId, int]], collections: frozenset[str] | None
+    ) -> int:
+        """Count matches answered elsewhere: `pairs` of (op id, matches) as a worker or a
+        replica reported them (matching/quarantine.py parse_report), each counted only if
+        it is a live add here in a collection `collections` allows and whose policy has a
+        spike rule; the row a quarantine keeps is this node's, never the reporter's word.
+        Returns how many signals were counted."""
+        now = time.monotonic()
+        policies = self._current(now)
+        counting = spiky(policies)
+        keys = [
+            (op, n)
+            for op, n in pairs
+            if op.collection in counting and (collections is None or op.collection in collections)
+        ]
+        if not keys:
+            return 0
+        readers = self.readers
+        loop = asyncio.get_running_loop()
+        rows = await loop.run_in_executor(
+            None,
+            lambda: readers.get().live_adds(
+                [(op.author, op.collection, op.seq, op.index) for op, _ in keys]
+            ),
+        )
+        counted = [(Hit(str(op), *rows[str(op)]), n) for op, n in keys if str(op) in rows]
+        self._spiked(self.detector.observe_counted(now, counted, policies))
+        return len(counted)
+
+    def _spiked(self, spikes: list[Spike]) -> None:
+        if spikes:
+            task = asyncio.create_task(self._quarantine(spikes))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _quarantine(self, spikes: list[Spike]) -> None:
         try:
@@ -366,6 +412,60 @@ class SpikeWatch:
 
 
 SPIKES_KEY: web.AppKey[SpikeWatch] = web.AppKey("spikes", SpikeWatch)
+
+
+class FeedMarks:
+    """Marks the adds of a /v1/feed page (and opinion entries, which carry their add
+    whole) that this node's match policy holds back: `"policy": {"verdict", "reasons"}`,
+    as a match of the add's own signal would answer it now. Consumers (the pytx
+    extension, HMA) are told, not kept in the dark: nothing is left out of the feed.
+
+    A page costs one policy read and one quarantine lookup; only when some collection
+    has a policy or a signal of the page is quarantined is the page matched, its
+    distinct signals in requests of MAX_QUERIES (a PDQ page waits for the index: 503
+    while it loads, rather than go out unmarked)."""
+
+    def __init__(self, service: NodeService, readers: ReaderPool) -> None:
+        self.service = service
+        self.readers = readers
+
+    def __call__(self, entries: list[dict[str, Any]], collections: frozenset[str] | None) -> None:
+        targets = [
+            (e, e["op_id"] if e["kind"] == "add" else e["target"])
+            for e in entries
+            if (e["kind"] == "add" or e.get("target_live") is True) and "value" in e
+        ]
+        if not targets:
+            return
+        reader = self.readers.get()
+        if not policy_set(reader.policy_rows()).active and not reader.quarantined(
+            [op for _, op in targets]
+        ):
+            return
+        queries = list({(e["type"], e["value"]): None for e, _ in targets})
+        config = self.service.config
+        verdicts: dict[str, dict[str, Any]] = {}
+        for at in range(0, len(queries), MAX_QUERIES):
+            chunk = [{"type": t, "value": v} for t, v in queries[at : at + MAX_QUERIES]]
+            answer = self.service.matcher.answer(
+                chunk,
+                DEFAULT_THRESHOLD,
+                collections,
+                config.author_name,
+                reader,
+                config.trust_labels(),
+            )
+            for result in answer["results"]:
+                for hit in result["matches"]:
+                    if hit["verdict"] != MATCH:
+                        verdicts[hit["op_id"]] = {
+                            "verdict": hit["verdict"],
+                            "reasons": hit.get("reasons", []),
+                        }
+        for entry, op_id in targets:
+            held = verdicts.get(op_id)
+            if held is not None:
+                entry["policy"] = held
 
 
 # -- tokens ---------------------------------------------------------------------------------
@@ -480,7 +580,11 @@ async def _start(app: web.Application) -> None:
     deps = app[PLATFORM_KEY]
     service = deps.service
     state = app[FEED_KEY]
-    state.reader = FeedReader(service.store.path, lambda author: service.config.author_name(author))
+    state.reader = FeedReader(
+        service.store.path,
+        lambda author: service.config.author_name(author),
+        mark=FeedMarks(service, app[READERS_KEY]),
+    )
     state.hub = FeedHub(asyncio.get_running_loop())
     await deps.store_thread.call(service.store.batch_listeners.append, state.hub.notify)
     await _reload_tokens(app)

@@ -14,6 +14,11 @@ token never leaves the node, nor does any token with the admin scope (those matc
 node only), and a grant's scopes are cut to `match` and `metrics`: a replica needs no more.
 
 An ETag over the body, with If-None-Match, answers an unchanged state with 304 and no body.
+
+POST /v1/replica/matches is the other way: a replica reports the hits it answered, as
+counts per signal, so the node's quarantine counts them with its own (matching/
+quarantine.py). Bounded (1 MiB, MAX_REPORT signals, MAX_REPORTED matches each) and cut
+to the follower's collections; a count adds to a live add's window, nothing else.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from typing import Any
 from aiohttp import web
 
 from hashmesh.node.matching.policy import policy_set
+from hashmesh.node.matching.quarantine import parse_report
+from hashmesh.node.net.bodies import parse_json_object, request_body
 from hashmesh.node.service import NodeService
 from hashmesh.node.store.feed import connect_reader
 from hashmesh.node.store.policies import policy_rows
@@ -34,8 +41,11 @@ from hashmesh.node.store.quarantine import active_ids
 from hashmesh.node.store.replica import visible_head
 from hashmesh.node.tokens import Grant
 from hashmesh.node.web import access
+from hashmesh.node.web.platform import SPIKES_KEY
 
 PATH = "/v1/replica/state"
+MATCHES_PATH = "/v1/replica/matches"
+MAX_REPORT_BODY = 1 << 20
 REPLICATED_SCOPES = ("match", "metrics")
 
 SERVICE_KEY: web.AppKey[NodeService] = web.AppKey("replica_service")
@@ -69,6 +79,15 @@ def _intersect(grant: Grant, readable: frozenset[str] | None) -> frozenset[str] 
     if readable is None:
         return grant.collections
     return grant.collections & readable
+
+
+def _labels(service: NodeService, readable: frozenset[str] | None) -> list[list[str]]:
+    """[author, collection, org, country] of labelled trust entries (quorum_by)."""
+    return [
+        [author, collection, org, country]
+        for (author, collection), (org, country) in sorted(service.config.trust_labels().items())
+        if readable is None or collection in readable
+    ]
 
 
 def _authors(service: NodeService, readable: frozenset[str] | None) -> dict[str, str]:
@@ -115,6 +134,7 @@ async def state(request: web.Request) -> web.Response:
         "authors": _authors(request.app[SERVICE_KEY], readable),
         "policies": policies,
         "quarantined": held,
+        "labels": _labels(request.app[SERVICE_KEY], readable),
     }
     data = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
     etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
@@ -124,7 +144,16 @@ async def state(request: web.Request) -> web.Response:
     return web.Response(body=data, content_type="application/json", headers=headers)
 
 
+async def matches(request: web.Request) -> web.Response:
+    """A replica's report of the matches it answered (counts per signal)."""
+    readable = access.readable(access.grant_of(request), None)
+    pairs = parse_report(parse_json_object(await request_body(request, MAX_REPORT_BODY)))
+    counted = await request.app[SPIKES_KEY].reported(pairs, readable)
+    return web.json_response({"counted": counted, "reported": len(pairs)})
+
+
 def register(app: web.Application, service: NodeService) -> None:
     app[SERVICE_KEY] = service
     app[HEADS_KEY] = _Heads(service)
     app.router.add_get(PATH, state)
+    app.router.add_post(MATCHES_PATH, matches)

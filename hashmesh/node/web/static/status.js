@@ -54,11 +54,12 @@ function render(status, history, recent) {
     if (p.negative) rules.push("never matches; suppresses the same signal elsewhere (PDQ within " + (p.threshold ?? "the request's threshold") + ")");
     else if (p.threshold !== null) rules.push("PDQ distance over " + p.threshold);
     if (p.min_quality !== null) rules.push("quality under " + p.min_quality);
-    if (p.quorum > 1) rules.push("fewer than " + p.quorum + " authors list it");
+    if (p.quorum > 1) rules.push("fewer than " + p.quorum + " " + ({ org: "organisations", country: "countries" }[p.quorum_by] || "authors") + " list it");
     if (p.suspend_after_disputes !== null) rules.push(p.suspend_after_disputes + "+ disputes");
     if (p.require_review) rules.push("always: review required");
     if (p.spike_cap !== null) rules.push("quarantine at " + p.spike_cap + " matches a minute");
     if (p.spike_factor !== null) rules.push("quarantine at " + p.spike_factor + "x its usual rate");
+    if (p.dispute_on_spike) rules.push("a quarantine disputes the hash to its author (match-spike)");
     row(pt, [{ text: p.collection }, { text: rules.join("; ") }]);
   }
   const held = status.quarantine || [];
@@ -73,7 +74,7 @@ function render(status, history, recent) {
   const dnone = document.getElementById("disputes-none"); dnone.replaceChildren();
   if (!disputed.length) dnone.appendChild(el("p", "None: no author disputes a hash this node published.", "ok"));
   const dt = document.querySelector("#disputes tbody"); dt.replaceChildren();
-  const names = l => l.map(w => w.author_name || short(w.author)).join(", ");
+  const names = l => l.map(w => (w.author_name || short(w.author)) + (w.reason ? " (" + w.reason + ")" : "")).join(", ");
   for (const d of disputed) row(dt, [{ text: d.collection || "" }, { text: d.type ? d.type + " " + d.value.slice(0, 16) + "…" : d.op_id, title: d.value || d.op_id, cls: "mono" }, { text: names(d.disputes), cls: "bad" }, { text: names(d.confirms) }, { text: d.live === false ? "revoked" : d.revoke + "  |  " + d.confirm, cls: "mono" }]);
   const authors = new Map();
   for (const t of status.trust || []) { const a = authors.get(t.node_id) || { name: t.name, collections: [] }; a.collections.push(t.collection); a.name = a.name || t.name; authors.set(t.node_id, a); }
