@@ -328,6 +328,7 @@ class Worker:
             loaded.how,
             len(loaded.index),
         )
+        del loaded  # held here for the worker's life, a remapped index could never be freed
         tasks = [asyncio.create_task(self.follow()), asyncio.create_task(self.remap())]
         try:
             await self.stopping.wait()
