@@ -2,6 +2,7 @@
 generator: Python clients on the same two cores would measure themselves).
 
     .venv/bin/python bench/http_match.py [--signals 100k] [--workers 0,1,2] [--duration 10]
+        [--servers fast,aiohttp] [--ceilings]
 
 For each --workers value a node home holding --signals MD5 adds (published offline
 through NodeService, one copy per configuration) is started with that many matcher
@@ -13,6 +14,12 @@ configuration, side by side:
 2. ingest: the same while this process publishes batches of 1,000 new MD5 adds through
    `POST /v1/signals/batch` as fast as the node takes them (ingest rate reported).
 
+Each worker count above 0 runs once per --servers value: `fast` is the matcher processes'
+own path (web/fastmatch.py: httptools on uvloop), `aiohttp` the path before it (every route
+through aiohttp on the stock loop; HASHMESH_MATCH_SERVER=aiohttp in the node's environment,
+which its workers inherit). --ceilings first measures bare hello-world servers with the same
+wrk script (one process, a constant answer): what the HTTP stack alone allows here.
+
 wrk's own latency distribution gives p50/p99 (it corrects for coordinated omission only in
 wrk2; wrk reports what its connections saw). Debian's `wrk` package must be installed.
 """
@@ -23,9 +30,11 @@ import argparse
 import asyncio
 import datetime
 import json
+import os
 import random
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -35,7 +44,7 @@ from typing import Any
 
 import aiohttp
 from benchenv import free_port, machine
-from benchnodes import Node, make_node, spawn, stop, wait_healthy
+from benchnodes import Node, make_node, stop, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
@@ -44,7 +53,50 @@ sys.path.append(str(ROOT))
 from hashmesh.node.config import Home  # noqa: E402
 from hashmesh.node.service import NodeService  # noqa: E402
 from hashmesh.protocol.ops import AddOp  # noqa: E402
-from hashmesh.testing import read_runtime  # noqa: E402
+from hashmesh.testing import NodeRun, read_runtime  # noqa: E402
+
+HELLO = {
+    "aiohttp (asyncio)": ("aiohttp", False),
+    "aiohttp (uvloop)": ("aiohttp", True),
+    "httptools (uvloop)": ("httptools", True),
+}
+HELLO_CODE = """
+import asyncio, sys
+kind, port, fast_loop = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+BODY = b'{"threshold": 31, "matched": false, "results": []}'
+async def aiohttp_server():
+    from aiohttp import web
+    async def match(request):
+        await request.read()
+        return web.Response(body=BODY, content_type="application/json")
+    app = web.Application()
+    app.router.add_post("/v1/match", match)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await asyncio.Event().wait()
+async def httptools_server():
+    import httptools
+    head = b"HTTP/1.1 200 OK\\r\\nContent-Type: application/json\\r\\n"
+    head += b"Content-Length: %d\\r\\n\\r\\n"
+    answer = head % len(BODY) + BODY
+    class Protocol(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+            self.parser = httptools.HttpRequestParser(self)
+        def data_received(self, data):
+            self.parser.feed_data(data)
+        def on_message_complete(self):
+            self.transport.write(answer)
+    await asyncio.get_running_loop().create_server(Protocol, "127.0.0.1", port)
+    await asyncio.Event().wait()
+main = aiohttp_server if kind == "aiohttp" else httptools_server
+if fast_loop:
+    import uvloop
+    uvloop.run(main())
+else:
+    asyncio.run(main())
+"""
 
 LUA = """
 local hits = {%(hits)s}
@@ -112,10 +164,53 @@ async def ingest(node: Node, stop_event: asyncio.Event, rng: random.Random) -> i
     return added
 
 
+def write_script(path: Path, hits: list[str], token: str) -> Path:
+    path.write_text(
+        LUA % {"hits": ",".join(f'"{v}"' for v in hits[:2000]), "token": token, "seed": 18}
+    )
+    return path
+
+
+def ceilings(root: Path, hits: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """Bare hello-world servers on this machine, one process each, with the same wrk load."""
+    script = write_script(root / "hello.lua", hits, "x")
+    out = {}
+    for name, (kind, fast_loop) in HELLO.items():
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-c", HELLO_CODE, kind, str(port), "1" if fast_loop else "0"]
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=1):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            out[name] = wrk(f"http://127.0.0.1:{port}", script, args.connections, args.duration)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+        print(name, json.dumps(out[name]), flush=True)
+    return out
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 async def one_config(
-    template: Path, root: Path, workers: int, hits: list[str], args: argparse.Namespace
+    template: Path,
+    root: Path,
+    workers: int,
+    server: str,
+    hits: list[str],
+    args: argparse.Namespace,
 ) -> dict[str, Any]:
-    home = root / f"w{workers}"
+    home = root / f"w{workers}-{server}"
     shutil.copytree(template, home)
     h = Home(home)
     config = h.load_config()
@@ -125,7 +220,8 @@ async def one_config(
     config.match_listen = "127.0.0.1:0"
     h.save_config(config)
     node = Node(f"w{workers}", home, port, config.node_id, h.admin_token_path.read_text().strip())
-    spawn(node)
+    env = {**os.environ, "HASHMESH_MATCH_SERVER": server}
+    node.run = NodeRun(node.home, node.home / "run.log", env=env)
     try:
         async with aiohttp.ClientSession() as session:
             await wait_healthy(session, [node], 120)
@@ -140,18 +236,11 @@ async def one_config(
                         if r.status == 200:
                             seen.add((await r.json())["pid"])
                     runtime = read_runtime(home) or {}
-        script = root / "match.lua"
-        script.write_text(
-            LUA
-            % {
-                "hits": ",".join(f'"{v}"' for v in hits[:2000]),
-                "token": node.token,
-                "seed": 18,
-            }
-        )
+        script = write_script(root / "match.lua", hits, node.token)
         result = {
             "idle": await asyncio.to_thread(wrk, url, script, args.connections, args.duration)
         }
+        result["idle"]["load"] = loadavg()
         stop_event = asyncio.Event()
         feeder = asyncio.create_task(ingest(node, stop_event, random.Random(workers)))
         t = time.monotonic()
@@ -159,6 +248,7 @@ async def one_config(
         stop_event.set()
         added = await feeder
         loaded["ingest_per_s"] = added / (time.monotonic() - t)
+        loaded["load"] = loadavg()
         result["ingest"] = loaded
         return result
     finally:
@@ -187,6 +277,8 @@ def main() -> None:
     parser.add_argument("--workers", default="0,1,2")
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--servers", default="fast,aiohttp", help="for worker counts above 0")
+    parser.add_argument("--ceilings", action="store_true", help="bare hello worlds first")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
@@ -195,25 +287,40 @@ def main() -> None:
         t = time.monotonic()
         template, values = build_template(root, args.signals)
         print(f"template of {args.signals:,} md5 built in {time.monotonic() - t:.0f} s", flush=True)
-        results = {}
+        hello = ceilings(root, values, args) if args.ceilings else {}
+        results: dict[tuple[int, str], Any] = {}
         for w in (int(x) for x in args.workers.split(",")):
-            results[w] = asyncio.run(one_config(template, root, w, values, args))
-            print(w, json.dumps(results[w]), flush=True)
+            for server in args.servers.split(",") if w else ["node"]:
+                results[w, server] = asyncio.run(
+                    one_config(template, root, w, server, values, args)
+                )
+                print(w, server, json.dumps(results[w, server]), flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(f"\n{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {machine()}")
     print(f"{args.signals:,} md5 signals; wrk -t1 -c{args.connections} -d{args.duration}s\n")
-    print("| workers | phase | matches/s | p50 ms | p99 ms | non-2xx | ingest adds/s |")
-    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
-    base = results.get(1, {}).get("idle", {}).get("rps")
-    for w, r in results.items():
+    if hello:
+        print("| bare server (1 process) | requests/s | p50 ms | p99 ms | load average |")
+        print("| --- | ---: | ---: | ---: | --- |")
+        for name, x in hello.items():
+            print(f"| {name} | {x['rps']:,.0f} | {x['p50']:.2f} | {x['p99']:.2f} | |")
+        print()
+    print("| workers | server | phase | matches/s | p50 ms | p99 ms | non-2xx | ingest adds/s |"
+          " load average |")  # fmt: skip
+    print("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    for (w, server), r in results.items():
         for phase in ("idle", "ingest"):
             x = r[phase]
             ing = f"{x['ingest_per_s']:,.0f}" if "ingest_per_s" in x else ""
-            print(f"| {w} | {phase} | {x['rps']:,.0f} | {x['p50']:.2f} | {x['p99']:.2f} | "
-                  f"{x['non2xx']} | {ing} |")  # fmt: skip
-    if base and 2 in results:
-        print(f"\n2 workers / 1 worker (idle): {results[2]['idle']['rps'] / base:.2f}x")
+            print(f"| {w} | {server} | {phase} | {x['rps']:,.0f} | {x['p50']:.2f} | "
+                  f"{x['p99']:.2f} | {x['non2xx']} | {ing} | {x['load']} |")  # fmt: skip
+    for server in args.servers.split(","):
+        one, two = results.get((1, server)), results.get((2, server))
+        if one and two:
+            for phase in ("idle", "ingest"):
+                ratio = two[phase]["rps"] / one[phase]["rps"]
+                print(f"\n{server}: 2 workers / 1 worker ({phase}): {ratio:.2f}x", end="")
+    print()
 
 
 if __name__ == "__main__":

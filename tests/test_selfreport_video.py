@@ -9,21 +9,26 @@ the same video: the reference line closest in time to the page's frame.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import math
 import os
 import statistics
 import struct
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cdp import CHROMIUM, Browser
-from netnodes import NodeProc
+from netnodes import NodeProc, later_record_arrives, wait_for
 from testdata import TESTDATA
 
 from hashmesh.node.config import Home
+from hashmesh.protocol.signals import VpdqFrame, VPDQSignal
 
 VIDEO = TESTDATA / "video"
 VIDEOS = VIDEO / "videos"
@@ -36,6 +41,8 @@ FRAME_BOUND = 20
 MEDIAN_BOUND = 4
 #: The quality floor of the page's frames (the node's min_pdq_quality default).
 MIN_QUALITY = 50
+COLLECTION = "takeitdown"
+POW_BITS = 4
 
 needs_browser = pytest.mark.skipif(
     CHROMIUM is None and not os.environ.get("HASHMESH_REQUIRE_BROWSER"),
@@ -63,37 +70,50 @@ def distance(a: str, b: str) -> int:
     return (int(a, 16) ^ int(b, 16)).bit_count()
 
 
-def frames_of(value: str) -> list[tuple[float, int, str]]:
-    """The page's vpdq value: one `seconds,quality,pdq` line a frame."""
-    out = []
-    for line in value.split("\n"):
-        seconds, quality, pdq = line.split(",")
-        out.append((float(seconds), int(quality), pdq))
-    return out
+def frames_of(value: str) -> list[tuple[float, int, str, int]]:
+    """The page's vpdq value (the signal type's canonical form): (seconds, quality, pdq,
+    frame number) a frame."""
+    assert VPDQSignal.normalize(value) == value
+    return [(f.seconds, f.quality, f.pdq, f.number) for f in VPDQSignal.parse(value)]
 
 
 def compare(name: str, value: str) -> list[int]:
     """Each page frame's distance to the reference frame closest to it in time."""
     rows = reference(name)
     out = []
-    for seconds, quality, pdq in frames_of(value):
+    for seconds, quality, pdq, number in frames_of(value):
         closest = min(rows, key=lambda row: abs(row[3] - seconds))
         assert quality >= MIN_QUALITY
+        assert abs(number - closest[0]) <= 1, (name, seconds, number, closest)
         out.append(distance(pdq, closest[2]))
     return out
 
 
 @pytest.fixture(scope="module")
-def hotline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProc]:
-    node = NodeProc(tmp_path_factory.mktemp("selfreport-video"), "childfocus")
-    home = Home(node.home)
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProc, NodeProc]]:
+    """A hotline with the page on and a platform that trusts it for the collection."""
+    root = tmp_path_factory.mktemp("selfreport-video")
+    hotline, platform = NodeProc(root, "childfocus"), NodeProc(root, "platform")
+    home = Home(hotline.home)
     config = home.load_config()
     config.selfreport_enabled = True
-    config.selfreport_pow_bits = 4
+    config.selfreport_pow_bits = POW_BITS
+    config.selfreport_submits_per_hour = config.selfreport_total_submits_per_hour = 1000
+    config.selfreport_checks_per_hour = 1000
     home.save_config(config)
-    node.start()
-    yield node
-    node.kill()
+    hotline.peer(platform, COLLECTION)
+    platform.peer(hotline, COLLECTION)
+    platform.trust(hotline, COLLECTION)
+    hotline.start()
+    platform.start()
+    yield hotline, platform
+    hotline.kill()
+    platform.kill()
+
+
+@pytest.fixture
+def hotline(net: tuple[NodeProc, NodeProc]) -> NodeProc:
+    return net[0]
 
 
 async def choose(browser: Browser, node: NodeProc, files: list[Path]) -> list[dict[str, str]]:
@@ -113,7 +133,7 @@ def check_conformance(items: list[dict[str, str]]) -> dict[str, list[int]]:
         assert item["state"] == "videoHashed", item
         frames = frames_of(item["vpdq"])
         rows = reference(path.stem)
-        seconds = [s for s, _, _ in frames]
+        seconds = [s for s, _, _, _ in frames]
         assert seconds == sorted(set(seconds)) and all(s == int(s) for s in seconds)
         # one frame a second, all of them but those under the quality floor
         duration = rows[-1][3]
@@ -145,7 +165,7 @@ async def test_page_frame_hashes_match_metas_vpdq(hotline: NodeProc, tmp_path: P
     assert len(found["chair-orig-22-sd-bar.mp4"]) == 23
     assert len(found["doorknob-hd-no-bar.mp4"]) == 3  # seconds 2 and 3 are under quality 50
     for item in items:
-        assert item["md5"] in shown
+        assert item["md5"] in shown and item["vpdq"].split(" ")[0] in shown
     print("page vs Meta's vpdq, bits per frame:", found)
 
 
@@ -228,3 +248,129 @@ async def test_a_rotated_video_is_hashed_as_stored(hotline: NodeProc, tmp_path: 
         pairs = zip(turned, frames_of(stored), strict=True)
         print(path.name, [distance(a[2], b[2]) for a, b in pairs])
         assert by_name[path.name]["vpdq"] == stored, path.name
+
+
+# -- the submit route ----------------------------------------------------------------------
+
+
+def call(method: str, url: str, body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"} if data is not None else {}
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def submit(node: NodeProc, signals: list[dict[str, Any]]) -> tuple[int, Any]:
+    status, got = call("GET", node.url + "/takeitdown/api/challenge")
+    assert status == 200, got
+    n = 0
+    while int.from_bytes(hashlib.sha256(f"{got['challenge']}:{n}".encode()).digest(), "big") >> (
+        256 - got["bits"]
+    ):
+        n += 1
+    body = {"challenge": got["challenge"], "solution": str(n), "category": "ncii"}
+    return call("POST", node.url + "/takeitdown/api/submit", {**body, "signals": signals})
+
+
+def one_a_second(name: str, minimum: int = MIN_QUALITY) -> list[VpdqFrame]:
+    """Meta's reference frames of a sample at one a second (every 30th: the samples are 30
+    frames a second), those of quality `minimum` and up, as the page sends them."""
+    frames = []
+    for number, quality, pdq, seconds in reference(name):
+        if number % 30 == 0 and quality >= minimum:
+            frames.append(VpdqFrame(number, quality, pdq, round(seconds * 1000)))
+    return frames
+
+
+def live(node: NodeProc, signal_type: str) -> set[str]:
+    """The live values of a type in the collection, as `export-list` writes them."""
+    out = node.home / "live.json"
+    node.cli("export-list", "csv", str(out), "-c", COLLECTION)
+    rows = list(csv.DictReader(out.open()))
+    return {row["value"] for row in rows if row["type"] == signal_type}
+
+
+@needs_videos
+def test_a_video_is_published_and_withdrawn(net: tuple[NodeProc, NodeProc]) -> None:
+    hotline, platform = net
+    status, info = call("GET", hotline.url + "/takeitdown/api/info")
+    assert status == 200 and info["max_video_frames"] == 600
+    value = VPDQSignal.format(one_a_second("chair-20-sd-bar"))
+    md5 = hashlib.md5((VIDEOS / "chair-20-sd-bar.mp4").read_bytes()).hexdigest()
+    lines = value.replace(" ", "\n")  # Meta's hash file as it is: the type reads it too
+    status, case = submit(
+        hotline, [{"type": "md5", "value": md5}, {"type": "vpdq", "value": lines}]
+    )
+    assert status == 200 and case["hashes"] == 2, case
+    wait_for(lambda: value in live(platform, "vpdq"))
+    creds = {"case": case["case"], "secret": case["secret"]}
+    status, done = call("POST", hotline.url + "/takeitdown/api/withdraw", creds)
+    assert status == 200 and done["revoked"] == 2, done
+    wait_for(lambda: value not in live(platform, "vpdq"))
+
+
+@needs_videos
+def test_video_refusals_name_the_field_and_change_nothing(
+    net: tuple[NodeProc, NodeProc],
+) -> None:
+    hotline, platform = net
+    frames = one_a_second("chair-19-sd-bar")
+    good = VPDQSignal.format(frames)
+
+    def refused(signals: list[dict[str, Any]], needle: str) -> None:
+        status, answer = submit(hotline, signals)
+        assert status == 400 and needle in answer["error"], (needle, answer)
+
+    vpdq = "vpdq"
+    refused([{"type": vpdq, "value": good, "quality": 100}], "signals[0]: a vpdq hash has a")
+    refused([{"type": vpdq, "value": frames}], "signals[0]: a vpdq value is a string")
+    refused([{"type": vpdq, "value": "x" * 55_801}], "at most 55800 characters")
+    refused(
+        [{"type": vpdq, "value": good.replace(",", ";", 1)}], "signals[0]: vpdq value: frame[0]"
+    )
+    backwards = VPDQSignal.format(frames[:2])
+    later, first = backwards.split(" ")[1], backwards.split(" ")[0]
+    refused([{"type": vpdq, "value": later + " " + first}], "increasing order")
+    many = [VpdqFrame(n, 100, frames[n % len(frames)].pdq, n * 1000) for n in range(601)]
+    refused([{"type": vpdq, "value": VPDQSignal.format(many)}], "601 video frames, at most 600")
+    low = [frames[0], frames[1]._replace(quality=10)]
+    refused([{"type": vpdq, "value": VPDQSignal.format(low)}], "frame[1]: quality 10 is under 50")
+    flat = [frames[0]._replace(pdq="0" * 64)]
+    refused([{"type": vpdq, "value": VPDQSignal.format(flat)}], "frame[0]: refused, near-constant")
+    four = [
+        {"type": vpdq, "value": VPDQSignal.format([f._replace(number=f.number + k)])}
+        for k, f in enumerate(frames[:4])
+    ]
+    refused(four, "at most 3 videos")
+    status, _ = call("POST", hotline.url + "/takeitdown/api/submit", {"pad": "x" * 250_000})
+    assert status == 400
+    later_record_arrives(hotline, platform, COLLECTION)
+    assert live(platform, "vpdq") == set()  # nothing of the refused reports went out
+
+
+@needs_browser
+@needs_videos
+async def test_page_sends_a_videos_frames_and_md5(
+    net: tuple[NodeProc, NodeProc], tmp_path: Path
+) -> None:
+    hotline, platform = net
+    path = VIDEOS / "chair-22-sd-grey-bar.mp4"
+    async with Browser(tmp_path / "profile") as browser:
+        (item,) = await choose(browser, hotline, [path])
+        shown = await browser.evaluate("document.querySelector('#hashlist .frames').textContent")
+        assert shown == "vpdq " + item["vpdq"].replace(" ", "\n")  # one line a frame
+        await browser.evaluate(
+            "document.getElementById('cat-ncii').click(); document.getElementById('submit').click()"
+        )
+        await browser.wait_for("!document.getElementById('result').hidden", timeout=60)
+        bodies = [r.get("postData", "") for r in browser.requests]
+        assert browser.console == [], browser.console
+    sent = json.loads(next(b for b in bodies if '"signals"' in b))["signals"]
+    assert sent == [{"type": "md5", "value": item["md5"]}, {"type": "vpdq", "value": item["vpdq"]}]
+    assert not any("ftyp" in b or "avc1" in b for b in bodies)  # hashes, not the file
+    wait_for(lambda: item["vpdq"] in live(platform, "vpdq"))
+    assert item["md5"] in live(platform, "md5")

@@ -39,9 +39,11 @@ import signal
 import socket
 import sqlite3
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -60,10 +62,16 @@ from hashmesh.node.matching.freshness import (
 from hashmesh.node.matching.matcher import Matcher, exact_only
 from hashmesh.node.runtime import tune_gc
 from hashmesh.node.store import feed
-from hashmesh.node.store.core import ReaderPool
+from hashmesh.node.store.core import StoreReader
+from hashmesh.node.store.policies import PolicyRow, policy_rows
 from hashmesh.node.store.tokens import TokenTable
 from hashmesh.node.tokens import Grant
-from hashmesh.node.web import access, matchroutes, matchserver
+from hashmesh.node.web import access, fastmatch, matchroutes, matchserver
+
+try:  # a dependency (pyproject.toml); the stock loop still serves if it cannot load
+    import uvloop
+except ImportError:  # pragma: no cover
+    uvloop = None  # type: ignore[assignment]
 
 log = logging.getLogger("hashmesh.worker")
 T = TypeVar("T")
@@ -75,6 +83,22 @@ INLINE_QUERIES = 32
 REMAP_CHECK_S = 2.0
 REMAP_CHANGES = 1_000
 KEEPALIVE_TIMEOUT_S = 15.0
+# "aiohttp": serve every route through aiohttp on the stock loop, as before web/fastmatch.py
+# (bench/http_match.py measures both); anything else: the fast path on uvloop.
+SERVER = os.environ.get("HASHMESH_MATCH_SERVER", "fast")
+
+
+class _Reader(StoreReader):
+    """The worker's read-only connection, with the match policy rows its follower keeps:
+    read once per feed page instead of once per match request."""
+
+    def __init__(self, path: Path, cached: Callable[[], list[PolicyRow] | None]) -> None:
+        super().__init__(path)
+        self._cached = cached
+
+    def policy_rows(self) -> list[PolicyRow]:
+        rows = self._cached()
+        return super().policy_rows() if rows is None else rows
 
 
 class Worker:
@@ -88,7 +112,8 @@ class Worker:
         self.tokens = access.TokenCache(admin)
         self._token_rows: list[Any] = []
         self.matcher = Matcher()
-        self.readers = ReaderPool(home.db_path)
+        self._readers = threading.local()
+        self.policy_rows: list[PolicyRow] = []  # read with each feed page (_poll_once)
         self.conn = feed.connect_reader(home.db_path)
         # The feed follower's own thread: on the default pool (where matches run) a poll
         # waits behind every queued match, and under a flood the index falls behind.
@@ -104,6 +129,7 @@ class Worker:
         self._remap_tried: int | None = None
         self.stopping = asyncio.Event()
         self.runner: web.AppRunner | None = None
+        self.fast: fastmatch.FastServer | None = None
 
     # -- freshness and health --------------------------------------------------------------
 
@@ -159,33 +185,62 @@ class Worker:
     # -- MatchDeps ---------------------------------------------------------------------------
 
     async def answer(self, request: web.Request, queries: Any, threshold: int) -> dict[str, Any]:
+        result = self.answer_now(access.grant_of(request), queries, threshold)
+        return result if isinstance(result, dict) else await result
+
+    def answer_now(
+        self, grant: Grant, queries: Any, threshold: int
+    ) -> dict[str, Any] | Awaitable[dict[str, Any]]:
         """Exact-only requests read the database, current at every commit: they answer even
-        while the index loads or lags. Anything with a PDQ query needs a fresh index."""
+        while the index loads or lags, inline (a few indexed lookups: no thread hop, and
+        web/fastmatch.py writes the answer from the same call). Anything with a PDQ query
+        needs a fresh index, and is answered on a thread."""
         exact = exact_only(queries)
-        fresh = self.freshness()
-        why = None if exact else fresh.refusal(self.max_lag, self.max_stale, self.max_lag_s)
-        if why is not None:
-            self.counts["refused"] += 1
-            raise matchroutes.Refused(
-                web.json_response(
-                    {"error": f"this matcher is not current: {why}", **fresh.json()},
-                    status=503,
-                    headers={"Retry-After": "1"},
+        if not exact:
+            fresh = self.freshness()
+            why = fresh.refusal(self.max_lag, self.max_stale, self.max_lag_s)
+            if why is not None:
+                self.counts["refused"] += 1
+                raise matchroutes.Refused(
+                    web.json_response(
+                        {"error": f"this matcher is not current: {why}", **fresh.json()},
+                        status=503,
+                        headers={"Retry-After": "1"},
+                    )
                 )
-            )
-        collections = access.readable(access.grant_of(request), None)
+        collections = access.readable(grant, None)
         author_name = self.config.author_name
-        readers, matcher = self.readers, self.matcher
+        readers, matcher = self._reader, self.matcher
 
         def work() -> dict[str, Any]:
-            return matcher.answer(queries, threshold, collections, author_name, readers.get())
+            return matcher.answer(queries, threshold, collections, author_name, readers())
 
         if exact and len(queries) <= INLINE_QUERIES:
             result = work()
-        else:
-            result = await asyncio.get_running_loop().run_in_executor(None, work)
-        self.counts["answered"] += 1
+            self._answered(result)
+            return result
+        return self._on_thread(work)
+
+    async def _on_thread(self, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        result = await asyncio.get_running_loop().run_in_executor(None, work)
+        self._answered(result)
         return result
+
+    def _answered(self, result: dict[str, Any]) -> None:
+        self.counts["answered"] += 1
+
+    def _reader(self) -> _Reader:
+        reader: _Reader | None = getattr(self._readers, "reader", None)
+        if reader is None:
+            reader = self._readers.reader = _Reader(self.home.db_path, self._cached_policies)
+        return reader
+
+    def _cached_policies(self) -> list[PolicyRow] | None:
+        """The match policy rows the follower read with its last feed page (as fresh as the
+        index), or None (read them now) when the follower has not read for max_stale."""
+        if time.monotonic() - self.last_read > self.max_stale:
+            return None
+        return self.policy_rows
 
     # -- following the node ------------------------------------------------------------------
 
@@ -196,6 +251,7 @@ class Worker:
         try:
             head = feed.feed_head(self.conn)
             page = feed.index_changes(self.conn, self.matcher.cursor)
+            rows = policy_rows(self.conn)
         finally:
             self.conn.execute("COMMIT")
         full = len(page) >= feed.INDEX_PAGE
@@ -207,6 +263,8 @@ class Worker:
         self.matcher.apply(added, removed, cursor)
         self.lag.applied(cursor)
         self.head = head
+        if rows != self.policy_rows:
+            self.policy_rows = rows
         self.last_read = time.monotonic()
         return full
 
@@ -318,7 +376,20 @@ class Worker:
         )
         await self.runner.setup()
         await self._on_follow_thread(self._reload_tokens)
-        await web.SockSite(self.runner, sock, shutdown_timeout=5).start()
+        if SERVER == "aiohttp":  # the old path, kept for bench/http_match.py's comparison
+            await web.SockSite(self.runner, sock, shutdown_timeout=5).start()
+        else:
+            fallback = self.runner.server
+            assert fallback is not None
+            self.fast = fastmatch.FastServer(
+                self.tokens,
+                self.answer_now,
+                self.health,
+                self.metrics_text,
+                fallback,
+                KEEPALIVE_TIMEOUT_S,
+            )
+            await self.fast.start(sock=sock)
         loaded = await self._on_follow_thread(lambda: loading.load(self.conn, self.home.index_dir))
         self.matcher.load(loaded.index, loaded.cursor)
         self.mapped_at = loaded.checkpoint
@@ -336,6 +407,8 @@ class Worker:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self.fast is not None:
+                await self.fast.stop()
             await self.runner.cleanup()
             self._follow_thread.shutdown(wait=True)
             self.conn.close()
@@ -352,8 +425,12 @@ def main(argv: list[str] | None = None) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     logging.basicConfig(level=args.log_level, handlers=[handler], force=True)
+    worker = Worker(Home(args.home), args.fd)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(Worker(Home(args.home), args.fd).run())
+        if uvloop is not None and SERVER != "aiohttp":
+            uvloop.run(worker.run())
+        else:
+            asyncio.run(worker.run())
 
 
 if __name__ == "__main__":

@@ -67,6 +67,27 @@ def required_scope(path: str) -> str:
     return SCOPE_BY_PATH.get(path, "admin")
 
 
+def bearer_grant(tokens: TokenCache, path: str, header: str) -> Grant | tuple[int, str]:
+    """The grant an Authorization header carries for `path`, or the (status, message) that
+    refuses it: one copy for the node's auth middleware and the matchers' fast path."""
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return 401, "missing bearer token (Authorization: Bearer ...)"
+    grant = tokens.lookup(token.strip())
+    if grant is None:
+        return 401, "unknown or revoked token"
+    scope = required_scope(path)
+    if not grant.allows(scope):
+        if grant.admin_disabled:  # its admin scope would have allowed this (metrics too)
+            return (
+                403,
+                "this token is restricted to collections, so its admin scope is ignored"
+                " (revoke it; admin tokens cannot be restricted)",
+            )
+        return 403, f"this token lacks the {scope!r} scope needed here"
+    return grant
+
+
 def grant_of(request: web.Request) -> Grant:
     grant: Grant | None = request.get(GRANT)
     return grant if grant is not None else ADMIN

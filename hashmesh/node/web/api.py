@@ -95,22 +95,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path in OPEN_PATHS or request.path.startswith("/v1/peer/"):
         return await handler(request)
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        return error_response(401, "missing bearer token (Authorization: Bearer ...)")
-    grant = request.app[access.TOKENS_KEY].lookup(token.strip())
-    if grant is None:
-        return error_response(401, "unknown or revoked token")
+    grant = access.bearer_grant(
+        request.app[access.TOKENS_KEY], request.path, request.headers.get("Authorization", "")
+    )
+    if isinstance(grant, tuple):
+        return error_response(*grant)
     scope = access.required_scope(request.path)
-    if not grant.allows(scope):
-        if grant.admin_disabled:  # its admin scope would have allowed this (metrics too)
-            return error_response(
-                403,
-                "this token is restricted to collections, so its admin scope is ignored"
-                " (revoke it; admin tokens cannot be restricted)",
-            )
-        return error_response(403, f"this token lacks the {scope!r} scope needed here")
     request[access.GRANT] = grant
     if scope == "publish":
         await access.check_publish_collections(request, grant)

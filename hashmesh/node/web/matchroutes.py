@@ -50,16 +50,22 @@ class MatchDeps(Protocol):
 MATCH_KEY: web.AppKey[MatchDeps] = web.AppKey("match", MatchDeps)
 
 
-async def match(request: web.Request) -> web.Response:
-    body = await read_json(request)
+def match_fields(body: dict[str, Any]) -> tuple[Any, int]:
+    """The queries (unparsed: the matcher checks them) and the checked threshold of a
+    /v1/match body; the aiohttp route and the matchers' fast path (web/fastmatch.py) both
+    refuse through here, so their 400s are the same."""
     if "queries" not in body:
         raise NodeError("queries: required")
     unknown = set(body) - {"queries", "threshold"}
     if unknown:
         raise NodeError(f"{sorted(unknown)[0]}: unknown field")
-    threshold = check_threshold(body.get("threshold", DEFAULT_THRESHOLD))
+    return body["queries"], check_threshold(body.get("threshold", DEFAULT_THRESHOLD))
+
+
+async def match(request: web.Request) -> web.Response:
+    queries, threshold = match_fields(await read_json(request))
     try:
-        result = await request.app[MATCH_KEY].answer(request, body["queries"], threshold)
+        result = await request.app[MATCH_KEY].answer(request, queries, threshold)
     except Refused as refused:
         return refused.response
     return web.json_response(result)

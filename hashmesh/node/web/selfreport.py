@@ -2,7 +2,8 @@
 
 A hotline that enables it ([selfreport] enabled = true) serves a page at /takeitdown/ on
 which a young person (or any victim of intimate-image abuse) picks photos and videos. The
-page computes MD5 and PDQ in JavaScript on the device; only those hashes reach this node,
+page computes MD5 and PDQ (of a picture, or vPDQ: of each second of a video, at most
+MAX_VIDEO_FRAMES) in JavaScript on the device; only those hashes reach this node,
 which publishes them into the configured collection, labelled `self-reported`, so every
 platform node that trusts the hotline receives them within seconds and reviews before
 removing. The person gets a case number and a secret to check the status or withdraw
@@ -17,10 +18,10 @@ Why it is built the way it is:
   random key that is never written anywhere, and they live in memory only.
 - Abuse resistance without a third party (no CAPTCHA service, which would leak the
   visitor to it): a signed proof-of-work challenge solved with SHA-256 in the page, per
-  client and global rate limits, size limits, at most MAX_PDQS_PER_CASE PDQs per case, and
-  refusal of low-quality PDQ hashes and of degenerate hashes (hashing/degenerate.py: blank
-  pictures, the empty file), judged from the hash itself since the quality is the
-  browser's claim.
+  client and global rate limits, size limits, at most MAX_PDQS_PER_CASE PDQs and
+  MAX_VIDEOS_PER_CASE vPDQs per case, and refusal of low-quality PDQ hashes and of
+  degenerate hashes (hashing/degenerate.py: blank pictures, the empty file; a video's
+  frames one by one), judged from the hash itself since the quality is the browser's claim.
 - The routes always exist and answer 404 while the feature is off, so turning it on in
   config.toml takes effect without a restart, like every other config change.
 """
@@ -47,8 +48,9 @@ from hashmesh.node.hashing.degenerate import degenerate_reason
 from hashmesh.node.limits import Clock, RateLimiter
 from hashmesh.node.net.bodies import parse_json_object, request_body
 from hashmesh.protocol.batches import LogKey
-from hashmesh.protocol.errors import ProtocolError
+from hashmesh.protocol.errors import ProtocolError, SignalError
 from hashmesh.protocol.ops import OpId, pack_revokes
+from hashmesh.protocol.signals import VPDQSignal
 
 if TYPE_CHECKING:
     from hashmesh.node.service import NodeService
@@ -82,6 +84,15 @@ LOGO_PER_SUBMIT = 12
 #: Similarity hashes are what can match innocent pictures, and an automated poisoner gets
 #: the most out of each solved proof of work by packing many of them into one case.
 MAX_PDQS_PER_CASE = 10
+#: A video's vPDQ is up to MAX_VIDEO_FRAMES such hashes (the page's cap: one frame a second
+#: of the first 10 minutes), so a case holds few of them.
+MAX_VIDEOS_PER_CASE = 3
+MAX_VIDEO_FRAMES = 600
+#: The longest vpdq value the page sends for MAX_VIDEO_FRAMES frames (a frame is at most
+#: "2147483647,100,<64 hex>,999999.999 ": 93 characters).
+MAX_VPDQ_CHARS = MAX_VIDEO_FRAMES * 93
+#: A submission's body: MAX_BODY for its pictures' hashes, plus its videos' frames.
+MAX_SUBMIT_BODY = MAX_BODY + MAX_VIDEOS_PER_CASE * (MAX_VPDQ_CHARS + 64)
 CHALLENGE_TTL_S = 600
 #: No single address block (IPv4 /24, IPv6 /48) may take more than 1/BLOCK_SHARE of a
 #: node-wide budget, so one attacker cannot leave victims facing 429 for an hour,
@@ -632,6 +643,7 @@ class SelfReport:
                 "logo": bool(c.selfreport_logo),
                 "max_files": c.selfreport_max_files,
                 "min_quality": c.min_pdq_quality,
+                "max_video_frames": MAX_VIDEO_FRAMES,
                 "categories": list(CATEGORIES),
             }
         )
@@ -662,7 +674,7 @@ class SelfReport:
 
     async def submit(self, request: web.Request) -> web.Response:
         self.require_enabled()
-        body = await read_body(request)
+        body = await read_body(request, MAX_SUBMIT_BODY)
         submission = self.parse_submission(body)
         self.plan(request, "submit", "submit")
         # One bit of slack: the load may rise while the person's device solves.
@@ -698,44 +710,89 @@ class SelfReport:
         if len(signals) > limit:
             raise NodeError(f"signals: at most {limit} hashes at a time")
         minimum = self.config.min_pdq_quality
-        pdqs = sum(1 for item in signals if isinstance(item, dict) and item.get("type") == "pdq")
-        if pdqs > MAX_PDQS_PER_CASE:
+
+        def count(kind: str) -> int:
+            return sum(1 for item in signals if isinstance(item, dict) and item.get("type") == kind)
+
+        if count("pdq") > MAX_PDQS_PER_CASE:
             raise NodeError(
                 f"signals: at most {MAX_PDQS_PER_CASE} pictures' similarity fingerprints (pdq)"
+                " per report; please send the others in a second report"
+            )
+        if count("vpdq") > MAX_VIDEOS_PER_CASE:
+            raise NodeError(
+                f"signals: at most {MAX_VIDEOS_PER_CASE} videos' similarity fingerprints (vpdq)"
                 " per report; please send the others in a second report"
             )
         out: list[dict[str, Any]] = []
         seen: set[tuple[str, str]] = set()
         for n, item in enumerate(signals):
-            if not isinstance(item, dict) or item.get("type") not in ("md5", "pdq"):
-                raise NodeError(f"signals[{n}]: expected an md5 or pdq hash")
-            kind, value = item["type"], item.get("value")
-            if not isinstance(value, str) or len(value) > 64:
-                raise NodeError(f"signals[{n}]: value must be a hex string")
-            if set(item) - {"type", "value", "quality"}:
-                raise NodeError(f"signals[{n}]: unknown field")
-            entry: dict[str, Any] = {"type": kind, "value": value.lower()}
-            if kind == "pdq":
-                quality = item.get("quality")
-                if type(quality) is not int or not 0 <= quality <= 100:
-                    raise NodeError(f"signals[{n}]: a pdq hash needs its quality (0-100)")
-                if quality < minimum:
-                    raise NodeError(
-                        f"signals[{n}]: this picture is too plain or too small for a reliable "
-                        f"fingerprint (quality {quality}, at least {minimum} is needed): it "
-                        "would match unrelated pictures. Its exact (md5) fingerprint can "
-                        "still be sent."
-                    )
-                entry["quality"] = quality
-            elif "quality" in item:
-                raise NodeError(f"signals[{n}]: only pdq hashes have a quality")
-            degenerate = degenerate_reason(kind, entry["value"])
-            if degenerate is not None:
-                raise NodeError(f"signals[{n}]: value refused, {degenerate}")
-            if (kind, entry["value"]) not in seen:
-                seen.add((kind, entry["value"]))
+            entry = self.parse_signal(n, item, minimum)
+            if (entry["type"], entry["value"]) not in seen:
+                seen.add((entry["type"], entry["value"]))
                 out.append(entry)
         return Submission(category, out)
+
+    def parse_signal(self, n: int, item: Any, minimum: int) -> dict[str, Any]:
+        if not isinstance(item, dict) or item.get("type") not in ("md5", "pdq", "vpdq"):
+            raise NodeError(f"signals[{n}]: expected an md5, pdq or vpdq hash")
+        kind, value = item["type"], item.get("value")
+        if set(item) - {"type", "value", "quality"}:
+            raise NodeError(f"signals[{n}]: unknown field")
+        if kind == "vpdq":
+            if "quality" in item:
+                raise NodeError(f"signals[{n}]: a vpdq hash has a quality per frame only")
+            return self.parse_video(n, value, minimum)
+        if not isinstance(value, str) or len(value) > 64:
+            raise NodeError(f"signals[{n}]: value must be a hex string")
+        entry: dict[str, Any] = {"type": kind, "value": value.lower()}
+        if kind == "pdq":
+            quality = item.get("quality")
+            if type(quality) is not int or not 0 <= quality <= 100:
+                raise NodeError(f"signals[{n}]: a pdq hash needs its quality (0-100)")
+            if quality < minimum:
+                raise NodeError(
+                    f"signals[{n}]: this picture is too plain or too small for a reliable "
+                    f"fingerprint (quality {quality}, at least {minimum} is needed): it "
+                    "would match unrelated pictures. Its exact (md5) fingerprint can "
+                    "still be sent."
+                )
+            entry["quality"] = quality
+        elif "quality" in item:
+            raise NodeError(f"signals[{n}]: only pdq hashes have a quality")
+        degenerate = degenerate_reason(kind, entry["value"])
+        if degenerate is not None:
+            raise NodeError(f"signals[{n}]: value refused, {degenerate}")
+        return entry
+
+    @staticmethod
+    def parse_video(n: int, value: Any, minimum: int) -> dict[str, Any]:
+        """A video's vpdq as the page computes it: the signal type's own validation, then the
+        page's bounds and the rules its frames' PDQs share with a picture's (quality,
+        degenerate hashes), each refusal naming the frame."""
+        if not isinstance(value, str) or len(value) > MAX_VPDQ_CHARS:
+            raise NodeError(
+                f"signals[{n}]: a vpdq value is a string of at most {MAX_VPDQ_CHARS} characters"
+            )
+        try:
+            frames = VPDQSignal.parse(VPDQSignal.normalize(value))
+        except SignalError as exc:
+            raise NodeError(f"signals[{n}]: {exc}") from None
+        if len(frames) > MAX_VIDEO_FRAMES:
+            raise NodeError(
+                f"signals[{n}]: {len(frames)} video frames, at most {MAX_VIDEO_FRAMES}"
+                " (one a second of the first 10 minutes)"
+            )
+        for i, frame in enumerate(frames):
+            if frame.quality < minimum:
+                raise NodeError(
+                    f"signals[{n}]: frame[{i}]: quality {frame.quality} is under {minimum}:"
+                    " such frames match unrelated videos, leave them out"
+                )
+            degenerate = degenerate_reason("pdq", frame.pdq)
+            if degenerate is not None:
+                raise NodeError(f"signals[{n}]: frame[{i}]: refused, {degenerate}")
+        return {"type": "vpdq", "value": VPDQSignal.format(frames)}
 
     async def _authenticate(self, request: web.Request, budget: str) -> tuple[str, CaseStore]:
         """The case number, once its secret checks out; the same refusal for every failure
@@ -785,8 +842,8 @@ def json_response(value: Any, status: int = 200) -> web.Response:
     )
 
 
-async def read_body(request: web.Request) -> dict[str, Any]:
-    raw = await request_body(request, MAX_BODY, too_large=NodeError)
+async def read_body(request: web.Request, limit: int = MAX_BODY) -> dict[str, Any]:
+    raw = await request_body(request, limit, too_large=NodeError)
     return parse_json_object(raw)
 
 

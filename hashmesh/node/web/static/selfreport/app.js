@@ -116,9 +116,10 @@
     return { minutes: +(videoSeconds() / 60).toFixed(1), gb: MAX_VIDEO_BYTES / 1e9 };
   }
 
-  /** The vpdq value as the node's signal type reads it: one frame a line. */
+  /** The vpdq value as the node's signal type writes it (hashmesh/protocol/signals.py,
+   * Meta's hash file on one line): NUMBER,QUALITY,PDQHEX,SECONDS for each frame. */
   function vpdqValue(frames) {
-    return frames.map((f) => f.t + "," + f.quality + "," + f.pdq).join("\n");
+    return frames.map((f) => f.number + "," + f.quality + "," + f.pdq + "," + f.t.toFixed(3)).join(" ");
   }
 
   /** MD5 (the exact file) and vPDQ (its frames, however re-encoded) of a chosen video. */
@@ -318,7 +319,10 @@
     for (const s of signals()) {
       const li = document.createElement("li");
       li.textContent = s.type + " " + s.value + (s.quality !== undefined ? " (quality " + s.quality + ")" : "");
-      if (s.type === "vpdq") li.className = "frames"; // one line a frame: seconds, quality, PDQ
+      if (s.type === "vpdq") { // one line a frame: number, quality, PDQ, seconds
+        li.className = "frames";
+        li.textContent = "vpdq " + s.value.split(" ").join("\n");
+      }
       list.appendChild(li);
     }
   }

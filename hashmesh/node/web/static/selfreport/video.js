@@ -7,8 +7,12 @@
  * Orientation: a phone stores a portrait video as landscape frames and a rotation in the
  * MP4/MOV track header; browsers draw the frames turned upright, Meta's vpdq (libavcodec)
  * and the node hash them as stored, 90 degrees apart: ~128 bits. The page reads the
- * rotation from the file (storedRotation) and turns each frame back before hashing it, as
- * it ignores a JPEG's orientation tag; only the preview is upright.
+ * rotation from the file (videoTrack) and turns each frame back before hashing it, as it
+ * ignores a JPEG's orientation tag; only the preview is upright.
+ *
+ * Frame numbers: the browser tells the time of a frame, not its number, so a frame at t
+ * seconds is numbered round(t x the track's frame rate) from the same header (its sample
+ * count over its duration), t itself where the file has no such header (WebM).
  *
  * Frames are found by seeking to t = 0, 1, 2, ... seconds and waiting for `seeked`: the
  * element then shows the frame on screen at t, the frame Meta's vpdq keeps for that second
@@ -66,45 +70,64 @@
     return out;
   }
 
-  /** Clockwise degrees (0, 90, 180, 270) a video track's matrix turns its stored frames,
-   * read from an MP4 or MOV file's moov box; 0 for anything else or unreadable. */
-  async function storedRotation(file) {
+  /** The first video track of an MP4 or MOV file (its moov box): `rotation`, the clockwise
+   * degrees (0, 90, 180, 270) its matrix turns the stored frames, and `fps`, its frames a
+   * second (0 if unknown); { rotation: 0, fps: 0 } for any other file or an unreadable one. */
+  async function videoTrack(file) {
+    const none = { rotation: 0, fps: 0 };
     let off = 0;
     for (let n = 0; off + 16 <= file.size && n < MAX_BOXES; n++) {
       const h = new Uint8Array(await file.slice(off, off + 16).arrayBuffer());
       let size = u32(h, 0);
       if (size === 1) size = u32(h, 8) * 2 ** 32 + u32(h, 12);
       else if (size === 0) size = file.size - off;
-      if (size < 8) return 0;
+      if (size < 8) return none;
       if (fourcc(h, 4) === "moov") {
-        if (size > MAX_MOOV) return 0;
+        if (size > MAX_MOOV) return none;
         const b = new Uint8Array(await file.slice(off, off + size).arrayBuffer());
-        return rotationIn(b, u32(h, 0) === 1 ? 16 : 8, b.length);
+        return trackIn(b, u32(h, 0) === 1 ? 16 : 8, b.length) || none;
       }
       off += size;
     }
-    return 0;
+    return none;
   }
 
-  function rotationIn(b, start, end) {
+  function find(b, from, to, path) {
+    let box = [null, from, to];
+    for (const name of path) {
+      box = children(b, box[1], box[2]).find((c) => c[0] === name);
+      if (!box) return null;
+    }
+    return box;
+  }
+
+  function trackIn(b, start, end) {
     for (const [type, from, to] of children(b, start, end)) {
       if (type !== "trak") continue;
-      let matrix = null, video = false;
-      for (const [t, f, e] of children(b, from, to)) {
-        if (t === "tkhd" && e - f >= 84) {
-          const m = f + (b[f] === 1 ? 36 : 24) + 16;
-          if (m + 36 <= e) matrix = [i32(b, m), i32(b, m + 4), i32(b, m + 12), i32(b, m + 16)];
-        } else if (t === "mdia") {
-          for (const [t2, f2, e2] of children(b, f, e)) if (t2 === "hdlr" && e2 - f2 >= 12 && fourcc(b, f2 + 8) === "vide") video = true;
-        }
-      }
-      if (video && matrix) {
-        const [a, bb] = matrix;
-        const degrees = Math.round((Math.atan2(bb, a) * 180) / Math.PI / 90) * 90;
-        return (degrees + 360) % 360;
-      }
+      const hdlr = find(b, from, to, ["mdia", "hdlr"]);
+      const tkhd = find(b, from, to, ["tkhd"]);
+      if (!hdlr || hdlr[2] - hdlr[1] < 12 || fourcc(b, hdlr[1] + 8) !== "vide" || !tkhd) continue;
+      const m = tkhd[1] + (b[tkhd[1]] === 1 ? 36 : 24) + 16;
+      if (m + 36 > tkhd[2]) continue;
+      const degrees = Math.round((Math.atan2(i32(b, m + 4), i32(b, m)) * 180) / Math.PI / 90) * 90;
+      return { rotation: (degrees + 360) % 360, fps: frameRate(b, from, to) };
     }
-    return 0;
+    return null;
+  }
+
+  /** Samples over seconds of the track's sample table (stts) and media header (mdhd). */
+  function frameRate(b, from, to) {
+    const mdhd = find(b, from, to, ["mdia", "mdhd"]);
+    const stts = find(b, from, to, ["mdia", "minf", "stbl", "stts"]);
+    if (!mdhd || !stts || mdhd[2] - mdhd[1] < 24 || stts[2] - stts[1] < 8) return 0;
+    const timescale = u32(b, mdhd[1] + (b[mdhd[1]] === 1 ? 20 : 12));
+    let samples = 0, ticks = 0;
+    const entries = Math.min(u32(b, stts[1] + 4), (stts[2] - stts[1] - 8) / 8);
+    for (let i = 0, p = stts[1] + 8; i < entries; i++, p += 8) {
+      samples += u32(b, p);
+      ticks += u32(b, p) * u32(b, p + 4);
+    }
+    return timescale && ticks ? (samples * timescale) / ticks : 0;
   }
 
   /** Seek to `t` and wait until its frame is the one drawn: `seeked` alone is not enough,
@@ -126,7 +149,8 @@
   }
 
   /**
-   * Hash `file`: { frames: [{ t, quality, pdq }], duration, width, height, truncated }.
+   * Hash `file`: { frames: [{ number, t, quality, pdq }], duration, width, height,
+   * rotation, fps, truncated }.
    * `maxSeconds` bounds the frames (seconds 0 .. maxSeconds - 1 only); `onProgress(done,
    * total)` after each frame; `minQuality` drops the frames below it; `preview(canvas)`
    * gets a thumbnail of the first frame kept.
@@ -151,7 +175,7 @@
       const w = video.videoWidth, h = video.videoHeight; // upright, as the browser shows it
       if (!w || !h || !Number.isFinite(duration) || duration <= 0) throw Object.assign(new Error("no picture in this video"), { undecodable: true });
       if (PDQ.tooSmall(w, h)) throw Object.assign(new RangeError("too small"), { tooSmall: true });
-      const rotation = await storedRotation(file);
+      const { rotation, fps } = await videoTrack(file);
       const scale = w * h <= MAX_CANVAS_PIXELS ? 1 : Math.sqrt(MAX_CANVAS_PIXELS / (w * h));
       const dw = Math.max(1, Math.floor(w * scale)), dh = Math.max(1, Math.floor(h * scale));
       const turned = rotation === 90 || rotation === 270;
@@ -167,6 +191,7 @@
       const total = Math.min(seconds, maxSeconds);
       const frames = [];
       const state = { frameCallbacks: true };
+      let number = -1;
       for (let t = 0; t < total; t++) {
         await seek(video, t, state);
         ctx.drawImage(video, 0, 0, dw, dh);
@@ -174,12 +199,13 @@
         const { hash, quality } = PDQ.pdqFromRGB(img);
         if (quality >= minQuality) {
           if (!frames.length && preview) preview(thumbnail(video, w, h));
-          frames.push({ t, quality, pdq: hash });
+          number = Math.max(number + 1, fps >= 1 ? Math.round(t * fps) : t);
+          frames.push({ number, t, quality, pdq: hash });
         }
         if (onProgress) onProgress(t + 1, total);
       }
       canvas.width = canvas.height = 0;
-      return { frames, duration, width: w, height: h, rotation, truncated: seconds > maxSeconds };
+      return { frames, duration, width: w, height: h, rotation, fps, truncated: seconds > maxSeconds };
     } finally {
       video.removeAttribute("src");
       video.load();
