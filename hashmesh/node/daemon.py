@@ -222,6 +222,9 @@ class Daemon:
         platform.register(
             app, platform.PlatformDeps(service, store_thread, self.home.path, match_url)
         )
+        if self.workers is not None:  # their matches count towards quarantine windows
+            watch = app[platform.SPIKES_KEY]
+            self.workers.on_report = lambda pairs: watch.reported(pairs, None)
         replicas.register(app, service)  # /v1/replica/state (hashmesh matcher --follow)
         replicator.register(app)
         statuspage.register(

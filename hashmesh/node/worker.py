@@ -20,6 +20,11 @@ or store thread. What it holds, and how it stays current:
 - the tokens table every TOKENS_S (a revoked token stops working here within that) and
   author names from config.toml when it changes.
 
+Every REPORT_S it writes the hits it answered, counted per signal, as one JSON line to
+the node's pipe (`--report-fd`, node/workers.py): the node's quarantine counts them as
+it counts its own answers, whether a match came forwarded by the node or straight to
+the workers' address.
+
 Freshness (cursor applied against the feed's head, seconds since the last successful read)
 is on /healthz and /metrics; past DEFAULT_MAX_LAG changes or DEFAULT_MAX_STALE_S seconds it
 answers 503 to matches and health checks alike. It exits on SIGTERM, and by itself when
@@ -32,6 +37,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import math
 import os
@@ -60,6 +66,8 @@ from hashmesh.node.matching.freshness import (
     LagClock,
 )
 from hashmesh.node.matching.matcher import Matcher, exact_only
+from hashmesh.node.matching.policy import policy_set
+from hashmesh.node.matching.quarantine import REPORT_S, MatchCounter, spiky
 from hashmesh.node.runtime import tune_gc
 from hashmesh.node.store import feed
 from hashmesh.node.store.core import StoreReader
@@ -102,9 +110,11 @@ class _Reader(StoreReader):
 
 
 class Worker:
-    def __init__(self, home: Home, fd: int) -> None:
+    def __init__(self, home: Home, fd: int, report_fd: int | None = None) -> None:
         self.home = home
         self.fd = fd
+        self.report_fd = report_fd
+        self.counter = MatchCounter()
         self.parent = os.getppid()
         self.config: Config = home.load_config()
         self._config_mtime = home.config_mtime()
@@ -209,11 +219,11 @@ class Worker:
                     )
                 )
         collections = access.readable(grant, None)
-        author_name = self.config.author_name
+        author_name, labels = self.config.author_name, self.config.trust_labels()
         readers, matcher = self._reader, self.matcher
 
         def work() -> dict[str, Any]:
-            return matcher.answer(queries, threshold, collections, author_name, readers())
+            return matcher.answer(queries, threshold, collections, author_name, readers(), labels)
 
         if exact and len(queries) <= INLINE_QUERIES:
             result = work()
@@ -228,6 +238,26 @@ class Worker:
 
     def _answered(self, result: dict[str, Any]) -> None:
         self.counts["answered"] += 1
+        self.counter.count(result, spiky(policy_set(self.policy_rows)))
+
+    def _write_report(self, line: bytes) -> None:
+        assert self.report_fd is not None
+        view = memoryview(line)
+        while view:
+            view = view[os.write(self.report_fd, view) :]
+
+    async def report(self) -> None:
+        """Every REPORT_S, the hits counted since the last report, to the node's pipe."""
+        while True:
+            await asyncio.sleep(REPORT_S)
+            if len(self.counter):
+                pairs = self.counter.drain()
+                line = json.dumps({"matches": [[op, n] for op, n in pairs]}).encode() + b"\n"
+                try:
+                    await asyncio.to_thread(self._write_report, line)
+                except OSError as exc:  # the node is gone: the follower notices and stops
+                    log.warning("match report not written: %s", exc)
+                    return
 
     def _reader(self) -> _Reader:
         reader: _Reader | None = getattr(self._readers, "reader", None)
@@ -259,8 +289,9 @@ class Worker:
         # move the cursor too, so lag is not counted for rows that change no index.
         cursor = page[-1][0] if full else max(head, self.matcher.cursor)
         added, removed = loading.changes(page)
+        videos, videos_removed = loading.video_changes(page)
         self.lag.read(head, read_at)
-        self.matcher.apply(added, removed, cursor)
+        self.matcher.apply(added, removed + videos_removed, cursor, videos)
         self.lag.applied(cursor)
         self.head = head
         if rows != self.policy_rows:
@@ -391,7 +422,7 @@ class Worker:
             )
             await self.fast.start(sock=sock)
         loaded = await self._on_follow_thread(lambda: loading.load(self.conn, self.home.index_dir))
-        self.matcher.load(loaded.index, loaded.cursor)
+        self.matcher.load(loaded.index, loaded.cursor, loaded.videos)
         self.mapped_at = loaded.checkpoint
         log.info(
             "matcher worker %d ready: PDQ index from %s (%d live)",
@@ -401,6 +432,8 @@ class Worker:
         )
         del loaded  # held here for the worker's life, a remapped index could never be freed
         tasks = [asyncio.create_task(self.follow()), asyncio.create_task(self.remap())]
+        if self.report_fd is not None:
+            tasks.append(asyncio.create_task(self.report()))
         try:
             await self.stopping.wait()
         finally:
@@ -418,6 +451,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m hashmesh.node.worker")
     parser.add_argument("--home", required=True)
     parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--report-fd", type=int, default=None)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     sys.setswitchinterval(0.0005)
@@ -425,7 +459,7 @@ def main(argv: list[str] | None = None) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     logging.basicConfig(level=args.log_level, handlers=[handler], force=True)
-    worker = Worker(Home(args.home), args.fd)
+    worker = Worker(Home(args.home), args.fd, args.report_fd)
     with contextlib.suppress(KeyboardInterrupt):
         if uvloop is not None and SERVER != "aiohttp":
             uvloop.run(worker.run())

@@ -617,10 +617,11 @@ def register(app: web.Application, deps: PlatformDeps) -> None:
     app[READERS_KEY] = ReaderPool(deps.service.store.path)
     app[FEED_KEY] = FeedState()
     local = NodeMatch(deps.service, app[READERS_KEY])
-    forward = matchroutes.Forward(deps.match_url, local) if deps.match_url else None
-    watch = SpikeWatch(forward or local, deps.service, deps.store_thread, app[READERS_KEY])
+    # The node counts what it answers itself; its workers count theirs and report them.
+    watch = SpikeWatch(local, deps.service, deps.store_thread, app[READERS_KEY])
+    forward = matchroutes.Forward(deps.match_url, watch) if deps.match_url else None
     app[SPIKES_KEY] = watch
-    matchroutes.register(app, watch)
+    matchroutes.register(app, forward or watch)
     if forward is not None:
         watching: list[asyncio.Task[None]] = []
 
