@@ -364,18 +364,15 @@ def test_hash_prints_digests_and_pdq_of_real_images(cli: Cli) -> None:
     assert result[0]["pdq"] in human and result[0]["md5"] in human
 
 
-def test_hash_of_a_file_that_is_not_an_image_gives_exact_hashes_only(
+def test_hash_of_a_file_that_is_neither_picture_nor_video_is_refused(
     cli: Cli, tmp_path: Path
 ) -> None:
+    """Exit 2 and nothing on stdout (issue 20): its md5 alone would read as a hashed picture."""
     junk = tmp_path / "junk.jpg"
     junk.write_bytes(b"not a picture at all")
-    result = cli("hash", junk, "--json")
-    (row,) = result.json()
-    assert row["md5"] == hashlib.md5(b"not a picture at all").hexdigest()
-    assert row["sha256"] == hashlib.sha256(b"not a picture at all").hexdigest()
-    assert "pdq" not in row and "quality" not in row
-    (warning,) = result.stderr.splitlines()
-    assert "junk.jpg" in warning and "exact hashes only" in warning
+    result = cli("hash", junk, "--json", expect=2)
+    assert result.stdout == ""
+    assert "junk.jpg: neither a picture nor a video that can be decoded" in result.stderr
     missing = cli("hash", tmp_path / "missing.jpg", expect=2)  # click's usage error
     assert "does not exist" in missing.stderr and missing.stdout == ""
 

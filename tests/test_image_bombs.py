@@ -157,11 +157,11 @@ def test_cli_hash_refuses_the_bomb(rgba_bomb: bytes, tmp_path: Path) -> None:
     assert out == ""
     assert str(path) in err and "50 megapixels" in err and "10000x10000" in err, err
     assert peak < PEAK_RSS_LIMIT
-    # A non-image is still given its exact hashes (it was never a picture to refuse).
+    # A file that is neither picture nor video is refused too (issue 20), for its own reason.
     other = tmp_path / "notes.txt"
     other.write_bytes(b"not a picture")
     code, out, err, _ = _cli_peak(tmp_path, "hash", str(other), "--json")
-    assert code == 0 and json.loads(out)[0]["sha256"], err
+    assert code == 2 and out == "" and "neither a picture nor a video" in err, err
 
 
 _MEASURE = """

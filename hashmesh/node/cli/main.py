@@ -297,28 +297,31 @@ def add(
 def _file_hashes(
     path: str, *, dihedral: bool = False, refuse_bombs: bool = False
 ) -> dict[str, Any]:
-    """Hashes of one file computed here; a file that is not a picture gets exact hashes only.
+    """Hashes of one picture (PDQ) or video (vPDQ) computed here; any other file is refused.
 
-    With `refuse_bombs`, a picture over the pixel budget is an error rather than a file
-    without PDQ: `hash` and `match --file` are asked about a picture, and exit 0 with no
-    PDQ read as "hashed" or "no match" to a script (issue 14).
+    With `refuse_bombs`, a picture or video over the decoding budget is an error rather
+    than a file without PDQ: `hash` and `match --file` are asked about a picture, and exit
+    0 with no PDQ read as "hashed" or "no match" to a script (issue 14).
     """
-    from hashmesh.node.hashing.hasher import ImageError, ImageTooLarge, hash_file
+    from hashmesh.node.hashing.hasher import ImageTooLarge
+    from hashmesh.node.hashing.media import MediaError, hash_media
+    from hashmesh.node.hashing.video import VideoTooLarge
 
     out: dict[str, Any] = {"file": path}
     try:
-        hashes = hash_file(Path(path), dihedral=dihedral)
-    except ImageTooLarge as exc:
-        if refuse_bombs:
-            fail(f"{exc}; not hashed")
-        hashes = hash_file(Path(path), pdq=False)
-        out["note"] = f"no PDQ: {exc}"
-        click.echo(f"hashmesh: {path}: {exc}; exact hashes only", err=True)
-    except ImageError as exc:
-        hashes = hash_file(Path(path), pdq=False)
-        out["note"] = f"no PDQ: {exc}"
-        click.echo(f"hashmesh: {path}: {exc}; exact hashes only", err=True)
+        media = hash_media(Path(path), dihedral=dihedral, refuse_large=refuse_bombs)
+    except (ImageTooLarge, VideoTooLarge) as exc:
+        fail(f"{exc}; not hashed")
+    except MediaError as exc:
+        fail(str(exc))
+    if media.note:
+        out["note"] = media.note
+        click.echo(f"hashmesh: {path}: {media.note}; exact hashes only", err=True)
+    hashes = media.hashes
     out.update({"md5": hashes.md5, "sha1": hashes.sha1, "sha256": hashes.sha256})
+    if media.video is not None:
+        out["vpdq"] = media.video.frames_json()
+        out["vpdq_value"] = media.video.value
     if hashes.pdq is not None:
         out["pdq"] = hashes.pdq
         out["quality"] = hashes.quality
@@ -358,18 +361,17 @@ def submit(
 ) -> None:
     """Hash pictures and videos locally and publish the hashes (never the files).
 
-    A text file is refused, and then nothing is published: it is most often a hash list
-    given to the wrong command, whose own md5 would be published as if it were a picture.
+    A file that is neither is refused, and then nothing is published; a text file is most
+    often a hash list given to the wrong command, whose own md5 would be published as if
+    it were a picture. A video's vpdq is published when a frame has the minimum quality.
     """
-    hashed = _hash_files(files)
-    texts = [item["file"] for item in hashed if "pdq" not in item and _is_text(item["file"])]
+    texts = [f for f in files if _is_text(f) and not _is_picture(f)]
     if texts:
         fail(
-            f"{texts[0]}: a text file, not a picture or video; nothing submitted"
-            f"{f' ({len(texts)} text files)' if len(texts) > 1 else ''}. submit publishes"
-            " the hashes of pictures and videos; to publish the hashes listed in a file use"
-            " `hashmesh import-list FORMAT FILE -c COLLECTION` (docs/import-formats.md)"
+            f"{texts[0]}: a text file, not a picture or video"
+            f"{f' ({len(texts)} text files)' if len(texts) > 1 else ''}; {_FOR_LISTS}"
         )
+    hashed = _hash_files(files)
     signals: list[dict[str, Any]] = []
     sources: list[str] = []
     skipped: list[str] = []
@@ -381,6 +383,12 @@ def submit(
             signals.append({"type": "md5", "value": item["md5"], **labels})
             signals.append({"type": "sha256", "value": item["sha256"], **labels})
             sources += [item["file"]] * 2
+            if "vpdq" in item:
+                if any(f["quality"] >= minimum for f in item["vpdq"]):
+                    signals.append({"type": "vpdq", "value": item["vpdq_value"], **labels})
+                    sources.append(item["file"])
+                else:
+                    skipped.append(item["file"])
             if "pdq" in item:
                 if item["quality"] >= minimum:
                     signals.append(
@@ -401,12 +409,37 @@ def submit(
 
     def human(d: dict[str, Any]) -> str:
         return "\n".join(
-            f"{s['op_id']}  {s['type']} {s['value']}  {s['file']}"
+            f"{s['op_id']}  {s['type']} {_shown(s['type'], s['value'])}  {s['file']}"
             f"{'' if s['new'] else '  (already published)'}"
             for s in d["signals"]
         )
 
     emit(result, as_json, human)
+
+
+_FOR_LISTS = (
+    "nothing submitted. submit publishes the hashes of pictures and videos; to publish the"
+    " hashes listed in a file use `hashmesh import-list FORMAT FILE -c COLLECTION`"
+    " (docs/import-formats.md)"
+)
+
+
+def _is_picture(path: str) -> bool:
+    """Whether Pillow recognises the file (a plain-text PPM is text and a picture)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path):
+            return True
+    except Exception:
+        return False
+
+
+def _shown(signal_type: str, value: str) -> str:
+    """A vpdq value is hundreds of characters a video minute: shown as its frame count."""
+    if signal_type == "vpdq":
+        return f"({value.count(' ') + 1} frames)"
+    return value
 
 
 def _is_text(path: str) -> bool:
@@ -482,18 +515,19 @@ def _format_matches(data: dict[str, Any]) -> str:
     for result in data["results"]:
         q = result["query"]
         if not result["matches"]:
-            lines.append(f"{q['type']} {q['value']}: no match")
+            lines.append(f"{q['type']} {_shown(q['type'], q['value'])}: no match")
         for m in result["matches"]:
             o = m["opinions"]
             turned = result.get("variant", "original")
             label = f", {m['classification']}" if "classification" in m else ""
             verdict = m.get("verdict", "match")
             head = "MATCH" if verdict == "match" else f"NOT A MATCH ({verdict.replace('_', ' ')})"
+            video = m.get("video")
             lines += [
-                f"{head} {m['type']} {m['value']}",
-                f"  query     {q['type']} {q['value']}"
+                f"{head} {m['type']} {_shown(m['type'], m['value'])}",
+                f"  query     {q['type']} {_shown(q['type'], q['value'])}"
                 f"{'' if turned == 'original' else ' (as ' + turned + ')'}",
-                f"  distance  {m['distance']}",
+                _video_line(video) if video else f"  distance  {m['distance']}",
                 f"  author    {m['author_name'] or m['author']}",
                 f"  in        {m['collection']} ({m['category']}{label})",
                 f"  opinions  confirm={o['confirm']} dispute={o['dispute']} seen={o['seen']}",
@@ -501,6 +535,14 @@ def _format_matches(data: dict[str, Any]) -> str:
             ]
             lines += [f"  policy    {reason}" for reason in m.get("reasons", ())]
     return "\n".join(lines)
+
+
+def _video_line(video: dict[str, Any]) -> str:
+    done, total = video.get("query_frames", [0, 0])
+    share = video.get("query_percent", 0)
+    return f"  frames    {share}% of the query's frames matched ({done} of {total})" + "".join(
+        f"\n  at        {start:.3f}-{end:.3f} s" for start, end in video.get("ranges", [])[:5]
+    )
 
 
 @cli.command()
@@ -545,6 +587,9 @@ def match(
         for name, value in turned.items():
             queries.append({"type": "pdq", "value": value})
             variants.append(name)
+        if "vpdq_value" in item:
+            queries.append({"type": "vpdq", "value": item["vpdq_value"]})
+            variants.append(None)
     elif len(args) == 2:
         queries = [{"type": args[0], "value": args[1]}]
     else:
@@ -794,10 +839,11 @@ def import_(ctx: Context, bundle: str, as_json: bool) -> None:
 @dihedral_option
 @json_option
 def hash_(files: tuple[str, ...], dihedral: bool, as_json: bool) -> None:
-    """md5, sha256 and pdq (+quality) of each file, computed locally.
+    """md5, sha256 and pdq (+quality) of each picture, vpdq of each video, computed locally.
 
     PDQ is of the stored pixels (EXIF orientation is not applied), as Meta's hashers and
-    HMA compute it. A picture over the pixel budget is refused (exit 2).
+    HMA compute it; vpdq is Meta's, a frame a second. A picture or video over the decoding
+    budget, or a file that is neither, is refused (exit 2).
     """
     results = _hash_files(files, dihedral=dihedral, refuse_bombs=True)
 
@@ -812,6 +858,11 @@ def hash_(files: tuple[str, ...], dihedral: bool, as_json: bool) -> None:
             for name, value in r.get("pdq_dihedral", {}).items():
                 if name != "original":
                     lines.append(f"  pdq     {value}  {name}")
+            if "vpdq" in r:
+                frames = r["vpdq"]
+                good = sum(f["quality"] >= 50 for f in frames)
+                lines.append(f"  vpdq    {len(frames)} frames, {good} of quality >= 50")
+                lines += [f"    {text}" for text in r["vpdq_value"].split(" ")]
         return "\n".join(lines)
 
     emit(results, as_json, human)
