@@ -102,6 +102,8 @@ _TYPE_ALIASES: dict[str, str] = {
     "video_sha256": "sha256",
     "photo_dna": "photodna",
     "pdna": "photodna",
+    "video_tmk_pdqf": "tmk",
+    "tmk_pdqf": "tmk",
 }
 _UNSUPPORTED_TYPES = frozenset(
     {
@@ -112,9 +114,6 @@ _UNSUPPORTED_TYPES = frozenset(
         "trend_query",
         "tlsh",
         "pdq_ocr",
-        "video_tmk_pdqf",
-        "tmk_pdqf",
-        "vpdq",
         "clip",
     }
 )
@@ -430,7 +429,9 @@ class CSVParser(ListParser):
         )
 
 
-_STOPNCII_TYPES = {"ImagePDQ": "pdq", "VideoMD5": "md5"}
+# VideoMD5 is the MD5 of the video file's bytes (pytx maps it to its video_md5), so ours;
+# VideoTMK is TMK+PDQF, which hashmesh keeps as listed (matched exactly).
+_STOPNCII_TYPES = {"ImagePDQ": "pdq", "VideoMD5": "md5", "VideoTMK": "tmk"}
 _STOPNCII_ADD = frozenset({"Received", "Active"})
 _STOPNCII_REVOKE = frozenset({"Withdrawn", "Deleted"})
 _json_space = re.compile(r"[ \t\r\n]*")
@@ -542,7 +543,13 @@ class StopNCIIParser(ListParser):
         )
 
 
-_NCMEC_FINGERPRINTS = {"md5": "md5", "sha1": "sha1", "pdna": "photodna", "pdq": "pdq"}
+_NCMEC_FINGERPRINTS = {
+    "md5": "md5",
+    "sha1": "sha1",
+    "pdna": "photodna",
+    "pdq": "pdq",
+    "tmk-pdqf": "tmk",
+}
 _NCMEC_ADD = frozenset({"image", "video"})
 _NCMEC_DELETE = frozenset({"deletedImage", "deletedVideo"})
 _NCMEC_REF_PREFIX = "ncmec:"
@@ -629,6 +636,14 @@ class NCMECParser(ListParser):
                 )
                 continue
             value = (fingerprint.text or "").strip()
+            if not value and fingerprint.get("href"):
+                # NCMEC sends large fingerprints (TMK+PDQF, Videntifier) as a link only.
+                yield ImportIssue(
+                    location,
+                    f"{kind[:40]} is given as a link ({fingerprint.get('href', '')[:100]}),"
+                    " not its value: fetch it from NCMEC's API to import it (skipped)",
+                )
+                continue
             if not value:
                 yield ImportIssue(location, f"{signal_type} value: is empty")
                 continue
