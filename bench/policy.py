@@ -10,6 +10,10 @@ suspend after disputes, spike knobs), so both see the same cache and machine sta
 
     .venv/bin/python bench/policy.py                      # 100k + 100k signals
     .venv/bin/python bench/policy.py --signals 20000 --rounds 5
+    .venv/bin/python bench/policy.py --quorum-by org   # the quorum counts organisations
+
+Each answer is also counted for the quarantine as a matcher worker or replica counts it
+(matching/quarantine.py MatchCounter, both modes: with no spike rule it costs a lookup).
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from benchenv import machine  # noqa: E402
 
 from hashmesh.node.config import Home  # noqa: E402
 from hashmesh.node.matching.matcher import Matcher  # noqa: E402
-from hashmesh.node.matching.policy import parse_policy  # noqa: E402
+from hashmesh.node.matching.policy import parse_policy, policy_set  # noqa: E402
+from hashmesh.node.matching.quarantine import MatchCounter, spiky  # noqa: E402
 from hashmesh.node.service import NodeService, init_home  # noqa: E402
 from hashmesh.node.store.core import StoreReader, now_ms  # noqa: E402
 from hashmesh.protocol.ops import AddOp  # noqa: E402
@@ -51,6 +56,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10, help="rounds per mode, alternated")
     parser.add_argument(
         "--crowd", type=int, default=1, help="near-identical copies of each PDQ (hits a query)"
+    )
+    parser.add_argument(
+        "--quorum-by",
+        choices=("node", "org", "country"),
+        default="node",
+        help="what csam's quorum counts (org, country: every author labelled)",
     )
     args = parser.parse_args()
     rng = random.Random(19)
@@ -88,9 +99,17 @@ def main() -> None:
             parse_policy("benign", {"negative": True, "threshold": 8}),
             parse_policy(
                 "csam",
-                {"quorum": 2, "min_quality": 50, "suspend_after_disputes": 2, "spike_factor": 10},
+                {
+                    "quorum": 2,
+                    "min_quality": 50,
+                    "suspend_after_disputes": 2,
+                    "spike_factor": 10,
+                    "quorum_by": args.quorum_by,
+                },
             ),
         ]
+        labels = {(service.node_id, "csam"): ("bench-org", "BE")}
+        counter = MatchCounter()
 
         def set_policy(on: bool) -> None:
             for policy in policies:
@@ -102,8 +121,10 @@ def main() -> None:
         def round_qps() -> float:
             t0 = time.process_time()  # CPU time: other work on the machine counts less
             for queries in requests:
-                answer = matcher.answer(queries, 31, None, lambda a: "", reader)
+                answer = matcher.answer(queries, 31, None, lambda a: "", reader, labels)
                 assert len(answer["results"]) == 100
+                counter.count(answer, spiky(policy_set(reader.policy_rows())))
+                counter.drain()
             return len(requests) * 100 / (time.process_time() - t0)
 
         results: dict[bool, list[float]] = {False: [], True: []}
