@@ -51,6 +51,7 @@ def import_adds(node: NodeProc, tmp: Path, seed: int, collection: str, values: l
     node.cli("import", str(bundle))
 
 
+@pytest.mark.slow
 def test_quorum_by_organisation_and_country_from_trust_labels(tmp_path: Path) -> None:
     node = NodeProc(tmp_path, "platform")
     us1, us2, hotline = (author_key(n).node_id for n in (11, 12, 13))
@@ -117,6 +118,7 @@ def test_quorum_by_organisation_and_country_from_trust_labels(tmp_path: Path) ->
         assert node.stop() == 0
 
 
+@pytest.mark.slow
 def test_a_spike_quarantine_disputes_the_add_to_its_author_with_reason_match_spike(
     nodes: NodeSet,
 ) -> None:
@@ -282,8 +284,8 @@ def test_a_replica_match_report_is_bounded_and_checked(tmp_path: Path) -> None:
         assert counted == {"counted": 0, "reported": 2}
         assert ok_json(url, "POST", follow, {"matches": [[meme, 9]]})["counted"] == 1
         assert node.json("quarantine", "list")["quarantine"] == []
-        ok_json(url, "POST", follow, {"matches": [[meme, 1]]})
-        [q] = node.json("quarantine", "list")["quarantine"]
+        ok_json(url, "POST", follow, {"matches": [[meme, 1]]})  # the tenth: at the cap
+        [q] = wait_for(lambda: node.json("quarantine", "list")["quarantine"])
         assert q["op_id"] == meme and q["value"] == MEME and "at memes's cap of 10" in q["reason"]
     finally:
         assert node.stop() == 0
