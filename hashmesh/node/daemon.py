@@ -27,7 +27,7 @@ from hashmesh.node.keys import hash_token, read_secret
 from hashmesh.node.matching import loading
 from hashmesh.node.matching.checkpoint import has_checkpoint, write_checkpoint
 from hashmesh.node.net.sync import Replicator, SyncObserver
-from hashmesh.node.runtime import tune_gc
+from hashmesh.node.runtime import release_free_memory, tune_gc
 from hashmesh.node.service import NodeService
 from hashmesh.node.store.executor import StoreThread
 from hashmesh.node.store.feed import connect_reader, feed_head
@@ -189,6 +189,7 @@ class Daemon:
             if head != written:
                 await self._checkpoint()
                 written = head
+                release_free_memory()  # what the ingest since freed (runtime.py)
 
     def _wire(self, service: NodeService, admin_token_hash: str) -> web.Application:
         """Build every component and hand each exactly what it uses."""

@@ -68,7 +68,7 @@ from hashmesh.node.matching.freshness import (
 from hashmesh.node.matching.matcher import Matcher, exact_only
 from hashmesh.node.matching.policy import policy_set
 from hashmesh.node.matching.quarantine import REPORT_S, MatchCounter, spiky
-from hashmesh.node.runtime import tune_gc
+from hashmesh.node.runtime import release_free_memory, tune_gc
 from hashmesh.node.store import feed
 from hashmesh.node.store.core import StoreReader
 from hashmesh.node.store.policies import PolicyRow, policy_rows
@@ -350,6 +350,7 @@ class Worker:
         self.head = head
         self.mapped_at = loaded.checkpoint
         self.counts["remapped"] += 1
+        release_free_memory()  # the index it replaced, and what the feed's pages freed
         log.info(
             "matcher worker %d remapped the PDQ index from the %s (%d live)",
             os.getpid(),
