@@ -35,6 +35,10 @@ back (negative list, suppressed, quarantined, below quorum, review required ...)
 `policy:VERDICT` (NEGATIVE_CLASS, so pytx shows DISPUTED; INVESTIGATION_SEED for
 review_required). `drop_held_back` leaves such adds out instead.
 
+A `vpdq` reaches pytx and HMA as the vpdq extension's own signal string (its JSON form,
+what `vpdq_to_json` writes), so an HMA bank with the vpdq extension matches it; the
+extension itself needs Meta's `vpdq` binding, which only HMA's image installs.
+
 `HashmeshSignalMetadata` is pickled by HMA and pytx under this module path: its path and
 field names are a compatibility promise; new fields get immutable defaults, so records
 pickled by older versions still load. Version 0.1 lived at `node.integrations.threatexchange`
@@ -74,7 +78,13 @@ SIGNAL_TYPES: dict[str, type[SignalType]] = {
     "md5": VideoMD5Signal,
     "sha256": VideoSHA256Signal,
 }
-HASHMESH_TYPE_OF = {st.get_name(): name for name, st in SIGNAL_TYPES.items()}
+# hashmesh type -> pytx type name, for pytx types whose class cannot always be imported:
+# pytx's vpdq extension imports Meta's `vpdq` binding, which HMA installs but pip cannot.
+PYTX_NAMES: dict[str, str] = {
+    **{name: st.get_name() for name, st in SIGNAL_TYPES.items()},
+    "vpdq": "vpdq",
+}
+HASHMESH_TYPE_OF = {pytx: name for name, pytx in PYTX_NAMES.items()}
 PAGE_SIZE = 10_000
 TIMEOUT_S = 60.0
 MAX_TOKEN_BYTES = 4096
@@ -429,7 +439,7 @@ class HashmeshSignalExchangeAPI(
         hm_type = HASHMESH_TYPE_OF.get(s_type.get_name())
         if hm_type is None:
             raise ValueError(f"hashmesh has no signal type for {s_type.get_name()}")
-        value = signal.strip().lower()
+        value = signal.strip() if hm_type == "vpdq" else signal.strip().lower()
         found = self._call(
             "POST", "/v1/match", {"queries": [{"type": hm_type, "value": value}], "threshold": 0}
         )
@@ -437,7 +447,7 @@ class HashmeshSignalExchangeAPI(
             m["op_id"]
             for m in found["results"][0]["matches"]
             if m["type"] == hm_type
-            and m["value"] == value
+            and _as_pytx(hm_type, m["value"]) == value
             and (not self.collab.collection or m["collection"] == self.collab.collection)
         ]
         if not op_ids:
@@ -450,8 +460,9 @@ class HashmeshSignalExchangeAPI(
 def _record(
     entry: dict[str, t.Any], wanted: set[str], op_id: str, author: str, author_name: str | None
 ) -> HashmeshSignalMetadata | None:
-    signal_type = SIGNAL_TYPES.get(entry.get("type", ""))
-    if signal_type is None or signal_type.get_name() not in wanted:
+    kind = entry.get("type", "")
+    pytx_name = PYTX_NAMES.get(kind)
+    if pytx_name is None or pytx_name not in wanted:
         return None
     verdicts = {str(a): str(v) for a, v in (entry.get("verdicts") or {}).items()}
     names = entry.get("verdict_names") or {}
@@ -461,8 +472,8 @@ def _record(
         reasons = policy.get("reasons") or []
         held = ((op_id, policy["verdict"], "; ".join(str(r) for r in reasons)),)
     return HashmeshSignalMetadata(
-        signal_type=signal_type.get_name(),
-        signal=entry["value"],
+        signal_type=pytx_name,
+        signal=_as_pytx(kind, entry["value"]),
         op_ids=[op_id],
         authors=[author_name or author],
         collection=op_id.split("/")[1] if op_id.count("/") == 3 else entry["collection"],
@@ -474,6 +485,19 @@ def _record(
         verdict_names=tuple(sorted((str(a), str(n)) for a, n in names.items() if a in verdicts)),
         held_back=held,
     )
+
+
+def _as_pytx(kind: str, value: str) -> str:
+    """A value as pytx spells it. A vpdq (frames `NUMBER,QUALITY,PDQ,SECONDS` joined by
+    spaces, docs/protocol.md) becomes pytx's JSON form, exactly `vpdq_to_json`'s bytes; this
+    module imports nothing of hashmesh's, so protocol/signals.py's `to_pytx` is restated."""
+    if kind != "vpdq":
+        return value
+    frames = []
+    for frame in value.split(" "):
+        _, quality, pdq, seconds = frame.split(",")
+        frames.append(f"{pdq},{quality},{float(seconds):.3}")
+    return json.dumps(frames)
 
 
 _PER_NODE: dict[str, type[HashmeshSignalExchangeAPI]] = {}
