@@ -156,7 +156,7 @@ class Daemon:
                 self.workers.start()
                 self._write_runtime()
             caught_up = await self.store_thread.call(
-                self.service.install_index, loaded.index, loaded.cursor
+                self.service.install_index, loaded.index, loaded.cursor, loaded.videos
             )
         except Exception:
             log.exception("PDQ index not loaded: PDQ queries answer 503 until a restart")
@@ -306,7 +306,8 @@ def _load_index(home: Home) -> loading.Loaded:
         mapped = loading.load(conn, home.index_dir)
         if mapped.how == "rows":
             return loaded
-        return loading.Loaded(mapped.index, mapped.cursor, f"rows, then mapped ({mapped.how})")
+        how = f"rows, then mapped ({mapped.how})"
+        return loading.Loaded(mapped.index, mapped.cursor, how, videos=mapped.videos)
     finally:
         conn.close()
 

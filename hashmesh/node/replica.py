@@ -41,7 +41,7 @@ from hashmesh.node.errors import NodeError
 from hashmesh.node.matching import loading
 from hashmesh.node.matching.checkpoint import snapshot as checkpoint_snapshot
 from hashmesh.node.matching.freshness import DEFAULT_MAX_LAG, DEFAULT_MAX_STALE_S, Freshness
-from hashmesh.node.matching.matcher import Matcher
+from hashmesh.node.matching.matcher import Matcher, video_index
 from hashmesh.node.matching.pdq_index import PDQIndex
 from hashmesh.node.matching.policy import policy_set
 from hashmesh.node.matching.quarantine import MatchCounter, spiky
@@ -130,7 +130,7 @@ class Replica:
         )
         index = loaded.index if loaded is not None else build_index(store)
         how = loaded.how if loaded is not None else "rebuilt from rows"
-        self.matcher.load(index, cursor)
+        self.matcher.load(index, cursor, video_index(store.live_vpdq()))
         return how
 
     async def _write_checkpoint(self) -> None:

@@ -287,16 +287,17 @@ class NodeService:
             self._matcher = Matcher(self.store)
         return self._matcher
 
-    def install_index(self, index: Any, cursor: int) -> int:
+    def install_index(self, index: Any, cursor: int, videos: Any = None) -> int:
         """Make `index` (loaded off the store thread at feed cursor `cursor`, see
         matching/loading.py) the running node's, on the store thread: the changes committed
         during the load are applied first, then the change listener takes over, so no commit
-        is missed or applied twice. Returns the number of changes caught up."""
+        is missed or applied twice (to the vPDQ index `videos` too, loaded beside it).
+        Returns the number of changes caught up."""
         from hashmesh.node.matching.loading import catch_up
         from hashmesh.node.store import feed
 
-        head, added, removed = catch_up(index, self.store.conn, cursor)
-        self.matcher.load(index, max(head, feed.feed_head(self.store.conn)))
+        head, added, removed = catch_up(index, self.store.conn, cursor, videos)
+        self.matcher.load(index, max(head, feed.feed_head(self.store.conn)), videos)
         self.matcher.apply_in_background()
         self.matcher.follow(self.store)
         return added + removed

@@ -289,8 +289,9 @@ class Worker:
         # move the cursor too, so lag is not counted for rows that change no index.
         cursor = page[-1][0] if full else max(head, self.matcher.cursor)
         added, removed = loading.changes(page)
+        videos, videos_removed = loading.video_changes(page)
         self.lag.read(head, read_at)
-        self.matcher.apply(added, removed, cursor)
+        self.matcher.apply(added, removed + videos_removed, cursor, videos)
         self.lag.applied(cursor)
         self.head = head
         if rows != self.policy_rows:
@@ -422,7 +423,7 @@ class Worker:
             )
             await self.fast.start(sock=sock)
         loaded = await self._on_follow_thread(lambda: loading.load(self.conn, self.home.index_dir))
-        self.matcher.load(loaded.index, loaded.cursor)
+        self.matcher.load(loaded.index, loaded.cursor, loaded.videos)
         self.mapped_at = loaded.checkpoint
         log.info(
             "matcher worker %d ready: PDQ index from %s (%d live)",

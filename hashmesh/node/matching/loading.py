@@ -13,11 +13,13 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from hashmesh.node.matching.checkpoint import read_checkpoint
+from hashmesh.node.matching.matcher import video_index
 from hashmesh.node.matching.pdq_index import PDQIndex
+from hashmesh.node.matching.vpdq_index import VideoFrames, VPDQIndex
 from hashmesh.node.store import feed
 
 log = logging.getLogger("hashmesh.matching")
@@ -29,6 +31,9 @@ class Loaded:
     cursor: int
     how: str
     checkpoint: int | None = None  # the cursor of the checkpoint it was mapped from
+    # The vPDQ index at `cursor`, always built from rows (checkpoints hold PDQ only);
+    # None from `from_checkpoint`, whose caller keeps the one it has.
+    videos: VPDQIndex | None = None
 
 
 def changes(
@@ -40,10 +45,21 @@ def changes(
     return added, removed
 
 
-def catch_up(index: PDQIndex, conn: sqlite3.Connection, after: int) -> tuple[int, int, int]:
-    """Apply every index change after cursor `after` to `index`, page by page; returns
-    (last cursor applied, adds, removals). Run it where no commit can interleave (the
-    store thread, or inside a read transaction) to end exactly at the head."""
+def video_changes(
+    page: list[tuple[int, str, int, str, str]],
+) -> tuple[list[tuple[int, str]], list[int]]:
+    """The vPDQ adds (key, value) and removed keys of one `feed.index_changes` page."""
+    added = [(key, value) for _, kind, key, t, value in page if kind == "add" and t == "vpdq"]
+    removed = [key for _, kind, key, t, _ in page if kind == "revoke" and t == "vpdq"]
+    return added, removed
+
+
+def catch_up(
+    index: PDQIndex, conn: sqlite3.Connection, after: int, videos: VPDQIndex | None = None
+) -> tuple[int, int, int]:
+    """Apply every index change after cursor `after` to `index` (and `videos`), page by
+    page; returns (last cursor applied, adds, removals). Run it where no commit can
+    interleave (the store thread, or inside a read transaction) to end exactly at the head."""
     added_n = removed_n = 0
     while page := feed.index_changes(conn, after):
         added, removed = changes(page)
@@ -51,6 +67,10 @@ def catch_up(index: PDQIndex, conn: sqlite3.Connection, after: int) -> tuple[int
             index.add_many([k for k, _ in added], [v for _, v in added])
         if removed:
             index.remove_many(removed)
+        if videos is not None:
+            v_added, v_removed = video_changes(page)
+            videos.add_many((k, VideoFrames.from_value(v)) for k, v in v_added)
+            videos.remove_many(v_removed)
         added_n, removed_n, after = added_n + len(added), removed_n + len(removed), page[-1][0]
     return after, added_n, removed_n
 
@@ -60,15 +80,16 @@ def load(conn: sqlite3.Connection, index_dir: Path) -> Loaded:
     transaction on `conn` (a `feed.connect_reader` connection)."""
     conn.execute("BEGIN")
     try:
+        videos = video_index(feed.live_vpdq(conn))
         loaded = _verified_checkpoint(conn, index_dir)
         if loaded is not None:
-            return loaded
+            return replace(loaded, videos=videos)
         head = feed.feed_head(conn)
         keys, values = feed.live_pdq(conn)
         index = PDQIndex()
         if keys:
             index.add_many(keys, values)
-        return Loaded(index, head, "rows")
+        return Loaded(index, head, "rows", videos=videos)
     finally:
         conn.execute("COMMIT")
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from hashmesh.node.errors import IndexLoading, NodeError
@@ -34,9 +34,10 @@ from hashmesh.node.matching.policy import (
     judge,
     policy_set,
 )
+from hashmesh.node.matching.vpdq_index import VideoFrames, VideoMatch, VPDQIndex
 from hashmesh.node.store.core import Store
 from hashmesh.protocol.errors import ProtocolError
-from hashmesh.protocol.signals import Signal, get_type
+from hashmesh.protocol.signals import PDQSignal, Signal, VPDQSignal, get_type
 from hashmesh.protocol.state import OpinionCounts
 
 MAX_QUERIES = 1000
@@ -46,6 +47,9 @@ MAX_QUERIES = 1000
 MAX_THRESHOLD = DEFAULT_THRESHOLD
 MAX_MATCHES_PER_QUERY = 100
 MAX_MATCHES_PER_REQUEST = 10_000
+# One hour-long video (at one frame a second) in all: a vPDQ query costs a PDQ lookup of
+# a fifth of its frames and a comparison with every video those find.
+MAX_VIDEO_FRAMES_PER_REQUEST = VPDQSignal.max_frames
 
 
 def check_threshold(threshold: object) -> int:
@@ -65,6 +69,7 @@ def parse_queries(queries: object) -> list[Signal]:
     if len(queries) > MAX_QUERIES:
         raise NodeError(f"queries: at most {MAX_QUERIES} per request, got {len(queries)}")
     signals: list[Signal] = []
+    frames = 0
     for n, q in enumerate(queries):
         if (
             not isinstance(q, dict)
@@ -76,6 +81,13 @@ def parse_queries(queries: object) -> list[Signal]:
             signals.append(Signal.parse(q["type"], q["value"]))
         except ProtocolError as exc:
             raise NodeError(f"queries[{n}]: {exc}") from None
+        if signals[-1].type == VPDQSignal.name:
+            frames += signals[-1].value.count(" ") + 1
+            if frames > MAX_VIDEO_FRAMES_PER_REQUEST:
+                raise NodeError(
+                    f"queries[{n}]: vpdq queries hold more than {MAX_VIDEO_FRAMES_PER_REQUEST}"
+                    " frames in all (one request at most)"
+                )
     return signals
 
 
@@ -106,6 +118,7 @@ def assemble(
     policies: PolicySet = EMPTY,
     quarantined: dict[str, str] | None = None,
     labels: TrustLabels = NO_LABELS,
+    videos: dict[int, dict[int, VideoMatch]] | None = None,
 ) -> dict[str, Any]:
     """The match answer, bounded: each query's nearest `MAX_MATCHES_PER_QUERY` (`hits` holds
     one more, to tell that there were more) and `MAX_MATCHES_PER_REQUEST` in all, so one
@@ -113,7 +126,9 @@ def assemble(
 
     Each hit carries its policy verdict (matching/policy.py) and, unless it is a plain
     match, the reasons; `matched` is true only for a hit policy lets through. `hits` may
-    reach past `threshold` (a negative collection's wider radius): such rows only judge."""
+    reach past `threshold` (a negative collection's wider radius): such rows only judge.
+    A vPDQ hit (`videos`: per query slot, the match of each video key) has distance 0 (it
+    met Meta's rule, which fixes its own frame distance) and says what share matched where."""
     budget = MAX_MATCHES_PER_REQUEST
     results = []
     cut = False
@@ -122,7 +137,8 @@ def assemble(
         window = hits[slot]
         live = [(row, d) for key, d in window if (row := rows.get(key)) is not None and row["live"]]
         verdicts = judged.get(slot)
-        exact = get_type(q["type"]).exact
+        # A video matched by the vPDQ rule is judged as a whole, like an exact value.
+        exact = q["type"] != PDQSignal.name
         unusable = None
         if verdicts is None and live and not exact:
             unusable = degenerate_reason("pdq", query_value(q))
@@ -155,8 +171,11 @@ def assemble(
                 "seen": counts.seen,
             }
             info.update(LET_THROUGH.json() if verdicts is None else verdicts[n].json())
+            video = (videos or {}).get(slot, {}).get(row["id"])
+            if video is not None:
+                info["video"] = video.json()
             matches.append(info)
-        matches.sort(key=lambda m: (m["distance"], m["op_id"]))
+        matches.sort(key=_nearest)
         cap = min(MAX_MATCHES_PER_QUERY, budget)
         # Rows past `threshold` (a negative radius reached further) never count as more.
         within = sum(1 for _, d in window if d <= threshold)
@@ -182,6 +201,12 @@ def assemble(
 
 
 NO_OPINIONS = OpinionCounts(0, 0, 0)
+
+
+def _nearest(match: dict[str, Any]) -> tuple[int, float, str]:
+    """Nearest first; among videos (all at distance 0), the larger share of the query."""
+    share = match["video"]["query_percent"] if "video" in match else 0.0
+    return match["distance"], -share, match["op_id"]
 
 
 def query_value(q: dict[str, Any]) -> str:
@@ -234,8 +259,19 @@ def exact_only(queries: Any) -> bool:
     return True
 
 
+Change = tuple[list[tuple[int, str]], list[int], int | None, list[tuple[int, str]]]
+
+
+def video_index(rows: Iterable[tuple[int, str]]) -> VPDQIndex:
+    """A vPDQ index of (key, canonical vpdq value) rows."""
+    index = VPDQIndex()
+    index.add_many((key, VideoFrames.from_value(value)) for key, value in rows)
+    return index
+
+
 class Matcher:
-    """A PDQ index and the feed cursor it reflects, answering over any `SignalSource`.
+    """A PDQ index, a vPDQ index beside it and the feed cursor they reflect, answering over
+    any `SignalSource`.
 
     It does not know where its changes come from: the node feeds it from its store's
     change listener, a worker process from the feed table, a replica from the node's
@@ -256,7 +292,8 @@ class Matcher:
         self._index_lock = threading.Lock()
         self._deferred = False
         self._wake: threading.Event | None = None
-        self._pending: deque[tuple[list[tuple[int, str]], list[int], int | None]] = deque()
+        self._pending: deque[Change] = deque()
+        self._videos = VPDQIndex()
 
     @property
     def ready(self) -> bool:
@@ -279,10 +316,21 @@ class Matcher:
         """The feed cursor of the last change applied (or queued to be, see `apply`)."""
         return self._cursor
 
-    def load(self, index: PDQIndex, cursor: int) -> None:
+    def load(self, index: PDQIndex, cursor: int, videos: VPDQIndex | None = None) -> None:
         """Start from `index`, which reflects the feed up to `cursor`; changes queued
-        before are dropped (the index already holds them, or the owner re-applies them)."""
+        before are dropped (the index already holds them, or the owner re-applies them).
+        `videos` is the vPDQ index at the same cursor. Without it (a worker mapping a newer
+        PDQ checkpoint, which holds no videos) a loaded matcher keeps the vPDQ index it
+        has, with what was queued for it applied, and its cursor: the owner's next changes
+        bring both indexes from there (replayed on the PDQ index, adds replace and
+        removals of absent keys do nothing)."""
         with self._index_lock:
+            if videos is None and self._pdq is not None:
+                for _, removed, _, added in self._pending:
+                    self._apply_videos(added, removed)
+                cursor = min(cursor, self._cursor)
+            elif videos is not None:
+                self._videos = videos
             self._pending.clear()
             self._pdq = index
             self._cursor = cursor
@@ -298,7 +346,7 @@ class Matcher:
             values.append(value)
         if keys:
             index.add_many(keys, values)
-        self.load(index, cursor)
+        self.load(index, cursor, video_index(store.live_signals(VPDQSignal.name)))
         self.follow(store)
 
     def follow(self, store: Store) -> None:
@@ -320,18 +368,21 @@ class Matcher:
     def _on_change(self, added: list[tuple[int, str, str]], removed: list[int]) -> None:
         """Store thread, after a commit: queue the change, never wait for a match."""
         pdq = [(key, value) for key, kind, value in added if kind == "pdq"]
-        if pdq or removed:
-            self.apply(pdq, removed)
+        videos = [(key, value) for key, kind, value in added if kind == VPDQSignal.name]
+        if pdq or removed or videos:
+            self.apply(pdq, removed, videos=videos)
 
     def apply(
         self,
         added: Sequence[tuple[int, str]],
         removed: Sequence[int],
         cursor: int | None = None,
+        videos: Sequence[tuple[int, str]] = (),
     ) -> None:
-        """Add `added` (key, PDQ hex) and tombstone `removed` keys, then record `cursor`;
-        thread-safe, and it never waits for a running match (see the class)."""
-        self._pending.append((list(added), list(removed), cursor))
+        """Add `added` (key, PDQ hex) and `videos` (key, vpdq value), tombstone `removed`
+        keys (of either), then record `cursor`; thread-safe, and it never waits for a
+        running match (see the class)."""
+        self._pending.append((list(added), list(removed), cursor, list(videos)))
         if cursor is not None:
             self._cursor = max(self._cursor, cursor)
         if self._wake is not None:
@@ -366,11 +417,18 @@ class Matcher:
         if index is None:  # not loaded yet: the changes wait for `load` (which drops them)
             return
         while self._pending:
-            added, removed, _ = self._pending.popleft()
+            added, removed, _, videos = self._pending.popleft()
             if added:
                 index.add_many([k for k, _ in added], [v for _, v in added])
             if removed:
                 index.remove_many(removed)
+            self._apply_videos(videos, removed)
+
+    def _apply_videos(self, added: list[tuple[int, str]], removed: list[int]) -> None:
+        if added:
+            self._videos.add_many((k, VideoFrames.from_value(v)) for k, v in added)
+        if removed and len(self._videos):
+            self._videos.remove_many(removed)
 
     def snapshot_for_checkpoint(self) -> tuple[PDQIndex, int] | None:
         """The index with every queued change applied, and its cursor, taken under the
@@ -380,6 +438,20 @@ class Matcher:
             if self._pdq is None:
                 return None
             return self._pdq, self._cursor
+
+    @property
+    def videos(self) -> int:
+        """Live vPDQ signals in the index."""
+        return len(self._videos)
+
+    def _video_hits(self, values: list[str]) -> list[list[VideoMatch]]:
+        if self._pdq is None and (self.store is None or self._deferred):
+            raise IndexLoading("the PDQ index is loading; retry shortly")
+        if self._pdq is None:
+            _ = self.pdq  # loads both indexes from the store's rows
+        with self._index_lock:
+            self._apply_pending()
+            return [self._videos.query(VideoFrames.from_value(v)) for v in values]
 
     def _pdq_hits(self, values: list[str], threshold: int, limit: int) -> list[Any]:
         index = self.pdq if self.store is not None else self._pdq
@@ -413,7 +485,14 @@ class Matcher:
         policies = policy_set(reads.policy_rows())
         limit = MAX_MATCHES_PER_QUERY + 1
         hits: list[list[tuple[int, int]]] = [[] for _ in unique]
-        pdq_positions = [i for i, s in enumerate(unique) if not get_type(s.type).exact]
+        pdq_positions = [i for i, s in enumerate(unique) if s.type == PDQSignal.name]
+        video_positions = [i for i, s in enumerate(unique) if s.type == VPDQSignal.name]
+        videos: dict[int, dict[int, VideoMatch]] = {}
+        if video_positions:
+            found_videos = self._video_hits([unique[i].value for i in video_positions])
+            for i, matched in zip(video_positions, found_videos, strict=True):
+                videos[i] = {m.key: m for m in matched[:limit]}
+                hits[i] = [(m.key, 0) for m in matched[:limit]]
         if pdq_positions:
             reach = policies.lookup_threshold(threshold)
             found = self._pdq_hits([unique[i].value for i in pdq_positions], reach, limit)
@@ -438,4 +517,5 @@ class Matcher:
             policies,
             held,
             labels,
+            videos,
         )

@@ -201,6 +201,12 @@ class VPDQIndex:
         return isinstance(key, int | np.integer) and int(key) in self._videos
 
     @property
+    def nbytes(self) -> int:
+        """Bytes in numpy arrays: the frame index and each video's own frames and times."""
+        own = sum(p.words.nbytes + p.seconds.nbytes + p.slot.nbytes for p in self._videos.values())
+        return self._frames.nbytes + own
+
+    @property
     def frames(self) -> int:
         """Distinct frames indexed, over all videos."""
         return len(self._frames)

@@ -23,7 +23,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -33,9 +33,11 @@ from pydantic import ValidationError
 from hashmesh.node.config import Trust, check_trust_labels
 from hashmesh.node.errors import NodeError
 from hashmesh.node.keys import hash_token
+from hashmesh.node.matching.matcher import video_index
 from hashmesh.node.matching.pdq_index import PDQIndex
 from hashmesh.node.matching.policy import MAX_POLICIES, CollectionPolicy, parse_policy
 from hashmesh.node.matching.quarantine import REPORT_S, MatchCounter
+from hashmesh.node.matching.vpdq_index import VPDQIndex
 from hashmesh.node.store.replica import Add, Applied, Page, ReplicaStore, StanceRow
 from hashmesh.node.tokens import Grant
 from hashmesh.protocol.errors import ProtocolError
@@ -75,10 +77,14 @@ class NodeDataError(Exception):
 class IndexSink(Protocol):
     """The matcher the follower keeps current (hashmesh/node/matching/matcher.py)."""
 
-    def load(self, index: PDQIndex, cursor: int) -> None: ...
+    def load(self, index: PDQIndex, cursor: int, videos: VPDQIndex | None = None) -> None: ...
 
     def apply(
-        self, added: list[tuple[int, str]], removed: list[int], cursor: int | None = None
+        self,
+        added: list[tuple[int, str]],
+        removed: list[int],
+        cursor: int | None = None,
+        videos: Sequence[tuple[int, str]] = (),
     ) -> None: ...
 
 
@@ -660,8 +666,9 @@ class Follower:
             if chunk:
                 await asyncio.to_thread(self.store.snapshot_rows, chunk, stances, cursor)
         index = await asyncio.to_thread(build_index, self.store)
+        videos = await asyncio.to_thread(lambda: video_index(self.store.live_vpdq()))
         await asyncio.to_thread(self.store.end_snapshot, cursor)
-        self.matcher.load(index, cursor)
+        self.matcher.load(index, cursor, videos)
         self.stats.bootstraps += 1
         log.info(
             "replica bootstrapped from %s: %d live signals at cursor %d", self.url, count, cursor
@@ -728,5 +735,5 @@ class Follower:
 
     async def _apply(self, page: Page) -> int:
         applied: Applied = await asyncio.to_thread(self.store.apply, page)
-        self.matcher.apply(applied.added, applied.removed, page.cursor)
+        self.matcher.apply(applied.added, applied.removed, page.cursor, applied.videos)
         return page.cursor

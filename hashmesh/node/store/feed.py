@@ -216,6 +216,16 @@ def live_pdq(conn: sqlite3.Connection) -> tuple[list[int], list[str]]:
     return keys, values
 
 
+def live_vpdq(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+    """(key, value) of every live vPDQ signal, to build the vPDQ index from rows."""
+    return [
+        (int(k), str(v))
+        for k, v in conn.execute(
+            "SELECT id, value FROM signals WHERE type = 'vpdq' AND revoked_by IS NULL"
+        )
+    ]
+
+
 def pdq_digest(conn: sqlite3.Connection) -> tuple[int, int]:
     """(live count, sum of live keys mod 2**63), as PDQIndex.digest() computes it, to verify
     a loaded index against the rows it should reflect."""

@@ -128,7 +128,8 @@ class Applied:
     """What a page changed in the PDQ index: (local id, pdq hex) added, local ids removed."""
 
     added: list[tuple[int, str]] = field(default_factory=list)
-    removed: list[int] = field(default_factory=list)
+    removed: list[int] = field(default_factory=list)  # of PDQ and vPDQ rows
+    videos: list[tuple[int, str]] = field(default_factory=list)  # vPDQ (local id, value)
 
 
 def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
@@ -305,6 +306,8 @@ class ReplicaStore:
         ).fetchone()
         if row is not None and a.type == "pdq":
             out.added.append((int(row[0]), a.value))
+        elif row is not None and a.type == "vpdq":
+            out.videos.append((int(row[0]), a.value))
 
     def _revoke(self, target: str, by: str, reason: str, cursor: int, out: Applied) -> None:
         row = self.conn.execute(
@@ -312,7 +315,7 @@ class ReplicaStore:
             " WHERE op_id = ? AND revoked_by IS NULL RETURNING id, type",
             (by, reason, cursor, target),
         ).fetchone()
-        if row is not None and row[1] == "pdq":
+        if row is not None and row[1] in ("pdq", "vpdq"):
             out.removed.append(int(row[0]))
 
     def close(self) -> None:
@@ -329,6 +332,13 @@ class ReplicaStore:
         )
         while rows := query.fetchmany(chunk):
             yield [(int(k), str(v)) for k, v in rows]
+
+    def live_vpdq(self) -> list[tuple[int, str]]:
+        """(local id, value) of every live vPDQ row, for building the vPDQ index."""
+        rows = self._reader_conn().execute(
+            "SELECT id, value FROM signals WHERE type = 'vpdq' AND revoked_by IS NULL"
+        )
+        return [(int(k), str(v)) for k, v in rows]
 
     def pdq_changes_since(self, cursor: int) -> Applied:
         """What changed in the PDQ rows after `cursor`: brings a checkpoint up to date."""
