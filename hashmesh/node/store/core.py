@@ -28,6 +28,7 @@ from hashmesh.node.hashing.degenerate import degenerate_adds
 from hashmesh.node.store.backup import backup_database
 from hashmesh.node.store.cases import CaseTable
 from hashmesh.node.store.feed import connect_reader
+from hashmesh.node.store.inlist import in_list
 from hashmesh.node.store.integrity import check_at_open, closed_cleanly, read_header
 from hashmesh.node.store.policies import PolicyRow, PolicyTable, policy_rows
 from hashmesh.node.store.quarantine import (
@@ -909,14 +910,13 @@ def opinion_counts_many(
     table (one of ours, never input) so a matcher replica's copy counts the same way."""
     if not targets:
         return {}
-    sql = (
-        f"SELECT target, author, verdict, seen FROM {table}"
-        " WHERE target IN (SELECT value FROM json_each(?))"
-    )
-    args: list[str] = [json.dumps(sorted(set(targets)))]
+    unique = sorted(set(targets))
+    where, args = in_list(unique)
+    sql = f"SELECT target, author, verdict, seen FROM {table} WHERE target IN {where}"
     if collections is not None:
-        sql += " AND collection IN (SELECT value FROM json_each(?))"
-        args.append(json.dumps(sorted(collections)))
+        more, extra = in_list(sorted(collections))
+        sql += f" AND collection IN {more}"
+        args += extra
     stances: dict[str, list[tuple[str, Stance]]] = {t: [] for t in targets}
     for target, author, verdict, seen in conn.execute(sql, args):
         stances[target].append((author, Stance(verdict, bool(seen))))

@@ -12,6 +12,8 @@ import json
 import sqlite3
 from typing import Any
 
+from hashmesh.node.store.inlist import in_list
+
 QUARANTINE_V3 = """
 CREATE TABLE IF NOT EXISTS quarantine (
     op_id TEXT PRIMARY KEY,
@@ -38,10 +40,10 @@ def active_for(conn: sqlite3.Connection, op_ids: list[str]) -> dict[str, str]:
     """The reason of each of `op_ids` under quarantine now (one statement a match)."""
     if not op_ids:
         return {}
+    where, args = in_list(sorted(set(op_ids)))
     rows = conn.execute(
-        "SELECT op_id, reason FROM quarantine WHERE lifted_at IS NULL"
-        " AND op_id IN (SELECT value FROM json_each(?))",
-        (json.dumps(sorted(set(op_ids))),),
+        f"SELECT op_id, reason FROM quarantine WHERE lifted_at IS NULL AND op_id IN {where}",
+        args,
     )
     return {str(op_id): str(reason) for op_id, reason in rows}
 

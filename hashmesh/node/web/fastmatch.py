@@ -58,6 +58,7 @@ MAX_HEAD = 64 * 1024  # aiohttp's own bounds are 8,190 bytes a line or field
 MAX_PIPELINE = 16  # answers queued on one connection before its reading pauses
 DISCARD_LIMIT = 64 * 1024  # a refused body read past this closes the connection
 SWEEP_S = 0.5
+MAX_GRANTED = 1024
 
 MATCH, HEALTH, METRICS = 1, 2, 3
 ROUTES = {
@@ -103,6 +104,11 @@ class FastServer:
         self.fallback = fallback
         self.keepalive_s = keepalive_s
         self.connections: set[MatchProtocol] = set()
+        # Authorization headers already accepted, by route: a SHA-256 a request saved. The
+        # token rows are replaced whole on every change (worker.py, replica.py), so a new
+        # `tokens.grants` object empties it.
+        self._granted: dict[tuple[int, bytes], Grant] = {}
+        self._granted_of: object = None
         self.date = b""
         self._tick()
         self._server: asyncio.AbstractServer | None = None
@@ -110,6 +116,19 @@ class FastServer:
 
     def _tick(self) -> None:
         self.date = formatdate(usegmt=True).encode()
+
+    def grant(self, route: int, header: bytes) -> Grant | tuple[int, str]:
+        if self._granted_of is not self.tokens.grants or len(self._granted) > MAX_GRANTED:
+            self._granted = {}
+            self._granted_of = self.tokens.grants
+        grant = self._granted.get((route, header))
+        if grant is not None:
+            return grant
+        path = "/v1/match" if route == MATCH else "/metrics"
+        found = access.bearer_grant(self.tokens, path, header.decode("utf-8", "surrogateescape"))
+        if isinstance(found, Grant):
+            self._granted[route, header] = found
+        return found
 
     def protocol(self) -> MatchProtocol:
         return MatchProtocol(self)
@@ -284,9 +303,7 @@ class MatchProtocol(asyncio.Protocol):
         self.body_start = self.loop.time()
         if route == HEALTH:
             return
-        header = (self.auth or b"").decode("utf-8", "surrogateescape")
-        path = "/v1/match" if route == MATCH else "/metrics"
-        grant = access.bearer_grant(self.server.tokens, path, header)
+        grant = self.server.grant(route, self.auth or b"")
         if isinstance(grant, tuple):
             self._refuse(*grant)
             return
