@@ -20,6 +20,8 @@ from test_match_workers import post
 from test_replica import MatcherProc, token
 from testdata import TESTDATA
 
+from hashmesh.node.matching.matcher import Matcher, video_index
+from hashmesh.node.matching.pdq_index import PDQIndex
 from hashmesh.protocol.signals import VPDQSignal
 
 HASHES = TESTDATA / "video" / "vpdq-hashes"
@@ -156,3 +158,15 @@ def test_workers_match_videos(home: HomeFactory, start_node: NodeFactory) -> Non
     wait_for(door_found, timeout=FRESH_S)
     node.call("POST", "/v1/revoke", {"op_id": chair, "reason": "test"})
     wait_for(lambda: (a := answered()) is not None and not a["results"][0]["matches"], FRESH_S)
+
+
+def test_remapped_pdq_index_keeps_videos_and_their_cursor() -> None:
+    """A worker mapping a newer PDQ checkpoint (which holds no videos) keeps its vPDQ
+    index, and its cursor stays where that index is, so the next feed page brings both."""
+    matcher = Matcher()
+    matcher.load(PDQIndex(), 10, video_index([(1, ORIGINAL)]))
+    matcher.apply([], [], 11, [(2, DOORKNOB)])
+    matcher.load(PDQIndex(), 12)
+    assert (matcher.videos, matcher.cursor) == (2, 11)
+    matcher.apply([], [1], 13)
+    assert (matcher.videos, matcher.cursor) == (1, 13)
