@@ -154,27 +154,42 @@ class Config:
 
     # -- policy --------------------------------------------------------------------------
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("trust", "peers"):
+            self.__dict__.pop("_lookup", None)
+        object.__setattr__(self, name, value)
+
+    @property
+    def _index(self) -> _Lookup:
+        """The trust and peer entries indexed by what they are looked up by: with thousands
+        of authors a scan of the list per batch, feed entry or status row was the node's
+        main cost (docs/design-notes.md, "Scale in participants"). Rebuilt after the lists
+        are replaced (every method here replaces them) or change length in place."""
+        index = self.__dict__.get("_lookup")
+        if index is None or index.sizes != (len(self.trust), len(self.peers)):
+            index = self.__dict__["_lookup"] = _Lookup(self.trust, self.peers)
+        return index
+
     def accepts(self, author: str, collection: str) -> bool:
         """Whether batches by `author` in `collection` may be stored and relayed."""
         if author == self.node_id:
             return True
-        return any(t.node_id == author and t.collection == collection for t in self.trust)
+        return (author, collection) in self._index.trusted
 
     def accepted_collections(self) -> set[str]:
         """Collections with at least one trusted author (besides our own logs)."""
-        return {t.collection for t in self.trust}
+        return set(self._index.collections)
 
     def trust_labels(self) -> dict[tuple[str, str], tuple[str, str]]:
-        """(author, collection): (org, country) of every labelled trust entry."""
-        return {
-            (t.node_id, t.collection): (t.org, t.country) for t in self.trust if t.org or t.country
-        }
+        """(author, collection): (org, country) of every labelled trust entry. Shared,
+        not copied: callers only read it."""
+        return self._index.labels
 
     def accepts_collection(self, collection: str) -> bool:
-        return collection in self.accepted_collections()
+        return collection in self._index.collections
 
     def peer(self, node_id: str) -> Peer | None:
-        return next((p for p in self.peers if p.node_id == node_id), None)
+        return self._index.peers.get(node_id)
 
     def peer_may_read(self, node_id: str, collection: str) -> bool:
         peer = self.peer(node_id)
@@ -183,9 +198,9 @@ class Config:
     def author_name(self, node_id: str) -> str:
         if node_id == self.node_id:
             return self.name
-        for t in self.trust:
-            if t.node_id == node_id and t.name:
-                return t.name
+        name = self._index.names.get(node_id)
+        if name:
+            return name
         peer = self.peer(node_id)
         return peer.name if peer else ""
 
@@ -220,7 +235,7 @@ class Config:
                     f" hashmesh peer share {p.name} COLLECTION; to replace it: hashmesh peer"
                     f" remove {p.name}, then add it again"
                 )
-        self.peers.append(peer)
+        self.peers = [*self.peers, peer]
 
     def update_peer(
         self,
@@ -257,11 +272,13 @@ class Config:
             validate_name(trust.name, "name")
         check_trust_labels(trust)
         self.trust = [
-            t
-            for t in self.trust
-            if not (t.node_id == trust.node_id and t.collection == trust.collection)
+            *(
+                t
+                for t in self.trust
+                if not (t.node_id == trust.node_id and t.collection == trust.collection)
+            ),
+            trust,
         ]
-        self.trust.append(trust)
 
     def remove_trust(self, node_id: str, collection: str) -> Trust:
         _check_node_id(node_id)
@@ -377,6 +394,25 @@ class Config:
                 raise HomeError(f"config {source}: trust[{n}].{exc}") from None
         _check_selfreport(config, source)  # hashmesh/node/web/selfreport.py
         return config
+
+
+class _Lookup:
+    """Config.trust and Config.peers as dictionaries, built once per change of either."""
+
+    def __init__(self, trust: list[Trust], peers: list[Peer]) -> None:
+        self.sizes = (len(trust), len(peers))
+        self.trusted = {(t.node_id, t.collection) for t in trust}
+        self.collections = frozenset(t.collection for t in trust)
+        self.labels = {
+            (t.node_id, t.collection): (t.org, t.country) for t in trust if t.org or t.country
+        }
+        self.names: dict[str, str] = {}
+        for t in trust:
+            if t.name:
+                self.names.setdefault(t.node_id, t.name)
+        self.peers: dict[str, Peer] = {}
+        for p in peers:
+            self.peers.setdefault(p.node_id, p)
 
 
 # -- self-report page settings ([selfreport], web/selfreport.py) ----------------------
