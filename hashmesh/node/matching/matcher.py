@@ -133,6 +133,12 @@ def assemble(
     results = []
     cut = False
     judged: dict[int, list[Verdict]] = {}
+    readable = _readable(collections)
+    held = (quarantined or {}).get
+
+    def disputes(op_id: str) -> int:
+        return opinions.get(op_id, NO_OPINIONS).dispute
+
     for q, slot in zip(queries, slots, strict=True):
         window = hits[slot]
         live = [(row, d) for key, d in window if (row := rows.get(key)) is not None and row["live"]]
@@ -148,10 +154,10 @@ def assemble(
                 exact,
                 live,
                 threshold,
-                _readable(collections),
-                lambda op_id: opinions.get(op_id, NO_OPINIONS).dispute,
+                readable,
+                disputes,
                 unusable,
-                (quarantined or {}).get,
+                held,
                 labels,
             )
         matches = []

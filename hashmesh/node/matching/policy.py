@@ -223,47 +223,6 @@ def parse_policy(collection: str, fields: dict[str, Any]) -> CollectionPolicy:
     return policy
 
 
-class PolicySet:
-    """Every collection's policy, as one answer judges by."""
-
-    def __init__(self, policies: Iterable[CollectionPolicy]) -> None:
-        self.by_collection = {p.collection: p for p in policies if not p.is_default}
-        self.negatives = {c: p for c, p in self.by_collection.items() if p.negative}
-        self.active = bool(self.by_collection)
-        self._defaults: dict[str, CollectionPolicy] = {}
-
-    def of(self, collection: str) -> CollectionPolicy:
-        policy = self.by_collection.get(collection)
-        if policy is None:
-            policy = self._defaults.get(collection)
-            if policy is None:
-                policy = self._defaults[collection] = CollectionPolicy(collection)
-        return policy
-
-    def lookup_threshold(self, threshold: int) -> int:
-        """How far the PDQ lookup must reach: the request's distance, or a negative
-        collection's when that is wider (a benign picture suppresses from its own radius)."""
-        radii = [p.threshold for p in self.negatives.values() if p.threshold is not None]
-        return max([threshold, *radii])
-
-    def visible(self, readable: Callable[[str], bool]) -> list[CollectionPolicy]:
-        return [p for c, p in sorted(self.by_collection.items()) if readable(c)]
-
-
-EMPTY = PolicySet(())
-
-
-@lru_cache(maxsize=16)
-def _from_rows(rows: tuple[tuple[Any, ...], ...]) -> PolicySet:
-    return PolicySet(from_row(r) for r in rows)
-
-
-def policy_set(rows: Iterable[Sequence[Any]]) -> PolicySet:
-    """The set for a table's rows, parsed once per distinct content (read every match)."""
-    key = tuple(tuple(r) for r in rows)
-    return _from_rows(key) if key else EMPTY
-
-
 def pdq_distance(a: str, b: str) -> int:
     return (int(a, 16) ^ int(b, 16)).bit_count()
 
@@ -308,6 +267,160 @@ def quorum_members(
     return out
 
 
+class PolicySet:
+    """Every collection's policy, as one answer judges by.
+
+    A set is built once per distinct policy table (`policy_set`) and keeps what judging
+    needs worked out ahead (`plan`: each collection's rule at a request's threshold, the
+    verdicts it gives), so a match pays for lookups, not for formatting and allocating the
+    same verdicts again: with the judging done per hit, that was a quarter of a policy-on
+    match (docs/benchmarks.md). Matching threads share a set: what its caches hold is the
+    same whoever builds it first, so a race only builds it twice."""
+
+    def __init__(self, policies: Iterable[CollectionPolicy]) -> None:
+        self.by_collection = {p.collection: p for p in policies if not p.is_default}
+        self.negatives = {c: p for c, p in self.by_collection.items() if p.negative}
+        self.active = bool(self.by_collection)
+        #: The collections whose policy can quarantine: only their hits are worth counting.
+        self.spiky = frozenset(
+            c for c, p in self.by_collection.items() if p.spike_cap or p.spike_factor
+        )
+        self._defaults: dict[str, CollectionPolicy] = {}
+        self._plans: dict[int, _Plan] = {}
+
+    def of(self, collection: str) -> CollectionPolicy:
+        policy = self.by_collection.get(collection)
+        if policy is None:
+            policy = self._defaults.get(collection)
+            if policy is None:
+                policy = self._defaults[collection] = CollectionPolicy(collection)
+        return policy
+
+    def lookup_threshold(self, threshold: int) -> int:
+        """How far the PDQ lookup must reach: the request's distance, or a negative
+        collection's when that is wider (a benign picture suppresses from its own radius)."""
+        radii = [p.threshold for p in self.negatives.values() if p.threshold is not None]
+        return max([threshold, *radii])
+
+    def visible(self, readable: Callable[[str], bool]) -> list[CollectionPolicy]:
+        return [p for c, p in sorted(self.by_collection.items()) if readable(c)]
+
+    def plan(self, threshold: int) -> _Plan:
+        """The rules for a request at `threshold` (0-31, so at most 32 plans a set)."""
+        plan = self._plans.get(threshold)
+        if plan is None:
+            plan = self._plans[threshold] = _Plan(self, threshold)
+        return plan
+
+
+class _Rule:
+    """One collection's policy at one request threshold, and the verdicts that depend on
+    the collection alone (quorum, review), each built once and then shared."""
+
+    __slots__ = (
+        "alone",
+        "collection",
+        "disputes",
+        "fixed",
+        "limit",
+        "listed",
+        "min_quality",
+        "negative",
+        "plain",
+        "quorum",
+        "quorum_by",
+        "radius",
+        "review",
+    )
+
+    def __init__(self, policy: CollectionPolicy, threshold: int) -> None:
+        self.collection = policy.collection
+        self.negative = policy.negative
+        self.plain = policy.is_plain
+        self.limit = _limit(policy, threshold)
+        self.radius = threshold if policy.threshold is None else policy.threshold
+        self.min_quality = policy.min_quality
+        self.disputes = policy.suspend_after_disputes
+        self.quorum = policy.quorum
+        self.quorum_by = policy.quorum_by
+        self.listed = Verdict(NEGATIVE, (f"listed in negative collection {policy.collection}",))
+        self.review = (
+            ((REVIEW_REQUIRED, f"{policy.collection} requires review before action"),)
+            if policy.require_review
+            else ()
+        )
+        #: quorum members counted (capped at the quorum): the fixed reasons and verdict
+        self.fixed: dict[int, tuple[tuple[tuple[str, str], ...], Verdict]] = {}
+        #: the verdict of a query's only hit, within the limit: one author, one group
+        self.alone = self.verdict_for({""}, NO_LABELS)[1]
+
+    def verdict_for(
+        self, members: set[str] | None, labels: TrustLabels
+    ) -> tuple[tuple[tuple[str, str], ...], Verdict]:
+        """The reasons and verdict of a hit with no reason of its own, given the authors
+        listing the signal within this collection's limit."""
+        have = 0
+        if self.quorum > 1 and members:
+            by = self.quorum_by
+            have = (
+                len(members)
+                if by == "node"
+                else len(quorum_members(members, self.collection, by, labels))
+            )
+        have = min(have, self.quorum)
+        fixed = self.fixed.get(have)
+        if fixed is None:
+            reasons: tuple[tuple[str, str], ...] = ()
+            if self.quorum > 1 and have < self.quorum:
+                units = _QUORUM_UNITS[self.quorum_by]
+                reasons = ((BELOW_QUORUM, f"below quorum: {have} of {self.quorum} {units}"),)
+            reasons += self.review
+            verdict = LET_THROUGH
+            if reasons:
+                verdict = Verdict(reasons[0][0], tuple(t for _, t in reasons))
+            fixed = self.fixed[have] = (reasons, verdict)
+        return fixed
+
+
+class _Plan:
+    """Each collection's `_Rule` at one threshold, and the verdicts of hits with reasons of
+    their own (distance, quality, disputes, suppression), shared while the set lives."""
+
+    MAX_VERDICTS = 4096  # distinct reason lists kept; past it the cache starts again
+
+    def __init__(self, policies: PolicySet, threshold: int) -> None:
+        self.rules = {c: _Rule(p, threshold) for c, p in policies.by_collection.items()}
+        self.plain = _Rule(CollectionPolicy(""), threshold)  # every other collection
+        self.verdicts: dict[tuple[str, ...], Verdict] = {}
+
+    def verdict(self, reasons: list[tuple[str, str]]) -> Verdict:
+        key = tuple(text for _, text in reasons)
+        verdict = self.verdicts.get(key)
+        if verdict is None:
+            if len(self.verdicts) >= self.MAX_VERDICTS:
+                self.verdicts = {}
+            verdict = self.verdicts[key] = Verdict(reasons[0][0], key)
+        return verdict
+
+
+EMPTY = PolicySet(())
+
+
+@lru_cache(maxsize=16)
+def _from_rows(rows: tuple[tuple[Any, ...], ...]) -> PolicySet:
+    return PolicySet(from_row(r) for r in rows)
+
+
+def policy_set(rows: Iterable[Sequence[Any]]) -> PolicySet:
+    """The set for a table's rows, parsed once per distinct content (read every match)."""
+    key = tuple(tuple(r) for r in rows)
+    return _from_rows(key) if key else EMPTY
+
+
+def _never(_op_id: str) -> str | None:
+    return None
+
+
 def judge(
     policies: PolicySet,
     exact: bool,
@@ -316,7 +429,7 @@ def judge(
     readable: Callable[[str], bool],
     disputes: Callable[[str], int],
     unusable: str | None = None,
-    quarantined: Callable[[str], str | None] = lambda _op_id: None,
+    quarantined: Callable[[str], str | None] = _never,
     labels: TrustLabels = NO_LABELS,
 ) -> list[Verdict]:
     """A verdict for each (row, distance) hit of one query, in order.
@@ -329,100 +442,137 @@ def judge(
     it that the caller may see. `unusable` says why the query itself cannot match (a PDQ
     that describes no picture, hashing/degenerate.py): then no hit of it is a match.
     `quarantined(op_id)` is the reason a signal is under quarantine here, or None.
-    `labels` groups authors for a quorum counted by org or country (`quorum_members`)."""
+    `labels` groups authors for a quorum counted by org or country (`quorum_members`).
+
+    Verdicts come from the set's plan (`PolicySet.plan`), shared between hits and
+    answers: a hit with no reason of its own costs a few lookups."""
+    plan = policies._plans.get(threshold) or policies.plan(threshold)
+    rule_of = plan.rules.get
+    everyone = plan.plain
+    if len(hits) == 1 and unusable is None:  # most queries: the hit is its own quorum
+        row, distance = hits[0]
+        rule = rule_of(row["collection"], everyone)
+        if rule.negative:
+            return [rule.listed]
+        op_id = row["op_id"]
+        if quarantined(op_id) is None:
+            if rule.plain:
+                return [LET_THROUGH]
+            least = rule.min_quality
+            suspend_at = rule.disputes
+            if (
+                distance <= rule.limit
+                and (least is None or (quality := row.get("quality")) is None or quality >= least)
+                and (suspend_at is None or disputes(op_id) < suspend_at)
+            ):
+                return [rule.alone]
     negatives: list[tuple[dict[str, Any], int, int]] = []  # row, radius, distance to query
-    rules: dict[str, tuple[CollectionPolicy, int]] = {}  # collection: its policy, limit
-    authors: dict[str, set[str]] = {}
+    members: dict[_Rule, set[str]] = {}
+    rules = []
     for row, distance in hits:
-        collection = row["collection"]
-        rule = rules.get(collection)
-        if rule is None:
-            policy = policies.of(collection)
-            rule = rules[collection] = (policy, _limit(policy, threshold))
-        policy, limit = rule
-        if policy.negative:
-            radius = threshold if policy.threshold is None else policy.threshold
-            negatives.append((row, radius, distance))
-        elif policy.quorum > 1 and distance <= limit:
-            authors.setdefault(collection, set()).add(row["author"])
-    # Quorum and review depend on the collection alone: judged once, not per hit.
-    fixed: dict[str, list[tuple[str, str]]] = {}
-    plain: dict[str, Verdict] = {}
-    for collection, (policy, _) in rules.items():
-        reasons: list[tuple[str, str]] = []
-        if policy.quorum > 1:
-            members = authors.get(collection, set())
-            by = policy.quorum_by
-            have = (
-                len(members)
-                if by == "node"
-                else len(quorum_members(members, collection, by, labels))
-            )
-            if have < policy.quorum:
-                units = _QUORUM_UNITS[by]
-                reasons.append((BELOW_QUORUM, f"below quorum: {have} of {policy.quorum} {units}"))
-        if policy.require_review:
-            reasons.append((REVIEW_REQUIRED, f"{collection} requires review before action"))
-        fixed[collection] = reasons
-        plain[collection] = (
-            Verdict(reasons[0][0], tuple(t for _, t in reasons)) if reasons else LET_THROUGH
-        )
+        rule = rule_of(row["collection"], everyone)
+        rules.append(rule)
+        if rule.negative:
+            negatives.append((row, rule.radius, distance))
+        elif rule.quorum > 1 and distance <= rule.limit:
+            group = members.get(rule)
+            if group is None:
+                members[rule] = {row["author"]}
+            else:
+                group.add(row["author"])
+    clean = unusable is None and not negatives  # nothing held back for the query itself
     out: list[Verdict] = []
-    seen: dict[tuple[str, ...], Verdict] = {}
-    for row, distance in hits:
-        collection = row["collection"]
-        policy, limit = rules[collection]
-        if policy.negative:
-            out.append(Verdict(NEGATIVE, (f"listed in negative collection {collection}",)))
+    for (row, distance), rule in zip(hits, rules, strict=True):
+        if rule.negative:
+            out.append(rule.listed)
             continue
-        held = quarantined(row["op_id"])
-        if policy.is_plain and not negatives and unusable is None and held is None:
-            out.append(LET_THROUGH)
-            continue
-        reasons = []
-        hold = reasons.append
-        if unusable is not None:
-            hold((SUPPRESSED, f"matched, but the query is not a usable PDQ: {unusable}"))
-        for benign, radius, to_query in negatives:
-            if benign["type"] != row["type"]:
+        op_id = row["op_id"]
+        held = quarantined(op_id)
+        if clean and held is None:
+            if rule.plain:
+                out.append(LET_THROUGH)
                 continue
-            if exact or to_query <= radius or pdq_distance(benign["value"], row["value"]) <= radius:
-                named = benign["collection"]
-                where = (
-                    f"negative collection {named} ({benign['op_id']})"
-                    if readable(named)
-                    else "a negative collection of this node"
-                )
-                hold((SUPPRESSED, f"matched, but suppressed by {where}"))
-                break
-        if held is not None:
-            hold((QUARANTINED, f"quarantined: {held}"))
-        if distance > limit:
-            hold(
-                (BEYOND_THRESHOLD, f"distance {distance} is past {collection}'s threshold {limit}")
+            least = rule.min_quality
+            suspend_at = rule.disputes
+            if (
+                distance <= rule.limit
+                and (least is None or (quality := row.get("quality")) is None or quality >= least)
+                and (suspend_at is None or disputes(op_id) < suspend_at)
+            ):
+                out.append(rule.verdict_for(members.get(rule), labels)[1])
+                continue
+        out.append(
+            _held_back(
+                plan,
+                rule,
+                row,
+                distance,
+                exact,
+                negatives,
+                unusable,
+                held,
+                readable,
+                disputes,
+                members.get(rule),
+                labels,
             )
-        quality = row.get("quality")
-        if policy.min_quality is not None and quality is not None and quality < policy.min_quality:
-            why = f"quality {quality} is below {collection}'s minimum {policy.min_quality}"
-            hold((LOW_QUALITY, why))
-        if policy.suspend_after_disputes is not None:
-            count = disputes(row["op_id"])
-            if count >= policy.suspend_after_disputes:
-                why = (
-                    f"suspended: disputed by {count} authors ({collection} suspends at"
-                    f" {policy.suspend_after_disputes})"
-                )
-                hold((SUSPENDED, why))
-        if not reasons:
-            out.append(plain[collection])
-            continue
-        reasons += fixed[collection]
-        key = tuple(text for _, text in reasons)
-        verdict = seen.get(key)
-        if verdict is None:
-            verdict = seen[key] = Verdict(reasons[0][0], key)
-        out.append(verdict)
+        )
     return out
+
+
+def _held_back(
+    plan: _Plan,
+    rule: _Rule,
+    row: dict[str, Any],
+    distance: int,
+    exact: bool,
+    negatives: list[tuple[dict[str, Any], int, int]],
+    unusable: str | None,
+    held: str | None,
+    readable: Callable[[str], bool],
+    disputes: Callable[[str], int],
+    members: set[str] | None,
+    labels: TrustLabels,
+) -> Verdict:
+    """The verdict of a hit with a reason of its own (`judge` let the others through)."""
+    reasons: list[tuple[str, str]] = []
+    hold = reasons.append
+    collection = row["collection"]
+    if unusable is not None:
+        hold((SUPPRESSED, f"matched, but the query is not a usable PDQ: {unusable}"))
+    for benign, radius, to_query in negatives:
+        if benign["type"] != row["type"]:
+            continue
+        if exact or to_query <= radius or pdq_distance(benign["value"], row["value"]) <= radius:
+            named = benign["collection"]
+            where = (
+                f"negative collection {named} ({benign['op_id']})"
+                if readable(named)
+                else "a negative collection of this node"
+            )
+            hold((SUPPRESSED, f"matched, but suppressed by {where}"))
+            break
+    if held is not None:
+        hold((QUARANTINED, f"quarantined: {held}"))
+    limit = rule.limit
+    if distance > limit:
+        hold((BEYOND_THRESHOLD, f"distance {distance} is past {collection}'s threshold {limit}"))
+    least = rule.min_quality
+    if least is not None:
+        quality = row.get("quality")
+        if quality is not None and quality < least:
+            hold((LOW_QUALITY, f"quality {quality} is below {collection}'s minimum {least}"))
+    suspend_at = rule.disputes
+    if suspend_at is not None:
+        count = disputes(row["op_id"])
+        if count >= suspend_at:
+            why = f"suspended: disputed by {count} authors ({collection} suspends at {suspend_at})"
+            hold((SUSPENDED, why))
+    fixed, verdict = rule.verdict_for(members, labels)
+    if not reasons:
+        return verdict
+    reasons += fixed
+    return plan.verdict(reasons)
 
 
 def _limit(policy: CollectionPolicy, threshold: int) -> int:

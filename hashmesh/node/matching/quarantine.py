@@ -151,7 +151,7 @@ class SpikeDetector:
 
 def spiky(policies: PolicySet) -> frozenset[str]:
     """The collections whose policy can quarantine: only their hits are worth counting."""
-    return frozenset(c for c, p in policies.by_collection.items() if p.spike_cap or p.spike_factor)
+    return policies.spiky
 
 
 class MatchCounter:
