@@ -13,10 +13,13 @@ Like aiohttp.test_utils this ships in the package, because `hashmesh demo` uses 
 from __future__ import annotations
 
 import json
+import re
 import signal
+import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Sequence
@@ -167,3 +170,138 @@ def stop_all(runs: Sequence[NodeRun], timeout: float = 20.0) -> dict[NodeRun, in
             run.kill()
             codes[run] = run.proc.returncode
     return codes
+
+
+class CountingProxy:
+    """A TCP forwarder on 127.0.0.1 that counts the bytes each way and the HTTP requests
+    by path: what a node sends another, measured on the wire rather than estimated. A
+    peer's URL pointed at `url` carries that node's requests to `target` through it."""
+
+    def __init__(self, target: str) -> None:
+        parts = urlsplit(target)
+        self._target = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        self._lock = threading.Lock()
+        self.sent = 0  # client to target
+        self.received = 0  # target to client
+        self.requests: dict[str, int] = {}
+        # (path, first request byte, last answer byte, bytes both ways) per request seen
+        self.exchanges: list[list[Any]] = []
+        self._open: dict[int, list[Any]] = {}  # upstream socket -> its exchange in flight
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def snapshot(self) -> tuple[int, int, dict[str, int]]:
+        with self._lock:
+            return self.sent, self.received, dict(self.requests)
+
+    def exchanges_since(self, start: int) -> list[tuple[str, float, float, int]]:
+        """Requests from the `start`-th on, each timed from its first byte to the last byte
+        of its answer (one request at a time per connection, as a sync round makes them)."""
+        with self._lock:
+            return [(e[0], e[1], e[2], e[3]) for e in self.exchanges[start:]]
+
+    def close(self) -> None:
+        self._closed = True
+        self._server.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self._target, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, outbound: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                now = time.monotonic()
+                with self._lock:
+                    if outbound:
+                        self.sent += len(data)
+                        for line in _REQUEST_LINE.findall(data):
+                            path = line.decode("ascii")
+                            self.requests[path] = self.requests.get(path, 0) + 1
+                            self.exchanges.append([path, now, now, 0])
+                            self._open[dst.fileno()] = self.exchanges[-1]
+                    else:
+                        self.received += len(data)
+                    exchange = self._open.get(dst.fileno() if outbound else src.fileno())
+                    if exchange is not None:
+                        exchange[2] = now
+                        exchange[3] += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+
+_REQUEST_LINE = re.compile(rb"(?:POST|GET) (/[!-~]*) HTTP/1\.1\r\n")
+
+
+def author_keys(count: int, salt: str = "author") -> list[Any]:
+    """Deterministic author keys (not node homes), for many-participant tests and benches."""
+    from hashlib import sha256
+
+    from hashmesh.protocol.signing import SigningKey
+
+    return [SigningKey(sha256(f"{salt}/{n}".encode()).digest()) for n in range(count)]
+
+
+def one_batch_logs(keys: Sequence[Any], collection: str, seq: int = 1) -> list[Any]:
+    """One signed batch (one md5 add) per author key, all at `seq` of a chain of such
+    batches, so seq 2 continues the log seq 1 began."""
+    from hashlib import md5
+
+    from hashmesh.protocol.batches import build_batch
+
+    out = []
+    for key in keys:
+        prev = None
+        for s in range(1, seq + 1):
+            value = md5(f"{key.node_id}/{collection}/{s}".encode()).hexdigest()
+            ops = [{"op": "add", "type": "md5", "value": value, "category": "csam"}]
+            batch = build_batch(key, collection, s, prev, 1_700_000_000_000 + s, ops)
+            prev = batch.hash
+        out.append(batch)
+    return out
+
+
+def seed_home(home: Path, trust: dict[str, str], batches: Sequence[Any]) -> None:
+    """Trust each author (node id -> collection) and store `batches` in a stopped home, in
+    process: thousands of `trust add` and `import` commands would take minutes."""
+    from hashmesh.node.config import Trust
+    from hashmesh.node.service import NodeService
+
+    h = Home(home)
+    config = h.load_config()
+    config.trust = [
+        *config.trust,
+        *(
+            Trust(node_id=a, collection=c, name=f"author-{n}")
+            for n, (a, c) in enumerate(trust.items())
+        ),
+    ]
+    h.save_config(config)
+    service = NodeService(h)
+    try:
+        with service.store.bulk("seed"):
+            for batch in batches:
+                service.store.ingest(batch, source="seed")
+    finally:
+        service.close()

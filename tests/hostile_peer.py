@@ -238,6 +238,11 @@ class LiarServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 self.rfile.read(length)
+                if self.path == "/v1/peer/reconcile":  # an older peer: version 1 pages
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 liar.requests += 1
                 body = encode_page({}, liar.frames, more=liar.mode == "more")
                 headers = sign_response(

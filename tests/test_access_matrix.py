@@ -25,7 +25,12 @@ from testdata import IMAGES
 from hashmesh.protocol.encoding import canonical
 from hashmesh.protocol.peerauth import sign_request
 from hashmesh.protocol.signing import SigningKey
-from hashmesh.protocol.sync import decode_page, encode_sync_request
+from hashmesh.protocol.sync import (
+    decode_page,
+    encode_fetch_request,
+    encode_reconcile_request,
+    encode_sync_request,
+)
 
 IMAGE = IMAGES / "bridge-1-original.jpg"
 # The image's PDQ with 4 bits changed: /v1/match/file finds it, yet it is never the
@@ -166,6 +171,8 @@ PEER_CREDENTIALS = (
 PEER_MATRIX: list[tuple[str, tuple[int, ...]]] = [
     # endpoint                 unsg bear bsig repl unkn p-le p+le
     ("POST /v1/peer/sync",     (401, 401, 401, 401, 403, 200, 200)),
+    ("POST /v1/peer/reconcile", (401, 401, 401, 401, 403, 200, 200)),
+    ("POST /v1/peer/fetch",    (401, 401, 401, 401, 403, 200, 200)),
     ("POST /v1/peer/batches",  (401, 401, 401, 401, 403, 200, 200)),
     ("POST /v1/peer/evidence", (401, 401, 401, 401, 403, 200, 200)),
 ]
@@ -555,6 +562,10 @@ def _peer_body(path: str) -> bytes:
         return encode_sync_request({}, ["csam", "le-only"], [])
     if path == "/v1/peer/evidence":
         return canonical({"evidence": []})
+    if path == "/v1/peer/reconcile":
+        return encode_reconcile_request(["csam", "le-only"], [], "")
+    if path == "/v1/peer/fetch":
+        return encode_fetch_request({})
     return b""
 
 

@@ -179,7 +179,10 @@ def test_a_peers_malformed_sync_page_is_scored_and_shown_as_the_peers(tmp_path: 
     unscored, so a peer could answer garbage for ever without being cut off."""
     node = NodeProc(tmp_path, "puller")
     liar = HostilePeer("liar", node, node.node_id)
-    server = ScriptedServer(liar, lambda path: (200, b"HMPAGE garbage"))
+    # an older peer (no reconcile route), so the node pulls version 1 pages from it
+    server = ScriptedServer(
+        liar, lambda path: (404, b"") if path == "/v1/peer/reconcile" else (200, b"HMPAGE garbage")
+    )
     home = Home(node.home)
     config = home.load_config()
     config.add_peer(Peer(name="liar", url=server.url, node_id=liar.node_id, share=["csam"]))

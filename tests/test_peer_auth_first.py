@@ -195,7 +195,7 @@ def test_a_peers_huge_error_text_is_clipped(tmp_path: Path) -> None:
         _publish(node, 1)
         wait_for(
             lambda: (
-                server.seen.get("/v1/peer/sync", 0) >= 2
+                server.seen.get("/v1/peer/reconcile", 0) >= 2
                 and server.seen.get("/v1/peer/batches", 0) >= 1
             )
         )
@@ -214,6 +214,8 @@ def test_a_malformed_push_reply_fails_the_push_not_the_sender(tmp_path: Path) ->
     empty_page = encode_page({}, [], more=False)
 
     def answer(path: str) -> tuple[int, bytes]:
+        if path == "/v1/peer/reconcile":
+            return (404, b"")  # an older peer: the node pulls version 1 pages from it
         return (200, empty_page) if path == "/v1/peer/sync" else (200, b"[not json")
 
     node, server = _victim_with(tmp_path, answer)

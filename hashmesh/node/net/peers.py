@@ -73,6 +73,10 @@ PENALTY_FLOOD = 1
 PENALTY_UNACCEPTED = 10  # evidence about logs we do not accept, once per message
 
 
+class RouteMissing(NodeError):
+    """The peer answered 404: it runs a version without this route (sync falls back)."""
+
+
 class NonceCache:
     """Nonces seen within the timestamp window; a replay inside the window is refused and
     one outside it is refused by the timestamp check, so the cache stays bounded."""
@@ -261,7 +265,7 @@ class Peers:
         return st
 
     async def authenticate(
-        self, request: web.Request, config: Config
+        self, request: web.Request, config: Config, limit: int = MAX_PEER_BODY
     ) -> tuple[Peer, RequestAuth, bytes]:
         """Check a peer request: signature, audience, freshness, nonce, known peer, limits.
 
@@ -290,7 +294,7 @@ class Peers:
         with self.unverified.hold() as hold:
             try:
                 async with asyncio.timeout(BODY_TIMEOUT_S):
-                    body = await request_body(request, MAX_PEER_BODY, hold=hold)
+                    body = await request_body(request, limit, hold=hold)
             except TimeoutError:
                 raise RequestTimeout(
                     f"request body: not received within {BODY_TIMEOUT_S:g} s"
@@ -364,6 +368,8 @@ class PeerClient:
             data = await read_limited(
                 response.content, MAX_PEER_BODY, f"peer {peer.name}: response"
             )
+            if response.status == 404:
+                raise RouteMissing(f"peer {peer.name} does not serve {path} (an older version)")
             if response.status != 200:
                 raise NodeError(f"peer {peer.name} answered {response.status}: {_error(data)}")
             try:

@@ -3,7 +3,11 @@ push of every new batch, relaying, fork-evidence gossip, and periodic anti-entro
 
 Server side (routes under /v1/peer/, every request signed by a configured peer):
 
+    POST /v1/peer/reconcile the digest of our view the caller holds -> nothing, the
+                            difference, or our whole view (protocol/sync.py, version 2)
+    POST /v1/peer/fetch     the logs the caller lacks -> a page of their batches
     POST /v1/peer/sync      the caller's vector -> a page of batches it lacks + our vector
+                            (version 1, for peers without reconcile; answered and used)
     POST /v1/peer/batches   batch frames pushed to us
     POST /v1/peer/evidence  fork evidence gossiped to us
 
@@ -35,6 +39,7 @@ from hashmesh.node.net.peers import (
     Peers,
     PeerTally,
     Refusals,
+    RouteMissing,
     clip,
     peer_route,
 )
@@ -46,20 +51,33 @@ from hashmesh.protocol.evidence import ForkEvidence, verify_evidence
 from hashmesh.protocol.sync import (
     MAX_EVIDENCE_MESSAGE_BYTES,
     MAX_EVIDENCE_PER_MESSAGE,
+    MAX_FETCH_REQUEST_BYTES,
+    MAX_RECONCILE_REQUEST_BYTES,
     Page,
     PushReply,
     PushResult,
+    Reconcile,
+    ReconcileRequest,
     Vector,
     decode_evidence_message,
     decode_page,
     decode_push_reply,
+    decode_reconcile,
     encode_evidence_message,
     encode_evidence_reply,
+    encode_fetch_request,
     encode_page,
     encode_push_reply,
+    encode_reconcile,
+    encode_reconcile_request,
     encode_sync_request,
     missing,
+    parse_fetch_request,
+    parse_reconcile_request,
     parse_sync_request,
+    reconcile_answer,
+    view_after,
+    wants,
 )
 
 log = logging.getLogger("hashmesh.sync")
@@ -76,6 +94,7 @@ EVIDENCE_MESSAGE_BYTES = MAX_EVIDENCE_MESSAGE_BYTES  # 100 items of 2 KiB fit
 EVIDENCE_PER_MESSAGE = MAX_EVIDENCE_PER_MESSAGE
 EVIDENCE_PER_LOG = 8  # one item proves a fork; a few more only cover distinct seqs
 EVIDENCE_PER_SENDER = 1000
+V1_RETRY_S = 600.0  # a peer without reconcile is asked again after this (it may upgrade)
 
 
 class Outbox:
@@ -134,10 +153,22 @@ class Replicator:
         self._syncing: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.rounds = 0
         self.refusals = Refusals()
+        # Reconciliation state, one entry per peer: the view we last sent it (server side)
+        # and the evidence in it, the view of it we hold (client side), and until when a
+        # peer that lacks the route is synced with version 1.
+        self._sent: dict[str, tuple[str, Vector]] = {}
+        self._evidence_sent: dict[str, set[bytes]] = {}
+        self._held: dict[str, tuple[str, Vector]] = {}
+        self._v1_until: dict[str, float] = {}
+        # per peer, the trust list and wanted collections of a round that left nothing to
+        # fetch: while they and the peer's view stay the same, nothing can be missing
+        self._fetched: dict[str, tuple[list[Any], int, frozenset[str]]] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def register(self, app: web.Application) -> None:
+        app.router.add_post("/v1/peer/reconcile", peer_route(self.handle_reconcile))
+        app.router.add_post("/v1/peer/fetch", peer_route(self.handle_fetch))
         app.router.add_post("/v1/peer/sync", peer_route(self.handle_sync))
         app.router.add_post("/v1/peer/batches", peer_route(self.handle_batches))
         app.router.add_post("/v1/peer/evidence", peer_route(self.handle_evidence))
@@ -212,18 +243,24 @@ class Replicator:
         self.observer.batches_sent(sent)
         return self.peers.respond(auth, page, "application/octet-stream")
 
-    def _build_page(
-        self, peer: Peer, request: Any
-    ) -> tuple[bytes, int, dict[tuple[str, str], int]]:
+    def _scope(self, peer: Peer, request: Any) -> tuple[set[str], list[str]]:
+        """What a caller may hear of: the collections it asked for that it may read, and
+        those it offered that it may read and we accept. An offer outside the peer's
+        share list must get the same answer as a collection that does not exist:
+        accepting it would disclose that we hold it, and our heads."""
         config = self.service.config
         readable = {c for c in request.collections if config.peer_may_read(peer.node_id, c)}
-        # An offer outside the peer's share list must get the same answer as a collection
-        # that does not exist: accepting it would disclose that we hold it, and our heads.
         accept = [
             c
             for c in request.offer
             if config.peer_may_read(peer.node_id, c) and config.accepts_collection(c)
         ]
+        return readable, accept
+
+    def _build_page(
+        self, peer: Peer, request: Any
+    ) -> tuple[bytes, int, dict[tuple[str, str], int]]:
+        readable, accept = self._scope(peer, request)
         ours = self.store.vector(readable)
         told = {(k.author, k.collection): request.vector.get(k, 0) for k in ours}
         frames: list[bytes] = []
@@ -241,6 +278,67 @@ class Replicator:
         vector = self.store.vector(readable | set(accept))
         evidence = page_evidence(self.store.forks(), readable)
         return encode_page(vector, frames, more, evidence, accept), len(frames), told
+
+    async def handle_reconcile(self, request: web.Request) -> web.Response:
+        """A digest first, then only the difference: the view is our heads of what this
+        caller may read (and the offers we accept), never more, so neither digest nor
+        difference says anything of a collection outside its share list."""
+        config = self.service.config
+        peer, auth, body = await self.peers.authenticate(
+            request, config, MAX_RECONCILE_REQUEST_BYTES
+        )
+        with self._from_peer(peer, "bad_reconcile_request"):
+            ask = parse_reconcile_request(body)
+        view, accept, forks = await self.store_thread.call(self._view, peer, ask)
+        sent = self._sent.get(peer.node_id)
+        answer = reconcile_answer(view, ask.known, sent, accept, [])
+        seen = self._evidence_sent.setdefault(peer.node_id, set())
+        if answer.full:
+            seen.clear()
+        evidence = [e for e in forks if e not in seen]
+        seen.update(evidence)
+        self._sent[peer.node_id] = (answer.digest, view)
+        body = encode_reconcile(answer._replace(evidence=evidence))
+        return self.peers.respond(auth, body, "application/json")
+
+    def _view(self, peer: Peer, ask: ReconcileRequest) -> tuple[Vector, list[str], list[bytes]]:
+        readable, accept = self._scope(peer, ask)
+        vector = self.store.vector(readable | set(accept))
+        return vector, accept, page_evidence(self.store.forks(), readable)
+
+    async def handle_fetch(self, request: web.Request) -> web.Response:
+        config = self.service.config
+        peer, auth, body = await self.peers.authenticate(request, config, MAX_FETCH_REQUEST_BYTES)
+        with self._from_peer(peer, "bad_fetch_request"):
+            want = parse_fetch_request(body)
+        page, sent = await self.store_thread.call_bulk(self._fetch_page, peer, want)
+        self.peers.state(peer.node_id).batches_sent += sent
+        self.observer.batches_sent(sent)
+        return self.peers.respond(auth, page, "application/octet-stream")
+
+    def _fetch_page(self, peer: Peer, want: dict[LogKey, int]) -> tuple[bytes, int]:
+        """Batches of the logs asked for, in order; a log the caller may not read gets the
+        answer of a log we do not hold (no heads, no batches)."""
+        config = self.service.config
+        frames: list[bytes] = []
+        heads: Vector = {}
+        size = 0
+        more = False
+        for log_key, have in sorted(want.items(), key=_log_order):
+            if not config.peer_may_read(peer.node_id, log_key.collection):
+                continue
+            head = self.store.head(log_key)
+            if head:
+                heads[log_key] = head
+            if more or head <= have:
+                continue
+            for frame in self.store.batch_frames(log_key, after=have, limit=PAGE_BATCHES):
+                if len(frames) >= PAGE_BATCHES or (frames and size + len(frame) > PAGE_BYTES):
+                    more = True
+                    break
+                frames.append(frame)
+                size += len(frame)
+        return encode_page(heads, frames, more), len(frames)
 
     async def handle_batches(self, request: web.Request) -> web.Response:
         config = self.service.config
@@ -387,26 +485,20 @@ class Replicator:
 
     # -- client side ---------------------------------------------------------------------
 
-    def _pull_request(self, peer: Peer) -> bytes:
+    def _wanted(self) -> set[str]:
         config = self.service.config
-        wanted = config.accepted_collections() | {
-            k.collection for k in self.store.vector() if k.author == config.node_id
-        }
+        own = {k.collection for k in self.store.vector() if k.author == config.node_id}
+        return config.accepted_collections() | own
+
+    def _pull_request(self, peer: Peer) -> bytes:
+        wanted = self._wanted()
         return encode_sync_request(
             self.store.vector(wanted), sorted(wanted), sorted(set(peer.share))
         )
 
     async def _ingest_page(self, peer: Peer, page: Page) -> tuple[tuple[PushReply, str], PeerTally]:
-        tally = PeerTally()
-        verified: list[ForkEvidence] = []
-        for blob in page.evidence:
-            try:
-                verified.append(verify_evidence(blob))
-            except ProtocolError:
-                tally.penalise(PENALTY_INVALID, "bad_evidence")
-        if verified:
-            await self.store_thread.call_bulk(self._admit_evidence, peer, verified, tally)
-        return await self._ingest_sliced(peer, page.frames, tally)
+        await self._admit_page_evidence(peer, page.evidence)
+        return await self._ingest_sliced(peer, page.frames, PeerTally())
 
     async def sync_with(self, peer: Peer) -> bool:
         """One anti-entropy exchange with a peer: pull all pages, then push what it lacks."""
@@ -416,25 +508,17 @@ class Replicator:
         async with self._syncing[peer.node_id]:
             state.last_attempt_ms = int(time.time() * 1000)
             try:
-                page: Page | None = None
-                for _ in range(MAX_PAGES_PER_ROUND):
-                    body = await self.store_thread.call(self._pull_request, peer)
-                    data = await self.client.post(peer, "/v1/peer/sync", body, "application/json")
-                    with self._from_peer(peer, "bad_page", f"peer {peer.name}: sync page"):
-                        page = decode_page(data)
-                    (result, error), tally = await self._ingest_page(peer, page)
-                    self._apply(peer, tally)
-                    if error:
-                        raise PeerError(f"peer {peer.name} sent invalid data: {error}")
-                    if not page.more:
-                        break
-                    if not any(r.outcome in ("applied", "deferred") for r in result.results):
-                        # "more" but nothing new: a lying peer could keep us paging for ever.
-                        self.peers.state(peer.node_id).refuse("empty_page")
-                        break
-                assert page is not None
-                state.vector.update({(k.author, k.collection): v for k, v in page.vector.items()})
-                await self._push_missing(peer, page.vector, page.accept)
+                if time.monotonic() >= self._v1_until.get(peer.node_id, 0.0):
+                    try:
+                        await self._reconcile_round(peer)
+                    except RouteMissing:
+                        log.info(
+                            "peer %s has no reconcile route: syncing with version 1", peer.name
+                        )
+                        self._v1_until[peer.node_id] = time.monotonic() + V1_RETRY_S
+                        self._held.pop(peer.node_id, None)
+                if time.monotonic() < self._v1_until.get(peer.node_id, 0.0):
+                    await self._v1_round(peer)
             except (TimeoutError, aiohttp.ClientError, OSError, NodeError, PeerError) as exc:
                 state.failed(str(exc) or type(exc).__name__)
                 log.info("sync with %s failed: %s", peer.name, state.last_error)
@@ -450,6 +534,132 @@ class Replicator:
             self.observer.round_done(peer.name, "ok")
             await self.store_thread.call(self.store.set_meta, RESTORED_KEY, None)
             return True
+
+    async def _v1_round(self, peer: Peer) -> None:
+        """Version 1: our whole vector out, a page of batches and the peer's vector back."""
+        assert self.client is not None
+        state = self.peers.state(peer.node_id)
+        page: Page | None = None
+        for _ in range(MAX_PAGES_PER_ROUND):
+            body = await self.store_thread.call(self._pull_request, peer)
+            data = await self.client.post(peer, "/v1/peer/sync", body, "application/json")
+            with self._from_peer(peer, "bad_page", f"peer {peer.name}: sync page"):
+                page = decode_page(data)
+            (result, error), tally = await self._ingest_page(peer, page)
+            self._apply(peer, tally)
+            if error:
+                raise PeerError(f"peer {peer.name} sent invalid data: {error}")
+            if not page.more:
+                break
+            if not any(r.outcome in ("applied", "deferred") for r in result.results):
+                # "more" but nothing new: a lying peer could keep us paging for ever.
+                state.refuse("empty_page")
+                break
+        assert page is not None
+        state.vector.update({(k.author, k.collection): v for k, v in page.vector.items()})
+        await self._push_missing(peer, page.vector, page.accept)
+
+    async def _reconcile_round(self, peer: Peer) -> None:
+        """Version 2: the digest of the peer's view we hold; back comes nothing (idle),
+        the difference, or its whole view. Then fetch what we lack and would take, and
+        push what it lacks and accepts."""
+        assert self.client is not None
+        wanted = await self.store_thread.call(self._wanted)
+        held = self._held.get(peer.node_id)
+        answer: Reconcile | None = None
+        for known in ([held[0]] if held else []) + [""]:
+            body = encode_reconcile_request(sorted(wanted), sorted(set(peer.share)), known)
+            data = await self.client.post(peer, "/v1/peer/reconcile", body, "application/json")
+            with self._from_peer(peer, "bad_reconcile", f"peer {peer.name}: reconcile answer"):
+                answer = decode_reconcile(data)
+            try:
+                theirs = view_after(held if known else None, answer)
+                break
+            except ProtocolError as exc:
+                self._held.pop(peer.node_id, None)
+                if not known:  # its whole view, and still not its digest: its fault
+                    raise self._refuse(peer, "bad_reconcile", f"peer {peer.name}: {exc}") from None
+        assert answer is not None
+        self._held[peer.node_id] = (answer.digest, theirs)
+        state = self.peers.state(peer.node_id)
+        changed = theirs if answer.full else answer.vector
+        tally = PeerTally()
+        config = self.service.config
+        before = held[1] if held else {}
+        for log_key, seq in changed.items():
+            key = (log_key.author, log_key.collection)
+            if seq:
+                state.vector[key] = seq
+                if log_key.collection in wanted and not config.accepts(*key):
+                    # its batches we will not fetch, counted as refused ones were
+                    n = max(1, seq - (0 if answer.full else before.get(log_key, 0)))
+                    tally.refused["untrusted"] = tally.refused.get("untrusted", 0) + n
+                    tally.untrusted[key] = tally.untrusted.get(key, 0) + n
+            else:
+                state.vector.pop(key, None)
+        self._apply(peer, tally)
+        if answer.evidence:
+            await self._admit_page_evidence(peer, answer.evidence)
+        await self._fetch_missing(peer, theirs, wanted, idle=held is not None and not changed)
+        await self._push_missing(peer, theirs, answer.accept)
+
+    async def _admit_page_evidence(self, peer: Peer, blobs: list[bytes]) -> None:
+        tally = PeerTally()
+        verified: list[ForkEvidence] = []
+        for blob in blobs:
+            try:
+                verified.append(verify_evidence(blob))
+            except ProtocolError:
+                tally.penalise(PENALTY_INVALID, "bad_evidence")
+        if verified:
+            await self.store_thread.call_bulk(self._admit_evidence, peer, verified, tally)
+        self._apply(peer, tally)
+
+    def _wants(self, theirs: Vector, wanted: set[str]) -> dict[LogKey, int]:
+        """Logs the peer is ahead in that we would store: wanted, trusted, not frozen by a
+        fork (a frozen log takes nothing more, and asking each round would never end)."""
+        config = self.service.config
+        ours = self.store.vector(wanted)
+
+        def takes(log_key: LogKey) -> bool:
+            return (
+                log_key.collection in wanted
+                and config.accepts(log_key.author, log_key.collection)
+                and not self.store.is_forked(log_key)
+            )
+
+        return wants(theirs, ours, takes)
+
+    async def _fetch_missing(
+        self, peer: Peer, theirs: Vector, wanted: set[str], idle: bool
+    ) -> None:
+        """Fetch pages of what we lack until nothing is missing or a page brings nothing
+        new. `idle`: the peer's view did not change and the last round left nothing to
+        fetch, so nothing can be missing now (our heads only grow)."""
+        assert self.client is not None
+        trust = self.service.config.trust  # held, so its id is never reused
+        policy = (trust, len(trust), frozenset(wanted))
+        done = self._fetched.pop(peer.node_id, None)
+        if idle and done is not None and done[0] is trust and done[1:] == policy[1:]:
+            self._fetched[peer.node_id] = done
+            return
+        for _ in range(MAX_PAGES_PER_ROUND):
+            want = await self.store_thread.call(self._wants, theirs, wanted)
+            if not want:
+                self._fetched[peer.node_id] = policy
+                return
+            body = encode_fetch_request(want)
+            data = await self.client.post(peer, "/v1/peer/fetch", body, "application/json")
+            with self._from_peer(peer, "bad_page", f"peer {peer.name}: fetched page"):
+                page = decode_page(data)
+            (result, error), tally = await self._ingest_sliced(peer, page.frames, PeerTally())
+            self._apply(peer, tally)
+            if error:
+                raise PeerError(f"peer {peer.name} sent invalid data: {error}")
+            if not any(r.outcome == "applied" for r in result.results):
+                if want:
+                    self.peers.state(peer.node_id).refuse("empty_page")
+                return
 
     async def _push_missing(self, peer: Peer, theirs: Vector, accept: list[str]) -> None:
         """Push every batch the peer lacks in collections it may read and accepts."""
