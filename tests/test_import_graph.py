@@ -32,6 +32,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("hashmesh.node.lists",),
     # batching: the running node's publisher, coalescing adds into NodeService.publish
     ("hashmesh.node.service", "hashmesh.node.batching"),
+    # bridges: following central hash APIs (NCMEC, StopNCII) into a collection
+    ("hashmesh.node.bridges",),
     ("hashmesh.node.net",),
     ("hashmesh.node.web",),
     # replica: the matcher replica process (hashmesh matcher), a peer of the daemon

@@ -179,7 +179,7 @@ def test_ncmec_large_fingerprint_links_are_reported_not_imported() -> None:
     ]
     tmk, videntifier = issues(items)
     assert "is given as a link (/v2/entries/1/fingerprints/TMK_PDQF)" in tmk.message
-    assert "not supported" in videntifier.message
+    assert "is given as a link (/v2/entries/1/fingerprints/VIDENTIFIER)" in videntifier.message
 
 
 def test_ncmec_revocations_can_be_skipped() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 import tomllib
 from dataclasses import MISSING, asdict, dataclass, field
@@ -113,6 +114,71 @@ class Trust:
     country: str = ""
 
 
+#: Upstream kinds a bridge can follow (hashmesh/node/bridges/ holds one class per kind).
+BRIDGE_KINDS = ("ncmec", "stopncii")
+MAX_BRIDGES = 32
+
+
+@dataclass
+class Bridge:
+    """A bridge (hashmesh/node/bridges/): an upstream hash API this node follows and
+    publishes from into `collection`. Credentials are named, never held: a file (0600) or
+    an environment variable."""
+
+    name: str
+    kind: str
+    collection: str
+    environment: str = ""  # the upstream's own name of it (pytx's), or "" with url
+    url: str = ""  # any server speaking the API (staging, a test double)
+    credentials_file: str = ""
+    credentials_env: str = ""
+    interval_s: float = 300.0
+    timeout_s: float = 120.0  # an upstream call not answered by then is a failure
+    category: str = ""  # "" : csam for ncmec, ncii for stopncii
+    dispute_reason: str = ""  # NCMEC: the negative-feedback reason guid a dispute sends
+
+
+def check_bridge(bridge: Bridge) -> None:
+    """What config.toml can tell of a bridge by itself; the upstream kind checks its own
+    environment names and credentials (hashmesh/node/bridges/)."""
+    if not isinstance(bridge.name, str) or not _BRIDGE_NAME.fullmatch(bridge.name):
+        raise NodeError(
+            f"bridge name {str(bridge.name)[:70]!r}: must be 1-32 of a-z 0-9 _ -, starting"
+            " with a letter or digit"
+        )
+    if bridge.kind not in BRIDGE_KINDS:
+        raise NodeError(
+            f"bridge kind {str(bridge.kind)[:40]!r}: must be one of {', '.join(BRIDGE_KINDS)}"
+        )
+    _check_collection(bridge.collection)
+    if bridge.environment and bridge.url:
+        raise NodeError("bridge: give an environment or a url, not both")
+    if bridge.url:
+        check_url(bridge.url, "bridge url")
+    if bool(bridge.credentials_file) == bool(bridge.credentials_env):
+        raise NodeError(
+            "bridge credentials: name exactly one of a credentials file or an environment"
+            " variable (the secret itself never goes into config.toml)"
+        )
+    if bridge.credentials_env and not _ENV_NAME.fullmatch(bridge.credentials_env):
+        raise NodeError(
+            f"bridge credentials_env {bridge.credentials_env[:70]!r}: not an environment"
+            " variable name (A-Z, 0-9, _)"
+        )
+    if not 1 <= bridge.interval_s <= 86_400:
+        raise NodeError(f"bridge interval {bridge.interval_s:g} s: must be 1-86400 seconds")
+    if not 1 <= bridge.timeout_s <= 600:
+        raise NodeError(f"bridge timeout {bridge.timeout_s:g} s: must be 1-600 seconds")
+    if bridge.category and not _BRIDGE_NAME.fullmatch(bridge.category):
+        raise NodeError(f"bridge category {bridge.category[:40]!r}: not a label")
+    if len(bridge.environment) > 64 or len(bridge.dispute_reason) > 64:
+        raise NodeError("bridge environment and dispute_reason: at most 64 characters")
+
+
+_BRIDGE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
 @dataclass
 class Config:
     name: str
@@ -135,6 +201,7 @@ class Config:
     index_checkpoint_s: int = 60
     peers: list[Peer] = field(default_factory=list)
     trust: list[Trust] = field(default_factory=list)
+    bridges: list[Bridge] = field(default_factory=list)  # hashmesh/node/bridges/
     # -- self-report page ([selfreport], web/selfreport.py; off by default) -------------
     selfreport_enabled: bool = False
     selfreport_collection: str = "takeitdown"
@@ -326,6 +393,11 @@ class Config:
                 for t in self.trust
             ],
         }
+        if self.bridges:  # hashmesh/node/bridges/
+            data["bridges"] = [
+                {k: v for k, v in asdict(b).items() if v != "" or k in ("name", "kind")}
+                for b in self.bridges
+            ]
         data["selfreport"] = {  # self-report page (hashmesh/node/web/selfreport.py)
             k.removeprefix("selfreport_"): v
             for k, v in asdict(self).items()
@@ -367,6 +439,7 @@ class Config:
                 tls_ca=_setting(tls, "ca", str, "", "tls."),
                 peers=[Peer(**p) for p in _entries(data, "peers", Peer)],
                 trust=[Trust(**t) for t in _entries(data, "trust", Trust)],
+                bridges=[Bridge(**b) for b in _entries(data, "bridges", Bridge)],
                 **_selfreport_fields(data.get("selfreport", {})),  # hashmesh/node/web/selfreport.py
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -393,7 +466,32 @@ class Config:
             except NodeError as exc:
                 raise HomeError(f"config {source}: trust[{n}].{exc}") from None
         _check_selfreport(config, source)  # hashmesh/node/web/selfreport.py
+        _check_bridges(config, source)
         return config
+
+
+def _check_bridges(config: Config, source: str) -> None:
+    if len(config.bridges) > MAX_BRIDGES:
+        raise HomeError(f"config {source}: at most {MAX_BRIDGES} [[bridges]]")
+    seen: set[str] = set()
+    for n, bridge in enumerate(config.bridges):
+        strings = ("name", "kind", "collection", "environment", "url", "credentials_file")
+        for key in (*strings, "credentials_env", "category", "dispute_reason"):
+            if not isinstance(getattr(bridge, key), str):
+                raise HomeError(f"config {source}: bridges[{n}].{key}: expected a string")
+        for key in ("interval_s", "timeout_s"):
+            value = getattr(bridge, key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                setattr(bridge, key, float(value))
+            elif not isinstance(value, float):
+                raise HomeError(f"config {source}: bridges[{n}].{key}: expected a number")
+        try:
+            check_bridge(bridge)
+        except NodeError as exc:
+            raise HomeError(f"config {source}: bridges[{n}]: {exc}") from None
+        if bridge.name in seen:
+            raise HomeError(f"config {source}: bridges[{n}]: name {bridge.name!r} twice")
+        seen.add(bridge.name)
 
 
 class _Lookup:

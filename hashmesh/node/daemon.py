@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from hashmesh.node.batching import BatchingPublisher
+from hashmesh.node.bridges.runner import Bridges
 from hashmesh.node.config import Home, HomeLock, parse_listen
 from hashmesh.node.errors import HomeError
 from hashmesh.node.keys import hash_token, read_secret
@@ -68,6 +69,7 @@ class Daemon:
                 entry.update(self.replicator.peer_status(peer, ours))
         result["sync_rounds"] = self.replicator.rounds
         result["refusals"] = self.replicator.refusal_status()
+        result["bridges"] = await self.bridges.status()
         return result
 
     async def start(self) -> None:
@@ -127,6 +129,8 @@ class Daemon:
         self._tasks.append(asyncio.create_task(self._load_index(start_workers=not early)))
         self._tasks.append(asyncio.create_task(self._watch_config()))
         self.replicator.start()
+        self.bridges = Bridges(service, self.store_thread, self.home.path)
+        await self.bridges.reconcile()
         log.info("node %s listening on %s", config.name, self.api_url)
 
     def _write_runtime(self) -> None:
@@ -247,6 +251,7 @@ class Daemon:
                     continue
                 if await self.store_thread.call(self.service.reload_config_if_changed):
                     self.replicator.wake()
+                    await self.bridges.reconcile()
                     if refused_mtime is not None:
                         log.info("config reloaded: %s is valid again", self.home.config_path)
                     refused_mtime = None
@@ -264,6 +269,8 @@ class Daemon:
         for task in self._tasks:
             task.cancel()
         await self.publisher.flush_all()
+        if hasattr(self, "bridges"):
+            await self.bridges.stop()
         await self.replicator.stop()
         if self.runner is not None:
             await self.runner.cleanup()

@@ -458,6 +458,20 @@ class TMKSignal(OpaqueSignal):
     description = "TMK+PDQF video hash, base64 or hex as listed (exact)"
 
 
+class NetCleanSignal(OpaqueSignal):
+    """NetClean's video and image hash, as NCMEC lists it (NETCLEAN); kept as listed."""
+
+    name = "netclean"
+    description = "NetClean hash, base64 or hex as listed (exact)"
+
+
+class VidentifierSignal(OpaqueSignal):
+    """Videntifier's video fingerprint, as NCMEC lists it (VIDENTIFIER); kept as listed."""
+
+    name = "videntifier"
+    description = "Videntifier video fingerprint, base64 or hex as listed (exact)"
+
+
 for _cls in (
     MD5Signal,
     SHA1Signal,
@@ -466,6 +480,8 @@ for _cls in (
     PhotoDNASignal,
     VPDQSignal,
     TMKSignal,
+    NetCleanSignal,
+    VidentifierSignal,
 ):
     register(_cls)
 

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from hashmesh.node.cli import (
+    bridge,  # noqa: F401  (registers bridge)
     disputes,  # noqa: F401  (registers disputes)
     matcher,  # noqa: F401  (registers matcher)
     matchpolicy,  # noqa: F401  (registers policy)

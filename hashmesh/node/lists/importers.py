@@ -138,6 +138,53 @@ def _photodna_hint(raw: str) -> str | None:
     return None
 
 
+def make_add(
+    location: str,
+    type_name: str,
+    raw_value: str,
+    *,
+    category: str,
+    quality: int | None = None,
+    classification: str | None = None,
+    ref: str | None = None,
+) -> Item:
+    """An add record checked as every importer checks one (type names, truncated PhotoDNA,
+    labels, the value, degenerate hashes), or the issue that refuses it; the bridges
+    (hashmesh/node/bridges/) take upstream entries through this same gate."""
+    try:
+        signal_type = _our_type(type_name)
+    except ValueError as exc:
+        return ImportIssue(location, str(exc))
+    if signal_type == "photodna" and (hint := _photodna_hint(raw_value)):
+        return ImportIssue(location, hint)
+    if not _label_re.match(category):
+        shown = category[:40]
+        return ImportIssue(location, f"category {shown!r} is not a label ({_LABEL_RULE})")
+    try:
+        op = AddOp.create(
+            signal_type,
+            raw_value,
+            category=category,
+            quality=quality,
+            classification=classification,
+            ref=ref,
+        )
+    except ProtocolError as exc:
+        return ImportIssue(location, str(exc))
+    if (degenerate := degenerate_reason(op.type, op.value)) is not None:
+        return ImportIssue(location, f"value refused, {degenerate}")
+    return ImportRecord(
+        "add",
+        op.type,
+        op.value,
+        op.category,
+        location,
+        quality=op.quality,
+        classification=op.classification,
+        ref=op.ref,
+    )
+
+
 class ListParser(ABC):
     """Base of every format: subclasses set `name`, `description`, `default_category` and
     implement `parse`. Options are keyword arguments so the CLI can pass them through."""
@@ -169,37 +216,14 @@ class ListParser(ABC):
         ref: str | None = None,
     ) -> Item:
         """Build an add through `AddOp.create` so every record can be published as is."""
-        try:
-            signal_type = _our_type(type_name)
-        except ValueError as exc:
-            return ImportIssue(location, str(exc))
-        if signal_type == "photodna" and (hint := _photodna_hint(raw_value)):
-            return ImportIssue(location, hint)
-        if category is not None and not _label_re.match(category):
-            shown = category[:40]
-            return ImportIssue(location, f"category {shown!r} is not a label ({_LABEL_RULE})")
-        try:
-            op = AddOp.create(
-                signal_type,
-                raw_value,
-                category=category if category is not None else self.category,
-                quality=quality,
-                classification=classification,
-                ref=ref,
-            )
-        except ProtocolError as exc:
-            return ImportIssue(location, str(exc))
-        if (degenerate := degenerate_reason(op.type, op.value)) is not None:
-            return ImportIssue(location, f"value refused, {degenerate}")
-        return ImportRecord(
-            "add",
-            op.type,
-            op.value,
-            op.category,
+        return make_add(
             location,
-            quality=op.quality,
-            classification=op.classification,
-            ref=op.ref,
+            type_name,
+            raw_value,
+            category=category if category is not None else self.category,
+            quality=quality,
+            classification=classification,
+            ref=ref,
         )
 
     def _revoke(
@@ -431,9 +455,10 @@ class CSVParser(ListParser):
 
 # VideoMD5 is the MD5 of the video file's bytes (pytx maps it to its video_md5), so ours;
 # VideoTMK is TMK+PDQF, which hashmesh keeps as listed (matched exactly).
-_STOPNCII_TYPES = {"ImagePDQ": "pdq", "VideoMD5": "md5", "VideoTMK": "tmk"}
-_STOPNCII_ADD = frozenset({"Received", "Active"})
-_STOPNCII_REVOKE = frozenset({"Withdrawn", "Deleted"})
+STOPNCII_TYPES = {"ImagePDQ": "pdq", "VideoMD5": "md5", "VideoTMK": "tmk"}
+STOPNCII_ADD = frozenset({"Received", "Active"})
+STOPNCII_REVOKE = frozenset({"Withdrawn", "Deleted"})
+_STOPNCII_TYPES, _STOPNCII_ADD, _STOPNCII_REVOKE = STOPNCII_TYPES, STOPNCII_ADD, STOPNCII_REVOKE
 _json_space = re.compile(r"[ \t\r\n]*")
 
 
@@ -543,13 +568,17 @@ class StopNCIIParser(ListParser):
         )
 
 
-_NCMEC_FINGERPRINTS = {
+#: NCMEC's fingerprint element names (the XML's; pytx's FingerprintType values differ).
+NCMEC_FINGERPRINTS = {
     "md5": "md5",
     "sha1": "sha1",
     "pdna": "photodna",
     "pdq": "pdq",
     "tmk-pdqf": "tmk",
+    "netclean": "netclean",
+    "videntifier": "videntifier",
 }
+_NCMEC_FINGERPRINTS = NCMEC_FINGERPRINTS
 _NCMEC_ADD = frozenset({"image", "video"})
 _NCMEC_DELETE = frozenset({"deletedImage", "deletedVideo"})
 _NCMEC_REF_PREFIX = "ncmec:"

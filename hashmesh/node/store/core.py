@@ -26,6 +26,7 @@ from typing import Any
 from hashmesh.node.errors import HomeError
 from hashmesh.node.hashing.degenerate import degenerate_adds
 from hashmesh.node.store.backup import backup_database
+from hashmesh.node.store.bridges import BridgeTable
 from hashmesh.node.store.cases import CaseTable
 from hashmesh.node.store.feed import connect_reader
 from hashmesh.node.store.inlist import in_list
@@ -154,6 +155,7 @@ class Store:
         self.cases = CaseTable(self.conn)
         self.policies = PolicyTable(self.conn)
         self.quarantine = QuarantineTable(self.conn)
+        self.bridges = BridgeTable(self.conn)
         self._log_ids: dict[LogKey, int] = {}
         self._log_keys: dict[int, LogKey] = {}
         self._heads: dict[int, int] = {}

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hashmesh.node.errors import HomeError
+from hashmesh.node.store.bridges import BRIDGES_V5
 from hashmesh.node.store.policies import POLICY_V2, POLICY_V3, POLICY_V4
 from hashmesh.node.store.quarantine import QUARANTINE_V3
 from hashmesh.node.store.transaction import transaction
@@ -193,6 +194,10 @@ def _version_4(conn: sqlite3.Connection) -> None:
     run_script(conn, POLICY_V4 + OPINIONS_V4)
 
 
+def _version_5(conn: sqlite3.Connection) -> None:
+    run_script(conn, BRIDGES_V5)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "release 0.1's tables: logs, batches, signals, feed, tokens, cases", _version_1),
     Migration(2, "match_policy: per-collection match policy (issue 19)", _version_2),
@@ -200,6 +205,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         4, "opinion reasons; quorum by organisation or country, dispute on spike", _version_4
     ),
+    Migration(5, "bridges: upstream checkpoints, bridged items, forwarded feedback", _version_5),
 )
 
 

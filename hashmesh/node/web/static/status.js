@@ -40,6 +40,15 @@ function render(status, history, recent) {
     const state = p.cut_off ? { text: "cut off", cls: "bad" } : p.reachable ? { text: "reachable", cls: "ok" } : { text: p.failures ? "unreachable (" + p.failures + " failures)" : "not yet synced", cls: p.failures ? "bad" : "warn" };
     row(peers, [{ text: p.name, title: p.node_id }, state, { text: ago(p.last_sync_ms) }, { text: p.share.join(", ") }, { text: String(behind), cls: "num" }, { text: String(p.score ?? 0), cls: "num" }, { text: p.last_error || "" , cls: "muted" }]);
   }
+  const bridges = status.bridges || [];
+  const bnone = document.getElementById("bridges-none"); bnone.replaceChildren();
+  if (!bridges.length) bnone.appendChild(el("p", status.running ? "None: this node follows no upstream API." : "Known only while the node runs.", "ok"));
+  const btab = document.querySelector("#bridges tbody"); btab.replaceChildren();
+  for (const b of bridges) {
+    const run = b.running || {};
+    const state = b.healthy ? { text: run.state || "stopped", cls: "ok" } : { text: "failing (" + b.failures + " in a row)" + (run.retry_at_ms ? ", retry in " + Math.max(0, Math.round((run.retry_at_ms - Date.now()) / 1000)) + " s" : ""), cls: "bad" };
+    row(btab, [{ text: b.name }, { text: b.kind + " " + (b.url || b.environment) }, { text: b.collection }, state, { text: ago(b.last_success_ms) }, { text: String(b.counts.added), cls: "num" }, { text: String(b.counts.revoked), cls: "num" }, { text: String(b.live), cls: "num" }, { text: b.last_error || "", cls: "muted" }]);
+  }
   const refusals = status.refusals || [];
   const none = document.getElementById("refusals-none"); none.replaceChildren();
   if (!refusals.length) none.appendChild(el("p", status.running ? "None: every batch peers offered was from a trusted author." : "Known only while the node runs.", "ok"));
