@@ -167,3 +167,30 @@ def test_quarantine_and_dispute_routes_refuse_hostile_callers_and_input(tmp_path
         assert node.json("quarantine", "list")["quarantine"] == before
     finally:
         assert node.stop() == 0
+
+
+def test_the_match_counter_counts_what_the_node_would_and_stays_bounded() -> None:
+    """What a matcher worker or replica reports: one per matched signal per query in a
+    collection with a spike rule, nothing policy held back already, at most MAX_REPORTED
+    of one signal and MAX_REPORT signals a report (the others counted as dropped)."""
+    from hashmesh.node.matching.quarantine import MAX_REPORT, MAX_REPORTED, MatchCounter
+
+    def answer(*hits: tuple[str, str, str]) -> dict[str, Any]:
+        matches = [{"op_id": o, "collection": c, "verdict": v} for o, c, v in hits]
+        return {"results": [{"matches": matches}]}
+
+    counter = MatchCounter()
+    spiky = frozenset({"csam"})
+    counter.count(answer(("a", "csam", "match"), ("a", "csam", "below_quorum")), spiky)
+    for held in ("negative", "suppressed", "quarantined"):
+        counter.count(answer(("b", "csam", held)), spiky)
+    counter.count(answer(("c", "ncii", "match")), spiky)
+    counter.count(answer(("d", "csam", "match")), frozenset())
+    assert counter.drain() == [("a", 2)]
+    for _ in range(MAX_REPORTED + 5):
+        counter.count(answer(("a", "csam", "match")), spiky)
+    assert counter.drain() == [("a", MAX_REPORTED)]
+    counter.count(answer(*((f"s{n}", "csam", "match") for n in range(MAX_REPORT + 3))), spiky)
+    assert len(counter) == MAX_REPORT and counter.dropped == 3
+    counter.count(answer(("s0", "csam", "match")), spiky)  # known signals still count
+    assert dict(counter.drain())["s0"] == 2

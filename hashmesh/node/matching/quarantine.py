@@ -182,12 +182,13 @@ class MatchCounter:
                     continue
                 op_id = hit["op_id"]
                 held = counts.get(op_id)
-                if held is not None:
-                    counts[op_id] = min(MAX_REPORTED, held + 1)
-                elif len(counts) < MAX_REPORT:
-                    counts[op_id] = 1
-                else:
-                    self.dropped += 1
+                if held is None:
+                    if len(counts) < MAX_REPORT:
+                        counts[op_id] = 1
+                    else:
+                        self.dropped += 1
+                elif held < MAX_REPORTED:
+                    counts[op_id] = held + 1
 
     def drain(self) -> list[tuple[str, int]]:
         """The counts so far, cleared: what one report carries."""

@@ -357,12 +357,13 @@ class SpikeWatch:
         result = await self.inner.answer(request, queries, threshold)
         now = time.monotonic()
         policies = self._current(now)
-        if any(p.spike_cap or p.spike_factor for p in policies.by_collection.values()):
+        counting = policies.spiky
+        if counting:  # only hits the detector counts become Hits (one each per query)
             hits = [
                 Hit(m["op_id"], m["collection"], m["type"], m["value"], m["author"])
                 for r in result.get("results", ())
                 for m in r.get("matches", ())
-                if m.get("verdict") not in self.NOT_COUNTED
+                if m["collection"] in counting and m.get("verdict") not in self.NOT_COUNTED
             ]
             self._spiked(self.detector.observe(now, hits, policies))
         return result
