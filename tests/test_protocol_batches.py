@@ -225,6 +225,30 @@ def test_revoking_another_authors_op_is_refused() -> None:
         build_batch(KEY, "csam-industry", 2, b"\0" * 32, 0, [add(1), revoke(later)])
 
 
+def test_verification_hands_on_each_revokes_parsed_targets() -> None:
+    first, second = mixed_batch()
+    received = verify_batch(second.to_bytes())
+    revokes = {i: op for i, op in enumerate(received.ops) if isinstance(op, RevokeOp)}
+    assert received.revoke_targets == {i: op.target_ids() for i, op in revokes.items()}
+    assert received.revoke_targets == {5: [first.op_id(0)]}
+    assert verify_batch(first.to_bytes()).revoke_targets == {}  # adds only: nothing to parse
+
+
+def test_an_op_id_is_checked_whole_after_its_log_was_seen_valid() -> None:
+    # OpId.parse remembers (author, collection) pairs it found valid; what it remembers
+    # must never let a bad id through: a bad author, collection or number still fails.
+    good = OpId(KEY.node_id, "csam-industry", 1, 0)
+    assert OpId.parse(str(good)) == good
+    with pytest.raises(OpError, match="collection"):
+        OpId.parse(f"{KEY.node_id}/Csam!/1/0")
+    with pytest.raises(OpError, match="author"):
+        OpId.parse(f"{KEY.node_id[:-1]}/csam-industry/1/0")
+    for number in ("01", "0", "x", "-1"):
+        with pytest.raises(OpError):
+            OpId.parse(f"{KEY.node_id}/csam-industry/{number}/0")
+    assert OpId.parse(str(good)) == good
+
+
 def test_limits() -> None:
     # Packing ops into batches is the caller's job: a bad batch is its bug, not bad input.
     with pytest.raises(ProtocolUsageError, match="exceeds"):

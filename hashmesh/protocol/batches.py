@@ -129,6 +129,9 @@ class Batch:
     ops_bytes: bytes
     ops: list[AnyOp] = field(repr=False)
     leaf_hashes: list[bytes] = field(repr=False)
+    # Each revoke's targets, parsed once by verification (op index -> ids): deciding and
+    # storing a 100,000-target revocation read them again, at 40 % of its ingest.
+    revoke_targets: dict[int, list[OpId]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def log(self) -> LogKey:
@@ -196,11 +199,14 @@ def split_frame(data: bytes | memoryview, offset: int = 0) -> tuple[bytes, bytes
     return header_bytes, signature, ops_bytes, pos + ops_len
 
 
-def _static_checks(header: Header, ops: list[AnyOp]) -> None:
-    """Rules that need only the batch itself: revokes name earlier ops of the same log."""
+def _static_checks(header: Header, ops: list[AnyOp]) -> dict[int, list[OpId]]:
+    """Rules that need only the batch itself: revokes name earlier ops of the same log.
+    Returns each revoke's parsed targets by op index."""
+    targets: dict[int, list[OpId]] = {}
     for index, op in enumerate(ops):
         if isinstance(op, RevokeOp):
-            for target in op.target_ids():
+            targets[index] = ids = op.target_ids()
+            for target in ids:
                 if target.author != header.author or target.collection != header.collection:
                     raise OpError(
                         f"ops[{index}].targets: {target} is not an op of this log; "
@@ -210,6 +216,7 @@ def _static_checks(header: Header, ops: list[AnyOp]) -> None:
                     raise OpError(f"ops[{index}].targets: {target} does not precede the revoke")
         elif isinstance(op, OpinionOp):
             op.target_id()
+    return targets
 
 
 def verify_parts(header_bytes: bytes, signature: bytes, ops_bytes: bytes) -> Batch:
@@ -232,9 +239,8 @@ def verify_parts(header_bytes: bytes, signature: bytes, ops_bytes: bytes) -> Bat
     ops = parse_op_lines(ops_bytes, lines)
     if longest > MAX_OP_BYTES:
         check_op_sizes(lines, ops)
-    if set(map(type, ops)) != {AddOp}:
-        _static_checks(header, ops)
-    return Batch(header, header_bytes, signature, ops_bytes, ops, leaf_hashes)
+    targets = _static_checks(header, ops) if set(map(type, ops)) != {AddOp} else {}
+    return Batch(header, header_bytes, signature, ops_bytes, ops, leaf_hashes, targets)
 
 
 def verify_batch(frame: bytes) -> Batch:

@@ -156,7 +156,8 @@ def _effects(
             continue
         op_id = batch.op_id(index)
         if isinstance(op, RevokeOp):
-            for target in op.target_ids():
+            targets = batch.revoke_targets.get(index)
+            for target in op.target_ids() if targets is None else targets:
                 in_batch = target.seq == batch.seq and target.index in batch_adds
                 if in_batch or (target.seq < batch.seq and view.is_add(target)):
                     effects.append(Revoked(target, op_id, op.reason))
