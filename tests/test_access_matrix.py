@@ -73,6 +73,8 @@ MATRIX: list[tuple[str, tuple[int | str, ...]]] = [
     ("GET /takeitdown/api/info",               (OPEN,)*14),
     ("GET /v1/status",
      (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
+    ("GET /v1/status/logs?limit=1000",
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
     ("GET /v1/status/history",
      (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
     ("GET /v1/status/recent?limit=500",

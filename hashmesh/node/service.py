@@ -34,6 +34,7 @@ from hashmesh.protocol.batches import AnyOp, LogKey, build_batch, header_hash
 from hashmesh.protocol.bundles import BundleCheck, BundleDecoder, encode_bundle_header
 from hashmesh.protocol.errors import BatchOverflow, ProtocolError
 from hashmesh.protocol.ops import AddOp, OpId, OpinionOp, RevokeOp, validate_collection
+from hashmesh.protocol.signing import validate_node_id
 
 if TYPE_CHECKING:
     from hashmesh.node.matching.matcher import Matcher
@@ -43,6 +44,11 @@ DEFAULT_CATEGORY = "unspecified"
 RESTORED_KEY = "restored_from_backup"
 #: The node whose database this is (store meta): a restore of another node's is refused.
 BUNDLE_CHUNK = 1 << 20
+# Logs and trust entries a status lists: with thousands of participants the whole lists
+# made /v1/status 2.7 MB and a second of work; the rest is paged (/v1/status/logs).
+STATUS_LOGS = 100
+MAX_STATUS_LOGS = 1000
+STATUS_TRUST = 100
 
 
 def init_home(path: str | Path, name: str, listen: str | None, url: str | None) -> Config:
@@ -323,11 +329,27 @@ class NodeService:
             queries, threshold, None, self.config.author_name, labels=self.config.trust_labels()
         )
 
-    def status(self) -> dict[str, Any]:
-        counts = self.store.counts()
-        logs = self.store.logs()
+    def logs_page(self, after: str = "", limit: int = STATUS_LOGS) -> dict[str, Any]:
+        """One page of the logs, in (collection, author) order after the cursor `after`
+        (a page's `next`; "" for the first page)."""
+        if not 1 <= limit <= MAX_STATUS_LOGS:
+            raise NodeError(f"limit: must be 1-{MAX_STATUS_LOGS}")
+        logs = self.store.logs(parse_log_cursor(after) if after else None, limit + 1)
+        more = len(logs) > limit
+        logs = logs[:limit]
         for log in logs:
             log["author_name"] = self.config.author_name(log["author"])
+        last = logs[-1] if logs and more else None
+        return {
+            "logs": logs,
+            "next": None if last is None else f"{last['collection']}/{last['author']}",
+            "total": self.store.log_count(),
+        }
+
+    def status(self) -> dict[str, Any]:
+        counts = self.store.counts()
+        page = self.logs_page()
+        trust = self.config.trust
         return {
             "node_id": self.node_id,
             "name": self.config.name,
@@ -340,13 +362,19 @@ class NodeService:
             "batches": counts["batches"],
             "pending_batches": counts["pending"],
             "feed_cursor": counts["feed_cursor"],
-            "logs": logs,
+            # The first page of logs; the others from /v1/status/logs?after=<logs_next>.
+            "logs": page["logs"],
+            "logs_next": page["next"],
+            "logs_total": page["total"],
+            "collections_held": self.store.held_collections(),
             "forks": [{k: v for k, v in f.items() if k != "evidence"} for f in self.store.forks()],
             "peers": [
                 {"name": p.name, "url": p.url, "node_id": p.node_id, "share": p.share}
                 for p in self.config.peers
             ],
-            "trust": [_trust_json(t) for t in self.config.trust],
+            # The first trust entries; all of them: GET /v1/admin/trust.
+            "trust": [_trust_json(t) for t in trust[:STATUS_TRUST]],
+            "trust_total": len(trust),
             # This node's match policy, so the status page can say why hits are held back.
             "policies": self.policy_show()["policies"],
             # Signals held back on a match spike (the newest 100), for `status` and its page.
@@ -744,6 +772,17 @@ class NodeService:
             "refused_untrusted": refused,
             "untrusted_logs": sorted(refused_logs),
         }
+
+
+def parse_log_cursor(text: str) -> tuple[str, str]:
+    """A logs page cursor, `collection/author`, as a page's `next` gives it."""
+    collection, _, author = text.partition("/")
+    try:
+        validate_collection(collection, "after")
+        validate_node_id(author, "after")
+    except ProtocolError:
+        raise NodeError("after: expected the cursor a page gave as next") from None
+    return collection, author
 
 
 def _trust_json(t: Trust) -> dict[str, Any]:

@@ -638,12 +638,15 @@ def _format_status(d: dict[str, Any]) -> str:
     ]
     for f in d["forks"]:
         lines.append(f"  FORK    {f['author']} in {f['collection']} at seq {f['seq']}")
-    lines.append(f"logs      {len(d['logs'])}")
+    lines.append(f"logs      {d.get('logs_total', len(d['logs']))}")
     for log in d["logs"]:
         lines.append(
             f"  {log['collection']:<16} {log['author_name'] or log['author'][:20]:<20}"
             f" head {log['head']:<6} live {log['live']}{'  FORKED' if log['forked'] else ''}"
         )
+    if d.get("logs_next"):
+        more = d["logs_total"] - len(d["logs"])
+        lines.append(f"  ... and {more} more (GET /v1/status/logs?after={d['logs_next']})")
     lines.append(f"peers     {len(d['peers'])}")
     for p in d["peers"]:
         lines.append(f"  {p['name']:<16} {p['url']}  reads: {', '.join(p['share']) or '-'}")
@@ -653,10 +656,14 @@ def _format_status(d: dict[str, Any]) -> str:
     for t in d["trust"]:
         by_author.setdefault(t["node_id"], []).append(t["collection"])
         names[t["node_id"]] = names.get(t["node_id"]) or t["name"]
-    lines.append(f"trust     {len(by_author)} authors")
+    shown = len(d["trust"]) < d.get("trust_total", 0)
+    listed = f" in the first {len(d['trust'])} of {d['trust_total']} entries" if shown else ""
+    lines.append(f"trust     {len(by_author)} authors{listed}")
     for author, collections in by_author.items():
         name = f" ({names[author]})" if names[author] else ""
         lines.append(f"  {author}{name}  in {', '.join(sorted(collections))}")
+    if shown:
+        lines.append("  ... (all of them: hashmesh trust list)")
     held = d.get("quarantine", [])
     if held:
         lines.append(f"quarantine {len(held)} signals held back on a match spike")
@@ -711,17 +718,23 @@ def _peer_health(p: dict[str, Any], running: bool) -> list[str]:
     if p.get("last_error"):
         lines.append(f"error    {p['last_error']}")
     lag = p.get("lag", [])
+    summary = p.get("lag_summary", {})
     behind = [entry for entry in lag if entry["behind"]]
-    unknown = [entry for entry in lag if entry["behind"] is None]
-    if lag and not behind and not unknown:
-        lines.append(f"lag      none: holds all {len(lag)} shared logs")
+    unknown = summary.get("logs_unknown", 0)
+    if summary.get("logs") and not summary.get("logs_behind") and not unknown:
+        lines.append(f"lag      none: holds all {summary['logs']} shared logs")
     for entry in behind:
         lines.append(
             f"lag      {entry['behind']} batches behind in {entry['collection']} by"
             f" {entry['author']} (ours {entry['ours']}, theirs {entry['theirs']})"
         )
+    if summary.get("logs_behind", 0) > len(behind):
+        lines.append(
+            f"lag      {summary['logs_behind'] - len(behind)} more logs behind,"
+            f" {summary['behind']} batches in all (hashmesh status --json)"
+        )
     if unknown:
-        lines.append(f"lag      unknown for {len(unknown)} shared logs (it has not told us yet)")
+        lines.append(f"lag      unknown for {unknown} shared logs (it has not told us yet)")
     refused = p.get("refused") or {}
     if refused:
         lines.append(
@@ -754,7 +767,7 @@ def export(ctx: Context, collection: str, out: str, as_json: bool) -> None:
     with ctx.backend() as backend:
         with caller_input():  # the --collection argument: a bad name is the caller's
             validate_collection(collection)
-        held = {log["collection"] for log in backend.status()["logs"] if log["head"] > 0}
+        held = set(backend.status()["collections_held"])
         if collection not in held:
             click.echo(
                 f"hashmesh: collection {collection!r}: this node holds no batches in it;"

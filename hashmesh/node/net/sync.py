@@ -18,6 +18,7 @@ authors we do not trust for their collection are refused and never stored or rel
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import random
 import time
@@ -94,6 +95,7 @@ EVIDENCE_MESSAGE_BYTES = MAX_EVIDENCE_MESSAGE_BYTES  # 100 items of 2 KiB fit
 EVIDENCE_PER_MESSAGE = MAX_EVIDENCE_PER_MESSAGE
 EVIDENCE_PER_LOG = 8  # one item proves a fork; a few more only cover distinct seqs
 EVIDENCE_PER_SENDER = 1000
+LAG_ROWS = 100  # shared logs a peer's status lists (all of them are summed up)
 V1_RETRY_S = 600.0  # a peer without reconcile is asked again after this (it may upgrade)
 
 
@@ -814,23 +816,43 @@ class Replicator:
     # -- status --------------------------------------------------------------------------
 
     def peer_status(self, peer: Peer, ours: Vector) -> dict[str, Any]:
+        """The peer's state, with its lag over every shared log summed up and at most
+        LAG_ROWS logs listed (the most behind first, then those it has not told us of):
+        listing every shared log made a status of thousands of logs megabytes long."""
         state = self.peers.state(peer.node_id)
         out = state.to_json()
-        lag = []
-        for key, head in sorted(ours.items(), key=_log_order):
-            if key.collection not in peer.share:
+        share = set(peer.share)
+        rows: list[tuple[int, int, str, str, int, int | None]] = []
+        shared = behind_total = lagging = unknown = 0
+        for key, head in ours.items():
+            if key.collection not in share:
                 continue
+            shared += 1
             theirs = state.vector.get((key.author, key.collection))
-            lag.append(
-                {
-                    "author": key.author,
-                    "collection": key.collection,
-                    "ours": head,
-                    "theirs": theirs,
-                    "behind": None if theirs is None else max(0, head - theirs),
-                }
-            )
-        out["lag"] = lag
+            behind = None if theirs is None else max(0, head - theirs)
+            if behind:
+                behind_total += behind
+                lagging += 1
+            elif behind is None:
+                unknown += 1
+            rank = 0 if behind else 1 if behind is None else 2
+            rows.append((rank, -(behind or 0), key.collection, key.author, head, theirs))
+        out["lag"] = [
+            {
+                "author": author,
+                "collection": collection,
+                "ours": head,
+                "theirs": theirs,
+                "behind": None if theirs is None else max(0, head - theirs),
+            }
+            for _, _, collection, author, head, theirs in heapq.nsmallest(LAG_ROWS, rows)
+        ]
+        out["lag_summary"] = {
+            "logs": shared,
+            "behind": behind_total,
+            "logs_behind": lagging,
+            "logs_unknown": unknown,
+        }
         return out
 
     def refusal_status(self) -> list[dict[str, Any]]:

@@ -745,11 +745,15 @@ class Store:
             (json.dumps(targets), author),
         ).fetchall()
 
-    def logs(self) -> list[dict[str, Any]]:
+    def logs(self, after: tuple[str, str] | None = None, limit: int = -1) -> list[dict[str, Any]]:
+        """Logs in (collection, author) order, those after `after` if given, at most
+        `limit` (-1: all): a status page reads one page, never every log."""
         rows = self.conn.execute(
             "SELECT l.id, l.author, l.collection, l.head, l.head_hash, l.head_ts, l.forked,"
             " l.adds, l.live, l.updated_at, (SELECT count(*) FROM pending p WHERE p.log_id = l.id)"
-            " FROM logs l ORDER BY l.collection, l.author"
+            " FROM logs l WHERE ? IS NULL OR (l.collection, l.author) > (?, ?)"
+            " ORDER BY l.collection, l.author LIMIT ?",
+            (after and after[0], after and after[0], after and after[1], limit),
         ).fetchall()
         return [
             {
@@ -766,6 +770,13 @@ class Store:
             }
             for r in rows
         ]
+
+    def log_count(self) -> int:
+        return len(self._log_ids)
+
+    def held_collections(self) -> list[str]:
+        """Collections with at least one batch held, without reading every log."""
+        return sorted({k.collection for k, i in self._log_ids.items() if self._heads[i] > 0})
 
     def vector(self, collections: set[str] | None = None) -> dict[LogKey, int]:
         """Version vector: the highest contiguous seq of every log held (optionally filtered)."""

@@ -26,7 +26,7 @@ from hashmesh.node.errors import (
     fault_of,
 )
 from hashmesh.node.net.bodies import MAX_JSON_BODY, encoding_middleware, error_json, spool_body
-from hashmesh.node.service import NodeService
+from hashmesh.node.service import MAX_STATUS_LOGS, STATUS_LOGS, NodeService
 from hashmesh.node.store.executor import StoreThread
 from hashmesh.node.web import access
 from hashmesh.node.web.http import read_json
@@ -136,6 +136,20 @@ async def status(request: web.Request) -> web.Response:
     if grant.restricted:  # a token restricted to collections hears nothing of the others
         result["refusals"] = [r for r in result["refusals"] if grant.can_use(r["collection"])]
     return web.json_response(result)
+
+
+async def status_logs(request: web.Request) -> web.Response:
+    """One page of the logs (`after` a page's `next`, `limit` 1-1000, default 100), read
+    on the store thread one bounded query at a time."""
+    deps = request.app[API_KEY]
+    after = request.query.get("after", "")
+    text = request.query.get("limit", str(STATUS_LOGS))
+    if not (text.isascii() and text.isdigit() and len(text) <= 4):
+        raise NodeError(f"limit: must be an integer 1-{MAX_STATUS_LOGS}")
+    if len(after) > 300:
+        raise NodeError("after: expected the cursor a page gave as next")
+    page = await deps.store_thread.call(deps.service.logs_page, after, int(text))
+    return web.json_response(page)
 
 
 async def add_signal(request: web.Request) -> web.Response:
@@ -379,6 +393,7 @@ def build_app(deps: ApiDeps) -> web.Application:
     app.router.add_get("/v1/healthz", healthz)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/status/logs", status_logs)
     app.router.add_post("/v1/signals", add_signal)
     app.router.add_post("/v1/signals/batch", add_signals)
     app.router.add_post("/v1/revoke", revoke)

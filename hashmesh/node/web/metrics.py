@@ -226,8 +226,7 @@ class NodeCollector(Collector):
         reachable = GaugeMetricFamily("hashmesh_peer_reachable", "1 if reachable", labels=["peer"])
         for peer in self.service.config.peers:
             state = self.replicator.peer_status(peer, self.vector)
-            behind = sum(entry["behind"] or 0 for entry in state["lag"])
-            lag.add_metric([peer.name], behind)
+            lag.add_metric([peer.name], state["lag_summary"]["behind"])
             score.add_metric([peer.name], state["score"])
             reachable.add_metric([peer.name], 1 if state["reachable"] else 0)
         refused = CounterMetricFamily(

@@ -36,7 +36,7 @@ function render(status, history, recent) {
   for (const f of status.forks) forks.appendChild(el("p", "FORK: " + f.author + " in " + f.collection + " at seq " + f.seq + " (from " + f.source + ")", "bad"));
   const peers = document.querySelector("#peers tbody"); peers.replaceChildren();
   for (const p of status.peers) {
-    const behind = (p.lag || []).reduce((a, l) => a + (l.behind || 0), 0);
+    const behind = p.lag_summary ? p.lag_summary.behind : (p.lag || []).reduce((a, l) => a + (l.behind || 0), 0);
     const state = p.cut_off ? { text: "cut off", cls: "bad" } : p.reachable ? { text: "reachable", cls: "ok" } : { text: p.failures ? "unreachable (" + p.failures + " failures)" : "not yet synced", cls: p.failures ? "bad" : "warn" };
     row(peers, [{ text: p.name, title: p.node_id }, state, { text: ago(p.last_sync_ms) }, { text: p.share.join(", ") }, { text: String(behind), cls: "num" }, { text: String(p.score ?? 0), cls: "num" }, { text: p.last_error || "" , cls: "muted" }]);
   }
@@ -89,11 +89,39 @@ function render(status, history, recent) {
   for (const t of status.trust || []) { const a = authors.get(t.node_id) || { name: t.name, collections: [] }; a.collections.push(t.collection); a.name = a.name || t.name; authors.set(t.node_id, a); }
   const trust = document.querySelector("#trust tbody"); trust.replaceChildren();
   for (const [id, a] of authors) row(trust, [{ text: id, cls: "mono" }, { text: a.name }, { text: a.collections.sort().join(", ") }]);
-  const logs = document.querySelector("#logs tbody"); logs.replaceChildren();
-  for (const l of status.logs) row(logs, [{ text: l.collection }, { text: l.author_name || short(l.author), title: l.author }, { text: String(l.head), cls: "num" }, { text: l.live.toLocaleString(), cls: "num" }, { text: String(l.pending), cls: "num" }, l.forked ? { text: "FORKED", cls: "bad" } : { text: "ok", cls: "ok" }]);
+  if (status.trust_total > (status.trust || []).length) row(trust, [{ text: "… the first " + status.trust.length + " of " + status.trust_total + " entries (all of them: hashmesh trust list)", cls: "muted" }, { text: "" }, { text: "" }]);
+  if (!logsPaged) {
+    const logs = document.querySelector("#logs tbody"); logs.replaceChildren();
+    for (const l of status.logs) logRow(logs, l);
+    if (status.logs_next) logsMore(logs, status.logs_next, status.logs_total, status.logs.length);
+  }
   const rec = document.querySelector("#recent tbody"); rec.replaceChildren();
   for (const c of recent.changes) row(rec, [{ text: String(c.cursor), cls: "num" }, { text: c.kind + (c.detail ? " (" + c.detail + ")" : "") }, { text: c.collection }, { text: c.type ? c.type + " " + c.value.slice(0, 16) + "…" : (c.target ? "on " + short(c.target) : ""), cls: "mono" }, { text: short(c.op_id), cls: "mono", title: c.op_id }, { text: ago(c.at) }]);
   chart(history.minutes);
+}
+// Logs come a page at a time (GET /v1/status/logs): thousands of them made the status
+// megabytes long. Once the operator pages on, the 5 s refresh leaves the table alone.
+let logsPaged = false;
+function logRow(tbody, l) {
+  row(tbody, [{ text: l.collection }, { text: l.author_name || short(l.author), title: l.author }, { text: String(l.head), cls: "num" }, { text: l.live.toLocaleString(), cls: "num" }, { text: String(l.pending), cls: "num" }, l.forked ? { text: "FORKED", cls: "bad" } : { text: "ok", cls: "ok" }]);
+}
+function logsMore(tbody, next, total, shown) {
+  const tr = document.createElement("tr"), td = document.createElement("td");
+  td.colSpan = 6;
+  const button = el("button", "Show more logs (" + shown.toLocaleString() + " of " + total.toLocaleString() + " shown)");
+  button.type = "button";
+  button.id = "logs-more";
+  button.addEventListener("click", async () => {
+    logsPaged = true;
+    button.disabled = true;
+    try {
+      const page = await get("/v1/status/logs?after=" + encodeURIComponent(next));
+      tr.remove();
+      for (const l of page.logs) logRow(tbody, l);
+      if (page.next) logsMore(tbody, page.next, page.total, shown + page.logs.length);
+    } catch (e) { button.disabled = false; button.textContent = "error: " + e.message + " (try again)"; }
+  });
+  td.appendChild(button); tr.appendChild(td); tbody.appendChild(tr);
 }
 function chart(minutes) {
   const svg = document.getElementById("chart"); svg.replaceChildren();
