@@ -23,10 +23,11 @@ from hashmesh.node.errors import NodeError, PayloadTooLarge, ServiceBusy
 from hashmesh.node.hashing.hasher import ImageError, ImageTooLarge, hash_bytes
 from hashmesh.node.matching.matcher import check_threshold
 from hashmesh.node.matching.pdq_index import DEFAULT_THRESHOLD
-from hashmesh.node.net.bodies import BodyPace
+from hashmesh.node.net.bodies import BodyPace, request_body
 from hashmesh.node.web.http import read_json
 
 MAX_UPLOAD = 50 * 1024 * 1024
+MAX_FORM_OVERHEAD = 64 * 1024  # multipart boundaries, headers, threshold and dihedral parts
 # A worker's answer: at most MAX_MATCHES_PER_REQUEST rows of ~1 KiB, with room to spare.
 MAX_FORWARDED_ANSWER = 64 << 20
 FORWARD_TIMEOUT_S = 60.0
@@ -81,6 +82,11 @@ async def match_file(request: web.Request) -> web.Response:
     """
     if not request.content_type.startswith("multipart/"):
         raise NodeError("upload: expected multipart/form-data with a 'file' part")
+    deps = request.app[MATCH_KEY]
+    if isinstance(deps, Forward):
+        forwarded = await deps.forward_file(request)
+        if forwarded is not None:
+            return forwarded
     reader = await request.multipart()
     data = b""
     threshold = DEFAULT_THRESHOLD
@@ -166,7 +172,6 @@ class Forward:
 
     def __init__(self, url: str, local: MatchDeps | None = None) -> None:
         self.base = url.rstrip("/")
-        self.url = self.base + "/v1/match"
         self._session: aiohttp.ClientSession | None = None
         # Until a worker answers (they start, import and map their index for a second or
         # more; without a checkpoint only once the node has written one), the node answers
@@ -201,13 +206,36 @@ class Forward:
     async def answer(self, request: web.Request, queries: Any, threshold: int) -> dict[str, Any]:
         if not self.serving and self.local is not None:
             return await self.local.answer(request, queries, threshold)
-        headers = {"Content-Type": "application/json"}
+        body = json.dumps({"queries": queries, "threshold": threshold}).encode()
+        raw = await self._post(request, "/v1/match", body, "application/json")
+        try:
+            result: dict[str, Any] = json.loads(raw)
+        except ValueError:
+            raise ServiceBusy("matcher workers: an answer that is not JSON") from None
+        return result
+
+    async def forward_file(self, request: web.Request) -> web.Response | None:
+        """The upload passed to a worker as it came (bounded and paced here), so hashing
+        an image never holds the node's GIL either; None while no worker answers yet."""
+        if not self.serving:
+            return None
+        body = await request_body(request, MAX_UPLOAD + MAX_FORM_OVERHEAD, "upload")
+        try:
+            raw = await self._post(request, "/v1/match/file", body, request.headers["Content-Type"])
+        except Refused as refused:
+            return refused.response
+        return web.Response(body=raw, content_type="application/json")
+
+    async def _post(self, request: web.Request, path: str, body: bytes, content_type: str) -> bytes:
+        """A worker's 200 body; its refusal raised as `Refused`, as it answered."""
+        headers = {"Content-Type": content_type}
         auth = request.headers.get("Authorization")
         if auth is not None:
             headers["Authorization"] = auth
-        body = json.dumps({"queries": queries, "threshold": threshold})
         try:
-            async with self._client().post(self.url, data=body, headers=headers) as response:
+            async with self._client().post(
+                self.base + path, data=body, headers=headers
+            ) as response:
                 raw = await response.content.read(MAX_FORWARDED_ANSWER + 1)
                 if len(raw) > MAX_FORWARDED_ANSWER:
                     raise ServiceBusy("matcher workers: answer larger than expected")
@@ -222,7 +250,6 @@ class Forward:
                             headers=out,
                         )
                     )
-                result: dict[str, Any] = json.loads(raw)
-                return result
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+                return raw
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise ServiceBusy(f"matcher workers not answering ({type(exc).__name__})") from None
