@@ -190,12 +190,29 @@ def ceilings(root: Path, hits: list[str], args: argparse.Namespace) -> dict[str,
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.05)
+            cpu = cpu_s([proc.pid])
             out[name] = wrk(f"http://127.0.0.1:{port}", script, args.connections, args.duration)
+            out[name]["cpu_us"] = per_match(cpu_s([proc.pid]) - cpu, out[name], args.duration)
         finally:
             proc.terminate()
             proc.wait(timeout=10)
         print(name, json.dumps(out[name]), flush=True)
     return out
+
+
+def cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds the processes have used (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def per_match(cpu: float, run: dict[str, Any], duration: int) -> float:
+    """Microseconds of the matcher processes' CPU per answered request: what the other
+    users of a shared machine's cores change least."""
+    return 1e6 * cpu / max(1.0, run["rps"] * duration)
 
 
 def loadavg() -> str:
@@ -237,10 +254,15 @@ async def one_config(
                             seen.add((await r.json())["pid"])
                     runtime = read_runtime(home) or {}
         script = write_script(root / "match.lua", hits, node.token)
+        assert node.run is not None
+        pids = (read_runtime(home) or {}).get("workers", []) if workers else [node.run.proc.pid]
+        cpu = cpu_s(pids)
         result = {
             "idle": await asyncio.to_thread(wrk, url, script, args.connections, args.duration)
         }
         result["idle"]["load"] = loadavg()
+        result["idle"]["cpu_us"] = per_match(cpu_s(pids) - cpu, result["idle"], args.duration)
+        cpu = cpu_s(pids)
         stop_event = asyncio.Event()
         feeder = asyncio.create_task(ingest(node, stop_event, random.Random(workers)))
         t = time.monotonic()
@@ -249,6 +271,8 @@ async def one_config(
         added = await feeder
         loaded["ingest_per_s"] = added / (time.monotonic() - t)
         loaded["load"] = loadavg()
+        if workers:  # the node's own CPU would count the ingest too
+            loaded["cpu_us"] = per_match(cpu_s(pids) - cpu, loaded, args.duration)
         result["ingest"] = loaded
         return result
     finally:
@@ -300,20 +324,22 @@ def main() -> None:
     print(f"\n{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {machine()}")
     print(f"{args.signals:,} md5 signals; wrk -t1 -c{args.connections} -d{args.duration}s\n")
     if hello:
-        print("| bare server (1 process) | requests/s | p50 ms | p99 ms | load average |")
-        print("| --- | ---: | ---: | ---: | --- |")
+        print("| bare server (1 process) | requests/s | p50 ms | p99 ms | CPU us/request |")
+        print("| --- | ---: | ---: | ---: | ---: |")
         for name, x in hello.items():
-            print(f"| {name} | {x['rps']:,.0f} | {x['p50']:.2f} | {x['p99']:.2f} | |")
+            print(f"| {name} | {x['rps']:,.0f} | {x['p50']:.2f} | {x['p99']:.2f} |"
+                  f" {x['cpu_us']:.0f} |")  # fmt: skip
         print()
     print("| workers | server | phase | matches/s | p50 ms | p99 ms | non-2xx | ingest adds/s |"
-          " load average |")  # fmt: skip
-    print("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
+          " matcher CPU us/match | load average |")  # fmt: skip
+    print("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for (w, server), r in results.items():
         for phase in ("idle", "ingest"):
             x = r[phase]
             ing = f"{x['ingest_per_s']:,.0f}" if "ingest_per_s" in x else ""
+            cpu = f"{x['cpu_us']:.0f}" if "cpu_us" in x else ""
             print(f"| {w} | {server} | {phase} | {x['rps']:,.0f} | {x['p50']:.2f} | "
-                  f"{x['p99']:.2f} | {x['non2xx']} | {ing} | {x['load']} |")  # fmt: skip
+                  f"{x['p99']:.2f} | {x['non2xx']} | {ing} | {cpu} | {x['load']} |")  # fmt: skip
     for server in args.servers.split(","):
         one, two = results.get((1, server)), results.get((2, server))
         if one and two:
