@@ -31,7 +31,7 @@ def reference(
     hits: Sequence[tuple[dict[str, Any], int]],
     threshold: int,
     readable: Callable[[str], bool],
-    disputes: Callable[[str], int],
+    disputes: dict[str, int],
     unusable: str | None,
     quarantined: Callable[[str], str | None],
     labels: dict[tuple[str, str], tuple[str, str]],
@@ -98,7 +98,7 @@ def reference(
                     f"quality {quality} is below {collection}'s minimum {p.min_quality}",
                 )
             )
-        count = disputes(row["op_id"])
+        count = disputes.get(row["op_id"], 0)
         if p.suspend_after_disputes is not None and count >= p.suspend_after_disputes:
             reasons.append(
                 (
@@ -214,17 +214,12 @@ def _case(seed: int) -> dict[str, Any]:
 def _both(case: dict[str, Any], policies: PolicySet) -> tuple[list[Verdict], list[Any]]:
     """Both judges' verdicts for the hits an answer shows: those within the request's
     threshold (a wider negative radius finds more, which only judge: matcher.assemble)."""
-    disputes: dict[str, int] = case["disputes"]
-
-    def count(op_id: str) -> int:
-        return disputes.get(op_id, 0)
-
     args = (
         case["exact"],
         case["hits"],
         case["threshold"],
         case["readable"],
-        count,
+        case["disputes"],
         case["unusable"],
         case["quarantined"].get,
         case["labels"],
@@ -287,6 +282,6 @@ def test_the_shared_verdicts_stay_bounded() -> None:
             "quality": None,
         }
         held = {row["op_id"]: f"{n} matches in 60 s"}
-        (verdict,) = judge(policies, True, [(row, 0)], 31, bool, lambda _o: 0, None, held.get)
+        (verdict,) = judge(policies, True, [(row, 0)], 31, bool, {}, None, held.get)
         assert verdict.reasons == (f"quarantined: {n} matches in 60 s",)
         assert len(plan.verdicts) <= plan.MAX_VERDICTS

@@ -135,9 +135,7 @@ def assemble(
     judged: dict[int, list[Verdict]] = {}
     readable = _readable(collections)
     held = (quarantined or {}).get
-
-    def disputes(op_id: str) -> int:
-        return opinions.get(op_id, NO_OPINIONS).dispute
+    disputes = {op_id: c.dispute for op_id, c in opinions.items() if c.dispute}
 
     for q, slot in zip(queries, slots, strict=True):
         window = hits[slot]

@@ -427,7 +427,7 @@ def judge(
     hits: Sequence[tuple[dict[str, Any], int]],
     threshold: int,
     readable: Callable[[str], bool],
-    disputes: Callable[[str], int],
+    disputes: Mapping[str, int],
     unusable: str | None = None,
     quarantined: Callable[[str], str | None] = _never,
     labels: TrustLabels = NO_LABELS,
@@ -438,9 +438,10 @@ def judge(
     collection suppresses for every caller, but only one who may read it is told its name.
     Quorum counts the distinct authors (node ids) among the query's hits in the hit's
     collection within its threshold: for an exact type the same value, for PDQ the same
-    neighbourhood of the query. `disputes(op_id)` counts the distinct authors disputing
-    it that the caller may see. `unusable` says why the query itself cannot match (a PDQ
-    that describes no picture, hashing/degenerate.py): then no hit of it is a match.
+    neighbourhood of the query. `disputes[op_id]` counts the distinct authors disputing
+    it that the caller may see (absent: none; worked out once an answer, not per hit).
+    `unusable` says why the query itself cannot match (a PDQ that describes no picture,
+    hashing/degenerate.py): then no hit of it is a match.
     `quarantined(op_id)` is the reason a signal is under quarantine here, or None.
     `labels` groups authors for a quorum counted by org or country (`quorum_members`).
 
@@ -463,7 +464,7 @@ def judge(
             if (
                 distance <= rule.limit
                 and (least is None or (quality := row.get("quality")) is None or quality >= least)
-                and (suspend_at is None or disputes(op_id) < suspend_at)
+                and (suspend_at is None or disputes.get(op_id, 0) < suspend_at)
             ):
                 return [rule.alone]
     negatives: list[tuple[dict[str, Any], int, int]] = []  # row, radius, distance to query
@@ -482,6 +483,8 @@ def judge(
                 group.add(row["author"])
     clean = unusable is None and not negatives  # nothing held back for the query itself
     out: list[Verdict] = []
+    last: _Rule | None = None  # hits of one collection come in runs: its verdict at hand
+    known = LET_THROUGH
     for (row, distance), rule in zip(hits, rules, strict=True):
         if rule.negative:
             out.append(rule.listed)
@@ -497,9 +500,11 @@ def judge(
             if (
                 distance <= rule.limit
                 and (least is None or (quality := row.get("quality")) is None or quality >= least)
-                and (suspend_at is None or disputes(op_id) < suspend_at)
+                and (suspend_at is None or disputes.get(op_id, 0) < suspend_at)
             ):
-                out.append(rule.verdict_for(members.get(rule), labels)[1])
+                if rule is not last:
+                    last, known = rule, rule.verdict_for(members.get(rule), labels)[1]
+                out.append(known)
                 continue
         out.append(
             _held_back(
@@ -530,7 +535,7 @@ def _held_back(
     unusable: str | None,
     held: str | None,
     readable: Callable[[str], bool],
-    disputes: Callable[[str], int],
+    disputes: Mapping[str, int],
     members: set[str] | None,
     labels: TrustLabels,
 ) -> Verdict:
@@ -564,7 +569,7 @@ def _held_back(
             hold((LOW_QUALITY, f"quality {quality} is below {collection}'s minimum {least}"))
     suspend_at = rule.disputes
     if suspend_at is not None:
-        count = disputes(row["op_id"])
+        count = disputes.get(row["op_id"], 0)
         if count >= suspend_at:
             why = f"suspended: disputed by {count} authors ({collection} suspends at {suspend_at})"
             hold((SUSPENDED, why))

@@ -175,20 +175,22 @@ class MatchCounter:
         """Count `answer`'s hits in `collections` (`spiky` of the policy it was judged by)."""
         if not collections:
             return
+        counted = [
+            hit["op_id"]
+            for result in answer.get("results", ())
+            for hit in result.get("matches", ())
+            if hit["collection"] in collections and hit.get("verdict") not in NOT_COUNTED
+        ]
         counts = self._counts
-        for result in answer.get("results", ()):
-            for hit in result.get("matches", ()):
-                if hit["collection"] not in collections or hit.get("verdict") in NOT_COUNTED:
-                    continue
-                op_id = hit["op_id"]
-                held = counts.get(op_id)
-                if held is None:
-                    if len(counts) < MAX_REPORT:
-                        counts[op_id] = 1
-                    else:
-                        self.dropped += 1
-                elif held < MAX_REPORTED:
-                    counts[op_id] = held + 1
+        for op_id in counted:
+            held = counts.get(op_id)
+            if held is None:
+                if len(counts) < MAX_REPORT:
+                    counts[op_id] = 1
+                else:
+                    self.dropped += 1
+            elif held < MAX_REPORTED:
+                counts[op_id] = held + 1
 
     def drain(self) -> list[tuple[str, int]]:
         """The counts so far, cleared: what one report carries."""
