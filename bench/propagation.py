@@ -1,6 +1,6 @@
 """Propagation and bootstrap benchmark with real `hashmesh run` processes on 127.0.0.1.
 
-Two measures:
+Three measures:
 
 1. Propagation. For each N in --sizes, N nodes in a seeded random connected graph where
    every node has 3 or 4 peers; every pair of neighbours shares `csam` both ways and every
@@ -23,6 +23,17 @@ Two measures:
     .venv/bin/python bench/propagation.py                           # 8,16,32 nodes, 1M bootstrap
     .venv/bin/python bench/propagation.py --sizes 8 --bootstrap-signals 100k
     .venv/bin/python bench/propagation.py --write-docs
+
+3. Scale in participants (--scale-logs 100,1000,10000). Two nodes, each holding the same
+   N one-batch logs of N authors it trusts in `csam`, each the other's peer, with
+   sync.interval_s = 1. Each node's peer URL points at a counting TCP proxy
+   (hashmesh.testing.CountingProxy), so the bytes and requests of every sync round are
+   counted on the wire. Idle rounds (nothing changes) are measured over --scale-window
+   seconds: bytes both ways per round, the proxy's time from a round's first request byte
+   to its answer's last byte, and CPU seconds of both node processes divided by their
+   rounds. Then a feed page (GET /v1/feed?limit=1000), and /v1/status: time and bytes
+   (medians of 5). The same pair is run with --scale-old REV's code (a `git archive`,
+   its homes built by that code) and with the working tree, side by side.
 
 Every node process is stopped (SIGTERM, then SIGKILL) on exit, error or Ctrl-C; homes live
 in a temporary folder that is removed afterwards unless --keep is given.
@@ -499,6 +510,279 @@ async def bootstrap(args: argparse.Namespace, root: Path, procs: Procs) -> dict[
     }
 
 
+# -- scale in participants --------------------------------------------------------------------
+
+SCALE_HEADING = "### Scale in participants (`--scale-logs`)"
+SCALE_INTERVAL_S = 1.0
+
+# Run in a child process with the code under test first on sys.path (the old tree's or the
+# working tree's), so the homes are made by the code that will run them (an old node
+# refuses a database a newer schema wrote). Only APIs both revisions have.
+_MAKE_PAIR = r"""
+import hashlib, json, sys
+root, n = sys.argv[1], int(sys.argv[2])
+ports, proxies = sys.argv[3].split(","), sys.argv[4].split(",")
+from pathlib import Path
+import hashmesh.node.service as service_mod
+assert service_mod.__file__.startswith(sys.path[0]), service_mod.__file__
+from hashmesh.node.config import Home, Peer, Trust
+from hashmesh.node.service import NodeService, init_home
+from hashmesh.protocol import SigningKey, build_batch
+keys = [SigningKey(hashlib.sha256(b"scale/%d" % i).digest()) for i in range(n)]
+batches = []
+for i, k in enumerate(keys):
+    value = hashlib.md5(b"scale/%d" % i).hexdigest()
+    ops = [{"op": "add", "type": "md5", "value": value, "category": "csam"}]
+    batches.append(build_batch(k, "csam", 1, None, 1_700_000_000_000, ops))
+made = []
+for name, port in zip(("a", "b"), ports):
+    config = init_home(Path(root) / name, name, "127.0.0.1:" + port, None)
+    made.append(config.node_id)
+for i, name in enumerate(("a", "b")):
+    home = Home(Path(root) / name)
+    config = home.load_config()
+    config.sync_interval_s = float(sys.argv[5])
+    other = 1 - i
+    url = "http://127.0.0.1:" + proxies[other]
+    config.peers = [Peer(name="ab"[other], url=url, node_id=made[other], share=["csam"])]
+    config.trust = [
+        Trust(node_id=k.node_id, collection="csam", name="author-%d" % j)
+        for j, k in enumerate(keys)
+    ]
+    home.save_config(config)
+    service = NodeService(home)
+    try:
+        with service.store.bulk("bench"):
+            for b in batches:
+                service.store.ingest(b, source="bench")
+    finally:
+        service.close()
+print(json.dumps(made))
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def scale_run(
+    n: int, code: str, tree: Path | None, args: argparse.Namespace, root: Path, procs: Procs
+) -> dict[str, Any]:
+    from hashmesh.testing import CountingProxy, NodeRun
+
+    run_root = root / f"scale-{code}-{n}"
+    run_root.mkdir()
+    ports = [benchnodes.free_port(), benchnodes.free_port()]
+    targets = [f"http://127.0.0.1:{p}" for p in ports]
+    # proxy i carries the requests of the other node to node i
+    proxies = [CountingProxy(t) for t in targets]
+    proxy_ports = [p.url.rsplit(":", 1)[1] for p in proxies]
+    path = str(tree) if tree else str(ROOT)
+    t0 = time.monotonic()
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-P",
+            "-c",
+            f"import sys; sys.path.insert(0, {path!r})\n" + _MAKE_PAIR,
+            str(run_root),
+            str(n),
+            ",".join(map(str, ports)),
+            ",".join(proxy_ports),
+            str(SCALE_INTERVAL_S),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if made.returncode:
+        raise RuntimeError(f"making the homes ({code}) failed: {made.stderr[-2000:]}")
+    print(f"  [{code} N={n}] homes made in {time.monotonic() - t0:.1f} s", flush=True)
+    nodes: list[Node] = []
+    for name, port in zip(("a", "b"), ports, strict=True):
+        home = run_root / name
+        token = (home / "admin.token").read_text().strip()
+        node = Node(name, home, port, "", token)
+        if tree is None:
+            node.run = NodeRun(
+                home, home / "run.log", command=(sys.executable, "-P", "-m", "hashmesh")
+            )
+        else:
+            env = {**os.environ, "PYTHONPATH": str(tree)}
+            node.run = NodeRun(
+                home, home / "run.log", command=(sys.executable, "-P", "-m", "hashmesh"), env=env
+            )
+        procs.nodes.append(node)
+        nodes.append(node)
+    round_path = "/v1/peer/sync" if tree is not None else "/v1/peer/reconcile"
+    timeout = aiohttp.ClientTimeout(total=300)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            await wait_healthy(session, nodes, timeout=300)
+
+            def rounds() -> int:
+                return sum(p.snapshot()[2].get(round_path, 0) for p in proxies)
+
+            deadline = time.monotonic() + 120
+            while rounds() < 4:  # the first rounds exchange whole views: not idle
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"[{code} N={n}] no sync rounds: {nodes[0].home}/run.log")
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(SCALE_INTERVAL_S * 1.5)
+            start = [p.snapshot() for p in proxies]
+            marks = [len(p.exchanges) for p in proxies]
+            r0, cpu0 = rounds(), sum(cpu_seconds(x.proc.pid) for x in nodes)
+            await asyncio.sleep(args.scale_window)
+            r1, cpu1 = rounds(), sum(cpu_seconds(x.proc.pid) for x in nodes)
+            end = [p.snapshot() for p in proxies]
+            done = max(1, r1 - r0)
+            wire = sum((e[0] - s[0]) + (e[1] - s[1]) for s, e in zip(start, end, strict=True))
+            other = {
+                path: sum(
+                    e[2].get(path, 0) - s[2].get(path, 0) for s, e in zip(start, end, strict=True)
+                )
+                for path in ("/v1/peer/fetch", "/v1/peer/batches", "/v1/peer/sync")
+                if path != round_path
+            }
+            times = [
+                x[2] - x[1]
+                for p, m in zip(proxies, marks, strict=True)
+                for x in p.exchanges_since(m)
+                if x[0] == round_path
+            ]
+            a = nodes[0]
+            feed_ms, status_ms, status_bytes = [], [], []
+            for _ in range(5):
+                t = time.perf_counter()
+                async with session.get(a.url + "/v1/feed?limit=1000", headers=a.auth) as r:
+                    body = await r.read()
+                    assert r.status == 200, body[:300]
+                feed_ms.append((time.perf_counter() - t) * 1000)
+                t = time.perf_counter()
+                async with session.get(a.url + "/v1/status", headers=a.auth) as r:
+                    body = await r.read()
+                    assert r.status == 200, body[:300]
+                status_ms.append((time.perf_counter() - t) * 1000)
+                status_bytes.append(len(body))
+            pages_ms = None
+            if tree is None:  # every log through /v1/status/logs, 1000 a page
+                t, after, count = time.perf_counter(), "", 0
+                while True:
+                    query = f"?limit=1000&after={after}" if after else "?limit=1000"
+                    async with session.get(a.url + "/v1/status/logs" + query, headers=a.auth) as r:
+                        page = await r.json()
+                    count += len(page["logs"])
+                    if not page["next"]:
+                        break
+                    after = page["next"]
+                assert count == n, count
+                pages_ms = (time.perf_counter() - t) * 1000
+    finally:
+        procs.stop(nodes)
+        for p in proxies:
+            p.close()
+    row = {
+        "n": n,
+        "code": code,
+        "rounds": done,
+        "bytes": wire / done,
+        "round_ms": statistics.median(times) if times else None,
+        "cpu_ms": (cpu1 - cpu0) * 1000 / done,
+        "other": other,
+        "feed_ms": statistics.median(feed_ms),
+        "status_ms": statistics.median(status_ms),
+        "status_bytes": statistics.median(status_bytes),
+        "pages_ms": pages_ms,
+    }
+    print(f"  {row}", flush=True)
+    return row
+
+
+async def scale(args: argparse.Namespace, root: Path, procs: Procs) -> list[dict[str, Any]]:
+    from benchenv import Tree
+
+    sizes = [parse_count(s) for s in args.scale_logs.split(",") if s.strip()]
+    tree = Tree.archive(args.scale_old, root / "old-tree") if args.scale_old else None
+    rows = []
+    for n in sizes:
+        print(f"\n[scale N={n}]", flush=True)
+        if tree is not None:
+            rows.append(await scale_run(n, f"old {tree.rev}", tree.path, args, root, procs))
+        rows.append(await scale_run(n, "new", None, args, root, procs))
+    return rows
+
+
+def scale_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| logs | code | idle round bytes (both ways) | idle round ms (request to answer) "
+        "| CPU ms per round (both nodes) | other requests in idle rounds | feed page ms "
+        "(1,000 entries) | /v1/status ms | /v1/status bytes | every log paged, ms |",
+        "| ---: | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        other = ", ".join(f"{p.rsplit('/', 1)[1]} {c}" for p, c in r["other"].items() if c)
+        lines.append(
+            f"| {r['n']:,} | {r['code']} | {r['bytes']:,.0f} | "
+            f"{'-' if r['round_ms'] is None else format(r['round_ms'] * 1000, ',.1f')} | "
+            f"{r['cpu_ms']:,.1f} | {other or 'none'} | {r['feed_ms']:,.0f} | "
+            f"{r['status_ms']:,.0f} | {r['status_bytes']:,.0f} | "
+            f"{'-' if r['pages_ms'] is None else format(r['pages_ms'], ',.0f')} |"
+        )
+    return "\n".join(lines)
+
+
+def scale_report(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
+    date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        "\n".join(
+            [
+                SCALE_HEADING,
+                "",
+                f"Measured {date} on {machine()}, load average {load} at the end.",
+                f"Command: `{command()}`.",
+                "",
+                "Two real `hashmesh run` processes, each holding the same N one-batch logs of N "
+                "authors it trusts in `csam` and each the other's peer (sync.interval_s = "
+                f"{SCALE_INTERVAL_S:g}), every request between them through a counting TCP proxy. "
+                f"Idle rounds over {args.scale_window:g} s: bytes on the wire per round (request "
+                "and answer, headers included), the proxy's median time from a round's request "
+                "to the end of its answer, CPU of both processes divided by their rounds (all "
+                "their work in the window). Then, on one node, medians of 5: a feed page of 1,000 "
+                "entries and `/v1/status` (time and bytes); for the new code also every log "
+                "paged through `/v1/status/logs` 1,000 at a time. `old` is the code before this "
+                f"change (`git archive {args.scale_old}`), its homes made by that code; both run "
+                "in the same invocation, one pair after the other.",
+                "",
+                scale_table(rows),
+                "",
+                *[f"- {note}" for note in args.note],
+            ]
+        ).rstrip("\n")
+        + "\n"
+    )
+
+
+def replace_scale_subsection(body: str) -> None:
+    """Our subsection at the end of the Propagation section; the rest stays as it was."""
+    from benchenv import DOCS
+
+    text = DOCS.read_text()
+    start = text.index(SECTION + "\n")
+    end = text.find("\n## ", start + len(SECTION))
+    end = len(text) if end < 0 else end + 1
+    section = text[start:end]
+    at = section.find(SCALE_HEADING + "\n")
+    if at >= 0:
+        after = section.find("\n## ", at + len(SCALE_HEADING))
+        nxt = section.find("\n### ", at + len(SCALE_HEADING))
+        stop = min(x for x in (after, nxt, len(section) - 1) if x >= 0) + 1
+        section = section[:at] + body + "\n" + section[stop:].lstrip("\n")
+    else:
+        section = section.rstrip("\n") + "\n\n" + body + "\n"
+    DOCS.write_text(text[:start] + section + text[end:])
+
+
 # -- report ----------------------------------------------------------------------------------
 
 
@@ -644,10 +928,17 @@ async def amain(args: argparse.Namespace, root: Path, procs: Procs) -> None:
         rows.append(row)
         print(propagation_table([row]), flush=True)
     boot = await bootstrap(args, root, procs) if args.bootstrap_signals > 0 else None
-    body = report(args, rows, boot)
-    print("\n" + body)
-    if args.write_docs:
-        replace_section(SECTION, body)
+    scaled = await scale(args, root, procs) if args.scale_logs else []
+    if rows or boot:
+        body = report(args, rows, boot)
+        print("\n" + body)
+        if args.write_docs:
+            replace_section(SECTION, body)
+    if scaled:
+        body = scale_report(args, scaled)
+        print("\n" + body)
+        if args.write_docs:
+            replace_scale_subsection(body)
 
 
 def main() -> None:
@@ -662,6 +953,11 @@ def main() -> None:
     ap.add_argument("--bootstrap-runs", type=int, default=3)
     ap.add_argument("--bootstrap-timeout", type=float, default=300.0, help="per run, seconds")
     ap.add_argument("--status-poll-ms", type=int, default=100)
+    ap.add_argument("--scale-logs", default="100,1000,10000", help="logs per scale run ('' skips)")
+    ap.add_argument("--scale-window", type=float, default=12.0, help="idle seconds measured")
+    ap.add_argument(
+        "--scale-old", default="f58055c", help="revision run beside the working tree ('' none)"
+    )
     ap.add_argument("--note", action="append", default=[], help="a line added to the docs")
     ap.add_argument("--seed", type=int, default=20240601)
     ap.add_argument("--keep", action="store_true", help="keep the temporary homes")
