@@ -293,7 +293,8 @@ class Replicator:
             ask = parse_reconcile_request(body)
         view, accept, forks = await self.store_thread.call(self._view, peer, ask)
         sent = self._sent.get(peer.node_id)
-        answer = reconcile_answer(view, ask.known, sent, accept, [])
+        # a changed view's digest is tens of ms at 10,000 logs: not on the event loop
+        answer = await asyncio.to_thread(reconcile_answer, view, ask.known, sent, accept, [])
         seen = self._evidence_sent.setdefault(peer.node_id, set())
         if answer.full:
             seen.clear()
@@ -575,7 +576,7 @@ class Replicator:
             with self._from_peer(peer, "bad_reconcile", f"peer {peer.name}: reconcile answer"):
                 answer = decode_reconcile(data)
             try:
-                theirs = view_after(held if known else None, answer)
+                theirs = await asyncio.to_thread(view_after, held if known else None, answer)
                 break
             except ProtocolError as exc:
                 self._held.pop(peer.node_id, None)
