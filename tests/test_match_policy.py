@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,8 @@ def _black_pdq() -> str:
 
 
 BLACK_PDQ = _black_pdq()
+LISTS = Path(__file__).resolve().parents[1] / "lists"
+STARTER = LISTS / "negative-starter.csv"
 MEME_MD5 = hashlib.md5(b"the popular meme, as everyone forwards it").hexdigest()
 BRIDGE = hash_file(IMAGES / "bridge-1-original.jpg")
 assert BRIDGE.pdq is not None and degenerate_reason("pdq", BRIDGE.pdq) is None
@@ -218,6 +221,92 @@ def test_seeded_network_negative_list_quorum_and_every_suppression_explained(
         {"queries": [{"type": "pdq", "value": BRIDGE.pdq}]},
     )
     assert api["matched"] is True
+
+
+@pytest.mark.slow
+def test_a_platform_subscribed_to_the_starter_list_never_matches_a_black_picture_or_a_meme(
+    nodes: NodeSet, tmp_path: Path
+) -> None:
+    """The issue's seeded network with the shipped starter list: a curator publishes
+    lists/negative-starter.csv (and a popular meme's MD5) in `benign`, the platform
+    subscribes and marks it negative; an author lists the black picture's PDQ (refused by
+    its own node, so signed by another implementation and relayed), the black file's MD5
+    and the meme's MD5 in csam. None of them matches on the platform, each held-back hit
+    says why, and the status (behind the status page) shows what held each back."""
+    if str(LISTS) not in sys.path:
+        sys.path.insert(0, str(LISTS))
+    import make_negative_starter as starter
+
+    curator, author, platform = nodes.make("curator", "author", "platform")
+    link(platform, curator, "benign")
+    link(platform, author, "csam")
+    platform.trust(curator, "benign")
+    platform.trust(author, "csam")
+    elsewhere = author_key(11)
+    for node in (author, platform):
+        node.cli("trust", "add", elsewhere.node_id, "csam", "--name", "elsewhere")
+    listed = curator.json("import-list", "csv", str(STARTER), "-c", "benign")
+    assert listed["published"] == len(STARTER.read_text().splitlines()) - 1
+    meme_benign = curator.json("add", "md5", MEME_MD5, "-c", "benign")["op_id"]
+    platform.cli("policy", "set", "benign", "--negative", "--threshold", "8")
+    for node in (curator, author, platform):
+        node.start()
+
+    [image] = [i for name, i in starter.flat() if name == "flat-black-640x480"]
+    black = tmp_path / "flat-black-640x480.png"
+    black.write_bytes(starter.png(image))
+    black_md5 = author.json("hash", str(black))[0]["md5"]
+    refused = author.cli("add", "pdq", BLACK_PDQ, "-c", "csam", check=False)
+    assert refused.returncode == 2 and "value: refused" in refused.stderr, refused
+    ops = [{"op": "add", "type": "pdq", "value": BLACK_PDQ, "quality": 100, "category": "csam"}]
+    author.cli(
+        "import", str(write_bundle(tmp_path / "e.hmb", chain(elsewhere, "csam", [ops]), "csam"))
+    )
+    author.json("add", "md5", black_md5, "-c", "csam")
+    author.json("add", "md5", MEME_MD5, "-c", "csam")
+
+    def arrived() -> bool:
+        md5s = [match(platform, "md5", v)[1] for v in (black_md5, MEME_MD5)]
+        pdq = match(platform, "pdq", BLACK_PDQ)[1]
+        return all(set(hits(a)) == {"csam", "benign"} for a in md5s) and "csam" in hits(pdq)
+
+    wait_for(arrived, timeout=60)
+
+    code, answer = match(platform, "md5", MEME_MD5)
+    assert code == 1 and answer["matched"] is False
+    assert hits(answer)["csam"]["verdict"] == "suppressed"
+    assert hits(answer)["csam"]["reasons"] == [
+        f"matched, but suppressed by negative collection benign ({meme_benign})"
+    ]
+    assert hits(answer)["benign"]["verdict"] == "negative"
+
+    result = platform.cli("match", "--file", str(black), "--json", check=False)
+    assert result.returncode == 1, result.stdout
+    answer = json.loads(result.stdout)
+    assert answer["matched"] is False
+    held = {
+        (r["query"]["type"], m["collection"]): m for r in answer["results"] for m in r["matches"]
+    }
+    md5_hit = held[("md5", "csam")]
+    assert md5_hit["verdict"] == "suppressed"
+    assert md5_hit["reasons"][0].startswith("matched, but suppressed by negative collection benign")
+    pdq_hit = held[("pdq", "csam")]
+    assert pdq_hit["verdict"] == "suppressed" and pdq_hit["value"] == BLACK_PDQ
+    assert pdq_hit["reasons"] == [
+        f"matched, but the query is not a usable PDQ: {degenerate_reason('pdq', BLACK_PDQ)}",
+        f"quarantined: degenerate hash from another node: {degenerate_reason('pdq', BLACK_PDQ)}",
+    ]
+    assert all(m["verdict"] != "match" for m in held.values())
+
+    # The status behind the status page names what held each hit back.
+    status = platform.status()
+    [benign] = status["policies"]
+    assert benign["collection"] == "benign" and benign["negative"] is True
+    quarantined = {q["op_id"]: q for q in status["quarantine"]}
+    assert quarantined[pdq_hit["op_id"]]["reason"].startswith("degenerate hash from another node: ")
+    assert status["degenerate_by_author"] == [
+        {"author": elsewhere.node_id, "name": "elsewhere", "held_back": 1}
+    ]
 
 
 # -- each knob, on one node -------------------------------------------------------------------
