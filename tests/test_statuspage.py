@@ -155,3 +155,59 @@ def test_status_page_renders_in_headless_chromium(
         timeout=120,
     )
     assert shot.exists() and shot.stat().st_size > 10_000
+
+
+@pytest.mark.slow  # ~40 s: a node and a headless Chromium on the shared machine
+@pytest.mark.skipif(
+    CHROMIUM is None and not os.environ.get("HASHMESH_REQUIRE_BROWSER"),
+    reason="no chromium here (CI installs it and sets HASHMESH_REQUIRE_BROWSER=1)",
+)
+def test_status_page_shows_what_holds_hits_back(tmp_path: Path) -> None:
+    """Issue 19: every suppression is explained on the status page too. What a held-back
+    hit's reasons point at is drawn there: each collection's policy in words, each signal
+    under quarantine with its reason and the op id to lift it, and the degenerate hashes
+    each other author sent."""
+    from conftest import author_key, chain, write_bundle
+
+    assert CHROMIUM, "chromium is required (HASHMESH_REQUIRE_BROWSER is set)"
+    node = NodeProc(tmp_path, "platform")
+    elsewhere = author_key(7)
+    node.cli("trust", "add", elsewhere.node_id, "csam", "--name", "elsewhere")
+    flat = "0" * 64  # a flat picture's PDQ: another implementation signed it
+    ops = [{"op": "add", "type": "pdq", "value": flat, "quality": 100, "category": "csam"}]
+    node.cli(
+        "import", str(write_bundle(tmp_path / "e.hmb", chain(elsewhere, "csam", [ops]), "csam"))
+    )
+    node.cli("policy", "set", "benign", "--negative", "--threshold", "8")
+    node.cli("policy", "set", "csam", "--quorum", "2", "--quorum-by", "org", "--min-quality", "70")
+    [held] = node.json("quarantine", "list")["quarantine"]
+    node.start()
+    try:
+        url = f"{node.url}/status#token={node.admin_token()}"
+        flags = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=8000",
+        ]
+        dom = subprocess.run(
+            [CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120
+        ).stdout
+        main = dom.split("<script", 1)[0].split("<main", 1)[1]
+        policy = main.split('id="policy"', 1)[1].split("</table>", 1)[0]
+        assert ">benign<" in policy
+        assert "never matches; suppresses the same signal elsewhere (PDQ within 8)" in policy
+        assert ">csam<" in policy
+        assert "quality under 70; fewer than 2 organisations list it" in policy
+        quarantine = main.split('id="quarantine"', 1)[1].split("</table>", 1)[0]
+        assert f">{held['op_id']}<" in quarantine and ">elsewhere<" in quarantine
+        assert held["reason"].startswith("degenerate hash from another node: ")
+        assert held["reason"] in quarantine.replace("&gt;", ">").replace("&lt;", "<")
+        assert "Degenerate hashes other nodes sent" in main and "elsewhere 1" in main
+    finally:
+        assert node.stop() == 0
