@@ -9,8 +9,10 @@ drive the NCMEC upstream and the page transaction in-process, on a real store.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,6 +115,7 @@ def bridged_signals(node: NodeProc, collection: str = C) -> list[tuple[str, str,
 # -- NCMEC, end to end through a node process ------------------------------------------
 
 
+@pytest.mark.slow  # > 30 s on the shared 2-core machine
 def test_ncmec_fill_update_and_deletions_through_a_running_node(
     nodes: NodeSet, ncmec: FakeNCMEC, tmp_path: Path
 ) -> None:
@@ -168,6 +171,7 @@ def test_ncmec_fill_update_and_deletions_through_a_running_node(
     assert b.stop() == 0
 
 
+@pytest.mark.slow  # > 30 s on the shared 2-core machine
 def test_ncmec_bridge_reaches_a_peer_platform_and_deletion_follows(
     nodes: NodeSet, ncmec: FakeNCMEC, tmp_path: Path
 ) -> None:
@@ -286,6 +290,7 @@ def pdq(n: int) -> str:
     return hashlib.sha256(f"pdq{n}".encode()).hexdigest()
 
 
+@pytest.mark.slow  # > 30 s on the shared 2-core machine
 def test_stopncii_records_replace_and_withdrawals_revoke(
     nodes: NodeSet, stopncii: FakeStopNCII, tmp_path: Path
 ) -> None:
@@ -321,6 +326,7 @@ def test_stopncii_records_replace_and_withdrawals_revoke(
 # -- outages -------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # > 30 s on the shared 2-core machine
 def test_an_outage_backs_off_shows_and_recovers(
     nodes: NodeSet, ncmec: FakeNCMEC, tmp_path: Path
 ) -> None:
@@ -426,6 +432,7 @@ def op_of(node: NodeProc, signal_type: str, value: str) -> str:
     return str(next(h["op_id"] for h in hits if h["live"]))
 
 
+@pytest.mark.slow  # > 30 s on the shared 2-core machine
 def test_a_platforms_opinions_reach_ncmec_once_each(
     nodes: NodeSet, ncmec: FakeNCMEC, tmp_path: Path
 ) -> None:
@@ -483,6 +490,7 @@ def test_an_operators_opinion_reaches_stopncii(
 # -- the command line ------------------------------------------------------------------
 
 
+@pytest.mark.slow  # > 30 s on the shared 2-core machine
 def test_bridge_add_refuses_what_cannot_work_and_changes_nothing(
     nodes: NodeSet, tmp_path: Path
 ) -> None:
@@ -527,3 +535,65 @@ def test_bridge_add_refuses_what_cannot_work_and_changes_nothing(
     assert again.returncode == 2 and "already exists" in again.stderr
     b.cli("bridge", "remove", "x")
     assert b.json("bridge", "list") == {"bridges": []}
+
+
+@pytest.mark.skipif(
+    shutil.which("chromium") is None and not os.environ.get("HASHMESH_REQUIRE_BROWSER"),
+    reason="no chromium here (CI installs it and sets HASHMESH_REQUIRE_BROWSER=1)",
+)
+def test_the_status_page_shows_a_failing_bridge(
+    nodes: NodeSet, ncmec: FakeNCMEC, tmp_path: Path
+) -> None:
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is required (HASHMESH_REQUIRE_BROWSER is set)"
+    ncmec.down = 500
+    (b,) = nodes.make("bridge")
+    add_ncmec_bridge(b, ncmec, tmp_path, "--timeout", "5")
+    b.start()
+    wait_for(lambda: bridge_show(b, "ncmec")["failures"] >= 1, timeout=60, step=0.5)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=8000"]  # fmt: skip
+    url = f"{b.url}/status#token={b.admin_token()}"
+    dom = subprocess.run(
+        [chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120
+    ).stdout
+    table = dom.split('id="bridges"', 1)[1].split("</table>", 1)[0]
+    assert ">ncmec<" in table and f"ncmec {ncmec.url}" in table
+    assert "failing (" in table and "500" in table
+
+
+def test_feedback_out_when_the_node_stopped_is_never_sent_again(tmp_path: Path) -> None:
+    service = _service(tmp_path)
+    table = service.store.bridges
+    table.ensure("n", "ncmec")
+    assert table.queue_feedback("n", "t/c/1/0", "dispute", "a", None, 1)
+    assert not table.queue_feedback("n", "t/c/1/0", "dispute", "b", "again", 2)  # once
+    assert table.queue_feedback("n", "t/c/1/0", "confirm", "a", None, 3)
+    table.mark_feedback("n", "t/c/1/0", "dispute", "sending", 4)
+    assert table.feedback_interrupted("n", 5) == 1  # what a restart does first
+    assert [(t, v) for t, v, _, _ in table.feedback_due("n", 10)] == [("t/c/1/0", "confirm")]
+    assert table.state("n")["feedback"] == {"queued": 1, "unknown": 1}
+
+
+def test_stopncii_page_token_is_kept_with_its_start_and_resumed(
+    tmp_path: Path, stopncii: FakeStopNCII, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hashmesh.node.bridges import stopncii as module
+
+    monkeypatch.setattr(module, "PAGE_SIZE", 2)
+    service = _service(tmp_path)
+    base = int(time.time()) - 1000
+    stopncii.put(*(StopNCIIRecord("ImagePDQ", pdq(n), base + n) for n in range(5)))
+    bridge = Bridge(name="s", kind="stopncii", collection="ncii", url=stopncii.url,
+                    credentials_env="X")  # fmt: skip
+    keys = "fetch-key,sub-key,feedback-key"
+    upstream = kind_of("stopncii")(bridge, keys)
+    apply_page(service, bridge, upstream, upstream.fetch({}, int(time.time())))
+    cp = service.store.bridges.progress("s")[0]
+    assert cp["start"] == upstream.client.DEFAULT_START_TIME and cp["token"]
+    upstream = kind_of("stopncii")(bridge, keys)  # as after a restart
+    while "token" in (cp := service.store.bridges.progress("s")[0]):
+        apply_page(service, bridge, upstream, upstream.fetch(cp, int(time.time())))
+    assert cp == {"start": base + 4}
+    assert len(list(service.store.live_signals("pdq"))) == 5
+    assert service.store.bridges.state("s")["counts"]["added"] == 5

@@ -72,7 +72,7 @@ def apply_page(service: NodeService, bridge: Bridge, upstream: Upstream, page: P
     applied = Applied(entries=len(page.entries))
     with store.bulk(source="local"):
         table.ensure(bridge.name, bridge.kind)
-        state = table.state(bridge.name) or {}
+        counts = table.progress(bridge.name)[1]
         current = table.items_of(bridge.name, (e.key for e in page.entries))
         adds: list[tuple[Any, Item]] = []  # (AddOp, item without its op id yet)
         revoke_targets: list[tuple[str, str]] = []  # (op id, reason)
@@ -95,7 +95,7 @@ def apply_page(service: NodeService, bridge: Bridge, upstream: Upstream, page: P
             ),
         )
         applied.added, applied.revoked = len(adds), len(revoke_targets)
-        counts = merge_counts(state.get("counts", {}), applied)
+        counts = merge_counts(counts, applied)
         table.save_checkpoint(bridge.name, page.checkpoint, counts, int(time.time() * 1000))
     return applied
 

@@ -148,8 +148,7 @@ class BridgeRunner:
     def _checkpoint(self) -> dict[str, Any]:
         table = self.service.store.bridges
         table.ensure(self.bridge.name, self.bridge.kind)
-        state = table.state(self.bridge.name)
-        return dict(state["checkpoint"]) if state else {}
+        return table.progress(self.bridge.name)[0]
 
     async def _fetch_loop(self) -> None:
         name = self.bridge.name
@@ -166,6 +165,7 @@ class BridgeRunner:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self.upstream = None  # the next try reads the credentials again (a fixed file)
                 await self._failed(exc, "fetch")
                 continue
             try:
@@ -223,8 +223,7 @@ class BridgeRunner:
         out: everything up to it was read, on this thread, so nothing slips between)."""
         store = self.service.store
         table = store.bridges
-        state = table.state(self.bridge.name)
-        cursor = int(state["feedback_cursor"]) if state else 0
+        cursor = table.progress(self.bridge.name)[2]
         rows = table.opinions_after(cursor, self.service.node_id, FEEDBACK_BATCH)
         head = rows[-1][0] if len(rows) == FEEDBACK_BATCH else table.feed_head()
         if head == cursor:

@@ -94,7 +94,20 @@ class BridgeTable:
         )
 
     def state(self, name: str) -> dict[str, Any] | None:
+        """The whole state, with counts of live items and feedback (scans the bridge's
+        items: for `bridge show` and the status page, not for each page)."""
         return state_of(self.conn, name)
+
+    def progress(self, name: str) -> tuple[dict[str, Any], dict[str, Any], int]:
+        """(checkpoint, counts, feedback cursor): what each page and each feedback round
+        reads, one primary-key lookup."""
+        row = self.conn.execute(
+            "SELECT checkpoint, counts, feedback_cursor FROM bridge_state WHERE name = ?",
+            (name,),
+        ).fetchone()
+        if row is None:
+            return {}, {}, 0
+        return json.loads(row[0]), json.loads(row[1]), int(row[2])
 
     def save_checkpoint(
         self, name: str, checkpoint: dict[str, Any], counts: dict[str, Any], at: int
