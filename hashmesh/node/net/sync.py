@@ -129,6 +129,23 @@ def _ignore(*_: Any) -> None:
     return None
 
 
+def _verify_frames(
+    frames: list[tuple[bytes, bytes, bytes]], held: list[bool]
+) -> list[Batch | ProtocolError | None]:
+    """Each frame verified (its Batch, or the ProtocolError that refuses it); None for a
+    frame already held, which needs no second verification. Pure: runs on any thread."""
+    out: list[Batch | ProtocolError | None] = []
+    for (header, sig, ops), is_held in zip(frames, held, strict=True):
+        if is_held:
+            out.append(None)
+            continue
+        try:
+            out.append(verify_parts(header, sig, ops))
+        except ProtocolError as exc:
+            out.append(exc)
+    return out
+
+
 @dataclass(frozen=True)
 class SyncObserver:
     """What replication reports to whoever counts it (the metrics, a layer above)."""
@@ -360,26 +377,59 @@ class Replicator:
         """Ingest frames in slices of about INGEST_SLICE_BYTES, one bulk store-thread call
         and one commit each, so urgent store work runs between them; stops at the first
         invalid batch (the slices before it stay committed, as batches before it in one
-        transaction did)."""
+        transaction did).
+
+        Each slice's batches are verified on another thread before its store call (the
+        next slice's while this one is written): signatures, Merkle roots and op parsing
+        are pure and were a third of a slice's time on the store thread, which every
+        operator publish waits for (docs/design-notes.md, "Publishing under ingest")."""
         results: list[PushResult] = []
         vector: Vector = {}
         deferred = False
+        bounds: list[tuple[int, int]] = []
         start = 0
         while start < len(frames):
             end, size = start, 0
             while end < len(frames) and (end == start or size < INGEST_SLICE_BYTES):
                 size += len(frames[end][2])
                 end += 1
-            (reply, error), tally = await self.store_thread.call_bulk(
-                self._ingest_frames, peer, frames[start:end], tally, start
-            )
-            results += reply.results
-            vector.update(reply.vector)
-            deferred = deferred or reply.deferred
-            if error:
-                return (PushReply(results, vector, deferred), error), tally
+            bounds.append((start, end))
             start = end
+        checking = self._check_slice(frames, *bounds[0]) if bounds else None
+        try:
+            for n, (start, end) in enumerate(bounds):
+                assert checking is not None
+                checked = await checking
+                if n + 1 < len(bounds):
+                    checking = self._check_slice(frames, *bounds[n + 1])
+                (reply, error), tally = await self.store_thread.call_bulk(
+                    self._ingest_frames, peer, frames[start:end], tally, start, checked
+                )
+                results += reply.results
+                vector.update(reply.vector)
+                deferred = deferred or reply.deferred
+                if error:
+                    return (PushReply(results, vector, deferred), error), tally
+        finally:
+            if checking is not None:
+                checking.cancel()  # the next slice's check, when this one ended the page
         return (PushReply(results, vector, deferred), ""), tally
+
+    def _check_slice(
+        self, frames: list[tuple[bytes, bytes, bytes]], start: int, end: int
+    ) -> asyncio.Future[list[Batch | ProtocolError | None]]:
+        """Verify frames[start:end] off the store thread (None: already held, unverified)."""
+
+        async def check() -> list[Batch | ProtocolError | None]:
+            part = frames[start:end]
+            held = await self.store_thread.call_bulk(
+                lambda: [self._already_held(header) for header, _, _ in part]
+            )
+            return await asyncio.to_thread(_verify_frames, part, held)
+
+        task = asyncio.ensure_future(check())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved
+        return task
 
     def _ingest_frames(
         self,
@@ -387,10 +437,12 @@ class Replicator:
         frames: list[tuple[bytes, bytes, bytes]],
         tally: PeerTally | None = None,
         first: int = 0,
+        checked: list[Batch | ProtocolError | None] | None = None,
     ) -> tuple[tuple[PushReply, str], PeerTally]:
         """Verify and ingest pushed or pulled frames (store thread), one commit for all;
         the reply, and the first invalid batch's error (then the rest was not read).
-        `first` is the position of frames[0] in the page, for that error."""
+        `first` is the position of frames[0] in the page, for that error; `checked`, when
+        given, is `_verify_frames`'s verdict on each frame."""
         config = self.service.config
         state = PeerTally() if tally is None else tally
         results: list[PushResult] = []
@@ -401,14 +453,17 @@ class Replicator:
         with self.store.bulk(source):
             for n, (header, sig, ops) in enumerate(frames):
                 try:
-                    if self._already_held(header):
+                    verdict = None if checked is None else checked[n]
+                    if isinstance(verdict, ProtocolError):
+                        raise verdict
+                    if verdict is None and (checked is not None or self._already_held(header)):
                         head = parse_header(header)
                         state.holds(head.author, head.collection, head.seq)
                         results.append(
                             PushResult(f"{head.author}/{head.collection}", head.seq, "duplicate")
                         )
                         continue
-                    batch = verify_parts(header, sig, ops)
+                    batch = verify_parts(header, sig, ops) if verdict is None else verdict
                 except ProtocolError as exc:
                     state.penalise(PENALTY_INVALID, "invalid_batch")
                     log.warning("peer %s sent an invalid batch: %s", peer.name, exc)
