@@ -505,8 +505,9 @@ def render(args: argparse.Namespace, result: dict[str, Any]) -> str:
                 )
     lines += [
         "",
-        "| workers | sync alone s | sync under flood s | ratio | 100k revocation under flood s"
-        " | publish p50 / p99 ms | freshness p50 / p99 ms | PSS MB (processes) |"
+        f"| workers | sync alone s | sync under flood s | ratio | {args.revoke:,} revocation"
+        " under flood s"
+        " | publish p50 / p99 / max ms | freshness p50 / p99 ms | PSS MB (processes) |"
         " PSS MB settled |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -520,11 +521,31 @@ def render(args: argparse.Namespace, result: dict[str, Any]) -> str:
         lines.append(
             f"| {c['workers']} | {alone or float('nan'):.1f} | {flood or float('nan'):.1f} | "
             f"{ratio} | {c.get('revoke_flood_s', float('nan')):.1f} | {_ms(pub, 0.5)} / "
-            f"{_ms(pub, 0.99)} | {_ms(fresh, 0.5)} / {_ms(fresh, 0.99)} | "
+            f"{_ms(pub, 0.99)} / {_ms(pub, 1.0)} | {_ms(fresh, 0.5)} / {_ms(fresh, 0.99)} | "
             f"{c.get('pss_mb', 0):,.0f} ({c.get('processes', 0)}) | "
             f"{c.get('pss_settled_mb', float('nan')):,.0f} |"
         )
+    lines += [
+        "",
+        "Operator publish (one add every 250 ms through `/v1/signals/batch`) by phase:",
+        "",
+        "| workers | phase | publishes | p50 ms | p99 ms | max ms |",
+        "| ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for c in result["configs"]:
+        for name in PHASES[1:]:
+            pub = c["publish"].get(name, [])
+            if pub:
+                lines.append(
+                    f"| {c['workers']} | {name} | {len(pub)} | {_ms(pub, 0.5)} | "
+                    f"{_ms(pub, 0.99)} | {pub[-1]:.0f} |"
+                )
     errors = {c["workers"]: c["errors"] for c in result["configs"] if c["errors"]}
+    loads = {c["workers"]: " / ".join(f"{x:.1f}" for x in c["load"]) for c in result["configs"]}
+    lines += [
+        "",
+        f"Load average (1 min) before the flood, after the sync, after the revocation: {loads}.",
+    ]
     lines += ["", f"Errors: {errors or 'none'}."]
     return "\n".join(lines) + "\n"
 
