@@ -275,12 +275,21 @@ def test_an_entry_replaced_twice_in_one_page_publishes_only_its_last_state(
 # -- StopNCII --------------------------------------------------------------------------
 
 
-def add_stopncii_bridge(node: NodeProc, fake: FakeStopNCII, tmp: Path) -> None:
-    keys = f"{fake.keys['FetchHashes']},{fake.subscription_key},{fake.keys['SubmitFeedback']}"
-    creds = secret_file(tmp / "stopncii.creds", keys)
+def stopncii_keys(fake: FakeStopNCII) -> str:
+    return f"{fake.keys['FetchHashes']},{fake.subscription_key},{fake.keys['SubmitFeedback']}"
+
+
+def add_stopncii_bridge(node: NodeProc, fake: FakeStopNCII, tmp: Path, env: str = "") -> None:
+    if env:
+        where = ["--credentials-env", env]
+    else:
+        where = [
+            "--credentials-file",
+            str(secret_file(tmp / "stopncii.creds", stopncii_keys(fake))),
+        ]
     node.cli(
         "bridge", "add", "ncii", "--kind", "stopncii", "--collection", "ncii", "--url", fake.url,
-        "--credentials-file", str(creds), "--interval", "1",
+        *where, "--interval", "1",
     )  # fmt: skip
 
 
@@ -474,11 +483,13 @@ def test_a_platforms_opinions_reach_ncmec_once_each(
 
 
 def test_an_operators_opinion_reaches_stopncii(
-    nodes: NodeSet, stopncii: FakeStopNCII, tmp_path: Path
+    nodes: NodeSet, stopncii: FakeStopNCII, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stopncii.put(StopNCIIRecord("ImagePDQ", pdq(1), int(time.time()) - 60))
     (b,) = nodes.make("bridge")
-    add_stopncii_bridge(b, stopncii, tmp_path)
+    add_stopncii_bridge(b, stopncii, tmp_path, env="HASHMESH_TEST_STOPNCII_KEYS")
+    assert "sub-key" not in (b.home / "config.toml").read_text()
+    monkeypatch.setenv("HASHMESH_TEST_STOPNCII_KEYS", stopncii_keys(stopncii))  # the node's
     b.start()
     wait_counts(b, "ncii", added=1)
     b.cli("opinion", op_of(b, "pdq", pdq(1)), "dispute")
@@ -597,3 +608,27 @@ def test_stopncii_page_token_is_kept_with_its_start_and_resumed(
     assert cp == {"start": base + 4}
     assert len(list(service.store.live_signals("pdq"))) == 5
     assert service.store.bridges.state("s")["counts"]["added"] == 5
+
+
+def test_a_name_used_before_comes_back_only_as_it_was(tmp_path: Path) -> None:
+    """Its checkpoint and live adds are kept: another kind could not read the checkpoint,
+    another collection could not revoke the adds (a revoke names adds of its own log)."""
+    from hashmesh.node.bridges.manage import add_bridge, remove_bridge
+    from hashmesh.node.bridges.upstream import Entry, Page
+    from hashmesh.node.errors import Conflict
+
+    service = _service(tmp_path)
+    home = Home(tmp_path / "h")
+    add_bridge(home, "n", "ncmec", C, credentials_env="X", url="http://127.0.0.1:1")
+    bridge = home.load_config().bridges[0]
+    upstream = kind_of("ncmec")(bridge, "u:p")
+    entry = Entry("42-a", False, {"md5": md5(1)}, None, "ncmec:url:42:a")
+    apply_page(service, bridge, upstream, Page([entry], {"from": 1}, True))
+    service.close()
+    remove_bridge(home, "n")
+    for kind, collection in (("ncmec", "other"), ("stopncii", C)):
+        with pytest.raises(Conflict, match="was used before"):
+            add_bridge(home, "n", kind, collection, credentials_env="X", url="http://127.0.0.1:1")
+    assert home.load_config().bridges == []
+    add_bridge(home, "n", "ncmec", C, credentials_env="X", url="http://127.0.0.1:1")
+    assert [b.name for b in home.load_config().bridges] == ["n"]

@@ -16,7 +16,7 @@ from hashmesh.node.bridges.kinds import kind_of
 from hashmesh.node.bridges.upstream import environment_name, read_credentials
 from hashmesh.node.config import Bridge, Home, check_bridge
 from hashmesh.node.errors import Conflict, NodeError, NotFound
-from hashmesh.node.store.bridges import feedback_rows, state_of
+from hashmesh.node.store.bridges import earlier_use, feedback_rows, state_of
 from hashmesh.node.store.feed import connect_reader
 
 NOT_YET = {
@@ -73,6 +73,7 @@ def add_bridge(
         )
     if credentials_file:  # an environment variable is the running node's, not ours
         upstream.check_secret(read_credentials(bridge, home.path))
+    _same_as_before(home, bridge)
     config.bridges.append(bridge)
     home.save_config(config)
     return bridge_json(bridge, _state(home, name))
@@ -97,6 +98,23 @@ def show_bridge(home: Home, name: str) -> dict[str, Any]:
     out = bridge_json(bridge, _state(home, name))
     out["recent_feedback"] = _read(home, lambda conn: feedback_rows(conn, name, 20)) or []
     return out
+
+
+def _same_as_before(home: Home, bridge: Bridge) -> None:
+    """A name added again resumes its checkpoint and revokes its earlier adds, which only
+    the same kind can read and only the same collection can revoke (a revoke names adds
+    of its own log)."""
+    before = _read(home, lambda conn: earlier_use(conn, bridge.name))
+    if before is None:
+        return
+    kind, collection = before
+    if kind != bridge.kind or (collection and collection != bridge.collection):
+        was = f"kind {kind}" + (f", collection {collection}" if collection else "")
+        raise Conflict(
+            f"bridge name {bridge.name!r} was used before ({was}) and its checkpoint and"
+            " live adds are kept: add it again with the same kind and collection, or use"
+            " another name; nothing changed"
+        )
 
 
 def _named(bridges: list[Bridge], name: str) -> Bridge:

@@ -298,6 +298,18 @@ def state_of(conn: sqlite3.Connection, name: str) -> dict[str, Any] | None:
     }
 
 
+def earlier_use(conn: sqlite3.Connection, name: str) -> tuple[str, str] | None:
+    """(kind, collection of its live adds or "") of a bridge name used before, or None."""
+    row = conn.execute("SELECT kind FROM bridge_state WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        return None
+    item = conn.execute(
+        "SELECT op_id FROM bridge_items WHERE bridge = ? LIMIT 1", (name,)
+    ).fetchone()
+    collection = str(item[0]).split("/")[1] if item else ""
+    return str(row[0]), collection
+
+
 def feedback_rows(conn: sqlite3.Connection, name: str, limit: int = 100) -> list[dict[str, Any]]:
     """The latest forwarded (or queued) opinions of a bridge, newest first."""
     return [
