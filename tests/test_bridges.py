@@ -632,3 +632,22 @@ def test_a_name_used_before_comes_back_only_as_it_was(tmp_path: Path) -> None:
     assert home.load_config().bridges == []
     add_bridge(home, "n", "ncmec", C, credentials_env="X", url="http://127.0.0.1:1")
     assert [b.name for b in home.load_config().bridges] == ["n"]
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_an_upstream_answer_is_read_only_up_to_its_bound(
+    tmp_path: Path, ncmec: FakeNCMEC, monkeypatch: pytest.MonkeyPatch, chunked: bool
+) -> None:
+    from hashmesh.node.bridges import upstream as module
+
+    base = int(time.time()) - 1000
+    for n in range(50):
+        ncmec.put(NCMECEntry(42, f"e{n}", base + n, fingerprints={"md5": md5(n)}))
+    ncmec.page_size, ncmec.chunked = 50, chunked
+    bridge = Bridge(name="n", kind="ncmec", collection=C, url=ncmec.url, credentials_env="X")
+    upstream = kind_of("ncmec")(bridge, "bridge:s3cret")
+    monkeypatch.setattr(module, "MAX_RESPONSE_BYTES", 4096)
+    with pytest.raises(module.UpstreamTooLarge, match="4,096"):
+        upstream.fetch({}, int(time.time()))
+    monkeypatch.setattr(module, "MAX_RESPONSE_BYTES", 1 << 20)
+    assert len(upstream.fetch({}, int(time.time())).entries) == 50

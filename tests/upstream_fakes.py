@@ -142,6 +142,7 @@ class FakeNCMEC(_Server):
         super().__init__()
         self.user, self.password = user, password
         self.page_size = page_size
+        self.chunked = False  # answer entries pages without a Content-Length
         self.entries: dict[tuple[int, str], NCMECEntry] = {}
         self.snapshots: dict[tuple[int, int], list[NCMECEntry]] = {}
         self.feedback: list[dict[str, Any]] = []
@@ -211,9 +212,15 @@ class FakeNCMEC(_Server):
                 }
             )
             body += f"<paging><next>{escape('/v2/entries?' + params)}</next></paging>"
-        return _xml(
-            f'<queryResult xmlns="https://hashsharing.ncmec.org/hashsharing/v2">{body}</queryResult>'
-        )
+        xml = f'<queryResult xmlns="https://hashsharing.ncmec.org/hashsharing/v2">{body}</queryResult>'
+        if not self.chunked:
+            return _xml(xml)
+        streamed = web.StreamResponse(headers={"Content-Type": "application/xml"})
+        streamed.enable_chunked_encoding()
+        await streamed.prepare(request)
+        await streamed.write(xml.encode())
+        await streamed.write_eof()
+        return streamed  # type: ignore[return-value]
 
     async def _reasons(self, request: web.Request) -> web.Response:
         if not self._authorized(request):

@@ -21,6 +21,7 @@ from hashmesh.node.bridges.upstream import (
     Upstream,
     UpstreamRefused,
     base_url,
+    bound_responses,
     register,
     short_ref,
 )
@@ -84,6 +85,7 @@ class NCMECUpstream(Upstream):
         # The client takes an environment only; --url points it at any server that
         # speaks the API (a staging one, a test double) by its one base-URL attribute.
         self.client._base_url = base_url(type(self), bridge)
+        bound_responses(self.client)
         self._reasons: dict[str, dict[str, str]] = {}
 
     @classmethod

@@ -19,6 +19,7 @@ from hashmesh.node.bridges.upstream import (
     Upstream,
     UpstreamRefused,
     base_url,
+    bound_responses,
     register,
     short_ref,
 )
@@ -70,6 +71,7 @@ class StopNCIIUpstream(Upstream):
             base_url_override=base_url(type(self), bridge),
         )
         self.can_feed_back = len(parts) > 2
+        bound_responses(self.client)
 
     @classmethod
     def check_secret(cls, secret: str) -> None:

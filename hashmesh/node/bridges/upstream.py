@@ -22,6 +22,10 @@ from hashmesh.node.errors import NodeError
 from hashmesh.node.store.bridges import Item
 
 MAX_CREDENTIALS_BYTES = 4096
+#: One upstream answer in memory at most: an NCMEC page of 1,000 entries is about 1 MB
+#: (large fingerprints come as links), a StopNCII page of 800 records less.
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+_READ = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +58,46 @@ class Page:
 class UpstreamRefused(Exception):
     """An upstream answer that retrying the same call cannot change (4xx other than 408
     and 429, a reason id it does not know): recorded, never retried."""
+
+
+class UpstreamTooLarge(Exception):
+    """An answer longer than MAX_RESPONSE_BYTES: refused before it is read whole."""
+
+
+def bound_responses(client: Any) -> None:
+    """Make every answer `client` reads stop at MAX_RESPONSE_BYTES. python-threatexchange's
+    clients read whole answers into memory through a requests session each call builds
+    (`_get_session`); a response hook on that session runs before the body is read, and
+    reads it itself, at most the bound (decompressed: a gzip bomb stops there too)."""
+    make_session = client._get_session
+
+    def bounded_session(*args: Any) -> Any:
+        session = make_session(*args)
+        session.hooks["response"].append(_read_bounded)
+        return session
+
+    client._get_session = bounded_session
+
+
+def _read_bounded(response: Any, *args: Any, **kwargs: Any) -> Any:
+    limit = MAX_RESPONSE_BYTES
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        response.close()
+        raise UpstreamTooLarge(f"answer of {int(declared):,} bytes, more than {limit:,}")
+    chunks, size = [], 0
+    while size <= limit:
+        chunk = response.raw.read(_READ, decode_content=True)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        response.close()
+        raise UpstreamTooLarge(f"answer longer than {limit:,} bytes")
+    response._content = b"".join(chunks)
+    response._content_consumed = True
+    return response
 
 
 class Upstream(ABC):
