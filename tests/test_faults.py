@@ -54,11 +54,14 @@ def test_every_node_error_class_has_its_own_row() -> None:
     assert {FAULTS[c].family for c in classes if c is not errors.HashmeshError} == {
         "caller",
         "peer",
+        "operator",
         "internal",
     }
     for cls in classes:
         if cls is not errors.HashmeshError and issubclass(cls, NodeError):
             assert FAULTS[cls].exit_code == EXIT_CALLER, cls
+    # What only this node's log may say (a path, a bug) is never told to a remote caller.
+    assert {f.family for f in FAULTS.values() if f.private} == {"operator", "internal"}
 
 
 def test_faults_by_family() -> None:
@@ -143,6 +146,42 @@ def test_a_corrupt_stored_row_is_a_500_with_a_trace_not_the_callers_fault(
         node.kill()
 
 
+def test_a_broken_config_on_a_running_node_is_logged_not_told_to_the_caller(
+    tmp_path: Path,
+) -> None:
+    """A hand edit that breaks config.toml is the operator's fault, not the HTTP caller's
+    and not a bug: the caller gets the generic 500 (no path of the node's), the log says
+    what is wrong at ERROR, and the node answers again once the file is fixed."""
+    node = NodeProc(tmp_path, "A")
+    node.start()
+    config = node.home / "config.toml"
+    good = config.read_text()
+    request = urllib.request.Request(
+        f"{node.url}/v1/admin/peers",
+        headers={"Authorization": f"Bearer {node.admin_token()}"},
+    )
+
+    def get() -> tuple[int, Any]:
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    try:
+        assert get() == (200, {"peers": []})
+        config.write_text(good + "\n[[[ not toml\n")
+        assert get() == (500, {"error": INTERNAL_MESSAGE})
+        log = (node.home / "run.log").read_text(errors="replace")
+        line = next(x for x in log.splitlines() if "operator error on GET /v1/admin/peers" in x)
+        assert "ERROR" in line, line
+        assert "not valid TOML" in log
+        config.write_text(good)
+        assert get() == (200, {"peers": []})
+    finally:
+        node.kill()
+
+
 def test_the_cli_offline_says_internal_error_and_exit_70(cli: Cli, home: HomeFactory) -> None:
     target = home("A")
     cli("add", "md5", MD5, "-c", "csam", home=target)
@@ -213,9 +252,9 @@ def test_the_docs_tables_are_the_fault_table() -> None:
         for line in section.splitlines()
         if line.startswith("| ")
         and (cells := [c.strip() for c in line.strip("|").split("|")])[0]
-        in ("caller", "peer", "internal")
+        in ("caller", "peer", "operator", "internal")
     }
-    assert set(rows) == {"caller", "peer", "internal"}
+    assert set(rows) == {"caller", "peer", "operator", "internal"}
     for family, (_, _, http, exit_code, level) in rows.items():
         faults = {f for f in FAULTS.values() if f.family == family}
         assert {str(f.exit_code) for f in faults} == {exit_code}, family

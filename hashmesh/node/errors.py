@@ -1,6 +1,6 @@
 """Errors by fault, and the one table that turns each into an HTTP status and an exit code.
 
-Three families, as h11 tells a local from a remote protocol error:
+Four families, as h11 tells a local from a remote protocol error:
 
 - the caller's: bad input, or a state that forbids the request (`NodeError`). The caller
   gets one sentence naming the field and why: a 4xx (or the 5xx of a full or read-only
@@ -8,6 +8,10 @@ Three families, as h11 tells a local from a remote protocol error:
 - a peer's: bad data from another node (`PeerError`). It is scored against that peer and
   counted in its refusals; on /v1/peer/ routes the peer is the caller and hears why.
   An operator never reads it as their own fault.
+- the operator's: the node's own home (its folder, config, key) is missing or wrong
+  (`HomeError`). On the command line the operator is the caller: one sentence, exit 2.
+  Over HTTP the caller is someone else, who gets a 500 with the generic message, while
+  the log says what is wrong at ERROR (a path is not the caller's business).
 - ours: a bug, or a ProtocolError that escaped from data this node produced itself
   (`InternalError`, and anything not in the table). HTTP 500 with a generic message and a
   logged traceback; on the command line "internal error" and exit 70 (EX_SOFTWARE).
@@ -33,7 +37,7 @@ EXIT_INTERNAL = 70  # sysexits.h EX_SOFTWARE: scripts can tell a bug from a refu
 RETRY_AFTER_S = 2
 INTERNAL_MESSAGE = "internal error (see the node's log)"
 
-Family = Literal["caller", "peer", "internal"]
+Family = Literal["caller", "peer", "operator", "internal"]
 
 
 class HashmeshError(Exception):
@@ -134,6 +138,11 @@ class Fault:
     exit_code: int
     log_level: int
 
+    @property
+    def private(self) -> bool:
+        """The message is for this node's log, not for whoever sent the request."""
+        return self.family in ("operator", "internal")
+
 
 def _caller(status: int) -> Fault:
     return Fault("caller", status, EXIT_CALLER, logging.DEBUG)
@@ -153,7 +162,7 @@ FAULTS: dict[type[BaseException], Fault] = {
     PayloadTooLarge: _caller(413),
     UnsupportedEncoding: _caller(415),
     TooManyRequests: _caller(429),
-    HomeError: _caller(500),
+    HomeError: Fault("operator", 500, EXIT_CALLER, logging.ERROR),
     ServiceBusy: _caller(503),
     IndexLoading: _caller(503),
     StorageUnavailable: _caller(503),

@@ -78,10 +78,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         raise
     except Exception as exc:
         fault = fault_of(exc)
-        if fault.family == "internal" or not isinstance(exc, HashmeshError):
+        if fault.private or not isinstance(exc, HashmeshError):
             log.log(
                 fault.log_level,
-                "internal error on %s %s",
+                "%s error on %s %s",
+                fault.family,
                 request.method,
                 request.path,
                 exc_info=exc,

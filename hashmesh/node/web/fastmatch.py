@@ -405,8 +405,8 @@ class MatchProtocol(asyncio.Protocol):
             body = r.body if isinstance(r.body, bytes) else b""
             return self._bytes(r.status, body, keep, JSON, extra)
         fault = fault_of(exc)
-        if fault.family == "internal" or not isinstance(exc, HashmeshError):
-            log.log(fault.log_level, "internal error on POST /v1/match", exc_info=exc)
+        if fault.private or not isinstance(exc, HashmeshError):
+            log.log(fault.log_level, "%s error on POST /v1/match", fault.family, exc_info=exc)
             return self._bytes(INTERNAL.status, _dumps({"error": INTERNAL_MESSAGE}).encode(), keep)
         log.log(fault.log_level, "refused POST /v1/match: %s", exc)
         extra = b""
