@@ -183,12 +183,17 @@
     for (let i = 0; i < p4; i++) { sum -= input[inOff + li]; n--; output[outOff + oi] = sum / n; li += stride; oi += stride; }
   }
 
-  /** PDQ of an RGB image (Uint8 data, 3 bytes a pixel): { hash: 64 hex, quality: 0-100 }. */
-  function pdqFromRGB(img) {
+  const BT601 = [0.299, 0.587, 0.114];
+
+  /** PDQ of an RGB image (Uint8 data, 3 bytes a pixel): { hash: 64 hex, quality: 0-100 }.
+   * `weights` are the luminance weights, PDQ's BT.601 ones unless a caller (video.js) must
+   * undo a browser's conversion with another matrix. */
+  function pdqFromRGB(img, weights) {
     const { data, width: cols, height: rows } = img;
     if (tooSmall(cols, rows)) throw new RangeError("picture under " + MIN_SIDE + " px per side");
+    const [kr, kg, kb] = weights || BT601;
     const buf1 = new Float64Array(rows * cols), buf2 = new Float64Array(rows * cols);
-    for (let i = 0, p = 0; i < rows * cols; i++, p += 3) buf1[i] = 0.299 * data[p] + 0.587 * data[p + 1] + 0.114 * data[p + 2];
+    for (let i = 0, p = 0; i < rows * cols; i++, p += 3) buf1[i] = kr * data[p] + kg * data[p + 1] + kb * data[p + 2];
     const wr = windowSize(cols), wc = windowSize(rows);
     for (let rep = 0; rep < 2; rep++) {
       for (let i = 0; i < rows; i++) box1D(buf1, i * cols, buf2, i * cols, cols, 1, wr);

@@ -10,6 +10,13 @@
  * rotation from the file (videoTrack) and turns each frame back before hashing it, as it
  * ignores a JPEG's orientation tag; only the preview is upright.
  *
+ * Colour: Meta's vpdq converts each frame's YUV to RGB with swscale's default, BT.601,
+ * whatever the stream declares, then takes PDQ's BT.601 luma: the stream's own Y. A
+ * browser converts with the stream's declared matrix, and Chromium with BT.709 when none
+ * is declared (all of Meta's samples): BT.601 luma of those RGB values lies 10-18 bits
+ * from Meta's on the padded sample. So the luma is taken with the weights of the matrix the
+ * browser used (the file's `colr` box, else BT.709), which gives back Y (2-8 bits).
+ *
  * Frame numbers: the browser tells the time of a frame, not its number, so a frame at t
  * seconds is numbered round(t x the track's frame rate) from the same header (its sample
  * count over its duration), t itself where the file has no such header (WebM).
@@ -70,11 +77,18 @@
     return out;
   }
 
+  const BT709 = [0.2126, 0.7152, 0.0722];
+  const BT601 = [0.299, 0.587, 0.114];
+  const BT2020 = [0.2627, 0.678, 0.0593];
+  //  ISO/IEC 23091-2 matrix coefficients: 1 BT.709, 5 and 6 BT.601, 9 and 10 BT.2020.
+  const MATRICES = { 1: BT709, 5: BT601, 6: BT601, 9: BT2020, 10: BT2020 };
+
   /** The first video track of an MP4 or MOV file (its moov box): `rotation`, the clockwise
-   * degrees (0, 90, 180, 270) its matrix turns the stored frames, and `fps`, its frames a
-   * second (0 if unknown); { rotation: 0, fps: 0 } for any other file or an unreadable one. */
+   * degrees (0, 90, 180, 270) its matrix turns the stored frames, `fps`, its frames a
+   * second (0 if unknown), and `matrix`, the colour matrix its sample entry declares (0 if
+   * none); all 0 for any other file or an unreadable one. */
   async function videoTrack(file) {
-    const none = { rotation: 0, fps: 0 };
+    const none = { rotation: 0, fps: 0, matrix: 0 };
     let off = 0;
     for (let n = 0; off + 16 <= file.size && n < MAX_BOXES; n++) {
       const h = new Uint8Array(await file.slice(off, off + 16).arrayBuffer());
@@ -110,9 +124,21 @@
       const m = tkhd[1] + (b[tkhd[1]] === 1 ? 36 : 24) + 16;
       if (m + 36 > tkhd[2]) continue;
       const degrees = Math.round((Math.atan2(i32(b, m + 4), i32(b, m)) * 180) / Math.PI / 90) * 90;
-      return { rotation: (degrees + 360) % 360, fps: frameRate(b, from, to) };
+      return { rotation: (degrees + 360) % 360, fps: frameRate(b, from, to), matrix: colourMatrix(b, from, to) };
     }
     return null;
+  }
+
+  /** The matrix coefficients of the first sample entry's `colr` box (nclx or nclc). */
+  function colourMatrix(b, from, to) {
+    const stsd = find(b, from, to, ["mdia", "minf", "stbl", "stsd"]);
+    if (!stsd) return 0;
+    const entry = children(b, stsd[1] + 8, stsd[2])[0];
+    if (!entry) return 0;
+    const colr = children(b, entry[1] + 78, entry[2]).find((c) => c[0] === "colr"); // after a visual sample entry's fixed fields
+    if (!colr || colr[2] - colr[1] < 10) return 0;
+    const kind = fourcc(b, colr[1]);
+    return kind === "nclx" || kind === "nclc" ? (b[colr[1] + 8] << 8) | b[colr[1] + 9] : 0;
   }
 
   /** Samples over seconds of the track's sample table (stts) and media header (mdhd). */
@@ -175,7 +201,8 @@
       const w = video.videoWidth, h = video.videoHeight; // upright, as the browser shows it
       if (!w || !h || !Number.isFinite(duration) || duration <= 0) throw Object.assign(new Error("no picture in this video"), { undecodable: true });
       if (PDQ.tooSmall(w, h)) throw Object.assign(new RangeError("too small"), { tooSmall: true });
-      const { rotation, fps } = await videoTrack(file);
+      const { rotation, fps, matrix } = await videoTrack(file);
+      const weights = MATRICES[matrix] || BT709;
       const scale = w * h <= MAX_CANVAS_PIXELS ? 1 : Math.sqrt(MAX_CANVAS_PIXELS / (w * h));
       const dw = Math.max(1, Math.floor(w * scale)), dh = Math.max(1, Math.floor(h * scale));
       const turned = rotation === 90 || rotation === 270;
@@ -196,7 +223,7 @@
         await seek(video, t, state);
         ctx.drawImage(video, 0, 0, dw, dh);
         const img = PDQ.rgbaToRgb(ctx.getImageData(0, 0, cw, ch).data, cw, ch);
-        const { hash, quality } = PDQ.pdqFromRGB(img);
+        const { hash, quality } = PDQ.pdqFromRGB(img, weights);
         if (quality >= minQuality) {
           if (!frames.length && preview) preview(thumbnail(video, w, h));
           number = Math.max(number + 1, fps >= 1 ? Math.round(t * fps) : t);
