@@ -352,7 +352,8 @@ def reconcile_answer(
     sent to it (`sent`, if remembered). `view` must already be only what the caller may
     read: digest and difference are computed over nothing else."""
     # At 10,000 logs a digest costs some 50 ms of CPU: an unchanged view reuses it.
-    digest = sent[0] if sent is not None and sent[1] == view else vector_digest(view)
+    same = sent is not None and (sent[1] is view or sent[1] == view)
+    digest = sent[0] if sent is not None and same else vector_digest(view)
     if known == digest:
         return Reconcile(digest, False, {}, accept, evidence)
     if known and sent is not None and sent[0] == known:

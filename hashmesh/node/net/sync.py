@@ -182,6 +182,13 @@ class Replicator:
         # per peer, the trust list and wanted collections of a round that left nothing to
         # fetch: while they and the peer's view stay the same, nothing can be missing
         self._fetched: dict[str, tuple[list[Any], int, frozenset[str]]] = {}
+        # What a round derives from our heads, kept while Store.heads_version stays the
+        # same (store thread only): the view built for each peer, with its version and
+        # scope; our own collections; and per peer the push check that found nothing.
+        # An idle round then reads no vector of all logs at all.
+        self._views: dict[str, tuple[tuple[int, frozenset[str], tuple[str, ...]], Vector]] = {}
+        self._own: tuple[int, set[str]] = (-1, set())
+        self._pushed: dict[str, tuple[int, str, frozenset[str]]] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -323,7 +330,13 @@ class Replicator:
 
     def _view(self, peer: Peer, ask: ReconcileRequest) -> tuple[Vector, list[str], list[bytes]]:
         readable, accept = self._scope(peer, ask)
-        vector = self.store.vector(readable | set(accept))
+        key = (self.store.heads_version, frozenset(readable), tuple(accept))
+        built = self._views.get(peer.node_id)
+        if built is not None and built[0] == key:
+            vector = built[1]
+        else:
+            vector = self.store.vector(readable | set(accept))
+            self._views[peer.node_id] = (key, vector)
         return vector, accept, page_evidence(self.store.forks(), readable)
 
     async def handle_fetch(self, request: web.Request) -> web.Response:
@@ -545,8 +558,10 @@ class Replicator:
 
     def _wanted(self) -> set[str]:
         config = self.service.config
-        own = {k.collection for k in self.store.vector() if k.author == config.node_id}
-        return config.accepted_collections() | own
+        if self._own[0] != self.store.heads_version:
+            own = {k.collection for k in self.store.vector() if k.author == config.node_id}
+            self._own = (self.store.heads_version, own)
+        return config.accepted_collections() | self._own[1]
 
     def _pull_request(self, peer: Peer) -> bytes:
         wanted = self._wanted()
@@ -659,7 +674,7 @@ class Replicator:
         if answer.evidence:
             await self._admit_page_evidence(peer, answer.evidence)
         await self._fetch_missing(peer, theirs, wanted, idle=held is not None and not changed)
-        await self._push_missing(peer, theirs, answer.accept)
+        await self._push_missing(peer, theirs, answer.accept, answer.digest)
 
     async def _admit_page_evidence(self, peer: Peer, blobs: list[bytes]) -> None:
         tally = PeerTally()
@@ -719,13 +734,18 @@ class Replicator:
                     self.peers.state(peer.node_id).refuse("empty_page")
                 return
 
-    async def _push_missing(self, peer: Peer, theirs: Vector, accept: list[str]) -> None:
-        """Push every batch the peer lacks in collections it may read and accepts."""
+    async def _push_missing(
+        self, peer: Peer, theirs: Vector, accept: list[str], digest: str = ""
+    ) -> None:
+        """Push every batch the peer lacks in collections it may read and accepts.
+        `digest`: that of `theirs`, the peer's view, when it is one (reconciliation)."""
         collections = set(peer.share) & set(accept)
         if not collections:
             return
-        ours = await self.store_thread.call(self.store.vector, collections)
-        for log_key, have in sorted(missing(ours, theirs).items(), key=_log_order):
+        lacking = await self.store_thread.call(
+            self._lacking, peer.node_id, theirs, frozenset(collections), digest
+        )
+        for log_key, have in sorted(lacking.items(), key=_log_order):
             after = have
             while True:
                 frames = await self.store_thread.call_bulk(self._frames_after, log_key, after)
@@ -735,6 +755,21 @@ class Replicator:
                 after += len(frames)
                 if len(frames) < PUSH_BATCHES:
                     break
+
+    def _lacking(
+        self, node_id: str, theirs: Vector, collections: frozenset[str], digest: str
+    ) -> dict[LogKey, int]:
+        """What the peer lacks of our logs; none, without a look at every log, when
+        neither our heads nor its view (by digest) changed since a check found none."""
+        key = (self.store.heads_version, digest, collections)
+        if digest and self._pushed.get(node_id) == key:
+            return {}
+        lacking = missing(self.store.vector(set(collections)), theirs)
+        if lacking or not digest:
+            self._pushed.pop(node_id, None)
+        else:
+            self._pushed[node_id] = key
+        return lacking
 
     def _frames_after(self, log_key: LogKey, after: int) -> list[bytes]:
         return list(self.store.batch_frames(log_key, after, PUSH_BATCHES))

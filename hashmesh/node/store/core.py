@@ -160,6 +160,9 @@ class Store:
         self._log_keys: dict[int, LogKey] = {}
         self._heads: dict[int, int] = {}
         self._forked: set[int] = set()
+        # Bumped whenever a head may have changed: replication keeps what it derived from
+        # the heads (a peer's view, our own collections) while this stays the same.
+        self.heads_version = 0
         for row in self.conn.execute("SELECT id, author, collection, head, forked FROM logs"):
             key = LogKey(row[1], row[2])
             self._log_ids[key] = row[0]
@@ -283,6 +286,7 @@ class Store:
 
     def _restore(self, snapshot: tuple[Any, ...]) -> None:
         self._log_ids, self._log_keys, self._heads, self._forked = snapshot
+        self.heads_version += 1
 
     def _transaction(self, work: Callable[[], None]) -> None:
         """One batch, atomically: a transaction, or a savepoint inside `bulk`."""
@@ -430,6 +434,7 @@ class Store:
             ),
         )
         self._heads[log_id] = seq
+        self.heads_version += 1
 
     def _revoke_targets_held(self, batch: Batch) -> dict[OpId, bool]:
         """Which earlier revoke targets of `batch` are held adds, in one statement, so that
