@@ -487,10 +487,11 @@ def test_an_operators_opinion_reaches_stopncii(
 ) -> None:
     stopncii.put(StopNCIIRecord("ImagePDQ", pdq(1), int(time.time()) - 60))
     (b,) = nodes.make("bridge")
-    add_stopncii_bridge(b, stopncii, tmp_path, env="HASHMESH_TEST_STOPNCII_KEYS")
-    assert "sub-key" not in (b.home / "config.toml").read_text()
     monkeypatch.setenv("HASHMESH_TEST_STOPNCII_KEYS", stopncii_keys(stopncii))  # the node's
     b.start()
+    # added to the running node: it reads config.toml again and starts the bridge
+    add_stopncii_bridge(b, stopncii, tmp_path, env="HASHMESH_TEST_STOPNCII_KEYS")
+    assert "sub-key" not in (b.home / "config.toml").read_text()
     wait_counts(b, "ncii", added=1)
     b.cli("opinion", op_of(b, "pdq", pdq(1)), "dispute")
     wait_for(lambda: stopncii.feedback, timeout=60)
