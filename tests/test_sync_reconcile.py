@@ -199,6 +199,38 @@ def test_idle_rounds_cost_bytes_independent_of_the_logs_and_a_change_is_fetched_
     assert grew < 2500 * (rounds + 1) + 4000, (grew, rounds)  # the difference, never the view
 
 
+def test_logs_a_peer_refuses_as_untrusted_are_not_pushed_every_round(nodes: NodeSet) -> None:
+    """a holds 50 logs of authors b does not trust: pushed once and refused, they are not
+    pushed again each idle round (version 1 pushed, and had refused, them every round)."""
+    a, b = nodes.make("a", "b", interval=0.5)
+    keys = author_keys(50, "untrusted")
+    seed_home(a.home, {k.node_id: "csam" for k in keys}, one_batch_logs(keys, "csam"))
+    b.trust(a, "csam")  # b takes csam, just not from those authors
+    b.start()
+    proxy = CountingProxy(b.url)
+    for node, other, url in ((a, b, proxy.url), (b, a, DEAD)):
+        home = Home(node.home)
+        config = home.load_config()
+        config.add_peer(Peer(name=other.name, url=url, node_id=other.node_id, share=["csam"]))
+        home.save_config(config)
+    a.start()
+    try:
+        wait_for(lambda: proxy.snapshot()[2].get("/v1/peer/batches", 0) >= 1, 30)
+
+        def count(path: str) -> int:
+            return proxy.snapshot()[2].get(path, 0)
+
+        after = count("/v1/peer/reconcile") + 1  # the round after the one that pushed
+        wait_for(lambda: count("/v1/peer/reconcile") >= after, 30)
+        pushed = count("/v1/peer/batches")
+        wait_for(lambda: count("/v1/peer/reconcile") >= after + 4, 30)
+        assert count("/v1/peer/batches") == pushed  # four rounds, none of those logs again
+        refused = [r for r in b.status()["refusals"] if r["reason"] == "untrusted"]
+        assert {r["author"] for r in refused} == {k.node_id for k in keys}
+    finally:
+        proxy.close()
+
+
 def test_a_peer_that_may_not_read_a_collection_learns_nothing_of_it(nodes: NodeSet) -> None:
     (b,) = nodes.make("b")
     spy = HostilePeer("spy", b, b.node_id)

@@ -97,6 +97,10 @@ EVIDENCE_PER_LOG = 8  # one item proves a fork; a few more only cover distinct s
 EVIDENCE_PER_SENDER = 1000
 LAG_ROWS = 100  # shared logs a peer's status lists (all of them are summed up)
 V1_RETRY_S = 600.0  # a peer without reconcile is asked again after this (it may upgrade)
+# A log whose batches a peer refused as untrusted is not pushed to it again for this long:
+# it would be refused every round. Once the peer trusts the author it fetches them itself.
+UNTRUSTED_RETRY_S = 600.0
+MAX_REFUSED_LOGS = 100_000  # per peer; past it the memory of refusals starts afresh
 
 
 class Outbox:
@@ -188,7 +192,9 @@ class Replicator:
         # An idle round then reads no vector of all logs at all.
         self._views: dict[str, tuple[tuple[int, frozenset[str], tuple[str, ...]], Vector]] = {}
         self._own: tuple[int, set[str]] = (-1, set())
-        self._pushed: dict[str, tuple[int, str, frozenset[str]]] = {}
+        self._pushed: dict[str, tuple[int, str, frozenset[str], frozenset[LogKey]]] = {}
+        # per peer, the logs it refused as untrusted, until when they are not pushed to it
+        self._refused_by: dict[str, dict[LogKey, float]] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -742,8 +748,12 @@ class Replicator:
         collections = set(peer.share) & set(accept)
         if not collections:
             return
+        now = time.monotonic()
+        refused = self._refused_by.get(peer.node_id, {})
+        for log_key in [k for k, until in refused.items() if until <= now]:
+            del refused[log_key]
         lacking = await self.store_thread.call(
-            self._lacking, peer.node_id, theirs, frozenset(collections), digest
+            self._lacking, peer.node_id, theirs, frozenset(collections), digest, frozenset(refused)
         )
         for log_key, have in sorted(lacking.items(), key=_log_order):
             after = have
@@ -757,14 +767,21 @@ class Replicator:
                     break
 
     def _lacking(
-        self, node_id: str, theirs: Vector, collections: frozenset[str], digest: str
+        self,
+        node_id: str,
+        theirs: Vector,
+        collections: frozenset[str],
+        digest: str,
+        refused: frozenset[LogKey] = frozenset(),
     ) -> dict[LogKey, int]:
-        """What the peer lacks of our logs; none, without a look at every log, when
-        neither our heads nor its view (by digest) changed since a check found none."""
-        key = (self.store.heads_version, digest, collections)
+        """What the peer lacks of our logs, but for those it refused as untrusted; none,
+        without a look at every log, when neither our heads nor its view (by digest) nor
+        those refusals changed since a check found none."""
+        key = (self.store.heads_version, digest, collections, refused)
         if digest and self._pushed.get(node_id) == key:
             return {}
-        lacking = missing(self.store.vector(set(collections)), theirs)
+        ours = self.store.vector(set(collections))
+        lacking = {k: v for k, v in missing(ours, theirs).items() if k not in refused}
         if lacking or not digest:
             self._pushed.pop(node_id, None)
         else:
@@ -801,6 +818,15 @@ class Replicator:
             result = decode_push_reply(data)
         state = self.peers.state(peer.node_id)
         state.batches_sent += len(frames)
+        untrusted = [r.log for r in result.results if r.outcome == "untrusted"]
+        if untrusted:
+            refused = self._refused_by.setdefault(peer.node_id, {})
+            if len(refused) > MAX_REFUSED_LOGS:
+                refused.clear()
+            until = time.monotonic() + UNTRUSTED_RETRY_S
+            for name in untrusted:
+                author, _, collection = name.partition("/")
+                refused[LogKey(author, collection)] = until
         for key, seq in result.vector.items():
             state.vector[(key.author, key.collection)] = seq  # its heads after our push
         self.observer.batches_sent(len(frames))
