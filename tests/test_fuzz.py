@@ -56,9 +56,16 @@ from hashmesh.protocol.signals import Signal, signal_types
 from hashmesh.protocol.signing import SigningKey
 from hashmesh.protocol.sync import (
     decode_page,
+    decode_reconcile,
+    encode_fetch_request,
     encode_page,
+    encode_reconcile,
+    encode_reconcile_request,
     encode_sync_request,
+    parse_fetch_request,
+    parse_reconcile_request,
     parse_sync_request,
+    reconcile_answer,
     vector_from_wire,
 )
 
@@ -251,6 +258,9 @@ EVIDENCE = build_evidence(
 ).to_bytes()
 BUNDLE = encode_bundle_header({"v": 1, "collections": ["csam"]}) + b"".join(FRAMES)
 SYNC_REQUEST = encode_sync_request({LOG[0].log: 1}, ["csam", "ncii"], ["csam"])
+RECONCILE_REQUEST = encode_reconcile_request(["csam", "ncii"], ["csam"], "")
+RECONCILE_ANSWER = encode_reconcile(reconcile_answer({LOG[0].log: 1}, "", None, ["csam"], []))
+FETCH_REQUEST = encode_fetch_request({LOG[0].log: 0})
 PAGE = encode_page({LOG[0].log: 2}, FRAMES, True, [EVIDENCE], ["csam"])
 OP_WIRES = [json.loads(line) for b in LOG for line in b.op_lines()]
 OP_ID = f"{KEY.node_id}/csam/1/0"
@@ -475,6 +485,26 @@ def test_fuzz_decode_page(data: bytes) -> None:
 def test_fuzz_sync_request_and_vector(data: bytes, wire: Any) -> None:
     only_protocol_errors(lambda: parse_sync_request(data))
     only_protocol_errors(lambda: vector_from_wire(wire))
+
+
+@fuzz(200)
+@given(
+    request=st.one_of(
+        st.binary(max_size=200),
+        mutated(RECONCILE_REQUEST),
+        json_mutated(json.loads(RECONCILE_REQUEST)).map(encode_any),
+    ),
+    answer=st.one_of(
+        mutated(RECONCILE_ANSWER), json_mutated(json.loads(RECONCILE_ANSWER)).map(encode_any)
+    ),
+    fetch=st.one_of(
+        mutated(FETCH_REQUEST), json_mutated(json.loads(FETCH_REQUEST)).map(encode_any)
+    ),
+)
+def test_fuzz_reconcile_messages(request: bytes, answer: bytes, fetch: bytes) -> None:
+    only_protocol_errors(lambda: parse_reconcile_request(request))
+    only_protocol_errors(lambda: decode_reconcile(answer))
+    only_protocol_errors(lambda: parse_fetch_request(fetch))
 
 
 PEER_HEADERS = sign_request(KEY, OTHER.node_id, "POST", "/v1/peer/sync", b"{}", 1_000, bytes(16))
@@ -953,6 +983,16 @@ PEER_BODIES = {
         mutated(SYNC_REQUEST),
         json_mutated(json.loads(SYNC_REQUEST)).map(encode_any),
     ),
+    "/v1/peer/reconcile": st.one_of(
+        st.binary(max_size=200),
+        mutated(RECONCILE_REQUEST),
+        json_mutated(json.loads(RECONCILE_REQUEST)).map(encode_any),
+    ),
+    "/v1/peer/fetch": st.one_of(
+        st.binary(max_size=200),
+        mutated(FETCH_REQUEST),
+        json_mutated(json.loads(FETCH_REQUEST)).map(encode_any),
+    ),
     "/v1/peer/batches": st.one_of(
         st.binary(max_size=200),
         mutated(st.sampled_from(FRAMES)),
@@ -981,8 +1021,10 @@ def test_fuzz_http_peer_endpoints(
         _next_peer(live)
         status, answer = live["http"].send("POST", path, body, _signed(live, path, body))
     assert status in (200, 400, 403, 413, 429), (status, answer)
-    if status == 200 and path == "/v1/peer/sync":
+    if status == 200 and path in ("/v1/peer/sync", "/v1/peer/fetch"):
         decode_page(answer)  # the node's own page always parses
+    if status == 200 and path == "/v1/peer/reconcile":
+        decode_reconcile(answer)
 
 
 def test_fuzz_http_node_is_healthy_afterwards(live: dict[str, Any]) -> None:
