@@ -19,7 +19,7 @@ from typing import Any
 
 from hashmesh.node.bridges.upstream import Entry, Page, Upstream
 from hashmesh.node.config import Bridge
-from hashmesh.node.lists.importers import ImportIssue, make_add
+from hashmesh.node.lists.importers import ImportIssue, checked_add
 from hashmesh.node.service import NodeService
 from hashmesh.node.store.bridges import Item
 from hashmesh.protocol.batches import AnyOp
@@ -119,7 +119,7 @@ def _replace(
     kept: list[Item] = []
     new_items: list[Item] = []
     for fingerprint, raw in sorted(entry.fingerprints.items()):
-        record = make_add(
+        op = checked_add(
             f"{entry.key} {fingerprint}",
             upstream.our_type(fingerprint),
             raw,
@@ -127,10 +127,9 @@ def _replace(
             classification=entry.classification,
             ref=entry.ref,
         )
-        if isinstance(record, ImportIssue):
-            applied.skip(skip_reason(record, fingerprint))
+        if isinstance(op, ImportIssue):
+            applied.skip(skip_reason(op, fingerprint))
             continue
-        op = record.to_add_op()
         was = old.get(fingerprint)
         if (
             was is not None

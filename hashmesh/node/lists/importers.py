@@ -149,8 +149,42 @@ def make_add(
     ref: str | None = None,
 ) -> Item:
     """An add record checked as every importer checks one (type names, truncated PhotoDNA,
-    labels, the value, degenerate hashes), or the issue that refuses it; the bridges
-    (hashmesh/node/bridges/) take upstream entries through this same gate."""
+    labels, the value, degenerate hashes), or the issue that refuses it."""
+    op = checked_add(
+        location,
+        type_name,
+        raw_value,
+        category=category,
+        quality=quality,
+        classification=classification,
+        ref=ref,
+    )
+    if isinstance(op, ImportIssue):
+        return op
+    return ImportRecord(
+        "add",
+        op.type,
+        op.value,
+        op.category,
+        location,
+        quality=op.quality,
+        classification=op.classification,
+        ref=op.ref,
+    )
+
+
+def checked_add(
+    location: str,
+    type_name: str,
+    raw_value: str,
+    *,
+    category: str,
+    quality: int | None = None,
+    classification: str | None = None,
+    ref: str | None = None,
+) -> AddOp | ImportIssue:
+    """The add op itself, through the same gate as `make_add`: the bridges
+    (hashmesh/node/bridges/) publish it as it is, without building it a second time."""
     try:
         signal_type = _our_type(type_name)
     except ValueError as exc:
@@ -173,16 +207,7 @@ def make_add(
         return ImportIssue(location, str(exc))
     if (degenerate := degenerate_reason(op.type, op.value)) is not None:
         return ImportIssue(location, f"value refused, {degenerate}")
-    return ImportRecord(
-        "add",
-        op.type,
-        op.value,
-        op.category,
-        location,
-        quality=op.quality,
-        classification=op.classification,
-        ref=op.ref,
-    )
+    return op
 
 
 class ListParser(ABC):
