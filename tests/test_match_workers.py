@@ -19,8 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import HomeFactory, NodeFactory, NodeProcess, set_config
 
+from hashmesh.node.config import Home
+from hashmesh.node.errors import HomeError
 from hashmesh.testing import read_runtime
 
 NEEDLES = Path("/work/shared/testdata/pdq/needles.txt")
@@ -206,3 +209,29 @@ def test_workers_exit_when_their_node_dies(home: HomeFactory, start_node: NodeFa
         return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
     until("the worker exits after its node", gone)
+
+
+def test_workers_run_at_the_configured_nice_value(
+    home: HomeFactory, start_node: NodeFactory
+) -> None:
+    """match_worker_nice: the workers yield the CPU to the node that publishes and
+    ingests; the node itself keeps its own priority."""
+    path = home("N")
+    set_config(path, match_workers=1, match_worker_nice=7)
+    node = start_node(path)
+    runtime = read_runtime(path)
+    assert runtime is not None
+    (pid,) = runtime["workers"]
+    query = {"queries": [{"type": "md5", "value": "%032x" % random.getrandbits(128)}]}
+    status, _ = post(runtime["match"] + "/v1/match", query, node.token)  # it is serving
+    assert status == 200
+    assert os.getpriority(os.PRIO_PROCESS, pid) == 7
+    assert os.getpriority(os.PRIO_PROCESS, node.proc.pid) == os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def test_a_nice_value_outside_0_to_19_is_refused(home: HomeFactory) -> None:
+    for bad in (-1, 20):
+        path = home(f"M{bad}")
+        set_config(path, match_worker_nice=bad)
+        with pytest.raises(HomeError, match="match_worker_nice must be 0-19"):
+            Home(path).load_config()

@@ -196,6 +196,9 @@ class Config:
     # Matcher worker processes (hashmesh/node/workers.py): 0 matches in the node process.
     match_workers: int = 0
     match_listen: str = "127.0.0.1:0"
+    # The workers' nice value (0-19), set at their start: above 0, a node short of CPU
+    # publishes and ingests before it matches, and matches wait (docs/operators.md).
+    match_worker_nice: int = 0
     # Seconds between PDQ index checkpoints while the feed moves (matching/checkpoint.py):
     # what a restart replays, and how soon workers remap what they added in memory.
     index_checkpoint_s: int = 60
@@ -375,6 +378,7 @@ class Config:
                 if self.match_workers or self.match_listen != Config.match_listen
                 else {}
             ),
+            **({"match_worker_nice": self.match_worker_nice} if self.match_worker_nice else {}),
             **(
                 {"index_checkpoint_s": self.index_checkpoint_s}
                 if self.index_checkpoint_s != Config.index_checkpoint_s
@@ -422,6 +426,7 @@ class Config:
                 url=_setting(data, "url", str, ""),
                 match_workers=_setting(data, "match_workers", int, cls.match_workers),
                 match_listen=_setting(data, "match_listen", str, cls.match_listen),
+                match_worker_nice=_setting(data, "match_worker_nice", int, cls.match_worker_nice),
                 index_checkpoint_s=_setting(
                     data, "index_checkpoint_s", int, cls.index_checkpoint_s
                 ),
@@ -454,6 +459,8 @@ class Config:
             raise HomeError(f"config {source}: match_listen: {exc}") from None
         if not 0 <= config.match_workers <= MAX_MATCH_WORKERS:
             raise HomeError(f"config {source}: match_workers must be 0-{MAX_MATCH_WORKERS}")
+        if not 0 <= config.match_worker_nice <= 19:
+            raise HomeError(f"config {source}: match_worker_nice must be 0-19 (a nice value)")
         if not 1 <= config.index_checkpoint_s <= 86_400:
             raise HomeError(f"config {source}: index_checkpoint_s must be 1-86400 (seconds)")
         if not 1 <= config.batch_size <= 10_000:

@@ -461,6 +461,8 @@ def main(argv: list[str] | None = None) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     logging.basicConfig(level=args.log_level, handlers=[handler], force=True)
     worker = Worker(Home(args.home), args.fd, args.report_fd)
+    if worker.config.match_worker_nice:  # read once: a process cannot lower it back
+        os.nice(worker.config.match_worker_nice)
     with contextlib.suppress(KeyboardInterrupt):
         if uvloop is not None and SERVER != "aiohttp":
             uvloop.run(worker.run())
