@@ -5,18 +5,17 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import pytest
 from conftest import Cli, HomeFactory, NodeFactory
+from testdata import VIDEO
 
 from hashmesh.node.hashing.video import hash_video
 from hashmesh.protocol.signals import VPDQSignal
 
-VIDEOS = Path(__file__).resolve().parents[2] / "shared/testdata/video/videos"
+VIDEOS = VIDEO / "videos"
 CHAIR = VIDEOS / "chair-19-sd-bar.mp4"
 SEPIA = VIDEOS / "chair-22-sd-sepia-bar.mp4"
 ORIGINAL = VIDEOS / "chair-orig-22-sd-bar.mp4"
 DOORKNOB = VIDEOS / "doorknob-hd-no-bar.mp4"
-pytestmark = pytest.mark.skipif(not CHAIR.exists(), reason="../shared/testdata/video is not here")
 
 
 def test_hash_prints_md5_sha256_and_the_frames(cli: Cli) -> None:

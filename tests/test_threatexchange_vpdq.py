@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from netnodes import NodeProc
+from testdata import VIDEO
 
 pytest.importorskip("threatexchange")
 
@@ -18,7 +19,7 @@ from hashmesh.integrations.threatexchange import (
 )
 from hashmesh.protocol.signals import VPDQSignal
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared/testdata/video/vpdq-hashes"
+REFERENCE = VIDEO / "vpdq-hashes"
 
 
 def _pytx_vpdq() -> type:

@@ -17,11 +17,12 @@ import wave
 from pathlib import Path
 
 import pytest
+from testdata import VIDEO
 
 from hashmesh.node.hashing.video import VideoError, VideoTooLarge, hash_video
 from hashmesh.protocol.signals import VPDQSignal
 
-DATA = Path(__file__).resolve().parents[2] / "shared/testdata/video"
+DATA = VIDEO
 VIDEOS = sorted((DATA / "videos").glob("*.mp4"))
 # Each costs about a second of decoding; the chair edits look alike, so `make test` takes
 # one of them, HD and the odd dimensions, `make test-slow` all of them.
@@ -29,7 +30,6 @@ QUICK = ("chair-19-sd-bar", "doorknob-hd-no-bar", "test-padded-dimensions")
 SAMPLES = [
     pytest.param(v, marks=() if v.stem in QUICK else pytest.mark.slow, id=v.stem) for v in VIDEOS
 ]
-pytestmark = pytest.mark.skipif(not VIDEOS, reason="../shared/testdata/video is not here")
 
 
 def _reference(name: str) -> dict[int, tuple[int, str, str]]:

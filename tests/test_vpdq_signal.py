@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testdata import VIDEO
 
 from hashmesh.protocol.batches import build_batch, verify_batch, verify_parts
 from hashmesh.protocol.encoding import canonical
@@ -27,7 +28,7 @@ from hashmesh.protocol.signing import CONTEXT_BATCH, SigningKey
 
 VECTORS = Path(__file__).with_name("vectors")
 STORED: dict[str, Any] = json.loads((VECTORS / "vpdq-v1.json").read_text(encoding="utf-8"))
-REFERENCE = Path(__file__).resolve().parents[2] / "shared/testdata/video/vpdq-hashes"
+REFERENCE = VIDEO / "vpdq-hashes"
 DOCS = Path(__file__).resolve().parents[1] / "docs/protocol.md"
 KEY = SigningKey(bytes([1]) * 32)
 H1 = "e271017837246aaccddea259648fb7d62f435c89d9e99b2497763e216c8d055c"

@@ -1,4 +1,5 @@
-"""Where the shared test data lives: Meta's PDQ reference images and the list formats.
+"""Where the shared test data lives: Meta's PDQ reference images and sample videos (with
+vpdq's output for them) and the list formats.
 
 Looked up in $HASHMESH_TESTDATA, then beside the repository (../shared/testdata, the
 layout of this workplace), then at /work/shared/testdata, so a clone anywhere finds it.
@@ -30,3 +31,4 @@ TESTDATA = _find()
 PDQ = TESTDATA / "pdq"
 IMAGES = PDQ / "images"
 FORMATS = TESTDATA / "formats"
+VIDEO = TESTDATA / "video"  # videos/ and vpdq-hashes/
