@@ -572,6 +572,10 @@ def test_the_status_page_shows_a_failing_bridge(
     table = dom.split('id="bridges"', 1)[1].split("</table>", 1)[0]
     assert ">ncmec<" in table and f"ncmec {ncmec.url}" in table
     assert "failing (" in table and "500" in table
+    text = b.cli("status").stdout  # the operator's terminal says it too
+    line = next(x for x in text.splitlines() if x.strip().startswith("ncmec "))
+    assert "ncmec -> " in line and "FAILING (" in line and "0 added" in line, text
+    assert "last error: " in text and "500" in text.split("last error: ", 1)[1], text
 
 
 def test_feedback_out_when_the_node_stopped_is_never_sent_again(tmp_path: Path) -> None:

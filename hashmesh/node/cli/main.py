@@ -651,6 +651,18 @@ def _format_status(d: dict[str, Any]) -> str:
     for p in d["peers"]:
         lines.append(f"  {p['name']:<16} {p['url']}  reads: {', '.join(p['share']) or '-'}")
         lines += [f"    {line}" for line in _peer_health(p, d.get("running", False))]
+    if d.get("bridges"):  # only a running node knows how its bridges are doing
+        lines.append(f"bridges   {len(d['bridges'])}")
+    for b in d.get("bridges", []):
+        c = b["counts"]
+        state = "ok" if b["healthy"] else f"FAILING ({b['failures']} in a row)"
+        lines.append(
+            f"  {b['name']:<16} {b['kind']} -> {b['collection']}  {state}, last success"
+            f" {_ago(b['last_success_ms'])}; {c['added']} added, {c['revoked']} revoked,"
+            f" {b['live']} live"
+        )
+        if not b["healthy"] and b["last_error"]:
+            lines.append(f"    last error: {b['last_error']}")
     by_author: dict[str, list[str]] = {}
     names: dict[str, str] = {}
     for t in d["trust"]:
