@@ -224,13 +224,7 @@ class _Answers:
         why = fresh.refusal(replica.options.max_lag, replica.options.max_stale)
         if why is not None:
             replica.requests["refused_stale"] += 1
-            raise matchroutes.Refused(
-                web.json_response(
-                    {"error": f"this replica is not current: {why}", **fresh.json()},
-                    status=503,
-                    headers={"Retry-After": "1"},
-                )
-            )
+            raise matchroutes.Refused.not_current("replica", why, fresh)
         collections = access.readable(access.grant_of(request), None)
         authors, labels = replica.authors, replica.labels
         store = replica.store

@@ -211,13 +211,7 @@ class Worker:
             why = fresh.refusal(self.max_lag, self.max_stale, self.max_lag_s)
             if why is not None:
                 self.counts["refused"] += 1
-                raise matchroutes.Refused(
-                    web.json_response(
-                        {"error": f"this matcher is not current: {why}", **fresh.json()},
-                        status=503,
-                        headers={"Retry-After": "1"},
-                    )
-                )
+                raise matchroutes.Refused.not_current("matcher", why, fresh)
         collections = access.readable(grant, None)
         author_name, labels = self.config.author_name, self.config.trust_labels()
         readers, matcher = self._reader, self.matcher

@@ -21,6 +21,7 @@ from aiohttp import BodyPartReader, web
 
 from hashmesh.node.errors import NodeError, PayloadTooLarge, ServiceBusy
 from hashmesh.node.hashing.hasher import ImageError, ImageTooLarge, hash_bytes
+from hashmesh.node.matching.freshness import Freshness
 from hashmesh.node.matching.matcher import check_threshold
 from hashmesh.node.matching.pdq_index import DEFAULT_THRESHOLD
 from hashmesh.node.net.bodies import BodyPace, request_body
@@ -40,6 +41,13 @@ class Refused(Exception):
     def __init__(self, response: web.Response) -> None:
         super().__init__(response.status)
         self.response = response
+
+    @classmethod
+    def not_current(cls, what: str, why: str, fresh: Freshness) -> Refused:
+        """A matcher too far behind its source: 503 with Retry-After 1, so a load balancer
+        retries elsewhere, and the freshness that refused it."""
+        body = {"error": f"this {what} is not current: {why}", **fresh.json()}
+        return cls(web.json_response(body, status=503, headers={"Retry-After": "1"}))
 
 
 class MatchDeps(Protocol):
