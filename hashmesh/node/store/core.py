@@ -40,6 +40,7 @@ from hashmesh.node.store.quarantine import (
 )
 from hashmesh.node.store.render import SIGNAL_COLUMNS, signal_dict
 from hashmesh.node.store.schema import migrate
+from hashmesh.node.store.statements import Merge, StatementRow, StatementTable
 from hashmesh.node.store.tokens import TokenTable
 from hashmesh.node.store.transaction import transaction
 from hashmesh.protocol.batches import Batch, LogKey, encode_frame, split_frame, verify_batch
@@ -156,6 +157,7 @@ class Store:
         self.policies = PolicyTable(self.conn)
         self.quarantine = QuarantineTable(self.conn)
         self.bridges = BridgeTable(self.conn)
+        self.statements = StatementTable(self.conn)
         self._log_ids: dict[LogKey, int] = {}
         self._log_keys: dict[int, LogKey] = {}
         self._heads: dict[int, int] = {}
@@ -870,6 +872,23 @@ class Store:
             "forks": self.conn.execute("SELECT count(*) FROM forks").fetchone()[0],
             "feed_cursor": self.feed_cursor(),
         }
+
+    def put_statement(self, row: StatementRow, merge: Merge) -> str:
+        """Store one verified statement (store/statements.py): in the open bulk
+        transaction when there is one, else in its own."""
+        outcome = ""
+
+        def work() -> None:
+            nonlocal outcome
+            outcome = self.statements.put(row, merge, now_ms())
+
+        try:
+            with transaction(self.conn, self.path, nested=self._bulk is not None):
+                work()
+        except BaseException:
+            self.statements.changed()  # a digest computed inside the rollback is void
+            raise
+        return outcome
 
     def meta(self, key: str) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

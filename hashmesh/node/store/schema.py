@@ -25,6 +25,7 @@ from hashmesh.node.errors import HomeError
 from hashmesh.node.store.bridges import BRIDGES_V5
 from hashmesh.node.store.policies import POLICY_V2, POLICY_V3, POLICY_V4
 from hashmesh.node.store.quarantine import QUARANTINE_V3
+from hashmesh.node.store.statements import STATEMENTS_V6
 from hashmesh.node.store.transaction import transaction
 
 STORE_V1 = """
@@ -198,6 +199,10 @@ def _version_5(conn: sqlite3.Connection) -> None:
     run_script(conn, BRIDGES_V5)
 
 
+def _version_6(conn: sqlite3.Connection) -> None:
+    run_script(conn, STATEMENTS_V6)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "release 0.1's tables: logs, batches, signals, feed, tokens, cases", _version_1),
     Migration(2, "match_policy: per-collection match policy (issue 19)", _version_2),
@@ -206,6 +211,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         4, "opinion reasons; quorum by organisation or country, dispute on spike", _version_4
     ),
     Migration(5, "bridges: upstream checkpoints, bridged items, forwarded feedback", _version_5),
+    Migration(
+        6, "statements: certificates, handovers, key revocations, membership (issue 22)", _version_6
+    ),
 )
 
 
