@@ -90,3 +90,24 @@ class SSE:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def multipart(parts: dict[str, bytes]) -> tuple[bytes, str]:
+    """A multipart/form-data body and its content type; the part named "file" is a JPEG."""
+    boundary = "hashmesh-test-boundary"
+    body = b""
+    for name, value in parts.items():
+        extra = '; filename="photo.jpg"\r\nContent-Type: image/jpeg' if name == "file" else ""
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"{extra}\r\n\r\n'
+        body += head.encode() + value + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def match_file(url: str, token: str, parts: dict[str, bytes]) -> tuple[int, Any]:
+    """POST url/v1/match/file with `parts`: (status, decoded JSON answer)."""
+    body, content_type = multipart(parts)
+    status, data = request(
+        url + "/v1/match/file", "POST", token, raw=body, content_type=content_type, timeout=60
+    )
+    return status, json.loads(data)

@@ -15,12 +15,13 @@ import random
 from pathlib import Path
 
 from conftest import Cli, HomeFactory
+from testdata import PDQ
 
 from hashmesh.node.hashing.degenerate import degenerate_reason
 from hashmesh.protocol import SigningKey, build_batch
 from hashmesh.protocol.bundles import encode_bundle_header
 
-NEEDLES = Path("/work/shared/testdata/pdq/needles.txt")
+NEEDLES = PDQ / "needles.txt"
 EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
+from testdata import PDQ
 
 from hashmesh.node.hashing.hasher import (
     MIN_PUBLISH_QUALITY,
@@ -27,20 +27,6 @@ from hashmesh.node.hashing.hasher import (
 from hashmesh.protocol.errors import SignalError
 from hashmesh.protocol.hashing import Digests, md5_hex, pdq_distance, sha1_hex, sha256_hex
 
-
-def _pdq_data() -> Path:
-    here = Path(__file__).resolve().parent.parent
-    for candidate in (
-        os.environ.get("HASHMESH_PDQ_TESTDATA", ""),
-        here.parent / "shared" / "testdata" / "pdq",
-        Path("/work/shared/testdata/pdq"),
-    ):
-        if candidate and (Path(candidate) / "expected.csv").exists():
-            return Path(candidate)
-    pytest.skip("PDQ reference data (shared/testdata/pdq) not found", allow_module_level=True)
-
-
-PDQ = _pdq_data()
 EXPECTED = {row["file"]: row["pdq"] for row in csv.DictReader((PDQ / "expected.csv").open())}
 LOW_QUALITY = ("q0003.jpg", "q0004.jpg", "small.jpg")
 

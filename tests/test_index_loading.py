@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from conftest import HASHMESH, HomeFactory, NodeFactory, clean_env
+from testdata import PDQ
 
 from hashmesh.testing import NodeRun, read_runtime
 
-NEEDLES = Path("/work/shared/testdata/pdq/needles.txt")
+NEEDLES = PDQ / "needles.txt"
 
 
 def request(url: str, token: str | None = None, body: Any = None) -> tuple[int, Any, Any]:

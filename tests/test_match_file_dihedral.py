@@ -7,15 +7,12 @@ stored pixels are a quarter turn away); with it the "rotate270" variant does, an
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from netnodes import NodeProc
+from platform_util import match_file
 from test_exif_orientation import PHOTO, upright_copy
 
 from hashmesh.node.hashing.hasher import pdq_dihedral_from_bytes, pdq_from_bytes
@@ -33,41 +30,12 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProc]:
     assert n.stop() == 0
 
 
-def upload(node: NodeProc, parts: dict[str, bytes]) -> tuple[int, Any]:
-    boundary = uuid.uuid4().hex
-    body = b""
-    for name, value in parts.items():
-        filename = '; filename="photo.jpg"' if name == "file" else ""
-        body += (
-            (
-                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"{filename}\r\n\r\n'
-            ).encode()
-            + value
-            + b"\r\n"
-        )
-    body += f"--{boundary}--\r\n".encode()
-    request = urllib.request.Request(
-        node.url + "/v1/match/file",
-        data=body,
-        headers={
-            "Authorization": f"Bearer {node.admin_token()}",
-            "Content-Type": f"multipart/form-data; boundary={boundary}",
-        },
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 def pdq_results(result: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in result["results"] if r["query"]["type"] == "pdq"]
 
 
 def test_by_default_only_the_stored_pixels_are_queried(node: NodeProc) -> None:
-    status, result = upload(node, {"file": PHOTO.read_bytes()})
+    status, result = match_file(node.url, node.admin_token(), {"file": PHOTO.read_bytes()})
     assert status == 200, result
     assert result["matched"] is False
     (pdq,) = pdq_results(result)
@@ -77,7 +45,9 @@ def test_by_default_only_the_stored_pixels_are_queried(node: NodeProc) -> None:
 
 
 def test_dihedral_finds_the_upright_copy_and_names_the_variant(node: NodeProc) -> None:
-    status, result = upload(node, {"dihedral": b"true", "file": PHOTO.read_bytes()})
+    status, result = match_file(
+        node.url, node.admin_token(), {"dihedral": b"true", "file": PHOTO.read_bytes()}
+    )
     assert status == 200, result
     assert result["matched"] is True
     variants, _ = pdq_dihedral_from_bytes(PHOTO.read_bytes())
@@ -93,5 +63,7 @@ def test_dihedral_finds_the_upright_copy_and_names_the_variant(node: NodeProc) -
 
 @pytest.mark.parametrize("value", [b"yes", b"1", b"TRUE", b"true" * 5])
 def test_a_bad_dihedral_part_is_refused(node: NodeProc, value: bytes) -> None:
-    status, result = upload(node, {"dihedral": value, "file": PHOTO.read_bytes()})
+    status, result = match_file(
+        node.url, node.admin_token(), {"dihedral": value, "file": PHOTO.read_bytes()}
+    )
     assert status == 400 and result["error"] == "dihedral: must be true or false", result

@@ -9,46 +9,19 @@ refusals still hold.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
-from typing import Any
 
 from conftest import HomeFactory, NodeFactory, NodeProcess, set_config
+from platform_util import match_file
 from test_match_workers import get, until
+from testdata import IMAGES
 
 from hashmesh.node.hashing.hasher import hash_bytes
 from hashmesh.testing import read_runtime
-
-IMAGES = Path("/work/shared/testdata/pdq/images")
-
-
-def upload(url: str, token: str, parts: dict[str, bytes]) -> tuple[int, Any]:
-    boundary = uuid.uuid4().hex
-    body = b""
-    for name, value in parts.items():
-        filename = '; filename="photo.jpg"' if name == "file" else ""
-        head = f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"{filename}\r\n\r\n'
-        body += head.encode() + value + b"\r\n"
-    body += f"--{boundary}--\r\n".encode()
-    request = urllib.request.Request(
-        url + "/v1/match/file",
-        data=body,
-        headers={
-            "Authorization": f"Bearer {token}",
-            "Content-Type": f"multipart/form-data; boundary={boundary}",
-        },
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def answered(match_url: str, token: str) -> int:
@@ -81,12 +54,12 @@ def test_node_hands_uploads_to_its_workers(home: HomeFactory, start_node: NodeFa
     node.call("POST", "/v1/signals", {"type": "pdq", "value": hashes.pdq, "collection": "csam"})
     until(
         "the add matchable on the worker",
-        lambda: upload(match_url, node.token, {"file": photo})[1].get("matched") is True,
+        lambda: match_file(match_url, node.token, {"file": photo})[1].get("matched") is True,
     )
 
-    direct = upload(match_url, node.token, {"file": photo, "threshold": b"20"})
+    direct = match_file(match_url, node.token, {"file": photo, "threshold": b"20"})
     before = answered(match_url, node.token)
-    through_node = upload(node.api, node.token, {"file": photo, "threshold": b"20"})
+    through_node = match_file(node.api, node.token, {"file": photo, "threshold": b"20"})
     assert through_node == direct
     assert through_node[0] == 200 and through_node[1]["hashes"]["pdq"] == hashes.pdq
     assert answered(match_url, node.token) == before + 1  # the worker answered it
@@ -95,16 +68,16 @@ def test_node_hands_uploads_to_its_workers(home: HomeFactory, start_node: NodeFa
     (worker,) = runtime["workers"]
     node_before, worker_before = cpu_s(node.proc.pid), cpu_s(worker)
     for _ in range(20):
-        assert upload(node.api, node.token, {"file": photo})[0] == 200
+        assert match_file(node.api, node.token, {"file": photo})[0] == 200
     node_cost, worker_cost = cpu_s(node.proc.pid) - node_before, cpu_s(worker) - worker_before
     assert worker_cost > node_cost, (worker_cost, node_cost)
 
     # Bounds and refusals hold: no file part (the worker's 400, passed through), too large
     # and a bad token (the node's own, before the body is read).
-    status, body = upload(node.api, node.token, {"threshold": b"20"})
+    status, body = match_file(node.api, node.token, {"threshold": b"20"})
     assert status == 400 and "'file' part" in body["error"]
-    status, body = upload(node.api, node.token, {"file": b"x" * (51 << 20)})
+    status, body = match_file(node.api, node.token, {"file": b"x" * (51 << 20)})
     assert status == 413 and "upload" in body["error"]
-    status, body = upload(node.api, "not-a-token", {"file": photo})
+    status, body = match_file(node.api, "not-a-token", {"file": photo})
     assert status == 401
     assert answered(match_url, node.token) == before + 21  # no refusal counted as an answer

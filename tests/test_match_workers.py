@@ -21,12 +21,13 @@ from typing import Any
 
 import pytest
 from conftest import HomeFactory, NodeFactory, NodeProcess, set_config
+from testdata import PDQ
 
 from hashmesh.node.config import Home
 from hashmesh.node.errors import HomeError
 from hashmesh.testing import read_runtime
 
-NEEDLES = Path("/work/shared/testdata/pdq/needles.txt")
+NEEDLES = PDQ / "needles.txt"
 DEADLINE_S = 10.0
 
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from testdata import PDQ
 
 from hashmesh.node.matching import pdq_index
 from hashmesh.node.matching.pdq_index import PDQIndex, hex_to_words, words_to_hex
@@ -119,23 +117,9 @@ def test_default_threshold_is_31() -> None:
     assert index.query(words_to_hex(q32[None])[0]) == []
 
 
-def _pdq_dir() -> Path | None:
-    here = Path(__file__).resolve().parent.parent
-    for c in (
-        os.environ.get("HASHMESH_PDQ_TESTDATA", ""),
-        here.parent / "shared/testdata/pdq",
-        Path("/work/shared/testdata/pdq"),
-    ):
-        if c and (Path(c) / "haystack.txt").exists():
-            return Path(c)
-    return None
-
-
-@pytest.mark.skipif(_pdq_dir() is None, reason="shared/testdata/pdq not found")
 @pytest.mark.parametrize("threshold", [10, 31, 40])
 def test_real_haystack_and_needles(threshold: int) -> None:
-    d = _pdq_dir()
-    assert d is not None
+    d = PDQ
     haystack = [h.strip() for h in (d / "haystack.txt").read_text().split() if h.strip()]
     needles = [h.strip() for h in (d / "needles.txt").read_text().split() if h.strip()]
     words = hex_to_words(haystack)

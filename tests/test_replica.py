@@ -21,12 +21,12 @@ from typing import Any
 
 import pytest
 from netnodes import HASHMESH, NodeProc, wait_for
-from platform_util import ok_json, request
+from platform_util import match_file, ok_json, request
+from testdata import IMAGES, PDQ
 
 from hashmesh.protocol import SigningKey
 
-NEEDLES = Path("/work/shared/testdata/pdq/needles.txt")
-IMAGES = Path("/work/shared/testdata/pdq/images")
+NEEDLES = PDQ / "needles.txt"
 FRESH_S = 10.0  # the bound every "reaches the replica" wait below allows
 
 
@@ -155,26 +155,6 @@ def publish(node: NodeProc, signal_type: str, value: str, collection: str) -> st
     return str(ok_json(node.url + "/v1/signals", "POST", node.admin_token(), body)["op_id"])
 
 
-def upload(url: str, token: str, picture: Path) -> tuple[int, Any]:
-    boundary = "replica-test-boundary"
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="p.jpg"\r\n'
-            "Content-Type: image/jpeg\r\n\r\n"
-        ).encode()
-        + picture.read_bytes()
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    status, data = request(
-        url + "/v1/match/file",
-        "POST",
-        token,
-        raw=body,
-        content_type=f"multipart/form-data; boundary={boundary}",
-    )
-    return status, json.loads(data)
-
-
 def matched_ops(answer: Any) -> list[list[str]]:
     return [[m["op_id"] for m in r["matches"]] for r in answer["results"]]
 
@@ -238,9 +218,9 @@ def test_replica_answers_as_the_node_and_follows_it(
             ],
             timeout=FRESH_S,
         )
-        there = upload(replica.url, platform, picture)
+        there = match_file(replica.url, platform, {"file": picture.read_bytes()})
         assert there[0] == 200 and there[1]["matched"], there
-        assert there == upload(node.url, platform, picture)
+        assert there == match_file(node.url, platform, {"file": picture.read_bytes()})
 
     # The follow token itself may not match, nor may the admin token: neither is a grant.
     assert match(replica.url, follow, queries)[0] == 401
