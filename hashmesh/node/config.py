@@ -112,10 +112,16 @@ class Trust:
     # organisation, and its country as ISO 3166-1 alpha-2 ("BE"). Empty: unlabelled.
     org: str = ""
     country: str = ""
+    # "node": node_id is an author's node key (its own logs); "org": node_id is an
+    # organisation key, and every node key it certified is trusted for the period
+    # certified (issue 22; the authority, protocol/authority.py, decides per batch).
+    kind: str = "node"
 
+
+TRUST_KINDS = ("node", "org")
 
 #: Upstream kinds a bridge can follow (hashmesh/node/bridges/ holds one class per kind).
-BRIDGE_KINDS = ("ncmec", "stopncii")
+BRIDGE_KINDS = ("ncmec", "stopncii", "threatexchange")
 MAX_BRIDGES = 32
 
 
@@ -136,6 +142,7 @@ class Bridge:
     timeout_s: float = 120.0  # an upstream call not answered by then is a failure
     category: str = ""  # "" : csam for ncmec, ncii for stopncii
     dispute_reason: str = ""  # NCMEC: the negative-feedback reason guid a dispute sends
+    privacy_group: str = ""  # ThreatExchange: the privacy group (collaboration) id followed
 
 
 def check_bridge(bridge: Bridge) -> None:
@@ -173,10 +180,21 @@ def check_bridge(bridge: Bridge) -> None:
         raise NodeError(f"bridge category {bridge.category[:40]!r}: not a label")
     if len(bridge.environment) > 64 or len(bridge.dispute_reason) > 64:
         raise NodeError("bridge environment and dispute_reason: at most 64 characters")
+    if bridge.privacy_group and not _PRIVACY_GROUP.fullmatch(bridge.privacy_group):
+        raise NodeError(
+            f"bridge privacy group {bridge.privacy_group[:40]!r}: must be a ThreatExchange"
+            " privacy group id (1-20 digits)"
+        )
+    if bool(bridge.privacy_group) != (bridge.kind == "threatexchange"):
+        raise NodeError(
+            "bridge privacy group: a threatexchange bridge needs --privacy-group ID (the"
+            " collaboration it follows); other kinds take none"
+        )
 
 
 _BRIDGE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_PRIVACY_GROUP = re.compile(r"[1-9][0-9]{0,19}")
 
 
 @dataclass
@@ -241,10 +259,19 @@ class Config:
         return index
 
     def accepts(self, author: str, collection: str) -> bool:
-        """Whether batches by `author` in `collection` may be stored and relayed."""
+        """Whether batches by `author` in `collection` may be stored and relayed, by a
+        trust entry of the author itself (an org's certificates are the authority's:
+        node/authority.py asks `trusted_orgs` as well)."""
         if author == self.node_id:
             return True
         return (author, collection) in self._index.trusted
+
+    def trusted_orgs(self, collection: str) -> frozenset[str]:
+        """Organisations trusted in `collection` (trust entries of kind org)."""
+        return self._index.orgs.get(collection, frozenset())
+
+    def has_org_trust(self) -> bool:
+        return bool(self._index.orgs)
 
     def accepted_collections(self) -> set[str]:
         """Collections with at least one trusted author (besides our own logs)."""
@@ -337,6 +364,7 @@ class Config:
 
     def add_trust(self, trust: Trust) -> None:
         _check_node_id(trust.node_id)
+        _check_trust_kind(trust.kind)
         _check_collection(trust.collection)
         if trust.name:
             validate_name(trust.name, "name")
@@ -393,7 +421,11 @@ class Config:
             "tls": {"cert": self.tls_cert, "key": self.tls_key, "ca": self.tls_ca},
             "peers": [asdict(p) for p in self.peers],
             "trust": [
-                {k: v for k, v in asdict(t).items() if v or k not in ("org", "country")}
+                {
+                    k: v
+                    for k, v in asdict(t).items()
+                    if (v or k not in ("org", "country")) and (k != "kind" or v != "node")
+                }
                 for t in self.trust
             ],
         }
@@ -470,6 +502,7 @@ class Config:
         for n, entry in enumerate(config.trust):
             try:
                 check_trust_labels(entry)
+                _check_trust_kind(entry.kind)
             except NodeError as exc:
                 raise HomeError(f"config {source}: trust[{n}].{exc}") from None
         _check_selfreport(config, source)  # hashmesh/node/web/selfreport.py
@@ -483,7 +516,7 @@ def _check_bridges(config: Config, source: str) -> None:
     seen: set[str] = set()
     for n, bridge in enumerate(config.bridges):
         strings = ("name", "kind", "collection", "environment", "url", "credentials_file")
-        for key in (*strings, "credentials_env", "category", "dispute_reason"):
+        for key in (*strings, "credentials_env", "category", "dispute_reason", "privacy_group"):
             if not isinstance(getattr(bridge, key), str):
                 raise HomeError(f"config {source}: bridges[{n}].{key}: expected a string")
         for key in ("interval_s", "timeout_s"):
@@ -506,7 +539,12 @@ class _Lookup:
 
     def __init__(self, trust: list[Trust], peers: list[Peer]) -> None:
         self.sizes = (len(trust), len(peers))
-        self.trusted = {(t.node_id, t.collection) for t in trust}
+        self.trusted = {(t.node_id, t.collection) for t in trust if t.kind == "node"}
+        orgs: dict[str, set[str]] = {}
+        for t in trust:
+            if t.kind == "org":
+                orgs.setdefault(t.collection, set()).add(t.node_id)
+        self.orgs = {c: frozenset(ids) for c, ids in orgs.items()}
         self.collections = frozenset(t.collection for t in trust)
         self.labels = {
             (t.node_id, t.collection): (t.org, t.country) for t in trust if t.org or t.country
@@ -679,6 +717,11 @@ def _check_node_id(node_id: str) -> None:
         validate_node_id(node_id)
     except ProtocolError as exc:
         raise NodeError(str(exc)) from None
+
+
+def _check_trust_kind(kind: str) -> None:
+    if kind not in TRUST_KINDS:
+        raise NodeError(f"kind: {kind!r} is not a trust kind (one of: {', '.join(TRUST_KINDS)})")
 
 
 def _check_collection(name: str) -> None:

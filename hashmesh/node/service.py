@@ -461,15 +461,26 @@ class NodeService:
         }
         if entry is not None:
             out.update(org=entry.org, country=entry.country)
+            if entry.kind != "node":
+                out["kind"] = entry.kind
         return out
 
     def trust_add(
-        self, node_id: str, collection: str, name: str = "", org: str = "", country: str = ""
+        self,
+        node_id: str,
+        collection: str,
+        name: str = "",
+        org: str = "",
+        country: str = "",
+        kind: str = "node",
     ) -> dict[str, Any]:
         """Trust an author in a collection; `org` and `country` label it for quorums
-        counted by organisation or country (matching/policy.py)."""
+        counted by organisation or country (matching/policy.py). `kind` "org": node_id
+        is an organisation key, trusted for every node key it certified (issue 22)."""
         self.reload_config_if_changed()
-        entry = Trust(node_id=node_id, collection=collection, name=name, org=org, country=country)
+        entry = Trust(
+            node_id=node_id, collection=collection, name=name, org=org, country=country, kind=kind
+        )
         self.config.add_trust(entry)
         self._save_config()
         return self._author_trust(node_id, collection, "trusted", entry)
@@ -788,6 +799,8 @@ def parse_log_cursor(text: str) -> tuple[str, str]:
 def _trust_json(t: Trust) -> dict[str, Any]:
     out = {"node_id": t.node_id, "collection": t.collection, "name": t.name}
     out.update({k: v for k, v in (("org", t.org), ("country", t.country)) if v})
+    if t.kind != "node":
+        out["kind"] = t.kind
     return out
 
 

@@ -96,9 +96,15 @@ class LocalBackend:
         return self.service.trust_list(node_id)
 
     def trust_add(
-        self, node_id: str, collection: str, name: str, org: str = "", country: str = ""
+        self,
+        node_id: str,
+        collection: str,
+        name: str,
+        org: str = "",
+        country: str = "",
+        kind: str = "node",
     ) -> dict[str, Any]:
-        return self.service.trust_add(node_id, collection, name, org, country)
+        return self.service.trust_add(node_id, collection, name, org, country, kind)
 
     def trust_remove(self, node_id: str, collection: str) -> dict[str, Any]:
         return self.service.trust_remove(node_id, collection)
@@ -299,10 +305,18 @@ class RemoteBackend:
         return self._call("GET", f"/v1/admin/trust{query}")
 
     def trust_add(
-        self, node_id: str, collection: str, name: str, org: str = "", country: str = ""
+        self,
+        node_id: str,
+        collection: str,
+        name: str,
+        org: str = "",
+        country: str = "",
+        kind: str = "node",
     ) -> dict[str, Any]:
         body = {"node_id": node_id, "collection": collection, "name": name}
         body.update({k: v for k, v in (("org", org), ("country", country)) if v})
+        if kind != "node":
+            body["kind"] = kind
         return self._call("POST", "/v1/admin/trust", body)
 
     def trust_remove(self, node_id: str, collection: str) -> dict[str, Any]:

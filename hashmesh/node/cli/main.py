@@ -207,6 +207,8 @@ def trust() -> None:
 
 def _trust_text(d: dict[str, Any]) -> str:
     verb = "now trusted" if d["change"] == "trusted" else "no longer trusted"
+    if d.get("kind") == "org":
+        verb += " (an organisation: every node key it certified)"
     name = f" ({d['name']})" if d.get("name") else ""
     name += "".join(f" {k} {d[k]}" for k in ("org", "country") if d.get(k))
     return (
@@ -226,6 +228,7 @@ def trust_list(ctx: Context, node_id: str | None, as_json: bool) -> None:
         return "\n".join(
             f"{t['node_id']}  {t['collection']}{'  ' + t['name'] if t['name'] else ''}"
             + "".join(f"  {k} {t[k]}" for k in ("org", "country") if t.get(k))
+            + ("  (organisation key)" if t.get("kind") == "org" else "")
             for t in d["trust"]
         ) or ("no trusted authors" if node_id is None else f"{node_id} is trusted in nothing")
 
@@ -238,13 +241,30 @@ def trust_list(ctx: Context, node_id: str | None, as_json: bool) -> None:
 @click.option("--name", default="", help="A name to show for this author.")
 @click.option("--org", default="", help="Its organisation, for policy set --quorum-by org.")
 @click.option("--country", default="", help="Its country (ISO 3166-1, e.g. BE), for --quorum-by.")
+@click.option(
+    "--kind",
+    type=click.Choice(["node", "org"]),
+    default="node",
+    show_default=True,
+    help="org: NODE_ID is an organisation key; accept every node key it certified.",
+)
 @json_option
 @pass_ctx
 def trust_add(
-    ctx: Context, node_id: str, collection: str, name: str, org: str, country: str, as_json: bool
+    ctx: Context,
+    node_id: str,
+    collection: str,
+    name: str,
+    org: str,
+    country: str,
+    kind: str,
+    as_json: bool,
 ) -> None:
-    """Accept batches authored by NODE_ID in COLLECTION (from any relay)."""
-    ctx.show(lambda b: b.trust_add(node_id, collection, name, org, country), as_json, _trust_text)
+    """Accept batches authored by NODE_ID in COLLECTION (from any relay); with --kind org,
+    batches of any node key the organisation NODE_ID certified, while certified."""
+    ctx.show(
+        lambda b: b.trust_add(node_id, collection, name, org, country, kind), as_json, _trust_text
+    )
 
 
 @trust.command("remove")

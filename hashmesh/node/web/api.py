@@ -304,8 +304,10 @@ async def trust_list(request: web.Request) -> web.Response:
 
 async def trust_add(request: web.Request) -> web.Response:
     deps = request.app[API_KEY]
-    body = _fields(await read_json(request), ("node_id", "collection"), ("name", "org", "country"))
-    for name in ("node_id", "collection", "name", "org", "country"):
+    body = _fields(
+        await read_json(request), ("node_id", "collection"), ("name", "org", "country", "kind")
+    )
+    for name in ("node_id", "collection", "name", "org", "country", "kind"):
         _text(body, name)
     return await _policy(
         request,
@@ -315,6 +317,7 @@ async def trust_add(request: web.Request) -> web.Response:
         body.get("name") or "",
         body.get("org") or "",
         body.get("country") or "",
+        body.get("kind") or "node",
     )
 
 
