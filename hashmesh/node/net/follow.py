@@ -23,7 +23,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -189,14 +189,25 @@ def parse_add(entry: dict[str, Any], what: str) -> Add:
     )
 
 
-def parse_stances(value: Any, what: str) -> list[StanceRow]:
-    if not isinstance(value, list) or len(value) > MAX_STANCES:
-        raise NodeDataError(f"{what}: expected a list of at most {MAX_STANCES} stances")
-    out = []
-    for n, s in enumerate(value):
-        where = f"{what}[{n}]"
-        if not isinstance(s, dict):
+def _entries(value: Any, what: str, limit: int, noun: str) -> Iterator[tuple[str, Any]]:
+    """Each entry of a bounded list with the name an error about it gives."""
+    if not isinstance(value, list) or len(value) > limit:
+        raise NodeDataError(f"{what}: expected a list of at most {limit} {noun}")
+    for n, entry in enumerate(value):
+        yield f"{what}[{n}]", entry
+
+
+def _objects(value: Any, what: str, limit: int, noun: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each object of a bounded list of objects, as `_entries`."""
+    for where, entry in _entries(value, what, limit, noun):
+        if not isinstance(entry, dict):
             raise NodeDataError(f"{where}: expected an object")
+        yield where, entry
+
+
+def parse_stances(value: Any, what: str) -> list[StanceRow]:
+    out = []
+    for where, s in _objects(value, what, MAX_STANCES, "stances"):
         author = _node_id(s.get("author"), f"{where}.author")
         verdict = s.get("verdict")
         if verdict not in (None, "confirm", "dispute"):
@@ -276,12 +287,9 @@ class ReplicaState:
 def _labels(body: dict[str, Any]) -> dict[tuple[str, str], tuple[str, str]]:
     """The node's trust labels (org, country) per author and collection we follow, for
     quorums counted by them; each checked as the node checks its config's."""
-    raw = body.get("labels", [])
-    if not isinstance(raw, list) or len(raw) > MAX_AUTHORS:
-        raise NodeDataError(f"replica state.labels: expected a list of at most {MAX_AUTHORS}")
     out: dict[tuple[str, str], tuple[str, str]] = {}
-    for n, entry in enumerate(raw):
-        where = f"replica state.labels[{n}]"
+    labels = body.get("labels", [])
+    for where, entry in _entries(labels, "replica state.labels", MAX_AUTHORS, "labels"):
         if not isinstance(entry, list) or len(entry) != 4:
             raise NodeDataError(f"{where}: expected [author, collection, org, country]")
         author = _node_id(entry[0], f"{where}[0]")
@@ -298,13 +306,8 @@ def _labels(body: dict[str, Any]) -> dict[tuple[str, str], tuple[str, str]]:
 def _quarantined(body: dict[str, Any]) -> frozenset[str]:
     """The op ids the node holds under quarantine in the collections we follow."""
     raw = body.get("quarantined", [])
-    if not isinstance(raw, list) or len(raw) > MAX_QUARANTINED:
-        raise NodeDataError(
-            f"replica state.quarantined: expected a list of at most {MAX_QUARANTINED} op ids"
-        )
     out = []
-    for n, op_id in enumerate(raw):
-        where = f"replica state.quarantined[{n}]"
+    for where, op_id in _entries(raw, "replica state.quarantined", MAX_QUARANTINED, "op ids"):
         try:
             out.append(str(OpId.parse(_str(op_id, where))))
         except ProtocolError as exc:
@@ -316,13 +319,8 @@ def _policies(body: dict[str, Any]) -> list[CollectionPolicy]:
     """The node's match policy for the collections we follow (absent from a node older
     than policy: none); each checked as the node checks an operator's."""
     raw = body.get("policies", [])
-    if not isinstance(raw, list) or len(raw) > MAX_POLICIES:
-        raise NodeDataError(f"replica state.policies: expected a list of at most {MAX_POLICIES}")
     out = []
-    for n, entry in enumerate(raw):
-        where = f"replica state.policies[{n}]"
-        if not isinstance(entry, dict):
-            raise NodeDataError(f"{where}: expected an object")
+    for where, entry in _objects(raw, "replica state.policies", MAX_POLICIES, "policies"):
         fields = dict(entry)
         collection = _collection(fields.pop("collection", None), f"{where}.collection")
         try:
@@ -336,14 +334,8 @@ def parse_state(body: Any) -> ReplicaState:
     if not isinstance(body, dict):
         raise NodeDataError("replica state: expected a JSON object")
     head = _int(body.get("cursor"), "replica state.cursor")
-    grants_in = body.get("grants")
-    if not isinstance(grants_in, list) or len(grants_in) > MAX_GRANTS:
-        raise NodeDataError(f"replica state.grants: expected a list of at most {MAX_GRANTS}")
     grants: dict[str, Grant] = {}
-    for n, g in enumerate(grants_in):
-        where = f"replica state.grants[{n}]"
-        if not isinstance(g, dict):
-            raise NodeDataError(f"{where}: expected an object")
+    for where, g in _objects(body.get("grants"), "replica state.grants", MAX_GRANTS, "grants"):
         digest = _str(g.get("hash"), f"{where}.hash")
         if not _HEX64.match(digest):
             raise NodeDataError(f"{where}.hash: expected a SHA-256 in hex")
