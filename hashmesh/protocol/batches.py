@@ -75,6 +75,13 @@ class Header(BaseModel):
     count: int = Field(ge=1, le=MAX_OPS_PER_BATCH)
     size: int = Field(ge=2, le=MAX_OPS_BYTES)
     root: str = Field(pattern=r"^[0-9a-f]{64}$")
+    # The key that signed, when it is not the author (a log continued after a hand-over).
+    # Absent when the author signs, so every header from before hand-overs is unchanged.
+    signer: str | None = Field(default=None, max_length=64)
+
+    @property
+    def signed_by(self) -> str:
+        return self.author if self.signer is None else self.signer
 
 
 def parse_header(header_bytes: bytes) -> Header:
@@ -92,15 +99,24 @@ def parse_header(header_bytes: bytes) -> Header:
         loc = ".".join(str(p) for p in first["loc"])
         raise BatchError(f"batch header.{loc}: {first['msg']}") from None
     validate_node_id(header.author, "batch header.author")
+    if "signer" in value:
+        if header.signer is None:
+            raise BatchError("batch header.signer: absent when the author signs, never null")
+        if header.signer == header.author:
+            raise BatchError("batch header.signer: absent when the author signs")
+        validate_node_id(header.signer, "batch header.signer")
     if (header.seq == 1) != (header.prev is None):
         raise BatchError("batch header.prev: must be null exactly when seq is 1")
     return header
 
 
 def verify_header(header_bytes: bytes, signature: bytes) -> Header:
-    """Parse a header just far enough to learn its author, then check the author's signature."""
+    """Parse a header just far enough to learn its signer, then check the signature.
+
+    The signer is the author unless the header names another key; whether that key may
+    sign this log at this seq is the authority's question (hashmesh.protocol.authority)."""
     header = parse_header(header_bytes)
-    verify(header.author, CONTEXT_BATCH, header_bytes, signature)
+    verify(header.signed_by, CONTEXT_BATCH, header_bytes, signature)
     return header
 
 
@@ -283,9 +299,12 @@ def build_batch(
     prev: bytes | None,
     ts: int,
     ops: list[AnyOp] | list[dict[str, Any]],
+    author: str | None = None,
 ) -> Batch:
-    """Sign a new batch. The result is verified like any received batch before it is returned,
-    so a node can never publish something its peers would refuse.
+    """Sign a new batch. The result is verified like any received batch before it is
+    returned, so a node can never publish something its peers would refuse. `author` names
+    the log's author when `key` is not it (the key a hand-over passed the log to); the
+    header then carries `key` as its signer.
 
     The caller chooses the ops and packs them: an empty or oversized batch, or one that
     would not verify, is its mistake (ProtocolUsageError); an op that breaks the schema is
@@ -299,9 +318,9 @@ def build_batch(
         raise BatchOverflow(f"batch ops: {len(ops_bytes)} bytes exceeds {MAX_OPS_BYTES}")
     lines = ops_bytes.split(b"\n")
     leaf_hashes = [sha256(b"\x00" + line).digest() for line in lines]
-    header_value = {
+    header_value: dict[str, Any] = {
         "v": FORMAT_VERSION,
-        "author": key.node_id,
+        "author": key.node_id if author is None else author,
         "collection": collection,
         "seq": seq,
         "prev": prev.hex() if prev is not None else None,
@@ -310,6 +329,8 @@ def build_batch(
         "size": len(ops_bytes),
         "root": root_from_leaf_hashes(leaf_hashes).hex(),
     }
+    if author is not None and author != key.node_id:
+        header_value["signer"] = key.node_id
     header_bytes = canonical(header_value)
     signature = key.sign(CONTEXT_BATCH, header_bytes)
     try:

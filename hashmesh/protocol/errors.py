@@ -49,6 +49,10 @@ class BundleError(ProtocolError):
     """A bundle file that is truncated or not a hashmesh bundle."""
 
 
+class StatementError(ProtocolError):
+    """A statement (certificate, hand-over, revocation, ...) that breaks its kind's rules."""
+
+
 class ProtocolUsageError(Exception):
     """The protocol API was called in a way it never allows: a bug in the caller's code.
 

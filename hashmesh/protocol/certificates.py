@@ -1,0 +1,157 @@
+"""Which key may sign for a log: org certificates, hand-overs and key revocations.
+
+Three statement kinds (hashmesh.protocol.statements) about node keys:
+
+- "cert": an org certifies node key `key` for [not_before, not_after] (unix seconds; a
+  batch header's ts must fall inside). Signed by the org alone. Unscoped.
+- "handover": log (author, collection) is signed by `key` up to and including `seq`, whose
+  batch has header hash `head`, and by `next` after it. Signed by `next` and by `key` (or,
+  when `key` is lost, by an org; whether that org certified both keys is the authority's
+  question). Scoped to the collection.
+- "key-revoke": an org withdraws `key` in `collection` ("*" = every collection) for every
+  seq above `after`. Signed by the org; effective only if that org certified the key.
+  Scoped to the collection, unscoped for "*".
+
+The body carries the log's `author` on a hand-over (deviation from the first design, which
+had only key and next): without it a hand-over B -> C would not say whether it continues
+B's own log or a log B took over from A.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from hashmesh.protocol.encoding import MAX_SAFE_INT
+from hashmesh.protocol.errors import StatementError
+from hashmesh.protocol.names import COLLECTION_PATTERN
+from hashmesh.protocol.statements import NODE_ID_MAX, Kind, StatementBody
+
+MAX_NAME = 128
+MAX_REASON = 512
+ALL_COLLECTIONS = "*"
+_HEX64 = r"^[0-9a-f]{64}$"
+
+
+class CertBody(StatementBody):
+    omit_if_none: ClassVar[frozenset[str]] = frozenset({"name"})
+    id_fields: ClassVar[tuple[str, ...]] = ("org", "key")
+
+    kind: Literal["cert"] = "cert"
+    org: str = Field(max_length=NODE_ID_MAX)
+    key: str = Field(max_length=NODE_ID_MAX)
+    not_before: int = Field(ge=0, le=MAX_SAFE_INT)
+    not_after: int = Field(ge=0, le=MAX_SAFE_INT)
+    name: str | None = Field(default=None, min_length=1, max_length=MAX_NAME)
+
+
+class HandoverBody(StatementBody):
+    id_fields: ClassVar[tuple[str, ...]] = ("author", "key", "next")
+
+    kind: Literal["handover"] = "handover"
+    author: str = Field(max_length=NODE_ID_MAX)
+    collection: str = Field(pattern=COLLECTION_PATTERN)
+    key: str = Field(max_length=NODE_ID_MAX)
+    next: str = Field(max_length=NODE_ID_MAX)
+    seq: int = Field(ge=1, le=MAX_SAFE_INT)
+    head: str = Field(pattern=_HEX64)
+
+
+class KeyRevokeBody(StatementBody):
+    id_fields: ClassVar[tuple[str, ...]] = ("org", "key")
+
+    kind: Literal["key-revoke"] = "key-revoke"
+    org: str = Field(max_length=NODE_ID_MAX)
+    key: str = Field(max_length=NODE_ID_MAX)
+    collection: str = Field(pattern=r"^(\*|[a-z0-9][a-z0-9._-]{0,63})$")
+    after: int = Field(ge=0, le=MAX_SAFE_INT)
+    reason: str = Field(min_length=1, max_length=MAX_REASON)
+
+
+def _need(signers: frozenset[str], who: str, field: str, kind: str) -> None:
+    if who not in signers:
+        raise StatementError(f"statement sigs: a {kind} must be signed by its {field} ({who})")
+
+
+class CertKind(Kind):
+    name: ClassVar[str] = "cert"
+    body_model: ClassVar[type[StatementBody]] = CertBody
+    description: ClassVar[str] = "an org certifies a node key for a period"
+
+    @classmethod
+    def check_body(cls, body: StatementBody) -> None:
+        assert isinstance(body, CertBody)
+        if body.not_after < body.not_before:
+            raise StatementError("statement body.not_after: before not_before")
+        if body.org == body.key:
+            raise StatementError("statement body.key: an org key does not certify itself")
+
+    @classmethod
+    def check_signers(cls, body: StatementBody, signers: frozenset[str]) -> None:
+        assert isinstance(body, CertBody)
+        _need(signers, body.org, "org", cls.name)
+
+    @classmethod
+    def may_sign(cls, body: StatementBody, signer: str) -> bool:
+        assert isinstance(body, CertBody)
+        return signer == body.org
+
+
+class HandoverKind(Kind):
+    name: ClassVar[str] = "handover"
+    body_model: ClassVar[type[StatementBody]] = HandoverBody
+    description: ClassVar[str] = "a log continues under a new key after a seq"
+
+    @classmethod
+    def check_body(cls, body: StatementBody) -> None:
+        assert isinstance(body, HandoverBody)
+        if body.next == body.key:
+            raise StatementError("statement body.next: the same key as key")
+        if body.next == body.author:
+            raise StatementError("statement body.next: a log never returns to its author")
+
+    @classmethod
+    def check_signers(cls, body: StatementBody, signers: frozenset[str]) -> None:
+        assert isinstance(body, HandoverBody)
+        _need(signers, body.next, "next key", cls.name)
+        if len(signers - {body.next}) == 0:
+            raise StatementError(
+                f"statement sigs: a handover must also be signed by its key ({body.key}) "
+                "or, if that key is lost, by an org that certified both keys"
+            )
+
+    @classmethod
+    def scope(cls, body: StatementBody) -> str | None:
+        assert isinstance(body, HandoverBody)
+        return body.collection
+
+
+class KeyRevokeKind(Kind):
+    name: ClassVar[str] = "key-revoke"
+    body_model: ClassVar[type[StatementBody]] = KeyRevokeBody
+    description: ClassVar[str] = "an org withdraws a node key after a seq"
+
+    @classmethod
+    def check_body(cls, body: StatementBody) -> None:
+        assert isinstance(body, KeyRevokeBody)
+        if body.org == body.key:
+            raise StatementError("statement body.key: an org key does not revoke itself")
+
+    @classmethod
+    def check_signers(cls, body: StatementBody, signers: frozenset[str]) -> None:
+        assert isinstance(body, KeyRevokeBody)
+        _need(signers, body.org, "org", cls.name)
+
+    @classmethod
+    def may_sign(cls, body: StatementBody, signer: str) -> bool:
+        assert isinstance(body, KeyRevokeBody)
+        return signer == body.org
+
+    @classmethod
+    def scope(cls, body: StatementBody) -> str | None:
+        assert isinstance(body, KeyRevokeBody)
+        return None if body.collection == ALL_COLLECTIONS else body.collection
+
+
+KINDS: tuple[type[Kind], ...] = (CertKind, HandoverKind, KeyRevokeKind)
