@@ -1,0 +1,210 @@
+"""Witnessed log heads: cosigns, and the split views they expose.
+
+A log's author can show one history to some peers and another to others (a split view, as
+in Certificate Transparency): each peer's chain verifies, and version vectors compare only
+seq numbers, so two peers holding different batches at the same seq never fetch from each
+other and never see the fork. A cosign is a node's signed statement "I verified this log up
+to `seq`, and the header there hashes to `head`" (C2SP tlog-witness's cosignature, for a
+hash chain instead of a Merkle tree). Gossiped to those who may read the collection, cosigns
+let every node compare the heads others verified with its own: two different heads named
+for one (log, seq), by two cosigns or by a cosign and a header held here, prove a split
+view without any central log. The prev links make one head at seq S commit to the whole
+history before it, so agreeing at S is agreeing on everything up to S.
+
+Sans-IO: the envelope (statements.py) verifies the witness's signature; this module only
+reads verified bodies.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from hashmesh.protocol.errors import StatementError
+from hashmesh.protocol.names import COLLECTION_PATTERN
+from hashmesh.protocol.statements import Kind, StatementBody
+
+KIND = "cosign"
+
+_ID = r"^ed25519:[A-Za-z0-9_-]{43}$"
+_HEX = r"^[0-9a-f]{64}$"
+
+
+class CosignBody(StatementBody):
+    """The body of a "cosign" statement, signed by `witness` (a node key)."""
+
+    id_fields: ClassVar[tuple[str, ...]] = ("witness", "author")
+
+    kind: Literal["cosign"] = "cosign"
+    witness: str = Field(pattern=_ID)
+    author: str = Field(pattern=_ID)
+    collection: str = Field(pattern=COLLECTION_PATTERN)
+    seq: int = Field(ge=1, le=2**53 - 1)
+    head: str = Field(pattern=_HEX)
+
+
+class CosignKind(Kind):
+    """Signed by the witness alone; scoped to the log's collection, since a head is a fact
+    about the collection (that it exists, how far it is); one slot per (witness, log), so a
+    witness's newer head supersedes its older one and a node keeps one cosign per witness
+    per log however long the log grows."""
+
+    name = KIND
+    body_model = CosignBody
+    description = "a witness's signed view of a log's head"
+
+    @classmethod
+    def check_signers(cls, body: StatementBody, signers: frozenset[str]) -> None:
+        assert isinstance(body, CosignBody)
+        if signers != {body.witness}:
+            raise StatementError("cosign sigs: must be signed by its witness, and only by it")
+
+    @classmethod
+    def may_sign(cls, body: StatementBody, signer: str) -> bool:
+        assert isinstance(body, CosignBody)
+        return signer == body.witness
+
+    @classmethod
+    def scope(cls, body: StatementBody) -> str | None:
+        assert isinstance(body, CosignBody)
+        return body.collection
+
+    @classmethod
+    def slot(cls, body: StatementBody) -> tuple[str, int] | None:
+        assert isinstance(body, CosignBody)
+        return f"{body.witness} {body.author} {body.collection}", body.seq
+
+
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    """One party's view of (log, seq): a witness's cosign, or this node's own header."""
+
+    witness: str
+    head: str
+    own: bool = False  # a header this node holds, not a cosign
+
+
+@dataclass(frozen=True)
+class SplitView:
+    """Two or more heads for one (log, seq): evidence that the author showed different
+    histories to different parties. `heads` maps each head to who saw it, sorted."""
+
+    author: str
+    collection: str
+    seq: int
+    heads: Mapping[str, tuple[str, ...]]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "author": self.author,
+            "collection": self.collection,
+            "seq": self.seq,
+            "heads": [{"head": h, "witnesses": list(w)} for h, w in sorted(self.heads.items())],
+        }
+
+
+def split_views(
+    cosigns: Iterable[CosignBody],
+    held: Callable[[str, str, int], str | None],
+    me: str,
+) -> list[SplitView]:
+    """Every (log, seq) for which the cosigns, and this node's own headers, name more than
+    one head. `held(author, collection, seq)` is the hex hash of the header this node holds
+    there, or None; `me` names this node among the witnesses. Depends only on the set of
+    cosigns, not their order; sorted by log then seq."""
+    seen: dict[tuple[str, str, int], dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for c in cosigns:
+        seen[(c.author, c.collection, c.seq)][c.head].add(c.witness)
+    out: list[SplitView] = []
+    for (author, collection, seq), heads in sorted(seen.items()):
+        ours = held(author, collection, seq)
+        if ours is not None:
+            heads[ours].add(me)
+        if len(heads) > 1:
+            out.append(
+                SplitView(author, collection, seq, {h: tuple(sorted(w)) for h, w in heads.items()})
+            )
+    return out
+
+
+Agreement = Literal["same", "different", "ahead", "unknown"]
+
+
+@dataclass(frozen=True, slots=True)
+class WitnessLine:
+    """What one witness saw of a log, against this node's copy."""
+
+    witness: str
+    seq: int
+    head: str
+    agreement: Agreement
+    orgs: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "witness": self.witness,
+            "orgs": list(self.orgs),
+            "seq": self.seq,
+            "head": self.head,
+            "agreement": self.agreement,
+        }
+
+
+def witnesses(
+    author: str,
+    collection: str,
+    cosigns: Iterable[CosignBody],
+    held: Callable[[int], str | None],
+    our_seq: int,
+    orgs: Callable[[str], Iterable[str]] | None = None,
+) -> list[WitnessLine]:
+    """Who saw what of one log: each witness's latest cosign (the highest seq; at one seq,
+    every distinct head it signed is kept, since a witness signing two is itself news), and
+    whether it agrees with the header this node holds at that seq (`held(seq)`, our head
+    is `our_seq`): "same", "different" (a split view), "ahead" (beyond our head: nothing to
+    compare yet), or "unknown" (we hold no header there). `orgs(witness)` names the
+    organisations vouching for a witness key, for "which organisations saw this head"."""
+    latest: dict[str, tuple[int, set[str]]] = {}
+    for c in cosigns:
+        if c.author != author or c.collection != collection:
+            continue
+        have = latest.get(c.witness)
+        if have is None or c.seq > have[0]:
+            latest[c.witness] = (c.seq, {c.head})
+        elif c.seq == have[0]:
+            have[1].add(c.head)
+    out: list[WitnessLine] = []
+    for witness, (seq, heads) in sorted(latest.items()):
+        ours = held(seq) if seq <= our_seq else None
+        for head in sorted(heads):
+            agreement: Agreement
+            if seq > our_seq:
+                agreement = "ahead"
+            elif ours is None:
+                agreement = "unknown"
+            else:
+                agreement = "same" if ours == head else "different"
+            names = tuple(sorted(set(orgs(witness)))) if orgs is not None else ()
+            out.append(WitnessLine(witness, seq, head, agreement, names))
+    return out
+
+
+def cosign_body(
+    witness: str, author: str, collection: str, seq: int, head: str, ts: int
+) -> CosignBody:
+    """The body a witness signs for the head it verified."""
+    return CosignBody(
+        ts=ts,
+        witness=witness,
+        author=author,
+        collection=collection,
+        seq=seq,
+        head=head,
+    )
+
+
+KINDS = [CosignKind]

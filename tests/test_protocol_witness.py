@@ -1,0 +1,136 @@
+"""Witness cosigns and split views (protocol/witness.py): a cosign is signed by its witness
+only; two different heads for one (log, seq), from cosigns or a held header, are found
+whatever order the cosigns come in, and nothing is reported when all agree."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hashmesh.protocol.errors import ProtocolError
+from hashmesh.protocol.signing import SigningKey
+from hashmesh.protocol.statements import Registry, add_signatures, parse_statement, sign_statement
+from hashmesh.protocol.witness import (
+    CosignBody,
+    CosignKind,
+    cosign_body,
+    split_views,
+    witnesses,
+)
+
+REG = Registry([CosignKind])
+AUTHOR = SigningKey(b"\x61" * 32).node_id
+W1, W2, W3 = (SigningKey(bytes([0x70 + i]) * 32) for i in range(3))
+ME = SigningKey(b"\x7f" * 32).node_id
+H1, H2, H3 = ("1" * 64, "2" * 64, "3" * 64)
+
+
+def cs(w: SigningKey, seq: int, head: str, collection: str = "csam") -> CosignBody:
+    return cosign_body(w.node_id, AUTHOR, collection, seq, head, 1_700_000_000)
+
+
+def test_a_cosign_is_signed_by_its_witness_only() -> None:
+    body = cs(W1, 3, H1)
+    statement = sign_statement(body, [W1], REG)
+    assert parse_statement(statement.to_wire(), REG).body == body
+    assert statement.scope == "csam"
+    assert statement.slot == (f"cosign:{W1.node_id} {AUTHOR} csam", 3)
+    with pytest.raises(Exception, match=r"refusing to sign|does not sign"):
+        sign_statement(body, [W2], REG)
+    with pytest.raises(Exception, match="does not sign"):
+        add_signatures(statement, [W2])
+
+
+def test_a_later_cosign_supersedes_by_seq() -> None:
+    a = sign_statement(cs(W1, 3, H1), [W1], REG)
+    b = sign_statement(cs(W1, 4, H2), [W1], REG)
+    assert a.slot is not None and b.slot is not None
+    assert a.slot[0] == b.slot[0] and b.slot[1] > a.slot[1]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("seq", 0), ("head", "A" * 64), ("witness", "ed25519:x"), ("collection", "A")],
+)
+def test_bad_cosigns_are_refused_naming_the_field(field: str, value: object) -> None:
+    from hashmesh.protocol.encoding import canonical
+
+    raw = cs(W1, 3, H1).model_dump()
+    raw[field] = value
+    with pytest.raises(ProtocolError, match=field):
+        REG.parse_body(canonical(raw))
+
+
+def test_two_witnesses_naming_different_heads_is_a_split_view() -> None:
+    views = split_views([cs(W1, 5, H1), cs(W2, 5, H2), cs(W3, 5, H1)], lambda *k: None, ME)
+    assert len(views) == 1
+    view = views[0]
+    assert (view.author, view.collection, view.seq) == (AUTHOR, "csam", 5)
+    assert view.heads == {
+        H1: tuple(sorted([W1.node_id, W3.node_id])),
+        H2: (W2.node_id,),
+    }
+    assert view.to_json()["heads"] == [
+        {"head": H1, "witnesses": sorted([W1.node_id, W3.node_id])},
+        {"head": H2, "witnesses": [W2.node_id]},
+    ]
+
+
+def test_a_cosign_against_our_own_header_is_a_split_view() -> None:
+    held = {(AUTHOR, "csam", 5): H1}
+    views = split_views([cs(W2, 5, H2)], lambda a, c, s: held.get((a, c, s)), ME)
+    assert [v.heads for v in views] == [{H1: (ME,), H2: (W2.node_id,)}]
+
+
+def test_agreement_and_other_collections_are_not_split_views() -> None:
+    held = {(AUTHOR, "csam", 5): H1}
+    same = [cs(W1, 5, H1), cs(W2, 5, H1), cs(W3, 5, H2, "ncii")]
+    assert split_views(same, lambda a, c, s: held.get((a, c, s)), ME) == []
+
+
+def test_witness_report_against_our_copy() -> None:
+    ours = {1: H3, 4: H1, 5: H2}
+    lines = witnesses(
+        AUTHOR,
+        "csam",
+        [cs(W1, 4, H1), cs(W1, 2, H3), cs(W2, 5, H3), cs(W3, 9, H1), cs(W3, 9, H1, "ncii")],
+        ours.get,
+        5,
+        lambda w: {"org-" + w[-4:]},
+    )
+    got = {(line.witness, line.seq, line.agreement) for line in lines}
+    assert got == {(W1.node_id, 4, "same"), (W2.node_id, 5, "different"), (W3.node_id, 9, "ahead")}
+    assert all(line.orgs == ("org-" + line.witness[-4:],) for line in lines)
+    assert lines[0].to_json()["agreement"] in {"same", "different", "ahead"}
+
+
+SIGHTINGS = st.lists(
+    st.tuples(st.sampled_from([W1, W2, W3]), st.integers(1, 3), st.sampled_from([H1, H2])),
+    max_size=12,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(SIGHTINGS, st.randoms())
+def test_split_views_depend_only_on_the_set(
+    picked: list[tuple[SigningKey, int, str]], rnd: object
+) -> None:
+    bodies = [cs(w, s, h) for w, s, h in picked]
+    shuffled = list(bodies)
+    rnd.shuffle(shuffled)  # type: ignore[attr-defined]
+    held = {(AUTHOR, "csam", 2): H1}
+
+    def look(a: str, c: str, s: int) -> str | None:
+        return held.get((a, c, s))
+
+    assert split_views(bodies, look, ME) == split_views(shuffled + shuffled[:3], look, ME)
+    # found exactly where two heads were named
+    named: dict[int, set[str]] = {}
+    for _, s, h in picked:
+        named.setdefault(s, set()).add(h)
+    if 2 in named:
+        named[2].add(H1)
+    assert [v.seq for v in split_views(bodies, look, ME)] == sorted(
+        s for s, heads in named.items() if len(heads) > 1
+    )
