@@ -513,7 +513,9 @@ def test_bridge_add_refuses_what_cannot_work_and_changes_nothing(
     none = str(tmp_path / "none")
     base = ["bridge", "add", "x", "--collection", C]
     cases = [
-        ([*base, "--kind", "threatexchange", "--credentials-file", str(good)], "not supported yet"),
+        ([*base, "--kind", "threatexchange", "--credentials-file", str(good)], "--privacy-group"),
+        ([*base, "--kind", "ncmec", "--privacy-group", "12", "--credentials-file", str(good)],
+         "other kinds take none"),
         ([*base, "--kind", "ncmec", "--credentials-file", str(loose)], "chmod 600"),
         ([*base, "--kind", "ncmec", "--credentials-file", str(bad)], "USER:PASSWORD"),
         ([*base, "--kind", "ncmec", "--credentials-file", none], "does not exist"),

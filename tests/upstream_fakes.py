@@ -1,7 +1,10 @@
-"""Fake NCMEC and StopNCII servers on 127.0.0.1 that speak each API in its real shape.
+"""Fake NCMEC, StopNCII and ThreatExchange servers on 127.0.0.1 that speak each API in its
+real shape.
 
 The shapes are those of ../shared/testdata/formats (from python-threatexchange's test
-data) and of what python-threatexchange's unchanged clients send and parse: NCMEC's v2
+data) and of what python-threatexchange's unchanged clients send and parse (for
+ThreatExchange, which has no recorded answers there: the Graph API's threat_updates
+fields pytx asks for and reads, and its paging and error objects): NCMEC's v2
 `entries` XML with images/videos, deletedImage/deletedVideo, `paging/next` URLs carrying
 their window; StopNCII's FetchHashes JSON with nextPageToken/nextSetTimestamp/
 hasMoreRecords. Like the real NCMEC API, a window's entries come in no time order (a
@@ -363,3 +366,150 @@ class FakeStopNCII(_Server):
         with self.lock:
             self.feedback.extend(body["hashFeedbacks"])
         return web.json_response({"count": len(body["hashFeedbacks"])})
+
+
+# -- Meta ThreatExchange Graph API -------------------------------------------------------
+
+
+@dataclass
+class TEDescriptor:
+    id: str
+    owner: int
+    status: str = "MALICIOUS"  # MALICIOUS | NON_MALICIOUS | SUSPICIOUS | UNKNOWN
+    tags: list[str] = field(default_factory=list)
+    review_status: str = "REVIEWED_MANUALLY"
+    owner_visible: bool = True  # ThreatExchange's visibility bug: the owner not given
+
+    def json(self, n: int) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "status": self.status,
+            "review_status": self.review_status,
+            # the descriptor's tags edge, in its Graph API shape (a list of tag objects)
+            "tags": {"data": [{"id": str(9000 + i), "text": t} for i, t in enumerate(self.tags)]}
+            if n % 2 == 0
+            else list(self.tags),  # and as a plain list, which pytx also reads
+        }
+        if self.owner_visible:
+            out["owner"] = {"id": str(self.owner)}
+        return out
+
+
+@dataclass
+class TEIndicator:
+    id: str
+    type: str
+    indicator: str
+    ts: int  # the update time the API orders and pages by (not always last_updated)
+    descriptors: list[TEDescriptor] = field(default_factory=list)
+    deleted: bool = False
+
+    def json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "indicator": self.indicator,
+            "type": self.type,
+            # what the record says: not the ordering time (ThreatExchange issue #1269)
+            "last_updated": str(self.ts - 3600),
+            "should_delete": self.deleted,
+        }
+        if not self.deleted:
+            out["descriptors"] = {"data": [d.json(n) for n, d in enumerate(self.descriptors)]}
+        return out
+
+
+class FakeThreatExchange(_Server):
+    """The Graph API's /PRIVACY_GROUP/threat_updates/ (start_time <= t < stop_time,
+    `limit`, `paging.next` URLs carrying the access token and an `after` cursor over a
+    server-side snapshot of the window, entries in no time order inside it) and
+    POST /DESCRIPTOR_ID/?reactions=... , authenticated by `access_token`. Errors answer in
+    the Graph API's JSON shape ({"error": {message, type, code}})."""
+
+    def __init__(
+        self, token: str = "1234567890|bridgeTestSecret_0123456789", privacy_group: int = 1012185296
+    ) -> None:
+        super().__init__()
+        self.token = token
+        self.privacy_group = privacy_group
+        self.page_size_cap = 1000
+        self.indicators: dict[str, TEIndicator] = {}
+        self.snapshots: dict[str, list[TEIndicator]] = {}
+        self.reactions: list[dict[str, str]] = []
+        self.update_calls: list[dict[str, str]] = []
+        self.refuse_cursors = False  # answer any `after` cursor with Graph's 400
+        self.app.router.add_get("/{group}/threat_updates/", self._updates)
+        self.app.router.add_post("/{descriptor}/", self._react)
+
+    @property
+    def app_id(self) -> int:
+        return int(self.token.split("|")[0])
+
+    def put(self, *indicators: TEIndicator) -> None:
+        with self.lock:
+            for indicator in indicators:
+                self.indicators[indicator.id] = indicator
+
+    def delete(self, indicator_id: str, ts: int) -> None:
+        with self.lock:
+            old = self.indicators[indicator_id]
+            self.indicators[indicator_id] = TEIndicator(
+                old.id, old.type, old.indicator, ts, deleted=True
+            )
+
+    @staticmethod
+    def _error(status: int, code: int, message: str, kind: str = "GraphMethodException") -> Any:
+        body = {"error": {"message": message, "type": kind, "code": code, "fbtrace_id": "Fake"}}
+        return web.json_response(body, status=status)
+
+    async def _updates(self, request: web.Request) -> web.Response:
+        q = request.query
+        if q.get("access_token") != self.token:
+            return self._error(400, 190, "Invalid OAuth access token.", "OAuthException")
+        if request.match_info["group"] != str(self.privacy_group):
+            return self._error(400, 100, "Unsupported get request: no such privacy group")
+        start = int(q.get("start_time") or 0)
+        stop = int(q.get("stop_time") or 2**31)
+        limit = min(int(q.get("limit") or 25), self.page_size_cap)
+        after = q.get("after", "")
+        with self.lock:
+            self.update_calls.append({k: v for k, v in q.items() if k != "access_token"})
+            if after:
+                if self.refuse_cursors:
+                    return self._error(400, 100, "Invalid cursor")
+                state = json.loads(base64.urlsafe_b64decode(after))
+                snap, offset = self.snapshots[state["s"]], state["o"]
+            else:
+                chosen = [i for i in self.indicators.values() if start <= i.ts < stop]
+                # no time order inside a window (ThreatExchange issue #1269): a stable shuffle
+                chosen.sort(key=lambda i: hashlib.sha256(i.id.encode()).digest())
+                snap = [TEIndicator(**vars(i)) for i in chosen]
+                sid = str(len(self.snapshots))
+                self.snapshots[sid] = snap
+                state, offset = {"s": sid}, 0
+            page = snap[offset : offset + limit]
+            more = offset + limit < len(snap)
+        body: dict[str, Any] = {"data": [i.json() for i in page]}
+        cursor_after = base64.urlsafe_b64encode(
+            json.dumps({**state, "o": offset + limit}).encode()
+        ).decode()
+        body["paging"] = {"cursors": {"before": "QVFIUm", "after": cursor_after}}
+        if more:
+            params = {k: v for k, v in q.items() if k != "after"}
+            params["after"] = cursor_after
+            body["paging"]["next"] = (
+                f"{self.url}/{self.privacy_group}/threat_updates/?" + urllib.parse.urlencode(params)
+            )
+        return web.json_response(body)
+
+    async def _react(self, request: web.Request) -> web.Response:
+        q = request.query
+        if q.get("access_token") != self.token:
+            return self._error(400, 190, "Invalid OAuth access token.", "OAuthException")
+        descriptor = request.match_info["descriptor"]
+        with self.lock:
+            known = any(d.id == descriptor for i in self.indicators.values() for d in i.descriptors)
+            if not known:
+                return self._error(400, 100, f"Unsupported post request: {descriptor}")
+            for reaction in q.get("reactions", "").split(","):
+                self.reactions.append({"descriptor": descriptor, "reaction": reaction})
+        return web.json_response({"success": True})

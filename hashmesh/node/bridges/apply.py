@@ -8,7 +8,9 @@ same value and labels as the live add is skipped (`unchanged`); a new or changed
 added, and the add it replaces is revoked by op id (observed-remove: exactly that add,
 never another entry's add of the same hash); a fingerprint the entry no longer carries,
 or a deleted entry, revokes its adds. Each entry gets its own add even when another
-entry has the same hash: each has its own provenance and is deleted on its own.
+entry has the same hash: each has its own provenance and is deleted on its own. An
+entry the upstream holds but the kind withholds (ThreatExchange: every opinion on it says
+not malicious) is counted as skipped for its reason and revokes what it had.
 """
 
 from __future__ import annotations
@@ -64,37 +66,49 @@ def merge_counts(counts: dict[str, Any], applied: Applied) -> dict[str, Any]:
     }
 
 
+@dataclass
+class _Plan:
+    """What one page will write: adds (each with its item, op id still to come), revokes
+    (op id, reason), items dropped, and items kept whose provenance changed."""
+
+    adds: list[tuple[Any, Item]] = field(default_factory=list)
+    revokes: list[tuple[str, str]] = field(default_factory=list)
+    dropped: list[tuple[str, str]] = field(default_factory=list)
+    refreshed: list[Item] = field(default_factory=list)
+
+
 def apply_page(service: NodeService, bridge: Bridge, upstream: Upstream, page: Page) -> Applied:
     """Publish `page` and commit its checkpoint, in one transaction (store thread)."""
     store = service.store
     table = store.bridges
     category = bridge.category or upstream.default_category
     applied = Applied(entries=len(page.entries))
+    for reason, n in page.skipped.items():
+        applied.skipped[reason] = applied.skipped.get(reason, 0) + n
     with store.bulk(source="local"):
         table.ensure(bridge.name, bridge.kind)
         counts = table.progress(bridge.name)[1]
         current = table.items_of(bridge.name, (e.key for e in page.entries))
-        adds: list[tuple[Any, Item]] = []  # (AddOp, item without its op id yet)
-        revoke_targets: list[tuple[str, str]] = []  # (op id, reason)
-        dropped: list[tuple[str, str]] = []
+        plan = _Plan()
         for entry in page.entries:
-            _replace(entry, current, upstream, category, applied, adds, revoke_targets, dropped)
-        ops: list[AnyOp] = [op for op, _ in adds]
+            _replace(entry, current, upstream, category, applied, plan)
+        ops: list[AnyOp] = [op for op, _ in plan.adds]
         by_reason: dict[str, list[str]] = {}
-        for target, reason in revoke_targets:  # one reason an entry: its provenance
+        for target, reason in plan.revokes:  # one reason an entry: its provenance
             by_reason.setdefault(reason, []).append(target)
         for reason, targets in by_reason.items():
             ops.extend(pack_revokes(targets, reason))
         op_ids = service.publish(bridge.collection, ops)[0] if ops else []
-        table.drop_items(bridge.name, dropped)
+        table.drop_items(bridge.name, plan.dropped)
         table.put_items(
             bridge.name,
             (
                 Item(i.entry, i.fingerprint, i.type, i.value, str(op_id), i.detail)
-                for (_, i), op_id in zip(adds, op_ids, strict=False)
+                for (_, i), op_id in zip(plan.adds, op_ids, strict=False)
             ),
         )
-        applied.added, applied.revoked = len(adds), len(revoke_targets)
+        table.put_items(bridge.name, plan.refreshed)
+        applied.added, applied.revoked = len(plan.adds), len(plan.revokes)
         counts = merge_counts(counts, applied)
         table.save_checkpoint(bridge.name, page.checkpoint, counts, int(time.time() * 1000))
     return applied
@@ -106,16 +120,18 @@ def _replace(
     upstream: Upstream,
     category: str,
     applied: Applied,
-    adds: list[tuple[Any, Item]],
-    revoke_targets: list[tuple[str, str]],
-    dropped: list[tuple[str, str]],
+    plan: _Plan,
 ) -> None:
     """Plan one entry's replacement of its previous state. An item with no op id yet is
-    an add planned for an earlier entry of this same page: replacing it just drops it."""
+    an add planned for an earlier entry of this same page: replacing it just drops it.
+    An unchanged fingerprint keeps its add; its provenance on this node (detail: what
+    feedback is sent to, the upstream's tags) follows the entry's latest state."""
     old = {i.fingerprint: i for i in current.get(entry.key, [])}
     if entry.deleted and not old:
         applied.skip("deletion of an entry never received")
         return
+    if entry.withheld:
+        applied.skip(entry.withheld)
     kept: list[Item] = []
     new_items: list[Item] = []
     for fingerprint, raw in sorted(entry.fingerprints.items()):
@@ -131,29 +147,48 @@ def _replace(
             applied.skip(skip_reason(op, fingerprint))
             continue
         was = old.get(fingerprint)
+        detail = {**entry.detail, "fingerprint": fingerprint, "labels": _labels(op)}
         if (
             was is not None
             and (was.type, was.value) == (op.type, op.value)
             and (was.detail.get("labels") == _labels(op))
         ):
             applied.skip("unchanged")
+            if was.detail != detail:
+                was = _refresh(plan, was, detail)
             kept.append(was)
             continue
-        detail = {**entry.detail, "fingerprint": fingerprint, "labels": _labels(op)}
         item = Item(entry.key, fingerprint, op.type, op.value, "", detail)
         new_items.append(item)
-        adds.append((op, item))
-    why = "deleted upstream" if entry.deleted else "replaced upstream"
-    reason = f"{upstream.bridge.name}: {upstream.kind} entry {entry.key[:150]} {why}"
+        plan.adds.append((op, item))
+    why = "deleted upstream" if entry.deleted else (entry.withheld or "replaced upstream")
+    reason = f"{upstream.bridge.name}: {upstream.kind} entry {entry.key[:150]} {why[:60]}"
+    kept_prints = {k.fingerprint for k in kept}
     for fingerprint, was in old.items():
-        if any(k is was for k in kept):
+        if fingerprint in kept_prints:
             continue
         if was.op_id:
-            revoke_targets.append((was.op_id, reason))
-            dropped.append((entry.key, fingerprint))
+            plan.revokes.append((was.op_id, reason))
+            plan.dropped.append((entry.key, fingerprint))
+            plan.refreshed = [
+                i for i in plan.refreshed if (i.entry, i.fingerprint) != (entry.key, fingerprint)
+            ]
         else:
-            adds[:] = [a for a in adds if a[1] is not was]
+            plan.adds[:] = [a for a in plan.adds if a[1] is not was]
     current[entry.key] = kept + new_items
+
+
+def _refresh(plan: _Plan, was: Item, detail: dict[str, Any]) -> Item:
+    """`was` with the entry's latest provenance: rewritten with its add (published
+    earlier) or in the add planned for it on this page."""
+    new = Item(was.entry, was.fingerprint, was.type, was.value, was.op_id, detail)
+    if was.op_id:
+        key = (was.entry, was.fingerprint)
+        plan.refreshed = [i for i in plan.refreshed if (i.entry, i.fingerprint) != key]
+        plan.refreshed.append(new)
+    else:
+        plan.adds[:] = [(op, new if item is was else item) for op, item in plan.adds]
+    return new
 
 
 def _labels(op: Any) -> list[Any]:

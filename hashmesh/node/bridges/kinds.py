@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from hashmesh.node.bridges import ncmec, stopncii  # noqa: F401  (each registers its kind)
+from hashmesh.node.bridges import (  # noqa: F401  (each registers its kind)
+    ncmec,
+    stopncii,
+    threatexchange,
+)
 from hashmesh.node.bridges.upstream import Upstream, registered
 from hashmesh.node.errors import NodeError
 

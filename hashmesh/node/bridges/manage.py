@@ -15,16 +15,9 @@ from typing import Any
 from hashmesh.node.bridges.kinds import kind_of
 from hashmesh.node.bridges.upstream import environment_name, read_credentials
 from hashmesh.node.config import Bridge, Home, check_bridge
-from hashmesh.node.errors import Conflict, NodeError, NotFound
+from hashmesh.node.errors import Conflict, NotFound
 from hashmesh.node.store.bridges import earlier_use, feedback_rows, state_of
 from hashmesh.node.store.feed import connect_reader
-
-NOT_YET = {
-    "threatexchange": (
-        "bridge kind 'threatexchange' is not supported yet (ncmec and stopncii are); nothing"
-        " changed"
-    )
-}
 
 
 def add_bridge(
@@ -40,11 +33,10 @@ def add_bridge(
     timeout_s: float = 120.0,
     category: str = "",
     dispute_reason: str = "",
+    privacy_group: str = "",
 ) -> dict[str, Any]:
     """Check everything that can be checked before the node runs it (the kind, its
     environment, the credentials' file mode and format), then write the config."""
-    if kind in NOT_YET:
-        raise NodeError(NOT_YET[kind])
     upstream = kind_of(kind)
     config = home.load_config()
     if environment:
@@ -64,6 +56,7 @@ def add_bridge(
         timeout_s=float(timeout_s),
         category=category,
         dispute_reason=dispute_reason,
+        privacy_group=privacy_group,
     )
     check_bridge(bridge)
     if any(b.name == name for b in config.bridges):
@@ -158,6 +151,7 @@ def bridge_json(bridge: Bridge, state: dict[str, Any] | None) -> dict[str, Any]:
         "collection": bridge.collection,
         "environment": bridge.environment or ("" if bridge.url else upstream.default_environment),
         "url": bridge.url,
+        **({"privacy_group": bridge.privacy_group} if bridge.privacy_group else {}),
         "credentials": (
             f"file {bridge.credentials_file}"
             if bridge.credentials_file

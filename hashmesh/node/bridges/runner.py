@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import random
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,6 +41,7 @@ from hashmesh.node.service import NodeService
 from hashmesh.node.store.executor import StoreThread
 
 log = logging.getLogger("hashmesh.bridges")
+_QUERY = re.compile(r"\?[^\s'\")]*")
 T = TypeVar("T")
 
 FIRST_BACKOFF_S = 2.0
@@ -58,12 +60,15 @@ def backoff_s(failures: int, interval_s: float) -> float:
 
 
 def describe_error(exc: BaseException, timeout_s: float = 0) -> str:
-    """One line for an upstream failure: the HTTP status when there was one."""
+    """One line for an upstream failure: the HTTP status when there was one. URLs lose
+    their query: it can hold a credential (the Graph API's access_token), and this line
+    is stored, logged and shown on the status page."""
     if isinstance(exc, TimeoutError):
         return f"no answer within {timeout_s:g} s"
     response = getattr(exc, "response", None)
     status = getattr(response, "status_code", None)
-    text = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+    line = _QUERY.sub("?...", str(exc).splitlines()[0]) if str(exc) else ""
+    text = line[:300] if line else type(exc).__name__
     return f"HTTP {status}: {text}" if status else f"{type(exc).__name__}: {text}"
 
 

@@ -35,7 +35,9 @@ class Entry:
     `key` names it upstream (NCMEC: member and entry id; StopNCII: type and hash);
     `fingerprints` maps the upstream's fingerprint names to raw values (empty for a
     deletion); `labels` are what the published adds carry (classification, ref);
-    `detail` is the provenance kept on this node (never published)."""
+    `detail` is the provenance kept on this node (never published); `withheld` says why
+    a live upstream entry is not to be published (no fingerprints then): counted as
+    skipped for that reason, and the adds it had are revoked."""
 
     key: str
     deleted: bool
@@ -43,6 +45,7 @@ class Entry:
     classification: str | None
     ref: str
     detail: dict[str, Any] = field(default_factory=dict)
+    withheld: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,8 @@ class Page:
     entries: list[Entry]
     checkpoint: dict[str, Any]
     caught_up: bool
+    #: records the kind read but could not make an entry of, by reason (counted as skipped)
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
 class UpstreamRefused(Exception):

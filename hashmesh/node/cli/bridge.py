@@ -14,7 +14,8 @@ KINDS = ("ncmec", "stopncii", "threatexchange")
 
 @cli.group()
 def bridge() -> None:
-    """Follow NCMEC's or StopNCII's hash API into a collection, and send feedback back."""
+    """Follow NCMEC's, StopNCII's or ThreatExchange's hash API into a collection, and send
+    feedback back."""
 
 
 def _ago(ms: int | None) -> str:
@@ -34,7 +35,8 @@ def _text(d: dict[str, Any]) -> str:
     where = d["url"] or d["environment"]
     lines = [
         f"bridge {d['name']}{' (' + d['change'] + ')' if d.get('change') else ''}",
-        f"  upstream      {d['kind']} {where}",
+        f"  upstream      {d['kind']} {where}"
+        + (f" privacy group {d['privacy_group']}" if d.get("privacy_group") else ""),
         f"  collection    {d['collection']} (category {d['category']})",
         f"  credentials   {d['credentials']}",
         f"  interval      {d['interval_s']:g} s",
@@ -76,8 +78,15 @@ def _text(d: dict[str, Any]) -> str:
     show_default=True,
     help="Seconds an upstream call may take.",
 )
-@click.option("--category", default="", help="Category of the adds (default: csam / ncii).")
+@click.option(
+    "--category",
+    default="",
+    help="Category of the adds (default: csam / ncii / threatexchange).",
+)
 @click.option("--dispute-reason", default="", help="NCMEC: the reason id a dispute sends.")
+@click.option(
+    "--privacy-group", default="", help="ThreatExchange: the privacy group (collaboration) id."
+)
 @json_option
 @pass_ctx
 def bridge_add(
@@ -93,6 +102,7 @@ def bridge_add(
     timeout: float,
     category: str,
     dispute_reason: str,
+    privacy_group: str,
     as_json: bool,
 ) -> None:
     """Follow an upstream API into COLLECTION, signed by this node.
@@ -120,6 +130,7 @@ def bridge_add(
             timeout_s=timeout,
             category=category,
             dispute_reason=dispute_reason,
+            privacy_group=privacy_group,
         )
     emit(result, as_json, _text)
 
