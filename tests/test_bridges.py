@@ -312,9 +312,7 @@ def test_stopncii_records_replace_and_withdrawals_revoke(
     add_stopncii_bridge(b, stopncii, tmp_path)
     b.start()
     shown = wait_counts(b, "ncii", added=6)
-    # (a caught-up fetch sees the newest record again: StopNCII's start is inclusive)
-    assert set(shown["counts"]["skipped"]) <= {"unsupported type URL", "unchanged"}
-    assert shown["counts"]["skipped"]["unsupported type URL"] >= 1
+    assert shown["counts"]["skipped"] == {"unsupported type URL": 1}
     hit = b.json("match", "pdq", pdq(0))["results"][0]["matches"][0]
     assert (hit["category"], hit["ref"]) == ("ncii", "stopncii:url:received")
     since = int(time.time())
@@ -325,6 +323,13 @@ def test_stopncii_records_replace_and_withdrawals_revoke(
     )
     shown = caught_up_after(b, "ncii", since)
     assert shown["counts"]["revoked"] == 3 and shown["counts"]["added"] == 7
+    # polls after that see nothing twice: StopNCII's start is inclusive, the checkpoint
+    # remembers the records of its second (a later poll, witnessed by the page count)
+    pages = shown["counts"]["pages"]
+    shown = wait_for(lambda: (s := bridge_show(b, "ncii"))["counts"]["pages"] >= pages + 2 and s,
+                     timeout=30)  # fmt: skip
+    assert shown["counts"]["skipped"] == {"unsupported type URL": 1}
+    assert shown["counts"]["entries"] == 10
     assert not b.matches("pdq", pdq(1)) and not b.matches("md5", md5(9))
     hit = b.json("match", "pdq", pdq(0))["results"][0]["matches"]
     assert [(h["ref"], h["live"]) for h in hit] == [("stopncii:url:active", True)]
@@ -612,7 +617,7 @@ def test_stopncii_page_token_is_kept_with_its_start_and_resumed(
     upstream = kind_of("stopncii")(bridge, keys)  # as after a restart
     while "token" in (cp := service.store.bridges.progress("s")[0]):
         apply_page(service, bridge, upstream, upstream.fetch(cp, int(time.time())))
-    assert cp == {"start": base + 4}
+    assert cp["start"] == base + 4 and len(cp["seen"]) == 1
     assert len(list(service.store.live_signals("pdq"))) == 5
     assert service.store.bridges.state("s")["counts"]["added"] == 5
 
@@ -658,3 +663,36 @@ def test_an_upstream_answer_is_read_only_up_to_its_bound(
         upstream.fetch({}, int(time.time()))
     monkeypatch.setattr(module, "MAX_RESPONSE_BYTES", 1 << 20)
     assert len(upstream.fetch({}, int(time.time())).entries) == 50
+
+
+def test_stopncii_sees_no_record_twice_and_misses_none_sharing_a_second(
+    tmp_path: Path, stopncii: FakeStopNCII
+) -> None:
+    """FetchHashes' startTimestamp is inclusive: the records at the checkpoint's second
+    come back on every poll. Those already applied are dropped (not even counted), and one
+    written later at that same second, or changed within it, is applied."""
+    service = _service(tmp_path)
+    t = int(time.time()) - 100
+    stopncii.put(StopNCIIRecord("ImagePDQ", pdq(1), t - 5), StopNCIIRecord("ImagePDQ", pdq(2), t))
+    bridge = Bridge(name="s", kind="stopncii", collection="ncii", url=stopncii.url,
+                    credentials_env="X")  # fmt: skip
+    upstream = kind_of("stopncii")(bridge, "fetch-key,sub-key,feedback-key")
+
+    def poll() -> list[str]:
+        page = upstream.fetch(service.store.bridges.progress("s")[0], int(time.time()))
+        assert page.caught_up
+        apply_page(service, bridge, upstream, page)
+        return sorted(e.key.split(":", 1)[1] for e in page.entries)
+
+    assert poll() == sorted([pdq(1), pdq(2)])
+    assert poll() == []  # pdq(2) came back (start is inclusive) and was dropped
+    stopncii.put(StopNCIIRecord("ImagePDQ", pdq(3), t))  # later, at the same second
+    assert poll() == [pdq(3)]
+    assert poll() == []
+    stopncii.put(StopNCIIRecord("ImagePDQ", pdq(2), t, "Withdrawn"))  # changed within it
+    assert poll() == [pdq(2)]
+    assert poll() == []
+    state = service.store.bridges.state("s") or {}
+    assert state["counts"]["entries"] == 4 and state["counts"]["skipped"] == {}
+    assert state["counts"]["revoked"] == 1
+    assert sorted(v for _, v in service.store.live_signals("pdq")) == sorted([pdq(1), pdq(3)])

@@ -2,15 +2,20 @@
 
 Each hash record is the whole current state of one (signal type, hash): a record seen
 again replaces the one before (hashStatus Received/Active: live; Withdrawn/Deleted:
-revoked). The checkpoint is `{start}` between fetches, where `start` is the last
-completed fetch's nextSetTimestamp, and `{start, token}` inside one: the page token is
-valid only with the startTimestamp it was issued for. Case numbers are never read (one
-victim's cases would link their images across every node that receives them).
+revoked). The checkpoint is `{start, seen}` between fetches: `start` the newest
+lastModtimestamp the last completed fetch returned, `seen` the digests of the records it
+returned at exactly that second (startTimestamp is inclusive: they come back, and are
+dropped). Inside a fetch it is `{start, seen, token, top, at_top}`: the page token is
+valid only with the startTimestamp it was issued for, and `top`/`at_top` are the newest
+second so far and its records, to become the next `start` and `seen`. Case numbers are
+never read (one victim's cases would link their images across every node that receives
+them).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 from hashmesh.node.bridges.upstream import (
@@ -35,6 +40,19 @@ except ImportError:  # pragma: no cover - the threatexchange extra is not instal
     stopncii_api = None
 
 PAGE_SIZE = 800
+#: Records of one second remembered as applied (a checkpoint holds their digests); past
+#: it, those records are fetched again next poll and skipped as unchanged.
+MAX_SEEN = 2000
+
+
+def record_digest(record: Any) -> str:
+    """What identifies one state of one record: its key, status, time and feedback."""
+    tags = sorted({t for f in record.CSPFeedbacks for t in f.tags})
+    text = json.dumps(
+        [record.signalType.value, record.hashValue, record.hashStatus.value,
+         int(record.lastModtimestamp), tags]
+    )  # fmt: skip
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 def _need_pytx() -> Any:
@@ -83,16 +101,48 @@ class StopNCIIUpstream(Upstream):
         return STOPNCII_TYPES.get(fingerprint, fingerprint)
 
     def fetch(self, checkpoint: dict[str, Any], now: int) -> Page:
+        """One FetchHashes call. startTimestamp is inclusive, so the records at the last
+        fetch's newest timestamp come back; those already applied (their digest is in
+        `seen`) are dropped here, and any other at that timestamp (written after that
+        fetch, or changed within the same second) is applied: none seen twice, none
+        missed. The checkpoint's start is the newest lastModtimestamp the fetch returned
+        (not nextSetTimestamp, which may be later than a record still to be written at
+        the same second)."""
         api = _need_pytx()
         start = int(checkpoint.get("start", api.StopNCIIAPI.DEFAULT_START_TIME))
         token = str(checkpoint.get("token", ""))
+        seen = frozenset(checkpoint.get("seen", ()))
+        at_top: list[str] | None
+        top, at_top = start, []  # the newest second so far and its records' digests
+        if token:
+            top = int(checkpoint.get("top", start))
+            stored = checkpoint.get("at_top", [])
+            at_top = None if stored is None else list(stored)
         response = self.client.fetch_hashes(
             page_size=PAGE_SIZE, start_timestamp=start, next_page=token
         )
-        entries = [self._entry(record) for record in response.hashRecords]
+        entries = []
+        for record in response.hashRecords:
+            digest, ts = record_digest(record), int(record.lastModtimestamp)
+            if ts > top:
+                top, at_top = ts, [digest]
+            elif ts == top and at_top is not None:
+                at_top.append(digest)
+                if len(at_top) > MAX_SEEN:
+                    at_top = None  # too many in one second to remember: seen again
+            if ts == start and digest in seen:
+                continue
+            entries.append(self._entry(record))
         if response.hasMoreRecords and response.nextPageToken:
-            return Page(entries, {"start": start, "token": response.nextPageToken}, False)
-        return Page(entries, {"start": int(response.nextSetTimestamp or start)}, True)
+            inside = {
+                "start": start,
+                "token": response.nextPageToken,
+                "seen": sorted(seen),
+                "top": top,
+                "at_top": at_top,
+            }
+            return Page(entries, inside, False)
+        return Page(entries, {"start": top, "seen": sorted(set(at_top or ()))}, True)
 
     def _entry(self, record: Any) -> Entry:
         kind = record.signalType.value
