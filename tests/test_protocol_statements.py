@@ -85,6 +85,14 @@ def test_cert_round_trip_and_id() -> None:
     assert b"name" not in sign_statement(cert(), [ORG], REGISTRY).body_bytes
 
 
+def test_the_certified_key_may_cosign_its_certificate() -> None:
+    st = sign_statement(cert(), [ORG], REGISTRY)
+    both = add_signatures(st, [NODE])
+    assert both.id == st.id and parse(both.to_wire()).signers == {ORG.node_id, NODE.node_id}
+    with pytest.raises(StatementError, match="must be signed by its org"):
+        parse(wire_of(cert_dict(), [NODE], "cert"))
+
+
 def test_signature_by_wrong_key_is_refused() -> None:
     body = cert_dict()
     with pytest.raises(StatementError, match=r"sigs\[0\].*does not sign a cert"):

@@ -3,7 +3,10 @@
 Three statement kinds (hashmesh.protocol.statements) about node keys:
 
 - "cert": an org certifies node key `key` for [not_before, not_after] (unix seconds; a
-  batch header's ts must fall inside). Signed by the org alone. Unscoped.
+  batch header's ts must fall inside). Signed by the org; the key co-signs it when its
+  node installs it (`key certificate add`), and only a co-signed certificate gives the org
+  power over the key (revoking it, handing its logs over): otherwise any org could
+  certify anyone's key and then revoke it or take its logs. Unscoped.
 - "handover": log (author, collection) is signed by `key` up to and including `seq`, whose
   batch has header hash `head`, and by `next` after it. Signed by `next` and by `key` (or,
   when `key` is lost, by an org; whether that org certified both keys is the authority's
@@ -94,8 +97,10 @@ class CertKind(Kind):
 
     @classmethod
     def may_sign(cls, body: StatementBody, signer: str) -> bool:
+        """The org, and the certified key itself: its co-signature accepts the org's
+        authority over it (to revoke it, to hand its logs over when it is lost)."""
         assert isinstance(body, CertBody)
-        return signer == body.org
+        return signer in (body.org, body.key)
 
 
 class HandoverKind(Kind):
