@@ -123,7 +123,7 @@ class HandoverKind(Kind):
         if len(signers - {body.next}) == 0:
             raise StatementError(
                 f"statement sigs: a handover must also be signed by its key ({body.key}) "
-                "or, if that key is lost, by an org that certified both keys"
+                "or, if that key is lost, by an org that certified both (the key co-signing)"
             )
 
     @classmethod
