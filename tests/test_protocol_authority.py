@@ -136,15 +136,18 @@ def test_rotation_chain() -> None:
 
 def test_handover_signed_only_by_next_and_a_stranger_is_void() -> None:
     # an org that certified both keys but whose certificate of A was never co-signed
-    auth = Authority([cert(A, EVIL, cosign=False), cert(X, EVIL), handover(A, X, 3, [X, EVIL])])
+    auth = Authority(
+        [cert(A, EVIL, cosign=False), cert(X, EVIL), handover(A, X, 3, [X, EVIL], org=EVIL.node_id)]
+    )
     assert code(auth, 4, X) == "not-handed-over" and code(auth, 4, A) is None
 
 
 def test_lost_key_handover_by_the_org() -> None:
-    auth = Authority([cert(A), cert(B), handover(A, B, 7, [B, ORG])])
+    auth = Authority([cert(A), cert(B), handover(A, B, 7, [B, ORG], org=ORG.node_id)])
     assert code(auth, 8, B) is None and code(auth, 8, A) == "handed-over"
     # without the org's certificate of B it is void
-    assert code(Authority([cert(A), handover(A, B, 7, [B, ORG])]), 8, B) == "not-handed-over"
+    lost = handover(A, B, 7, [B, ORG], org=ORG.node_id)
+    assert code(Authority([cert(A), lost]), 8, B) == "not-handed-over"
 
 
 def test_a_revoked_key_cannot_hand_over_past_its_bound() -> None:
@@ -161,7 +164,7 @@ def test_conflicting_handovers_freeze_the_log_until_the_org_settles_it() -> None
     assert code(auth, 4, A) is None
     assert code(auth, 5, A) == code(auth, 5, X) == code(auth, 11, B) == "conflict"
     assert auth.conflicts() == [(stolen.id, legit.id)]  # by seq
-    auth.add_all([cert(A), cert(B), add_signatures(legit, [ORG])])
+    auth.add_all([cert(A), cert(B), handover(A, B, 10, [B, ORG], org=ORG.node_id)])
     assert code(auth, 11, B) is None and code(auth, 5, X) == "not-handed-over"
     assert code(auth, 5, A) is None and auth.conflicts() == []
 
@@ -215,9 +218,10 @@ POOL = [
     revoke(B, 12),
     handover(A, B, 5, [A, B]),
     handover(A, X, 3, [A, X]),
-    handover(A, B, 5, [B, ORG]),
+    handover(A, B, 5, [B, ORG], org=ORG.node_id),
+    handover(A, B, 5, [A, B, ORG], org=ORG.node_id),  # the same, with the old key too
     handover(B, C, 12, [B, C]),
-    handover(A, X, 2, [X, EVIL]),
+    handover(A, X, 2, [X, EVIL], org=EVIL.node_id),
 ]
 
 

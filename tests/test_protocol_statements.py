@@ -121,7 +121,8 @@ def test_hostile_envelopes() -> None:
         ({**good, "sigs": [good["sigs"][0]] * (MAX_SIGS + 1)}, LimitError, "exceeds 16"),
         ({**good, "sigs": [[ORG.node_id]]}, StatementError, r"sigs\[0\]: must be"),
         ({**good, "sigs": [["nope", "AA"]]}, SignatureError, r"sigs\[0\] signer"),
-        ({**good, "body": 5}, LimitError, r"statement\.body"),
+        ({**good, "body": 5}, StatementError, r"statement\.body: must be a base64url"),
+        ({**good, "body": "A" * 30_000}, LimitError, r"statement\.body: more than 16384"),
         ({**good, "body": "!!"}, EncodingError, r"statement\.body"),
     ]
     for value, exc, pattern in cases:
@@ -164,22 +165,32 @@ def test_huge_body_refused_before_parsing() -> None:
 
 def test_handover_needs_next_and_another_signer() -> None:
     st = sign_statement(handover(), [NODE, NEXT], REGISTRY)
-    assert parse(st.to_wire()).scope == "csam"
+    body = json.loads(st.body_bytes)
+    assert "org" not in body and parse(st.to_wire()).scope == "csam"
     with pytest.raises(StatementError, match="signed by its next key"):
-        parse(wire_of(st.body.model_dump(), [NODE], "handover"))
+        parse(wire_of(body, [NODE], "handover"))
     with pytest.raises(StatementError, match="also be signed by its key"):
-        parse(wire_of(st.body.model_dump(), [NEXT], "handover"))
-    # the lost-key path: next and an org (whether the org certified both is the authority's)
-    assert parse(wire_of(st.body.model_dump(), [NEXT, ORG], "handover")).signers == {
-        NEXT.node_id,
-        ORG.node_id,
-    }
+        parse(wire_of(body, [NEXT], "handover"))
+    # nobody else signs: a junk signature cannot take one of the 16 places
+    with pytest.raises(StatementError, match=r"sigs\[\d\]: .* does not sign a handover"):
+        parse(wire_of(body, [NODE, NEXT, OTHER], "handover"))
+    with pytest.raises(StatementError, match="does not sign a handover"):
+        parse(wire_of(body, [NEXT, ORG], "handover"))
+    # the lost-key path: next and the org the body names (whether it may: the authority)
+    lost = {**body, "org": ORG.node_id}
+    assert parse(wire_of(lost, [NEXT, ORG], "handover")).signers == {NEXT.node_id, ORG.node_id}
+    with pytest.raises(StatementError, match=r"body\.org: the org signs for another key"):
+        parse(wire_of({**body, "org": NEXT.node_id}, [NEXT, NODE], "handover"))
+    with pytest.raises(StatementError, match=r"body\.org: absent when not given"):
+        parse(wire_of({**body, "org": None}, [NEXT, NODE], "handover"))
     with pytest.raises(ProtocolUsageError, match="refusing to sign"):
         sign_statement(handover(), [NEXT], REGISTRY)
     with pytest.raises(StatementError, match=r"body\.next: the same key"):
-        parse(wire_of({**st.body.model_dump(), "next": NODE.node_id}, [NODE, ORG], "handover"))
+        parse(wire_of({**body, "next": NODE.node_id}, [NODE], "handover"))
     with pytest.raises(ProtocolError, match=r"body\.head"):
-        parse(wire_of({**st.body.model_dump(), "head": "AB" * 32}, [NODE, NEXT], "handover"))
+        parse(wire_of({**body, "head": "AB" * 32}, [NODE, NEXT], "handover"))
+    with pytest.raises(ProtocolError, match=r"body\.seq"):
+        parse(wire_of({**body, "seq": 0}, [NODE, NEXT], "handover"))
 
 
 def test_revoke_scope_and_signer() -> None:
@@ -195,11 +206,11 @@ def test_revoke_scope_and_signer() -> None:
 
 
 def test_cosigning_keeps_the_id_and_merge_is_a_union() -> None:
-    a = sign_statement(handover(), [NODE, NEXT], REGISTRY)
+    a = sign_statement(handover(org=ORG.node_id), [NODE, NEXT], REGISTRY)
     with_org = add_signatures(a, [ORG])
     assert with_org.id == a.id and with_org.signers == {NODE.node_id, NEXT.node_id, ORG.node_id}
     assert [s for s, _ in with_org.sigs] == sorted(with_org.signers)
-    only_org_copy = parse(wire_of(a.body.model_dump(), [NEXT, ORG], "handover"))
+    only_org_copy = parse(wire_of(json.loads(a.body_bytes), [NEXT, ORG], "handover"))
     assert merge(a, only_org_copy).to_wire() == merge(only_org_copy, a).to_wire()
     assert merge(a, only_org_copy).signers == with_org.signers
     assert parse(merge(a, only_org_copy).to_wire()).id == a.id

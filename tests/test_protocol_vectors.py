@@ -185,6 +185,7 @@ def test_stored_batch_with_a_signer_verifies_under_the_next_key() -> None:
 
 def test_stored_key_statements_give_the_stored_decisions() -> None:
     from hashmesh.protocol.authority import Authority
+    from hashmesh.protocol.kinds import parse
 
     st = _key_statements()
     auth = Authority([st["cert_author"], st["cert_next"], st["handover"], st["key_revoke"]])
@@ -207,6 +208,14 @@ def test_stored_key_statements_give_the_stored_decisions() -> None:
     assert [[r.first, r.last, r.keep, r.reason] for r in held] == KEYS_STORED["drop_ranges_head_5"]
     first = KEYS_STORED["batch_1_by_author"]["header_hash_hex"]
     assert auth.check_head(a, c, 1, first) is None
+    lost = parse(KEYS_STORED["lost_key_handover"]["wire"].encode())
+    assert lost.id == KEYS_STORED["lost_key_handover"]["id"]
+    by_org = Authority([st["cert_author"], st["cert_next"], lost])
+    nxt = KEYS_STORED["ids"]["next"]
+    assert by_org.check(a, c, 2, nxt, 0) is KEYS_STORED["lost_key_decision_seq_2_by_next"] is None
+    unaccepted = Authority([st["cert_author_org_only"], st["cert_next"], lost])
+    assert unaccepted.check(a, c, 2, nxt, 0) == KEYS_STORED["lost_key_without_cosigned_cert"]
+    assert "not handed over" in KEYS_STORED["lost_key_without_cosigned_cert"]
     assert auth.check_head(a, c, 1, "00" * 32) is not None
 
 

@@ -19,8 +19,9 @@ Rules (docs/protocol.md, "Authority"; the reasons are in docs/design-notes.md):
   Per (key, collection) the lowest bound wins; "*" covers every collection. Batches signed
   by the key in the collection with seq > bound are refused, in every log it signs.
 - Hand-overs. Valid when signed by `next` and by `key` (unless `key` is revoked below the
-  hand-over's seq: a stolen key cannot pass a log on past its revocation point), or by an
-  org holding an accepted cert of `key` and a cert of `next` (the lost-key path). A log's
+  hand-over's seq: a stolen key cannot pass a log on past its revocation point), or by the
+  org the hand-over names, holding an accepted cert of `key` and a cert of `next` (the
+  lost-key path). A log's
   keys form a chain from its author: author signs 1..s1, next signs s1+1..s2, and so on.
   From one key, org-signed hand-overs outrank key-signed ones (the org's word settles a
   key that was stolen). Two different valid hand-overs of equal rank from one key (the key
@@ -169,8 +170,12 @@ class _Index:
         hb = hop.body
         if hb.next not in hop.signers:
             return None
-        orgs = (hop.signers - {hb.key, hb.next}) & self.accepted(hb.key) & self.certified(hb.next)
-        if orgs:
+        if (
+            hb.org is not None
+            and hb.org in hop.signers
+            and hb.org in self.accepted(hb.key)
+            and hb.org in self.certified(hb.next)
+        ):
             return 0
         if hb.key in hop.signers:
             bound = self.bound(hb.key, hb.collection)

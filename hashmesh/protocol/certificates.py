@@ -9,7 +9,7 @@ Three statement kinds (hashmesh.protocol.statements) about node keys:
   certify anyone's key and then revoke it or take its logs. Unscoped.
 - "handover": log (author, collection) is signed by `key` up to and including `seq`, whose
   batch has header hash `head`, and by `next` after it. Signed by `next` and by `key` (or,
-  when `key` is lost, by an org; whether that org certified both keys is the authority's
+  when `key` is lost, by the org named in `org`; whether that org may is the authority's
   question). Scoped to the collection.
 - "key-revoke": an org withdraws `key` in `collection` ("*" = every collection) for every
   seq above `after`. Signed by the org; effective only if that org certified the key.
@@ -50,7 +50,8 @@ class CertBody(StatementBody):
 
 
 class HandoverBody(StatementBody):
-    id_fields: ClassVar[tuple[str, ...]] = ("author", "key", "next")
+    omit_if_none: ClassVar[frozenset[str]] = frozenset({"org"})
+    id_fields: ClassVar[tuple[str, ...]] = ("author", "key", "next", "org")
 
     kind: Literal["handover"] = "handover"
     author: str = Field(max_length=NODE_ID_MAX)
@@ -59,6 +60,10 @@ class HandoverBody(StatementBody):
     next: str = Field(max_length=NODE_ID_MAX)
     seq: int = Field(ge=1, le=MAX_SAFE_INT)
     head: str = Field(pattern=_HEX64)
+    #: the org that signs instead of a lost `key` (absent when `key` signs). Named in the
+    #: body so that the signers are known from it: nobody can pad a hand-over with junk
+    #: signatures until a real co-signature no longer fits in the 16 places.
+    org: str | None = Field(default=None, max_length=NODE_ID_MAX)
 
 
 class KeyRevokeBody(StatementBody):
@@ -115,16 +120,23 @@ class HandoverKind(Kind):
             raise StatementError("statement body.next: the same key as key")
         if body.next == body.author:
             raise StatementError("statement body.next: a log never returns to its author")
+        if body.org is not None and body.org in (body.key, body.next):
+            raise StatementError("statement body.org: the org signs for another key")
 
     @classmethod
     def check_signers(cls, body: StatementBody, signers: frozenset[str]) -> None:
         assert isinstance(body, HandoverBody)
         _need(signers, body.next, "next key", cls.name)
-        if len(signers - {body.next}) == 0:
+        if body.key not in signers and (body.org is None or body.org not in signers):
             raise StatementError(
                 f"statement sigs: a handover must also be signed by its key ({body.key}) "
-                "or, if that key is lost, by an org that certified both (the key co-signing)"
+                "or, if that key is lost, by the org it names (body.org)"
             )
+
+    @classmethod
+    def may_sign(cls, body: StatementBody, signer: str) -> bool:
+        assert isinstance(body, HandoverBody)
+        return signer in (body.key, body.next) or signer == body.org
 
     @classmethod
     def scope(cls, body: StatementBody) -> str | None:

@@ -183,6 +183,8 @@ class Registry:
             raise _field_error("statement body", exc) from None
         for field_name in body.id_fields:
             ids = getattr(body, field_name)
+            if ids is None:  # an optional id, absent
+                continue
             for i, one in enumerate(ids if isinstance(ids, (list, tuple)) else [ids]):
                 suffix = f"[{i}]" if isinstance(ids, (list, tuple)) else ""
                 validate_node_id(one, f"statement body.{field_name}{suffix}")
@@ -268,8 +270,10 @@ def parse_statement_json(value: Any, registry: Registry) -> Statement:
         raise StatementError("statement.sigs: must be a list of [signer, signature]")
     if len(raw_sigs) > MAX_SIGS:
         raise LimitError(f"statement sigs: {len(raw_sigs)} signatures exceeds {MAX_SIGS}")
-    if not isinstance(value["body"], str) or len(value["body"]) > (MAX_BODY_BYTES * 4 + 2) // 3:
-        raise LimitError(f"statement.body: not a base64url string of at most {MAX_BODY_BYTES}")
+    if not isinstance(value["body"], str):
+        raise StatementError("statement.body: must be a base64url string")
+    if len(value["body"]) > (MAX_BODY_BYTES * 4 + 2) // 3:
+        raise LimitError(f"statement.body: more than {MAX_BODY_BYTES} bytes")
     body_bytes = from_b64url(value["body"], "statement.body")
     kind, body = registry.parse_body(body_bytes)
     sigs: list[tuple[str, bytes]] = []

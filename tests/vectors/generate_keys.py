@@ -105,6 +105,21 @@ def build_vectors() -> dict[str, Any]:
         [author, nxt],
         REGISTRY,
     )
+    lost = sign_statement(
+        HandoverBody(
+            ts=TS + 15,
+            author=author.node_id,
+            collection=COLLECTION,
+            key=author.node_id,
+            next=nxt.node_id,
+            seq=1,
+            head=first.hash.hex(),
+            org=org.node_id,
+        ),
+        [nxt, org],
+        REGISTRY,
+    )
+    by_org = Authority([cert_author, cert_next, lost])
     revoke = sign_statement(
         KeyRevokeBody(
             ts=TS + 30,
@@ -156,11 +171,11 @@ def build_vectors() -> dict[str, Any]:
         REGISTRY,
     )
     without_cosign = Authority([cert_unaccepted, revoke_author])
-    hb = handover.body.model_dump()
+    hb = json.loads(handover.body_bytes)
     refusals = {
         "handover_signed_by_next_only": _refused(_forged(hb, nxt, "handover")),
         "cert_signed_by_a_stranger": _refused(
-            _forged(cert_author.body.model_dump(), stranger, "cert")
+            _forged(json.loads(cert_author.body_bytes), stranger, "cert")
         ),
         "cert_signature_under_the_revoke_context": _refused(
             canonical(
@@ -205,6 +220,11 @@ def build_vectors() -> dict[str, Any]:
         "batch_1_by_author": _batch(first),
         "handover": _statement(handover),
         "batch_2_by_next": _batch(second),
+        "lost_key_handover": _statement(lost),
+        "lost_key_decision_seq_2_by_next": by_org.check(a, c, 2, nxt.node_id, TS + 20),
+        "lost_key_without_cosigned_cert": Authority([cert_unaccepted, cert_next, lost]).check(
+            a, c, 2, nxt.node_id, TS + 20
+        ),
         "key_revoke": _statement(revoke),
         "segments": [[s.first, s.last, s.signer, s.code] for s in auth.segments(a, c)],
         "decisions": decisions,
