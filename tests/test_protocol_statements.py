@@ -7,6 +7,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from protocol_helpers import KEYS, add
 
 from hashmesh.protocol.batches import build_batch, header_hash, parse_header, verify_parts
@@ -246,3 +248,53 @@ def test_header_signer() -> None:
             parse_header(canonical({**value, "signer": signer}))
     assert header_hash(old.header_bytes) == old.hash
     assert isinstance(BatchError("x"), ProtocolError)
+
+
+_SEED_WIRES = [
+    sign_statement(cert(name="Hotline A"), [ORG], REGISTRY).to_wire(),
+    add_signatures(
+        sign_statement(handover(org=ORG.node_id), [NODE, NEXT], REGISTRY), [ORG]
+    ).to_wire(),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(_SEED_WIRES),
+    st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)), min_size=1, max_size=4),
+)
+def test_mutated_wire_bytes_give_only_protocol_errors(wire: bytes, edits: list[Any]) -> None:
+    data = bytearray(wire)
+    for pos, byte in edits:
+        data[pos % len(data)] = byte
+    try:
+        parse(bytes(data))
+    except ProtocolError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["kind", "v", "ts", "org", "key", "not_before", "not_after", "name", "x"]),
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(-(2**60), 2**60),
+            st.text(max_size=80),
+            st.just(ORG.node_id),
+            st.just("cert"),
+            st.lists(st.integers(), max_size=3),
+        ),
+    )
+)
+def test_hostile_bodies_give_only_protocol_errors(body: dict[str, Any]) -> None:
+    try:
+        wire = wire_of(body, [ORG], "cert")
+    except ProtocolError:
+        return  # not even encodable (a huge integer)
+    try:
+        statement = parse(wire)
+    except ProtocolError:
+        return
+    assert isinstance(statement.body, CertBody)  # it parsed: then it is a whole certificate
