@@ -234,6 +234,11 @@ class SignalSource(Protocol):
 
     def signals_by_id(self, ids: list[int]) -> dict[int, dict[str, Any]]: ...
 
+    def exact_rows(self, signal_type: str, value: str, limit: int) -> dict[int, dict[str, Any]]:
+        """The live rows of one exact value by row id: `find_exact` and `signals_by_id`
+        in one read."""
+        ...
+
     def opinion_counts_many(
         self, targets: list[str], collections: frozenset[str] | None = None
     ) -> dict[str, OpinionCounts]: ...
@@ -502,13 +507,16 @@ class Matcher:
             found = self._pdq_hits([unique[i].value for i in pdq_positions], reach, limit)
             for i, result in zip(pdq_positions, found, strict=True):
                 hits[i] = [(int(k), int(d)) for k, d in result]
+        # Index hits first (their rows in one read), then each exact value with its rows.
+        rows = reads.signals_by_id(sorted({k for h in hits for k, _ in h}))
         for i, signal in enumerate(unique):
             if get_type(signal.type).exact:
-                hits[i] = [(k, 0) for k in reads.find_exact(signal.type, signal.value, limit=limit)]
-        rows = reads.signals_by_id(sorted({k for h in hits for k, _ in h}))
+                found_rows = reads.exact_rows(signal.type, signal.value, limit)
+                rows.update(found_rows)
+                hits[i] = [(k, 0) for k in found_rows]
         op_ids = [r["op_id"] for r in rows.values()]
-        opinions = reads.opinion_counts_many(op_ids, collections)
-        held = reads.quarantined(op_ids)
+        opinions = reads.opinion_counts_many(op_ids, collections) if op_ids else {}
+        held = reads.quarantined(op_ids) if op_ids else {}
         return assemble(
             queries,
             slots,

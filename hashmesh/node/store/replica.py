@@ -420,6 +420,17 @@ class ReplicaStore:
         sql += " ORDER BY id LIMIT ?"
         return [int(r[0]) for r in self._reader_conn().execute(sql, (value, signal_type, limit))]
 
+    def exact_rows(self, signal_type: str, value: str, limit: int) -> dict[int, dict[str, Any]]:
+        """The live rows of one exact value, by row id, in one statement."""
+        return {
+            row[0]: signal_dict(row, LogKey(row[12], row[13]))
+            for row in self._reader_conn().execute(
+                f"SELECT {_SIGNAL_SELECT} FROM signals WHERE value = ? AND type = ?"
+                " AND revoked_by IS NULL ORDER BY id LIMIT ?",
+                (value, signal_type, limit),
+            )
+        }
+
     def signals_by_id(self, ids: list[int]) -> dict[int, dict[str, Any]]:
         out: dict[int, dict[str, Any]] = {}
         conn = self._reader_conn()
