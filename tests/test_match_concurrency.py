@@ -18,6 +18,7 @@ from netnodes import NodeProc
 from platform_util import request
 
 from hashmesh.node.matching.matcher import Matcher
+from hashmesh.node.matching.pdq_index import PDQIndex
 from hashmesh.node.store.core import ReaderPool, Store
 
 RNG = random.Random(20261202)
@@ -165,3 +166,41 @@ def test_changes_made_while_a_match_holds_the_index_are_applied_in_order(
     )
     assert not matcher._pending
     assert hits() == 0
+
+
+def test_a_pdq_query_answers_while_a_segment_merge_is_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 18: a merge of the PDQ index's segments (0.7-2.1 s at 1M rows) ran inside the
+    add that filled a segment, under the index lock, and every PDQ query waited for it (a
+    stall of up to 6.6 s in a 1M sync). The matcher now builds a merged segment without
+    the lock: here the build is held until a query has answered from another thread."""
+    building, release = threading.Event(), threading.Event()
+    real_build = PDQIndex.build_merge
+
+    def held_build(self: PDQIndex, plan: Any) -> Any:
+        building.set()
+        assert release.wait(30)
+        return real_build(self, plan)
+
+    monkeypatch.setattr(PDQIndex, "build_merge", held_build)
+    matcher = Matcher()
+    matcher.load(PDQIndex(), 0)
+    values = [_hex(_balanced()) for _ in range(6000)]
+    # two segments of 3,000: a merge is due
+    matcher.apply([(k, values[k]) for k in range(3000)], [], 1)
+    matcher.apply([(k, values[k]) for k in range(3000, 6000)], [], 2)
+    assert building.wait(30), "no merge was built off the adds' thread"
+    answered: list[Any] = []
+    query = threading.Thread(target=lambda: answered.append(matcher._pdq_hits(values[:2], 31, 5)))
+    query.start()
+    query.join(30)
+    release.set()
+    assert answered == [[[(0, 0)], [(1, 0)]]]
+    # the merge still lands, and a revocation made meanwhile holds in the merged segment
+    matcher.apply([], [1], 3)
+    deadline = time.monotonic() + 30
+    while len(matcher._pdq_hits(values[:1], 31, 5)[0]) != 1 or len(matcher.pdq._segments) != 1:
+        assert time.monotonic() < deadline, "the merged segment was never installed"
+        time.sleep(0.01)
+    assert matcher._pdq_hits(values[:2], 31, 5) == [[(0, 0)], []]

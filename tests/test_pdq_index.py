@@ -343,3 +343,64 @@ def test_search_never_writes_into_segment_arrays() -> None:
     live = np.setdiff1d(keys, np.arange(0, 20_000, 7))
     for t in (10, 31, 44):
         assert index.query_many(queries, t) == brute(words[live], live, queries, t)
+
+
+def test_deferred_merge_keeps_what_changed_between_plan_and_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A merge planned, then built while keys are revoked and replaced, then installed:
+    the index answers as brute force over what is live at the end (the merged segment
+    tombstones what died in its sources after the plan), and nothing merges inline."""
+    monkeypatch.setattr(pdq_index, "_DELTA_CAPACITY", 64)
+    rng = np.random.default_rng(18)
+    words = rng.integers(0, 2**64, size=(4000, 4), dtype=np.uint64)
+    index = PDQIndex()
+    index.defer_merges = True
+    for start in range(0, 4000, 500):  # eight segments of 500, none merged inline
+        index.add_many(np.arange(start, start + 500), words[start : start + 500])
+    assert sorted(len(s) for s in index._segments) == [500] * 8
+    live = set(range(4000))
+    installed = 0
+    while (plan := index.merge_plan()) is not None:
+        # between the plan and the install: revoke some of the sources' keys, and
+        # replace one with another hash (the add tombstones its old row)
+        source_keys = np.concatenate(
+            [s.keys[m] for s, m in zip(plan.sources, plan.alive, strict=True)]
+        )
+        gone = rng.choice(source_keys, 20, replace=False).tolist()
+        index.remove_many(gone[:19])
+        live -= set(gone[:19])
+        replaced = gone[19]
+        words[replaced] = rng.integers(0, 2**64, size=4, dtype=np.uint64)
+        index.add(replaced, words_to_hex(words[replaced : replaced + 1])[0])
+        built = index.build_merge(plan)
+        assert index.install_merge(plan, built)
+        assert not index.install_merge(plan, built)  # its sources are gone now
+        installed += 1
+    assert installed >= 7
+    keys = np.array(sorted(live))
+    assert len(index) == len(keys)
+    assert index.digest() == (len(keys), int(keys.sum()) % (1 << 63))
+    queries = np.array([flip(rng, words[k], int(rng.integers(0, 36))) for k in keys[::25]])
+    queries = np.concatenate([queries, words[[gone[0], replaced]]])
+    assert index.query_many(words_to_hex(queries)) == brute(words[keys], keys, queries, 31)
+
+
+def test_deferred_compaction_drops_dead_rows() -> None:
+    rng = np.random.default_rng(19)
+    words = rng.integers(0, 2**64, size=(3000, 4), dtype=np.uint64)
+    index = PDQIndex()
+    index.defer_merges = True
+    index.add_many(np.arange(3000), words)
+    index.remove_many(np.arange(1000))  # a third dead: compaction due, not made inline
+    assert [len(s) for s in index._segments] == [3000]
+    plan = index.merge_plan()
+    assert plan is not None and len(plan.sources) == 1
+    assert index.install_merge(plan, index.build_merge(plan))
+    assert [len(s) for s in index._segments] == [2000] and len(index) == 2000
+    index.remove_many(np.arange(1000, 3000))
+    plan = index.merge_plan()
+    assert plan is not None
+    assert index.build_merge(plan) is None  # nothing live: the segment just goes
+    assert index.install_merge(plan, None)
+    assert index._segments == [] and len(index) == 0

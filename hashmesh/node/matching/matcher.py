@@ -289,6 +289,11 @@ class Matcher:
     next holds the index lock (the applier itself if it is free, else the next match)
     applies them, so a 100k revocation neither blocks nor is blocked by PDQ queries.
 
+    Segment merges and compactions (up to seconds at 1M rows) are never made under the
+    index lock: the index defers them (pdq_index.py, `defer_merges`) and a thread of the
+    matcher's own plans each under the lock, builds it without, and installs it under the
+    lock again, so a PDQ query waits at most for a page's adds, never for a merge.
+
     `Matcher(store)` keeps the node's old in-process behaviour for the CLI and tests: the
     index is loaded from the store's rows on first use (on the store's thread), and the
     store's change listener feeds it.
@@ -303,6 +308,9 @@ class Matcher:
         self._wake: threading.Event | None = None
         self._pending: deque[Change] = deque()
         self._videos = VPDQIndex()
+        self._merge_wake = threading.Event()
+        self._merger: threading.Thread | None = None
+        self._merger_lock = threading.Lock()
 
     @property
     def ready(self) -> bool:
@@ -341,8 +349,10 @@ class Matcher:
             elif videos is not None:
                 self._videos = videos
             self._pending.clear()
+            index.defer_merges = True
             self._pdq = index
             self._cursor = cursor
+        self._merge_soon()
 
     def attach(self, store: Store, cursor: int = 0) -> None:
         """Load the index from `store`'s live PDQ rows and follow its change listener.
@@ -425,13 +435,58 @@ class Matcher:
         index = self._pdq
         if index is None:  # not loaded yet: the changes wait for `load` (which drops them)
             return
+        changed = False
         while self._pending:
             added, removed, _, videos = self._pending.popleft()
             if added:
                 index.add_many([k for k, _ in added], [v for _, v in added])
+                changed = True
             if removed:
                 index.remove_many(removed)
+                changed = True
             self._apply_videos(videos, removed)
+        if changed:
+            self._merge_soon()
+
+    # -- merges, outside the index lock -------------------------------------------------------
+
+    MERGER_IDLE_S = 30.0  # an idle merge thread ends (a CLI's or test's matcher keeps none)
+
+    def _merge_soon(self) -> None:
+        """Wake the merge thread (started if there is none)."""
+        self._merge_wake.set()
+        with self._merger_lock:
+            if self._merger is None:
+                self._merger = threading.Thread(target=self._merge_loop, name="merge", daemon=True)
+                self._merger.start()
+
+    def _merge_loop(self) -> None:
+        while True:
+            if not self._merge_wake.wait(self.MERGER_IDLE_S):
+                with self._merger_lock:
+                    if not self._merge_wake.is_set():
+                        self._merger = None
+                        return
+            self._merge_wake.clear()
+            self.merge_due()
+
+    def merge_due(self) -> int:
+        """Make every merge and compaction the index has due, each segment built without
+        the index lock (see the class); how many were installed. The merge thread calls
+        it; so may anyone, one at a time (a plan left stale by another is refused)."""
+        done = 0
+        while True:
+            with self._index_lock:
+                self._apply_pending()
+                index = self._pdq
+                plan = None if index is None else index.merge_plan()
+            if index is None or plan is None:
+                return done
+            built = index.build_merge(plan)
+            with self._index_lock:
+                if self._pdq is not index or not index.install_merge(plan, built):
+                    return done
+            done += 1
 
     def _apply_videos(self, added: list[tuple[int, str]], removed: list[int]) -> None:
         if added:
