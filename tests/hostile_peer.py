@@ -238,7 +238,8 @@ class LiarServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 self.rfile.read(length)
-                if self.path == "/v1/peer/reconcile":  # an older peer: version 1 pages
+                # an older peer: version 1 pages, and no statements
+                if self.path == "/v1/peer/reconcile" or "/statements/" in self.path:
                     self.send_response(404)
                     self.send_header("Content-Length", "0")
                     self.end_headers()

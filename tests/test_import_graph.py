@@ -31,6 +31,15 @@ LAYERS: list[tuple[str, ...]] = [
     ("hashmesh.node.matching",),
     ("hashmesh.node.lists",),
     # batching: the running node's publisher, coalescing adds into NodeService.publish
+    # statements and authority: the node's statements (issue 22) and the accept decision
+    # built on them, which service and replication consult
+    # membership and witness: followed collections' documents and this node's cosigns
+    (
+        "hashmesh.node.statements",
+        "hashmesh.node.authority",
+        "hashmesh.node.membership",
+        "hashmesh.node.witness",
+    ),
     ("hashmesh.node.service", "hashmesh.node.batching"),
     # bridges: following central hash APIs (NCMEC, StopNCII) into a collection
     ("hashmesh.node.bridges",),

@@ -16,11 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from hashmesh.node.authority import NodeAuthority
 from hashmesh.node.config import Config, Home, Peer, Trust, check_url, parse_listen, validate_name
 from hashmesh.node.errors import Conflict, HomeError, NodeError, NotFound, caller_input
 from hashmesh.node.hashing.degenerate import degenerate_reason
 from hashmesh.node.keys import create_key, load_key, new_token, write_secret
 from hashmesh.node.progress import Counter
+from hashmesh.node.statements import StatementBook
 from hashmesh.node.store.backup import (
     NODE_ID_KEY,
     backup_database,
@@ -30,11 +32,14 @@ from hashmesh.node.store.backup import (
 )
 from hashmesh.node.store.core import IngestResult, Store, now_ms
 from hashmesh.node.store.quarantine import DEGENERATE_REASON
-from hashmesh.protocol.batches import AnyOp, LogKey, build_batch, header_hash
+from hashmesh.protocol.batches import AnyOp, LogKey, build_batch, header_hash, parse_header
 from hashmesh.protocol.bundles import BundleCheck, BundleDecoder, encode_bundle_header
+from hashmesh.protocol.certificates import ALL_COLLECTIONS, CertBody
 from hashmesh.protocol.errors import BatchOverflow, ProtocolError
+from hashmesh.protocol.kinds import REGISTRY
 from hashmesh.protocol.ops import AddOp, OpId, OpinionOp, RevokeOp, validate_collection
 from hashmesh.protocol.signing import validate_node_id
+from hashmesh.protocol.statements import add_signatures
 
 if TYPE_CHECKING:
     from hashmesh.node.matching.matcher import Matcher
@@ -101,6 +106,9 @@ class NodeService:
                 f"node {self.key.node_id}; restore your own backup (hashmesh restore)"
             )
         self._matcher: Matcher | None = None
+        self.statements = StatementBook(self.store, REGISTRY)
+        self.authority = NodeAuthority(self.statements)
+        self.authority.change_listeners.append(self._withdraw)
 
     @property
     def node_id(self) -> str:
@@ -384,6 +392,8 @@ class NodeService:
                 {"author": a, "name": self.config.author_name(a), "held_back": n}
                 for a, n in self.store.quarantine.degenerate_by_author().items()
             ],
+            # Certificates, revoked keys and hand-overs this node holds (issue 22).
+            **self.statements_status(),
             # This node's own adds that others disputed (the author's review queue).
             "disputed": [e for e in self.disputes(200)["disputes"] if e["disputes"]][:50],
         }
@@ -490,6 +500,78 @@ class NodeService:
         self.config.remove_trust(node_id, collection)
         self._save_config()
         return self._author_trust(node_id, collection, "untrusted")
+
+    # -- statements: certificates, hand-overs, key revocations (issue 22) ----------------
+
+    def statement_add(self, wire: bytes, kind: str) -> dict[str, Any]:
+        """Install one statement the operator was given (a certificate, a revocation):
+        verified whole first; a refused one changes nothing."""
+        if kind not in REGISTRY.names():
+            raise NodeError(f"kind: {kind!r} is not a statement kind")
+        statement = _protocol(self.statements.verify_wire, wire)
+        if statement.kind.name != kind:
+            raise NodeError(f"FILE: a {statement.kind.name} statement, not a {kind}")
+        if isinstance(statement.body, CertBody) and statement.body.key == self.node_id:
+            # our own key's certificate: co-signed, which gives the org power over the key
+            # (to revoke it, or hand its logs over should it be lost)
+            statement = add_signatures(statement, [self.key])
+        before = self.store.counts()["live"]
+        done = self.statements.admit([statement], "local")
+        outcome = next(iter(done.outcomes), "same")
+        out: dict[str, Any] = {"id": statement.id, "kind": kind, "outcome": outcome}
+        if kind == "key-revoke":
+            out["effective"] = any(r[3] == statement.id for r in self.authority.revocations())
+            out["withdrawn"] = max(0, before - self.store.counts()["live"])
+        return out
+
+    def _withdraw(self, touched: set[tuple[str, str]]) -> None:
+        """New key statements (a revocation, a hand-over) may mean held batches are no
+        longer their log's: those the authority's drop ranges name stop matching (each
+        add a revoke entry in the feed). Later such batches are refused on every ingest
+        path. `touched`: (author, collection) of the logs concerned, "*" for all of an
+        author's logs."""
+        heads: dict[tuple[str, str], int] = {}
+        for author, collection in touched:
+            for log_key, head in self.store.vector().items():
+                if log_key.author == author and collection in (ALL_COLLECTIONS, log_key.collection):
+                    heads[(author, log_key.collection)] = head
+        for drop in self.authority.drop_ranges(heads):
+            log_key = LogKey(drop.author, drop.collection)
+            held = self.store.batches_not_signed_by(
+                log_key, drop.first, drop.last, drop.keep, _header_signer
+            )
+            if not held:
+                continue
+            by = f"key-revoke:{drop.author}/{drop.collection}/{drop.first}"
+            withdrawn = self.store.withdraw_batches(held, by, drop.reason)
+            log.warning(
+                "%s: %d held batches of %s no longer accepted, %d signals withdrawn",
+                drop.reason,
+                len(held),
+                log_key,
+                len(withdrawn),
+            )
+
+    def statements_status(self, limit: int = 100) -> dict[str, Any]:
+        """Certificates, revoked keys and hand-overs held, at most `limit` of each."""
+        out: dict[str, list[dict[str, Any]]] = {
+            "certificates": [],
+            "revoked_keys": [],
+            "handovers": [],
+        }
+        effective = {r[3] for r in self.authority.revocations()}
+        names = {"cert": "certificates", "key-revoke": "revoked_keys", "handover": "handovers"}
+        for row in self.store.statements.visible(None, kinds=list(names)):
+            rows = out[names[row.kind]]
+            if len(rows) >= limit:
+                continue
+            statement = self.statements.verify_wire(row.wire)
+            entry = {"id": row.id, **statement.body.model_dump(exclude={"kind", "v"})}
+            entry["signers"] = sorted(statement.signers)
+            if row.kind == "key-revoke":
+                entry["effective"] = row.id in effective
+            rows.append(entry)
+        return out
 
     # -- match policy (matching/policy.py; rows in store/policies.py) ---------------------
 
@@ -763,14 +845,18 @@ class NodeService:
         counts = {"applied": 0, "duplicate": 0, "deferred": 0, "fork": 0, "frozen": 0}
         refused = 0
         refused_logs: set[str] = set()
+        refused_keys: dict[str, str] = {}
         try:
             with self.store.bulk():
                 while chunk := stream.read(BUNDLE_CHUNK):
                     for header, sig, ops in decoder.feed(chunk):
                         batch = check.check(header, sig, ops)
-                        if not self.config.accepts(batch.header.author, batch.header.collection):
+                        refusal = self.authority.refuses(self.config, batch.header)
+                        if refusal is not None:
                             refused += 1
                             refused_logs.add(str(batch.log))
+                            if refusal.code != "untrusted":
+                                refused_keys[str(batch.log)] = refusal.reason
                             continue
                         outcome = self.store.ingest(batch, source=source).outcome
                         counts[outcome] = counts.get(outcome, 0) + 1
@@ -782,7 +868,12 @@ class NodeService:
             **counts,
             "refused_untrusted": refused,
             "untrusted_logs": sorted(refused_logs),
+            **({"refused_keys": dict(sorted(refused_keys.items()))} if refused_keys else {}),
         }
+
+
+def _header_signer(header: bytes) -> str:
+    return parse_header(header).signed_by
 
 
 def parse_log_cursor(text: str) -> tuple[str, str]:

@@ -124,6 +124,9 @@ class LocalBackend:
     def disputes(self) -> dict[str, Any]:
         return self.service.disputes()
 
+    def statement_add(self, wire: bytes, kind: str) -> dict[str, Any]:
+        return self.service.statement_add(wire, kind)
+
 
 # How long `hashmesh match` waits for a running node's PDQ index to finish loading.
 INDEX_WAIT_S = 120.0
@@ -339,6 +342,13 @@ class RemoteBackend:
 
     def disputes(self) -> dict[str, Any]:
         return self._call("GET", "/v1/admin/disputes")
+
+    def statement_add(self, wire: bytes, kind: str) -> dict[str, Any]:
+        try:
+            statement = json.loads(wire)
+        except ValueError:
+            raise NodeError("FILE: not a statement (not JSON)") from None
+        return self._call("POST", "/v1/admin/statements", {"statement": statement, "kind": kind})
 
 
 Backend = LocalBackend | RemoteBackend

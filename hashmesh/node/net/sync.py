@@ -10,6 +10,13 @@ Server side (routes under /v1/peer/, every request signed by a configured peer):
                             (version 1, for peers without reconcile; answered and used)
     POST /v1/peer/batches   batch frames pushed to us
     POST /v1/peer/evidence  fork evidence gossiped to us
+    POST /v1/peer/statements/index  the digest of our statements the caller may see,
+                            or a page of their index (protocol/statementsync.py)
+    POST /v1/peer/statements/fetch  the statements named -> their wire objects
+    POST /v1/peer/statements/push   statements gossiped to us (a key revocation at once)
+
+A round starts with the statements (certificates, hand-overs, key revocations): they
+decide which of the round's batches are accepted.
 
 A peer only ever receives batches of collections our policy lets it read; batches of
 authors we do not trust for their collection are refused and never stored or relayed.
@@ -45,10 +52,30 @@ from hashmesh.node.net.peers import (
     peer_route,
 )
 from hashmesh.node.service import RESTORED_KEY, NodeService
+from hashmesh.node.statements import URGENT_KINDS
 from hashmesh.node.store.executor import StoreThread
 from hashmesh.protocol.batches import Batch, LogKey, iter_frames, parse_header, verify_parts
 from hashmesh.protocol.errors import ProtocolError
 from hashmesh.protocol.evidence import ForkEvidence, verify_evidence
+from hashmesh.protocol.statements import Statement
+from hashmesh.protocol.statementsync import (
+    MAX_FETCH_IDS,
+    MAX_INDEX_PAGE,
+    MAX_REQUEST_BYTES,
+    MAX_STATEMENTS_BYTES,
+    IndexPage,
+    IndexRequest,
+    decode_index_page,
+    decode_push_answer,
+    decode_statements,
+    encode_fetch,
+    encode_index_page,
+    encode_index_request,
+    encode_push_answer,
+    encode_statements,
+    parse_fetch,
+    parse_index_request,
+)
 from hashmesh.protocol.sync import (
     MAX_EVIDENCE_MESSAGE_BYTES,
     MAX_EVIDENCE_PER_MESSAGE,
@@ -185,7 +212,7 @@ class Replicator:
         self._v1_until: dict[str, float] = {}
         # per peer, the trust list and wanted collections of a round that left nothing to
         # fetch: while they and the peer's view stay the same, nothing can be missing
-        self._fetched: dict[str, tuple[list[Any], int, frozenset[str]]] = {}
+        self._fetched: dict[str, tuple[list[Any], int, frozenset[str], int]] = {}
         # What a round derives from our heads, kept while Store.heads_version stays the
         # same (store thread only): the view built for each peer, with its version and
         # scope; our own collections; and per peer the push check that found nothing.
@@ -195,6 +222,11 @@ class Replicator:
         self._pushed: dict[str, tuple[int, str, frozenset[str], frozenset[LogKey]]] = {}
         # per peer, the logs it refused as untrusted, until when they are not pushed to it
         self._refused_by: dict[str, dict[LogKey, float]] = {}
+        # Statements: per peer the digest of its statements we hold all of, and until when
+        # a peer without the statement routes (an older version) is not asked for them.
+        self._statements_held: dict[str, str] = {}
+        self._no_statements_until: dict[str, float] = {}
+        self.statement_queue: asyncio.Queue[tuple[list[Statement], str]] = asyncio.Queue()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -204,6 +236,9 @@ class Replicator:
         app.router.add_post("/v1/peer/sync", peer_route(self.handle_sync))
         app.router.add_post("/v1/peer/batches", peer_route(self.handle_batches))
         app.router.add_post("/v1/peer/evidence", peer_route(self.handle_evidence))
+        app.router.add_post("/v1/peer/statements/index", peer_route(self.handle_statement_index))
+        app.router.add_post("/v1/peer/statements/fetch", peer_route(self.handle_statement_fetch))
+        app.router.add_post("/v1/peer/statements/push", peer_route(self.handle_statement_push))
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -212,10 +247,15 @@ class Replicator:
         def on_batches(batches: list[Batch], forks: list[ForkEvidence], source: str) -> None:
             loop.call_soon_threadsafe(self.queue.put_nowait, (batches, forks, source))
 
+        def on_statements(statements: list[Statement], source: str) -> None:
+            loop.call_soon_threadsafe(self.statement_queue.put_nowait, (statements, source))
+
         self.store.batch_listeners.append(on_batches)
+        self.service.statements.listeners.append(on_statements)
         self._tasks = [
             asyncio.create_task(self._anti_entropy()),
             asyncio.create_task(self._push_worker()),
+            asyncio.create_task(self._statement_worker()),
         ]
 
     async def stop(self) -> None:
@@ -489,8 +529,21 @@ class Replicator:
                     error = f"batch {first + n}: {exc}"
                     break
                 state.holds(batch.header.author, batch.header.collection, batch.seq)
-                if not config.accepts(batch.header.author, batch.header.collection):
-                    state.refuse_untrusted(batch.header.author, batch.header.collection)
+                refusal = self.service.authority.refuses(config, batch.header)
+                if refusal is not None:
+                    if refusal.code == "untrusted":
+                        state.refuse_untrusted(batch.header.author, batch.header.collection)
+                    else:
+                        # a key the statements refuse: "untrusted" on the wire (an older
+                        # peer knows no other refusal), the reason in our log
+                        state.refuse(refusal.code)
+                        log.warning(
+                            "refused batch %s/%d from peer %s: %s",
+                            batch.log,
+                            batch.seq,
+                            peer.name,
+                            refusal.reason,
+                        )
                     results.append(PushResult(str(batch.log), batch.seq, "untrusted"))
                     continue
                 outcome = self.store.ingest(batch, source=source).outcome
@@ -545,7 +598,7 @@ class Replicator:
         new: list[ForkEvidence] = []
         unaccepted = False
         for item in evidence:
-            if not config.accepts(item.log.author, item.log.collection):
+            if not self.service.authority.accepts_log(config, item.log.author, item.log.collection):
                 unaccepted = True
                 continue
             if (
@@ -559,6 +612,134 @@ class Replicator:
         if unaccepted:
             state.penalise(PENALTY_UNACCEPTED, "unaccepted_evidence")
         return new
+
+    # -- statements (protocol/statementsync.py) --------------------------------------------
+
+    async def handle_statement_index(self, request: web.Request) -> web.Response:
+        """The digest of the statements this caller may see (unscoped ones, and those of
+        the collections it may read), or a page of their index: never a statement, nor
+        its id, of a collection outside its share list."""
+        config = self.service.config
+        peer, auth, body = await self.peers.authenticate(request, config, MAX_REQUEST_BYTES)
+        with self._from_peer(peer, "bad_statement_request"):
+            ask = parse_index_request(body)
+        page = await self.store_thread.call(self._statement_index, peer, ask)
+        return self.peers.respond(auth, encode_index_page(page), "application/json")
+
+    def _statement_index(self, peer: Peer, ask: IndexRequest) -> IndexPage:
+        readable = set(peer.share)
+        digest = self.store.statements.digest(readable)
+        if ask.known == digest and not ask.after:
+            return IndexPage(digest, True, [], False)
+        rows = self.store.statements.index(readable, ask.after, MAX_INDEX_PAGE + 1)
+        return IndexPage(digest, False, rows[:MAX_INDEX_PAGE], len(rows) > MAX_INDEX_PAGE)
+
+    async def handle_statement_fetch(self, request: web.Request) -> web.Response:
+        config = self.service.config
+        peer, auth, body = await self.peers.authenticate(request, config, MAX_REQUEST_BYTES)
+        with self._from_peer(peer, "bad_statement_request"):
+            ids = parse_fetch(body)
+        book = self.service.statements
+        objects = await self.store_thread.call(book.wire_objects, ids, set(peer.share))
+        return self.peers.respond(auth, encode_statements(objects), "application/json")
+
+    async def handle_statement_push(self, request: web.Request) -> web.Response:
+        """Statements a peer gossips: all verified before any is stored (one bad one and
+        nothing changes: 400 naming it)."""
+        config = self.service.config
+        peer, auth, body = await self.peers.authenticate(request, config, MAX_STATEMENTS_BYTES)
+        book = self.service.statements
+        with self._from_peer(peer, "bad_statement", "pushed statements"):
+            objects = decode_statements(body, "statement push")
+            statements = await asyncio.to_thread(book.verify_objects, objects)
+        done = await self.store_thread.call(book.admit, statements, f"peer:{peer.node_id}")
+        return self.peers.respond(auth, encode_push_answer(len(done.changed)), "application/json")
+
+    async def _statements_round(self, peer: Peer) -> None:
+        """Pull the statements the peer holds and we lack (or hold with other signatures),
+        before the round's batches; a peer of an older version is skipped."""
+        if time.monotonic() < self._no_statements_until.get(peer.node_id, 0.0):
+            return
+        try:
+            await self._pull_statements(peer)
+        except RouteMissing:
+            log.info("peer %s has no statement routes: it gets none, and sends none", peer.name)
+            self._no_statements_until[peer.node_id] = time.monotonic() + V1_RETRY_S
+
+    async def _pull_statements(self, peer: Peer) -> None:
+        assert self.client is not None
+        book = self.service.statements
+        source = f"peer:{peer.node_id}"
+        known = self._statements_held.get(peer.node_id, "")
+        after = ""
+        digest = ""
+        for _ in range(MAX_PAGES_PER_ROUND):
+            body = encode_index_request("" if after else known, after)
+            data = await self.client.post(
+                peer, "/v1/peer/statements/index", body, "application/json"
+            )
+            what = f"peer {peer.name}: statement index"
+            with self._from_peer(peer, "bad_statement_index", what):
+                page = decode_index_page(data)
+            if page.same:
+                return
+            digest = digest or page.digest
+            theirs = [i for i, _ in page.entries]
+            ours = await self.store_thread.call(self.store.statements.hashes, theirs)
+            want = [i for i, h in page.entries if ours.get(i) != h]
+            for start in range(0, len(want), MAX_FETCH_IDS):
+                asked = want[start : start + MAX_FETCH_IDS]
+                data = await self.client.post(
+                    peer, "/v1/peer/statements/fetch", encode_fetch(asked), "application/json"
+                )
+                with self._from_peer(peer, "bad_statement", f"peer {peer.name}: statements"):
+                    objects = decode_statements(data)
+                    statements = await asyncio.to_thread(book.verify_objects, objects)
+                    stray = {s.id for s in statements} - set(asked)
+                    if stray:
+                        raise ProtocolError(f"statement {sorted(stray)[0]} was not asked for")
+                await self.store_thread.call(book.admit, statements, source)
+            if not page.more or not page.entries:
+                break
+            after = page.entries[-1][0]
+        self._statements_held[peer.node_id] = digest
+
+    async def _statement_worker(self) -> None:
+        """Eager gossip of every statement this node newly holds, to every peer that may
+        see it but the one it came from; a key revocation, hand-over or certificate also
+        starts every peer's round at once."""
+        while True:
+            statements, source = await self.statement_queue.get()
+            try:
+                if any(s.kind.name in URGENT_KINDS for s in statements):
+                    self.wake()
+                exclude = source.removeprefix("peer:") if source.startswith("peer:") else ""
+                for peer in self.service.config.peers:
+                    if peer.node_id == exclude or self.peers.state(peer.node_id).cut_off:
+                        continue
+                    if time.monotonic() < self._no_statements_until.get(peer.node_id, 0.0):
+                        continue
+                    share = set(peer.share)
+                    visible = [s for s in statements if s.scope is None or s.scope in share]
+                    for start in range(0, len(visible), MAX_FETCH_IDS):
+                        part = visible[start : start + MAX_FETCH_IDS]
+                        self._track(asyncio.create_task(self._push_statements(peer, part)))
+            except Exception:
+                log.exception("statement gossip failed")
+
+    async def _push_statements(self, peer: Peer, statements: list[Statement]) -> None:
+        assert self.client is not None
+        body = encode_statements([s.to_json() for s in statements])
+        try:
+            data = await self.client.post(
+                peer, "/v1/peer/statements/push", body, "application/json"
+            )
+            with self._from_peer(peer, "bad_statement_reply", f"peer {peer.name}: push reply"):
+                decode_push_answer(data)
+        except RouteMissing:
+            self._no_statements_until[peer.node_id] = time.monotonic() + V1_RETRY_S
+        except (TimeoutError, aiohttp.ClientError, OSError, NodeError, PeerError) as exc:
+            log.info("statements to %s failed: %s", peer.name, clip(str(exc)))
 
     # -- client side ---------------------------------------------------------------------
 
@@ -587,6 +768,7 @@ class Replicator:
         async with self._syncing[peer.node_id]:
             state.last_attempt_ms = int(time.time() * 1000)
             try:
+                await self._statements_round(peer)
                 if time.monotonic() >= self._v1_until.get(peer.node_id, 0.0):
                     try:
                         await self._reconcile_round(peer)
@@ -664,12 +846,13 @@ class Replicator:
         changed = theirs if answer.full else answer.vector
         tally = PeerTally()
         config = self.service.config
+        authority = self.service.authority
         before = held[1] if held else {}
         for log_key, seq in changed.items():
             key = (log_key.author, log_key.collection)
             if seq:
                 state.vector[key] = seq
-                if log_key.collection in wanted and not config.accepts(*key):
+                if log_key.collection in wanted and not authority.accepts_log(config, *key):
                     # its batches we will not fetch, counted as refused ones were
                     n = max(1, seq - (0 if answer.full else before.get(log_key, 0)))
                     tally.refused["untrusted"] = tally.refused.get("untrusted", 0) + n
@@ -703,7 +886,7 @@ class Replicator:
         def takes(log_key: LogKey) -> bool:
             return (
                 log_key.collection in wanted
-                and config.accepts(log_key.author, log_key.collection)
+                and self.service.authority.accepts_log(config, log_key.author, log_key.collection)
                 and not self.store.is_forked(log_key)
             )
 
@@ -717,7 +900,8 @@ class Replicator:
         fetch, so nothing can be missing now (our heads only grow)."""
         assert self.client is not None
         trust = self.service.config.trust  # held, so its id is never reused
-        policy = (trust, len(trust), frozenset(wanted))
+        # a new certificate or hand-over can make a log acceptable: part of the policy
+        policy = (trust, len(trust), frozenset(wanted), self.store.statements.version)
         done = self._fetched.pop(peer.node_id, None)
         if idle and done is not None and done[0] is trust and done[1:] == policy[1:]:
             self._fetched[peer.node_id] = done
@@ -978,7 +1162,9 @@ class Replicator:
         config = self.service.config
         out = []
         for row in self.refusals.rows():
-            if row.reason == "untrusted" and config.accepts(row.author, row.collection):
+            if row.reason == "untrusted" and self.service.authority.accepts_log(
+                config, row.author, row.collection
+            ):
                 continue
             sender = config.peer(row.sender)
             out.append(

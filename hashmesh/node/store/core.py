@@ -652,9 +652,6 @@ class Store:
     ) -> list[int]:
         return find_exact(self.conn, signal_type, value, live_only, limit)
 
-    def exact_rows(self, signal_type: str, value: str, limit: int) -> dict[int, dict[str, Any]]:
-        return exact_rows(self.conn, signal_type, value, limit, self._log_keys.get)
-
     def find_own_live(
         self, author: str, collection: str, signal_type: str, value: str
     ) -> int | None:
@@ -876,6 +873,74 @@ class Store:
             "feed_cursor": self.feed_cursor(),
         }
 
+    def batches_not_signed_by(
+        self,
+        log: LogKey,
+        first: int,
+        last: int | None,
+        keep: str | None,
+        signer_of: Callable[[bytes], str],
+    ) -> list[tuple[LogKey, int]]:
+        """(log, seq) of the held batches first..last (None: to the head) that `keep` did
+        not sign (None: all of them); `signer_of` reads a header (the protocol's to parse,
+        not the store's)."""
+        log_id = self._log_ids.get(log)
+        if log_id is None:
+            return []
+        return [
+            (log, seq)
+            for seq, header in self.conn.execute(
+                "SELECT seq, header FROM batches WHERE log_id = ? AND seq >= ? AND seq <= ?"
+                " ORDER BY seq",
+                (log_id, first, self._heads[log_id] if last is None else last),
+            )
+            if keep is None or signer_of(header) != keep
+        ]
+
+    def withdraw_batches(
+        self, batches: list[tuple[LogKey, int]], by: str, reason: str
+    ) -> list[int]:
+        """Take the live adds of held batches out of matching, as if revoked by `by` (a
+        key revocation: its batches after the bound are no longer the author's word):
+        each becomes a revoke entry in the feed, so a feed consumer drops it too. The
+        batches stay (their bytes are signed, and the log's chain runs through them).
+        Returns the signal ids withdrawn; one transaction."""
+        removed: list[int] = []
+        at = now_ms()
+
+        def work() -> None:
+            for log, seq in batches:
+                log_id = self._log_ids[log]
+                rows = self.conn.execute(
+                    "UPDATE signals SET revoked_by = ?, revoked_reason = ?"
+                    " WHERE log_id = ? AND seq = ? AND revoked_by IS NULL RETURNING id, idx",
+                    (by, reason, log_id, seq),
+                ).fetchall()
+                if not rows:
+                    continue
+                rows.sort()
+                self.conn.executemany(
+                    "INSERT INTO feed (kind, collection, signal_id, op_id, target, detail, at)"
+                    " VALUES ('revoke', ?, ?, ?, ?, ?, ?)",
+                    [
+                        (log.collection, sid, by, f"{log}/{seq}/{idx}", reason, at)
+                        for sid, idx in rows
+                    ],
+                )
+                self.conn.execute(
+                    "UPDATE logs SET live = live - ?, updated_at = ? WHERE id = ?",
+                    (len(rows), at, log_id),
+                )
+                removed.extend(sid for sid, _ in rows)
+
+        self._transaction(work)
+        if removed and self._bulk is None:
+            for listener in self.listeners:
+                listener([], removed)
+        elif removed and self._bulk is not None:
+            self._bulk.removed.extend(removed)
+        return removed
+
     def put_statement(self, row: StatementRow, merge: Merge) -> str:
         """Store one verified statement (store/statements.py): in the open bulk
         transaction when there is one, else in its own."""
@@ -978,28 +1043,6 @@ def signals_by_id(
     return out
 
 
-def exact_rows(
-    conn: sqlite3.Connection,
-    signal_type: str,
-    value: str,
-    limit: int,
-    log_of: Callable[[int], LogKey | None],
-) -> dict[int, dict[str, Any]]:
-    """The live rows of one exact value as API dicts, by row id: `find_exact` and then
-    `signals_by_id` in one statement, the one a match of an exact hash costs (a statement
-    is most of an exact match's CPU on the fast path, docs/benchmarks.md)."""
-    out: dict[int, dict[str, Any]] = {}
-    for row in conn.execute(
-        f"SELECT {SIGNAL_COLUMNS} FROM signals WHERE value = ? AND type = ?"
-        " AND revoked_by IS NULL ORDER BY id LIMIT ?",
-        (value, signal_type, limit),
-    ):
-        log = log_of(row[1])
-        if log is not None:
-            out[row[0]] = signal_dict(row, log)
-    return out
-
-
 def find_exact(
     conn: sqlite3.Connection, signal_type: str, value: str, live_only: bool, limit: int
 ) -> list[int]:
@@ -1039,9 +1082,6 @@ class StoreReader:
         self, signal_type: str, value: str, live_only: bool = True, limit: int = -1
     ) -> list[int]:
         return find_exact(self.conn, signal_type, value, live_only, limit)
-
-    def exact_rows(self, signal_type: str, value: str, limit: int) -> dict[int, dict[str, Any]]:
-        return exact_rows(self.conn, signal_type, value, limit, self._log)
 
     def signals_by_id(self, ids: list[int]) -> dict[int, dict[str, Any]]:
         return signals_by_id(self.conn, ids, self._log)

@@ -31,6 +31,8 @@ from hashmesh.node.store.executor import StoreThread
 from hashmesh.node.web import access
 from hashmesh.node.web.http import read_json
 from hashmesh.node.web.selfreport import OPEN_PATHS as SELFREPORT_OPEN_PATHS
+from hashmesh.protocol.encoding import canonical
+from hashmesh.protocol.errors import ProtocolError
 
 log = logging.getLogger("hashmesh.api")
 
@@ -136,6 +138,15 @@ async def status(request: web.Request) -> web.Response:
     grant = access.grant_of(request)
     if grant.restricted:  # a token restricted to collections hears nothing of the others
         result["refusals"] = [r for r in result["refusals"] if grant.can_use(r["collection"])]
+        # hand-overs and a collection's key revocations are facts about that collection
+        result["handovers"] = [
+            h for h in result.get("handovers", []) if grant.can_use(h["collection"])
+        ]
+        result["revoked_keys"] = [
+            r
+            for r in result.get("revoked_keys", [])
+            if r["collection"] == "*" or grant.can_use(r["collection"])
+        ]
     return web.json_response(result)
 
 
@@ -321,6 +332,19 @@ async def trust_add(request: web.Request) -> web.Response:
     )
 
 
+async def statement_add(request: web.Request) -> web.Response:
+    """One statement (a certificate, a key revocation) the operator installs; it gossips."""
+    deps = request.app[API_KEY]
+    body = _fields(await read_json(request), ("statement", "kind"), ())
+    _text(body, "kind")
+    try:
+        wire = canonical(body["statement"])
+    except ProtocolError as exc:
+        raise NodeError(f"statement: {exc}") from None
+    result = await deps.store_thread.call(deps.service.statement_add, wire, body["kind"])
+    return web.json_response(result)
+
+
 async def trust_remove(request: web.Request) -> web.Response:
     deps = request.app[API_KEY]
     info = request.match_info
@@ -413,6 +437,7 @@ def build_app(deps: ApiDeps) -> web.Application:
     app.router.add_delete("/v1/admin/peers/{name}/share/{collection}", peer_unshare)
     app.router.add_get("/v1/admin/trust", trust_list)
     app.router.add_post("/v1/admin/trust", trust_add)
+    app.router.add_post("/v1/admin/statements", statement_add)
     app.router.add_delete("/v1/admin/trust/{node_id}/{collection}", trust_remove)
     app.router.add_get("/v1/admin/policy", policy_show)
     app.router.add_get("/v1/admin/policy/{collection}", policy_show)

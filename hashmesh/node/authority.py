@@ -1,0 +1,122 @@
+"""The node's accept decision for a batch: the local trust list, and what the statements it
+holds say (protocol/authority.py decides; this module only asks it and the config).
+
+One question, asked on every ingest path (a peer's push or page, a bundle, an import):
+may this node store and relay this batch? Two parts:
+
+- the log: its author is trusted in its collection by a trust entry of its own (as
+  before issue 22), or some org trusted in that collection (trust kind org) certified the
+  author key;
+- the batch: the key that signed it (the header's signer, or the author) may sign that
+  seq of that log at the header's time: not revoked after a lower seq, the right key for
+  the seq after a hand-over, and, when the log is trusted only through an org, certified
+  by that org at the header's time.
+
+The statements are few; the authority is kept in memory and told of each new one by the
+StatementBook, so the decision is a few dictionary lookups per batch. Store thread only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from hashmesh.node.config import Config
+from hashmesh.node.statements import StatementBook
+from hashmesh.protocol.authority import KEY_KINDS, Authority, DropRange, Refusal
+from hashmesh.protocol.batches import Header
+from hashmesh.protocol.certificates import HandoverBody, KeyRevokeBody
+from hashmesh.protocol.statements import Statement
+
+
+class WriterPolicy(Protocol):
+    """Who may write a collection the node follows by a signed membership document
+    (node/membership.py): the document in force decides, local trust can only narrow."""
+
+    def followed(self, collection: str) -> bool: ...
+
+    def may_write(
+        self,
+        key: str,
+        collection: str,
+        ts: int,
+        vouchers: Callable[[str, int], frozenset[str]],
+    ) -> bool: ...
+
+
+#: (key, collection, after, statement id) of a revocation in force.
+Revocation = tuple[str, str, int, str]
+#: What changed: the logs (author, collection) whose held batches may now have to go.
+ChangeListener = Callable[[set[tuple[str, str]]], None]
+
+
+class NodeAuthority:
+    def __init__(self, book: StatementBook) -> None:
+        self.book = book
+        self.authority = Authority(s for s in book.all() if s.kind.name in KEY_KINDS)
+        self.change_listeners: list[ChangeListener] = []
+        self.writers: WriterPolicy | None = None
+        book.listeners.append(self._learn)
+
+    def _learn(self, statements: list[Statement], source: str) -> None:
+        """New key statements: the logs whose held batches they may withdraw go to the
+        listeners (the service drops what the authority's drop ranges say)."""
+        touched: set[tuple[str, str]] = set()
+        for statement in statements:
+            if not self.authority.add(statement):
+                continue
+            body = statement.body
+            if isinstance(body, KeyRevokeBody):
+                touched.update(self.authority.logs_signed_by(body.key))
+                touched.add((body.key, body.collection))  # its own log ("*": all its logs)
+            elif isinstance(body, HandoverBody):
+                touched.add((body.author, body.collection))
+        if touched:
+            for listener in self.change_listeners:
+                listener(touched)
+
+    def revocations(self) -> list[Revocation]:
+        return self.authority.revocations()
+
+    def vouchers(self, key: str, ts: int) -> frozenset[str]:
+        """Orgs holding a valid certificate of `key` at `ts` (seconds)."""
+        return self.authority.vouchers(key, ts)
+
+    def _followed(self, collection: str) -> bool:
+        return self.writers is not None and self.writers.followed(collection)
+
+    def _by_trust(self, config: Config, author: str, collection: str) -> bool:
+        if config.accepts(author, collection):
+            return True
+        orgs = config.trusted_orgs(collection)
+        return bool(orgs) and bool(self.authority.certified(author) & orgs)
+
+    def accepts_log(self, config: Config, author: str, collection: str) -> bool:
+        """Whether batches of this log are wanted at all (each batch is then checked)."""
+        return self._followed(collection) or self._by_trust(config, author, collection)
+
+    def refuses(self, config: Config, header: Header) -> Refusal | None:
+        """None when the batch may be accepted, else why not (a Refusal's code:
+        untrusted, or the authority's: revoked, handed-over, not-certified, ...)."""
+        author, collection = header.author, header.collection
+        if author == config.node_id:
+            return self.authority.check_header(header)
+        if self._followed(collection):
+            assert self.writers is not None
+            signer, seconds = header.signed_by, header.ts // 1000
+            if not self.writers.may_write(signer, collection, seconds, self.vouchers):
+                return Refusal(
+                    "untrusted", f"key {signer} may not write {collection} by its membership"
+                )
+            if config.accepts_collection(collection) and not self._by_trust(
+                config, author, collection
+            ):
+                return Refusal("untrusted", f"author {author} is not trusted in {collection}")
+        elif not self._by_trust(config, author, collection):
+            return Refusal("untrusted", f"author {author} is not trusted in {collection}")
+        # trusted by name: the key rules only; through orgs only: a certificate as well
+        orgs = None if config.accepts(author, collection) else config.trusted_orgs(collection)
+        return self.authority.check_header(header, orgs or None)
+
+    def drop_ranges(self, heads: dict[tuple[str, str], int]) -> list[DropRange]:
+        return self.authority.drop_ranges(heads)
