@@ -6,6 +6,7 @@ hostile "node" whose malformed stream cannot crash it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -52,7 +53,13 @@ class MatcherProc:
     """One `hashmesh matcher` process; its URL read back from DIR/matcher.json."""
 
     def __init__(
-        self, root: Path, node: NodeProc, token: str, *extra: str, data: str = "m"
+        self,
+        root: Path,
+        node: NodeProc,
+        token: str,
+        *extra: str,
+        data: str = "m",
+        via: str | None = None,
     ) -> None:
         self.data = root / data
         token_file = root / f"{data}.token"
@@ -62,7 +69,7 @@ class MatcherProc:
             HASHMESH,
             "matcher",
             "--follow",
-            node.url,
+            via or node.url,  # via: a relay in front of the node
             "--token-file",
             str(token_file),
             "--listen",
@@ -328,6 +335,97 @@ def test_replica_refuses_once_the_node_is_gone(
     node.start()
     wait_for(lambda: replica.health()[0] == 200, timeout=FRESH_S * 2)
     assert match(replica.url, platform, query)[0] == 200
+
+
+class _StreamHold:
+    """A TCP relay in front of the node that, while `hold` is set, stops passing the node's
+    bytes on connections whose last request was the feed stream: the replica still reads
+    the node's state (and so its head) every poll, but no change reaches it."""
+
+    def __init__(self, upstream_port: int) -> None:
+        import socket
+
+        self.upstream = ("127.0.0.1", upstream_port)
+        self.hold = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            streaming = [False]
+            threading.Thread(target=self._up, args=(client, server, streaming), daemon=True).start()
+            threading.Thread(
+                target=self._down, args=(server, client, streaming), daemon=True
+            ).start()
+
+    def _up(self, src: Any, dst: Any, streaming: list[bool]) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if data[:4] == b"GET " or data[:5] == b"POST ":
+                    streaming[0] = data.startswith(b"GET /v1/feed/stream")
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(2)
+
+    def _down(self, src: Any, dst: Any, streaming: list[bool]) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                while streaming[0] and self.hold.is_set() and not self.closed:
+                    time.sleep(0.01)
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(2)
+
+    def close(self) -> None:
+        self.closed = True
+        self.listener.close()
+
+
+def test_replica_refuses_past_its_lag_bound_in_seconds(
+    tmp_path: Path, node: NodeProc, matchers: list[MatcherProc]
+) -> None:
+    """Issue 18: replicas were bounded in changes only, so one whose stream stalled behind
+    a quiet node (a change or two behind, the node answering every poll) answered from old
+    rows for as long as the stall lasted. With --max-lag-s it reports how old its answers
+    are (/healthz lag_s, hashmesh_replica_lag_seconds) and refuses past the bound, and
+    answers again, with the change, once the stream delivers."""
+    publish(node, "md5", md5(1), "csam")
+    follow = token(node, "replica", ["read", "replicate"])
+    platform = token(node, "platform", ["match"])
+    metrics = token(node, "metrics", ["metrics"])
+    relay = _StreamHold(node.port)
+    try:
+        replica = MatcherProc(
+            tmp_path, node, follow, "--max-lag", "1000000", "--max-lag-s", "1", via=relay.url
+        )
+        matchers.append(replica)
+        replica.start()
+        assert match(replica.url, platform, [{"type": "md5", "value": md5(1)}])[0] == 200
+        assert replica.health()[1]["lag_s"] == 0
+        relay.hold.set()
+        publish(node, "md5", md5(2), "csam")  # the head moves; the change is held back
+        status, body = wait_for(lambda: (h := replica.health())[0] == 503 and h, timeout=FRESH_S)
+        assert "s behind its source (limit 1 s)" in body["reason"], body
+        assert body["lag_s"] > 1 and body["behind"] >= 1 and body["stale_s"] < 1, body
+        assert replica.metrics(metrics)["hashmesh_replica_lag_seconds"] > 1
+        status, answer = match(replica.url, platform, [{"type": "md5", "value": md5(1)}])
+        assert status == 503 and "s behind its source" in answer["error"], answer
+        relay.hold.clear()
+        wait_for(lambda: replica.health()[0] == 200, timeout=FRESH_S)
+        status, answer = match(replica.url, platform, [{"type": "md5", "value": md5(2)}])
+        assert status == 200 and answer["matched"], answer
+        assert replica.health()[1]["lag_s"] < 1
+    finally:
+        relay.close()
 
 
 # -- a hostile node ----------------------------------------------------------------------

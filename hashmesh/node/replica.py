@@ -7,8 +7,10 @@ collection filters, for the node's own tokens (learnt from its /v1/replica/state
 
 Freshness is the contract with the load balancer in front: /healthz answers 503, and so
 does every match, when the replica is more than `max_lag` cursor steps behind the node's
-head, or the node has not answered for `max_stale` seconds (the replica cannot know what
-it missed), or no snapshot completed yet. A replica that says 200 is at most that far
+head, or its answers are more than `max_lag_s` seconds old (the newest head it has applied
+was read that long ago: net/follow.py's LagClock), or the node has not answered for
+`max_stale` seconds (the replica cannot know what it missed), or no snapshot completed
+yet. A replica that says 200 is at most that far
 behind; one that is not is taken out of rotation by the health check.
 
 Start-up loads the PDQ index from the replica's own checkpoint (DIR/index, written at
@@ -40,7 +42,12 @@ from hashmesh.node.config import parse_listen
 from hashmesh.node.errors import NodeError
 from hashmesh.node.matching import loading
 from hashmesh.node.matching.checkpoint import snapshot as checkpoint_snapshot
-from hashmesh.node.matching.freshness import DEFAULT_MAX_LAG, DEFAULT_MAX_STALE_S, Freshness
+from hashmesh.node.matching.freshness import (
+    DEFAULT_MAX_LAG,
+    DEFAULT_MAX_LAG_S,
+    DEFAULT_MAX_STALE_S,
+    Freshness,
+)
 from hashmesh.node.matching.matcher import Matcher, video_index
 from hashmesh.node.matching.pdq_index import PDQIndex
 from hashmesh.node.matching.policy import policy_set
@@ -66,6 +73,11 @@ class Options:
     data: Path = Path(DEFAULT_DATA)
     max_lag: int = DEFAULT_MAX_LAG
     max_stale: float = DEFAULT_MAX_STALE_S
+    max_lag_s: float = DEFAULT_MAX_LAG_S
+
+    def refusal(self, fresh: Freshness) -> str | None:
+        """Why a replica this fresh must not answer (matches and /healthz alike), or None."""
+        return fresh.refusal(self.max_lag, self.max_stale, self.max_lag_s)
 
 
 class Replica:
@@ -105,7 +117,7 @@ class Replica:
 
     def freshness(self) -> Freshness:
         f = self.follower
-        return Freshness(self.store.cursor, f.head, f.behind(), f.stale_s())
+        return Freshness(self.store.cursor, f.head, f.behind(), f.stale_s(), f.lag_s())
 
     # -- start-up ---------------------------------------------------------------------
 
@@ -221,7 +233,7 @@ class _Answers:
     async def answer(self, request: web.Request, queries: Any, threshold: int) -> dict[str, Any]:
         replica = self.replica
         fresh = replica.freshness()
-        why = fresh.refusal(replica.options.max_lag, replica.options.max_stale)
+        why = replica.options.refusal(fresh)
         if why is not None:
             replica.requests["refused_stale"] += 1
             raise matchroutes.Refused.not_current("replica", why, fresh)
@@ -250,7 +262,7 @@ def _health(replica: Replica) -> tuple[bool, dict[str, Any]]:
     """200 while the replica may answer (current within its bounds), else 503 with why:
     what a load balancer's health check reads."""
     fresh = replica.freshness()
-    why = fresh.refusal(replica.options.max_lag, replica.options.max_stale)
+    why = replica.options.refusal(fresh)
     body = {**fresh.json(), "pdq_ready": replica.matcher.ready}
     if why is not None:
         body["reason"] = why
@@ -269,6 +281,12 @@ def _metrics_text(replica: Replica) -> str:
         *gauge("hashmesh_replica_cursor", "Feed cursor this replica has applied.", fresh.applied),
         *gauge("hashmesh_replica_head", "Head cursor the node last reported.", fresh.head),
         *gauge("hashmesh_replica_lag", "Changes this replica is behind the node.", fresh.behind),
+        *gauge(
+            "hashmesh_replica_lag_seconds",
+            "How old this replica's answers are (seconds since the newest head it applied"
+            " was read from the node).",
+            round(fresh.lag_s, 3),
+        ),
         *gauge(
             "hashmesh_replica_stale_seconds", "Seconds since the node last answered.", fresh.stale_s
         ),

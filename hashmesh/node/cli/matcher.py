@@ -41,6 +41,14 @@ from hashmesh.node.cli.base import cli, errors
     help="Answer 503 when more than this many feed changes behind the node.",
 )
 @click.option(
+    "--max-lag-s",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(min=0.5),
+    help="Answer 503 when its answers are more than this many seconds behind the node"
+    " (the newest head it has applied was read that long ago).",
+)
+@click.option(
     "--max-stale",
     default=10.0,
     show_default=True,
@@ -60,6 +68,7 @@ def matcher(
     data: str,
     max_lag: int,
     max_stale: float,
+    max_lag_s: float,
     log_level: str,
 ) -> None:
     """Run a matcher replica of a node: it takes the node's snapshot, follows its change
@@ -71,5 +80,5 @@ def matcher(
         check_url(follow, "--follow")
         parse_listen(listen)
         token = read_token(token_file)
-        options = Options(follow, token, listen, Path(data), max_lag, max_stale)
+        options = Options(follow, token, listen, Path(data), max_lag, max_stale, max_lag_s)
         run(options, level=log_level)

@@ -33,6 +33,7 @@ from pydantic import ValidationError
 from hashmesh.node.config import Trust, check_trust_labels
 from hashmesh.node.errors import NodeError
 from hashmesh.node.keys import hash_token
+from hashmesh.node.matching.freshness import LagClock
 from hashmesh.node.matching.matcher import video_index
 from hashmesh.node.matching.pdq_index import PDQIndex
 from hashmesh.node.matching.policy import MAX_POLICIES, CollectionPolicy, parse_policy
@@ -430,6 +431,9 @@ class Follower:
         self.poll_s = poll_s
         self.head: int | None = None
         self.last_answer: float | None = None  # monotonic time of the node's last answer
+        # How old this replica's answers are in seconds: heads as read by the state poll,
+        # against the cursor the stream has applied (matching/freshness.py).
+        self.lag = LagClock()
         self.started = time.monotonic()
         self.stats = FollowStats()
         self._stopping = asyncio.Event()
@@ -451,6 +455,14 @@ class Follower:
         if applied is None or self.head is None:
             return None
         return max(0, self.head - applied)
+
+    def lag_s(self) -> float:
+        """Seconds since the newest head this replica has applied was read from the node
+        (0 while it has applied every head it has read)."""
+        applied = self.store.cursor
+        if applied is not None:
+            self.lag.applied(applied)
+        return self.lag.lag_s(time.monotonic())
 
     def stale_s(self) -> float:
         """Seconds since the node last answered the state poll (inf before it ever did)."""
@@ -541,6 +553,8 @@ class Follower:
         ) as response:
             if response.status == 304:
                 self.last_answer = time.monotonic()
+                if self.head is not None:  # the state, head included, has not changed
+                    self.lag.read(self.head, self.last_answer)
                 return None
             if response.status in (401, 403):
                 # The follow token is revoked (or lost a scope): nobody may match here.
@@ -560,6 +574,7 @@ class Follower:
             self._etag = response.headers.get("ETag", "")[:100]
         self.last_answer = time.monotonic()
         self.head = state.head
+        self.lag.read(state.head, self.last_answer)
         self.on_state(state)
         if state.head < floor and self.store.cursor is not None:
             log.warning(
