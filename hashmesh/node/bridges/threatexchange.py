@@ -229,7 +229,7 @@ class ThreatExchangeUpstream(Upstream):
             "privacy_group": str(self.privacy_group),
             "indicator_id": indicator_id,
             "indicator_type": kind[:64],
-            "last_updated": raw.get("last_updated"),
+            "last_updated": str(raw.get("last_updated", ""))[:32],  # upstream's: bounded
         }
         descriptors = _visible_descriptors(raw)
         if bool(raw.get("should_delete")) or "descriptors" not in raw or not descriptors:
