@@ -168,6 +168,22 @@ def test_a_stale_or_refused_cursor_restarts_its_window_without_duplicates(
     assert len(list(service.store.live_signals("md5"))) == 5
 
 
+def test_an_answer_is_read_only_up_to_its_bound(
+    tmp_path: Path, te: FakeThreatExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pytx's GETs go through its session (timeout, retries, our bound), not requests.get."""
+    from hashmesh.node.bridges import upstream as bounds
+
+    base = int(time.time()) - 1000
+    te.put(*(ind(100 + n, "HASH_MD5", md5(n), base + n) for n in range(50)))
+    upstream = kind_of("threatexchange")(_bridge(te), te.token)
+    monkeypatch.setattr(bounds, "MAX_RESPONSE_BYTES", 4096)
+    with pytest.raises(bounds.UpstreamTooLarge, match="4,096"):
+        upstream.fetch({}, int(time.time()))
+    monkeypatch.setattr(bounds, "MAX_RESPONSE_BYTES", 1 << 20)
+    assert len(upstream.fetch({}, int(time.time())).entries) == 50
+
+
 # -- what is published and revoked, in-process ------------------------------------------
 
 
@@ -337,7 +353,10 @@ def test_an_outage_shows_then_the_fill_and_a_deletion_go_through(
     secret = te.token.split("|")[1]  # in every URL the client calls: never in what is kept
     assert secret not in json.dumps(shown) and secret not in json.dumps(b.status())
     assert calls <= 5 * (shown["failures"] + 1)  # a try is the client's 5 calls: bounded
-    te.down = None
+    te.down, te.delay_s = None, 7.0  # a timeout is a failure too
+    wait_for(lambda: "no answer within 5 s" in (show(b)["last_error"] or ""), timeout=60,
+             step=0.5)  # fmt: skip
+    te.delay_s = 0.0
     wait_for(lambda: show(b)["counts"]["added"] >= 2, timeout=90, step=0.3)
     assert show(b)["healthy"] and b.matches("pdq", pdq(1)) and b.matches("md5", md5(2))
     hit = b.json("match", "md5", md5(2))["results"][0]["matches"][0]
