@@ -12,6 +12,7 @@ import os
 import re
 import stat
 import tomllib
+from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
@@ -119,6 +120,37 @@ class Trust:
 
 
 TRUST_KINDS = ("node", "org")
+
+
+@dataclass
+class Follow:
+    """A collection whose writers and readers this node takes from a signed membership
+    document (issue 22, hashmesh/node/membership.py): the steward org keys and threshold
+    pinned here are what the document's version 1 must be signed by; later versions are
+    verified by the version before them."""
+
+    collection: str
+    stewards: list[str]
+    threshold: int
+
+
+MAX_FOLLOWS = 256
+
+
+@dataclass(frozen=True)
+class MemberView:
+    """What the membership documents in force say for the collections followed, built by
+    node/membership.py from the statements held (not a TOML setting). Until it is built,
+    a followed collection has no writers and no readers: closed, never open."""
+
+    writers: dict[str, frozenset[str]] = field(default_factory=dict)  # ids, node or org
+    # (node id, collection) -> may read by the document (listed, or certified now by a
+    # listed org); None until built
+    may_read: Callable[[str, str], bool] | None = None
+
+
+_NO_MEMBERS = MemberView()
+
 
 #: Upstream kinds a bridge can follow (hashmesh/node/bridges/ holds one class per kind).
 BRIDGE_KINDS = ("ncmec", "stopncii", "threatexchange")
@@ -239,13 +271,36 @@ class Config:
     # the logo file's bytes, read by Home.load_config (not a TOML setting)
     logo_image: Logo | None = field(default=None, repr=False, compare=False)
     # -- end self-report --------------------------------------------------------------
+    # [[membership]]: collections that follow a steward-signed membership document
+    memberships: list[Follow] = field(default_factory=list)
 
     # -- policy --------------------------------------------------------------------------
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in ("trust", "peers"):
             self.__dict__.pop("_lookup", None)
+        if name == "memberships":
+            self.__dict__.pop("_follows", None)
         object.__setattr__(self, name, value)
+
+    @property
+    def members(self) -> MemberView:
+        """What the membership documents in force say (node/membership.py sets it). Not a
+        dataclass field: it holds the node's live read decision, which to_toml's asdict
+        must never copy."""
+        view = self.__dict__.get("_members")
+        return view if isinstance(view, MemberView) else _NO_MEMBERS
+
+    @members.setter
+    def members(self, view: MemberView) -> None:
+        self.__dict__["_members"] = view
+
+    def follows(self, collection: str) -> Follow | None:
+        """The membership anchor pinned for `collection`, if this node follows one."""
+        index = self.__dict__.get("_follows")
+        if index is None or len(index) != len(self.memberships):
+            index = self.__dict__["_follows"] = {f.collection: f for f in self.memberships}
+        return index.get(collection)
 
     @property
     def _index(self) -> _Lookup:
@@ -264,18 +319,31 @@ class Config:
         node/authority.py asks `trusted_orgs` as well)."""
         if author == self.node_id:
             return True
-        return (author, collection) in self._index.trusted
+        trusted = (author, collection) in self._index.trusted
+        if self.follows(collection) is None:
+            return trusted
+        # a followed collection: the document's writers, narrowed by local entries if any
+        if author not in self.members.writers.get(collection, frozenset()):
+            return False
+        return trusted or collection not in self._index.collections
 
     def trusted_orgs(self, collection: str) -> frozenset[str]:
-        """Organisations trusted in `collection` (trust entries of kind org)."""
-        return self._index.orgs.get(collection, frozenset())
+        """Organisations trusted in `collection` (trust entries of kind org); in a followed
+        collection the ids the document lists as writers (an id that is no org certifies
+        nothing), narrowed by the local org entries when the collection has trust entries."""
+        local = self._index.orgs.get(collection, frozenset())
+        if self.follows(collection) is None:
+            return local
+        listed = self.members.writers.get(collection, frozenset())
+        return listed & local if collection in self._index.collections else listed
 
     def has_org_trust(self) -> bool:
-        return bool(self._index.orgs)
+        return bool(self._index.orgs) or bool(self.memberships)
 
     def accepted_collections(self) -> set[str]:
-        """Collections with at least one trusted author (besides our own logs)."""
-        return set(self._index.collections)
+        """Collections with at least one trusted author (besides our own logs), and the
+        collections followed by membership."""
+        return set(self._index.collections) | {f.collection for f in self.memberships}
 
     def trust_labels(self) -> dict[tuple[str, str], tuple[str, str]]:
         """(author, collection): (org, country) of every labelled trust entry. Shared,
@@ -283,14 +351,36 @@ class Config:
         return self._index.labels
 
     def accepts_collection(self, collection: str) -> bool:
-        return collection in self._index.collections
+        return collection in self._index.collections or self.follows(collection) is not None
 
     def peer(self, node_id: str) -> Peer | None:
         return self._index.peers.get(node_id)
 
     def peer_may_read(self, node_id: str, collection: str) -> bool:
+        """A peer whose share list names the collection; in a followed collection, also
+        one the document in force lets read (the share list narrows, never widens it)."""
         peer = self.peer(node_id)
-        return peer is not None and collection in peer.share
+        if peer is None or collection not in peer.share:
+            return False
+        if self.follows(collection) is None:
+            return True
+        may_read = self.members.may_read
+        return may_read is not None and may_read(node_id, collection)
+
+    def follow(self, entry: Follow) -> None:
+        """Follow (or re-pin) a collection's membership: the anchor replaces an older one."""
+        check_follow(entry)
+        rest = [f for f in self.memberships if f.collection != entry.collection]
+        if len(rest) >= MAX_FOLLOWS:
+            raise NodeError(f"membership: at most {MAX_FOLLOWS} collections followed")
+        self.memberships = [*rest, entry]
+
+    def unfollow(self, collection: str) -> Follow:
+        entry = self.follows(collection)
+        if entry is None:
+            raise NotFound(f"membership {collection!r}: this node does not follow it")
+        self.memberships = [f for f in self.memberships if f.collection != collection]
+        return entry
 
     def author_name(self, node_id: str) -> str:
         if node_id == self.node_id:
@@ -429,6 +519,8 @@ class Config:
                 for t in self.trust
             ],
         }
+        if self.memberships:  # hashmesh/node/membership.py
+            data["membership"] = [asdict(f) for f in self.memberships]
         if self.bridges:  # hashmesh/node/bridges/
             data["bridges"] = [
                 {k: v for k, v in asdict(b).items() if v != "" or k in ("name", "kind")}
@@ -477,6 +569,7 @@ class Config:
                 peers=[Peer(**p) for p in _entries(data, "peers", Peer)],
                 trust=[Trust(**t) for t in _entries(data, "trust", Trust)],
                 bridges=[Bridge(**b) for b in _entries(data, "bridges", Bridge)],
+                memberships=[Follow(**m) for m in _entries(data, "membership", Follow)],
                 **_selfreport_fields(data.get("selfreport", {})),  # hashmesh/node/web/selfreport.py
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -507,7 +600,38 @@ class Config:
                 raise HomeError(f"config {source}: trust[{n}].{exc}") from None
         _check_selfreport(config, source)  # hashmesh/node/web/selfreport.py
         _check_bridges(config, source)
+        for n, follow in enumerate(config.memberships):
+            try:
+                check_follow(follow)
+            except NodeError as exc:
+                raise HomeError(f"config {source}: membership[{n}]: {exc}") from None
+        if len({f.collection for f in config.memberships}) != len(config.memberships):
+            raise HomeError(f"config {source}: membership: a collection is followed twice")
+        if len(config.memberships) > MAX_FOLLOWS:
+            raise HomeError(f"config {source}: at most {MAX_FOLLOWS} [[membership]]")
         return config
+
+
+def check_follow(entry: Follow) -> None:
+    """A membership anchor: a collection, 1-8 steward org ids and a threshold among them."""
+    from hashmesh.protocol.membership import MAX_STEWARDS
+
+    if not isinstance(entry.collection, str):
+        raise NodeError("collection: expected a string")
+    _check_collection(entry.collection)
+    if not isinstance(entry.stewards, list) or not all(isinstance(s, str) for s in entry.stewards):
+        raise NodeError("stewards: expected a list of org ids")
+    if not 1 <= len(set(entry.stewards)) == len(entry.stewards) <= MAX_STEWARDS:
+        raise NodeError(f"stewards: 1-{MAX_STEWARDS} different org ids")
+    for steward in entry.stewards:
+        _check_node_id(steward)
+    threshold = entry.threshold
+    if not isinstance(threshold, int) or isinstance(threshold, bool):
+        raise NodeError("threshold: expected an integer")
+    if not 1 <= threshold <= len(entry.stewards):
+        raise NodeError(
+            f"threshold: {threshold} must be 1-{len(entry.stewards)} (of the stewards named)"
+        )
 
 
 def _check_bridges(config: Config, source: str) -> None:

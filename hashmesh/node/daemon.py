@@ -42,6 +42,7 @@ from hashmesh.node.workers import WorkerPool
 
 log = logging.getLogger("hashmesh.daemon")
 KEEPALIVE_TIMEOUT_S = 15.0
+WITNESS_TICK_S = 1.0  # how often the node looks for heads to cosign (node/witness.py)
 
 
 class Daemon:
@@ -128,6 +129,7 @@ class Daemon:
         self._write_runtime()
         self._tasks.append(asyncio.create_task(self._load_index(start_workers=not early)))
         self._tasks.append(asyncio.create_task(self._watch_config()))
+        self._tasks.append(asyncio.create_task(self._witness()))
         self.replicator.start()
         self.bridges = Bridges(service, self.store_thread, self.home.path)
         await self.bridges.reconcile()
@@ -238,6 +240,17 @@ class Daemon:
         # /takeitdown (hashmesh/node/web/selfreport.py)
         self.selfreport = selfreport.register(app, service, store_thread)
         return app
+
+    async def _witness(self) -> None:
+        """Cosign the heads this node verified (node/witness.py) every WITNESS_TICK_S: a
+        tick with no head moved costs a comparison; a failure is logged and the next tick
+        tries again (the node keeps serving)."""
+        while True:
+            await asyncio.sleep(WITNESS_TICK_S)
+            try:
+                await self.store_thread.call(self.service.witness_tick)
+            except Exception:
+                log.exception("witness tick failed")
 
     async def _watch_config(self) -> None:
         """Re-read config.toml when it changes; a bad edit is logged once per change (not once

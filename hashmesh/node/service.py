@@ -11,16 +11,27 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import time
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from hashmesh.node.authority import NodeAuthority
-from hashmesh.node.config import Config, Home, Peer, Trust, check_url, parse_listen, validate_name
+from hashmesh.node.config import (
+    Config,
+    Follow,
+    Home,
+    Peer,
+    Trust,
+    check_url,
+    parse_listen,
+    validate_name,
+)
 from hashmesh.node.errors import Conflict, HomeError, NodeError, NotFound, caller_input
 from hashmesh.node.hashing.degenerate import degenerate_reason
 from hashmesh.node.keys import create_key, load_key, new_token, write_secret
+from hashmesh.node.membership import NodeMemberships
 from hashmesh.node.progress import Counter
 from hashmesh.node.statements import StatementBook
 from hashmesh.node.store.backup import (
@@ -32,6 +43,7 @@ from hashmesh.node.store.backup import (
 )
 from hashmesh.node.store.core import IngestResult, Store, now_ms
 from hashmesh.node.store.quarantine import DEGENERATE_REASON
+from hashmesh.node.witness import NodeWitness
 from hashmesh.protocol.batches import AnyOp, LogKey, build_batch, header_hash, parse_header
 from hashmesh.protocol.bundles import BundleCheck, BundleDecoder, encode_bundle_header
 from hashmesh.protocol.certificates import ALL_COLLECTIONS, CertBody
@@ -109,6 +121,14 @@ class NodeService:
         self.statements = StatementBook(self.store, REGISTRY)
         self.authority = NodeAuthority(self.statements)
         self.authority.change_listeners.append(self._withdraw)
+        # followed collections' membership (node/membership.py) and this node as a
+        # witness of the logs it holds (node/witness.py)
+        self.memberships = NodeMemberships(
+            self.statements, lambda: self.config, self.authority.vouchers
+        )
+        self.authority.writers = self.memberships
+        self.memberships.apply(self.config)
+        self.witness = NodeWitness(self.store, self.statements, self.key, self.authority.vouchers)
 
     @property
     def node_id(self) -> str:
@@ -123,6 +143,7 @@ class NodeService:
         if mtime == self._config_mtime:
             return False
         self.config = self.home.load_config()
+        self.memberships.apply(self.config)
         self._config_mtime = mtime
         return True
 
@@ -394,6 +415,9 @@ class NodeService:
             ],
             # Certificates, revoked keys and hand-overs this node holds (issue 22).
             **self.statements_status(),
+            # Followed collections' membership in force, and split views (issue 22).
+            "memberships": self.memberships.status(self.config),
+            "witness": self.witness.status(),
             # This node's own adds that others disputed (the author's review queue).
             "disputed": [e for e in self.disputes(200)["disputes"] if e["disputes"]][:50],
         }
@@ -572,6 +596,84 @@ class NodeService:
                 entry["effective"] = row.id in effective
             rows.append(entry)
         return out
+
+    # -- membership and witnesses (issue 22: node/membership.py, node/witness.py) --------
+
+    def membership_follow(
+        self, collection: str, stewards: list[str], threshold: int
+    ) -> dict[str, Any]:
+        """Follow a collection's membership document, anchored by the stewards and
+        threshold pinned here (re-pinning replaces the anchor; documents held stay)."""
+        self.reload_config_if_changed()
+        entry = Follow(collection, sorted(set(stewards)), threshold)
+        self.config.follow(entry)
+        self._save_config()
+        self.memberships.apply(self.config)
+        return {"collection": collection, "stewards": entry.stewards, "threshold": threshold}
+
+    def membership_unfollow(self, collection: str) -> dict[str, Any]:
+        self.reload_config_if_changed()
+        entry = self.config.unfollow(collection)
+        self._save_config()
+        self.memberships.apply(self.config)
+        return {"collection": entry.collection, "unfollowed": True}
+
+    def membership_add(self, wire: bytes) -> dict[str, Any]:
+        """Install a membership document (signed by the stewards, `membership sign`): kept
+        only when valid from this node's anchor; a refused one changes nothing and says
+        why (too few stewards' signatures, an old version, not followed)."""
+        self.reload_config_if_changed()
+        statement = _protocol(self.statements.verify_wire, wire)
+        if statement.kind.name != "membership":
+            raise NodeError(f"FILE: a {statement.kind.name} statement, not a membership")
+        done = self.statements.admit([statement], "local")
+        if statement.id in done.refused:
+            raise NodeError(f"FILE: {done.refused[statement.id]}; nothing changed")
+        body = statement.body
+        collection = getattr(body, "collection", "")
+        follow = self.config.follows(collection)
+        result = self.memberships.in_force(follow) if follow else None
+        return {
+            "id": statement.id,
+            "kind": "membership",
+            "collection": collection,
+            "version": getattr(body, "version", 0),
+            "outcome": next(iter(done.outcomes), "same"),
+            "in_force": result.version if result else 0,
+        }
+
+    def membership_show(self) -> dict[str, Any]:
+        self.reload_config_if_changed()
+        return {"memberships": self.memberships.status(self.config)}
+
+    def witness_tick(self, now: float | None = None) -> int:
+        """The running node's periodic step: cosign the heads due (node/witness.py)."""
+        return self.witness.tick(time.time() if now is None else now)
+
+    def log_witnesses(self, author: str, collection: str) -> dict[str, Any]:
+        """Who saw which head of one log: each witness's latest cosign against our header
+        there, with the orgs that certify the witness's key now."""
+        try:
+            validate_node_id(author, "AUTHOR")
+            validate_collection(collection, "COLLECTION")
+        except ProtocolError as exc:
+            raise NodeError(str(exc)) from None
+        log_key = LogKey(author, collection)
+        lines = self.witness.report(author, collection, int(time.time()))
+        seq = self.store.head(log_key)
+        views = [
+            v.to_json()
+            for v in self.witness.split_views()
+            if v.author == author and v.collection == collection
+        ]
+        return {
+            "author": author,
+            "collection": collection,
+            "seq": seq,
+            "head": self.witness.head_hash(log_key, seq) if seq else None,
+            "witnesses": [line.to_json() for line in lines],
+            "split_views": views,
+        }
 
     # -- match policy (matching/policy.py; rows in store/policies.py) ---------------------
 

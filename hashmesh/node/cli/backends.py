@@ -127,6 +127,24 @@ class LocalBackend:
     def statement_add(self, wire: bytes, kind: str) -> dict[str, Any]:
         return self.service.statement_add(wire, kind)
 
+    # membership and witnesses (node/membership.py, node/witness.py)
+    def membership_follow(
+        self, collection: str, stewards: list[str], threshold: int
+    ) -> dict[str, Any]:
+        return self.service.membership_follow(collection, stewards, threshold)
+
+    def membership_unfollow(self, collection: str) -> dict[str, Any]:
+        return self.service.membership_unfollow(collection)
+
+    def membership_add(self, wire: bytes) -> dict[str, Any]:
+        return self.service.membership_add(wire)
+
+    def membership_show(self) -> dict[str, Any]:
+        return self.service.membership_show()
+
+    def log_witnesses(self, author: str, collection: str) -> dict[str, Any]:
+        return self.service.log_witnesses(author, collection)
+
 
 # How long `hashmesh match` waits for a running node's PDQ index to finish loading.
 INDEX_WAIT_S = 120.0
@@ -349,6 +367,30 @@ class RemoteBackend:
         except ValueError:
             raise NodeError("FILE: not a statement (not JSON)") from None
         return self._call("POST", "/v1/admin/statements", {"statement": statement, "kind": kind})
+
+    # membership and witnesses (node/membership.py, node/witness.py)
+    def membership_follow(
+        self, collection: str, stewards: list[str], threshold: int
+    ) -> dict[str, Any]:
+        body = {"collection": collection, "stewards": stewards, "threshold": threshold}
+        return self._call("POST", "/v1/admin/membership/follow", body)
+
+    def membership_unfollow(self, collection: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/v1/admin/membership/follow/{_segment(collection)}")
+
+    def membership_add(self, wire: bytes) -> dict[str, Any]:
+        try:
+            statement = json.loads(wire)
+        except ValueError:
+            raise NodeError("FILE: not a statement (not JSON)") from None
+        return self._call("POST", "/v1/admin/membership", {"statement": statement})
+
+    def membership_show(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/admin/membership")
+
+    def log_witnesses(self, author: str, collection: str) -> dict[str, Any]:
+        query = urllib.parse.urlencode({"author": author, "collection": collection})
+        return self._call("GET", f"/v1/admin/witnesses?{query}")
 
 
 Backend = LocalBackend | RemoteBackend

@@ -21,6 +21,7 @@ from hashmesh.node.cli import (
     disputes,  # noqa: F401  (registers disputes)
     matcher,  # noqa: F401  (registers matcher)
     matchpolicy,  # noqa: F401  (registers policy)
+    membership,  # noqa: F401  (registers membership, log)
     orgkeys,  # noqa: F401  (registers org, key)
     platform,  # noqa: F401  (registers token, import-list, export-list)
     quarantine,  # noqa: F401  (registers quarantine)

@@ -138,6 +138,13 @@ async def status(request: web.Request) -> web.Response:
     grant = access.grant_of(request)
     if grant.restricted:  # a token restricted to collections hears nothing of the others
         result["refusals"] = [r for r in result["refusals"] if grant.can_use(r["collection"])]
+        result["memberships"] = [
+            m for m in result.get("memberships", []) if grant.can_use(m["collection"])
+        ]
+        witness = result.get("witness")
+        if witness:
+            views = [v for v in witness["split_views"] if grant.can_use(v["collection"])]
+            result["witness"] = {"split_views": views, "split_views_total": len(views)}
         # hand-overs and a collection's key revocations are facts about that collection
         result["handovers"] = [
             h for h in result.get("handovers", []) if grant.can_use(h["collection"])
@@ -345,6 +352,59 @@ async def statement_add(request: web.Request) -> web.Response:
     return web.json_response(result)
 
 
+async def membership_follow(request: web.Request) -> web.Response:
+    """Follow a collection's membership document, pinning its stewards and threshold."""
+    deps = request.app[API_KEY]
+    body = _fields(await read_json(request), ("collection", "stewards", "threshold"), ())
+    _text(body, "collection")
+    stewards = body["stewards"]
+    if not isinstance(stewards, list) or not all(isinstance(x, str) for x in stewards):
+        raise NodeError("stewards: expected a list of org ids")
+    if len(stewards) > 64:
+        raise NodeError("stewards: at most 64 entries")
+    threshold = body["threshold"]
+    if not isinstance(threshold, int) or isinstance(threshold, bool):
+        raise NodeError("threshold: expected an integer")
+    result = await deps.store_thread.call(
+        deps.service.membership_follow, body["collection"], stewards, threshold
+    )
+    return web.json_response(result)
+
+
+async def membership_unfollow(request: web.Request) -> web.Response:
+    deps = request.app[API_KEY]
+    collection = request.match_info["collection"]
+    result = await deps.store_thread.call(deps.service.membership_unfollow, collection)
+    return web.json_response(result)
+
+
+async def membership_add(request: web.Request) -> web.Response:
+    """A membership document the stewards signed: installed (and gossiped) only when valid
+    from this node's anchor; a refusal says why and changes nothing."""
+    deps = request.app[API_KEY]
+    body = _fields(await read_json(request), ("statement",), ())
+    try:
+        wire = canonical(body["statement"])
+    except ProtocolError as exc:
+        raise NodeError(f"statement: {exc}") from None
+    result = await deps.store_thread.call(deps.service.membership_add, wire)
+    return web.json_response(result)
+
+
+async def membership_show(request: web.Request) -> web.Response:
+    deps = request.app[API_KEY]
+    return web.json_response(await deps.store_thread.call(deps.service.membership_show))
+
+
+async def log_witnesses(request: web.Request) -> web.Response:
+    """Which witnesses saw which head of one log (AUTHOR, COLLECTION query parameters)."""
+    deps = request.app[API_KEY]
+    author = request.query.get("author", "")
+    collection = request.query.get("collection", "")
+    result = await deps.store_thread.call(deps.service.log_witnesses, author, collection)
+    return web.json_response(result)
+
+
 async def trust_remove(request: web.Request) -> web.Response:
     deps = request.app[API_KEY]
     info = request.match_info
@@ -438,6 +498,11 @@ def build_app(deps: ApiDeps) -> web.Application:
     app.router.add_get("/v1/admin/trust", trust_list)
     app.router.add_post("/v1/admin/trust", trust_add)
     app.router.add_post("/v1/admin/statements", statement_add)
+    app.router.add_get("/v1/admin/membership", membership_show)
+    app.router.add_post("/v1/admin/membership", membership_add)
+    app.router.add_post("/v1/admin/membership/follow", membership_follow)
+    app.router.add_delete("/v1/admin/membership/follow/{collection}", membership_unfollow)
+    app.router.add_get("/v1/admin/witnesses", log_witnesses)
     app.router.add_delete("/v1/admin/trust/{node_id}/{collection}", trust_remove)
     app.router.add_get("/v1/admin/policy", policy_show)
     app.router.add_get("/v1/admin/policy/{collection}", policy_show)

@@ -31,9 +31,30 @@ function render(status, history, recent) {
   const coll = document.querySelector("#collections tbody"); coll.replaceChildren();
   for (const [c, n] of Object.entries(status.live_by_collection)) row(coll, [{ text: c }, { text: n.toLocaleString(), cls: "num" }]);
   document.getElementById("counts").textContent = status.batches + " batches stored, " + status.pending_batches + " waiting for predecessors, feed cursor " + status.feed_cursor;
+  const keys = document.getElementById("keys"); keys.replaceChildren();
+  const revoked = status.revoked_keys || [], certs = status.certificates || [], hands = status.handovers || [];
+  if (!revoked.length && !certs.length && !hands.length) keys.appendChild(el("p", "None held: every log is signed by its author's own key.", "muted"));
+  for (const r of revoked) keys.appendChild(el("p", "REVOKED: key " + short(r.key) + " in " + (r.collection === "*" ? "every collection" : r.collection) + " after seq " + r.after + " by org " + short(r.org) + ": " + r.reason + (r.effective ? "" : " (not in force: the org holds no certificate the key accepted)"), r.effective ? "bad" : "muted"));
+  for (const c of certs) keys.appendChild(el("p", "certificate: key " + short(c.key) + (c.name ? " (" + c.name + ")" : "") + " by org " + short(c.org) + ", " + new Date(c.not_before * 1000).toISOString().slice(0, 10) + " to " + new Date(c.not_after * 1000).toISOString().slice(0, 10) + (c.signers.includes(c.key) ? "" : " (not co-signed by the key)")));
+  for (const h of hands) keys.appendChild(el("p", "hand-over: log " + short(h.author) + " in " + h.collection + " from key " + short(h.key) + " to " + short(h.next) + " after seq " + h.seq));
   const forks = document.getElementById("forks"); forks.replaceChildren();
   if (!status.forks.length) forks.appendChild(el("p", "None: every log held is a single history.", "ok"));
   for (const f of status.forks) forks.appendChild(el("p", "FORK: " + f.author + " in " + f.collection + " at seq " + f.seq + " (from " + f.source + ")", "bad"));
+  const witness = status.witness || { split_views: [], split_views_total: 0 };
+  const splits = document.getElementById("splits"); splits.replaceChildren();
+  if (!witness.split_views.length) splits.appendChild(el("p", "None: every head other nodes cosigned matches" + (witness.cosigns_held === undefined ? "." : " (" + witness.cosigns_held + " cosigns held)."), "ok"));
+  for (const v of witness.split_views) {
+    splits.appendChild(el("p", "SPLIT VIEW: " + v.author + " in " + v.collection + " at seq " + v.seq + ", " + v.heads.length + " different heads", "bad"));
+    for (const h of v.heads) splits.appendChild(el("p", short(h.head) + " seen by " + h.witnesses.map(short).join(", "), "mono"));
+  }
+  if (witness.split_views_total > witness.split_views.length) splits.appendChild(el("p", "… " + (witness.split_views_total - witness.split_views.length) + " more", "bad"));
+  const mem = document.getElementById("memberships"); mem.replaceChildren();
+  const followed = status.memberships || [];
+  if (!followed.length) mem.appendChild(el("p", "None: trust entries and share lists decide every collection.", "ok"));
+  for (const m of followed) {
+    const text = m.collection + ": version " + m.version + (m.version ? "" : " (none valid held: closed)") + ", " + m.writers.length + " writers, " + m.readers.length + " readers, stewards " + m.anchor.threshold + " of " + m.anchor.stewards.length + " pinned";
+    mem.appendChild(el("p", m.conflict ? text + "; CONFLICT at version " + m.conflict.version : text, m.conflict || !m.version ? "bad" : "ok"));
+  }
   const peers = document.querySelector("#peers tbody"); peers.replaceChildren();
   for (const p of status.peers) {
     const behind = p.lag_summary ? p.lag_summary.behind : (p.lag || []).reduce((a, l) => a + (l.behind || 0), 0);
