@@ -76,7 +76,7 @@ def _setup(nodes: NodeSet, tmp_path: Path) -> tuple[NodeProc, NodeProc, NodeProc
         follow += ["--steward", s]
     together(
         lambda: (hub.cli(*follow), hub.peer(x, C), hub.peer(y, C)),
-        lambda: x.peer(hub, C),
+        lambda: (x.cli(*follow), x.peer(hub, C)),  # x follows too: documents gossip to it
         lambda: y.peer(hub, C),
     )
     together(hub.start, x.start, y.start)
@@ -88,14 +88,16 @@ def test_a_change_signed_by_one_of_three_stewards_is_refused_by_two_applied(
     nodes: NodeSet, tmp_path: Path
 ) -> None:
     hub, x, y, stewards = _setup(nodes, tmp_path)
-    v1 = stewards.draft(hub, 1, [x.node_id], [x.node_id, y.node_id])
+    readers = [hub.node_id, x.node_id, y.node_id]
+    v1 = stewards.draft(hub, 1, [x.node_id], readers)
     stewards.sign(hub, v1, 0, 1)
     added = hub.json("membership", "add", str(v1))
     assert added["outcome"] == "new" and added["in_force"] == 1
     x.cli("add", "md5", MD5 % 1, "-c", C, "--category", "csam")
     wait_for(lambda: hub.matches("md5", MD5 % 1))  # x writes by version 1
+    wait_for(lambda: _in_force(x)["version"] == 1)  # gossiped from the hub to a follower
 
-    v2 = stewards.draft(hub, 2, [x.node_id, y.node_id], [x.node_id, y.node_id])
+    v2 = stewards.draft(hub, 2, [x.node_id, y.node_id], readers)
     stewards.sign(hub, v2, 0)  # one of three
     refused = hub.cli("membership", "add", str(v2), check=False)
     assert refused.returncode == 2
@@ -111,6 +113,7 @@ def test_a_change_signed_by_one_of_three_stewards_is_refused_by_two_applied(
     shown = _in_force(hub)
     assert shown["version"] == 2 and shown["writers"] == sorted([x.node_id, y.node_id])
     wait_for(lambda: hub.matches("md5", MD5 % 2))  # y's batch is fetched and accepted now
+    wait_for(lambda: _in_force(x)["version"] == 2)  # and version 2 reaches the follower
 
 
 @pytest.mark.slow  # three node processes: 20-30 s on the loaded 2-core machine
@@ -119,12 +122,13 @@ def test_replaying_an_old_membership_document_changes_nothing(
 ) -> None:
     hub, x, y, stewards = _setup(nodes, tmp_path)
     both = [x.node_id, y.node_id]
-    v1 = stewards.draft(hub, 1, both, both)
+    readers = [hub.node_id, *both]
+    v1 = stewards.draft(hub, 1, both, readers)
     stewards.sign(hub, v1, 0, 1)
     hub.json("membership", "add", str(v1))
     y.cli("add", "md5", MD5 % 1, "-c", C, "--category", "csam")
     wait_for(lambda: hub.matches("md5", MD5 % 1))  # y writes by version 1
-    v2 = stewards.draft(hub, 2, [x.node_id], both)  # y loses write access
+    v2 = stewards.draft(hub, 2, [x.node_id], readers)  # y loses write access
     stewards.sign(hub, v2, 1, 2)
     assert hub.json("membership", "add", str(v2))["in_force"] == 2
 
