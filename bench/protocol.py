@@ -229,6 +229,21 @@ def run_trust(repeats: int, size: int) -> list[tuple[str, float, float]]:
 
     t = median_seconds(rebuild, repeats)
     rows.append(("build an authority of 1,101 statements + first decision", 1 / t, 0.0))
+    # a node learning one more statement (a page of gossip) and deciding the next batch
+    extra = [_cert(org, SigningKey((i + 3000).to_bytes(2, "big") * 16)) for i in range(200)]
+    header = verify_batch(plain[0]).header
+
+    def learn_one() -> None:
+        auth = Authority(everything)
+        auth.check_header(header, orgs)
+        for statement in extra:
+            auth.add(statement)
+            auth.check_header(header, orgs)
+            auth.revocations()
+
+    base = median_seconds(lambda: Authority(everything).check_header(header, orgs), repeats)
+    t = (median_seconds(learn_one, repeats) - base) / len(extra)
+    rows.append(("add 1 statement to 1,101 held, decide, list revocations", 1 / t, 0.0))
     return rows
 
 

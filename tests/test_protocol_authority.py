@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from protocol_helpers import add
@@ -12,6 +13,7 @@ from protocol_helpers import add
 from hashmesh.protocol.authority import Authority, DropRange, Segment
 from hashmesh.protocol.batches import build_batch
 from hashmesh.protocol.certificates import CertBody, HandoverBody, KeyRevokeBody
+from hashmesh.protocol.errors import ProtocolUsageError
 from hashmesh.protocol.kinds import REGISTRY
 from hashmesh.protocol.signing import SigningKey
 from hashmesh.protocol.statements import Statement, add_signatures, merge, sign_statement
@@ -66,6 +68,8 @@ def code(auth: Authority, seq: int, signer: SigningKey, **kw: Any) -> str | None
 
 def test_no_statements_the_author_signs_everything() -> None:
     auth = Authority()
+    with pytest.raises(ProtocolUsageError):
+        auth.signer_for(A.node_id, "csam", 0)
     assert code(auth, 1, A) is None and code(auth, 10**9, A) is None
     assert code(auth, 1, B) == "not-handed-over"
     assert auth.segments(A.node_id, "csam") == [Segment(1, None, A.node_id)]

@@ -43,6 +43,7 @@ from hashmesh.protocol.certificates import (
     HandoverBody,
     KeyRevokeBody,
 )
+from hashmesh.protocol.errors import ProtocolUsageError
 from hashmesh.protocol.statements import Statement, merge
 
 KEY_KINDS = frozenset({"cert", "handover", "key-revoke"})
@@ -111,60 +112,93 @@ class _Hop:
 
 
 class _Index:
-    """Everything derived from the merged statement set; rebuilt after a change."""
+    """The merged statements by kind, kept as they arrive, and what is derived from them,
+    computed when first asked and forgotten on every change: a change costs a few
+    dictionary writes, and a decision computes only what its log needs (a node holding
+    10,000 hand-overs does not re-derive them all for each page of statements)."""
 
-    def __init__(self, statements: Iterable[Statement]) -> None:
-        self.certs: dict[str, list[_Cert]] = {}
-        revokes: list[tuple[str, KeyRevokeBody]] = []
-        hops: list[_Hop] = []
-        for st in statements:
-            body = st.body
-            if isinstance(body, CertBody):
-                self.certs.setdefault(body.key, []).append(
-                    _Cert(body.org, body.not_before, body.not_after, body.key in st.signers)
-                )
-            elif isinstance(body, KeyRevokeBody):
-                revokes.append((st.id, body))
-            elif isinstance(body, HandoverBody):
-                hops.append(_Hop(st.id, body, st.signers))
-        # revocations in force: lowest bound per (key, collection), ties by id
-        self.revoked: dict[tuple[str, str], tuple[int, str, str, str]] = {}
-        for statement_id, rb in revokes:
-            if rb.org not in self.accepted(rb.key):
-                continue
-            slot = (rb.key, rb.collection)
-            mine = (rb.after, statement_id, rb.org, rb.reason)
-            if slot not in self.revoked or mine < self.revoked[slot]:
-                self.revoked[slot] = mine
-        # valid hand-overs by (author, collection, key), each with its rank (0 = by an org)
-        self.hops: dict[tuple[str, str, str], list[tuple[int, _Hop]]] = {}
-        for hop in hops:
-            rank = self._rank(hop)
-            if rank is not None:
-                hb = hop.body
-                self.hops.setdefault((hb.author, hb.collection, hb.key), []).append((rank, hop))
+    def __init__(self) -> None:
+        self.certs: dict[str, dict[str, _Cert]] = {}  # key -> statement id -> cert
+        self.revokes: dict[str, dict[str, KeyRevokeBody]] = {}  # key -> id -> body
+        self.raw_hops: dict[tuple[str, str, str], dict[str, _Hop]] = {}  # (a, c, key)
         self.signed_logs: dict[str, set[tuple[str, str]]] = {}
-        for author, collection, key in self.hops:
-            self.signed_logs.setdefault(key, set()).add((author, collection))
-            for _, hop in self.hops[(author, collection, key)]:
-                self.signed_logs.setdefault(hop.body.next, set()).add((author, collection))
+        self._forget()
+
+    def _forget(self) -> None:
+        self.bounds: dict[tuple[str, str], tuple[int, str, str, str] | None] = {}
+        self.hops: dict[tuple[str, str, str], list[tuple[int, _Hop]]] = {}
         self.chains: dict[tuple[str, str], list[Segment]] = {}
         self.conflicts: list[tuple[str, ...]] = []
+        self._revoked: dict[tuple[str, str], tuple[int, str, str, str]] | None = None
+
+    def add(self, st: Statement) -> None:
+        """Learn a statement, or the merged copy of one held (same id, more signatures)."""
+        body = st.body
+        if isinstance(body, CertBody):
+            self.certs.setdefault(body.key, {})[st.id] = _Cert(
+                body.org, body.not_before, body.not_after, body.key in st.signers
+            )
+        elif isinstance(body, KeyRevokeBody):
+            self.revokes.setdefault(body.key, {})[st.id] = body
+        elif isinstance(body, HandoverBody):
+            log = (body.author, body.collection)
+            self.raw_hops.setdefault((*log, body.key), {})[st.id] = _Hop(st.id, body, st.signers)
+            self.signed_logs.setdefault(body.key, set()).add(log)
+            self.signed_logs.setdefault(body.next, set()).add(log)
+        self._forget()
+
+    @property
+    def revoked(self) -> dict[tuple[str, str], tuple[int, str, str, str]]:
+        """Revocations in force: the lowest bound per (key, collection), ties by id."""
+        if self._revoked is None:
+            out: dict[tuple[str, str], tuple[int, str, str, str]] = {}
+            for key, held in self.revokes.items():
+                accepted = self.accepted(key)
+                for statement_id, rb in held.items():
+                    if rb.org not in accepted:
+                        continue
+                    slot = (key, rb.collection)
+                    mine = (rb.after, statement_id, rb.org, rb.reason)
+                    if slot not in out or mine < out[slot]:
+                        out[slot] = mine
+            self._revoked = out
+        return self._revoked
+
+    def certs_of(self, key: str) -> Iterable[_Cert]:
+        return self.certs.get(key, {}).values()
 
     def certified(self, key: str) -> frozenset[str]:
-        return frozenset(c.org for c in self.certs.get(key, ()))
+        return frozenset(c.org for c in self.certs_of(key))
 
     def accepted(self, key: str) -> frozenset[str]:
-        return frozenset(c.org for c in self.certs.get(key, ()) if c.accepted)
+        return frozenset(c.org for c in self.certs_of(key) if c.accepted)
 
     def bound(self, key: str, collection: str) -> tuple[int, str, str, str] | None:
         """The revocation in force for key in collection: (after, id, org, reason)."""
+        slot = (key, collection)
+        if slot in self.bounds:
+            return self.bounds[slot]
+        accepted = self.accepted(key) if key in self.revokes else frozenset()
         hits = [
-            hit
-            for slot in ((key, collection), (key, ALL_COLLECTIONS))
-            if (hit := self.revoked.get(slot)) is not None
+            (rb.after, statement_id, rb.org, rb.reason)
+            for statement_id, rb in self.revokes.get(key, {}).items()
+            if rb.collection in (collection, ALL_COLLECTIONS) and rb.org in accepted
         ]
-        return min(hits) if hits else None
+        found = self.bounds[slot] = min(hits) if hits else None
+        return found
+
+    def valid_hops(self, author: str, collection: str, key: str) -> list[tuple[int, _Hop]]:
+        """The valid hand-overs from `key` of the log, each with its rank (0 = by an org)."""
+        slot = (author, collection, key)
+        found = self.hops.get(slot)
+        if found is None:
+            found = []
+            for hop in self.raw_hops.get(slot, {}).values():
+                rank = self._rank(hop)
+                if rank is not None:
+                    found.append((rank, hop))
+            self.hops[slot] = found
+        return found
 
     def _rank(self, hop: _Hop) -> int | None:
         hb = hop.body
@@ -193,7 +227,7 @@ class _Index:
         while True:
             hops = [
                 (rank, hop)
-                for rank, hop in self.hops.get((author, collection, key), [])
+                for rank, hop in self.valid_hops(author, collection, key)
                 if hop.body.seq >= first - 1 and hop.body.next not in seen
             ]
             if not hops:
@@ -258,7 +292,7 @@ class Authority:
 
     def __init__(self, statements: Iterable[Statement] = ()) -> None:
         self._by_id: dict[str, Statement] = {}
-        self._index: _Index | None = None
+        self._index = _Index()
         self._segments: dict[tuple[str, str], tuple[list[Segment], list[int]]] = {}
         self.add_all(statements)
 
@@ -274,7 +308,7 @@ class Authority:
         if held is not None and merged.sigs == held.sigs:
             return False
         self._by_id[statement.id] = merged
-        self._index = None
+        self._index.add(merged)
         self._segments = {}
         return True
 
@@ -288,8 +322,6 @@ class Authority:
         return [self._by_id[k] for k in sorted(self._by_id)]
 
     def _ix(self) -> _Index:
-        if self._index is None:
-            self._index = _Index(self._by_id[k] for k in sorted(self._by_id))
         return self._index
 
     # -- certificates ----------------------------------------------------------------------
@@ -305,7 +337,7 @@ class Authority:
     def vouchers(self, key: str, ts: int) -> frozenset[str]:
         """The orgs whose certificate of `key` covers `ts` (unix seconds)."""
         return frozenset(
-            c.org for c in self._ix().certs.get(key, ()) if c.not_before <= ts <= c.not_after
+            c.org for c in self._ix().certs_of(key) if c.not_before <= ts <= c.not_after
         )
 
     # -- revocations -----------------------------------------------------------------------
@@ -322,7 +354,7 @@ class Authority:
         return None
 
     def logs_signed_by(self, key: str) -> list[tuple[str, str]]:
-        """The logs (author, collection) that hand-overs give to or take from `key`; with
+        """The logs (author, collection) that hand-overs (valid or not) name `key` in; with
         the logs `key` authored itself, those a revocation of `key` can touch."""
         return sorted(self._ix().signed_logs.get(key, ()))
 
@@ -340,6 +372,8 @@ class Authority:
         return found
 
     def _segment(self, author: str, collection: str, seq: int) -> Segment:
+        if seq < 1:
+            raise ProtocolUsageError(f"authority: seq {seq} (seqs start at 1)")
         segs, firsts = self._cached(author, collection)
         return segs[bisect_right(firsts, seq) - 1]
 
@@ -359,7 +393,7 @@ class Authority:
     def conflicts(self) -> list[tuple[str, ...]]:
         """Groups of hand-over ids from one key of one log that disagree (evidence)."""
         ix = self._ix()
-        for author, collection, _ in sorted(ix.hops):
+        for author, collection, _ in sorted(ix.raw_hops):
             ix.chain(author, collection)
         return sorted(set(ix.conflicts))
 
@@ -440,7 +474,7 @@ class Authority:
         )
 
     def _certificate(self, signer: str, ts: int, orgs: frozenset[str]) -> Refusal | None:
-        certs = [c for c in self._ix().certs.get(signer, ()) if c.org in orgs]
+        certs = [c for c in self._ix().certs_of(signer) if c.org in orgs]
         if any(c.not_before <= ts <= c.not_after for c in certs):
             return None
         if not certs:
