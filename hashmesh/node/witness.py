@@ -37,6 +37,8 @@ log = logging.getLogger("hashmesh.witness")
 WITNESS_INTERVAL_S = 30.0
 COSIGNS_PER_TICK = 500
 MAX_SPLIT_VIEWS_SHOWN = 100
+STATEMENT_PAGE = 1000
+MAX_HEADS_REMEMBERED = 200_000
 
 Vouchers = Callable[[str, int], frozenset[str]]
 
@@ -60,14 +62,28 @@ class NodeWitness:
         self._splits: tuple[tuple[int, int], list[SplitView]] = ((-1, -1), [])
         self._reported: set[tuple[str, str, int]] = set()
         self._heads_seen = -1
+        self._bodies: dict[str, CosignBody] = {}
+        self._cursor = 0
+        self._reported_at = -1
+        self._heads: dict[tuple[LogKey, int], str] = {}
         self._waiting = False
         for body in self.cosigns():
             if body.witness == key.node_id:
                 self._last[LogKey(body.author, body.collection)] = (body.seq, 0.0)
 
     def head_hash(self, log_key: LogKey, seq: int) -> str | None:
+        """The hash of the header held at (log, seq); remembered once held (a held header
+        is never replaced, and split detection asks for every cosigned seq)."""
+        known = self._heads.get((log_key, seq))
+        if known is not None:
+            return known
         held = self.store.signed_header(log_key, seq)
-        return None if held is None else sha256(held.header_bytes).hexdigest()
+        if held is None:
+            return None
+        if len(self._heads) >= MAX_HEADS_REMEMBERED:
+            self._heads.clear()
+        head = self._heads[(log_key, seq)] = sha256(held.header_bytes).hexdigest()
+        return head
 
     def due(self, now: float) -> list[Statement]:
         """Cosigns of the logs whose head moved since their last cosign, at most one per
@@ -104,22 +120,38 @@ class NodeWitness:
         statements = self.due(now)
         if statements:
             self.book.admit(statements, "local")
-        self._report_new_splits()
+        if self._reported_at != self.store.statements.version:
+            self._reported_at = self.store.statements.version
+            self._report_new_splits()
         return len(statements)
 
     def cosigns(self) -> list[CosignBody]:
-        """Every cosign held (ours and our peers'), re-read when the statements change."""
+        """Every cosign held (ours and our peers'): read incrementally, the rows stored or
+        replaced since the last call (store cursor order), one per slot. Re-reading all
+        of them on each change cost a parse per cosign, witnesses x logs of them."""
         version = self.store.statements.version
         if self._cosigns[0] != version:
-            bodies = []
-            for row in self.store.statements.visible(None, kinds=[KIND]):
-                # our own rows, verified when they came in: the body is parsed again, the
-                # signature is not (10,000 Ed25519 checks per change would be seconds)
-                wire = parse_canonical(row.wire, "statement")
-                _, body = self.book.registry.parse_body(from_b64url(wire["body"], "body"))
-                if isinstance(body, CosignBody):
-                    bodies.append(body)
-            self._cosigns = (version, bodies)
+            while True:
+                rows = self.store.statements.since(self._cursor, STATEMENT_PAGE)
+                for row in rows:
+                    self._cursor = max(self._cursor, row.cursor)
+                    if row.kind in ("handover", "key-revoke"):
+                        self._heads.clear()  # held batches may be dropped and signed anew
+                    if row.kind != KIND:
+                        continue
+                    # our own rows, verified when they came in: the body is parsed again,
+                    # the signature is not
+                    wire = parse_canonical(row.wire, "statement")
+                    _, body = self.book.registry.parse_body(from_b64url(wire["body"], "body"))
+                    if not isinstance(body, CosignBody):
+                        continue
+                    key = row.slot or row.id
+                    held = self._bodies.get(key)
+                    if held is None or body.seq >= held.seq:
+                        self._bodies[key] = body
+                if len(rows) < STATEMENT_PAGE:
+                    break
+            self._cosigns = (version, list(self._bodies.values()))
         return self._cosigns[1]
 
     def split_views(self) -> list[SplitView]:
