@@ -660,6 +660,15 @@ def _format_status(d: dict[str, Any]) -> str:
     ]
     for f in d["forks"]:
         lines.append(f"  FORK    {f['author']} in {f['collection']} at seq {f['seq']}")
+    for v in d.get("witness", {}).get("split_views", []):
+        heads = "; ".join(f"{h['head'][:12]} by {len(h['witnesses'])}" for h in v["heads"])
+        lines.append(f"  SPLIT VIEW {v['author']} in {v['collection']} at seq {v['seq']}: {heads}")
+    for m in d.get("memberships", []):
+        conflict = f", CONFLICT at version {m['conflict']['version']}" if m["conflict"] else ""
+        lines.append(
+            f"membership {m['collection']}: version {m['version']}, {len(m['writers'])}"
+            f" writers, {len(m['readers'])} readers{conflict}"
+        )
     lines.append(f"logs      {d.get('logs_total', len(d['logs']))}")
     for log in d["logs"]:
         lines.append(
