@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -151,6 +152,54 @@ def test_a_revoked_key_is_refused_everywhere_even_by_a_node_offline_meanwhile(
     revoked = d.status()["revoked_keys"]
     assert [(r["key"], r["after"], r["effective"]) for r in revoked] == [(a.node_id, 1, True)]
     wait_for(lambda: refused(d, a, "revoked") > 0)
+    shown = d.cli("status").stdout
+    assert f"REVOKED {a.node_id} in * after seq 1: key stolen" in shown
+    # a bundle of d's logs carries the revocation: a node that imports it withdraws too
+    bundle = tmp_path / "d.hmb"
+    d.cli("export", "-c", "csam", str(bundle))
+    verified = json.loads(d.cli("verify", str(bundle), "--json", home=False).stdout)
+    assert verified["statements"] == {"cert": 1, "key-revoke": 1}
     for n in (b, c, d):
         assert not n.matches("md5", MD5 % 3)
         assert [log["head"] for log in n.status()["logs"]] == [2]
+
+
+@pytest.mark.slow
+def test_rotation_mid_stream_needs_no_config_change_and_old_batches_verify(
+    nodes: NodeSet, tmp_path: Path
+) -> None:
+    a, b = nodes.make("a", "b")
+    link(a, b, "csam")
+    b.trust(a, "csam")
+    config = tomllib.loads((b.home / "config.toml").read_text())
+    for n in (a, b):
+        n.start()
+    a.cli("add", "md5", MD5 % 1, "-c", "csam")
+    wait_for(lambda: b.matches("md5", MD5 % 1))
+    rotated = json.loads(a.cli("key", "rotate", "--json").stdout)
+    assert rotated["previous"] == a.node_id
+    assert [h["log"] for h in rotated["handovers"]] == [f"{a.node_id}/csam"]
+    assert (a.home / "signing.key").stat().st_mode & 0o777 == 0o600
+    a.cli("add", "md5", MD5 % 2, "-c", "csam")  # signed by the new key, in a's log
+    wait_for(lambda: b.matches("md5", MD5 % 2))
+    a.stop()
+    a.start()  # the new key is the one it signs with after a restart too
+    a.cli("add", "md5", MD5 % 3, "-c", "csam")
+    wait_for(lambda: b.matches("md5", MD5 % 3))
+    after = tomllib.loads((b.home / "config.toml").read_text())
+    # the same trust and the same peer node id (the harness rewrote a's URL: a new port)
+    assert after["trust"] == config["trust"]
+    assert [p["node_id"] for p in after["peers"]] == [p["node_id"] for p in config["peers"]]
+    peer = next(p for p in b.status()["peers"] if p["name"] == "a")
+    assert peer["refused"] == {}
+    status = b.status()
+    assert [log["head"] for log in status["logs"]] == [3]
+    assert [(h["key"], h["next"], h["seq"]) for h in status["handovers"]] == [
+        (a.node_id, rotated["signing_key"], 1)
+    ]
+    # the log, its first batch by the old key and the rest by the new, verifies offline
+    bundle = tmp_path / "b.hmb"
+    b.cli("export", "-c", "csam", str(bundle))
+    verified = json.loads(b.cli("verify", str(bundle), "--json", home=False).stdout)
+    assert verified["valid"] and verified["batches"] == 3
+    assert verified["statements"] == {"handover": 1}

@@ -24,7 +24,7 @@ from typing import Protocol
 from hashmesh.node.config import Config
 from hashmesh.node.statements import StatementBook
 from hashmesh.protocol.authority import KEY_KINDS, Authority, DropRange, Refusal
-from hashmesh.protocol.batches import Header
+from hashmesh.protocol.batches import Header, LogKey
 from hashmesh.protocol.certificates import HandoverBody, KeyRevokeBody
 from hashmesh.protocol.statements import Statement
 
@@ -117,6 +117,10 @@ class NodeAuthority:
         # trusted by name: the key rules only; through orgs only: a certificate as well
         orgs = None if config.accepts(author, collection) else config.trusted_orgs(collection)
         return self.authority.check_header(header, orgs or None)
+
+    def signer_of_next(self, log: LogKey, head: int) -> str | None:
+        """The key that signs the log's next batch (after `head`), None if none may."""
+        return self.authority.signer_for(log.author, log.collection, head + 1)
 
     def drop_ranges(self, heads: dict[tuple[str, str], int]) -> list[DropRange]:
         return self.authority.drop_ranges(heads)

@@ -8,6 +8,7 @@ before changing anything.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -30,7 +31,7 @@ from hashmesh.node.config import (
 )
 from hashmesh.node.errors import Conflict, HomeError, NodeError, NotFound, caller_input
 from hashmesh.node.hashing.degenerate import degenerate_reason
-from hashmesh.node.keys import create_key, load_key, new_token, write_secret
+from hashmesh.node.keys import KEY_PREFIX, create_key, load_key, new_token, write_secret
 from hashmesh.node.membership import NodeMemberships
 from hashmesh.node.progress import Counter
 from hashmesh.node.statements import StatementBook
@@ -46,12 +47,18 @@ from hashmesh.node.store.quarantine import DEGENERATE_REASON
 from hashmesh.node.witness import NodeWitness
 from hashmesh.protocol.batches import AnyOp, LogKey, build_batch, header_hash, parse_header
 from hashmesh.protocol.bundles import BundleCheck, BundleDecoder, encode_bundle_header
-from hashmesh.protocol.certificates import ALL_COLLECTIONS, CertBody
-from hashmesh.protocol.errors import BatchOverflow, ProtocolError
+from hashmesh.protocol.certificates import (
+    ALL_COLLECTIONS,
+    CertBody,
+    HandoverBody,
+    KeyRevokeBody,
+)
+from hashmesh.protocol.encoding import b64url
+from hashmesh.protocol.errors import BatchOverflow, BundleError, ProtocolError
 from hashmesh.protocol.kinds import REGISTRY
 from hashmesh.protocol.ops import AddOp, OpId, OpinionOp, RevokeOp, validate_collection
-from hashmesh.protocol.signing import validate_node_id
-from hashmesh.protocol.statements import add_signatures
+from hashmesh.protocol.signing import SigningKey, validate_node_id
+from hashmesh.protocol.statements import add_signatures, parse_statement_json, sign_statement
 
 if TYPE_CHECKING:
     from hashmesh.node.matching.matcher import Matcher
@@ -61,6 +68,10 @@ DEFAULT_CATEGORY = "unspecified"
 RESTORED_KEY = "restored_from_backup"
 #: The node whose database this is (store meta): a restore of another node's is refused.
 BUNDLE_CHUNK = 1 << 20
+SIGNING_KEY_FILE = "signing.key"  # after a key rotation (node.key stays the identity)
+PREVIOUS_KEYS = "previous_signing_keys"  # store meta: JSON list of node ids
+BUNDLE_STATEMENT_BYTES = 512 * 1024  # of a manifest's 1 MiB
+MAX_BUNDLE_STATEMENTS = 4096
 # Logs and trust entries a status lists: with thousands of participants the whole lists
 # made /v1/status 2.7 MB and a second of work; the rest is paged (/v1/status/logs).
 STATUS_LOGS = 100
@@ -121,6 +132,7 @@ class NodeService:
         self.statements = StatementBook(self.store, REGISTRY)
         self.authority = NodeAuthority(self.statements)
         self.authority.change_listeners.append(self._withdraw)
+        self.signing_key = self._load_signing_key()
         # followed collections' membership (node/membership.py) and this node as a
         # witness of the logs it holds (node/witness.py)
         self.memberships = NodeMemberships(
@@ -165,7 +177,7 @@ class NodeService:
                 "with its peers before publishing (they hold your later batches; publishing "
                 "now would fork your log)"
             )
-        key = LogKey(self.node_id, collection)
+        key = self._log_key(collection)
         op_ids: list[OpId] = []
         total = IngestResult()
         size = self.config.batch_size
@@ -179,7 +191,9 @@ class NodeService:
             # Not the caller's input: the ops were checked, the rest is this node's own.
             # Packed by count; ops long enough to pass the byte limit split in halves.
             try:
-                batch = build_batch(self.key, collection, seq, prev, when, chunk)
+                batch = build_batch(
+                    self.signing_key, collection, seq, prev, when, chunk, author=key.author
+                )
             except BatchOverflow:
                 half = len(chunk) // 2
                 chunks.extendleft((chunk[half:], chunk[:half]))
@@ -381,6 +395,7 @@ class NodeService:
         trust = self.config.trust
         return {
             "node_id": self.node_id,
+            "signing_key": self.signing_key.node_id,
             "name": self.config.name,
             "listen": self.config.listen,
             "url": self.config.url,
@@ -535,10 +550,11 @@ class NodeService:
         statement = _protocol(self.statements.verify_wire, wire)
         if statement.kind.name != kind:
             raise NodeError(f"FILE: a {statement.kind.name} statement, not a {kind}")
-        if isinstance(statement.body, CertBody) and statement.body.key == self.node_id:
+        own = {k.node_id: k for k in (self.key, self.signing_key)}
+        if isinstance(statement.body, CertBody) and statement.body.key in own:
             # our own key's certificate: co-signed, which gives the org power over the key
             # (to revoke it, or hand its logs over should it be lost)
-            statement = add_signatures(statement, [self.key])
+            statement = add_signatures(statement, [own[statement.body.key]])
         before = self.store.counts()["live"]
         done = self.statements.admit([statement], "local")
         outcome = next(iter(done.outcomes), "same")
@@ -673,6 +689,73 @@ class NodeService:
             "head": self.witness.head_hash(log_key, seq) if seq else None,
             "witnesses": [line.to_json() for line in lines],
             "split_views": views,
+        }
+
+    # -- key rotation (issue 22) ---------------------------------------------------------
+
+    def _load_signing_key(self) -> SigningKey:
+        """The key this node signs batches with: node.key until the first rotation, then
+        signing.key. node.key stays the node's identity to its peers (they authenticate
+        it, and follow the logs to the new key by the hand-overs)."""
+        path = self.home.path / SIGNING_KEY_FILE
+        return load_key(path) if path.exists() else self.key
+
+    def _log_key(self, collection: str) -> LogKey:
+        """The log this node continues in `collection`: the one its signing key signs next
+        (its own, or one handed over to it), else a new log of the signing key."""
+        for author in dict.fromkeys([self.node_id, *self._previous_keys()]):
+            log_key = LogKey(author, collection)
+            head = self.store.head(log_key)
+            if head and self.authority.signer_of_next(log_key, head) == self.signing_key.node_id:
+                return log_key
+        return LogKey(self.signing_key.node_id, collection)
+
+    def _previous_keys(self) -> list[str]:
+        return [str(k) for k in json.loads(self.store.meta(PREVIOUS_KEYS) or "[]")]
+
+    def key_rotate(self) -> dict[str, Any]:
+        """A new signing key; every log the current key signs is handed over to it at its
+        head (a hand-over signed by both keys, gossiped at once), so peers accept the
+        next batches with no change of their config. The old key is kept (0600) as
+        signing.key.old-<id>; node.key stays the node's identity."""
+        from hashmesh.protocol.signing import SigningKey as Key
+
+        current = self.signing_key
+        new = Key(os.urandom(32))
+        now = int(time.time())
+        handovers = []
+        for log_key, head in sorted(self.store.vector().items(), key=lambda i: str(i[0])):
+            if log_key.author not in (self.node_id, *self._previous_keys(), current.node_id):
+                continue
+            if self.authority.signer_of_next(log_key, head) != current.node_id:
+                continue
+            held = self.store.signed_header(log_key, head)
+            assert held is not None
+            body = HandoverBody(
+                ts=now,
+                author=log_key.author,
+                collection=log_key.collection,
+                key=current.node_id,
+                next=new.node_id,
+                seq=head,
+                head=header_hash(held.header_bytes).hex(),
+            )
+            handovers.append(sign_statement(body, [current, new], REGISTRY))
+        path = self.home.path / SIGNING_KEY_FILE
+        if path.exists():
+            os.replace(path, path.with_name(f"{SIGNING_KEY_FILE}.old-{current.node_id[8:20]}"))
+        write_secret(path, KEY_PREFIX + b64url(new.seed()) + "\n")
+        previous = [*self._previous_keys(), current.node_id]
+        self.store.set_meta(PREVIOUS_KEYS, json.dumps(sorted(set(previous))))
+        self.signing_key = new
+        self.statements.admit(handovers, "local")
+        return {
+            "signing_key": new.node_id,
+            "previous": current.node_id,
+            "handovers": [
+                {"log": f"{s.body.author}/{s.body.collection}", "seq": s.body.seq, "id": s.id}  # type: ignore[attr-defined]
+                for s in handovers
+            ],
         }
 
     # -- match policy (matching/policy.py; rows in store/policies.py) ---------------------
@@ -847,9 +930,38 @@ class NodeService:
                 for k in logs
             ],
         }
+        statements = self._bundle_statements(collection, logs)
+        if statements:  # a bundle of logs signed by their authors alone is as before
+            manifest["statements"] = statements
         yield encode_bundle_header(manifest)
         for log in logs:
             yield from self.store.batch_frames(log)
+
+    def _bundle_statements(self, collection: str, logs: list[LogKey]) -> list[Any]:
+        """The certificates, hand-overs and revocations of the keys that sign the bundle's
+        logs (wire objects), so that an importer, or `hashmesh verify`, decides as a peer
+        would; at most BUNDLE_STATEMENT_BYTES of them."""
+        authors = {log.author for log in logs}
+        keys = set(authors)
+        chosen: list[Any] = []
+        rows = self.store.statements.visible({collection}, kinds=["handover"])
+        for row in rows:
+            body = self.statements.verify_wire(row.wire).body
+            if isinstance(body, HandoverBody) and body.author in authors:
+                keys |= {body.key, body.next}
+                chosen.append(row)
+        for row in self.store.statements.visible({collection}, kinds=["cert", "key-revoke"]):
+            body = self.statements.verify_wire(row.wire).body
+            if isinstance(body, (CertBody, KeyRevokeBody)) and body.key in keys:
+                chosen.append(row)
+        out: list[Any] = []
+        size = 0
+        for row in chosen:
+            size += len(row.wire)
+            if size > BUNDLE_STATEMENT_BYTES:
+                break
+            out.append(json.loads(row.wire))
+        return out
 
     def backup(self, out: str, overwrite: bool = False) -> dict[str, Any]:
         """A consistent copy of the database made with SQLite's online backup API, so a
@@ -948,10 +1060,21 @@ class NodeService:
         refused = 0
         refused_logs: set[str] = set()
         refused_keys: dict[str, str] = {}
+        admitted: dict[str, int] = {}
         try:
+            # The manifest first: its statements (certificates, hand-overs, revocations of
+            # the bundle's keys) decide which of its batches are accepted. All verified
+            # before any is stored; a batch refused later leaves them (each stands alone).
+            first = stream.read(BUNDLE_CHUNK)
+            frames = decoder.feed(first)
+            while decoder.manifest is None and (more := stream.read(BUNDLE_CHUNK)):
+                frames += decoder.feed(more)
+            if decoder.manifest is not None:
+                statements = bundle_statements(decoder.manifest)
+                admitted = self.statements.admit(statements, source).outcomes
             with self.store.bulk():
-                while chunk := stream.read(BUNDLE_CHUNK):
-                    for header, sig, ops in decoder.feed(chunk):
+                for chunk in iter(lambda: stream.read(BUNDLE_CHUNK), None):
+                    for header, sig, ops in frames:
                         batch = check.check(header, sig, ops)
                         refusal = self.authority.refuses(self.config, batch.header)
                         if refusal is not None:
@@ -962,6 +1085,9 @@ class NodeService:
                             continue
                         outcome = self.store.ingest(batch, source=source).outcome
                         counts[outcome] = counts.get(outcome, 0) + 1
+                    if not chunk:
+                        break
+                    frames = decoder.feed(chunk)
                 decoder.close()
         except ProtocolError as exc:
             raise NodeError(f"bundle refused, nothing imported: {exc}") from None
@@ -971,6 +1097,7 @@ class NodeService:
             "refused_untrusted": refused,
             "untrusted_logs": sorted(refused_logs),
             **({"refused_keys": dict(sorted(refused_keys.items()))} if refused_keys else {}),
+            **({"statements": admitted} if admitted else {}),
         }
 
 
@@ -1093,11 +1220,34 @@ def verify_bundle_file(path: str) -> dict[str, Any]:
                 for header, sig, ops in decoder.feed(chunk):
                     check.check(header, sig, ops)
             decoder.close()
+            assert decoder.manifest is not None
+            statements = bundle_statements(decoder.manifest)
     except OSError as exc:
         raise NodeError(f"bundle {path}: {exc.strerror}") from None
     except ProtocolError as exc:
         raise NodeError(f"bundle {path} is not valid: {exc}") from None
-    return {"file": path, "valid": True, "manifest": decoder.manifest, **check.summary()}
+    manifest = {k: v for k, v in decoder.manifest.items() if k != "statements"}
+    kinds: dict[str, int] = {}
+    for statement in statements:
+        kinds[statement.kind.name] = kinds.get(statement.kind.name, 0) + 1
+    summary = check.summary()
+    if kinds:
+        summary["statements"] = dict(sorted(kinds.items()))
+    return {"file": path, "valid": True, "manifest": manifest, **summary}
+
+
+def bundle_statements(manifest: dict[str, Any]) -> list[Any]:
+    """The statements a bundle's manifest carries, each verified (BundleError if not)."""
+    items = manifest.get("statements", [])
+    if not isinstance(items, list) or len(items) > MAX_BUNDLE_STATEMENTS:
+        raise BundleError(f"bundle manifest.statements: a list of at most {MAX_BUNDLE_STATEMENTS}")
+    out = []
+    for n, item in enumerate(items):
+        try:
+            out.append(parse_statement_json(item, REGISTRY))
+        except ProtocolError as exc:
+            raise BundleError(f"bundle manifest.statements[{n}]: {exc}") from None
+    return out
 
 
 def _what(signal: dict[str, Any]) -> dict[str, Any]:

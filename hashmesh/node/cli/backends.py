@@ -127,6 +127,9 @@ class LocalBackend:
     def statement_add(self, wire: bytes, kind: str) -> dict[str, Any]:
         return self.service.statement_add(wire, kind)
 
+    def key_rotate(self) -> dict[str, Any]:
+        return self.service.key_rotate()
+
     # membership and witnesses (node/membership.py, node/witness.py)
     def membership_follow(
         self, collection: str, stewards: list[str], threshold: int
@@ -367,6 +370,9 @@ class RemoteBackend:
         except ValueError:
             raise NodeError("FILE: not a statement (not JSON)") from None
         return self._call("POST", "/v1/admin/statements", {"statement": statement, "kind": kind})
+
+    def key_rotate(self) -> dict[str, Any]:
+        return self._call("POST", "/v1/admin/key/rotate", {})
 
     # membership and witnesses (node/membership.py, node/witness.py)
     def membership_follow(

@@ -669,6 +669,22 @@ def _format_status(d: dict[str, Any]) -> str:
             f"membership {m['collection']}: version {m['version']}, {len(m['writers'])}"
             f" writers, {len(m['readers'])} readers{conflict}"
         )
+    revoked = d.get("revoked_keys", [])
+    if revoked or d.get("certificates") or d.get("handovers"):
+        lines.append(
+            f"keys      {len(d.get('certificates', []))} certificates,"
+            f" {len(revoked)} revocations, {len(d.get('handovers', []))} hand-overs"
+        )
+    for r in revoked:
+        state = "REVOKED" if r["effective"] else "revoked (not in force)"
+        lines.append(
+            f"  {state} {r['key']} in {r['collection']} after seq {r['after']}: {r['reason']}"
+        )
+    for h in d.get("handovers", []):
+        lines.append(
+            f"  handover {h['author'][:20]} in {h['collection']}: {h['key'][:20]} -> "
+            f"{h['next'][:20]} after seq {h['seq']}"
+        )
     lines.append(f"logs      {d.get('logs_total', len(d['logs']))}")
     for log in d["logs"]:
         lines.append(

@@ -239,3 +239,20 @@ def key_revocation_add(ctx: Context, file: str, as_json: bool) -> None:
     with errors():
         wire = _read_statement(file)
     ctx.show(lambda b: b.statement_add(wire, "key-revoke"), as_json, _added_text)
+
+
+@key.command("rotate")
+@json_option
+@pass_ctx
+def key_rotate(ctx: Context, as_json: bool) -> None:
+    """Sign with a new key from now on: every log of this node is handed over to it (a
+    hand-over signed by the old and the new key, gossiped), so peers accept the next
+    batches with no change of their config. Certify the new key with your org
+    (`org certify`, then `key certificate add`) where peers trust you through it."""
+
+    def human(d: dict[str, Any]) -> str:
+        lines = [f"signing key {d['signing_key']} (was {d['previous']})"]
+        lines += [f"  {h['log']} handed over after seq {h['seq']}" for h in d["handovers"]]
+        return "\n".join(lines)
+
+    ctx.show(lambda b: b.key_rotate(), as_json, human)

@@ -405,6 +405,13 @@ async def log_witnesses(request: web.Request) -> web.Response:
     return web.json_response(result)
 
 
+async def key_rotate(request: web.Request) -> web.Response:
+    """A new signing key for this node, its logs handed over to it (hashmesh key rotate)."""
+    deps = request.app[API_KEY]
+    _fields(await read_json(request), (), ())
+    return web.json_response(await deps.store_thread.call(deps.service.key_rotate))
+
+
 async def trust_remove(request: web.Request) -> web.Response:
     deps = request.app[API_KEY]
     info = request.match_info
@@ -498,6 +505,7 @@ def build_app(deps: ApiDeps) -> web.Application:
     app.router.add_get("/v1/admin/trust", trust_list)
     app.router.add_post("/v1/admin/trust", trust_add)
     app.router.add_post("/v1/admin/statements", statement_add)
+    app.router.add_post("/v1/admin/key/rotate", key_rotate)
     app.router.add_get("/v1/admin/membership", membership_show)
     app.router.add_post("/v1/admin/membership", membership_add)
     app.router.add_post("/v1/admin/membership/follow", membership_follow)
