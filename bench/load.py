@@ -13,6 +13,13 @@ processes on the node's match socket) runs the same phases side by side in one r
 4. flood + revocation: the seed withdraws --revoke of its signals (one list withdrawal)
    and the target ingests the revocations under the flood.
 
+Throughout 2-4 a paced PDQ probe (a process of its own) sends --pdq-probe-rate matching
+PDQ queries a second on a fixed schedule, each timed from when it was due, and reports per
+phase p50/p99/max and the longest gap between two answers: the flood measures throughput
+at saturation (its latency is its own queue), the probe what a platform sending at a
+steady rate sees, stalls included. --clients 0 runs the phases with no flood, the probe
+alone beside the ingest.
+
 Throughout 2-4 a probe in this process publishes one operator add every 250 ms, timing it,
 and then polls the match address until the add matches (freshness: how long after its
 publish call returned an add is matchable where platforms match). It posts to
@@ -155,6 +162,65 @@ def client_main(
 
     asyncio.run(run())
     out.put({"latencies": latencies, "errors": dict(errors)})
+
+
+def pdq_probe_main(
+    url: str, token: str, values: list[str], rate: float, phase: Any, out: Any, seed: int
+) -> None:
+    """The paced PDQ probe: one PDQ query (an 8-bit near-duplicate of a local signal, so
+    it matches) every 1/rate s on a fixed schedule, each sent on time whatever the ones
+    before it are doing (its own connection from a pool), latency counted from when it
+    was due: a stall shows in full instead of holding back the sends that would see it
+    (coordinated omission). Per phase: each latency, and the longest gap between two
+    answers (a stall of the matcher shows as a gap however many requests were queued)."""
+    rng = random.Random(seed)
+    bodies = [
+        json.dumps({"queries": [{"type": "pdq", "value": near(rng, v)}]}).encode()
+        for v in values[:2000]
+    ]
+    latencies: dict[int, list[float]] = {i: [] for i in range(len(PHASES))}
+    gaps: dict[int, float] = {i: 0.0 for i in range(len(PHASES))}
+    errors: Counter[str] = Counter()
+    last_answer: list[float] = [0.0, -1]  # time, phase
+
+    async def one(session: aiohttp.ClientSession, body: bytes, due: float, p: int) -> None:
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        try:
+            async with session.post(url + "/v1/match", data=body, headers=headers) as r:
+                answer = await r.json() if r.status == 200 else None
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            errors[f"probe {type(exc).__name__}"] += 1
+            return
+        now = time.perf_counter()
+        if answer is None or not answer.get("matched"):
+            errors["probe: not matched" if answer else f"probe HTTP {r.status}"] += 1
+            return
+        latencies[p].append((now - due) * 1000)
+        if last_answer[1] == p:
+            gaps[p] = max(gaps[p], (now - last_answer[0]) * 1000)
+        last_answer[:] = [now, p]
+
+    async def run() -> None:
+        connector = aiohttp.TCPConnector(limit=256)
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            tasks: set[asyncio.Task[None]] = set()
+            start = time.perf_counter()
+            n = 0
+            while (p := phase.value) >= 0:
+                due = start + n / rate
+                wait = due - time.perf_counter()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                if p > 0:  # phase 0 is the warm-up
+                    task = asyncio.create_task(one(session, bodies[n % len(bodies)], due, p))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                n += 1
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(run())
+    out.put({"latencies": latencies, "gaps": gaps, "errors": dict(errors)})
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -371,6 +437,14 @@ async def one_config(
         )
         for n in range(args.clients)
     ]
+    pdq_out: mp.Queue[dict[str, Any]] = mp.Queue()
+    pdq_probe = None
+    if args.pdq_probe_rate > 0:
+        pdq_probe = mp.Process(
+            target=pdq_probe_main,
+            args=(match_url, target.token, local, args.pdq_probe_rate, phase, pdq_out, 99),
+        )
+        procs.append(pdq_probe)
     for p in procs:
         p.start()
     probe = Probe(target, match_url, rng)
@@ -426,7 +500,8 @@ async def one_config(
         phase.value = -1
         probe_stop.set()
         await probe_task
-        results = [out.get(timeout=120) for _ in procs]
+        results = [out.get(timeout=120) for _ in range(args.clients)]
+        paced = pdq_out.get(timeout=120) if pdq_probe is not None else None
         for p in procs:
             p.join(timeout=30)
             if p.is_alive():
@@ -448,8 +523,22 @@ async def one_config(
             "max": lat[-1] if lat else float("nan"),
             "seconds": durations[name],
         }
+    probe_table: dict[str, dict[str, float]] = {}
+    if paced is not None:
+        errors.update(paced["errors"])
+        for index, name in enumerate(PHASES):
+            lat = sorted(paced["latencies"][index])
+            if name in durations and lat:
+                probe_table[name] = {
+                    "requests": len(lat),
+                    "p50": percentile(lat, 0.50),
+                    "p99": percentile(lat, 0.99),
+                    "max": lat[-1],
+                    "gap": paced["gaps"][index],
+                }
     result.update(
         table=table,
+        pdq_probe=probe_table,
         errors=dict(errors) | dict(probe.misses),
         publish={k: sorted(v) for k, v in probe.publish_ms.items()},
         fresh={k: sorted(v) for k, v in probe.fresh_ms.items()},
@@ -483,7 +572,8 @@ def render(args: argparse.Namespace, result: dict[str, Any]) -> str:
         "",
         f"Command: `.venv/bin/python bench/load.py --signals {args.signals} --revoke "
         f"{args.revoke} --clients {args.clients} --concurrency {args.concurrency} --duration "
-        f"{args.duration:g} --match-workers {','.join(map(str, args.match_workers))}`. "
+        f"{args.duration:g} --pdq-probe-rate {args.pdq_probe_rate:g} --match-workers "
+        f"{','.join(map(str, args.match_workers))}`. "
         f"{args.clients} client processes (aiohttp, keep-alive, {args.concurrency} requests in "
         "flight each) post `POST /v1/match` with one PDQ query (half 8-bit near-duplicates of "
         f"{args.local:,} local PDQ signals, half random misses) to the target's match address "
@@ -525,6 +615,23 @@ def render(args: argparse.Namespace, result: dict[str, Any]) -> str:
             f"{c.get('pss_mb', 0):,.0f} ({c.get('processes', 0)}) | "
             f"{c.get('pss_settled_mb', float('nan')):,.0f} |"
         )
+    if any(c.get("pdq_probe") for c in result["configs"]):
+        lines += [
+            "",
+            f"Paced PDQ probe ({args.pdq_probe_rate:g} queries/s on a fixed schedule, each"
+            " timed from when it was due; gap: the longest time between two answers):",
+            "",
+            "| workers | phase | answered | p50 ms | p99 ms | max ms | longest gap ms |",
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for c in result["configs"]:
+            for name in PHASES[1:]:
+                r = c.get("pdq_probe", {}).get(name)
+                if r:
+                    lines.append(
+                        f"| {c['workers']} | {name} | {r['requests']:.0f} | {r['p50']:.1f} | "
+                        f"{r['p99']:.1f} | {r['max']:.0f} | {r['gap']:.0f} |"
+                    )
     lines += [
         "",
         "Operator publish (one add every 250 ms through `/v1/signals/batch`) by phase:",
@@ -557,6 +664,12 @@ def main() -> None:
     parser.add_argument("--local", type=parse_count, default=10_000)
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--pdq-probe-rate",
+        type=float,
+        default=50.0,
+        help="paced PDQ queries/s beside the flood, timed from when each was due (0: off)",
+    )
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--ingest-timeout", type=float, default=600.0)
