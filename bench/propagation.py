@@ -24,6 +24,16 @@ Three measures:
     .venv/bin/python bench/propagation.py --sizes 8 --bootstrap-signals 100k
     .venv/bin/python bench/propagation.py --write-docs
 
+4. Key revocation (--revocations R, on --revocation-size N nodes, default 32). The same
+   random graph, every node's key certified by one org key (installed on its node through
+   POST /v1/admin/statements, which co-signs it). For each of R runs, another node
+   publishes two adds (seq 1 and 2) and the clock waits until every node matches the
+   second; then the org's revocation of that node's key after seq 1 is installed on a
+   random other node (POST /v1/admin/statements) and the clock runs from its answer until
+   POST /v1/match of the second add answers "matched": false on every node: the
+   revocation reached the node (eager push of statements, at sync.interval_s = 30) and
+   took effect there (the held batch withdrawn from matching).
+
 3. Scale in participants (--scale-logs 100,1000,10000). Two nodes, each holding the same
    N one-batch logs of N authors it trusts in `csam`, each the other's peer, with
    sync.interval_s = 1. Each node's peer URL points at a counting TCP proxy
@@ -901,6 +911,109 @@ def report(
     return "\n".join(parts)
 
 
+async def revocation_run(args: argparse.Namespace, root: Path, procs: Procs) -> dict[str, Any]:
+    from hashmesh.node.keys import create_key
+    from hashmesh.protocol.certificates import CertBody, KeyRevokeBody
+    from hashmesh.protocol.kinds import REGISTRY
+    from hashmesh.protocol.statements import sign_statement
+
+    n = args.revocation_size
+    rng = random.Random(f"{args.seed}/revoke/{n}")
+    adj = random_graph(n, rng)
+    run_root = root / f"revoke{n}"
+    run_root.mkdir()
+    org = create_key(run_root / "org.key")
+    nodes = [make_node(run_root, f"r{i:02d}") for i in range(n)]
+    for i, node in enumerate(nodes):
+        configure(node, [nodes[j] for j in sorted(adj[i])], nodes)
+    print(f"\n[revocation, N={n}] diameter {diameter(adj)}; starting nodes...", flush=True)
+    poll = args.poll_ms / 1000
+    times: list[float] = []
+    timeout = aiohttp.ClientTimeout(total=30)
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=8)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+
+        async def post(node: Node, path: str, body: Any) -> Any:
+            async with session.post(node.url + path, json=body, headers=node.auth) as r:
+                answer = await r.json()
+                if r.status != 200:
+                    raise RuntimeError(f"{path} on {node.name} answered {r.status}: {answer}")
+                return answer
+
+        async def matched(node: Node, value: str) -> bool:
+            query = {"queries": [{"type": "md5", "value": value}]}
+            return bool((await post(node, "/v1/match", query)).get("matched"))
+
+        async def until_all(value: str, want: bool, deadline: float) -> float:
+            async def one(node: Node) -> float:
+                while True:
+                    if await matched(node, value) == want:
+                        return time.monotonic()
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{node.name}: {value} still matched={not want}")
+                    await asyncio.sleep(poll)
+
+            return max(await asyncio.gather(*(one(node) for node in nodes)))
+
+        for node in nodes:
+            procs.spawn(node)
+        try:
+            await wait_healthy(session, nodes, timeout=60 + 3 * n)
+            now = int(time.time())
+            for node in nodes:
+                body = CertBody(
+                    ts=now, org=org.node_id, key=node.node_id, not_before=now - 60,
+                    not_after=now + 86400,
+                )  # fmt: skip
+                cert = sign_statement(body, [org], REGISTRY)
+                await post(
+                    node, "/v1/admin/statements", {"statement": cert.to_json(), "kind": "cert"}
+                )
+            await asyncio.sleep(2.0)
+            for run in range(args.revocations):
+                author = nodes[run % n]
+                values = [rng.randbytes(16).hex() for _ in range(2)]
+                for value in values:  # one batch each: seq 1, seq 2 of its log
+                    body = {"type": "md5", "value": value, "collection": COLLECTION}
+                    await post(author, "/v1/signals", body)
+                    await asyncio.sleep(BATCH_DELAY_MS / 1000 + 0.1)
+                await until_all(values[1], True, time.monotonic() + args.timeout)
+                revoke = sign_statement(
+                    KeyRevokeBody(
+                        ts=int(time.time()), org=org.node_id, key=author.node_id,
+                        collection="*", after=1, reason="bench",
+                    ),
+                    [org],
+                    REGISTRY,
+                )  # fmt: skip
+                at = nodes[rng.choice([i for i in range(n) if nodes[i] is not author])]
+                await post(
+                    at,
+                    "/v1/admin/statements",
+                    {"statement": revoke.to_json(), "kind": "key-revoke"},
+                )
+                start = time.monotonic()
+                done = await until_all(values[1], False, start + args.timeout)
+                times.append(done - start)
+                print(f"  run {run}: revocation of {author.name} in force on all {n} nodes after "
+                      f"{(done - start) * 1000:.0f} ms", flush=True)  # fmt: skip
+        finally:
+            procs.stop(nodes)
+    return {"n": n, "runs": times}
+
+
+def revocation_report(args: argparse.Namespace, row: dict[str, Any]) -> str:
+    runs = row["runs"]
+    return (
+        f"### Key revocation to every node\n\nMachine: {machine()}\n\n"
+        f"{row['n']} nodes, {len(runs)} revocations:"
+        f" median {statistics.median(runs) * 1000:.0f} ms,"
+        f" max {max(runs) * 1000:.0f} ms (each run: from the answer of the install on one"
+        f" node to every node's match of the revoked key's later add answering false;"
+        f" match polled every {args.poll_ms} ms). Command: `{command()}`.\n"
+    )
+
+
 def command() -> str:
     env = f"PYTHONPATH={os.environ['PYTHONPATH']} " if os.environ.get("PYTHONPATH") else ""
     argv_in, argv = sys.argv[1:], []
@@ -929,6 +1042,8 @@ async def amain(args: argparse.Namespace, root: Path, procs: Procs) -> None:
         print(propagation_table([row]), flush=True)
     boot = await bootstrap(args, root, procs) if args.bootstrap_signals > 0 else None
     scaled = await scale(args, root, procs) if args.scale_logs else []
+    if args.revocations:
+        print("\n" + revocation_report(args, await revocation_run(args, root, procs)))
     if rows or boot:
         body = report(args, rows, boot)
         print("\n" + body)
@@ -958,6 +1073,8 @@ def main() -> None:
     ap.add_argument(
         "--scale-old", default="f58055c", help="revision run beside the working tree ('' none)"
     )
+    ap.add_argument("--revocations", type=int, default=0, help="key revocation runs (0 skips)")
+    ap.add_argument("--revocation-size", type=int, default=32, help="nodes for --revocations")
     ap.add_argument("--note", action="append", default=[], help="a line added to the docs")
     ap.add_argument("--seed", type=int, default=20240601)
     ap.add_argument("--keep", action="store_true", help="keep the temporary homes")
