@@ -22,9 +22,13 @@ import pytest
 from netnodes import NodeProc
 from testdata import IMAGES
 
+from hashmesh.protocol.certificates import CertBody
 from hashmesh.protocol.encoding import canonical
+from hashmesh.protocol.kinds import REGISTRY
 from hashmesh.protocol.peerauth import sign_request
 from hashmesh.protocol.signing import SigningKey
+from hashmesh.protocol.statements import sign_statement
+from hashmesh.protocol.statementsync import encode_fetch, encode_index_request, encode_statements
 from hashmesh.protocol.sync import (
     decode_page,
     encode_fetch_request,
@@ -128,6 +132,8 @@ MATRIX: list[tuple[str, tuple[int | str, ...]]] = [
      (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
     ("POST /v1/admin/trust",
      (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
+    ("POST /v1/admin/statements",
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
     ("GET /v1/admin/peers",
      (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
     ("GET /v1/admin/peers/{name}",
@@ -177,6 +183,9 @@ PEER_MATRIX: list[tuple[str, tuple[int, ...]]] = [
     ("POST /v1/peer/fetch",    (401, 401, 401, 401, 403, 200, 200)),
     ("POST /v1/peer/batches",  (401, 401, 401, 401, 403, 200, 200)),
     ("POST /v1/peer/evidence", (401, 401, 401, 401, 403, 200, 200)),
+    ("POST /v1/peer/statements/index", (401, 401, 401, 401, 403, 200, 200)),
+    ("POST /v1/peer/statements/fetch", (401, 401, 401, 401, 403, 200, 200)),
+    ("POST /v1/peer/statements/push", (401, 401, 401, 401, 403, 200, 200)),
 ]
 # fmt: on
 
@@ -422,6 +431,7 @@ def request_for(world: dict[str, Any], endpoint: str) -> tuple[str, str, bytes |
             "node_id": SigningKey(os.urandom(32)).node_id,
             "collection": "csam",
         },
+        "/v1/admin/statements": lambda: {"statement": _fresh_cert(), "kind": "cert"},
         "/v1/admin/backup": lambda: {"file": str(world["tmp"] / f"backup-{fresh}.db")},
         "/v1/admin/quarantine/lift": lambda: {"target": MD5_CSAM},
     }
@@ -559,6 +569,13 @@ def test_restricted_match_drops_the_restricted_collection(world: dict[str, Any])
 # -- peer endpoints -------------------------------------------------------------------------
 
 
+def _fresh_cert() -> dict[str, Any]:
+    """A certificate of a random key by a random org: installing it changes no other row."""
+    org, key = SigningKey(os.urandom(32)), SigningKey(os.urandom(32))
+    body = CertBody(ts=1, org=org.node_id, key=key.node_id, not_before=0, not_after=1)
+    return sign_statement(body, [org], REGISTRY).to_json()
+
+
 def _peer_body(path: str) -> bytes:
     if path == "/v1/peer/sync":
         return encode_sync_request({}, ["csam", "le-only"], [])
@@ -568,6 +585,12 @@ def _peer_body(path: str) -> bytes:
         return encode_reconcile_request(["csam", "le-only"], [], "")
     if path == "/v1/peer/fetch":
         return encode_fetch_request({})
+    if path == "/v1/peer/statements/index":
+        return encode_index_request("")
+    if path == "/v1/peer/statements/fetch":
+        return encode_fetch(["0" * 64])
+    if path == "/v1/peer/statements/push":
+        return encode_statements([])
     return b""
 
 
