@@ -203,3 +203,22 @@ def test_rotation_mid_stream_needs_no_config_change_and_old_batches_verify(
     verified = json.loads(b.cli("verify", str(bundle), "--json", home=False).stdout)
     assert verified["valid"] and verified["batches"] == 3
     assert verified["statements"] == {"handover": 1}
+
+
+def test_a_certificate_installed_on_one_node_gossips_to_its_peer_only_once(
+    nodes: NodeSet, tmp_path: Path
+) -> None:
+    a, b = nodes.make("a", "b")
+    link(a, b, "csam")
+    for n in (a, b):
+        n.start()
+    _, key_file = org_key(a, tmp_path, "o")
+    out = json.loads(
+        a.cli("key", "certificate", "add", str(certify(a, key_file, a, tmp_path)), "--json").stdout
+    )
+    wait_for(lambda: [c["id"] for c in b.status()["certificates"]] == [out["id"]])
+    (cert,) = b.status()["certificates"]
+    assert sorted(cert["signers"]) == sorted([a.node_id, cert["org"]])  # a's co-signature came too
+    # installing it again on b changes nothing: the same statement, the same signatures
+    again = b.cli("key", "certificate", "add", str(tmp_path / "cert-a.json"), "--json")
+    assert json.loads(again.stdout)["outcome"] == "same"
