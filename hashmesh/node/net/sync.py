@@ -883,11 +883,16 @@ class Replicator:
         config = self.service.config
         ours = self.store.vector(wanted)
 
+        authority = self.service.authority
+
         def takes(log_key: LogKey) -> bool:
+            # nobody may sign its next seq (its key revoked there, no hand-over): the
+            # peer's batches would be refused one by one, every round
             return (
                 log_key.collection in wanted
-                and self.service.authority.accepts_log(config, log_key.author, log_key.collection)
+                and authority.accepts_log(config, log_key.author, log_key.collection)
                 and not self.store.is_forked(log_key)
+                and authority.signer_of_next(log_key, ours.get(log_key, 0)) is not None
             )
 
         return wants(theirs, ours, takes)
