@@ -651,7 +651,13 @@ async def scale_run(
                 path: sum(
                     e[2].get(path, 0) - s[2].get(path, 0) for s, e in zip(start, end, strict=True)
                 )
-                for path in ("/v1/peer/fetch", "/v1/peer/batches", "/v1/peer/sync")
+                for path in (
+                    "/v1/peer/fetch",
+                    "/v1/peer/batches",
+                    "/v1/peer/sync",
+                    "/v1/peer/statements/fetch",
+                    "/v1/peer/statements/push",
+                )
                 if path != round_path
             }
             times = [
