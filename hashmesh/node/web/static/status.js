@@ -42,7 +42,7 @@ function render(status, history, recent) {
   for (const f of status.forks) forks.appendChild(el("p", "FORK: " + f.author + " in " + f.collection + " at seq " + f.seq + " (from " + f.source + ")", "bad"));
   const witness = status.witness || { split_views: [], split_views_total: 0 };
   const splits = document.getElementById("splits"); splits.replaceChildren();
-  if (!witness.split_views.length) splits.appendChild(el("p", "None: every head other nodes cosigned matches" + (witness.cosigns_held === undefined ? "." : " (" + witness.cosigns_held + " cosigns held)."), "ok"));
+  if (!witness.split_views.length) splits.appendChild(el("p", "None: every head other nodes cosigned matches this node's copy.", "ok"));
   for (const v of witness.split_views) {
     splits.appendChild(el("p", "SPLIT VIEW: " + v.author + " in " + v.collection + " at seq " + v.seq + ", " + v.heads.length + " different heads", "bad"));
     for (const h of v.heads) splits.appendChild(el("p", short(h.head) + " seen by " + h.witnesses.map(short).join(", "), "mono"));
