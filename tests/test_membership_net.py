@@ -106,6 +106,8 @@ def test_a_change_signed_by_one_of_three_stewards_is_refused_by_two_applied(
     y.cli("add", "md5", MD5 % 2, "-c", C, "--category", "csam")
     wait_for(lambda: _refused_untrusted(hub, y) >= 1)  # y's batch came and was refused
     assert not hub.matches("md5", MD5 % 2)
+    # the status page lists the refusal while the document in force still holds it
+    assert [r["author"] for r in hub.status()["refusals"] if r["collection"] == C] == [y.node_id]
 
     stewards.sign(hub, v2, 2)  # a second steward
     applied = hub.json("membership", "add", str(v2))
@@ -113,6 +115,7 @@ def test_a_change_signed_by_one_of_three_stewards_is_refused_by_two_applied(
     shown = _in_force(hub)
     assert shown["version"] == 2 and shown["writers"] == sorted([x.node_id, y.node_id])
     wait_for(lambda: hub.matches("md5", MD5 % 2))  # y's batch is fetched and accepted now
+    assert not [r for r in hub.status()["refusals"] if r["collection"] == C]  # and unlisted
     wait_for(lambda: _in_force(x)["version"] == 2)  # and version 2 reaches the follower
 
 

@@ -95,6 +95,15 @@ class NodeAuthority:
         """Whether batches of this log are wanted at all (each batch is then checked)."""
         return self._followed(collection) or self._by_trust(config, author, collection)
 
+    def still_refuses(self, config: Config, author: str, collection: str, seconds: int) -> bool:
+        """Whether an author refused as untrusted would be refused again now: in a followed
+        collection by the document in force (the log itself is always wanted there), else by
+        trust, so the status page keeps a refusal until the fix for it is made."""
+        if self._followed(collection):
+            assert self.writers is not None
+            return not self.writers.may_write(author, collection, seconds, self.vouchers)
+        return not self._by_trust(config, author, collection)
+
     def refuses(self, config: Config, header: Header) -> Refusal | None:
         """None when the batch may be accepted, else why not (a Refusal's code:
         untrusted, or the authority's: revoked, handed-over, not-certified, ...)."""

@@ -1167,8 +1167,8 @@ class Replicator:
         config = self.service.config
         out = []
         for row in self.refusals.rows():
-            if row.reason == "untrusted" and self.service.authority.accepts_log(
-                config, row.author, row.collection
+            if row.reason == "untrusted" and not self.service.authority.still_refuses(
+                config, row.author, row.collection, row.last_ms // 1000
             ):
                 continue
             sender = config.peer(row.sender)
