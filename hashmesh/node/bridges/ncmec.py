@@ -22,6 +22,7 @@ from hashmesh.node.bridges.upstream import (
     UpstreamRefused,
     base_url,
     bound_responses,
+    describe_window,
     register,
     short_ref,
 )
@@ -177,19 +178,7 @@ class NCMECUpstream(Upstream):
 
     @classmethod
     def describe(cls, checkpoint: dict[str, Any]) -> str:
-        from datetime import UTC, datetime
-
-        def day(ts: Any) -> str:
-            return datetime.fromtimestamp(int(ts), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-        if not checkpoint:
-            return "from the start"
-        if checkpoint.get("next"):
-            return (
-                f"inside the window {day(checkpoint['from'])} - {day(checkpoint['to'])},"
-                " at its next page"
-            )
-        return f"every window drained up to {day(checkpoint.get('from', 0))}"
+        return describe_window(checkpoint, "from", "to")
 
 
 def _words(text: str) -> str:

@@ -34,6 +34,7 @@ from hashmesh.node.bridges.upstream import (
     UpstreamRefused,
     base_url,
     bound_responses,
+    describe_window,
     register,
     short_ref,
 )
@@ -281,19 +282,7 @@ class ThreatExchangeUpstream(Upstream):
 
     @classmethod
     def describe(cls, checkpoint: dict[str, Any]) -> str:
-        from datetime import UTC, datetime
-
-        def day(ts: Any) -> str:
-            return datetime.fromtimestamp(int(ts), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-        if not checkpoint:
-            return "from the start"
-        if checkpoint.get("next"):
-            return (
-                f"inside the window {day(checkpoint['since'])} - {day(checkpoint['until'])},"
-                " at its next page"
-            )
-        return f"every window drained up to {day(checkpoint.get('since', 0))}"
+        return describe_window(checkpoint, "since", "until")
 
 
 def _visible_descriptors(raw: dict[str, Any]) -> list[dict[str, Any]]:

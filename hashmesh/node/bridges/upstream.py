@@ -14,6 +14,7 @@ import os
 import stat
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -230,3 +231,20 @@ def short_ref(text: str) -> str:
     if clean == text and len(text) <= 128:
         return text
     return clean[:95] + "#" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def describe_window(checkpoint: dict[str, Any], start: str, stop: str) -> str:
+    """A time-window checkpoint (NCMEC's and ThreatExchange's: a window is drained before
+    the next, its `next` page valid only inside it) as bridge show says it."""
+
+    def day(ts: Any) -> str:
+        return datetime.fromtimestamp(int(ts), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    if not checkpoint:
+        return "from the start"
+    if checkpoint.get("next"):
+        return (
+            f"inside the window {day(checkpoint[start])} - {day(checkpoint[stop])},"
+            " at its next page"
+        )
+    return f"every window drained up to {day(checkpoint.get(start, 0))}"
