@@ -768,7 +768,14 @@ class Replicator:
         async with self._syncing[peer.node_id]:
             state.last_attempt_ms = int(time.time() * 1000)
             try:
-                await self._statements_round(peer)
+                # A peer whose statement routes fail still syncs batches: each batch is
+                # judged by the statements held, and a peer could withhold them anyway.
+                # The round then fails with the statements' error, the batches' first.
+                statements_failed: Exception | None = None
+                try:
+                    await self._statements_round(peer)
+                except (TimeoutError, aiohttp.ClientError, OSError, NodeError, PeerError) as exc:
+                    statements_failed = exc
                 if time.monotonic() >= self._v1_until.get(peer.node_id, 0.0):
                     try:
                         await self._reconcile_round(peer)
@@ -780,6 +787,8 @@ class Replicator:
                         self._held.pop(peer.node_id, None)
                 if time.monotonic() < self._v1_until.get(peer.node_id, 0.0):
                     await self._v1_round(peer)
+                if statements_failed is not None:
+                    raise statements_failed
             except (TimeoutError, aiohttp.ClientError, OSError, NodeError, PeerError) as exc:
                 state.failed(str(exc) or type(exc).__name__)
                 log.info("sync with %s failed: %s", peer.name, state.last_error)
