@@ -22,6 +22,7 @@ from hashmesh.node.errors import (
     EXIT_INTERNAL,
     HashmeshError,
     InternalError,
+    NodeError,
     fault_of,
 )
 
@@ -31,6 +32,19 @@ if TYPE_CHECKING:  # urllib and ssl load with the first command that reaches a n
 EXIT_NOTHING = 1  # nothing wrong with the input, but nothing was done (as `match`: no match)
 EXIT_ERROR = EXIT_CALLER
 TRACEBACK_ENV = "HASHMESH_TRACEBACK"  # set to 1: an internal error also prints its traceback
+
+
+def read_small_file(path: str, limit: int, what: str = "FILE") -> bytes:
+    """A statement or document file an operator names, stripped: read no more than `limit`
+    bytes plus one, so a huge or endless file is refused before it is held."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise NodeError(f"{what}: {path}: {exc.strerror}") from None
+    if len(data) > limit:
+        raise NodeError(f"{what}: {path} is larger than {limit} bytes")
+    return data.strip()
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:

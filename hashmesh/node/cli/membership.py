@@ -18,22 +18,19 @@ from typing import Any
 
 import click
 
-from hashmesh.node.cli.base import Context, cli, emit, errors, json_option, pass_ctx
+from hashmesh.node.cli.base import (
+    Context,
+    cli,
+    emit,
+    errors,
+    json_option,
+    pass_ctx,
+    read_small_file,
+)
 from hashmesh.node.errors import NodeError
 
 MAX_DOCUMENT_FILE = 64 * 1024
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-
-
-def _read(path: str, what: str = "FILE") -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_DOCUMENT_FILE + 1)
-    except OSError as exc:
-        raise NodeError(f"{what}: {path}: {exc.strerror}") from None
-    if len(data) > MAX_DOCUMENT_FILE:
-        raise NodeError(f"{what}: {path} is larger than {MAX_DOCUMENT_FILE} bytes")
-    return data.strip()
 
 
 def _parse_file(path: str, what: str = "FILE") -> tuple[Any, bytes, list[tuple[str, bytes]]]:
@@ -44,7 +41,7 @@ def _parse_file(path: str, what: str = "FILE") -> tuple[Any, bytes, list[tuple[s
     from hashmesh.protocol.kinds import REGISTRY
     from hashmesh.protocol.statements import parse_statement_json
 
-    data = _read(path, what)
+    data = read_small_file(path, MAX_DOCUMENT_FILE, what)
     try:
         value = parse_canonical(data, f"{what} {path}")
         if isinstance(value, dict) and value.get("sigs") == [] and set(value) == {"body", "sigs"}:
@@ -241,7 +238,7 @@ def membership_add(ctx: Context, file: str, as_json: bool) -> None:
     """Install a signed membership document on this node; it gossips to the peers. Refused
     (exit 2, nothing changed) unless valid from this node's anchor."""
     with errors():
-        wire = _read(file)
+        wire = read_small_file(file, MAX_DOCUMENT_FILE)
     ctx.show(
         lambda b: b.membership_add(wire),
         as_json,

@@ -17,7 +17,16 @@ from typing import Any
 
 import click
 
-from hashmesh.node.cli.base import Context, cli, emit, errors, fail, json_option, pass_ctx
+from hashmesh.node.cli.base import (
+    Context,
+    cli,
+    emit,
+    errors,
+    fail,
+    json_option,
+    pass_ctx,
+    read_small_file,
+)
 from hashmesh.node.errors import NodeError
 from hashmesh.node.keys import create_key, load_key
 
@@ -189,18 +198,6 @@ def key() -> None:
     """This node's key: certificates, revocations, rotation."""
 
 
-def _read_statement(path: str) -> bytes:
-    file = Path(path)
-    try:
-        with open(file, "rb") as fh:
-            data = fh.read(MAX_STATEMENT_FILE + 1)
-    except OSError as exc:
-        raise NodeError(f"FILE: {path}: {exc.strerror}") from None
-    if len(data) > MAX_STATEMENT_FILE:
-        raise NodeError(f"FILE: {path} is larger than {MAX_STATEMENT_FILE} bytes: no statement")
-    return data.strip()
-
-
 def _added_text(d: dict[str, Any]) -> str:
     change = {"new": "installed", "merged": "merged (new signatures)", "same": "already held"}
     return f"{d['kind']} {d['id']} {change.get(d['outcome'], d['outcome'])}" + (
@@ -220,7 +217,7 @@ def key_certificate() -> None:
 def key_certificate_add(ctx: Context, file: str, as_json: bool) -> None:
     """Install a certificate (from `org certify`) on this node; it gossips to the peers."""
     with errors():
-        wire = _read_statement(file)
+        wire = read_small_file(file, MAX_STATEMENT_FILE)
     ctx.show(lambda b: b.statement_add(wire, "cert"), as_json, _added_text)
 
 
@@ -237,7 +234,7 @@ def key_revocation_add(ctx: Context, file: str, as_json: bool) -> None:
     """Install a key revocation (from `org revoke-key`) on this node; it gossips to every
     peer at once."""
     with errors():
-        wire = _read_statement(file)
+        wire = read_small_file(file, MAX_STATEMENT_FILE)
     ctx.show(lambda b: b.statement_add(wire, "key-revoke"), as_json, _added_text)
 
 
