@@ -437,3 +437,51 @@ def test_startup_refuses_a_corrupt_database(tmp_path: Path) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(HomeError, match=r"hashmesh\.db"):
         Store(path)
+
+
+# -- bulk statements: one SQLite step per statement, whatever the batch size ---------------
+
+
+def _statements_to_ingest(store: Store, batch: Batch) -> int:
+    """How many statements ingesting `batch` ran on the store's connection (the trace
+    callback fires once per execution, so once per row of an `executemany`)."""
+    ran: list[str] = []
+    store.conn.set_trace_callback(ran.append)
+    try:
+        with store.bulk("peer:test"):
+            assert store.ingest(batch, source="peer:test").outcome == "applied"
+    finally:
+        store.conn.set_trace_callback(None)
+    return len(ran)
+
+
+@pytest.mark.parametrize("size", [10, 2000])
+def test_a_batch_of_any_size_takes_a_few_statements(tmp_path: Path, size: int) -> None:
+    """Python's sqlite3 hands the GIL back at each statement execution, and beside a thread
+    computing in Python each hand-back waits for its switch interval, so a 5,000-row
+    `executemany` cost seconds of store-thread time (docs/design-notes.md, "One SQLite step
+    per bulk statement"). Adds, opinions and revocations of any number of ops take the
+    same few statements."""
+    store = Store(tmp_path / f"h{size}.db")
+    try:
+        (adds,) = chain(KEY, "c1", [add_ops(md5_values(size, salt=size))])
+        ids = [str(adds.op_id(i)) for i in range(size)]
+        opinions = build_batch(
+            OTHER, "c1", 1, None, 2,
+            [{"op": "opinion", "opinion": "dispute", "target": t} for t in ids],
+        )  # fmt: skip
+        revokes = build_batch(
+            KEY, "c1", 2, adds.hash, 3,
+            [{"op": "revoke", "targets": ids[k : k + 25]} for k in range(0, size, 25)],
+        )  # fmt: skip
+        counts = [_statements_to_ingest(store, b) for b in (adds, opinions, revokes)]
+        assert all(count <= 40 for count in counts), counts
+        assert rows(store, "feed") == 3 * size
+        assert store.conn.execute(
+            "SELECT count(*) FROM signals WHERE revoked_by IS NOT NULL"
+        ).fetchone()[0] == size
+        assert store.conn.execute(
+            "SELECT count(*) FROM opinions WHERE verdict = 'dispute'"
+        ).fetchone()[0] == size
+    finally:
+        store.close()

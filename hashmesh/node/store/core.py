@@ -31,6 +31,7 @@ from hashmesh.node.store.cases import CaseTable
 from hashmesh.node.store.feed import connect_reader
 from hashmesh.node.store.inlist import in_list
 from hashmesh.node.store.integrity import check_at_open, closed_cleanly, read_header
+from hashmesh.node.store.jsonrows import json_param, json_rows
 from hashmesh.node.store.policies import PolicyRow, PolicyTable, policy_rows
 from hashmesh.node.store.quarantine import (
     DEGENERATE_REASON,
@@ -375,15 +376,20 @@ class Store:
             count = len(decision.adds)
             ops = list(map(_second, decision.adds))
             fields = list(map(_add_fields, ops))  # (type, value, quality, category, ...)
-            conn.executemany(
+            conn.execute(
                 "INSERT INTO signals (id, log_id, seq, idx, type, value, quality, category,"
-                " classification, ref) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (signal_id, log_id, seq, index, *rest)
-                    for signal_id, (index, _), rest in zip(
-                        range(first_id, first_id + count), decision.adds, fields, strict=True
-                    )
-                ],
+                " classification, ref) SELECT ? + j.key, ?, ?, j.value ->> 0, j.value ->> 1,"
+                " j.value ->> 2, j.value ->> 3, j.value ->> 4, j.value ->> 5, j.value ->> 6"
+                " FROM json_each(?) j",
+                (
+                    first_id,
+                    log_id,
+                    seq,
+                    json_param(
+                        [index, *rest]
+                        for (index, _), rest in zip(decision.adds, fields, strict=True)
+                    ),
+                ),
             )
             # The feed rows in one statement, straight from the rows just written.
             conn.execute(
@@ -454,10 +460,15 @@ class Store:
         if log_id is None or not targets:
             return {}
         held = set(
-            self.conn.execute(
-                "SELECT s.seq, s.idx FROM json_each(?) j CROSS JOIN signals s"
-                " ON s.log_id = ? AND s.seq = j.value ->> 0 AND s.idx = j.value ->> 1",
-                (json.dumps([[t.seq, t.index] for t in targets]), log_id),
+            map(
+                tuple,
+                json_rows(
+                    self.conn,
+                    "s.seq, s.idx",
+                    "FROM json_each(?) j CROSS JOIN signals s"
+                    " ON s.log_id = ? AND s.seq = j.value ->> 0 AND s.idx = j.value ->> 1",
+                    (json_param([t.seq, t.index] for t in targets), log_id),
+                ),
             )
         )
         return {t: (t.seq, t.index) in held for t in targets}
@@ -473,12 +484,16 @@ class Store:
         ]
         conn = self.conn
         chosen: dict[int, Revoked] = {}
-        for key, signal_id in conn.execute(
-            "SELECT j.key, s.id FROM json_each(?) j CROSS JOIN signals s"
+        found = json_rows(
+            conn,
+            "j.key, s.id",
+            "FROM json_each(?) j CROSS JOIN signals s"
             " ON s.log_id = j.value ->> 0 AND s.seq = j.value ->> 1 AND s.idx = j.value ->> 2"
-            " WHERE s.revoked_by IS NULL ORDER BY j.key",
-            (json.dumps(wanted),),
-        ):
+            " WHERE s.revoked_by IS NULL",
+            (json_param(wanted),),
+        )
+        found.sort()
+        for key, signal_id in found:
             chosen.setdefault(signal_id, effects[key])
         if not chosen:
             return 0
@@ -506,9 +521,11 @@ class Store:
         targets = sorted({str(e.target) for e in run})
         stances: dict[str, Stance] = {}
         reasons: dict[str, str | None] = {}
-        for target, verdict, seen, reason in self.conn.execute(
-            "SELECT target, verdict, seen, reason FROM opinions WHERE author = ?"
-            " AND collection = ? AND target IN (SELECT value FROM json_each(?))",
+        for target, verdict, seen, reason in json_rows(
+            self.conn,
+            "target, verdict, seen, reason",
+            "FROM opinions WHERE author = ? AND collection = ?"
+            " AND target IN (SELECT value FROM json_each(?))",
             (author, collection, json.dumps(targets)),
         ):
             stances[target] = Stance(verdict, bool(seen))
@@ -520,26 +537,24 @@ class Store:
             if effect.opinion != "seen":
                 reasons[target] = effect.reason if effect.opinion != "retract" else None
             last[target] = str(effect.op_id)
-        self.conn.executemany(
+        self.conn.execute(
             "INSERT OR REPLACE INTO opinions (target, author, collection, verdict, seen, op_id,"
-            " reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    t,
-                    author,
-                    collection,
-                    stances[t].verdict,
-                    int(stances[t].seen),
-                    op_id,
-                    reasons.get(t),
-                )
-                for t, op_id in last.items()
-            ],
+            " reason) SELECT j.value ->> 0, ?, ?, j.value ->> 1, j.value ->> 2, j.value ->> 3,"
+            " j.value ->> 4 FROM json_each(?) j ORDER BY j.key",
+            (
+                author,
+                collection,
+                json_param(
+                    [t, stances[t].verdict, int(stances[t].seen), op_id, reasons.get(t)]
+                    for t, op_id in last.items()
+                ),
+            ),
         )
-        self.conn.executemany(
+        self.conn.execute(
             "INSERT INTO feed (kind, collection, op_id, target, detail, at)"
-            " VALUES ('opinion', ?, ?, ?, ?, ?)",
-            [(collection, str(e.op_id), str(e.target), e.opinion, at) for e in run],
+            " SELECT 'opinion', ?, j.value ->> 0, j.value ->> 1, j.value ->> 2, ?"
+            " FROM json_each(?) j ORDER BY j.key",
+            (collection, at, json_param([str(e.op_id), str(e.target), e.opinion] for e in run)),
         )
 
     def _defer(self, batch: Batch, source: str) -> None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
+from hashmesh.node.store.jsonrows import json_rows
 from hashmesh.node.store.render import LABEL_COLUMNS
 from hashmesh.protocol.ops import OpId
 from hashmesh.protocol.state import Stance, count_opinions
@@ -58,12 +60,15 @@ def feed_rows(
             params += [collection, after, limit]
         selection = " UNION ALL ".join(parts) + " ORDER BY cursor LIMIT ?"
         params.append(limit)
-    return conn.execute(
-        f"SELECT {_ENTRY_COLUMNS} FROM ({selection}) f"
-        " LEFT JOIN signals s ON s.id = f.signal_id LEFT JOIN logs l ON l.id = s.log_id"
-        " ORDER BY f.cursor",
+    rows = json_rows(
+        conn,
+        _ENTRY_COLUMNS,
+        f"FROM ({selection}) f"
+        " LEFT JOIN signals s ON s.id = f.signal_id LEFT JOIN logs l ON l.id = s.log_id",
         params,
-    ).fetchall()
+    )
+    rows.sort(key=itemgetter(0))
+    return list(map(tuple, rows))
 
 
 def held_targets(conn: sqlite3.Connection, targets: Iterable[OpId]) -> dict[str, tuple[Any, ...]]:
@@ -190,12 +195,16 @@ def index_changes(
     """(cursor, kind, signal_id, type, value) of the adds and revocations after `after`, in
     cursor order: what a matcher process applies to its index, page by page. Opinions
     change no index and are skipped here (a signal's opinions are read at match time)."""
-    return conn.execute(
-        "SELECT f.cursor, f.kind, f.signal_id, s.type, s.value FROM feed f"
+    rows = json_rows(
+        conn,
+        "cursor, kind, signal_id, type, value",
+        "FROM (SELECT f.cursor, f.kind, f.signal_id, s.type, s.value FROM feed f"
         " JOIN signals s ON s.id = f.signal_id WHERE f.cursor > ? AND f.kind IN"
-        " ('add', 'revoke') ORDER BY f.cursor LIMIT ?",
+        " ('add', 'revoke') ORDER BY f.cursor LIMIT ?)",
         (after, limit),
-    ).fetchall()
+    )
+    rows.sort(key=itemgetter(0))
+    return [(c, k, i, t, v) for c, k, i, t, v in rows]
 
 
 def feed_head(conn: sqlite3.Connection) -> int:
