@@ -84,6 +84,9 @@ class StatementBook:
         self.registry = registry
         self.listeners: list[StatementListener] = []
         self.gates: list[Gate] = []
+        #: Kinds a gate bounds on their own (cosigns: node/witness.py), neither counted
+        #: towards MAX_STATEMENTS nor refused by it, so they never crowd out the rest.
+        self.counted_apart: set[str] = set()
 
     def _merge(self, held: bytes, new: bytes) -> bytes:
         return merge(
@@ -117,8 +120,14 @@ class StatementBook:
                 log.warning("refused statement %s from %s: %s", statement_id, source, why)
         if not statements:
             return done
-        if source != "local" and self.store.statements.count() >= MAX_STATEMENTS:
-            fresh = [s for s in statements if self.store.statements.get(s.id) is None]
+        table = self.store.statements
+        held = table.count() - sum(table.count(k) for k in self.counted_apart)
+        if source != "local" and held >= MAX_STATEMENTS:
+            fresh = [
+                s
+                for s in statements
+                if s.kind.name not in self.counted_apart and table.get(s.id) is None
+            ]
             if fresh:
                 log.warning(
                     "refused %d statements from %s: this node holds %d, the most it keeps",
