@@ -34,9 +34,11 @@ LAYERS: list[tuple[str, ...]] = [
     # statements and authority: the node's statements (issue 22) and the accept decision
     # built on them, which service and replication consult
     # membership and witness: followed collections' documents and this node's cosigns
+    # identity: who answers for each configured peer now (successions, revocations)
     (
         "hashmesh.node.statements",
         "hashmesh.node.authority",
+        "hashmesh.node.identity",
         "hashmesh.node.membership",
         "hashmesh.node.witness",
     ),

@@ -255,3 +255,47 @@ def test_protocol_md_quotes_the_stored_key_statements() -> None:
     assert KEYS_STORED["batch_2_by_next"]["header"] in doc
     for case in KEYS_STORED["decisions"]:
         assert f"| {case['case']} | {case['seq']} |" in doc
+
+
+# -- identity-v1.json: peer identity successions and replacement certificates -----------
+
+IDENTITY_STORED: dict[str, Any] = json.loads(
+    (VECTORS / "identity-v1.json").read_text(encoding="utf-8")
+)
+
+
+def test_identity_vectors_regenerate_byte_for_byte() -> None:
+    spec = importlib.util.spec_from_file_location("identity_gen", VECTORS / "generate_identity.py")
+    assert spec is not None and spec.loader is not None
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert gen.render(gen.build_vectors()) == (VECTORS / "identity-v1.json").read_text("utf-8")
+
+
+def test_stored_identity_statements_lead_where_stored() -> None:
+    from hashmesh.protocol.identity import Identities
+    from hashmesh.protocol.kinds import parse
+
+    st = {
+        name: parse(IDENTITY_STORED[name]["wire"].encode())
+        for name in ("identity", "identity_by_thief", "cert_old", "replacement_cert", "revoke_old")
+    }
+    for name, statement in st.items():
+        entry = IDENTITY_STORED[name]
+        for signer, sig in entry["sigs"]:
+            verify(signer, entry["context"].encode(), entry["body"].encode(), base64url_decode(sig))
+        assert statement.id == entry["id"]
+    old = IDENTITY_STORED["ids"]["old"]
+    got = Identities([st["identity"]]).resolve(old)
+    assert got.current == IDENTITY_STORED["ids"]["new"]
+    stored = IDENTITY_STORED["resolutions"]
+    assert [got.current, list(got.chain)] == [
+        stored["succession"]["current"],
+        stored["succession"]["chain"],
+    ]
+    settled = Identities(
+        [st["identity"], st["identity_by_thief"], st["cert_old"], st["replacement_cert"]]
+    )
+    assert settled.resolve(old).current == stored["org_settles_two_successors"]["current"]
+    revoked = Identities([st["cert_old"], st["revoke_old"]]).resolve(old)
+    assert revoked.current is None and revoked.why == stored["revoked_without_replacement"]["why"]

@@ -15,6 +15,7 @@ import sqlite3
 import time
 from collections import deque
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -31,6 +32,7 @@ from hashmesh.node.config import (
 )
 from hashmesh.node.errors import Conflict, HomeError, NodeError, NotFound, caller_input
 from hashmesh.node.hashing.degenerate import degenerate_reason
+from hashmesh.node.identity import NodeIdentities, OwnIdentity
 from hashmesh.node.keys import KEY_PREFIX, create_key, load_key, new_token, write_secret
 from hashmesh.node.membership import NodeMemberships
 from hashmesh.node.progress import Counter
@@ -46,7 +48,13 @@ from hashmesh.node.store.core import IngestResult, Store, now_ms
 from hashmesh.node.store.quarantine import DEGENERATE_REASON
 from hashmesh.node.witness import NodeWitness
 from hashmesh.protocol.batches import AnyOp, LogKey, build_batch, header_hash, parse_header
-from hashmesh.protocol.bundles import BundleCheck, BundleDecoder, encode_bundle_header
+from hashmesh.protocol.bundles import (
+    MAX_MEMBERSHIP_BYTES,
+    BundleCheck,
+    BundleDecoder,
+    encode_bundle_header,
+    membership_of,
+)
 from hashmesh.protocol.certificates import (
     ALL_COLLECTIONS,
     CertBody,
@@ -58,7 +66,14 @@ from hashmesh.protocol.errors import BatchOverflow, BundleError, ProtocolError
 from hashmesh.protocol.kinds import REGISTRY
 from hashmesh.protocol.ops import AddOp, OpId, OpinionOp, RevokeOp, validate_collection
 from hashmesh.protocol.signing import SigningKey, validate_node_id
-from hashmesh.protocol.statements import add_signatures, parse_statement_json, sign_statement
+from hashmesh.protocol.membership import Document, carried
+from hashmesh.protocol.membership import describe as describe_membership
+from hashmesh.protocol.statements import (
+    Statement,
+    add_signatures,
+    parse_statement_json,
+    sign_statement,
+)
 
 if TYPE_CHECKING:
     from hashmesh.node.matching.matcher import Matcher
@@ -70,6 +85,8 @@ RESTORED_KEY = "restored_from_backup"
 BUNDLE_CHUNK = 1 << 20
 SIGNING_KEY_FILE = "signing.key"  # after a key rotation (node.key stays the identity)
 PREVIOUS_KEYS = "previous_signing_keys"  # store meta: JSON list of node ids
+IDENTITY_CHAIN = "identity_chain"  # store meta: JSON list, config node_id .. node.key's id
+PREPARED_KEY_FILE = "signing.key.next"  # made by `key rotate --prepare`
 BUNDLE_STATEMENT_BYTES = 512 * 1024  # of a manifest's 1 MiB
 MAX_BUNDLE_STATEMENTS = 4096
 # Logs and trust entries a status lists: with thousands of participants the whole lists
@@ -115,23 +132,30 @@ class NodeService:
         self.home = home
         self.config = home.load_config()
         self._config_mtime = home.config_mtime()
+        # node.key: the peer identity. The node's id (config node_id, the author of its
+        # logs, the id its peers configured) stays; after `key rotate --identity` node.key
+        # holds the successor the identity statements lead to (IDENTITY_CHAIN).
         self.key = load_key(home.key_path)
-        if self.key.node_id != self.config.node_id:
-            raise HomeError(f"{home.key_path} does not hold the key of node {self.config.node_id}")
         self.store = store or Store(home.db_path)
+        chain = self._identity_chain()
+        if self.key.node_id != (chain[-1] if chain else self.config.node_id):
+            self.store.close()
+            raise HomeError(f"{home.key_path} does not hold the key of node {self.config.node_id}")
         recorded = self.store.meta(NODE_ID_KEY)
         if recorded is None:  # a database made before node ids were recorded in it
-            self.store.set_meta(NODE_ID_KEY, self.key.node_id)
-        elif recorded != self.key.node_id:
+            self.store.set_meta(NODE_ID_KEY, self.config.node_id)
+        elif recorded != self.config.node_id:
             self.store.close()
             raise HomeError(
                 f"database {home.db_path} belongs to node {recorded}, not to this home's "
-                f"node {self.key.node_id}; restore your own backup (hashmesh restore)"
+                f"node {self.config.node_id}; restore your own backup (hashmesh restore)"
             )
         self._matcher: Matcher | None = None
         self.statements = StatementBook(self.store, REGISTRY)
         self.authority = NodeAuthority(self.statements)
         self.authority.change_listeners.append(self._withdraw)
+        self.identities = NodeIdentities(self.statements)
+        self.own_identity = self._own_identity()
         self.signing_key = self._load_signing_key()
         # followed collections' membership (node/membership.py) and this node as a
         # witness of the logs it holds (node/witness.py)
@@ -140,11 +164,18 @@ class NodeService:
         )
         self.authority.writers = self.memberships
         self.memberships.apply(self.config)
-        self.witness = NodeWitness(self.store, self.statements, self.key, self.authority.vouchers)
+        self.witness = NodeWitness(
+            self.store,
+            self.statements,
+            self.key,
+            self.authority.vouchers,
+            config=lambda: self.config,
+            authority=self.authority,
+        )
 
     @property
     def node_id(self) -> str:
-        return self.key.node_id
+        return self.config.node_id
 
     def close(self) -> None:
         self.store.close()
@@ -412,8 +443,15 @@ class NodeService:
             "logs_total": page["total"],
             "collections_held": self.store.held_collections(),
             "forks": [{k: v for k, v in f.items() if k != "evidence"} for f in self.store.forks()],
+            "peer_identity": self.key.node_id,
             "peers": [
-                {"name": p.name, "url": p.url, "node_id": p.node_id, "share": p.share}
+                {
+                    "name": p.name,
+                    "url": p.url,
+                    "node_id": p.node_id,
+                    "share": p.share,
+                    **self._peer_identity(p.node_id),
+                }
                 for p in self.config.peers
             ],
             # The first trust entries; all of them: GET /v1/admin/trust.
@@ -678,7 +716,7 @@ class NodeService:
         lines = self.witness.report(author, collection, int(time.time()))
         seq = self.store.head(log_key)
         views = [
-            v.to_json()
+            self.witness.view_json(v)
             for v in self.witness.split_views()
             if v.author == author and v.collection == collection
         ]
@@ -689,6 +727,7 @@ class NodeService:
             "head": self.witness.head_hash(log_key, seq) if seq else None,
             "witnesses": [line.to_json() for line in lines],
             "split_views": views,
+            "equivocating_witnesses": sorted({line.witness for line in lines if line.equivocating}),
         }
 
     # -- key rotation (issue 22) ---------------------------------------------------------
@@ -713,15 +752,38 @@ class NodeService:
     def _previous_keys(self) -> list[str]:
         return [str(k) for k in json.loads(self.store.meta(PREVIOUS_KEYS) or "[]")]
 
-    def key_rotate(self) -> dict[str, Any]:
+    def key_rotate(
+        self,
+        identity: bool = False,
+        prepare: bool = False,
+        certificate: bytes | None = None,
+    ) -> dict[str, Any]:
+        """`key rotate`: the signing key (default), the peer identity (`identity`), a
+        prepared signing key made (`prepare`), or the prepared key switched to with its
+        org's certificate installed in the same step (`certificate`)."""
+        if sum((identity, prepare, certificate is not None)) > 1:
+            raise NodeError("key rotate: --identity, --prepare and --certificate go alone")
+        if identity:
+            return self._rotate_identity()
+        if prepare:
+            return self._prepare_signing_key()
+        if certificate is not None:
+            return self._rotate_certified(certificate)
+        return self._rotate_signing(self._new_key(), [])
+
+    @staticmethod
+    def _new_key() -> SigningKey:
+        from hashmesh.protocol.signing import SigningKey as Key
+
+        return Key(os.urandom(32))
+
+    def _rotate_signing(self, new: SigningKey, extra: list[Any]) -> dict[str, Any]:
         """A new signing key; every log the current key signs is handed over to it at its
         head (a hand-over signed by both keys, gossiped at once), so peers accept the
         next batches with no change of their config. The old key is kept (0600) as
-        signing.key.old-<id>; node.key stays the node's identity."""
-        from hashmesh.protocol.signing import SigningKey as Key
-
+        signing.key.old-<id>; node.key stays the node's identity. `extra` statements
+        (the new key's certificate) are installed in the same transaction."""
         current = self.signing_key
-        new = Key(os.urandom(32))
         now = int(time.time())
         handovers = []
         for log_key, head in sorted(self.store.vector().items(), key=lambda i: str(i[0])):
@@ -748,7 +810,7 @@ class NodeService:
         previous = [*self._previous_keys(), current.node_id]
         self.store.set_meta(PREVIOUS_KEYS, json.dumps(sorted(set(previous))))
         self.signing_key = new
-        self.statements.admit(handovers, "local")
+        self.statements.admit([*extra, *handovers], "local")
         return {
             "signing_key": new.node_id,
             "previous": current.node_id,
@@ -757,6 +819,108 @@ class NodeService:
                 for s in handovers
             ],
         }
+
+    def _prepare_signing_key(self) -> dict[str, Any]:
+        """signing.key.next: the key the next rotation switches to, made now so that its
+        org can certify it before the node signs anything with it."""
+        path = self.home.path / PREPARED_KEY_FILE
+        if path.exists():
+            prepared = load_key(path)
+            return {"prepared_key": prepared.node_id, "file": str(path), "new": False}
+        prepared = create_key(path)
+        return {"prepared_key": prepared.node_id, "file": str(path), "new": True}
+
+    def _rotate_certified(self, wire: bytes) -> dict[str, Any]:
+        """Switch to the prepared key with its certificate in one step: the certificate,
+        co-signed by the prepared key, is installed with the hand-overs, so no peer that
+        trusts this node through its org ever sees a batch by an uncertified key."""
+        path = self.home.path / PREPARED_KEY_FILE
+        if not path.exists():
+            raise NodeError(
+                "--certificate: no key is prepared; run `hashmesh key rotate --prepare` "
+                "and have your org certify the key it prints"
+            )
+        prepared = load_key(path)
+        statement = _protocol(self.statements.verify_wire, wire)
+        body = statement.body
+        if not isinstance(body, CertBody):
+            raise NodeError(f"--certificate: a {statement.kind.name} statement, not a cert")
+        if body.key != prepared.node_id:
+            raise NodeError(
+                f"--certificate: body.key is {body.key}, not the prepared key {prepared.node_id}"
+            )
+        now = int(time.time())
+        if body.not_after < now:
+            raise NodeError(f"--certificate: body.not_after {body.not_after} is in the past")
+        if body.not_before > now:
+            raise NodeError(f"--certificate: body.not_before {body.not_before} is in the future")
+        cosigned = add_signatures(statement, [prepared])
+        out = self._rotate_signing(prepared, [cosigned])
+        path.unlink()
+        out["certificate"] = cosigned.id
+        return out
+
+    # -- peer identity (protocol/identity.py, node/identity.py) ---------------------------
+
+    def _identity_chain(self) -> list[str]:
+        """Every identity key this node has had, its config node_id first ([] before the
+        first `key rotate --identity`)."""
+        return [str(k) for k in json.loads(self.store.meta(IDENTITY_CHAIN) or "[]")]
+
+    def _own_identity(self) -> OwnIdentity:
+        chain = self._identity_chain()
+        previous = []
+        for node_id in reversed(chain[:-1]):
+            path = self.home.path / f"{self.home.key_path.name}.old-{node_id[8:20]}"
+            if path.exists():
+                old = load_key(path)
+                if old.node_id == node_id:
+                    previous.append(old)
+        links = [self.identities.link(a, b) for a, b in pairwise(chain)]
+        return OwnIdentity(
+            self.key, tuple(previous), tuple(s for s in links if s is not None), tuple(chain)
+        )
+
+    def _peer_identity(self, node_id: str) -> dict[str, Any]:
+        """A configured peer's identity now: the id that answers for it, or why none does."""
+        found = self.identities.current.resolve(node_id)
+        out: dict[str, Any] = {"current_id": found.current}
+        if found.current is None:
+            out["identity_refused"] = found.why
+        return out
+
+    def _rotate_identity(self) -> dict[str, Any]:
+        """A new node.key: the peer identity continues under it by an identity statement
+        signed by the old and the new key. Peers that configured this node by an old id
+        accept the new one once they hold the statement: the node introduces itself to
+        each (node/net/peers.py: pushed signed by the old key first), and it gossips. The
+        old key stays (0600) as node.key.old-<id> to answer those still addressing it.
+        Batches are not signed by node.key after this: if they were, its key becomes
+        signing.key, unchanged (rotate it with `key rotate`)."""
+        from hashmesh.protocol.identity import IdentityBody
+
+        old = self.key
+        new = self._new_key()
+        statement = sign_statement(
+            IdentityBody(ts=int(time.time()), key=old.node_id, next=new.node_id),
+            [old, new],
+            REGISTRY,
+        )
+        key_path = self.home.key_path
+        signing = self.home.path / SIGNING_KEY_FILE
+        if self.signing_key.node_id == old.node_id and not signing.exists():
+            write_secret(signing, KEY_PREFIX + b64url(old.seed()) + "\n")
+        staged = key_path.with_name(f"{key_path.name}.new")
+        staged.unlink(missing_ok=True)
+        write_secret(staged, KEY_PREFIX + b64url(new.seed()) + "\n")
+        self.statements.admit([statement], "local")
+        chain = self._identity_chain() or [old.node_id]
+        self.store.set_meta(IDENTITY_CHAIN, json.dumps([*chain, new.node_id]))
+        os.replace(key_path, key_path.with_name(f"{key_path.name}.old-{old.node_id[8:20]}"))
+        os.replace(staged, key_path)
+        self.key = new
+        self.own_identity = self._own_identity()
+        return {"peer_identity": new.node_id, "previous": old.node_id, "statement": statement.id}
 
     # -- match policy (matching/policy.py; rows in store/policies.py) ---------------------
 
@@ -933,6 +1097,9 @@ class NodeService:
         statements = self._bundle_statements(collection, logs)
         if statements:  # a bundle of logs signed by their authors alone is as before
             manifest["statements"] = statements
+        documents = self._bundle_membership(collection)
+        if documents:  # and so is one of a collection without membership documents
+            manifest["membership"] = documents
         yield encode_bundle_header(manifest)
         for log in logs:
             yield from self.store.batch_frames(log)
@@ -962,6 +1129,26 @@ class NodeService:
                 break
             out.append(json.loads(row.wire))
         return out
+
+    def _bundle_membership(self, collection: str) -> list[Any]:
+        """The membership documents a reader pinning only the anchor needs (version 1 to the
+        version in force: protocol/membership.py `carried`), wire objects by version. Over
+        MAX_MEMBERSHIP_BYTES the oldest go first: a reader holding them still takes the
+        rest, one that does not is told which previous version it lacks."""
+        follow = self.config.follows(collection)
+        if follow is None:
+            return []
+        wires = []
+        for doc in carried(self.memberships.in_force(follow)):
+            row = self.store.statements.get(doc.id)
+            if row is not None:
+                wires.append(row.wire)
+        size = 0
+        start = len(wires)
+        while start > 0 and size + len(wires[start - 1]) <= MAX_MEMBERSHIP_BYTES:
+            start -= 1
+            size += len(wires[start])
+        return [json.loads(w) for w in wires[start:]]
 
     def backup(self, out: str, overwrite: bool = False) -> dict[str, Any]:
         """A consistent copy of the database made with SQLite's online backup API, so a
@@ -1061,6 +1248,7 @@ class NodeService:
         refused_logs: set[str] = set()
         refused_keys: dict[str, str] = {}
         admitted: dict[str, int] = {}
+        membership: dict[str, Any] = {}
         try:
             # The manifest first: its statements (certificates, hand-overs, revocations of
             # the bundle's keys) decide which of its batches are accepted. All verified
@@ -1071,7 +1259,8 @@ class NodeService:
                 frames += decoder.feed(more)
             if decoder.manifest is not None:
                 statements = bundle_statements(decoder.manifest)
-                admitted = self.statements.admit(statements, source).outcomes
+                documents, membership = self._bundle_documents(decoder.manifest, source)
+                admitted = self.statements.admit([*statements, *documents], source).outcomes
             with self.store.bulk():
                 for chunk in iter(lambda: stream.read(BUNDLE_CHUNK), None):
                     for header, sig, ops in frames:
@@ -1098,7 +1287,30 @@ class NodeService:
             "untrusted_logs": sorted(refused_logs),
             **({"refused_keys": dict(sorted(refused_keys.items()))} if refused_keys else {}),
             **({"statements": admitted} if admitted else {}),
+            **({"membership": membership} if membership else {}),
         }
+
+    def _bundle_documents(
+        self, manifest: dict[str, Any], source: str
+    ) -> tuple[list[Statement], dict[str, Any]]:
+        """The bundle's membership documents to admit with its key statements, before its
+        batches are judged, and what the import reports of them. In a collection this node
+        follows, each must be valid from the anchor pinned here, as from a peer (threshold,
+        prev; a copy of a held version changes nothing); one that is not refuses the bundle
+        (BundleError: nothing imported) rather than importing batches under a membership
+        the carrier may have altered. A collection not followed: carried, not used."""
+        documents = membership_of(manifest, REGISTRY)
+        if not documents:
+            return [], {}
+        collection = str(manifest.get("collection"))
+        follow = self.config.follows(collection)
+        if follow is None:
+            return [], {"carried": len(documents), "used": False, "reason": "not followed here"}
+        kept, refused = self.memberships.gate(documents, source)
+        if refused:
+            n, why = next((n, refused[d.id]) for n, d in enumerate(documents) if d.id in refused)
+            raise BundleError(f"bundle manifest.membership[{n}]: {why}")
+        return kept, {"carried": len(documents), "used": True}
 
 
 def _header_signer(header: bytes) -> str:
@@ -1222,17 +1434,22 @@ def verify_bundle_file(path: str) -> dict[str, Any]:
             decoder.close()
             assert decoder.manifest is not None
             statements = bundle_statements(decoder.manifest)
+            documents = membership_of(decoder.manifest, REGISTRY)
     except OSError as exc:
         raise NodeError(f"bundle {path}: {exc.strerror}") from None
     except ProtocolError as exc:
         raise NodeError(f"bundle {path} is not valid: {exc}") from None
-    manifest = {k: v for k, v in decoder.manifest.items() if k != "statements"}
+    manifest = {
+        k: v for k, v in decoder.manifest.items() if k not in ("statements", "membership")
+    }
     kinds: dict[str, int] = {}
     for statement in statements:
         kinds[statement.kind.name] = kinds.get(statement.kind.name, 0) + 1
     summary = check.summary()
     if kinds:
         summary["statements"] = dict(sorted(kinds.items()))
+    if documents:
+        summary["membership"] = describe_membership(Document.of(s) for s in documents)
     return {"file": path, "valid": True, "manifest": manifest, **summary}
 
 

@@ -3,10 +3,12 @@
 Three statement kinds (hashmesh.protocol.statements) about node keys:
 
 - "cert": an org certifies node key `key` for [not_before, not_after] (unix seconds; a
-  batch header's ts must fall inside). Signed by the org; the key co-signs it when its
-  node installs it (`key certificate add`), and only a co-signed certificate gives the org
-  power over the key (revoking it, handing its logs over): otherwise any org could
-  certify anyone's key and then revoke it or take its logs. Unscoped.
+  batch header's ts must fall inside), optionally as the replacement of the peer identity
+  `replaces` (a stolen key's successor, protocol/identity.py). Signed by the org; the key
+  co-signs it when its node installs it (`key certificate add`), and only a co-signed
+  certificate gives the org power over the key (revoking it, handing its logs over):
+  otherwise any org could certify anyone's key and then revoke it or take its logs.
+  Unscoped.
 - "handover": log (author, collection) is signed by `key` up to and including `seq`, whose
   batch has header hash `head`, and by `next` after it. Signed by `next` and by `key` (or,
   when `key` is lost, by the org named in `org`; whether that org may is the authority's
@@ -38,8 +40,8 @@ _HEX64 = r"^[0-9a-f]{64}$"
 
 
 class CertBody(StatementBody):
-    omit_if_none: ClassVar[frozenset[str]] = frozenset({"name"})
-    id_fields: ClassVar[tuple[str, ...]] = ("org", "key")
+    omit_if_none: ClassVar[frozenset[str]] = frozenset({"name", "replaces"})
+    id_fields: ClassVar[tuple[str, ...]] = ("org", "key", "replaces")
 
     kind: Literal["cert"] = "cert"
     org: str = Field(max_length=NODE_ID_MAX)
@@ -47,6 +49,10 @@ class CertBody(StatementBody):
     not_before: int = Field(ge=0, le=MAX_SAFE_INT)
     not_after: int = Field(ge=0, le=MAX_SAFE_INT)
     name: str | None = Field(default=None, min_length=1, max_length=MAX_NAME)
+    #: the node key whose peer identity `key` takes over (protocol/identity.py): peers
+    #: that name it in their config accept `key` as that peer, when the org has power
+    #: over it. Absent on an ordinary certificate (and then the bytes are as before).
+    replaces: str | None = Field(default=None, max_length=NODE_ID_MAX)
 
 
 class HandoverBody(StatementBody):
@@ -94,6 +100,8 @@ class CertKind(Kind):
             raise StatementError("statement body.not_after: before not_before")
         if body.org == body.key:
             raise StatementError("statement body.key: an org key does not certify itself")
+        if body.replaces is not None and body.replaces in (body.key, body.org):
+            raise StatementError("statement body.replaces: names the certificate's own key or org")
 
     @classmethod
     def check_signers(cls, body: StatementBody, signers: frozenset[str]) -> None:

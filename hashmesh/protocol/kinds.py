@@ -7,10 +7,10 @@ kind module exports KINDS; add a new module's KINDS below.
 
 from __future__ import annotations
 
-from hashmesh.protocol import certificates, membership, witness
+from hashmesh.protocol import certificates, identity, membership, witness
 from hashmesh.protocol.statements import Registry, Statement, parse_statement
 
-REGISTRY = Registry([*certificates.KINDS, *membership.KINDS, *witness.KINDS])
+REGISTRY = Registry([*certificates.KINDS, *identity.KINDS, *membership.KINDS, *witness.KINDS])
 
 
 def parse(wire: bytes) -> Statement:

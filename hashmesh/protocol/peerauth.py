@@ -11,7 +11,7 @@ Pure functions: the node supplies the clock reading, the nonce and the replay ca
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from hashlib import sha256
 
@@ -43,6 +43,8 @@ class RequestAuth:
     caller: str
     nonce: str
     ts: int
+    #: the node id the request was addressed to (one of the callee's ids)
+    callee: str = ""
 
 
 def _request_message(
@@ -91,17 +93,23 @@ class RequestClaim:
     ts: int
     nonce: str
     signature: bytes
+    callee: str = ""
 
 
-def read_claim(headers: Mapping[str, str], path: str, callee: str) -> RequestClaim:
+def read_claim(
+    headers: Mapping[str, str], path: str, callee: str | Collection[str]
+) -> RequestClaim:
     """The headers' claim, without the body: lets the node refuse unknown or stale callers
-    before it spends memory on a body whose signature it cannot check yet."""
+    before it spends memory on a body whose signature it cannot check yet. `callee` is
+    the node's id, or all its ids (a node that rotated its identity is still addressed by
+    its old ids until each peer has learned the new one)."""
     caller = _header(headers, H_FROM)
     try:
         validate_node_id(caller, f"peer auth: {H_FROM}")
     except ProtocolError as exc:
         raise PeerAuthError(str(exc)) from None
-    if _header(headers, H_TO) != callee:
+    to = _header(headers, H_TO)
+    if to != callee if isinstance(callee, str) else to not in callee:
         raise PeerAuthError("peer auth: request is addressed to another node")
     ts_text = _header(headers, H_TS)
     if not (ts_text.isascii() and ts_text.isdigit()) or len(ts_text) > 16:
@@ -116,7 +124,7 @@ def read_claim(headers: Mapping[str, str], path: str, callee: str) -> RequestCla
         raise PeerAuthError(f"peer auth: {H_NONCE} must be 16-64 bytes")
     if len(path) > MAX_PATH:
         raise PeerAuthError("peer auth: path too long")
-    return RequestClaim(caller, int(ts_text), nonce, signature)
+    return RequestClaim(caller, int(ts_text), nonce, signature, to)
 
 
 def check_freshness(ts: int, now_ms: int, window_ms: int = DEFAULT_WINDOW_MS) -> None:
@@ -132,19 +140,21 @@ def verify_request(
     method: str,
     path: str,
     body: bytes,
-    callee: str,
+    callee: str | Collection[str],
     now_ms: int,
     window_ms: int = DEFAULT_WINDOW_MS,
 ) -> RequestAuth:
     """Check a request's signature, audience and freshness; the node checks the nonce cache."""
     claim = read_claim(headers, path, callee)
     check_freshness(claim.ts, now_ms, window_ms)
-    message = _request_message(method, path, body, claim.caller, callee, claim.ts, claim.nonce)
+    message = _request_message(
+        method, path, body, claim.caller, claim.callee, claim.ts, claim.nonce
+    )
     try:
         verify(claim.caller, CONTEXT_PEER_REQUEST, message, claim.signature)
     except ProtocolError:
         raise PeerAuthError("peer auth: request signature does not verify") from None
-    return RequestAuth(claim.caller, claim.nonce, claim.ts)
+    return RequestAuth(claim.caller, claim.nonce, claim.ts, claim.callee)
 
 
 def _response_message(status: int, body: bytes, responder: str, caller: str, nonce: str) -> bytes:

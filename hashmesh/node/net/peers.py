@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import logging
 import os
 import random
 import socket
@@ -33,6 +34,7 @@ from hashmesh.node.errors import (
     TooManyRequests,
     Unauthorized,
 )
+from hashmesh.node.identity import OwnIdentity
 from hashmesh.node.limits import RateLimiter
 from hashmesh.node.net.bodies import (
     ByteBudget,
@@ -42,6 +44,8 @@ from hashmesh.node.net.bodies import (
     request_body,
 )
 from hashmesh.node.store.core import now_ms
+from hashmesh.protocol.errors import ProtocolError
+from hashmesh.protocol.identity import Identities, Resolution
 from hashmesh.protocol.peerauth import (
     DEFAULT_WINDOW_MS,
     PeerAuthError,
@@ -54,7 +58,9 @@ from hashmesh.protocol.peerauth import (
     verify_response,
 )
 from hashmesh.protocol.signing import SigningKey
+from hashmesh.protocol.statementsync import decode_push_answer, encode_statements
 
+log = logging.getLogger("hashmesh.peers")
 MAX_PEER_BODY = 32 * 1024 * 1024
 UNVERIFIED_BYTES = 2 * MAX_PEER_BODY  # bodies read but not yet verified, all peers together
 ATTRIBUTABLE_BODY = 64 * 1024  # read before a stale/cut-off refusal, to learn who signed it
@@ -71,6 +77,12 @@ CUTOFF_SECONDS = 600.0
 PENALTY_INVALID = 25
 PENALTY_FLOOD = 1
 PENALTY_UNACCEPTED = 10  # evidence about logs we do not accept, once per message
+#: A rotated peer's previous identity key is accepted this long after we learned of its
+#: successor: its requests signed before it switched may still be on their way.
+IDENTITY_GRACE_MS = DEFAULT_WINDOW_MS
+#: After an introduction no key of ours got through, calls sign with the current key this
+#: long before introducing again (a peer that lists none of our ids refuses them all).
+INTRODUCTION_RETRY_S = 60.0
 
 
 class RouteMissing(NodeError):
@@ -248,11 +260,34 @@ class PeerState:
         }
 
 
-class Peers:
-    """Run-time state of all peers, and authentication of incoming peer requests."""
+Own = Callable[[], OwnIdentity]
+Known = Callable[[], Identities]
 
-    def __init__(self, key: SigningKey) -> None:
-        self.key = key
+
+def _fixed(key: SigningKey) -> Own:
+    own = OwnIdentity(key)
+    return lambda: own
+
+
+def identity_refusal(peer: Peer, caller: str, found: Resolution) -> str:
+    """Why `caller` does not answer for `peer` (configured as found.configured)."""
+    if found.current is None:
+        return f"node {caller} is not peer {peer.name}'s identity: {found.why}"
+    return f"node {caller} handed peer {peer.name}'s identity over to {found.current}"
+
+
+class Peers:
+    """Run-time state of all peers, and authentication of incoming peer requests.
+
+    A peer is known by the node id of its `[[peers]]` entry, and answers by the key its
+    identity leads to now (protocol/identity.py): the configured key itself, a successor
+    it handed over to, or an org's replacement of a stolen key; a revoked key answers for
+    nobody. Run-time state stays under the configured id."""
+
+    def __init__(self, key: SigningKey | Own, identities: Known = Identities) -> None:
+        self.own = _fixed(key) if isinstance(key, SigningKey) else key
+        self.identities = identities
+        self._aliases: tuple[Config | None, Identities | None, dict[str, Peer]] = (None, None, {})
         self.nonces = NonceCache()
         self.states: dict[str, PeerState] = {}
         self.unverified = ByteBudget(UNVERIFIED_BYTES)
@@ -264,6 +299,43 @@ class Peers:
             st = self.states[node_id] = PeerState(node_id)
         return st
 
+    @property
+    def key(self) -> SigningKey:
+        return self.own().key
+
+    def _alias(self, config: Config, known: Identities) -> dict[str, Peer]:
+        """The configured peers by every other id that may answer for them now."""
+        held_config, held_known, aliases = self._aliases
+        if held_config is config and held_known is known:
+            return aliases
+        aliases = {}
+        for peer in config.peers:
+            found = known.resolve(peer.node_id)
+            for other in (found.current, found.previous):
+                if other is not None and other != peer.node_id:
+                    aliases.setdefault(other, peer)
+        self._aliases = (config, known, aliases)
+        return aliases
+
+    def peer_of(self, config: Config, caller: str) -> Peer:
+        """The configured peer `caller` answers for now, or Forbidden naming why not."""
+        known = self.identities()
+        peer = config.peer(caller) or self._alias(config, known).get(caller)
+        if peer is None:
+            raise Forbidden(f"node {caller} is not a peer of this node")
+        found = known.resolve(peer.node_id)
+        if found.current == caller:
+            return peer
+        if (
+            found.current is not None
+            and caller == found.previous
+            and found.since_ms is not None
+            and now_ms() - found.since_ms <= IDENTITY_GRACE_MS
+        ):
+            return peer  # a request it signed before it switched to its new key
+        self.state(peer.node_id).refuse("identity")
+        raise Forbidden(identity_refusal(peer, caller, found))
+
     async def authenticate(
         self, request: web.Request, config: Config, limit: int = MAX_PEER_BODY
     ) -> tuple[Peer, RequestAuth, bytes]:
@@ -274,13 +346,12 @@ class Peers:
         of the body is read. A small body is read first so that a stale or cut-off request
         is counted against the peer that really signed it, never a name someone typed."""
         now = now_ms()
+        own = self.own()
         try:
-            claim = read_claim(request.headers, request.path_qs, self.key.node_id)
+            claim = read_claim(request.headers, request.path_qs, own.ids)
         except PeerAuthError as exc:
             raise Unauthorized(str(exc)) from None
-        peer = config.peer(claim.caller)
-        if peer is None:
-            raise Forbidden(f"node {claim.caller} is not a peer of this node")
+        peer = self.peer_of(config, claim.caller)
         refuse_encoded(request)
         declared = request.content_length
         if declared is None or declared > ATTRIBUTABLE_BODY:
@@ -288,7 +359,7 @@ class Peers:
                 check_freshness(claim.ts, now)
             except PeerAuthError as exc:
                 raise Unauthorized(str(exc)) from None
-            known = self.states.get(claim.caller)
+            known = self.states.get(peer.node_id)
             if known is not None and known.cut_off:
                 raise Forbidden("this peer is cut off for sending invalid data; try later")
         with self.unverified.hold() as hold:
@@ -307,13 +378,13 @@ class Peers:
                     request.method,
                     request.path_qs,
                     body,
-                    self.key.node_id,
+                    own.ids,
                     now,
                     window_ms=ANY_AGE_MS,
                 )
             except PeerAuthError as exc:
                 raise Unauthorized(str(exc)) from None
-        state = self.state(auth.caller)
+        state = self.state(peer.node_id)
         if abs(now - auth.ts) > DEFAULT_WINDOW_MS:
             state.refuse("stale_timestamp")
             raise Unauthorized(
@@ -334,16 +405,34 @@ class Peers:
     def respond(
         self, auth: RequestAuth, body: bytes, content_type: str, status: int = 200
     ) -> web.Response:
-        headers = sign_response(self.key, auth.caller, auth.nonce, status, body)
+        # signed by the id the caller addressed: a peer that does not know our new identity
+        # yet can still check the answer (and learn the new one from our statements)
+        own = self.own()
+        key = own.by_id(auth.callee) or own.key
+        headers = sign_response(key, auth.caller, auth.nonce, status, body)
         headers["Content-Type"] = content_type
         return web.Response(body=body, status=status, headers=headers)
 
 
 class PeerClient:
-    """Signed requests to peers, with responses verified against the peer's node id."""
+    """Signed requests to peers, with responses verified against the peer's node id: the
+    id its identity leads to now (a revoked one is not called at all). After this node
+    rotated its identity, a peer that has not heard of the new key from us is first sent
+    the introduction (the identity statements), signed by the old key it knows."""
 
-    def __init__(self, key: SigningKey, ca_file: str = "", timeout_s: float = 30.0) -> None:
-        self.key = key
+    def __init__(
+        self,
+        key: SigningKey | Own,
+        ca_file: str = "",
+        timeout_s: float = 30.0,
+        identities: Known = Identities,
+    ) -> None:
+        self.own = _fixed(key) if isinstance(key, SigningKey) else key
+        self.identities = identities
+        # per peer (configured id): the identity of ours it has accepted, or until when
+        # an introduction that failed is not tried again
+        self._introduced: dict[str, tuple[OwnIdentity, float]] = {}
+        self._introducing: dict[str, asyncio.Lock] = {}
         ssl_context = ssl.create_default_context(cafile=ca_file or None)
         self.session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=timeout_s, connect=5.0),
@@ -354,15 +443,72 @@ class PeerClient:
     async def close(self) -> None:
         await self.session.close()
 
+    @property
+    def key(self) -> SigningKey:
+        return self.own().key
+
+    def target(self, peer: Peer) -> str:
+        """The id that answers for `peer` now; NodeError when none does (revoked)."""
+        found = self.identities().resolve(peer.node_id)
+        if found.current is None:
+            raise NodeError(f"peer {peer.name} not called: {found.why}")
+        return found.current
+
     async def post(self, peer: Peer, path: str, body: bytes, content_type: str) -> bytes:
+        target = self.target(peer)
         try:
-            return await self._post(peer, path, body, content_type)
+            key = await self._signer(peer, target)
+            return await self._post(peer, target, key, path, body, content_type)
         except aiohttp.ClientError as exc:
             raise NodeError(f"cannot reach peer {peer.name} at {peer.url}: {_reach(exc)}") from None
 
-    async def _post(self, peer: Peer, path: str, body: bytes, content_type: str) -> bytes:
+    async def _signer(self, peer: Peer, target: str) -> SigningKey:
+        """Our key to sign for `peer` with: the current one, once the peer knows it."""
+        own = self.own()
+        if not own.previous:
+            return own.key
+        lock = self._introducing.setdefault(peer.node_id, asyncio.Lock())
+        async with lock:
+            held = self._introduced.get(peer.node_id)
+            if held is not None and (held[0] is own or time.monotonic() < held[1]):
+                return own.key
+            body = encode_statements([s.to_json() for s in own.introduction])
+            last: NodeError | None = None
+            for key in (*own.previous, own.key):  # the old ids first, as the brief of the
+                try:  # rotation says: the peer hears of the new key from the one it knows
+                    data = await self._post(
+                        peer, target, key, "/v1/peer/statements/push", body, "application/json"
+                    )
+                    decode_push_answer(data)
+                except RouteMissing:
+                    break
+                except NodeError as exc:
+                    last = exc
+                    continue
+                except ProtocolError as exc:
+                    last = NodeError(f"peer {peer.name}: introduction answer: {exc}")
+                    continue
+                self._introduced[peer.node_id] = (own, 0.0)
+                return own.key
+            self._introduced[peer.node_id] = (
+                OwnIdentity(own.key),
+                time.monotonic() + INTRODUCTION_RETRY_S,
+            )
+            if last is not None:
+                log.info("introduction to %s failed: %s", peer.name, clip(str(last)))
+            return own.key
+
+    async def _post(
+        self,
+        peer: Peer,
+        target: str,
+        key: SigningKey,
+        path: str,
+        body: bytes,
+        content_type: str,
+    ) -> bytes:
         nonce = os.urandom(16)
-        headers = sign_request(self.key, peer.node_id, "POST", path, body, now_ms(), nonce)
+        headers = sign_request(key, target, "POST", path, body, now_ms(), nonce)
         headers["Content-Type"] = content_type
         async with self.session.post(peer.url + path, data=body, headers=headers) as response:
             data = await read_limited(
@@ -377,8 +523,8 @@ class PeerClient:
                     response.headers,
                     response.status,
                     data,
-                    peer.node_id,
-                    self.key.node_id,
+                    target,
+                    key.node_id,
                     headers["X-Hashmesh-Nonce"],
                 )
             except PeerAuthError as exc:

@@ -193,7 +193,9 @@ class Replicator:
         self.store = service.store
         self.store_thread = store_thread
         self.observer = observer
-        self.peers = Peers(service.key)
+        # identity keys and peer identities as the service holds them now: a rotation or
+        # a revocation takes effect on the next request, with no restart
+        self.peers = Peers(lambda: service.own_identity, lambda: service.identities.current)
         self.client: PeerClient | None = None
         self.queue: asyncio.Queue[tuple[list[Batch], list[ForkEvidence], str]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
@@ -242,7 +244,12 @@ class Replicator:
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.client = PeerClient(self.service.key, self.service.config.tls_ca)
+        service = self.service
+        self.client = PeerClient(
+            lambda: service.own_identity,
+            service.config.tls_ca,
+            identities=lambda: service.identities.current,
+        )
 
         def on_batches(batches: list[Batch], forks: list[ForkEvidence], source: str) -> None:
             loop.call_soon_threadsafe(self.queue.put_nowait, (batches, forks, source))
