@@ -27,6 +27,7 @@ from hashmesh.node.errors import HomeError
 from hashmesh.node.keys import hash_token, read_secret
 from hashmesh.node.matching import loading
 from hashmesh.node.matching.checkpoint import has_checkpoint, write_checkpoint
+from hashmesh.node.net.proof import SplitProver
 from hashmesh.node.net.sync import Replicator, SyncObserver
 from hashmesh.node.runtime import release_free_memory, tune_gc
 from hashmesh.node.service import NodeService
@@ -130,6 +131,7 @@ class Daemon:
         self._tasks.append(asyncio.create_task(self._load_index(start_workers=not early)))
         self._tasks.append(asyncio.create_task(self._watch_config()))
         self._tasks.append(asyncio.create_task(self._witness()))
+        self._tasks.append(asyncio.create_task(self.prover.run()))  # split views proven
         self.replicator.start()
         self.bridges = Bridges(service, self.store_thread, self.home.path)
         await self.bridges.reconcile()
@@ -234,6 +236,8 @@ class Daemon:
             self.workers.on_report = lambda pairs: watch.reported(pairs, None)
         replicas.register(app, service)  # /v1/replica/state (hashmesh matcher --follow)
         replicator.register(app)
+        self.prover = SplitProver(replicator)  # /v1/peer/header (node/net/proof.py)
+        self.prover.register(app)
         statuspage.register(
             app, statuspage.StatusDeps(metrics, gauges, service.store, store_thread)
         )

@@ -18,14 +18,18 @@ reads verified bodies.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from hashlib import sha256
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from hashmesh.protocol.errors import StatementError
-from hashmesh.protocol.names import COLLECTION_PATTERN
+from hashmesh.protocol.batches import MAX_HEADER_BYTES, Header, verify_header
+from hashmesh.protocol.encoding import canonical, from_b64url, parse_canonical
+from hashmesh.protocol.errors import EncodingError, LimitError, ProtocolError, StatementError
+from hashmesh.protocol.evidence import SignedHeader
+from hashmesh.protocol.names import COLLECTION_PATTERN, validate_collection, validate_node_id
 from hashmesh.protocol.statements import Kind, StatementBody
 
 KIND = "cosign"
@@ -111,13 +115,17 @@ def split_views(
     cosigns: Iterable[CosignBody],
     held: Callable[[str, str, int], str | None],
     me: str,
+    ignore: Collection[str] = (),
 ) -> list[SplitView]:
     """Every (log, seq) for which the cosigns, and this node's own headers, name more than
     one head. `held(author, collection, seq)` is the hex hash of the header this node holds
-    there, or None; `me` names this node among the witnesses. Depends only on the set of
+    there, or None; `me` names this node among the witnesses; the cosigns of the witnesses
+    in `ignore` (caught equivocating) count for nothing. Depends only on the set of
     cosigns, not their order; sorted by log then seq."""
     seen: dict[tuple[str, str, int], dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
     for c in cosigns:
+        if c.witness in ignore:
+            continue
         seen[(c.author, c.collection, c.seq)][c.head].add(c.witness)
     out: list[SplitView] = []
     for (author, collection, seq), heads in sorted(seen.items()):
@@ -143,6 +151,7 @@ class WitnessLine:
     head: str
     agreement: Agreement
     orgs: tuple[str, ...] = ()
+    equivocating: bool = False  # caught signing two heads at one seq: its word counts not
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -151,6 +160,7 @@ class WitnessLine:
             "seq": self.seq,
             "head": self.head,
             "agreement": self.agreement,
+            "equivocating": self.equivocating,
         }
 
 
@@ -161,13 +171,15 @@ def witnesses(
     held: Callable[[int], str | None],
     our_seq: int,
     orgs: Callable[[str], Iterable[str]] | None = None,
+    convicted: Collection[str] = (),
 ) -> list[WitnessLine]:
     """Who saw what of one log: each witness's latest cosign (the highest seq; at one seq,
     every distinct head it signed is kept, since a witness signing two is itself news), and
     whether it agrees with the header this node holds at that seq (`held(seq)`, our head
     is `our_seq`): "same", "different" (a split view), "ahead" (beyond our head: nothing to
     compare yet), or "unknown" (we hold no header there). `orgs(witness)` names the
-    organisations vouching for a witness key, for "which organisations saw this head"."""
+    organisations vouching for a witness key, for "which organisations saw this head";
+    a witness in `convicted` is flagged as equivocating."""
     latest: dict[str, tuple[int, set[str]]] = {}
     for c in cosigns:
         if c.author != author or c.collection != collection:
@@ -189,7 +201,7 @@ def witnesses(
             else:
                 agreement = "same" if ours == head else "different"
             names = tuple(sorted(set(orgs(witness)))) if orgs is not None else ()
-            out.append(WitnessLine(witness, seq, head, agreement, names))
+            out.append(WitnessLine(witness, seq, head, agreement, names, witness in convicted))
     return out
 
 
@@ -205,6 +217,106 @@ def cosign_body(
         seq=seq,
         head=head,
     )
+
+
+def equivocates(held: CosignBody, new: CosignBody) -> bool:
+    """Whether two cosigns convict their witness: one witness, one log, one seq, two heads.
+    An honest witness verified one chain, so it never signs two heads at one seq (a newer
+    seq supersedes; a second signature of the same head is the same claim)."""
+    return (
+        held.witness == new.witness
+        and held.author == new.author
+        and held.collection == new.collection
+        and held.seq == new.seq
+        and held.head != new.head
+    )
+
+
+def equivocation_evidence(first: Mapping[str, Any], second: Mapping[str, Any]) -> bytes:
+    """The record of a witness's equivocation: its two signed cosign statements (their wire
+    objects), ordered by statement id so equal evidence has equal bytes. Each half verifies
+    on its own (protocol/statements.py), so anyone can check the record without trusting
+    whoever kept it."""
+    a, b = sorted([dict(first), dict(second)], key=lambda o: canonical(o))
+    return canonical({"v": 1, "kind": "cosign-equivocation", "a": a, "b": b})
+
+
+# -- proving a split view: the header a witness cosigned, fetched from it ------------------
+
+#: A header request: {v: 1, author, collection, seq}; an answer {v: 1, header, sig}.
+MAX_HEADER_REQUEST_BYTES = 512
+MAX_HEADER_ANSWER_BYTES = 2 * MAX_HEADER_BYTES + 256
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderRequest:
+    """Which header the caller asks for: the one held at (author, collection, seq)."""
+
+    author: str
+    collection: str
+    seq: int
+
+    def to_bytes(self) -> bytes:
+        return canonical(
+            {"v": 1, "author": self.author, "collection": self.collection, "seq": self.seq}
+        )
+
+
+def parse_header_request(data: bytes) -> HeaderRequest:
+    """A peer's header request, bounded and checked field by field."""
+    if len(data) > MAX_HEADER_REQUEST_BYTES:
+        raise LimitError(f"header request: {len(data)} bytes exceeds {MAX_HEADER_REQUEST_BYTES}")
+    value = parse_canonical(data, "header request")
+    if not isinstance(value, dict) or set(value) != {"v", "author", "collection", "seq"}:
+        raise EncodingError("header request: must be {v, author, collection, seq}")
+    if type(value["v"]) is not int or value["v"] != 1:
+        raise EncodingError("header request.v: must be the integer 1")
+    author, collection, seq = value["author"], value["collection"], value["seq"]
+    if not isinstance(author, str):
+        raise EncodingError("header request.author: must be a node id")
+    validate_node_id(author, "header request.author")
+    if not isinstance(collection, str):
+        raise EncodingError("header request.collection: must be a collection name")
+    validate_collection(collection, "header request.collection")
+    if type(seq) is not int or not 1 <= seq <= 2**53 - 1:
+        raise EncodingError("header request.seq: must be an integer from 1 to 2^53 - 1")
+    return HeaderRequest(author, collection, seq)
+
+
+def encode_header_answer(signed: SignedHeader) -> bytes:
+    return canonical({"v": 1, **signed.to_wire()})
+
+
+def decode_header_answer(data: bytes) -> SignedHeader:
+    """A witness's answer: the signed header it holds, unverified (see `prove_head`)."""
+    if len(data) > MAX_HEADER_ANSWER_BYTES:
+        raise LimitError(f"header answer: {len(data)} bytes exceeds {MAX_HEADER_ANSWER_BYTES}")
+    value = parse_canonical(data, "header answer")
+    if not isinstance(value, dict) or set(value) != {"v", "header", "sig"}:
+        raise EncodingError("header answer: must be {v, header, sig}")
+    if type(value["v"]) is not int or value["v"] != 1:
+        raise EncodingError("header answer.v: must be the integer 1")
+    if not isinstance(value["header"], str) or not isinstance(value["sig"], str):
+        raise EncodingError("header answer: header and sig must be base64url strings")
+    return SignedHeader(
+        from_b64url(value["header"], "header answer.header"),
+        from_b64url(value["sig"], "header answer.sig", 64),
+    )
+
+
+def prove_head(signed: SignedHeader, claim: CosignBody) -> Header:
+    """Check that `signed` is the header `claim` cosigned: a valid signature by the key the
+    header names, at the claimed log and seq, hashing to the claimed head. Whether that
+    key may sign this log at this seq is the authority's question, asked by the caller.
+    Raises ProtocolError naming the field that does not match (the witness's fault)."""
+    header = verify_header(signed.header_bytes, signed.signature)
+    if (header.author, header.collection) != (claim.author, claim.collection):
+        raise ProtocolError("header answer: names another log than the cosign")
+    if header.seq != claim.seq:
+        raise ProtocolError(f"header answer.seq: {header.seq}, the cosign names {claim.seq}")
+    if sha256(signed.header_bytes).hexdigest() != claim.head:
+        raise ProtocolError("header answer: does not hash to the head the witness cosigned")
+    return header
 
 
 KINDS = [CosignKind]

@@ -647,6 +647,19 @@ def _cli_words(words: dict[str, str]) -> Iterator[None]:
         raise NodeError(text) from None
 
 
+def _proof_text(v: dict[str, Any]) -> str:
+    """Where proving a split view stands (node/witness.py, Proof)."""
+    state = v.get("proof", "pending")
+    if state == "fork":
+        return "fork evidence: the author signed both heads; the log is frozen"
+    if state == "unproven":
+        suspects = ", ".join(v.get("suspects", []))
+        return f"UNPROVEN: no signed header backs the cosign; suspect witness {suspects}"
+    if state == "unfollowed":
+        return "not proven: a log this node does not accept"
+    return "pending: asking the witnesses for the author's signed header"
+
+
 def _format_status(d: dict[str, Any]) -> str:
     lines = [
         f"node      {d['name']}  {d['node_id']}",
@@ -663,6 +676,12 @@ def _format_status(d: dict[str, Any]) -> str:
     for v in d.get("witness", {}).get("split_views", []):
         heads = "; ".join(f"{h['head'][:12]} by {len(h['witnesses'])}" for h in v["heads"])
         lines.append(f"  SPLIT VIEW {v['author']} in {v['collection']} at seq {v['seq']}: {heads}")
+        lines.append(f"    proof   {_proof_text(v)}")
+    for e in d.get("witness", {}).get("equivocating_witnesses", []):
+        lines.append(
+            f"  EQUIVOCATING WITNESS {e['witness']}: two heads for {e['author']} in"
+            f" {e['collection']} at seq {e['seq']} (its cosigns are ignored)"
+        )
     for m in d.get("memberships", []):
         conflict = f", CONFLICT at version {m['conflict']['version']}" if m["conflict"] else ""
         lines.append(

@@ -277,11 +277,16 @@ def _witness_text(d: dict[str, Any]) -> str:
     lines = [f"{d['author']}/{d['collection']} at seq {d['seq']} head {d['head'] or '-'}"]
     for w in d["witnesses"]:
         orgs = f" ({', '.join(w['orgs'])})" if w["orgs"] else ""
-        lines.append(f"  {w['agreement']:9} seq {w['seq']} {w['head'][:16]} {w['witness']}{orgs}")
+        flag = "  EQUIVOCATING (ignored)" if w.get("equivocating") else ""
+        lines.append(
+            f"  {w['agreement']:9} seq {w['seq']} {w['head'][:16]} {w['witness']}{orgs}{flag}"
+        )
     for v in d["split_views"]:
-        lines.append(f"  SPLIT VIEW at seq {v['seq']}:")
+        lines.append(f"  SPLIT VIEW at seq {v['seq']}: proof {v.get('proof', 'pending')}")
         for h in v["heads"]:
             lines.append(f"    {h['head'][:16]} seen by {', '.join(h['witnesses'])}")
+        if v.get("suspects"):
+            lines.append(f"    suspect witnesses: {', '.join(v['suspects'])}")
     return "\n".join(lines)
 
 

@@ -44,6 +44,7 @@ from hashmesh.node.store.schema import migrate
 from hashmesh.node.store.statements import Merge, StatementRow, StatementTable
 from hashmesh.node.store.tokens import TokenTable
 from hashmesh.node.store.transaction import transaction
+from hashmesh.node.store.witness import EquivocationRow, EquivocationTable
 from hashmesh.protocol.batches import Batch, LogKey, encode_frame, split_frame, verify_batch
 from hashmesh.protocol.errors import ProtocolError
 from hashmesh.protocol.evidence import ForkEvidence, SignedHeader, build_evidence
@@ -159,6 +160,7 @@ class Store:
         self.quarantine = QuarantineTable(self.conn)
         self.bridges = BridgeTable(self.conn)
         self.statements = StatementTable(self.conn)
+        self.equivocations = EquivocationTable(self.conn)
         self._log_ids: dict[LogKey, int] = {}
         self._log_keys: dict[int, LogKey] = {}
         self._heads: dict[int, int] = {}
@@ -958,6 +960,18 @@ class Store:
         elif removed and self._bulk is not None:
             self._bulk.removed.extend(removed)
         return removed
+
+    def put_equivocation(self, row: EquivocationRow) -> bool:
+        """Keep a witness's equivocation (store/witness.py) in its own transaction, or the
+        open bulk one."""
+        new = False
+
+        def work() -> None:
+            nonlocal new
+            new = self.equivocations.put(row)
+
+        self._transaction(work)
+        return new
 
     def put_statement(self, row: StatementRow, merge: Merge) -> str:
         """Store one verified statement (store/statements.py): in the open bulk

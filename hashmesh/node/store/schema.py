@@ -27,6 +27,7 @@ from hashmesh.node.store.policies import POLICY_V2, POLICY_V3, POLICY_V4
 from hashmesh.node.store.quarantine import QUARANTINE_V3
 from hashmesh.node.store.statements import STATEMENTS_V6
 from hashmesh.node.store.transaction import transaction
+from hashmesh.node.store.witness import WITNESS_V7
 
 STORE_V1 = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -203,6 +204,10 @@ def _version_6(conn: sqlite3.Connection) -> None:
     run_script(conn, STATEMENTS_V6)
 
 
+def _version_7(conn: sqlite3.Connection) -> None:
+    run_script(conn, WITNESS_V7)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "release 0.1's tables: logs, batches, signals, feed, tokens, cases", _version_1),
     Migration(2, "match_policy: per-collection match policy (issue 19)", _version_2),
@@ -214,6 +219,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         6, "statements: certificates, handovers, key revocations, membership (issue 22)", _version_6
     ),
+    Migration(7, "witness_equivocations: a witness's two signed heads at one seq", _version_7),
 )
 
 

@@ -144,7 +144,16 @@ async def status(request: web.Request) -> web.Response:
         witness = result.get("witness")
         if witness:
             views = [v for v in witness["split_views"] if grant.can_use(v["collection"])]
-            result["witness"] = {"split_views": views, "split_views_total": len(views)}
+            caught = [
+                e
+                for e in witness.get("equivocating_witnesses", [])
+                if grant.can_use(e["collection"])
+            ]
+            result["witness"] = {
+                "split_views": views,
+                "split_views_total": len(views),
+                "equivocating_witnesses": caught,
+            }
         # hand-overs and a collection's key revocations are facts about that collection
         result["handovers"] = [
             h for h in result.get("handovers", []) if grant.can_use(h["collection"])

@@ -46,7 +46,10 @@ function render(status, history, recent) {
   for (const v of witness.split_views) {
     splits.appendChild(el("p", "SPLIT VIEW: " + v.author + " in " + v.collection + " at seq " + v.seq + ", " + v.heads.length + " different heads", "bad"));
     for (const h of v.heads) splits.appendChild(el("p", short(h.head) + " seen by " + h.witnesses.map(short).join(", "), "mono"));
+    const proof = { fork: "proven: the author signed both heads, the log is frozen", unproven: "UNPROVEN: no signed header backs it; suspect witness " + (v.suspects || []).map(short).join(", "), unfollowed: "not proven: a log this node does not accept" }[v.proof] || "pending: asking the witnesses for the author's header";
+    splits.appendChild(el("p", "proof: " + proof, v.proof === "fork" ? "bad" : "mono"));
   }
+  for (const e of witness.equivocating_witnesses || []) splits.appendChild(el("p", "EQUIVOCATING WITNESS: " + short(e.witness) + " signed two heads for " + short(e.author) + " in " + e.collection + " at seq " + e.seq + "; its cosigns are ignored", "bad"));
   if (witness.split_views_total > witness.split_views.length) splits.appendChild(el("p", "… " + (witness.split_views_total - witness.split_views.length) + " more", "bad"));
   const mem = document.getElementById("memberships"); mem.replaceChildren();
   const followed = status.memberships || [];
