@@ -64,10 +64,10 @@ from hashmesh.protocol.certificates import (
 from hashmesh.protocol.encoding import b64url
 from hashmesh.protocol.errors import BatchOverflow, BundleError, ProtocolError
 from hashmesh.protocol.kinds import REGISTRY
-from hashmesh.protocol.ops import AddOp, OpId, OpinionOp, RevokeOp, validate_collection
-from hashmesh.protocol.signing import SigningKey, validate_node_id
 from hashmesh.protocol.membership import Document, carried
 from hashmesh.protocol.membership import describe as describe_membership
+from hashmesh.protocol.ops import AddOp, OpId, OpinionOp, RevokeOp, validate_collection
+from hashmesh.protocol.signing import SigningKey, validate_node_id
 from hashmesh.protocol.statements import (
     Statement,
     add_signatures,
@@ -1439,9 +1439,7 @@ def verify_bundle_file(path: str) -> dict[str, Any]:
         raise NodeError(f"bundle {path}: {exc.strerror}") from None
     except ProtocolError as exc:
         raise NodeError(f"bundle {path} is not valid: {exc}") from None
-    manifest = {
-        k: v for k, v in decoder.manifest.items() if k not in ("statements", "membership")
-    }
+    manifest = {k: v for k, v in decoder.manifest.items() if k not in ("statements", "membership")}
     kinds: dict[str, int] = {}
     for statement in statements:
         kinds[statement.kind.name] = kinds.get(statement.kind.name, 0) + 1

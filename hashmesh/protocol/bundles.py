@@ -6,6 +6,11 @@ as a peer and needs no trust in whoever carried it.
 
     "HMBUNDLE" | u32 manifest length | manifest (canonical JSON) | batch frames ...
 
+The manifest may carry, besides the logs, the statements of the keys that sign them
+(`statements`) and the membership documents of the collection (`membership`, the chain
+from version 1 to the version in force, see `membership_of`). A reader that predates a key
+ignores it: the decoder requires only `v`.
+
 The decoder is push-based (feed bytes, take frames) so the node can stream a multi-gigabyte
 file without holding it in memory and without this package doing any I/O.
 """
@@ -26,10 +31,17 @@ from hashmesh.protocol.batches import (
 )
 from hashmesh.protocol.encoding import canonical, parse_canonical
 from hashmesh.protocol.errors import BundleError, LimitError, ProtocolError
+from hashmesh.protocol.membership import KIND as MEMBERSHIP_KIND
+from hashmesh.protocol.membership import MAX_DOCUMENTS, MembershipBody
 from hashmesh.protocol.ops import AddOp, OpinionOp, RevokeOp
+from hashmesh.protocol.statements import Registry, Statement, parse_statement_json
 
 BUNDLE_MAGIC = b"HMBUNDLE"
 MAX_MANIFEST_BYTES = 1024 * 1024
+#: Of the manifest's 1 MiB: the membership chain (64 documents of the largest kind, 16 KiB
+#: each, would not fit beside the key statements' 512 KiB; the usual ones are ~1 KiB).
+MAX_MEMBERSHIP_BYTES = 256 * 1024
+MAX_MEMBERSHIP_DOCUMENTS = MAX_DOCUMENTS
 
 
 def encode_bundle_header(manifest: dict[str, Any]) -> bytes:
@@ -89,6 +101,44 @@ class BundleDecoder:
         del self._buffer[: head + length]
         self.offset = head + length
         return True
+
+
+def membership_of(manifest: dict[str, Any], registry: Registry) -> list[Statement]:
+    """The membership documents a manifest carries, each verified (its envelope; whether it
+    is valid from an anchor is the importer's question): BundleError naming the entry if
+    one is not a membership document of the bundle's collection, or the list is too long
+    or too large. No `membership` key: none."""
+    items = manifest.get("membership", [])
+    if not isinstance(items, list) or len(items) > MAX_MEMBERSHIP_DOCUMENTS:
+        raise BundleError(
+            f"bundle manifest.membership: a list of at most {MAX_MEMBERSHIP_DOCUMENTS} documents"
+        )
+    collection = manifest.get("collection")
+    out: list[Statement] = []
+    size = 0
+    for n, item in enumerate(items):
+        try:
+            statement = parse_statement_json(item, registry)
+        except ProtocolError as exc:
+            raise BundleError(f"bundle manifest.membership[{n}]: {exc}") from None
+        if statement.kind.name != MEMBERSHIP_KIND:
+            raise BundleError(
+                f"bundle manifest.membership[{n}]: a {statement.kind.name} statement, not a"
+                " membership document"
+            )
+        assert isinstance(statement.body, MembershipBody)
+        if statement.body.collection != collection:
+            raise BundleError(
+                f"bundle manifest.membership[{n}]: of collection {statement.body.collection!r},"
+                f" not the bundle's {collection!r}"
+            )
+        size += len(statement.to_wire())
+        if size > MAX_MEMBERSHIP_BYTES:
+            raise BundleError(
+                f"bundle manifest.membership: more than {MAX_MEMBERSHIP_BYTES} bytes of documents"
+            )
+        out.append(statement)
+    return out
 
 
 def _frame_length(buf: bytes, pos: int) -> int | None:

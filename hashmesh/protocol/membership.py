@@ -374,3 +374,55 @@ def draft(
 
 
 KINDS = [MembershipKind]
+
+
+def carried(result: InForce) -> list[Document]:
+    """The documents a copy of the collection must carry for a reader that pins only the
+    anchor: every tip in force and each of its ancestors down to version 1, by version
+    (a branch that lost, or a document no tip descends from, is left out: it decides
+    nothing). A reader that already holds the earlier versions finds copies of them,
+    which change nothing."""
+    by_id = {d.id: d for d in result.chain}
+    keep: dict[str, Document] = {}
+    for tip in result.tips:
+        doc: Document | None = tip
+        while doc is not None and doc.id not in keep:
+            keep[doc.id] = doc
+            doc = by_id.get(doc.body.prev or "")
+    return sorted(keep.values(), key=_order)
+
+
+def describe(documents: Iterable[Document]) -> list[dict[str, object]]:
+    """What an offline reader with no anchor can say of carried documents: per version its
+    stewards and threshold, which of them signed, and whether the threshold is met (its
+    own stewards', and its previous version's when that is carried too; version 1's
+    previous is the anchor each importer pins, checked at import)."""
+    docs = sorted(documents, key=_order)
+    by_id = {d.id: d for d in docs}
+    out: list[dict[str, object]] = []
+    for doc in docs:
+        body = doc.body
+        own = _count(doc.signers, body.stewards)
+        entry: dict[str, object] = {
+            "version": body.version,
+            "id": doc.id,
+            "collection": body.collection,
+            "stewards": list(body.stewards),
+            "threshold": body.threshold,
+            "signed_by": sorted(doc.signers.intersection(body.stewards)),
+            "threshold_met": own >= body.threshold,
+            "writers": len(body.writers),
+            "readers": len(body.readers),
+        }
+        if body.version == 1:
+            entry["previous"] = "anchor"
+        else:
+            parent = by_id.get(body.prev or "")
+            if parent is None or parent.version != body.version - 1:
+                entry["previous"] = "not carried"
+            else:
+                entry["previous"] = "carried"
+                met = _count(doc.signers, parent.body.stewards) >= parent.body.threshold
+                entry["threshold_met"] = bool(entry["threshold_met"]) and met
+        out.append(entry)
+    return out

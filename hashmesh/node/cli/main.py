@@ -878,6 +878,13 @@ def verify(bundle: str, as_json: bool) -> None:
                 f"  {log['collection']:<16} {log['author']}"
                 f"  seq 1-{log['head']}  adds {log['adds']}"
             )
+        for doc in d.get("membership", []):
+            met = "met" if doc["threshold_met"] else "NOT met"
+            lines.append(
+                f"  membership {doc['collection']} version {doc['version']}:"
+                f" {len(doc['signed_by'])} of {len(doc['stewards'])} stewards signed,"
+                f" threshold {doc['threshold']} {met} (previous: {doc['previous']})"
+            )
         return "\n".join(lines)
 
     emit(result, as_json, human)
