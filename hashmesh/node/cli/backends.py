@@ -127,8 +127,10 @@ class LocalBackend:
     def statement_add(self, wire: bytes, kind: str) -> dict[str, Any]:
         return self.service.statement_add(wire, kind)
 
-    def key_rotate(self) -> dict[str, Any]:
-        return self.service.key_rotate()
+    def key_rotate(
+        self, identity: bool = False, prepare: bool = False, certificate: bytes | None = None
+    ) -> dict[str, Any]:
+        return self.service.key_rotate(identity, prepare, certificate)
 
     # membership and witnesses (node/membership.py, node/witness.py)
     def membership_follow(
@@ -371,8 +373,18 @@ class RemoteBackend:
             raise NodeError("FILE: not a statement (not JSON)") from None
         return self._call("POST", "/v1/admin/statements", {"statement": statement, "kind": kind})
 
-    def key_rotate(self) -> dict[str, Any]:
-        return self._call("POST", "/v1/admin/key/rotate", {})
+    def key_rotate(
+        self, identity: bool = False, prepare: bool = False, certificate: bytes | None = None
+    ) -> dict[str, Any]:
+        if prepare:
+            return self._call("POST", "/v1/admin/key/prepare", {})
+        body: dict[str, Any] = {"identity": True} if identity else {}
+        if certificate is not None:
+            try:
+                body["certificate"] = json.loads(certificate)
+            except ValueError:
+                raise NodeError("--certificate: not a statement (not JSON)") from None
+        return self._call("POST", "/v1/admin/key/rotate", body)
 
     # membership and witnesses (node/membership.py, node/witness.py)
     def membership_follow(

@@ -103,16 +103,31 @@ def org_init(key_file: str, name: str, as_json: bool) -> None:
 @click.option("--days", type=click.IntRange(1, 3660), default=365, show_default=True)
 @click.option("--name", default="", help="The node's name, in the certificate.")
 @click.option("--out", help="Write the certificate to this file (default: print it).")
+@click.option(
+    "--replaces",
+    metavar="OLD_ID",
+    help="NODE_ID takes over the peer identity of node key OLD_ID (stolen or lost).",
+)
 @json_option
 def org_certify(
-    node_id: str, key_file: str, days: int, name: str, out: str | None, as_json: bool
+    node_id: str,
+    key_file: str,
+    days: int,
+    name: str,
+    out: str | None,
+    replaces: str | None,
+    as_json: bool,
 ) -> None:
     """Certify node key NODE_ID for DAYS from now: install it on any node with
-    `hashmesh key certificate add FILE`."""
+    `hashmesh key certificate add FILE`. With --replaces OLD_ID, peers that configured
+    OLD_ID accept NODE_ID as that peer (if OLD_ID co-signed this org's certificate of it),
+    even after `org revoke-key OLD_ID`: install it with the revocation."""
     from hashmesh.protocol.certificates import CertBody
     from hashmesh.protocol.kinds import REGISTRY
     from hashmesh.protocol.statements import sign_statement
 
+    if replaces is not None and replaces == node_id:
+        fail("--replaces: the same key as NODE_ID (a key does not replace itself)")
     with errors():
         key = _org_key(key_file)
         now = int(time.time())
@@ -125,9 +140,12 @@ def org_certify(
             not_before=now,
             not_after=now + days * DAY_S,
             name=name or None,
+            replaces=replaces,
         )
         statement = sign_statement(body, [key], REGISTRY)
     info = {"id": statement.id, "kind": "cert", "key": node_id, "not_after": now + days * DAY_S}
+    if replaces:
+        info["replaces"] = replaces
     _write_out(out, statement.to_wire(), as_json, info)
 
 
@@ -180,9 +198,16 @@ def _body(model: Any, argument: str, **fields: Any) -> Any:
     from hashmesh.protocol.errors import ProtocolError
     from hashmesh.protocol.signing import validate_node_id
 
-    options = {"key": argument, "collection": "--collection", "reason": "--reason"}
+    options = {
+        "key": argument,
+        "collection": "--collection",
+        "reason": "--reason",
+        "replaces": "--replaces",
+    }
     try:
         validate_node_id(fields["key"], argument)
+        if fields.get("replaces") is not None:
+            validate_node_id(fields["replaces"], "--replaces")
         body = model(**fields)
     except ProtocolError as exc:
         raise NodeError(str(exc)) from None
@@ -239,17 +264,54 @@ def key_revocation_add(ctx: Context, file: str, as_json: bool) -> None:
 
 
 @key.command("rotate")
+@click.option(
+    "--identity",
+    is_flag=True,
+    help="Rotate the peer identity (node.key) instead: peers follow by a signed statement.",
+)
+@click.option(
+    "--prepare",
+    is_flag=True,
+    help="Make the next signing key (signing.key.next) and print its id; no switch.",
+)
+@click.option(
+    "--certificate",
+    "certificate_file",
+    metavar="FILE",
+    help="Switch to the prepared key with FILE, its org certificate, installed at once.",
+)
 @json_option
 @pass_ctx
-def key_rotate(ctx: Context, as_json: bool) -> None:
+def key_rotate(
+    ctx: Context, identity: bool, prepare: bool, certificate_file: str | None, as_json: bool
+) -> None:
     """Sign with a new key from now on: every log of this node is handed over to it (a
     hand-over signed by the old and the new key, gossiped), so peers accept the next
     batches with no change of their config. Certify the new key with your org
-    (`org certify`, then `key certificate add`) where peers trust you through it."""
+    (`org certify`, then `key certificate add`) where peers trust you through it, or
+    first `--prepare`, certify the key it prints, and switch with `--certificate FILE`,
+    so that no batch is ever signed by an uncertified key.
+
+    `--identity` rotates the key peers authenticate this node by instead (node.key, the
+    old one kept as node.key.old-<id>): an identity statement signed by both keys goes to
+    every peer, signed by the old key first, and peers accept the new key as this node
+    with no change of their config."""
+    if sum((identity, prepare, certificate_file is not None)) > 1:
+        fail("--identity, --prepare and --certificate: give one of them")
+    wire = None
+    if certificate_file is not None:
+        with errors():
+            wire = read_small_file(certificate_file, MAX_STATEMENT_FILE)
 
     def human(d: dict[str, Any]) -> str:
+        if "prepared_key" in d:
+            return str(d["prepared_key"])
+        if "peer_identity" in d:
+            return f"peer identity {d['peer_identity']} (was {d['previous']})"
         lines = [f"signing key {d['signing_key']} (was {d['previous']})"]
+        if d.get("certificate"):
+            lines.append(f"  certificate {d['certificate']} installed")
         lines += [f"  {h['log']} handed over after seq {h['seq']}" for h in d["handovers"]]
         return "\n".join(lines)
 
-    ctx.show(lambda b: b.key_rotate(), as_json, human)
+    ctx.show(lambda b: b.key_rotate(identity, prepare, wire), as_json, human)

@@ -415,10 +415,33 @@ async def log_witnesses(request: web.Request) -> web.Response:
 
 
 async def key_rotate(request: web.Request) -> web.Response:
-    """A new signing key for this node, its logs handed over to it (hashmesh key rotate)."""
+    """A new signing key for this node, its logs handed over to it (hashmesh key rotate);
+    with "identity": true a new peer identity key instead; with "certificate" (an org
+    certificate of the prepared key, a statement object) the prepared key, certified."""
+    deps = request.app[API_KEY]
+    body = _fields(await read_json(request), (), ("identity", "certificate"))
+    identity = body.get("identity", False)
+    if not isinstance(identity, bool):
+        raise NodeError("identity: expected true or false")
+    wire = None
+    if "certificate" in body:
+        try:
+            wire = canonical(body["certificate"])
+        except ProtocolError as exc:
+            raise NodeError(f"certificate: {exc}") from None
+    return web.json_response(
+        await deps.store_thread.call(deps.service.key_rotate, identity, False, wire)
+    )
+
+
+async def key_prepare(request: web.Request) -> web.Response:
+    """Make the next signing key (signing.key.next) for the org to certify: `key rotate
+    --prepare`. Again: the same prepared key."""
     deps = request.app[API_KEY]
     _fields(await read_json(request), (), ())
-    return web.json_response(await deps.store_thread.call(deps.service.key_rotate))
+    return web.json_response(
+        await deps.store_thread.call(deps.service.key_rotate, False, True, None)
+    )
 
 
 async def trust_remove(request: web.Request) -> web.Response:
@@ -515,6 +538,7 @@ def build_app(deps: ApiDeps) -> web.Application:
     app.router.add_post("/v1/admin/trust", trust_add)
     app.router.add_post("/v1/admin/statements", statement_add)
     app.router.add_post("/v1/admin/key/rotate", key_rotate)
+    app.router.add_post("/v1/admin/key/prepare", key_prepare)
     app.router.add_get("/v1/admin/membership", membership_show)
     app.router.add_post("/v1/admin/membership", membership_add)
     app.router.add_post("/v1/admin/membership/follow", membership_follow)
