@@ -2,7 +2,7 @@
 generator: Python clients on the same two cores would measure themselves).
 
     .venv/bin/python bench/http_match.py [--signals 100k] [--workers 0,1,2] [--duration 10]
-        [--servers fast,aiohttp] [--ceilings]
+        [--servers fast,aiohttp] [--ceilings] [--ingest-rate 0]
 
 For each --workers value a node home holding --signals MD5 adds (published offline
 through NodeService, one copy per configuration) is started with that many matcher
@@ -33,6 +33,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -149,10 +150,23 @@ def wrk(url: str, script: Path, connections: int, duration: int) -> dict[str, An
     }
 
 
-async def ingest(node: Node, stop_event: asyncio.Event, rng: random.Random) -> int:
+async def ingest(
+    node: Node, stop_event: asyncio.Event, rng: random.Random, rate: float = 0.0
+) -> int:
+    """Batches of 1,000 adds, as fast as the node takes them, or at `rate` adds a second
+    (each batch on a fixed schedule) so that the ingest takes a known share of the cores."""
     added = 0
+    started = time.monotonic()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
         while not stop_event.is_set():
+            if rate:
+                due = started + (added + 1000) / rate
+                if (wait := due - time.monotonic()) > 0:
+                    try:
+                        await asyncio.wait_for(stop_event.wait(), wait)
+                        break
+                    except TimeoutError:
+                        pass
             signals = [{"type": "md5", "value": rng.randbytes(16).hex()} for _ in range(1000)]
             body = {"collection": "csam", "signals": signals}
             async with session.post(
@@ -209,6 +223,12 @@ def cpu_s(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def children_cpu_s() -> float:
+    """User + system CPU seconds of this process's finished children (wrk)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def per_match(cpu: float, run: dict[str, Any], duration: int) -> float:
     """Microseconds of the matcher processes' CPU per answered request: what the other
     users of a shared machine's cores change least."""
@@ -263,13 +283,25 @@ async def one_config(
         result["idle"]["load"] = loadavg()
         result["idle"]["cpu_us"] = per_match(cpu_s(pids) - cpu, result["idle"], args.duration)
         cpu = cpu_s(pids)
+        rest = [node.run.proc.pid] if workers else []
+        rest_cpu, own_cpu = cpu_s(rest), time.process_time()
+        wrk_cpu = children_cpu_s()
         stop_event = asyncio.Event()
-        feeder = asyncio.create_task(ingest(node, stop_event, random.Random(workers)))
+        feeder = asyncio.create_task(
+            ingest(node, stop_event, random.Random(workers), args.ingest_rate)
+        )
         t = time.monotonic()
         loaded = await asyncio.to_thread(wrk, url, script, args.connections, args.duration)
         stop_event.set()
         added = await feeder
-        loaded["ingest_per_s"] = added / (time.monotonic() - t)
+        elapsed = time.monotonic() - t
+        loaded["ingest_per_s"] = added / elapsed
+        # What the matchers could not have: the node's ingest, wrk and this process.
+        others = cpu_s(rest) - rest_cpu + children_cpu_s() - wrk_cpu
+        others += time.process_time() - own_cpu
+        loaded["others_cores"] = others / elapsed
+        if workers:
+            loaded["matcher_cores"] = (cpu_s(pids) - cpu) / elapsed
         loaded["load"] = loadavg()
         if workers:  # the node's own CPU would count the ingest too
             loaded["cpu_us"] = per_match(cpu_s(pids) - cpu, loaded, args.duration)
@@ -303,6 +335,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--servers", default="fast,aiohttp", help="for worker counts above 0")
     parser.add_argument("--ceilings", action="store_true", help="bare hello worlds first")
+    parser.add_argument(
+        "--ingest-rate", type=float, default=0.0, help="adds/s in the ingest phase (0: flat out)"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
@@ -330,16 +365,22 @@ def main() -> None:
             print(f"| {name} | {x['rps']:,.0f} | {x['p50']:.2f} | {x['p99']:.2f} |"
                   f" {x['cpu_us']:.0f} |")  # fmt: skip
         print()
+    rate = f"{args.ingest_rate:,.0f} adds/s" if args.ingest_rate else "flat out"
+    print(f"ingest phase: batches of 1,000 adds, {rate}\n")
     print("| workers | server | phase | matches/s | p50 ms | p99 ms | non-2xx | ingest adds/s |"
-          " matcher CPU us/match | load average |")  # fmt: skip
-    print("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+          " matcher CPU us/match | matcher cores | node ingest + wrk + client cores |"
+          " load average |")  # fmt: skip
+    print("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for (w, server), r in results.items():
         for phase in ("idle", "ingest"):
             x = r[phase]
             ing = f"{x['ingest_per_s']:,.0f}" if "ingest_per_s" in x else ""
             cpu = f"{x['cpu_us']:.0f}" if "cpu_us" in x else ""
+            cores = f"{x['matcher_cores']:.2f}" if "matcher_cores" in x else ""
+            others = f"{x['others_cores']:.2f}" if "others_cores" in x else ""
             print(f"| {w} | {server} | {phase} | {x['rps']:,.0f} | {x['p50']:.2f} | "
-                  f"{x['p99']:.2f} | {x['non2xx']} | {ing} | {cpu} | {x['load']} |")  # fmt: skip
+                  f"{x['p99']:.2f} | {x['non2xx']} | {ing} | {cpu} | {cores} | {others} |"
+                  f" {x['load']} |")  # fmt: skip
     for server in args.servers.split(","):
         one, two = results.get((1, server)), results.get((2, server))
         if one and two:

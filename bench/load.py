@@ -348,10 +348,11 @@ def match_url_of(node: Node, workers: int) -> str:
     return url
 
 
-def worker_settings(workers: int) -> dict[str, Any]:
-    """0 is the node's default (matching in its own process): left unset, so the same
-    script also measures a revision that has no such setting."""
-    return {"match_workers": workers} if workers else {}
+def worker_settings(workers: int, nice: int = 0) -> dict[str, Any]:
+    """0 is the node's default (matching in its own process), as is nice 0: left unset,
+    so the same script also measures a revision that has no such setting."""
+    settings: dict[str, Any] = {"match_workers": workers} if workers else {}
+    return settings | ({"match_worker_nice": nice} if workers and nice else {})
 
 
 def seed_copy(template: Path, root: Path, name: str) -> Node:
@@ -393,7 +394,7 @@ async def one_config(
 
     # 1. the sync alone
     seed = seed_copy(template, root, f"seed-w{workers}-a")
-    quiet = make_node(root, f"quiet-w{workers}", **worker_settings(workers))
+    quiet = make_node(root, f"quiet-w{workers}", **worker_settings(workers, args.worker_nice))
     nodes += [seed, quiet]
     connect(seed, quiet)
     for n in (seed, quiet):
@@ -408,7 +409,7 @@ async def one_config(
 
     # 2-4. under the flood
     seed = seed_copy(template, root, f"seed-w{workers}-b")
-    target = make_node(root, f"target-w{workers}", **worker_settings(workers))
+    target = make_node(root, f"target-w{workers}", **worker_settings(workers, args.worker_nice))
     nodes += [seed, target]
     local = [random_pdq(rng) for _ in range(args.local)]
     publish_offline(target.home, LOCAL, local)
@@ -573,7 +574,9 @@ def render(args: argparse.Namespace, result: dict[str, Any]) -> str:
         f"Command: `.venv/bin/python bench/load.py --signals {args.signals} --revoke "
         f"{args.revoke} --clients {args.clients} --concurrency {args.concurrency} --duration "
         f"{args.duration:g} --pdq-probe-rate {args.pdq_probe_rate:g} --match-workers "
-        f"{','.join(map(str, args.match_workers))}`. "
+        f"{','.join(map(str, args.match_workers))}"
+        + (f" --worker-nice {args.worker_nice}" if args.worker_nice else "")
+        + "`. "
         f"{args.clients} client processes (aiohttp, keep-alive, {args.concurrency} requests in "
         "flight each) post `POST /v1/match` with one PDQ query (half 8-bit near-duplicates of "
         f"{args.local:,} local PDQ signals, half random misses) to the target's match address "
@@ -684,6 +687,9 @@ def main() -> None:
         type=float,
         default=75.0,
         help="seconds to wait after the last phase before measuring PSS again (0: skip)",
+    )
+    parser.add_argument(
+        "--worker-nice", type=int, default=0, help="match_worker_nice for the target (0-19)"
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true")
