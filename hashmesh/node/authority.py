@@ -18,6 +18,7 @@ StatementBook, so the decision is a few dictionary lookups per batch. Store thre
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -25,7 +26,7 @@ from hashmesh.node.config import Config
 from hashmesh.node.statements import StatementBook
 from hashmesh.protocol.authority import KEY_KINDS, Authority, DropRange, Refusal
 from hashmesh.protocol.batches import Header, LogKey
-from hashmesh.protocol.certificates import HandoverBody, KeyRevokeBody
+from hashmesh.protocol.certificates import ALL_COLLECTIONS, HandoverBody, KeyRevokeBody
 from hashmesh.protocol.statements import Statement
 
 
@@ -126,6 +127,47 @@ class NodeAuthority:
         # trusted by name: the key rules only; through orgs only: a certificate as well
         orgs = None if config.accepts(author, collection) else config.trusted_orgs(collection)
         return self.authority.check_header(header, orgs or None)
+
+    def trusts_key(self, config: Config, key: str, collection: str) -> bool:
+        """Whether batches signed by `key` are accepted here in `collection` ("*": in any
+        collection this node accepts): its own log trusted (by name, by a trusted org's
+        certificate, or as a writer of a followed membership, now), or a log it signs by
+        hand-over of an author trusted so."""
+        if key == config.node_id:
+            return True
+        wanted = config.accepted_collections() if collection == ALL_COLLECTIONS else {collection}
+        now = int(time.time())
+
+        def writes(author: str, c: str) -> bool:
+            if self._followed(c):
+                assert self.writers is not None
+                return self.writers.may_write(author, c, now, self.vouchers)
+            return self._by_trust(config, author, c)
+
+        if any(writes(key, c) for c in wanted):
+            return True
+        return any(c in wanted and writes(a, c) for a, c in self.authority.logs_signed_by(key))
+
+    def admits_always(self, config: Config, statement: Statement) -> bool:
+        """Whether a statement must be stored even past the statement caps
+        (node/statements.py, REVOCATION_RESERVE): a key revocation that is in force (its
+        org holds a certificate the key co-signed), of a key this node trusts, and that
+        revokes more than the revocations held (a lower bound, or the first). So the
+        exception is used only by orgs with power over a key we rely on, each use narrows
+        what is accepted, and copies or weaker repeats fall under the caps like the rest."""
+        body = statement.body
+        if not isinstance(body, KeyRevokeBody):
+            return False
+        if body.org not in self.authority.accepted(body.key):
+            return False  # not in force: it would change nothing
+        if not self.trusts_key(config, body.key, body.collection):
+            return False
+        for key, collection, after, _ in self.authority.revocations():
+            if key != body.key or after > body.after:
+                continue
+            if collection == ALL_COLLECTIONS or collection == body.collection:
+                return False  # one held already revokes as much
+        return True
 
     def signer_of_next(self, log: LogKey, head: int) -> str | None:
         """The key that signs the log's next batch (after `head`), None if none may."""

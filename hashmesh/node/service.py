@@ -163,6 +163,8 @@ class NodeService:
             self.statements, lambda: self.config, self.authority.vouchers
         )
         self.authority.writers = self.memberships
+        # a revocation of a key we trust goes in even past the statement caps
+        self.statements.always = lambda s: self.authority.admits_always(self.config, s)
         self.memberships.apply(self.config)
         self.witness = NodeWitness(
             self.store,

@@ -38,6 +38,15 @@ URGENT_KINDS = frozenset({"key-revoke", "handover", "cert"})
 #: What a node holds from all peers together; past it a peer's new statements are refused
 #: (a peer could otherwise fill the database with statements of throw-away keys).
 MAX_STATEMENTS = 100_000
+#: What one peer may have delivered first of those: a quarter, so that one peer (hostile,
+#: or relaying throw-away keys) cannot crowd out the certificates and revocations the
+#: others bring. Counted by the row's source, which a later copy never changes.
+MAX_STATEMENTS_PER_PEER = 25_000
+#: Room beyond both caps, for the statements that must always go in (`always`: a
+#: revocation in force of a key this node trusts, that lowers its bound). The table's
+#: counted rows never exceed MAX_STATEMENTS + REVOCATION_RESERVE.
+REVOCATION_RESERVE = 10_000
+PEER_SOURCE = "peer:"
 
 StatementListener = Callable[[list[Statement], str], None]
 #: A gate sees a verified page before it is stored (the statements, their source) and
@@ -87,6 +96,10 @@ class StatementBook:
         #: Kinds a gate bounds on their own (cosigns: node/witness.py), neither counted
         #: towards MAX_STATEMENTS nor refused by it, so they never crowd out the rest.
         self.counted_apart: set[str] = set()
+        #: Statements admitted beyond the caps, into REVOCATION_RESERVE (the service sets
+        #: it: NodeAuthority.admits_always, a revocation of a key we trust).
+        self.always: Callable[[Statement], bool] = lambda statement: False
+        self._by_source: dict[str, int] | None = None  # count_by_source, kept up to date
 
     def _merge(self, held: bytes, new: bytes) -> bytes:
         return merge(
@@ -120,33 +133,84 @@ class StatementBook:
                 log.warning("refused statement %s from %s: %s", statement_id, source, why)
         if not statements:
             return done
-        table = self.store.statements
-        held = table.count() - sum(table.count(k) for k in self.counted_apart)
-        if source != "local" and held >= MAX_STATEMENTS:
-            fresh = [
-                s
-                for s in statements
-                if s.kind.name not in self.counted_apart and table.get(s.id) is None
-            ]
-            if fresh:
-                log.warning(
-                    "refused %d statements from %s: this node holds %d, the most it keeps",
-                    len(fresh),
-                    source,
-                    MAX_STATEMENTS,
-                )
-                statements = [s for s in statements if s not in fresh]
-                done.outcomes["refused_full"] = len(fresh)
+        if source != "local":
+            statements = self._within_caps(statements, source, done)
+        added = 0
         with self.store.bulk(source):
             for statement in statements:
                 outcome = self.store.put_statement(row_of(statement, source), self._merge)
                 done.outcomes[outcome] = done.outcomes.get(outcome, 0) + 1
                 if outcome in ("new", "merged", "superseded"):
                     done.changed.append(statement)
+                if outcome == "superseded":  # the row it replaced may be another's
+                    self._by_source = None
+                elif outcome == "new" and statement.kind.name not in self.counted_apart:
+                    added += 1
+        if added and self._by_source is not None:
+            self._by_source[source] = self._by_source.get(source, 0) + added
         if done.changed:
             for listener in self.listeners:
                 listener(done.changed, source)
         return done
+
+    def held_from(self, source: str) -> int:
+        """Statements held that `source` delivered first (cosigns apart)."""
+        if self._by_source is None:
+            self._by_source = self.store.statements.count_by_source(self.counted_apart)
+        return self._by_source.get(source, 0)
+
+    def _within_caps(
+        self, statements: list[Statement], source: str, done: Admitted
+    ) -> list[Statement]:
+        """The statements to store of those a peer or a bundle brings: new ones count
+        against MAX_STATEMENTS and, from a peer, against its MAX_STATEMENTS_PER_PEER; past
+        either, only `always` ones, into REVOCATION_RESERVE. Copies of held statements
+        (more signatures) and kinds counted apart always pass."""
+        table = self.store.statements
+        fresh: dict[str, Statement] = {}
+        for s in statements:
+            if s.kind.name in self.counted_apart or s.id in fresh:
+                continue
+            if table.get(s.id) is None:
+                fresh[s.id] = s
+        if not fresh:
+            return statements
+        held = table.count() - sum(table.count(k) for k in self.counted_apart)
+        node_room = MAX_STATEMENTS - held
+        reserve_room = MAX_STATEMENTS + REVOCATION_RESERVE - held
+        peer_room = (
+            MAX_STATEMENTS_PER_PEER - self.held_from(source)
+            if source.startswith(PEER_SOURCE)
+            else len(fresh)
+        )
+        refused: dict[str, str] = {}
+        for statement_id, s in fresh.items():
+            if node_room > 0 and peer_room > 0:
+                node_room -= 1
+                peer_room -= 1
+                reserve_room -= 1
+            elif reserve_room > 0 and self.always(s):
+                reserve_room -= 1
+                done.outcomes["beyond_cap"] = done.outcomes.get("beyond_cap", 0) + 1
+            else:
+                refused[statement_id] = "refused_peer_cap" if node_room > 0 else "refused_full"
+        if not refused:
+            return statements
+        for outcome in sorted(set(refused.values())):
+            n = sum(1 for v in refused.values() if v == outcome)
+            done.outcomes[outcome] = n
+            log.warning(
+                "refused %d statements from %s: %s",
+                n,
+                source,
+                (
+                    f"it delivered {self.held_from(source)}, the most one peer may"
+                    f" ({MAX_STATEMENTS_PER_PEER})"
+                    if outcome == "refused_peer_cap"
+                    else f"this node holds {MAX_STATEMENTS}, the most it keeps"
+                ),
+            )
+        return [s for s in statements if s.id not in refused]
 
     def held(self, statement_id: str) -> Statement | None:
         row = self.store.statements.get(statement_id)

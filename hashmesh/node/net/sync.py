@@ -109,6 +109,9 @@ from hashmesh.protocol.sync import (
 )
 
 log = logging.getLogger("hashmesh.sync")
+#: A push past the pusher's statement budget (node/statements.py MAX_STATEMENTS_PER_PEER):
+#: 20 of them cut the peer off, as 4 invalid messages do.
+PENALTY_STATEMENT_CAP = 5
 
 PAGE_BATCHES = 200
 PAGE_BYTES = 8 * 1024 * 1024
@@ -660,6 +663,9 @@ class Replicator:
             objects = decode_statements(body, "statement push")
             statements = await asyncio.to_thread(book.verify_objects, objects)
         done = await self.store_thread.call(book.admit, statements, f"peer:{peer.node_id}")
+        if done.outcomes.get("refused_peer_cap"):
+            # unasked for, past what one peer may make us hold: scored, once per push
+            self.peers.state(peer.node_id).penalise(PENALTY_STATEMENT_CAP, "statement_cap")
         return self.peers.respond(auth, encode_push_answer(len(done.changed)), "application/json")
 
     async def _statements_round(self, peer: Peer) -> None:
@@ -705,7 +711,12 @@ class Replicator:
                     stray = {s.id for s in statements} - set(asked)
                     if stray:
                         raise ProtocolError(f"statement {sorted(stray)[0]} was not asked for")
-                await self.store_thread.call(book.admit, statements, source)
+                done = await self.store_thread.call(book.admit, statements, source)
+                if done.outcomes.get("refused_peer_cap"):
+                    # what we asked for, so counted but not scored; no more of it this
+                    # round (the rest would be refused too), and its digest stays unheld
+                    self.peers.state(peer.node_id).refuse("statement_cap")
+                    return
             if not page.more or not page.entries:
                 break
             after = page.entries[-1][0]

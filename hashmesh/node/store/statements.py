@@ -245,6 +245,15 @@ class StatementTable:
         row = self.conn.execute("SELECT coalesce(max(cursor), 0) FROM statements").fetchone()
         return int(row[0])
 
+    def count_by_source(self, excluding: Iterable[str] = ()) -> dict[str, int]:
+        """source -> statements held that it delivered first (kinds in `excluding` left
+        out): what a per-peer budget counts. One pass over the table."""
+        where, args = in_list(sorted(set(excluding)))
+        sql = "SELECT source, count(*) FROM statements"
+        if args:
+            sql += f" WHERE kind NOT IN {where}"
+        return {str(r[0]): int(r[1]) for r in self.conn.execute(sql + " GROUP BY source", args)}
+
     def count(self, kind: str | None = None) -> int:
         if kind is None:
             row = self.conn.execute("SELECT count(*) FROM statements").fetchone()
