@@ -35,6 +35,7 @@ from hashmesh.protocol.sync import (
     encode_reconcile_request,
     encode_sync_request,
 )
+from hashmesh.protocol.witness import HeaderRequest
 
 IMAGE = IMAGES / "bridge-1-original.jpg"
 # The image's PDQ with 4 bits changed: /v1/match/file finds it, yet it is never the
@@ -186,6 +187,8 @@ PEER_MATRIX: list[tuple[str, tuple[int, ...]]] = [
     ("POST /v1/peer/statements/index", (401, 401, 401, 401, 403, 200, 200)),
     ("POST /v1/peer/statements/fetch", (401, 401, 401, 401, 403, 200, 200)),
     ("POST /v1/peer/statements/push", (401, 401, 401, 401, 403, 200, 200)),
+    # the node's own le-only header at seq 1: 404 (as if not held) without le-only
+    ("POST /v1/peer/header",   (401, 401, 401, 401, 403, 404, 200)),
 ]
 # fmt: on
 
@@ -597,6 +600,8 @@ def _peer_body(path: str) -> bytes:
 def _peer_call(world: dict[str, Any], credential: str, path: str) -> tuple[int, bytes]:
     node: NodeProc = world["node"]
     body = _peer_body(path)
+    if path == "/v1/peer/header":
+        body = HeaderRequest(node.node_id, "le-only", 1).to_bytes()
     key_name = {"unknown node": "unknown", "peer without le-only": "peer-csam"}.get(
         credential, "peer-le"
     )

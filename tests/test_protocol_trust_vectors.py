@@ -9,9 +9,19 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hashmesh.protocol.encoding import parse_canonical
 from hashmesh.protocol.membership import Anchor, Document, MembershipKind, resolve
 from hashmesh.protocol.statements import Registry, parse_statement
-from hashmesh.protocol.witness import CosignBody, CosignKind, split_views
+from hashmesh.protocol.witness import (
+    CosignBody,
+    CosignKind,
+    decode_header_answer,
+    equivocates,
+    equivocation_evidence,
+    parse_header_request,
+    prove_head,
+    split_views,
+)
 
 VECTORS = Path(__file__).with_name("vectors")
 STORED: dict[str, Any] = json.loads((VECTORS / "trust-v1.json").read_text(encoding="utf-8"))
@@ -56,3 +66,23 @@ def test_stored_cosigns_show_the_stored_split_view() -> None:
         bodies.append(statement.body)
     views = split_views(bodies, lambda *_: None, "")
     assert [v.to_json() for v in views] == c["split_views"]
+
+
+def test_stored_header_answer_proves_the_stored_cosign() -> None:
+    h = STORED["header_proof"]
+    cosign = parse_statement(h["cosign"]["wire"].encode(), REGISTRY).body
+    assert isinstance(cosign, CosignBody)
+    ask = parse_header_request(h["request"].encode())
+    assert (ask.author, ask.collection, ask.seq) == (cosign.author, cosign.collection, 1)
+    header = prove_head(decode_header_answer(h["answer"].encode()), cosign)
+    assert header.seq == cosign.seq and header.author == cosign.author
+
+
+def test_stored_equivocation_holds_two_heads_signed_by_one_witness() -> None:
+    e = STORED["equivocation"]
+    first, second = (parse_statement(e[k]["wire"].encode(), REGISTRY) for k in ("first", "second"))
+    assert isinstance(first.body, CosignBody) and isinstance(second.body, CosignBody)
+    assert equivocates(first.body, second.body)
+    record = equivocation_evidence(first.to_json(), second.to_json())
+    assert record.decode() == e["evidence"]
+    assert set(parse_canonical(record, "evidence")) == {"v", "kind", "a", "b"}

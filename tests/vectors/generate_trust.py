@@ -14,10 +14,23 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from hashlib import sha256
+
+from hashmesh.protocol.batches import build_batch
+from hashmesh.protocol.evidence import SignedHeader
 from hashmesh.protocol.membership import Anchor, Document, MembershipKind, draft, resolve
 from hashmesh.protocol.signing import SigningKey
 from hashmesh.protocol.statements import Registry, Statement, context, sign_statement
-from hashmesh.protocol.witness import CosignBody, CosignKind, cosign_body, split_views
+from hashmesh.protocol.witness import (
+    CosignBody,
+    CosignKind,
+    HeaderRequest,
+    cosign_body,
+    encode_header_answer,
+    equivocation_evidence,
+    prove_head,
+    split_views,
+)
 
 OUT = Path(__file__).with_name("trust-v1.json")
 REGISTRY = Registry([MembershipKind, CosignKind])
@@ -65,6 +78,21 @@ def build_vectors() -> dict[str, Any]:
     )
     bodies = [c.body for c in (c1, c2) if isinstance(c.body, CosignBody)]
     views = split_views(bodies, lambda *_: None, "")
+
+    # a witness backs its cosign with the author's signed header (POST /v1/peer/header)
+    ops = [{"op": "add", "type": "md5", "value": "0" * 31 + "1", "category": "csam"}]
+    batch = build_batch(SigningKey(WRITER_SEED), COLLECTION, 1, None, TS * 1000, ops)
+    backed_head = sha256(batch.header_bytes).hexdigest()
+    backed = sign_statement(
+        cosign_body(w[0].node_id, writer, COLLECTION, 1, backed_head, TS), [w[0]], REGISTRY
+    )
+    signed = SignedHeader(batch.header_bytes, batch.signature)
+    assert isinstance(backed.body, CosignBody)
+    prove_head(signed, backed.body)  # the answer proves the cosign
+    # the same witness signing a second head at seq 7: its two cosigns, the evidence
+    again = sign_statement(
+        cosign_body(w[0].node_id, writer, COLLECTION, 7, "c" * 64, TS + 30), [w[0]], REGISTRY
+    )
     return {
         "description": "hashmesh trust statements v1: membership and cosign (docs/protocol.md)",
         "steward_seeds_hex": [seed.hex() for seed in STEWARD_SEEDS],
@@ -96,6 +124,16 @@ def build_vectors() -> dict[str, Any]:
             "first_slot": list(c1.slot or ()),
             "second": _statement(c2),
             "split_views": [v.to_json() for v in views],
+        },
+        "header_proof": {
+            "cosign": _statement(backed),
+            "request": HeaderRequest(writer, COLLECTION, 1).to_bytes().decode(),
+            "answer": encode_header_answer(signed).decode(),
+        },
+        "equivocation": {
+            "first": _statement(c1),
+            "second": _statement(again),
+            "evidence": equivocation_evidence(c1.to_json(), again.to_json()).decode(),
         },
     }
 
