@@ -12,16 +12,18 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import Cli, HomeFactory, author_key
+from netnodes import NodeSet
 
 from hashmesh.node.config import Home
 from hashmesh.node.service import NodeService
-from hashmesh.protocol.bundles import BUNDLE_MAGIC, BundleDecoder
+from hashmesh.protocol.bundles import BUNDLE_MAGIC, MAX_MEMBERSHIP_BYTES, BundleDecoder
 from hashmesh.protocol.encoding import b64url, canonical, from_b64url
 from hashmesh.protocol.kinds import REGISTRY
-from hashmesh.protocol.membership import draft
+from hashmesh.protocol.membership import MembershipBody, draft
 from hashmesh.protocol.signing import SigningKey
-from hashmesh.protocol.statements import Statement, sign_statement
+from hashmesh.protocol.statements import Statement, parse_statement_json, sign_statement
 
 C = "csam"
 STEWARDS = [author_key(90 + i) for i in range(3)]
@@ -137,6 +139,7 @@ def test_a_followed_collection_travels_with_its_membership(
     assert (again["applied"], again["duplicate"]) == (0, 2)
 
 
+@pytest.mark.slow  # ~10-20 s on the loaded 2-core machine; the followed case is not slow
 def test_a_node_not_following_the_collection_carries_the_documents_unused(
     cli: Cli, home: HomeFactory, tmp_path: Path
 ) -> None:
@@ -221,3 +224,94 @@ def test_a_bundle_with_an_older_version_than_the_importer_holds_changes_nothing(
     assert held(b) == before
     (shown,) = cli.json("membership", "show", home=b)["memberships"]
     assert (shown["version"], shown["writers"]) == (2, [STRANGER.node_id])
+
+
+def _wide(version: int, prev: Statement | None, writer: str) -> Statement:
+    """A document near the largest: 128 writers and 128 readers (~14 KiB of body)."""
+    ids = [SigningKey(bytes([version, i]) + b"\x01" * 30).node_id for i in range(255)]
+    body = draft(
+        C,
+        version,
+        STEWARD_IDS,
+        2,
+        [writer, *ids[:127]],
+        ids[127:],
+        None if prev is None else prev.id,
+        1_700_000_000 + version,
+    )
+    return sign_statement(body, [STEWARDS[0], STEWARDS[1]], REGISTRY)
+
+
+@pytest.mark.slow  # 20 documents of ~14 KiB signed and checked three times: ~10-20 s
+def test_a_chain_over_the_manifest_budget_drops_its_oldest_versions(
+    cli: Cli, home: HomeFactory, tmp_path: Path
+) -> None:
+    """20 versions of ~14 KiB are more than MAX_MEMBERSHIP_BYTES: the newest that fit are
+    carried; a follower holding the older ones imports, one holding none is refused
+    naming the version it lacks, and nothing changes there."""
+    a = home("A")
+    chain: list[Statement] = []
+    for version in range(1, 21):
+        chain.append(_wide(version, chain[-1] if chain else None, node_id(a)))
+    setup(a, chain, ["5" * 32])
+    bundle = tmp_path / "wide.hmb"
+    cli("export", "-c", C, bundle, home=a)
+    manifest, _ = manifest_of(bundle.read_bytes())
+    carried = [parse_statement_json(m, REGISTRY) for m in manifest["membership"]]
+    versions = [s.body.version for s in carried if isinstance(s.body, MembershipBody)]
+    assert versions == list(range(versions[0], 21)) and versions[0] > 1
+    assert sum(len(s.to_wire()) for s in carried) <= MAX_MEMBERSHIP_BYTES
+    assert sum(len(s.to_wire()) for s in chain[versions[0] - 2 :]) > MAX_MEMBERSHIP_BYTES
+
+    b = home("B")
+    setup(b, [])
+    before = held(b)
+    result = cli("import", bundle, home=b, expect=2)
+    assert f"its previous version {chain[versions[0] - 2].id} is not held" in result.stderr
+    assert held(b) == before
+
+    c = home("C")
+    setup(c, chain[: versions[0] - 1])
+    imported = cli.json("import", bundle, home=c)
+    assert imported["applied"] == 1
+    (shown,) = cli.json("membership", "show", home=c)["memberships"]
+    assert shown["version"] == 20
+
+
+@pytest.mark.slow  # two node processes: ~15-25 s on the loaded 2-core machine
+def test_running_nodes_carry_the_membership_by_bundle(nodes: NodeSet, tmp_path: Path) -> None:
+    """The same through two running node processes that never connect (the CLI talks to
+    each node's API): the exporter's documents make the air-gapped node accept the batches;
+    a forged document is refused by the running node and changes nothing."""
+    a, b = nodes.make("a", "b")
+    v1 = document(1, [a.node_id], None, STEWARDS[0], STEWARDS[1])
+    doc = tmp_path / "v1.json"
+    doc.write_bytes(v1.to_wire())
+    follow = ["membership", "follow", C, "--threshold", "2"]
+    for steward in STEWARD_IDS:
+        follow += ["--steward", steward]
+    for n in (a, b):
+        n.cli(*follow)
+    a.cli("membership", "add", str(doc))
+    a.start()
+    b.start()
+    a.cli("add", "md5", "6" * 32, "-c", C)
+    bundle = tmp_path / "running.hmb"
+    a.cli("export", "-c", C, str(bundle))
+
+    data = bundle.read_bytes()
+    manifest, _ = manifest_of(data)
+    forged = dict(manifest)
+    forged["membership"] = [document(1, [b.node_id], None, STRANGER, author_key(98)).to_json()]
+    bad = tmp_path / "forged.hmb"
+    bad.write_bytes(with_manifest(data, forged))
+    refused = b.cli("import", str(bad), check=False)
+    assert refused.returncode == 2, refused.stderr
+    assert "manifest.membership[0]" in refused.stderr
+    assert b.status()["batches"] == 0
+    assert b.json("membership", "show")["memberships"][0]["version"] == 0
+
+    imported = json.loads(b.cli("import", str(bundle), "--json").stdout)
+    assert imported["applied"] == 1 and imported["membership"]["used"] is True
+    assert b.matches("md5", "6" * 32)
+    assert b.json("membership", "show")["memberships"][0]["id"] == v1.id
