@@ -114,3 +114,23 @@ def test_a_revocation_of_a_trusted_key_goes_in_past_both_caps_and_is_bounded(
     assert held == book.MAX_STATEMENTS + book.REVOCATION_RESERVE
     assert outcomes[-1] == {"refused_full": 1}
     assert all(o == {"beyond_cap": 1, "new": 1} for o in outcomes[:-1])
+
+
+def test_a_valid_membership_document_goes_in_past_the_caps(node: NodeService) -> None:
+    """A new version of a followed collection's membership is not kept out by a full
+    table; one that is not valid from the anchor is refused by the gate before any cap."""
+    from hashmesh.protocol.membership import draft
+
+    stewards = [author_key(70 + i) for i in range(3)]
+    ids = sorted(k.node_id for k in stewards)
+    node.membership_follow("followed", ids, 2)
+    statements = node.statements
+    statements.admit(junk(4), "peer:x")
+    statements.admit(junk(10, start=100), "peer:y")
+    assert statements.admit(junk(1, start=200), "peer:x").outcomes == {"refused_peer_cap": 1}
+    body = draft("followed", 1, ids, 2, [TRUSTED.node_id], [], None, 1_700_000_000)
+    v1 = sign_statement(body, stewards[:2], REGISTRY)
+    assert statements.admit([v1], "peer:x").outcomes == {"beyond_cap": 1, "new": 1}
+    forged = sign_statement(body.model_copy(update={"ts": 1}), [STRANGER], REGISTRY)
+    assert statements.admit([forged], "peer:x").outcomes == {"refused": 1}
+    assert node.membership_show()["memberships"][0]["version"] == 1

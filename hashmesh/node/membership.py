@@ -61,6 +61,10 @@ class NodeMemberships:
                 self._hold(Document.of(statement))
         book.listeners.append(self._learn)
         book.gates.append(self.gate)
+        # past the statement caps too: what the gate lets through is valid from an anchor
+        # the operator pinned (at most MAX_DOCUMENTS per followed collection), and a new
+        # version must not be kept out by a peer that filled the table
+        book.always.append(lambda statement: statement.kind.name == KIND)
 
     def _hold(self, doc: Document) -> None:
         held = self._docs.setdefault(doc.body.collection, {})

@@ -164,7 +164,7 @@ class NodeService:
         )
         self.authority.writers = self.memberships
         # a revocation of a key we trust goes in even past the statement caps
-        self.statements.always = lambda s: self.authority.admits_always(self.config, s)
+        self.statements.always.append(lambda s: self.authority.admits_always(self.config, s))
         self.memberships.apply(self.config)
         self.witness = NodeWitness(
             self.store,

@@ -96,9 +96,10 @@ class StatementBook:
         #: Kinds a gate bounds on their own (cosigns: node/witness.py), neither counted
         #: towards MAX_STATEMENTS nor refused by it, so they never crowd out the rest.
         self.counted_apart: set[str] = set()
-        #: Statements admitted beyond the caps, into REVOCATION_RESERVE (the service sets
-        #: it: NodeAuthority.admits_always, a revocation of a key we trust).
-        self.always: Callable[[Statement], bool] = lambda statement: False
+        #: Statements admitted beyond the caps, into REVOCATION_RESERVE, when any of these
+        #: says so: NodeAuthority.admits_always (a revocation of a key we trust) and
+        #: NodeMemberships (a document its gate found valid from a followed anchor).
+        self.always: list[Callable[[Statement], bool]] = []
         self._by_source: dict[str, int] | None = None  # count_by_source, kept up to date
 
     def _merge(self, held: bytes, new: bytes) -> bytes:
@@ -189,7 +190,7 @@ class StatementBook:
                 node_room -= 1
                 peer_room -= 1
                 reserve_room -= 1
-            elif reserve_room > 0 and self.always(s):
+            elif reserve_room > 0 and any(rule(s) for rule in self.always):
                 reserve_room -= 1
                 done.outcomes["beyond_cap"] = done.outcomes.get("beyond_cap", 0) + 1
             else:
