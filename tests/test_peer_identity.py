@@ -162,6 +162,7 @@ def test_an_org_replacement_of_a_stolen_key_is_accepted_as_that_peer(
     thief.close()
     # the new node takes b's place (its address, a fresh home): a accepts it as peer b
     assert b.stop() == 0
+    by_thief = peer_entry(a, "b")["refused"]["identity"]  # the thief's requests, refused
     b2._api = b.url  # the replacement listens where b did
     b2.cli("key", "certificate", "add", str(replacement))
     b2.peer(a, "csam")
@@ -170,7 +171,7 @@ def test_an_org_replacement_of_a_stolen_key_is_accepted_as_that_peer(
     wait_for(lambda: b2.matches("md5", MD5 % 1))  # pulled from a, as peer b
     a.cli("add", "md5", MD5 % 2, "-c", "csam")
     wait_for(lambda: b2.matches("md5", MD5 % 2))
-    assert peer_entry(a, "b")["refused"] == {"identity": 1}  # the thief's, none of b2's
+    assert peer_entry(a, "b")["refused"] == {"identity": by_thief}  # none of b2's
 
 
 @pytest.mark.slow
@@ -210,6 +211,12 @@ def test_prepared_key_switches_only_with_its_own_valid_certificate(
         n.start()
     a.cli("add", "md5", MD5 % 1, "-c", "csam")
     wait_for(lambda: b.matches("md5", MD5 % 1))
+    # over HTTP the same refusals, and nothing changed
+    wrong = a.cli("key", "rotate", "--certificate", str(cert_a), check=False)
+    assert wrong.returncode == 2 and "--certificate: body.key is" in wrong.stderr
+    old = a.cli("key", "rotate", "--certificate", str(expired), check=False)
+    assert old.returncode == 2 and "--certificate: body.not_after" in old.stderr
+    assert a.status()["signing_key"] == a.node_id
     good = tmp_path / "good.json"
     a.cli("org", "certify", prepared, "--key-file", str(key_file), "--out", str(good), home=False)
     done = json.loads(a.cli("key", "rotate", "--certificate", str(good), "--json").stdout)
@@ -220,3 +227,37 @@ def test_prepared_key_switches_only_with_its_own_valid_certificate(
     held = {c["key"]: c for c in b.status()["certificates"]}
     assert prepared in held[prepared]["signers"]  # co-signed by the key it certifies
     assert peer_entry(b, "a")["refused"] == {}
+
+
+@pytest.mark.parametrize("stop_at", ["files", "statement"])
+def test_an_identity_rotation_stopped_half_way_is_finished_at_the_next_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop_at: str
+) -> None:
+    """The chain in the store is the commit point: a node stopped after it (before the key
+    files were renamed, or before the statement was stored) finishes both when it opens."""
+    from hashmesh.node.config import Home
+    from hashmesh.node.service import NodeService, init_home
+
+    init_home(tmp_path / "n", "n", "127.0.0.1:0", None)
+    service = NodeService(Home(tmp_path / "n"))
+    first = service.key.node_id
+
+    class Stopped(Exception):
+        pass
+
+    def stop(*_: object) -> None:
+        raise Stopped
+
+    target = "_finish_identity_files" if stop_at == "files" else "_sign_identity_link"
+    monkeypatch.setattr(NodeService, target, stop)
+    with pytest.raises(Stopped):
+        service.key_rotate(identity=True)
+    service.close()
+    monkeypatch.undo()
+    again = NodeService(Home(tmp_path / "n"))
+    chain = json.loads(again.store.meta("identity_chain") or "[]")
+    assert chain[0] == first and again.key.node_id == chain[1] != first
+    assert again.identities.current.resolve(first).current == chain[1]
+    assert again.status()["peer_identity"] == chain[1] and again.node_id == first
+    assert not (tmp_path / "n" / "node.key.new").exists()
+    again.close()

@@ -14,40 +14,67 @@ from dataclasses import dataclass
 
 from hashmesh.node.statements import StatementBook
 from hashmesh.node.store.core import now_ms
-from hashmesh.protocol.identity import IDENTITY_KINDS, Identities, IdentityBody
+from hashmesh.protocol.certificates import KeyRevokeBody
+from hashmesh.protocol.identity import IDENTITY_KINDS, Identities, Link, facts
 from hashmesh.protocol.signing import SigningKey
-from hashmesh.protocol.statements import Statement, merge
+from hashmesh.protocol.statements import Statement
 
 
 class NodeIdentities:
+    """The identity facts as they arrive (store thread), and the snapshot made of them.
+
+    A change costs a snapshot only when it can change an answer: a revocation, a link, or
+    a co-signature on a certificate of a key that is revoked or that an org link starts
+    from; the snapshot is made of those alone, so a node holding 100,000 certificates does
+    not walk them for each page of statements a peer sends."""
+
     def __init__(self, book: StatementBook) -> None:
-        self._held: dict[str, Statement] = {}
-        #: when each identity statement was first held here (ms): a restart counts as
-        #: learning it again, which only gives a rotated peer's old key one more grace
+        self._accepted: dict[str, set[str]] = {}
+        self._revokes: dict[str, KeyRevokeBody] = {}
+        self._links: dict[str, Link] = {}
+        #: when each link was first held here (ms): a restart counts as learning it
+        #: again, which only gives a rotated peer's old key one more minute of grace
         self._learned: dict[str, int] = {}
+        self._book = book
         self.current = Identities()
         self._learn([s for s in book.all() if s.kind.name in IDENTITY_KINDS], "")
         book.listeners.append(self._learn)
 
+    def _relevant_keys(self) -> set[str]:
+        return {b.key for b in self._revokes.values()} | {
+            x.key for x in self._links.values() if x.org is not None
+        }
+
     def _learn(self, statements: list[Statement], source: str) -> None:
-        changed = False
+        accepted, revokes, links = facts(s for s in statements if s.kind.name in IDENTITY_KINDS)
+        if not (accepted or revokes or links):
+            return
         now = now_ms()
-        for statement in statements:
-            if statement.kind.name not in IDENTITY_KINDS:
-                continue
-            held = self._held.get(statement.id)
-            self._held[statement.id] = statement if held is None else merge(held, statement)
-            self._learned.setdefault(statement.id, now)
-            changed = True
+        changed = bool(revokes) or any(x.id not in self._links for x in links)
+        for statement_id, body in revokes:
+            self._revokes[statement_id] = body
+        for link in links:
+            self._links[link.id] = link
+            self._learned.setdefault(link.id, now)
+        relevant = self._relevant_keys()
+        for key, orgs in accepted.items():
+            held = self._accepted.setdefault(key, set())
+            if not orgs <= held:
+                held |= orgs
+                changed = changed or key in relevant
         if changed:
-            self.current = Identities(self._held.values(), self._learned)
+            self.current = Identities.of(
+                {k: frozenset(self._accepted.get(k, ())) for k in relevant},
+                self._revokes.items(),
+                self._links.values(),
+                self._learned,
+            )
 
     def link(self, key: str, next_key: str) -> Statement | None:
         """The identity statement handing `key` over to `next_key`, if held."""
-        for statement in self._held.values():
-            body = statement.body
-            if isinstance(body, IdentityBody) and (body.key, body.next) == (key, next_key):
-                return statement
+        for link in self._links.values():
+            if link.org is None and (link.key, link.next) == (key, next_key):
+                return self._book.held(link.id)
         return None
 
 

@@ -63,6 +63,7 @@ from hashmesh.protocol.certificates import (
 )
 from hashmesh.protocol.encoding import b64url
 from hashmesh.protocol.errors import BatchOverflow, BundleError, ProtocolError
+from hashmesh.protocol.identity import MAX_CHAIN
 from hashmesh.protocol.kinds import REGISTRY
 from hashmesh.protocol.membership import Document, carried
 from hashmesh.protocol.membership import describe as describe_membership
@@ -135,8 +136,15 @@ class NodeService:
         # node.key: the peer identity. The node's id (config node_id, the author of its
         # logs, the id its peers configured) stays; after `key rotate --identity` node.key
         # holds the successor the identity statements lead to (IDENTITY_CHAIN).
-        self.key = load_key(home.key_path)
         self.store = store or Store(home.db_path)
+        try:
+            staged = home.key_path.with_name(f"{home.key_path.name}.new")
+            if staged.exists():  # a `key rotate --identity` that stopped half-way
+                self._finish_identity_files(staged)
+            self.key = load_key(home.key_path)
+        except HomeError:
+            self.store.close()
+            raise
         chain = self._identity_chain()
         if self.key.node_id != (chain[-1] if chain else self.config.node_id):
             self.store.close()
@@ -155,6 +163,12 @@ class NodeService:
         self.authority = NodeAuthority(self.statements)
         self.authority.change_listeners.append(self._withdraw)
         self.identities = NodeIdentities(self.statements)
+        if (
+            len(chain) > 1
+            and self.identities.link(chain[-2], chain[-1]) is None
+            and self._old_key_path(chain[-2]).exists()
+        ):
+            self._sign_identity_link(chain[-2])  # stopped before the statement was stored
         self.own_identity = self._own_identity()
         self.signing_key = self._load_signing_key()
         # followed collections' membership (node/membership.py) and this node as a
@@ -873,7 +887,7 @@ class NodeService:
         chain = self._identity_chain()
         previous = []
         for node_id in reversed(chain[:-1]):
-            path = self.home.path / f"{self.home.key_path.name}.old-{node_id[8:20]}"
+            path = self._old_key_path(node_id)
             if path.exists():
                 old = load_key(path)
                 if old.node_id == node_id:
@@ -898,16 +912,13 @@ class NodeService:
         each (node/net/peers.py: pushed signed by the old key first), and it gossips. The
         old key stays (0600) as node.key.old-<id> to answer those still addressing it.
         Batches are not signed by node.key after this: if they were, its key becomes
-        signing.key, unchanged (rotate it with `key rotate`)."""
-        from hashmesh.protocol.identity import IdentityBody
+        signing.key, unchanged (rotate it with `key rotate`).
 
+        The chain in the store is the commit point: the new key is staged in node.key.new
+        first, and a node stopped after the chain names it finishes the files and the
+        statement at its next start (__init__)."""
         old = self.key
         new = self._new_key()
-        statement = sign_statement(
-            IdentityBody(ts=int(time.time()), key=old.node_id, next=new.node_id),
-            [old, new],
-            REGISTRY,
-        )
         key_path = self.home.key_path
         signing = self.home.path / SIGNING_KEY_FILE
         if self.signing_key.node_id == old.node_id and not signing.exists():
@@ -915,14 +926,54 @@ class NodeService:
         staged = key_path.with_name(f"{key_path.name}.new")
         staged.unlink(missing_ok=True)
         write_secret(staged, KEY_PREFIX + b64url(new.seed()) + "\n")
-        self.statements.admit([statement], "local")
         chain = self._identity_chain() or [old.node_id]
+        if len(chain) > MAX_CHAIN:
+            staged.unlink()
+            raise NodeError(
+                f"key rotate --identity: this node's identity has been rotated {MAX_CHAIN} "
+                "times, the most its peers follow; start a new node (or have your org "
+                "certify a replacement: org certify NEW --replaces OLD)"
+            )
         self.store.set_meta(IDENTITY_CHAIN, json.dumps([*chain, new.node_id]))
-        os.replace(key_path, key_path.with_name(f"{key_path.name}.old-{old.node_id[8:20]}"))
-        os.replace(staged, key_path)
+        self._finish_identity_files(staged)
         self.key = new
+        statement = self._sign_identity_link(old.node_id)
         self.own_identity = self._own_identity()
         return {"peer_identity": new.node_id, "previous": old.node_id, "statement": statement.id}
+
+    def _old_key_path(self, node_id: str) -> Path:
+        return self.home.key_path.with_name(f"{self.home.key_path.name}.old-{node_id[8:20]}")
+
+    def _finish_identity_files(self, staged: Path) -> None:
+        """node.key.new becomes node.key (the previous one kept as node.key.old-<id>) when
+        the chain names it; otherwise the rotation never committed and it goes."""
+        chain = self._identity_chain()
+        new = load_key(staged)
+        if not chain or chain[-1] != new.node_id:
+            staged.unlink()
+            return
+        key_path = self.home.key_path
+        if key_path.exists():
+            current = load_key(key_path)
+            if current.node_id == new.node_id:
+                staged.unlink()
+                return
+            os.replace(key_path, self._old_key_path(current.node_id))
+        os.replace(staged, key_path)
+
+    def _sign_identity_link(self, previous: str) -> Any:
+        """The identity statement from `previous` (kept as node.key.old-<id>) to node.key,
+        stored and so gossiped."""
+        from hashmesh.protocol.identity import IdentityBody
+
+        old = load_key(self._old_key_path(previous))
+        statement = sign_statement(
+            IdentityBody(ts=int(time.time()), key=old.node_id, next=self.key.node_id),
+            [old, self.key],
+            REGISTRY,
+        )
+        self.statements.admit([statement], "local")
+        return statement
 
     # -- match policy (matching/policy.py; rows in store/policies.py) ---------------------
 

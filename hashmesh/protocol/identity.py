@@ -28,7 +28,7 @@ peer for the requests that were in flight when it rotated.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -106,6 +106,29 @@ class Resolution:
     since_ms: int | None = None
 
 
+def facts(
+    statements: Iterable[Statement],
+) -> tuple[dict[str, set[str]], list[tuple[str, KeyRevokeBody]], list[Link]]:
+    """What identity needs of statements: per key the orgs whose certificate of it the key
+    co-signed, the revocations (id, body), and the links (identity statements and
+    replacement certificates). Copies of one statement need no merge: each adds to sets."""
+    accepted: dict[str, set[str]] = {}
+    revokes: list[tuple[str, KeyRevokeBody]] = []
+    links: list[Link] = []
+    for st in statements:
+        body = st.body
+        if isinstance(body, CertBody):
+            if body.key in st.signers:
+                accepted.setdefault(body.key, set()).add(body.org)
+            if body.replaces is not None:
+                links.append(Link(st.id, body.replaces, body.key, body.org))
+        elif isinstance(body, KeyRevokeBody):
+            revokes.append((st.id, body))
+        elif isinstance(body, IdentityBody):
+            links.append(Link(st.id, body.key, body.next, None))
+    return accepted, revokes, links
+
+
 class Identities:
     """An immutable snapshot of the identity facts held: built once per change on the
     store thread, then read from any thread (the event loop authenticates with it)."""
@@ -113,20 +136,29 @@ class Identities:
     def __init__(
         self, statements: Iterable[Statement] = (), learned: Mapping[str, int] | None = None
     ) -> None:
-        accepted: dict[str, set[str]] = {}
-        revokes: list[tuple[str, KeyRevokeBody]] = []
-        links: list[Link] = []
-        for st in statements:
-            body = st.body
-            if isinstance(body, CertBody):
-                if body.key in st.signers:
-                    accepted.setdefault(body.key, set()).add(body.org)
-                if body.replaces is not None:
-                    links.append(Link(st.id, body.replaces, body.key, body.org))
-            elif isinstance(body, KeyRevokeBody):
-                revokes.append((st.id, body))
-            elif isinstance(body, IdentityBody):
-                links.append(Link(st.id, body.key, body.next, None))
+        self._build(*facts(statements), learned or {})
+
+    @classmethod
+    def of(
+        cls,
+        accepted: Mapping[str, Collection[str]],
+        revokes: Iterable[tuple[str, KeyRevokeBody]],
+        links: Iterable[Link],
+        learned: Mapping[str, int],
+    ) -> Identities:
+        """From facts kept apart (a node keeps them as statements arrive): `accepted` needs
+        only the keys that are revoked or that an org link starts from."""
+        out = cls.__new__(cls)
+        out._build(accepted, revokes, links, learned)
+        return out
+
+    def _build(
+        self,
+        accepted: Mapping[str, Collection[str]],
+        revokes: Iterable[tuple[str, KeyRevokeBody]],
+        links: Iterable[Link],
+        learned: Mapping[str, int],
+    ) -> None:
         self._revoked: dict[str, str] = {}
         for _id, rb in sorted(revokes, key=lambda r: (r[1].after, r[0])):
             if rb.org in accepted.get(rb.key, ()) and rb.key not in self._revoked:
@@ -139,7 +171,7 @@ class Identities:
             if link.org is not None and link.org not in accepted.get(link.key, ()):
                 continue  # an org without power over the key it says it replaces
             self._links.setdefault(link.key, []).append(link)
-        self._learned = dict(learned or {})
+        self._learned = dict(learned)
         self._cache: dict[str, Resolution] = {}
 
     def revoked(self, key: str) -> str | None:
@@ -188,4 +220,13 @@ class Identities:
         )
 
 
-__all__ = ["IDENTITY_KINDS", "KINDS", "MAX_CHAIN", "Identities", "IdentityBody", "Resolution"]
+__all__ = [
+    "IDENTITY_KINDS",
+    "KINDS",
+    "MAX_CHAIN",
+    "Identities",
+    "IdentityBody",
+    "Link",
+    "Resolution",
+    "facts",
+]
