@@ -134,3 +134,72 @@ def test_split_views_depend_only_on_the_set(
     assert [v.seq for v in split_views(bodies, look, ME)] == sorted(
         s for s, heads in named.items() if len(heads) > 1
     )
+
+
+def test_header_requests_are_bounded_and_checked_field_by_field() -> None:
+    from hashmesh.protocol.encoding import canonical
+    from hashmesh.protocol.witness import (
+        MAX_HEADER_REQUEST_BYTES,
+        HeaderRequest,
+        decode_header_answer,
+        parse_header_request,
+    )
+
+    ok = HeaderRequest(AUTHOR, "csam", 3)
+    assert parse_header_request(ok.to_bytes()) == ok
+    good = {"v": 1, "author": AUTHOR, "collection": "csam", "seq": 3}
+    bad = [
+        ({**good, "v": 2}, "header request.v"),
+        ({**good, "v": True}, "header request.v"),
+        ({**good, "author": "nobody"}, "header request.author"),
+        ({**good, "author": 7}, "header request.author"),
+        ({**good, "collection": "Not A Name"}, "header request.collection"),
+        ({**good, "seq": 0}, "header request.seq"),
+        ({**good, "seq": "3"}, "header request.seq"),
+        ({**good, "extra": 1}, "header request: must be"),
+    ]
+    for value, field in bad:
+        with pytest.raises(ProtocolError, match=field.replace(".", r"\.")):
+            parse_header_request(canonical(value))
+    with pytest.raises(ProtocolError, match="exceeds"):
+        parse_header_request(b" " * (MAX_HEADER_REQUEST_BYTES + 1))
+    with pytest.raises(ProtocolError, match="header answer"):
+        decode_header_answer(canonical({"v": 1, "header": "", "sig": "AAAA"}))
+    with pytest.raises(ProtocolError, match="exceeds"):
+        decode_header_answer(b"x" * 9000)
+
+
+def test_prove_head_refuses_what_the_cosign_does_not_name() -> None:
+    from hashlib import sha256
+
+    from hashmesh.protocol.batches import build_batch
+    from hashmesh.protocol.evidence import SignedHeader
+    from hashmesh.protocol.witness import prove_head
+
+    author = SigningKey(b"\x61" * 32)
+    op = {"op": "add", "type": "md5", "value": "0" * 32, "category": "csam"}
+    batch = build_batch(author, "csam", 1, None, 1_700_000_000_000, [op])
+    signed = SignedHeader(batch.header_bytes, batch.signature)
+    head = sha256(batch.header_bytes).hexdigest()
+    assert prove_head(signed, cs(W1, 1, head)).seq == 1
+    with pytest.raises(ProtocolError, match="does not hash"):
+        prove_head(signed, cs(W1, 1, H1))
+    with pytest.raises(ProtocolError, match="seq"):
+        prove_head(signed, cs(W1, 2, head))
+    with pytest.raises(ProtocolError, match="another log"):
+        prove_head(signed, cs(W1, 1, head, collection="other"))
+    forged = SignedHeader(batch.header_bytes, bytes(64))
+    with pytest.raises(ProtocolError):
+        prove_head(forged, cs(W1, 1, head))
+
+
+def test_split_views_ignore_convicted_witnesses_and_equivocation_is_one_seq() -> None:
+    from hashmesh.protocol.witness import equivocates
+
+    bodies = [cs(W1, 4, H1), cs(W2, 4, H2)]
+    assert len(split_views(bodies, lambda *_: None, ME)) == 1
+    assert split_views(bodies, lambda *_: None, ME, ignore={W2.node_id}) == []
+    assert equivocates(cs(W1, 4, H1), cs(W1, 4, H2))
+    assert not equivocates(cs(W1, 4, H1), cs(W1, 5, H2))  # a newer head supersedes
+    assert not equivocates(cs(W1, 4, H1), cs(W2, 4, H2))  # two witnesses: a split view
+    assert not equivocates(cs(W1, 4, H1), cs(W1, 4, H1))

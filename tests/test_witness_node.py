@@ -198,3 +198,27 @@ def test_cosigns_are_bounded_apart_and_never_crowd_out_a_certificate(
         assert done.changed == [cert]
     finally:
         service.close()
+
+
+def test_a_log_not_accepted_is_not_proven_until_it_is(home: HomeFactory) -> None:
+    service = NodeService(Home(home("A")))
+    try:
+        service.peer_add("witness", "http://127.0.0.1:9", WITNESS.node_id, [C])
+        service.peer_add("other", "http://127.0.0.1:9", OTHER.node_id, [C])
+        one, two = _batch(1), _batch(2)
+        source = f"peer:{WITNESS.node_id}"
+        service.statements.admit([_cosign(WITNESS, one.hash.hex())], source)
+        service.statements.admit([_cosign(OTHER, two.hash.hex())], f"peer:{OTHER.node_id}")
+        assert service.witness.to_prove(TS) == []  # nothing to freeze: not accepted here
+        assert service.status()["witness"]["split_views"][0]["proof"] == "unfollowed"
+        service.trust_add(AUTHOR.node_id, C, "author")
+        (task,) = service.witness.to_prove(TS)
+        assert task.ours is None and set(task.claims) == {one.hash.hex(), two.hash.hex()}
+        answers = {
+            one.hash.hex(): {WITNESS.node_id: _signed(one)},
+            two.hash.hex(): {OTHER.node_id: _signed(two)},
+        }
+        assert service.witness.settle(task, answers, TS) is not None  # two fetched headers
+        assert service.store.is_forked(LogKey(AUTHOR.node_id, C))
+    finally:
+        service.close()

@@ -369,8 +369,10 @@ class NodeWitness:
         proof = self._proofs.get(key)
         if proof is None:
             proof = self._proofs[key] = Proof()
-            if self.store.is_forked(LogKey(view.author, view.collection)):
-                proof.state = "fork"
+        if proof.state in ("pending", "unfollowed") and self.store.is_forked(
+            LogKey(view.author, view.collection)
+        ):
+            proof.state = "fork"  # found in sync meanwhile, or evidence from a peer
         return proof
 
     def to_prove(self, now: float) -> list[ProofTask]:
@@ -384,21 +386,28 @@ class NodeWitness:
         live = {(v.author, v.collection, v.seq) for v in views}
         for key in [k for k in self._proofs if k not in live]:
             del self._proofs[key]  # a superseded cosign ended it
+        # "unfollowed" is asked again: trusting the author later makes the log provable
+        due = [
+            v
+            for v in views
+            if (p := self.proof(v)).state in ("pending", "unfollowed") and p.retry_at <= now
+        ]
+        if not due:
+            return []  # the common case: no index of every cosign held is built
+        wanted = {(v.author, v.collection, v.seq) for v in due}
         by_slot = {
-            (b.witness, b.author, b.collection, b.seq): (b, i) for b, i in self._bodies.values()
+            (b.witness, b.author, b.collection, b.seq): (b, i)
+            for b, i in self._bodies.values()
+            if (b.author, b.collection, b.seq) in wanted
         }
         out: list[ProofTask] = []
-        for view in views:
+        for view in due:
             proof = self.proof(view)
-            if proof.state != "pending" or proof.retry_at > now:
-                continue
             log_key = LogKey(view.author, view.collection)
             if not self.authority.accepts_log(config, view.author, view.collection):
                 proof.state = "unfollowed"
                 continue
-            if self.store.is_forked(log_key):
-                proof.state = "fork"
-                continue
+            proof.state = "pending"
             ours_signed = self.store.signed_header(log_key, view.seq)
             ours = None if ours_signed is None else self.head_hash(log_key, view.seq)
             claims: dict[str, tuple[CosignBody, tuple[str, ...], tuple[str, ...]]] = {}

@@ -36,6 +36,7 @@ from hashmesh.protocol.witness import (
     decode_header_answer,
     encode_header_answer,
     parse_header_request,
+    prove_head,
 )
 
 log = logging.getLogger("hashmesh.proof")
@@ -86,20 +87,27 @@ class SplitProver:
             evidence = await self.store_thread.call(witness.settle, task, answers, time.time())
             if evidence is not None:
                 proven += 1
-                source = f"witness:{task.author}"
-                self.replicator.queue.put_nowait(([], [evidence], source))
+                # as a fork found here: to every peer that may read the collection
+                self.replicator.queue.put_nowait(([], [evidence], "proof"))
         return proven
 
     async def _ask(self, task: ProofTask) -> dict[str, dict[str, Answer]]:
-        """Each head's peers, one after another until one produces a header (the judge
-        checks it; a header that does not verify counts as none, and the next is asked)."""
+        """Each head's peers, one after another until one produces the header its cosign
+        names (signature and hash checked here, the key's right to sign by the judge); a
+        header that does not prove the cosign counts as none, and the next is asked."""
         out: dict[str, dict[str, Answer]] = {}
         body = HeaderRequest(task.author, task.collection, task.seq).to_bytes()
-        for head, (_, _, asked) in task.claims.items():
+        for head, (claim, _, asked) in task.claims.items():
             got = out.setdefault(head, {})
             for node_id in asked:
-                got[node_id] = await self._fetch(node_id, body)
-                if not isinstance(got[node_id], str):
+                answer = await self._fetch(node_id, body)
+                if not isinstance(answer, str):
+                    try:
+                        prove_head(answer, claim)
+                    except ProtocolError as exc:
+                        answer = f"answered a header that does not prove its cosign: {exc}"
+                got[node_id] = answer
+                if not isinstance(answer, str):
                     break
         return out
 
