@@ -205,8 +205,7 @@ class StatementBook:
                 n,
                 source,
                 (
-                    f"it delivered {self.held_from(source)}, the most one peer may"
-                    f" ({MAX_STATEMENTS_PER_PEER})"
+                    f"it has delivered {MAX_STATEMENTS_PER_PEER}, the most one peer may"
                     if outcome == "refused_peer_cap"
                     else f"this node holds {MAX_STATEMENTS}, the most it keeps"
                 ),
