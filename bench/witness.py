@@ -7,6 +7,16 @@ from a chain of documents, and finding split views among witnesses x logs cosign
 in a hundred shown two ways). Node part (node/witness.py, a real store in a temporary
 home): the first cosigning tick over N logs held (sign + store every cosign) and an idle
 tick after it. Medians of --repeat runs; the machine is shared, so compare within a run.
+
+    .venv/bin/python bench/witness.py --gate 32x1000 [--gate-only]
+
+Admission of cosigns through the statement book (node/statements.py and, where the code
+has it, the cosign gate of node/witness.py): W witnesses, all configured peers, each
+cosigning every one of L logs held, pushed in pages of 200 (signing not timed); then a
+page of 200 from unknown witnesses. Prints the time per page, what was stored and
+refused, and the process's resident memory growth (with the witness's in-memory view of
+the cosigns, which a running node builds at its first tick). Run it against an old checkout
+(PYTHONPATH=that checkout) beside the new one to compare.
 """
 
 from __future__ import annotations
@@ -106,13 +116,110 @@ def node_rows(logs: int) -> list[tuple[str, float]]:
     ]
 
 
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def gate_rows(witnesses: int, logs: int) -> list[tuple[str, str, float]]:
+    from hashmesh.node.config import Home
+    from hashmesh.node.service import NodeService, init_home
+    from hashmesh.protocol.batches import build_batch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "node"
+        init_home(str(home), "bench", None, None)
+        service = NodeService(Home(home))
+        try:
+            heads = []
+            with service.store.bulk("bench"):
+                for n in range(logs):
+                    author = key(1000 + n)
+                    op = {"op": "add", "type": "md5", "value": "%032x" % n, "category": "csam"}
+                    batch = build_batch(author, "csam", 1, None, 1_700_000_000_000, [op])
+                    service.store.ingest(batch, source="bench")
+                    heads.append((author.node_id, batch.hash.hex()))
+            ws = [key(700_000 + i) for i in range(witnesses)]
+            for i, w in enumerate(ws):
+                service.peer_add(f"w{i}", "http://127.0.0.1:9", w.node_id, ["csam"])
+            pages = []
+            for w in ws:
+                page = []
+                for author, head in heads:
+                    body = cosign_body(w.node_id, author, "csam", 1, head, 1_700_000_000)
+                    page.append(sign_statement(body, [w], REGISTRY))
+                    if len(page) == 200:
+                        pages.append((w.node_id, page))
+                        page = []
+                if page:
+                    pages.append((w.node_id, page))
+            book = service.statements
+            before = rss_mib()
+            times, stored, refused = [], 0, 0
+            for node_id, page in pages:
+                start = time.perf_counter()
+                done = book.admit(page, f"peer:{node_id}")
+                times.append(time.perf_counter() - start)
+                stored += len(done.changed)
+                refused += len(page) - len(done.changed)
+            service.witness.cosigns()  # the view a running node's first tick builds
+            grown = rss_mib() - before
+            strangers = [
+                sign_statement(
+                    cosign_body(key(600_000 + i).node_id, heads[0][0], "csam", 1, "c" * 64, 1),
+                    [key(600_000 + i)],
+                    REGISTRY,
+                )
+                for i in range(200)
+            ]
+            start = time.perf_counter()
+            done = book.admit(strangers, f"peer:{ws[0].node_id}")
+            stranger_s = time.perf_counter() - start
+            held = service.store.statements.count("cosign")
+        finally:
+            service.close()
+    n = witnesses * logs
+    return [
+        (
+            f"admit {n:,} cosigns ({witnesses} x {logs:,}), median page of 200",
+            "ms",
+            statistics.median(times) * 1000,
+        ),
+        ("  slowest page", "ms", max(times) * 1000),
+        (f"  all pages (stored {stored:,}, refused {refused:,})", "s", sum(times)),
+        ("  resident memory growth: admits and the witness's view", "MiB", grown),
+        (
+            f"  then 200 from unknown witnesses ({len(done.changed)} stored)",
+            "ms",
+            stranger_s * 1000,
+        ),
+        ("  cosigns held at the end", "rows", float(held)),
+    ]
+
+
+def print_gate(rows: list[tuple[str, str, float]]) -> None:
+    width = max(len(r[0]) for r in rows)
+    print(f"{'cosign admission':<{width}}  {'value':>10}  unit")
+    for name, unit, value in rows:
+        print(f"{name:<{width}}  {value:10.2f}  {unit}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--logs", default="100,1000,10000")
     parser.add_argument("--witnesses", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--node-logs", default="100,1000")
+    parser.add_argument("--gate", default="", help="WxL: W witnesses cosigning L logs")
+    parser.add_argument("--gate-only", action="store_true")
     args = parser.parse_args()
+    if args.gate:
+        w, _, n = args.gate.partition("x")
+        print_gate(gate_rows(int(w), int(n)))
+        if args.gate_only:
+            return
     rows = [resolve_row(v, args.repeat) for v in (1, 8, 64)]
     rows += [split_row(int(n), args.witnesses, args.repeat) for n in args.logs.split(",")]
     for n in args.node_logs.split(","):

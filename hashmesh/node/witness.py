@@ -41,6 +41,8 @@ from hashmesh.protocol.signing import SigningKey
 from hashmesh.protocol.statements import Statement, sign_statement
 from hashmesh.protocol.witness import (
     KIND,
+    Claim,
+    Cosign,
     CosignBody,
     SplitView,
     WitnessLine,
@@ -100,7 +102,7 @@ class ProofTask:
     collection: str
     seq: int
     ours: SignedHeader | None
-    claims: dict[str, tuple[CosignBody, tuple[str, ...], tuple[str, ...]]]
+    claims: dict[str, tuple[Claim, tuple[str, ...], tuple[str, ...]]]
 
 
 Answer = SignedHeader | str  # a header, or why the peer could not give one
@@ -125,11 +127,12 @@ class NodeWitness:
         self.config = config
         self.authority = authority
         self._last: dict[LogKey, tuple[int, float]] = {}
-        self._cosigns: tuple[int, list[CosignBody]] = (-1, [])
+        self._cosigns: tuple[int, list[Cosign]] = (-1, [])
         self._splits: tuple[tuple[int, int], list[SplitView]] = ((-1, -1), [])
         self._reported: set[tuple[str, str, int]] = set()
         self._heads_seen = -1
-        self._bodies: dict[str, tuple[CosignBody, str]] = {}  # slot -> (body, statement id)
+        # (witness, author, collection) -> (its cosign there, statement id): one per slot
+        self._bodies: dict[tuple[str, str, str], tuple[Cosign, str]] = {}
         self._per_witness: Counter[str] = Counter()
         self._proofs: dict[tuple[str, str, int], Proof] = {}
         self._convicted = {row.witness for row in store.equivocations.rows()}
@@ -198,7 +201,7 @@ class NodeWitness:
             self._report_new_splits()
         return len(statements)
 
-    def cosigns(self) -> list[CosignBody]:
+    def cosigns(self) -> list[Cosign]:
         """Every cosign held (ours and our peers'): read incrementally, the rows stored or
         replaced since the last call (store cursor order), one per slot. Re-reading all
         of them on each change cost a parse per cosign, witnesses x logs of them."""
@@ -218,12 +221,13 @@ class NodeWitness:
                     _, body = self.book.registry.parse_body(from_b64url(wire["body"], "body"))
                     if not isinstance(body, CosignBody):
                         continue
-                    key = row.slot or row.id
+                    cosign = Cosign.of(body)
+                    key = (cosign.witness, cosign.author, cosign.collection)
                     held = self._bodies.get(key)
                     if held is None:
-                        self._per_witness[body.witness] += 1
-                    if held is None or body.seq >= held[0].seq:
-                        self._bodies[key] = (body, row.id)
+                        self._per_witness[cosign.witness] += 1
+                    if held is None or cosign.seq >= held[0].seq:
+                        self._bodies[key] = (cosign, row.id)
                 if len(rows) < STATEMENT_PAGE:
                     break
             self._cosigns = (version, [b for b, _ in self._bodies.values()])
@@ -261,7 +265,7 @@ class NodeWitness:
         self.cosigns()
         keep: list[Statement] = []
         refused: dict[str, str] = {}
-        page: dict[str, tuple[CosignBody, Statement | None]] = {}
+        page: dict[tuple[str, str, str], tuple[Claim, Statement | None]] = {}
         added: Counter[str] = Counter()
         unknown = None
         for statement in statements:
@@ -272,8 +276,8 @@ class NodeWitness:
             if body.witness in self._convicted:
                 refused[statement.id] = f"witness {body.witness} signed two heads at one seq"
                 continue
-            slot = statement.slot[0] if statement.slot else statement.id
-            held_body: CosignBody | None = None
+            slot = (body.witness, body.author, body.collection)
+            held_body: Claim | None = None
             held_wire: Any = None
             if slot in page:
                 held_body, held_statement = page[slot]
@@ -410,7 +414,7 @@ class NodeWitness:
             proof.state = "pending"
             ours_signed = self.store.signed_header(log_key, view.seq)
             ours = None if ours_signed is None else self.head_hash(log_key, view.seq)
-            claims: dict[str, tuple[CosignBody, tuple[str, ...], tuple[str, ...]]] = {}
+            claims: dict[str, tuple[Claim, tuple[str, ...], tuple[str, ...]]] = {}
             for head, seen_by in sorted(view.heads.items()):
                 if head == ours:
                     continue
