@@ -70,6 +70,7 @@ def test_a_revoked_node_key_is_refused_as_a_peer_both_ways(nodes: NodeSet, tmp_p
     entry = wait_for(lambda: (e := peer_entry(a, "b")).get("last_error") and e)
     assert "not called" in entry["last_error"] and "revoked" in entry["last_error"]
     assert entry["current_id"] is None and "node key stolen" in entry["identity_refused"]
+    assert "IDENTITY REFUSED: key " in a.cli("status").stdout
     wait_for(lambda: "revoked" in peer_entry(b, "a").get("last_error", ""))
     assert not b.matches("md5", MD5 % 2)
     thief.close()
@@ -117,6 +118,7 @@ def test_identity_rotation_running_and_stopped_needs_no_config_change(
     after = tomllib.loads((b.home / "config.toml").read_text())
     assert after["trust"] == config["trust"]
     assert [p["node_id"] for p in after["peers"]] == [a.node_id]
+    assert f"answers as {second['peer_identity']}" in b.cli("status").stdout
     # an identity key two rotations back answers for nobody (the one just before the
     # current one only for a minute, for requests in flight): a thief with it gets 403
     thief = HostilePeer("thief", b, b.node_id, seed=seed_of(old_file))

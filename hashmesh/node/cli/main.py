@@ -716,6 +716,10 @@ def _format_status(d: dict[str, Any]) -> str:
     lines.append(f"peers     {len(d['peers'])}")
     for p in d["peers"]:
         lines.append(f"  {p['name']:<16} {p['url']}  reads: {', '.join(p['share']) or '-'}")
+        if p.get("identity_refused"):  # its key revoked: neither called nor answered
+            lines.append(f"    IDENTITY REFUSED: {p['identity_refused']}")
+        elif p.get("current_id") not in (None, p["node_id"]):
+            lines.append(f"    answers as {p['current_id']} (its identity rotated or replaced)")
         lines += [f"    {line}" for line in _peer_health(p, d.get("running", False))]
     if d.get("bridges"):  # only a running node knows how its bridges are doing
         lines.append(f"bridges   {len(d['bridges'])}")
