@@ -263,3 +263,15 @@ def test_an_identity_rotation_stopped_half_way_is_finished_at_the_next_open(
     assert again.status()["peer_identity"] == chain[1] and again.node_id == first
     assert not (tmp_path / "n" / "node.key.new").exists()
     again.close()
+
+
+def test_org_certify_replaces_refuses_bad_ids_with_exit_2(nodes: NodeSet, tmp_path: Path) -> None:
+    (a,) = nodes.make("a")
+    _, key_file = org_key(a, tmp_path, "o")
+    out = tmp_path / "r.json"
+    base = ("org", "certify", a.node_id, "--key-file", str(key_file), "--out", str(out))
+    same = a.cli(*base, "--replaces", a.node_id, home=False, check=False)
+    assert same.returncode == 2 and "--replaces: the same key as NODE_ID" in same.stderr
+    bad = a.cli(*base, "--replaces", "ed25519:nope", home=False, check=False)
+    assert bad.returncode == 2 and "--replaces" in bad.stderr
+    assert not out.exists()
