@@ -135,6 +135,8 @@ MATRIX: list[tuple[str, tuple[int | str, ...]]] = [
      (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
     ("POST /v1/admin/statements",
      (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
+    ("POST /v1/admin/key/prepare",
+     (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
     ("GET /v1/admin/peers",
      (401, 401, 401, 401, 403, 403, 403, 200, 403, 403, 403, 403, 403, 403)),
     ("GET /v1/admin/peers/{name}",
@@ -435,6 +437,7 @@ def request_for(world: dict[str, Any], endpoint: str) -> tuple[str, str, bytes |
             "collection": "csam",
         },
         "/v1/admin/statements": lambda: {"statement": _fresh_cert(), "kind": "cert"},
+        "/v1/admin/key/prepare": lambda: {},
         "/v1/admin/backup": lambda: {"file": str(world["tmp"] / f"backup-{fresh}.db")},
         "/v1/admin/quarantine/lift": lambda: {"target": MD5_CSAM},
     }
