@@ -10,6 +10,7 @@ node does not call it either, before any operator edits a config.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 import tomllib
 from pathlib import Path
@@ -125,6 +126,12 @@ def test_identity_rotation_running_and_stopped_needs_no_config_change(
     refused = thief.send("/v1/peer/sync", encode_sync_request({}, ["csam"], []))
     assert refused.status == 403 and "handed peer a's identity over to" in refused.error
     thief.close()
+    # a remembers that b accepted its current key: a later start introduces nothing again
+    # (an old key's push past the minute's grace would be a refusal on b's status)
+    assert a.stop() == 0
+    with sqlite3.connect(a.home / "hashmesh.db") as db:
+        (row,) = db.execute("SELECT value FROM meta WHERE key = 'identity_introduced'")
+    assert json.loads(row[0]) == {"key": second["peer_identity"], "peers": [b.node_id]}
 
 
 @pytest.mark.slow

@@ -90,6 +90,8 @@ class OwnIdentity:
     introduction: tuple[Statement, ...] = ()
     #: every id this node has had, oldest first (a request addressed to any is ours)
     chain: tuple[str, ...] = ()
+    #: the peers (configured ids) that accepted `key` before this start: no introduction
+    introduced: frozenset[str] = frozenset()
 
     @property
     def ids(self) -> frozenset[str]:

@@ -87,6 +87,7 @@ BUNDLE_CHUNK = 1 << 20
 SIGNING_KEY_FILE = "signing.key"  # after a key rotation (node.key stays the identity)
 PREVIOUS_KEYS = "previous_signing_keys"  # store meta: JSON list of node ids
 IDENTITY_CHAIN = "identity_chain"  # store meta: JSON list, config node_id .. node.key's id
+IDENTITY_INTRODUCED = "identity_introduced"  # store meta: {"key", "peers"} that accepted it
 PREPARED_KEY_FILE = "signing.key.next"  # made by `key rotate --prepare`
 BUNDLE_STATEMENT_BYTES = 512 * 1024  # of a manifest's 1 MiB
 MAX_BUNDLE_STATEMENTS = 4096
@@ -893,9 +894,26 @@ class NodeService:
                 if old.node_id == node_id:
                     previous.append(old)
         links = [self.identities.link(a, b) for a, b in pairwise(chain)]
+        known = json.loads(self.store.meta(IDENTITY_INTRODUCED) or "{}")
+        introduced = known.get("peers", []) if known.get("key") == self.key.node_id else []
         return OwnIdentity(
-            self.key, tuple(previous), tuple(s for s in links if s is not None), tuple(chain)
+            self.key,
+            tuple(previous),
+            tuple(s for s in links if s is not None),
+            tuple(chain),
+            frozenset(str(p) for p in introduced),
         )
+
+    def identity_introduced(self, peer: str, key: str) -> None:
+        """Peer `peer` (its configured id) accepted our introduction of identity key `key`:
+        the next start signs for it with `key` at once. Bounded by the configured peers."""
+        if key != self.key.node_id:
+            return
+        known = json.loads(self.store.meta(IDENTITY_INTRODUCED) or "{}")
+        peers = set(known.get("peers", [])) if known.get("key") == key else set()
+        configured = {p.node_id for p in self.config.peers}
+        peers = (peers | {peer}) & configured
+        self.store.set_meta(IDENTITY_INTRODUCED, json.dumps({"key": key, "peers": sorted(peers)}))
 
     def _peer_identity(self, node_id: str) -> dict[str, Any]:
         """A configured peer's identity now: the id that answers for it, or why none does."""

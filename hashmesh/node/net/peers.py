@@ -426,9 +426,13 @@ class PeerClient:
         ca_file: str = "",
         timeout_s: float = 30.0,
         identities: Known = Identities,
+        remember: Callable[[str, str], Awaitable[None]] | None = None,
     ) -> None:
         self.own = _fixed(key) if isinstance(key, SigningKey) else key
         self.identities = identities
+        #: told (peer's configured id, our key id) when a peer accepted our introduction,
+        #: so that the next start does not introduce the same key to it again
+        self.remember = remember
         # per peer (configured id): the identity of ours it has accepted, or until when
         # an introduction that failed is not tried again
         self._introduced: dict[str, tuple[OwnIdentity, float]] = {}
@@ -472,10 +476,15 @@ class PeerClient:
             held = self._introduced.get(peer.node_id)
             if held is not None and (held[0] is own or time.monotonic() < held[1]):
                 return own.key
+            if peer.node_id in own.introduced:
+                self._introduced[peer.node_id] = (own, 0.0)
+                return own.key
             body = encode_statements([s.to_json() for s in own.introduction])
             last: NodeError | None = None
-            for key in (*own.previous, own.key):  # the old ids first, as the brief of the
-                try:  # rotation says: the peer hears of the new key from the one it knows
+            # the old ids first, newest first: the peer hears of the new key from the one
+            # it knows (the new one last: it may have learned it by gossip)
+            for key in (*own.previous, own.key):
+                try:
                     data = await self._post(
                         peer, target, key, "/v1/peer/statements/push", body, "application/json"
                     )
@@ -489,6 +498,8 @@ class PeerClient:
                     last = NodeError(f"peer {peer.name}: introduction answer: {exc}")
                     continue
                 self._introduced[peer.node_id] = (own, 0.0)
+                if self.remember is not None:
+                    await self.remember(peer.node_id, own.key.node_id)
                 return own.key
             self._introduced[peer.node_id] = (
                 OwnIdentity(own.key),

@@ -248,10 +248,15 @@ class Replicator:
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         service = self.service
+
+        async def remember(peer: str, key: str) -> None:
+            await self.store_thread.call(service.identity_introduced, peer, key)
+
         self.client = PeerClient(
             lambda: service.own_identity,
             service.config.tls_ca,
             identities=lambda: service.identities.current,
+            remember=remember,
         )
 
         def on_batches(batches: list[Batch], forks: list[ForkEvidence], source: str) -> None:
