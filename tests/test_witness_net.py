@@ -48,7 +48,6 @@ def test_a_split_view_is_detected_through_cosigns(nodes: NodeSet) -> None:
     def setup(node: Any, other: Any) -> None:
         node.cli("peer", "add", "liar", "http://127.0.0.1:9", author)
         node.cli("trust", "add", author, C, "--name", "liar")
-        node.peer(other, C)
         node.trust(other, C)
 
     together(lambda: setup(b, c), lambda: setup(c, b))
@@ -61,6 +60,9 @@ def test_a_split_view_is_detected_through_cosigns(nodes: NodeSet) -> None:
     for peer, batch in ((to_b, shown_b), (to_c, shown_c)):
         reply = peer.send("/v1/peer/batches", batch.to_bytes())
         assert reply.status == 200, reply.body
+    # peers only once each holds its history: linked before, b's eager push of its batch
+    # could reach c ahead of the liar's, and c would find the fork in sync instead
+    together(lambda: b.peer(c, C), lambda: c.peer(b, C))
     head_b, head_c = shown_b.hash.hex(), shown_c.hash.hex()
 
     def split(node: Any) -> list[dict[str, Any]]:
@@ -82,6 +84,9 @@ def test_a_split_view_is_detected_through_cosigns(nodes: NodeSet) -> None:
     assert status["witness"]["split_views_total"] >= 1
     assert {h["head"] for h in status["witness"]["split_views"][0]["heads"]} == {head_b, head_c}
     assert sha256(shown_b.header_bytes).hexdigest() == head_b
+    # and the split view is proven: c's header fetched from c (or c's proof gossiped)
+    (fork,) = wait_for(lambda: _forks_of(b, author), timeout=30)
+    assert fork["source"] in (f"witness:{c.node_id}", f"peer:{c.node_id}")
     # an honest log: its witnesses agree with the author's own copy, and no split view
     b.cli("add", "md5", "0" * 31 + "1", "-c", C, "--category", "csam")
     honest = wait_for(lambda: (r := _witnesses(b, b.node_id))["witnesses"] and r, timeout=30)
