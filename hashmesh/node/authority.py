@@ -54,7 +54,7 @@ ChangeListener = Callable[[set[tuple[str, str]]], None]
 class NodeAuthority:
     def __init__(self, book: StatementBook) -> None:
         self.book = book
-        self.authority = Authority(s for s in book.all() if s.kind.name in KEY_KINDS)
+        self.authority = Authority(book.all(kinds=KEY_KINDS))
         self.change_listeners: list[ChangeListener] = []
         self.writers: WriterPolicy | None = None
         book.listeners.append(self._learn)

@@ -37,7 +37,7 @@ class NodeIdentities:
         self._learned: dict[str, int] = {}
         self._book = book
         self.current = Identities()
-        self._learn([s for s in book.all() if s.kind.name in IDENTITY_KINDS], "")
+        self._learn(book.all(kinds=IDENTITY_KINDS), "")
         book.listeners.append(self._learn)
 
     def _relevant_keys(self) -> set[str]:

@@ -56,9 +56,8 @@ class NodeMemberships:
         self._vouchers = vouchers
         self._docs: dict[str, dict[str, Document]] = {}
         self._resolved: dict[str, tuple[Anchor, int, InForce]] = {}
-        for statement in book.all():
-            if statement.kind.name == KIND:
-                self._hold(Document.of(statement))
+        for statement in book.all(kinds=[KIND]):
+            self._hold(Document.of(statement))
         book.listeners.append(self._learn)
         book.gates.append(self.gate)
         # past the statement caps too: what the gate lets through is valid from an anchor

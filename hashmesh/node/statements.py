@@ -15,7 +15,7 @@ relayed when its envelope verifies, as batches are kept when their signature doe
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,11 +216,16 @@ class StatementBook:
         row = self.store.statements.get(statement_id)
         return None if row is None else parse_statement(row.wire, self.registry)
 
-    def all(self, readable: Collection[str] | None = None) -> list[Statement]:
-        """Every held statement (visible to `readable`), verified again: the rows are ours,
-        but a statement is only ever used as a Statement."""
+    def all(
+        self, readable: Collection[str] | None = None, kinds: Iterable[str] | None = None
+    ) -> list[Statement]:
+        """Every held statement (visible to `readable`, of `kinds`), verified again: the
+        rows are ours, but a statement is only ever used as a Statement. Each consumer
+        asks for its kinds only, so a start parses no statement for a consumer that has
+        no use for it."""
         return [
-            parse_statement(r.wire, self.registry) for r in self.store.statements.visible(readable)
+            parse_statement(r.wire, self.registry)
+            for r in self.store.statements.visible(readable, kinds)
         ]
 
     def wire_objects(self, ids: list[str], readable: Collection[str] | None) -> list[Any]:
