@@ -58,7 +58,7 @@ class SplitProver:
         config = self.service.config
         peers = self.replicator.peers
         peer, auth, body = await peers.authenticate(request, config, MAX_HEADER_REQUEST_BYTES)
-        with self.replicator._from_peer(peer, "bad_header_request"):
+        with self.replicator.from_peer(peer, "bad_header_request"):
             ask = parse_header_request(body)
         held = None
         if config.peer_may_read(peer.node_id, ask.collection):

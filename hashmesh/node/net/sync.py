@@ -310,7 +310,7 @@ class Replicator:
         return error
 
     @contextmanager
-    def _from_peer(self, peer: Peer, reason: str, what: str = "") -> Iterator[None]:
+    def from_peer(self, peer: Peer, reason: str, what: str = "") -> Iterator[None]:
         """Parse a peer's bytes: a ProtocolError inside is that peer's fault, scored and
         counted under `reason`; one raised outside such a block is this node's own bug."""
         try:
@@ -321,7 +321,7 @@ class Replicator:
     async def handle_sync(self, request: web.Request) -> web.Response:
         config = self.service.config
         peer, auth, body = await self.peers.authenticate(request, config)
-        with self._from_peer(peer, "bad_sync_request"):
+        with self.from_peer(peer, "bad_sync_request"):
             sync_request = parse_sync_request(body)
         page, sent, told = await self.store_thread.call_bulk(self._build_page, peer, sync_request)
         state = self.peers.state(peer.node_id)
@@ -374,7 +374,7 @@ class Replicator:
         peer, auth, body = await self.peers.authenticate(
             request, config, MAX_RECONCILE_REQUEST_BYTES
         )
-        with self._from_peer(peer, "bad_reconcile_request"):
+        with self.from_peer(peer, "bad_reconcile_request"):
             ask = parse_reconcile_request(body)
         view, accept, forks = await self.store_thread.call(self._view, peer, ask)
         sent = self._sent.get(peer.node_id)
@@ -403,7 +403,7 @@ class Replicator:
     async def handle_fetch(self, request: web.Request) -> web.Response:
         config = self.service.config
         peer, auth, body = await self.peers.authenticate(request, config, MAX_FETCH_REQUEST_BYTES)
-        with self._from_peer(peer, "bad_fetch_request"):
+        with self.from_peer(peer, "bad_fetch_request"):
             want = parse_fetch_request(body)
         page, sent = await self.store_thread.call_bulk(self._fetch_page, peer, want)
         self.peers.state(peer.node_id).batches_sent += sent
@@ -437,7 +437,7 @@ class Replicator:
     async def handle_batches(self, request: web.Request) -> web.Response:
         config = self.service.config
         peer, auth, body = await self.peers.authenticate(request, config)
-        with self._from_peer(peer, "bad_frame"):
+        with self.from_peer(peer, "bad_frame"):
             frames = iter_frames(body)
         (result, error), tally = await self._ingest_sliced(peer, frames, PeerTally())
         self._apply(peer, tally)
@@ -581,7 +581,7 @@ class Replicator:
 
     async def handle_evidence(self, request: web.Request) -> web.Response:
         peer, auth, body = await self.peers.authenticate(request, self.service.config)
-        with self._from_peer(peer, "bad_evidence"):
+        with self.from_peer(peer, "bad_evidence"):
             evidence = [verify_evidence(blob) for blob in decode_evidence_message(body)]
         loop = asyncio.get_running_loop()
         new, tally = await self.store_thread.call(self._store_evidence, evidence, peer, loop)
@@ -636,7 +636,7 @@ class Replicator:
         its id, of a collection outside its share list."""
         config = self.service.config
         peer, auth, body = await self.peers.authenticate(request, config, MAX_REQUEST_BYTES)
-        with self._from_peer(peer, "bad_statement_request"):
+        with self.from_peer(peer, "bad_statement_request"):
             ask = parse_index_request(body)
         page = await self.store_thread.call(self._statement_index, peer, ask)
         return self.peers.respond(auth, encode_index_page(page), "application/json")
@@ -652,7 +652,7 @@ class Replicator:
     async def handle_statement_fetch(self, request: web.Request) -> web.Response:
         config = self.service.config
         peer, auth, body = await self.peers.authenticate(request, config, MAX_REQUEST_BYTES)
-        with self._from_peer(peer, "bad_statement_request"):
+        with self.from_peer(peer, "bad_statement_request"):
             ids = parse_fetch(body)
         book = self.service.statements
         objects = await self.store_thread.call(book.wire_objects, ids, set(peer.share))
@@ -664,7 +664,7 @@ class Replicator:
         config = self.service.config
         peer, auth, body = await self.peers.authenticate(request, config, MAX_STATEMENTS_BYTES)
         book = self.service.statements
-        with self._from_peer(peer, "bad_statement", "pushed statements"):
+        with self.from_peer(peer, "bad_statement", "pushed statements"):
             objects = decode_statements(body, "statement push")
             statements = await asyncio.to_thread(book.verify_objects, objects)
         done = await self.store_thread.call(book.admit, statements, f"peer:{peer.node_id}")
@@ -697,7 +697,7 @@ class Replicator:
                 peer, "/v1/peer/statements/index", body, "application/json"
             )
             what = f"peer {peer.name}: statement index"
-            with self._from_peer(peer, "bad_statement_index", what):
+            with self.from_peer(peer, "bad_statement_index", what):
                 page = decode_index_page(data)
             if page.same:
                 return
@@ -710,7 +710,7 @@ class Replicator:
                 data = await self.client.post(
                     peer, "/v1/peer/statements/fetch", encode_fetch(asked), "application/json"
                 )
-                with self._from_peer(peer, "bad_statement", f"peer {peer.name}: statements"):
+                with self.from_peer(peer, "bad_statement", f"peer {peer.name}: statements"):
                     objects = decode_statements(data)
                     statements = await asyncio.to_thread(book.verify_objects, objects)
                     stray = {s.id for s in statements} - set(asked)
@@ -757,7 +757,7 @@ class Replicator:
             data = await self.client.post(
                 peer, "/v1/peer/statements/push", body, "application/json"
             )
-            with self._from_peer(peer, "bad_statement_reply", f"peer {peer.name}: push reply"):
+            with self.from_peer(peer, "bad_statement_reply", f"peer {peer.name}: push reply"):
                 decode_push_answer(data)
         except RouteMissing:
             self._no_statements_until[peer.node_id] = time.monotonic() + V1_RETRY_S
@@ -836,7 +836,7 @@ class Replicator:
         for _ in range(MAX_PAGES_PER_ROUND):
             body = await self.store_thread.call(self._pull_request, peer)
             data = await self.client.post(peer, "/v1/peer/sync", body, "application/json")
-            with self._from_peer(peer, "bad_page", f"peer {peer.name}: sync page"):
+            with self.from_peer(peer, "bad_page", f"peer {peer.name}: sync page"):
                 page = decode_page(data)
             (result, error), tally = await self._ingest_page(peer, page)
             self._apply(peer, tally)
@@ -863,7 +863,7 @@ class Replicator:
         for known in ([held[0]] if held else []) + [""]:
             body = encode_reconcile_request(sorted(wanted), sorted(set(peer.share)), known)
             data = await self.client.post(peer, "/v1/peer/reconcile", body, "application/json")
-            with self._from_peer(peer, "bad_reconcile", f"peer {peer.name}: reconcile answer"):
+            with self.from_peer(peer, "bad_reconcile", f"peer {peer.name}: reconcile answer"):
                 answer = decode_reconcile(data)
             try:
                 theirs = await asyncio.to_thread(view_after, held if known else None, answer)
@@ -950,7 +950,7 @@ class Replicator:
                 return
             body = encode_fetch_request(want)
             data = await self.client.post(peer, "/v1/peer/fetch", body, "application/json")
-            with self._from_peer(peer, "bad_page", f"peer {peer.name}: fetched page"):
+            with self.from_peer(peer, "bad_page", f"peer {peer.name}: fetched page"):
                 page = decode_page(data)
             (result, error), tally = await self._ingest_sliced(peer, page.frames, PeerTally())
             self._apply(peer, tally)
@@ -1035,7 +1035,7 @@ class Replicator:
             peer, "/v1/peer/batches", b"".join(frames), "application/octet-stream"
         )
         what = f"peer {peer.name}: malformed reply to pushed batches"
-        with self._from_peer(peer, "bad_push_reply", what):
+        with self.from_peer(peer, "bad_push_reply", what):
             result = decode_push_reply(data)
         state = self.peers.state(peer.node_id)
         state.batches_sent += len(frames)
