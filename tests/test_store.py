@@ -477,11 +477,9 @@ def test_a_batch_of_any_size_takes_a_few_statements(tmp_path: Path, size: int) -
         counts = [_statements_to_ingest(store, b) for b in (adds, opinions, revokes)]
         assert all(count <= 40 for count in counts), counts
         assert rows(store, "feed") == 3 * size
-        assert store.conn.execute(
-            "SELECT count(*) FROM signals WHERE revoked_by IS NOT NULL"
-        ).fetchone()[0] == size
-        assert store.conn.execute(
-            "SELECT count(*) FROM opinions WHERE verdict = 'dispute'"
-        ).fetchone()[0] == size
+        revoked = "SELECT count(*) FROM signals WHERE revoked_by IS NOT NULL"
+        disputed = "SELECT count(*) FROM opinions WHERE verdict = 'dispute'"
+        assert store.conn.execute(revoked).fetchone()[0] == size
+        assert store.conn.execute(disputed).fetchone()[0] == size
     finally:
         store.close()
