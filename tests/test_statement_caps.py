@@ -134,3 +134,23 @@ def test_a_valid_membership_document_goes_in_past_the_caps(node: NodeService) ->
     forged = sign_statement(body.model_copy(update={"ts": 1}), [STRANGER], REGISTRY)
     assert statements.admit([forged], "peer:x").outcomes == {"refused": 1}
     assert node.membership_show()["memberships"][0]["version"] == 1
+
+
+def test_a_page_with_a_kind_this_version_does_not_know_keeps_the_rest(node: NodeService) -> None:
+    """A newer peer's statement kinds must not make its whole page, and the peer, look
+    invalid: the unknown one is skipped and counted, the rest verified as ever; a known
+    kind that breaks its rules still refuses the page."""
+    from hashmesh.protocol.encoding import b64url, canonical
+    from hashmesh.protocol.errors import StatementError
+
+    future = {
+        "body": b64url(canonical({"kind": "from-a-newer-version", "v": 1})),
+        "sigs": [[ORG.node_id, b64url(b"\0" * 64)]],
+    }
+    known = [s.to_json() for s in junk(2, start=300)]
+    got = node.statements.verify_objects([known[0], future, known[1]])
+    assert [s.id for s in got] == [s.id for s in junk(2, start=300)]
+    assert node.statements.skipped_unknown == 1
+    broken = dict(known[0], sigs=[[ORG.node_id, b64url(b"\0" * 64)]])
+    with pytest.raises(StatementError, match=r"statements\[1\]"):
+        node.statements.verify_objects([known[1], broken])

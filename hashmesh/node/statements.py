@@ -22,7 +22,7 @@ from typing import Any
 from hashmesh.node.store.core import Store
 from hashmesh.node.store.statements import StatementRow
 from hashmesh.protocol.encoding import parse_canonical
-from hashmesh.protocol.errors import ProtocolError
+from hashmesh.protocol.errors import ProtocolError, UnknownKind
 from hashmesh.protocol.statements import (
     Registry,
     Statement,
@@ -101,6 +101,7 @@ class StatementBook:
         #: NodeMemberships (a document its gate found valid from a followed anchor).
         self.always: list[Callable[[Statement], bool]] = []
         self._by_source: dict[str, int] | None = None  # count_by_source, kept up to date
+        self.skipped_unknown = 0  # statements of kinds this version does not know
 
     def _merge(self, held: bytes, new: bytes) -> bytes:
         return merge(
@@ -109,11 +110,16 @@ class StatementBook:
 
     def verify_objects(self, objects: list[Any]) -> list[Statement]:
         """Pure: every object verified, or the first fault raised (ProtocolError naming its
-        position and field). Runs on any thread."""
+        position and field); one of a kind this version does not know is skipped, since a
+        newer peer's kinds must not make its pages, and the peer, look invalid (the older
+        release before this rule refused such pages: upgrade every node before using a
+        new kind). Runs on any thread."""
         out = []
         for n, value in enumerate(objects):
             try:
                 out.append(parse_statement_json(value, self.registry))
+            except UnknownKind:
+                self.skipped_unknown += 1
             except ProtocolError as exc:
                 raise type(exc)(f"statements[{n}]: {exc}") from None
         return out

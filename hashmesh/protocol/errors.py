@@ -53,6 +53,11 @@ class StatementError(ProtocolError):
     """A statement (certificate, hand-over, revocation, ...) that breaks its kind's rules."""
 
 
+class UnknownKind(StatementError):
+    """A statement of a kind this version does not know: maybe a newer version's, so a
+    gossip page skips it instead of refusing the rest (protocol.md, statements)."""
+
+
 class ProtocolUsageError(Exception):
     """The protocol API was called in a way it never allows: a bug in the caller's code.
 

@@ -53,6 +53,7 @@ from hashmesh.protocol.errors import (
     ProtocolUsageError,
     SignatureError,
     StatementError,
+    UnknownKind,
 )
 from hashmesh.protocol.signing import SIGNATURE_SIZE, SigningKey, validate_node_id, verify
 
@@ -152,7 +153,7 @@ class Registry:
         try:
             return self._kinds[name]
         except KeyError:
-            raise StatementError(
+            raise UnknownKind(
                 f"statement body.kind: unknown kind {name!r} (known: {', '.join(self.names())})"
             ) from None
 
