@@ -14,14 +14,16 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from generate_keys import refused_as, statement_vector
 
 from hashmesh.protocol.certificates import CertBody, KeyRevokeBody
 from hashmesh.protocol.encoding import b64url, canonical
-from hashmesh.protocol.errors import ProtocolError
 from hashmesh.protocol.identity import Identities, IdentityBody, Resolution
-from hashmesh.protocol.kinds import REGISTRY, parse
+from hashmesh.protocol.kinds import REGISTRY
 from hashmesh.protocol.signing import SigningKey
-from hashmesh.protocol.statements import Statement, add_signatures, context, sign_statement
+from hashmesh.protocol.statements import add_signatures, context, sign_statement
 
 OUT = Path(__file__).with_name("identity-v1.json")
 TS = 1_700_000_000
@@ -29,25 +31,6 @@ ORG_SEED = bytes([0xD0]) * 32
 OLD_SEED = bytes([0xD1]) * 32
 NEW_SEED = bytes([0xD2]) * 32
 THIEF_SEED = bytes([0xD3]) * 32
-
-
-def _statement(s: Statement) -> dict[str, Any]:
-    return {
-        "body": s.body_bytes.decode(),
-        "id": s.id,
-        "context": context(s.kind.name).decode(),  # signed: context || 0x00 || body
-        "sigs": [[signer, b64url(sig)] for signer, sig in s.sigs],
-        "scope": s.scope,
-        "wire": s.to_wire().decode(),
-    }
-
-
-def _refused(wire: bytes) -> str:
-    try:
-        parse(wire)
-    except ProtocolError as exc:
-        return f"{type(exc).__name__}: {exc}"
-    raise AssertionError("expected a refusal")
 
 
 def _resolved(r: Resolution) -> dict[str, Any]:
@@ -140,15 +123,15 @@ def build_vectors() -> dict[str, Any]:
             "new": new.node_id,
             "thief": thief.node_id,
         },
-        "identity": _statement(succession),
-        "identity_by_thief": _statement(by_thief),
-        "cert_old": _statement(cert_old),
-        "replacement_cert": _statement(replacement),
-        "revoke_old": _statement(revoke_old),
+        "identity": statement_vector(succession),
+        "identity_by_thief": statement_vector(by_thief),
+        "cert_old": statement_vector(cert_old),
+        "replacement_cert": statement_vector(replacement),
+        "revoke_old": statement_vector(revoke_old),
         "resolutions": {name: _resolved(r) for name, r in cases.items()},
         "refusals": {
-            "identity_signed_by_old_key_only": _refused(old_only),
-            "identity_to_the_same_key": _refused(same_wire),
+            "identity_signed_by_old_key_only": refused_as(old_only),
+            "identity_to_the_same_key": refused_as(same_wire),
         },
     }
 

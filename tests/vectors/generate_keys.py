@@ -34,7 +34,8 @@ NEXT_SEED = bytes([0xC1]) * 32
 STRANGER_SEED = bytes([0xC2]) * 32
 
 
-def _statement(s: Statement) -> dict[str, Any]:
+def statement_vector(s: Statement) -> dict[str, Any]:
+    """A statement as the vector files show it (generate_identity.py uses it too)."""
     return {
         "body": s.body_bytes.decode(),
         "id": s.id,
@@ -54,7 +55,7 @@ def _batch(b: Batch) -> dict[str, Any]:
     }
 
 
-def _refused(wire: bytes) -> str:
+def refused_as(wire: bytes) -> str:
     try:
         parse(wire)
     except ProtocolError as exc:
@@ -173,11 +174,11 @@ def build_vectors() -> dict[str, Any]:
     without_cosign = Authority([cert_unaccepted, revoke_author])
     hb = json.loads(handover.body_bytes)
     refusals = {
-        "handover_signed_by_next_only": _refused(_forged(hb, nxt, "handover")),
-        "cert_signed_by_a_stranger": _refused(
+        "handover_signed_by_next_only": refused_as(_forged(hb, nxt, "handover")),
+        "cert_signed_by_a_stranger": refused_as(
             _forged(json.loads(cert_author.body_bytes), stranger, "cert")
         ),
-        "cert_signature_under_the_revoke_context": _refused(
+        "cert_signature_under_the_revoke_context": refused_as(
             canonical(
                 {
                     "body": b64url(cert_author.body_bytes),
@@ -190,11 +191,11 @@ def build_vectors() -> dict[str, Any]:
                 }
             )
         ),
-        "unknown_kind": _refused(_forged({**hb, "kind": "nope"}, nxt, "nope")),
-        "extra_field": _refused(_forged({**hb, "extra": 1}, nxt, "handover")),
+        "unknown_kind": refused_as(_forged({**hb, "kind": "nope"}, nxt, "nope")),
+        "extra_field": refused_as(_forged({**hb, "extra": 1}, nxt, "handover")),
         "revocation_without_cosigned_cert": {
             "statements": [cert_unaccepted.id, revoke_author.id],
-            "key_revoke": _statement(revoke_author),
+            "key_revoke": statement_vector(revoke_author),
             "revocations_in_force": without_cosign.revocations(),
             "seq 1 by the author": without_cosign.check(a, c, 1, author.node_id, TS + 10),
         },
@@ -214,18 +215,18 @@ def build_vectors() -> dict[str, Any]:
             "next": nxt.node_id,
             "stranger": stranger.node_id,
         },
-        "cert_author": _statement(cert_author),
-        "cert_author_org_only": _statement(cert_unaccepted),
-        "cert_next": _statement(cert_next),
+        "cert_author": statement_vector(cert_author),
+        "cert_author_org_only": statement_vector(cert_unaccepted),
+        "cert_next": statement_vector(cert_next),
         "batch_1_by_author": _batch(first),
-        "handover": _statement(handover),
+        "handover": statement_vector(handover),
         "batch_2_by_next": _batch(second),
-        "lost_key_handover": _statement(lost),
+        "lost_key_handover": statement_vector(lost),
         "lost_key_decision_seq_2_by_next": by_org.check(a, c, 2, nxt.node_id, TS + 20),
         "lost_key_without_cosigned_cert": Authority([cert_unaccepted, cert_next, lost]).check(
             a, c, 2, nxt.node_id, TS + 20
         ),
-        "key_revoke": _statement(revoke),
+        "key_revoke": statement_vector(revoke),
         "segments": [[s.first, s.last, s.signer, s.code] for s in auth.segments(a, c)],
         "decisions": decisions,
         "drop_ranges_head_5": [
