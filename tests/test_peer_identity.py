@@ -282,3 +282,30 @@ def test_org_certify_replaces_refuses_bad_ids_with_exit_2(nodes: NodeSet, tmp_pa
     bad = a.cli(*base, "--replaces", "ed25519:nope", home=False, check=False)
     assert bad.returncode == 2 and "--replaces" in bad.stderr
     assert not out.exists()
+
+
+def test_after_an_identity_rotation_the_node_cosigns_as_its_new_identity(
+    tmp_path: Path,
+) -> None:
+    """A witness is a node's peer identity: after `key rotate --identity` its cosigns are
+    signed by the new key at once, as after the next start, not by the old one until then."""
+    from hashmesh.node.config import Home
+    from hashmesh.node.service import NodeService, init_home
+    from hashmesh.protocol import build_batch
+    from hashmesh.protocol.signing import SigningKey
+
+    init_home(tmp_path / "n", "n", "127.0.0.1:0", None)
+    service = NodeService(Home(tmp_path / "n"))
+    try:
+        author = SigningKey(b"\x09" * 32)
+        service.trust_add(author.node_id, "csam", "author")
+        batch = build_batch(author, "csam", 1, None, 1, [{"op": "add", "type": "md5",
+                            "value": MD5 % 7, "category": "csam"}])  # fmt: skip
+        assert service.store.ingest(batch, source="peer:x").outcome == "applied"
+        first = service.key.node_id
+        new = service.key_rotate(identity=True)["peer_identity"]
+        assert new != first
+        (cosign,) = service.witness.due(10_000.0)
+        assert cosign.signers == {new}
+    finally:
+        service.close()

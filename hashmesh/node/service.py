@@ -954,7 +954,7 @@ class NodeService:
             )
         self.store.set_meta(IDENTITY_CHAIN, json.dumps([*chain, new.node_id]))
         self._finish_identity_files(staged)
-        self.key = new
+        self.key = self.witness.key = new  # the witness cosigns as the node's identity
         statement = self._sign_identity_link(old.node_id)
         self.own_identity = self._own_identity()
         return {"peer_identity": new.node_id, "previous": old.node_id, "statement": statement.id}
