@@ -74,8 +74,12 @@ def test_stored_header_answer_proves_the_stored_cosign() -> None:
     assert isinstance(cosign, CosignBody)
     ask = parse_header_request(h["request"].encode())
     assert (ask.author, ask.collection, ask.seq) == (cosign.author, cosign.collection, 1)
-    header = prove_head(decode_header_answer(h["answer"].encode()), cosign)
+    answer = decode_header_answer(h["answer"].encode())
+    assert answer is not None
+    header = prove_head(answer, cosign)
     assert header.seq == cosign.seq and header.author == cosign.author
+    assert h["answer_not_held"] == '{"held":false,"v":1}'
+    assert decode_header_answer(h["answer_not_held"].encode()) is None
 
 
 def test_stored_equivocation_holds_two_heads_signed_by_one_witness() -> None:

@@ -167,6 +167,10 @@ def test_header_requests_are_bounded_and_checked_field_by_field() -> None:
         decode_header_answer(canonical({"v": 1, "header": "", "sig": "AAAA"}))
     with pytest.raises(ProtocolError, match="exceeds"):
         decode_header_answer(b"x" * 9000)
+    assert decode_header_answer(canonical({"v": 1, "held": False})) is None
+    for value in ({"v": 1, "held": True}, {"v": 2, "held": False}, {"v": 1, "held": 0}):
+        with pytest.raises(ProtocolError, match="not held"):
+            decode_header_answer(canonical(value))
 
 
 def test_prove_head_refuses_what_the_cosign_does_not_name() -> None:

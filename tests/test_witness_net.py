@@ -122,7 +122,13 @@ def test_a_split_view_seen_only_through_cosigns_is_proven_and_freezes_the_log(
         node.cli("trust", "add", author, C, "--name", "liar")
 
     liar_witness = HostilePeer("wit", d, d.node_id)
-    server = ScriptedServer(liar_witness, lambda path: (404, b'{"error": "no such route"}'))
+
+    def script(path: str) -> tuple[int, bytes]:
+        if path == "/v1/peer/header":  # this version's route: it holds no such header
+            return 200, b'{"held":false,"v":1}'
+        return 404, b'{"error": "no such route"}'
+
+    server = ScriptedServer(liar_witness, script)
     try:
 
         def third() -> None:

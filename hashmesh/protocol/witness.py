@@ -322,17 +322,27 @@ def parse_header_request(data: bytes) -> HeaderRequest:
     return HeaderRequest(author, collection, seq)
 
 
-def encode_header_answer(signed: SignedHeader) -> bytes:
+def encode_header_answer(signed: SignedHeader | None) -> bytes:
+    """The header held, or `{"v":1,"held":false}`: an answer of its own rather than a
+    404, which an older node gives for a route it does not have and which must not read
+    as a witness that cannot back its cosign."""
+    if signed is None:
+        return canonical({"v": 1, "held": False})
     return canonical({"v": 1, **signed.to_wire()})
 
 
-def decode_header_answer(data: bytes) -> SignedHeader:
-    """A witness's answer: the signed header it holds, unverified (see `prove_head`)."""
+def decode_header_answer(data: bytes) -> SignedHeader | None:
+    """A witness's answer: the signed header it holds, unverified (see `prove_head`), or
+    None when it holds none (or may not say: the same answer)."""
     if len(data) > MAX_HEADER_ANSWER_BYTES:
         raise LimitError(f"header answer: {len(data)} bytes exceeds {MAX_HEADER_ANSWER_BYTES}")
     value = parse_canonical(data, "header answer")
+    if isinstance(value, dict) and set(value) == {"v", "held"}:
+        if type(value["v"]) is not int or value["v"] != 1 or value["held"] is not False:
+            raise EncodingError('header answer: a header not held is {"v":1,"held":false}')
+        return None
     if not isinstance(value, dict) or set(value) != {"v", "header", "sig"}:
-        raise EncodingError("header answer: must be {v, header, sig}")
+        raise EncodingError("header answer: must be {v, header, sig} or {v, held: false}")
     if type(value["v"]) is not int or value["v"] != 1:
         raise EncodingError("header answer.v: must be the integer 1")
     if not isinstance(value["header"], str) or not isinstance(value["sig"], str):

@@ -129,6 +129,7 @@ def build_vectors() -> dict[str, Any]:
             "cosign": _statement(backed),
             "request": HeaderRequest(writer, COLLECTION, 1).to_bytes().decode(),
             "answer": encode_header_answer(signed).decode(),
+            "answer_not_held": encode_header_answer(None).decode(),
         },
         "equivocation": {
             "first": _statement(c1),

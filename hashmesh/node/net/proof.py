@@ -5,9 +5,10 @@ is fork evidence (node/witness.py judges; this module asks and answers).
 Server side (signed by a configured peer, as every /v1/peer/ route):
 
     POST /v1/peer/header  {v, author, collection, seq} -> {v, header, sig}: the signed
-                          header held there (protocol/witness.py). 404 when none is held,
-                          and the same 404 for a collection the caller may not read: the
-                          answer must not tell that we hold the log, nor how far.
+                          header held there (protocol/witness.py); {v, held: false} when
+                          none is held, and the same for a collection the caller may not
+                          read: the answer must not tell that we hold the log, nor how
+                          far. Not a 404, which is what an older version answers.
 
 Client side: every PROOF_TICK_S the split views due a proof are taken from the witness on
 the store thread, their other heads asked of the peers named (each request bounded in
@@ -24,7 +25,7 @@ import time
 import aiohttp
 from aiohttp import web
 
-from hashmesh.node.errors import NodeError, NotFound, PeerError
+from hashmesh.node.errors import NodeError, PeerError
 from hashmesh.node.net.peers import RouteMissing, clip, peer_route
 from hashmesh.node.net.sync import Replicator
 from hashmesh.node.witness import Answer, ProofTask
@@ -65,8 +66,6 @@ class SplitProver:
             held = await self.store_thread.call(
                 self.service.store.signed_header, LogKey(ask.author, ask.collection), ask.seq
             )
-        if held is None:
-            raise NotFound(f"no header held at {ask.author}/{ask.collection} seq {ask.seq}")
         return peers.respond(auth, encode_header_answer(held), "application/json")
 
     async def run(self) -> None:
@@ -121,11 +120,12 @@ class SplitProver:
                 client.post(peer, "/v1/peer/header", body, "application/json"),
                 HEADER_TIMEOUT_S,
             )
-        except RouteMissing:
-            return "holds no such header (404)"
+        except RouteMissing:  # an older version: it cannot back a cosign, nor is it lying
+            return "unreachable: runs a version without /v1/peer/header"
         except (TimeoutError, aiohttp.ClientError, OSError, NodeError, PeerError) as exc:
             return f"unreachable: {clip(str(exc))}"
         try:
-            return decode_header_answer(data)
+            answer = decode_header_answer(data)
         except ProtocolError as exc:
             return f"answered no header: {exc}"
+        return "holds no such header" if answer is None else answer
