@@ -922,14 +922,19 @@ def import_(ctx: Context, bundle: str, as_json: bool) -> None:
                 f" {collection}, then import the bundle again",
                 err=True,
             )
-    emit(
-        result,
-        as_json,
-        lambda d: (
+
+    def human(d: dict[str, Any]) -> str:
+        text = (
             f"imported {d['applied']} batches ({d['duplicate']} already held"
             f"{f', {refused} refused as untrusted' if refused else ''})"
-        ),
-    )
+        )
+        m = d.get("membership")
+        if m:
+            use = "applied first" if m["used"] else f"not used: {m.get('reason', '')}"
+            text += f"\n{m['carried']} membership documents carried, {use}"
+        return text
+
+    emit(result, as_json, human)
     held = sum(result.get(k, 0) for k in ("applied", "duplicate", "deferred", "fork"))
     if not held:
         reason = "it holds no batches" if not result.get("batches") else "no batch was accepted"
