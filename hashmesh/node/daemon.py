@@ -43,6 +43,7 @@ from hashmesh.node.workers import WorkerPool
 
 log = logging.getLogger("hashmesh.daemon")
 KEEPALIVE_TIMEOUT_S = 15.0
+LOCK_WAIT_S = 10.0  # a start waits this long for a CLI command holding the home lock
 WITNESS_TICK_S = 1.0  # how often the node looks for heads to cosign (node/witness.py)
 
 
@@ -74,10 +75,23 @@ class Daemon:
         result["bridges"] = await self.bridges.status()
         return result
 
+    async def _take_lock(self) -> None:
+        """The home's lock, waiting up to LOCK_WAIT_S for it: a CLI command working on the
+        store offline (`peer add` while systemd restarts the node, a script's `trust add`)
+        holds it for a second or two, and a start must not fail for that."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LOCK_WAIT_S
+        while not self.lock.try_acquire():
+            if loop.time() >= deadline:
+                raise HomeError(
+                    f"{self.home.path} is already in use by a running node (or a command on"
+                    f" it did not finish within {LOCK_WAIT_S:g} s)"
+                )
+            await asyncio.sleep(0.1)
+
     async def start(self) -> None:
         self.home.require()
-        if not self.lock.try_acquire():
-            raise HomeError(f"{self.home.path} is already in use by a running node")
+        await self._take_lock()
         self.service = service = await self.store_thread.call(NodeService, self.home)
         admin_token_hash = hash_token(read_secret(self.home.admin_token_path, "admin token"))
         # The PDQ index loads after the listener opens (_load_index): until then health,
