@@ -309,3 +309,27 @@ def test_after_an_identity_rotation_the_node_cosigns_as_its_new_identity(
         assert cosign.signers == {new}
     finally:
         service.close()
+
+
+def test_a_rotation_past_the_chain_bound_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+    """Peers follow at most MAX_CHAIN identity links: the rotation after that is refused
+    before any key file is made (no signing.key copy, no staged node.key.new)."""
+    import json
+
+    from hashmesh.node.config import Home
+    from hashmesh.node.errors import NodeError
+    from hashmesh.node.service import NodeService, init_home
+    from hashmesh.protocol.identity import MAX_CHAIN
+
+    init_home(tmp_path / "n", "n", "127.0.0.1:0", None)
+    service = NodeService(Home(tmp_path / "n"))
+    try:
+        chain = [f"ed25519:{'A' * 42}{n % 10}" for n in range(MAX_CHAIN)] + [service.key.node_id]
+        service.store.set_meta("identity_chain", json.dumps(chain))
+        before = sorted(p.name for p in (tmp_path / "n").iterdir())
+        with pytest.raises(NodeError, match=f"rotated {MAX_CHAIN} times"):
+            service.key_rotate(identity=True)
+        assert sorted(p.name for p in (tmp_path / "n").iterdir()) == before
+        assert json.loads(service.store.meta("identity_chain") or "[]") == chain
+    finally:
+        service.close()

@@ -48,11 +48,16 @@ def read_secret(path: Path, what: str) -> str:
     return path.read_text("utf-8").strip()
 
 
+def write_key(path: Path, key: SigningKey) -> None:
+    """A key file (0600, refused if `path` exists) that load_key reads back."""
+    write_secret(path, KEY_PREFIX + b64url(key.seed()) + "\n")
+
+
 def create_key(path: Path) -> SigningKey:
     from hashmesh.protocol.signing import SigningKey
 
     key = SigningKey(os.urandom(32))
-    write_secret(path, KEY_PREFIX + b64url(key.seed()) + "\n")
+    write_key(path, key)
     return key
 
 

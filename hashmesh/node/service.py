@@ -33,7 +33,7 @@ from hashmesh.node.config import (
 from hashmesh.node.errors import Conflict, HomeError, NodeError, NotFound, caller_input
 from hashmesh.node.hashing.degenerate import degenerate_reason
 from hashmesh.node.identity import NodeIdentities, OwnIdentity
-from hashmesh.node.keys import KEY_PREFIX, create_key, load_key, new_token, write_secret
+from hashmesh.node.keys import create_key, load_key, new_token, write_key, write_secret
 from hashmesh.node.membership import NodeMemberships
 from hashmesh.node.progress import Counter
 from hashmesh.node.statements import StatementBook
@@ -61,7 +61,6 @@ from hashmesh.protocol.certificates import (
     HandoverBody,
     KeyRevokeBody,
 )
-from hashmesh.protocol.encoding import b64url
 from hashmesh.protocol.errors import BatchOverflow, BundleError, ProtocolError
 from hashmesh.protocol.identity import MAX_CHAIN
 from hashmesh.protocol.kinds import REGISTRY
@@ -790,9 +789,7 @@ class NodeService:
 
     @staticmethod
     def _new_key() -> SigningKey:
-        from hashmesh.protocol.signing import SigningKey as Key
-
-        return Key(os.urandom(32))
+        return SigningKey(os.urandom(32))
 
     def _rotate_signing(self, new: SigningKey, extra: list[Any]) -> dict[str, Any]:
         """A new signing key; every log the current key signs is handed over to it at its
@@ -823,7 +820,7 @@ class NodeService:
         path = self.home.path / SIGNING_KEY_FILE
         if path.exists():
             os.replace(path, path.with_name(f"{SIGNING_KEY_FILE}.old-{current.node_id[8:20]}"))
-        write_secret(path, KEY_PREFIX + b64url(new.seed()) + "\n")
+        write_key(path, new)
         previous = [*self._previous_keys(), current.node_id]
         self.store.set_meta(PREVIOUS_KEYS, json.dumps(sorted(set(previous))))
         self.signing_key = new
@@ -936,22 +933,20 @@ class NodeService:
         first, and a node stopped after the chain names it finishes the files and the
         statement at its next start (__init__)."""
         old = self.key
-        new = self._new_key()
-        key_path = self.home.key_path
-        signing = self.home.path / SIGNING_KEY_FILE
-        if self.signing_key.node_id == old.node_id and not signing.exists():
-            write_secret(signing, KEY_PREFIX + b64url(old.seed()) + "\n")
-        staged = key_path.with_name(f"{key_path.name}.new")
-        staged.unlink(missing_ok=True)
-        write_secret(staged, KEY_PREFIX + b64url(new.seed()) + "\n")
         chain = self._identity_chain() or [old.node_id]
-        if len(chain) > MAX_CHAIN:
-            staged.unlink()
+        if len(chain) > MAX_CHAIN:  # refused before any file is written
             raise NodeError(
                 f"key rotate --identity: this node's identity has been rotated {MAX_CHAIN} "
                 "times, the most its peers follow; start a new node (or have your org "
                 "certify a replacement: org certify NEW --replaces OLD)"
             )
+        key_path = self.home.key_path
+        signing = self.home.path / SIGNING_KEY_FILE
+        if self.signing_key.node_id == old.node_id and not signing.exists():
+            write_key(signing, old)
+        staged = key_path.with_name(f"{key_path.name}.new")
+        staged.unlink(missing_ok=True)
+        new = create_key(staged)
         self.store.set_meta(IDENTITY_CHAIN, json.dumps([*chain, new.node_id]))
         self._finish_identity_files(staged)
         self.key = self.witness.key = new  # the witness cosigns as the node's identity
