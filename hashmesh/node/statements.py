@@ -174,12 +174,12 @@ class StatementBook:
         either, only `always` ones, into REVOCATION_RESERVE. Copies of held statements
         (more signatures) and kinds counted apart always pass."""
         table = self.store.statements
+        counted = [s for s in statements if s.kind.name not in self.counted_apart]
+        stored = table.hashes([s.id for s in counted])  # one query for the page
         fresh: dict[str, Statement] = {}
-        for s in statements:
-            if s.kind.name in self.counted_apart or s.id in fresh:
-                continue
-            if table.get(s.id) is None:
-                fresh[s.id] = s
+        for s in counted:
+            if s.id not in stored:
+                fresh.setdefault(s.id, s)
         if not fresh:
             return statements
         held = table.count() - sum(table.count(k) for k in self.counted_apart)
