@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from hostile_peer import HostilePeer
-from netnodes import NodeSet, later_record_arrives, link, wait_for
+from netnodes import NodeProc, NodeSet, later_record_arrives, link, wait_for
 from test_key_compromise import MD5, certify, org_key
 
 from hashmesh.node.keys import load_key
@@ -36,8 +36,10 @@ def peer_entry(node, name: str) -> dict:  # type: ignore[no-untyped-def]
     return next(p for p in node.status()["peers"] if p["name"] == name)
 
 
-def test_a_revoked_node_key_is_refused_as_a_peer_both_ways(nodes: NodeSet, tmp_path: Path) -> None:
-    a, b = nodes.make("a", "b")
+def certified_and_synced(a: NodeProc, b: NodeProc, tmp_path: Path) -> Path:
+    """a and b running and linked in csam, b's key certified by a's org "o" and co-signed
+    (the certificate reached a with both signatures), one add of a's matched on b: the
+    org's key file."""
     link(a, b, "csam")
     b.trust(a, "csam")
     _, key_file = org_key(a, tmp_path, "o")
@@ -47,6 +49,12 @@ def test_a_revoked_node_key_is_refused_as_a_peer_both_ways(nodes: NodeSet, tmp_p
     a.cli("add", "md5", MD5 % 1, "-c", "csam")
     wait_for(lambda: b.matches("md5", MD5 % 1))
     wait_for(lambda: len(next(iter(a.status()["certificates"]), {}).get("signers", [])) == 2)
+    return key_file
+
+
+def test_a_revoked_node_key_is_refused_as_a_peer_both_ways(nodes: NodeSet, tmp_path: Path) -> None:
+    a, b = nodes.make("a", "b")
+    key_file = certified_and_synced(a, b, tmp_path)
     # the thief holds b's node.key: before the revocation it pulls what b may read
     thief = HostilePeer("thief", a, a.node_id, seed=b.key_seed())
     ask = encode_sync_request({}, ["csam"], [])
@@ -139,15 +147,7 @@ def test_an_org_replacement_of_a_stolen_key_is_accepted_as_that_peer(
     nodes: NodeSet, tmp_path: Path
 ) -> None:
     a, b, b2 = nodes.make("a", "b", "b2")
-    link(a, b, "csam")
-    b.trust(a, "csam")
-    _, key_file = org_key(a, tmp_path, "o")
-    b.cli("key", "certificate", "add", str(certify(a, key_file, b, tmp_path)))  # co-signed
-    for n in (a, b):
-        n.start()
-    a.cli("add", "md5", MD5 % 1, "-c", "csam")
-    wait_for(lambda: b.matches("md5", MD5 % 1))
-    wait_for(lambda: len(next(iter(a.status()["certificates"]), {}).get("signers", [])) == 2)
+    key_file = certified_and_synced(a, b, tmp_path)
     # b's node.key is stolen: the org revokes it and certifies b2's key as its replacement
     revocation, replacement = tmp_path / "revoke.json", tmp_path / "replace.json"
     a.cli(
