@@ -42,6 +42,8 @@ LAYERS: list[tuple[str, ...]] = [
         "hashmesh.node.membership",
         "hashmesh.node.witness",
     ),
+    # intake: the own logs' sequencer and the journal of adds not yet stored
+    ("hashmesh.node.intake",),
     ("hashmesh.node.service", "hashmesh.node.batching"),
     # bridges: following central hash APIs (NCMEC, StopNCII) into a collection
     ("hashmesh.node.bridges",),

@@ -59,6 +59,8 @@ async def node(tmp_path: Path, name: str) -> AsyncIterator[Node]:
     home = Home(tmp_path / name)
     store_thread = StoreThread()
     service = await store_thread.call(NodeService, home)
+    await store_thread.call(service.open_intake)
+    store_thread.prelude = service.intake.apply
     await store_thread.call(lambda: service.matcher.pdq)
     replicator = Replicator(service, store_thread, SyncObserver())
     token = read_secret(home.admin_token_path, "admin token")
@@ -67,11 +69,12 @@ async def node(tmp_path: Path, name: str) -> AsyncIterator[Node]:
     async def status() -> dict[str, Any]:
         return await store_thread.call(service.status)
 
+    publisher = BatchingPublisher(service, store_thread)
     app = build_app(
         ApiDeps(
             service=service,
             store_thread=store_thread,
-            publisher=BatchingPublisher(service, store_thread),
+            publisher=publisher,
             tokens=TokenCache(hash_token(token)),
             spool_dir=home.path,
             status=status,
@@ -88,6 +91,7 @@ async def node(tmp_path: Path, name: str) -> AsyncIterator[Node]:
     finally:
         await replicator.stop()
         await client.close()
+        await publisher.close()
         await store_thread.call(service.close)
         store_thread.shutdown()
 

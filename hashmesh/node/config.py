@@ -237,6 +237,7 @@ class Config:
     url: str = ""
     batch_size: int = 5000
     batch_delay_ms: int = 200
+    apply_wait_ms: int = 100
     min_pdq_quality: int = 50
     sync_interval_s: float = 30.0
     fanout: int = 3
@@ -505,6 +506,7 @@ class Config:
             "publish": {
                 "batch_size": self.batch_size,
                 "batch_delay_ms": self.batch_delay_ms,
+                "apply_wait_ms": self.apply_wait_ms,
                 "min_pdq_quality": self.min_pdq_quality,
             },
             "sync": {"interval_s": self.sync_interval_s, "fanout": self.fanout},
@@ -558,6 +560,9 @@ class Config:
                 batch_delay_ms=_setting(
                     publish, "batch_delay_ms", int, cls.batch_delay_ms, "publish."
                 ),
+                apply_wait_ms=_setting(
+                    publish, "apply_wait_ms", int, cls.apply_wait_ms, "publish."
+                ),
                 min_pdq_quality=_setting(
                     publish, "min_pdq_quality", int, cls.min_pdq_quality, "publish."
                 ),
@@ -592,6 +597,8 @@ class Config:
             raise HomeError(f"config {source}: publish.batch_size must be 1-10000")
         if not 0 <= config.batch_delay_ms <= 60_000:
             raise HomeError(f"config {source}: publish.batch_delay_ms must be 0-60000")
+        if not 0 <= config.apply_wait_ms <= 10_000:
+            raise HomeError(f"config {source}: publish.apply_wait_ms must be 0-10000")
         for n, entry in enumerate(config.trust):
             try:
                 check_trust_labels(entry)

@@ -93,6 +93,9 @@ class Daemon:
         self.home.require()
         await self._take_lock()
         self.service = service = await self.store_thread.call(NodeService, self.home)
+        # adds are journalled (node/intake.py) and every store call sees them first
+        await self.store_thread.call(service.open_intake)
+        self.store_thread.prelude = service.intake.apply
         admin_token_hash = hash_token(read_secret(self.home.admin_token_path, "admin token"))
         # The PDQ index loads after the listener opens (_load_index): until then health,
         # exact matches, feeds and publishing answer, and PDQ queries get 503 "loading".
@@ -305,6 +308,7 @@ class Daemon:
         await self.replicator.stop()
         if self.runner is not None:
             await self.runner.cleanup()
+        await self.publisher.close()
         if self.workers is not None:
             await self.workers.stop()
         await self._checkpoint()

@@ -13,8 +13,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -33,6 +32,7 @@ from hashmesh.node.config import (
 from hashmesh.node.errors import Conflict, HomeError, NodeError, NotFound, caller_input
 from hashmesh.node.hashing.degenerate import degenerate_reason
 from hashmesh.node.identity import NodeIdentities, OwnIdentity
+from hashmesh.node.intake import JOURNAL_FILE, Intake, NotPrimed, Tip, op_ids_of, sign_batches
 from hashmesh.node.keys import create_key, load_key, new_token, write_key, write_secret
 from hashmesh.node.membership import NodeMemberships
 from hashmesh.node.progress import Counter
@@ -44,10 +44,10 @@ from hashmesh.node.store.backup import (
     database_node_id,
     open_backup,
 )
-from hashmesh.node.store.core import IngestResult, Store, now_ms
+from hashmesh.node.store.core import IngestResult, Store, StoreReader, now_ms
 from hashmesh.node.store.quarantine import DEGENERATE_REASON
 from hashmesh.node.witness import NodeWitness
-from hashmesh.protocol.batches import AnyOp, LogKey, build_batch, header_hash, parse_header
+from hashmesh.protocol.batches import AnyOp, LogKey, header_hash, parse_header
 from hashmesh.protocol.bundles import (
     MAX_MEMBERSHIP_BYTES,
     BundleCheck,
@@ -61,7 +61,7 @@ from hashmesh.protocol.certificates import (
     HandoverBody,
     KeyRevokeBody,
 )
-from hashmesh.protocol.errors import BatchOverflow, BundleError, ProtocolError
+from hashmesh.protocol.errors import BundleError, ProtocolError
 from hashmesh.protocol.identity import MAX_CHAIN
 from hashmesh.protocol.kinds import REGISTRY
 from hashmesh.protocol.membership import Document, carried
@@ -188,12 +188,20 @@ class NodeService:
             config=lambda: self.config,
             authority=self.authority,
         )
+        # the own logs' sequencer: a start first stores what the journal still holds
+        self.intake = Intake(self.store)
+        self.intake.restored = bool(self.store.meta(RESTORED_KEY))
+        self._intake_reader: StoreReader | None = None
+        self.intake.replay(home.path / JOURNAL_FILE)
 
     @property
     def node_id(self) -> str:
         return self.config.node_id
 
     def close(self) -> None:
+        self.intake.close()
+        if self._intake_reader is not None:
+            self._intake_reader.conn.close()
         self.store.close()
 
     def reload_config_if_changed(self) -> bool:
@@ -215,44 +223,114 @@ class NodeService:
     def publish(
         self, collection: str, ops: list[AnyOp], ts: int | None = None
     ) -> tuple[list[OpId], IngestResult]:
-        """Sign ops into batches of at most batch_size, apply each to the store in order
-        (`ts`: a coarser signed time, for publishers that promise not to keep the exact one)."""
+        """Sign ops into batches of at most batch_size and store them in order (`ts`: a
+        coarser signed time, for publishers that promise not to keep the exact one). The
+        store thread's (and the offline CLI's) path: journalled frames go in first, and
+        the intake's lock is held to the commit, so no add is signed at the same seq."""
         _protocol(validate_collection, collection)
-        if self.store.meta(RESTORED_KEY) and self.config.peers:
+        self._refuse_if_restored()
+        op_ids: list[OpId] = []
+        total = IngestResult()
+        with self.intake.lock:
+            self.intake.apply()
+            try:
+                when = now_ms() if ts is None else ts
+                tip = self._store_tip(collection)
+                for batch in sign_batches(self.signing_key, tip, ops, when, self.config.batch_size):
+                    result = self.store.ingest(batch, source="local")
+                    if result.outcome != "applied":
+                        raise NodeError(
+                            f"publishing to {collection} failed: batch was {result.outcome}"
+                        )
+                    op_ids.extend(op_ids_of([batch]))
+                    total.decisions.extend(result.decisions)
+                    total.added.extend(result.added)
+                    total.removed.extend(result.removed)
+            finally:
+                if self.intake.tip(collection) is not None:
+                    self.intake.set_tip(collection, self._store_tip(collection))
+        return op_ids, total
+
+    def _refuse_if_restored(self) -> None:
+        if self.intake.restored and self.config.peers:
             raise Conflict(
                 "this database was restored from a backup: start the node and let it sync "
                 "with its peers before publishing (they hold your later batches; publishing "
                 "now would fork your log)"
             )
+
+    def clear_restored(self) -> None:
+        """A sync round succeeded after a restore: the peers' copies of our logs are in."""
+        if self.intake.restored:
+            self.store.set_meta(RESTORED_KEY, None)
+            self.intake.restored = False
+
+    def _store_tip(self, collection: str) -> Tip:
         key = self._log_key(collection)
-        op_ids: list[OpId] = []
-        total = IngestResult()
-        size = self.config.batch_size
-        chunks = deque(ops[start : start + size] for start in range(0, len(ops), size))
-        while chunks:
-            chunk = chunks.popleft()
-            seq = self.store.head(key) + 1
-            prev_header = self.store.signed_header(key, seq - 1) if seq > 1 else None
-            prev = header_hash(prev_header.header_bytes) if prev_header else None
+        seq = self.store.head(key)
+        held = self.store.signed_header(key, seq) if seq else None
+        return Tip(key, seq, header_hash(held.header_bytes) if held else None)
+
+    # -- the journal path: a running node's adds (node/intake.py) --------------------------
+
+    def open_intake(self) -> None:
+        """Journal this running node's adds in intake.db from now on, and take every own
+        log's tip at once so that no add waits for the store thread to learn one. Store
+        thread, at start."""
+        self.intake.open(self.home.path / JOURNAL_FILE)
+        if self.intake.restored:
+            return  # the first publish after the sync primes (and is refused before)
+        own = {self.node_id, *self._previous_keys(), self.signing_key.node_id}
+        for collection in sorted({k.collection for k in self.store.vector() if k.author in own}):
+            self.prime_intake(collection)
+
+    def prime_intake(self, collection: str) -> None:
+        """Take `collection`'s tip from the store (store thread), so the intake thread can
+        sign for it."""
+        _protocol(validate_collection, collection)
+        self._refuse_if_restored()
+        with self.intake.lock:
+            self.intake.apply()
+            self.intake.set_tip(collection, self._store_tip(collection))
+
+    def apply_intake(self) -> int:
+        """Store the journalled frames (store thread); the number of adds stored."""
+        return len(self.intake.apply().added)
+
+    def journal_publish(
+        self, collection: str, ops: list[AnyOp], ts: int | None = None
+    ) -> tuple[list[OpId], list[int]]:
+        """Sign `ops` from the collection's tip and journal them (intake thread): the op
+        ids and the frames to wait for. Raises NotPrimed before signing anything when no
+        tip is held yet."""
+        _protocol(validate_collection, collection)
+        with self.intake.lock:
+            tip = self.intake.tip(collection)
+            if tip is None:
+                raise NotPrimed(collection)
+            self._refuse_if_restored()
             when = now_ms() if ts is None else ts
-            # Not the caller's input: the ops were checked, the rest is this node's own.
-            # Packed by count; ops long enough to pass the byte limit split in halves.
-            try:
-                batch = build_batch(
-                    self.signing_key, collection, seq, prev, when, chunk, author=key.author
-                )
-            except BatchOverflow:
-                half = len(chunk) // 2
-                chunks.extendleft((chunk[half:], chunk[:half]))
-                continue
-            result = self.store.ingest(batch, source="local")
-            if result.outcome != "applied":
-                raise NodeError(f"publishing to {collection} failed: batch was {result.outcome}")
-            op_ids.extend(batch.op_id(i) for i in range(len(chunk)))
-            total.decisions.extend(result.decisions)
-            total.added.extend(result.added)
-            total.removed.extend(result.removed)
-        return op_ids, total
+            batches = list(sign_batches(self.signing_key, tip, ops, when, self.config.batch_size))
+            frames = self.intake.journal_batches(collection, batches)
+        return list(op_ids_of(batches)), frames
+
+    def journal_held(self, collection: str, op: AddOp) -> str | None:
+        """`held_add` for the intake thread: a journalled add first, then the store's last
+        commit (through a reader of its own, never the store thread's caches)."""
+        held = self.intake.held(collection, op.type, op.value)
+        if held is not None:
+            return held
+        if self._intake_reader is None:
+            self._intake_reader = StoreReader(self.store.path)
+        return self._intake_reader.own_live_op(self.node_id, collection, op.type, op.value)
+
+    def journal_add_many(
+        self, collection: str, items: list[dict[str, Any]], ts: int | None = None
+    ) -> tuple[dict[str, Any], list[int]]:
+        """`add_many` through the journal (intake thread): the answer, and its frames."""
+        ops, results = self._prepare_many(collection, items, self.journal_held)
+        op_ids, frames = self.journal_publish(collection, list(ops), ts) if ops else ([], [])
+        return _published(collection, results, op_ids), frames
 
     def prepare_add(
         self,
@@ -289,7 +367,10 @@ class NodeService:
     def held_add(self, collection: str, op: AddOp) -> str | None:
         """The op id of this node's live add of `op`'s signal in `collection`, if any: the
         one de-duplication rule of every publishing path (publishing it again would only
-        add a second op for the same signal)."""
+        add a second op for the same signal). A journalled add counts before it is stored."""
+        journalled = self.intake.held(collection, op.type, op.value)
+        if journalled is not None:
+            return journalled
         existing = self.store.find_own_live(self.node_id, collection, op.type, op.value)
         if existing is None:
             return None
@@ -309,6 +390,18 @@ class NodeService:
         self, collection: str, items: list[dict[str, Any]], ts: int | None = None
     ) -> dict[str, Any]:
         """Publish many adds at once (submit, imports); already-live signals are skipped."""
+        ops, results = self._prepare_many(collection, items, self.held_add)
+        op_ids = self.publish(collection, list(ops), ts)[0] if ops else []
+        return _published(collection, results, op_ids)
+
+    def _prepare_many(
+        self,
+        collection: str,
+        items: list[dict[str, Any]],
+        held_add: Callable[[str, AddOp], str | None],
+    ) -> tuple[list[AddOp], list[dict[str, Any]]]:
+        """The adds of `items` to publish, and one answer per item (the new ones without
+        their op id yet); refuses the whole list on the first bad item."""
         ops: list[AddOp] = []
         results: list[dict[str, Any]] = []
         seen: set[tuple[str, str]] = set()
@@ -321,19 +414,14 @@ class NodeService:
                 raise NodeError(f"signals[{n}]: unexpected fields {sorted(item)}") from None
             except NodeError as exc:
                 raise NodeError(f"signals[{n}]: {exc}") from None
-            held = None if (op.type, op.value) in seen else self.held_add(collection, op)
+            held = None if (op.type, op.value) in seen else held_add(collection, op)
             if held is not None or (op.type, op.value) in seen:
                 results.append({"type": op.type, "value": op.value, "new": False, "op_id": held})
                 continue
             seen.add((op.type, op.value))
             ops.append(op)
             results.append({"type": op.type, "value": op.value, "new": True})
-        op_ids = self.publish(collection, list(ops), ts)[0] if ops else []
-        fresh = iter(op_ids)
-        for r in results:
-            if r["new"]:
-                r["op_id"] = str(next(fresh))
-        return {"collection": collection, "published": len(op_ids), "signals": results}
+        return ops, results
 
     def _known_add(self, op_id: str) -> tuple[OpId, dict[str, Any]]:
         target: OpId = _protocol(OpId.parse, op_id)
@@ -796,7 +884,18 @@ class NodeService:
         head (a hand-over signed by both keys, gossiped at once), so peers accept the
         next batches with no change of their config. The old key is kept (0600) as
         signing.key.old-<id>; node.key stays the node's identity. `extra` statements
-        (the new key's certificate) are installed in the same transaction."""
+        (the new key's certificate) are installed in the same transaction. Under the
+        intake's lock, after its frames: no batch is signed by the old key past the
+        hand-over, and the tips are taken again from the store."""
+        with self.intake.lock:
+            self.intake.apply()
+            try:
+                return self._rotate_signing_now(new, extra)
+            finally:
+                for collection in self.intake.primed():
+                    self.intake.set_tip(collection, self._store_tip(collection))
+
+    def _rotate_signing_now(self, new: SigningKey, extra: list[Any]) -> dict[str, Any]:
         current = self.signing_key
         now = int(time.time())
         handovers = []
@@ -1147,6 +1246,7 @@ class NodeService:
     def export_chunks(self, collection: str) -> Iterator[bytes]:
         """A bundle of every log of the collection this node holds, as byte chunks."""
         _protocol(validate_collection, collection)
+        self.intake.apply()
         logs = sorted(
             (k for k in self.store.vector({collection})), key=lambda k: (k.collection, k.author)
         )
@@ -1241,6 +1341,7 @@ class NodeService:
                 self.home.lock_path,
                 self.home.runtime_path,
                 self.home.db_path,
+                self.home.path / JOURNAL_FILE,
                 db,
             ]
             for name in sorted({k.name for k in kept if k.parent.resolve() == path.parent}):
@@ -1261,6 +1362,7 @@ class NodeService:
         os.close(fd)
         tmp = Path(name)
         try:
+            self.intake.apply()  # the adds journalled so far are in the copy
             self.store.backup_to(tmp)
             if overwrite:
                 os.replace(tmp, path)
@@ -1437,7 +1539,8 @@ def _peer_json(peer: Peer, change: str = "") -> dict[str, Any]:
 
 def restore_home(home: Home, backup: str, other_node: bool = False) -> dict[str, Any]:
     """Put a backup in place of the node's database (the node must be stopped; the caller
-    holds the home's lock). The current database is kept beside it as hashmesh.db.before-restore.
+    holds the home's lock). The current database is kept beside it as hashmesh.db.before-restore
+    (and intake.db, the adds it had not stored yet, as intake.db.before-restore).
 
     A backup of another node's database is refused unless `other_node`: restored by
     mistake it would make this node sign a second history of a log its peers already hold
@@ -1469,11 +1572,13 @@ def restore_home(home: Home, backup: str, other_node: bool = False) -> dict[str,
     finally:
         source.close()
     previous = db.with_name(db.name + ".before-restore")
-    if db.exists():
-        checkpoint(db)
-        os.replace(db, previous)
-    for suffix in ("-wal", "-shm"):
-        db.with_name(db.name + suffix).unlink(missing_ok=True)
+    # the intake journal continues the replaced database's logs: it goes aside with it
+    for current in (db, home.path / JOURNAL_FILE):
+        if current.exists():
+            checkpoint(current)
+            os.replace(current, current.with_name(current.name + ".before-restore"))
+        for suffix in ("-wal", "-shm"):
+            current.with_name(current.name + suffix).unlink(missing_ok=True)
     os.replace(staged, db)
     restored = Store(db)
     restored.set_meta(RESTORED_KEY, str(now_ms()))
@@ -1529,6 +1634,16 @@ def bundle_statements(manifest: dict[str, Any]) -> list[Any]:
         except ProtocolError as exc:
             raise BundleError(f"bundle manifest.statements[{n}]: {exc}") from None
     return out
+
+
+def _published(
+    collection: str, results: list[dict[str, Any]], op_ids: list[OpId]
+) -> dict[str, Any]:
+    fresh = iter(op_ids)
+    for r in results:
+        if r["new"]:
+            r["op_id"] = str(next(fresh))
+    return {"collection": collection, "published": len(op_ids), "signals": results}
 
 
 def _what(signal: dict[str, Any]) -> dict[str, Any]:

@@ -51,7 +51,7 @@ from hashmesh.node.net.peers import (
     clip,
     peer_route,
 )
-from hashmesh.node.service import RESTORED_KEY, NodeService
+from hashmesh.node.service import NodeService
 from hashmesh.node.statements import URGENT_KINDS
 from hashmesh.node.store.executor import StoreThread
 from hashmesh.protocol.batches import Batch, LogKey, iter_frames, parse_header, verify_parts
@@ -825,7 +825,7 @@ class Replicator:
             state.succeeded()
             self.rounds += 1
             self.observer.round_done(peer.name, "ok")
-            await self.store_thread.call(self.store.set_meta, RESTORED_KEY, None)
+            await self.store_thread.call(self.service.clear_restored)
             return True
 
     async def _v1_round(self, peer: Peer) -> None:

@@ -1143,6 +1143,20 @@ class StoreReader:
     def signals_by_id(self, ids: list[int]) -> dict[int, dict[str, Any]]:
         return signals_by_id(self.conn, ids, self._log)
 
+    def own_live_op(self, author: str, collection: str, signal_type: str, value: str) -> str | None:
+        """The op id of `author`'s live add of this signal in `collection`, if committed
+        (Store.find_own_live, for a thread that is not the store's)."""
+        row = self.conn.execute(
+            "SELECT s.id FROM signals s JOIN logs l ON l.id = s.log_id"
+            " WHERE s.value = ? AND s.type = ? AND l.author = ? AND l.collection = ?"
+            " AND s.revoked_by IS NULL LIMIT 1",
+            (value, signal_type, author, collection),
+        ).fetchone()
+        if row is None:
+            return None
+        signal = self.signals_by_id([int(row[0])]).get(int(row[0]))
+        return None if signal is None else str(signal["op_id"])
+
     def opinion_counts_many(
         self, targets: list[str], collections: frozenset[str] | None = None
     ) -> dict[str, OpinionCounts]:

@@ -11,6 +11,9 @@ sync is hundreds of page slices, and an add queued behind them waited for all of
 runs before `call_bulk` (peer pages, pushes); a publish then waits at most for the one bulk
 call already running, which the sync keeps short (one batch's worth, net/sync.py). Within
 a queue calls run in submission order.
+
+A `prelude` runs before each call: the daemon sets it to apply the intake journal
+(node/intake.py), so every call sees the adds journalled before it was queued.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -28,6 +32,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _URGENT, _BULK, _STOP = 0, 1, 2
+log = logging.getLogger("hashmesh.store")
 
 
 class StoreThread:
@@ -39,6 +44,7 @@ class StoreThread:
         )
         self._order = itertools.count()
         self._closed = False
+        self.prelude: Callable[[], object] | None = None
         self._thread = threading.Thread(target=self._run, name="store", daemon=True)
         self._thread.start()
 
@@ -65,6 +71,11 @@ class StoreThread:
             assert future is not None
             if not future.set_running_or_notify_cancel():
                 continue  # its caller was cancelled before it started
+            if self.prelude is not None:
+                try:
+                    self.prelude()
+                except Exception:  # the call runs all the same; the next one retries
+                    log.exception("store thread prelude failed")
             try:
                 result = work()
             except BaseException as exc:

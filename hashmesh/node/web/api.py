@@ -191,9 +191,7 @@ async def add_signals(request: web.Request) -> web.Response:
     body = _fields(await read_json(request), ("collection", "signals"), ())
     if not isinstance(body["signals"], list):
         raise NodeError("signals: expected a list")
-    return web.json_response(
-        await deps.store_thread.call(deps.service.add_many, body["collection"], body["signals"])
-    )
+    return web.json_response(await deps.publisher.add_many(body["collection"], body["signals"]))
 
 
 async def revoke(request: web.Request) -> web.Response:

@@ -211,6 +211,12 @@ class NodeCollector(Collector):
         index = GaugeMetricFamily("hashmesh_index_size", "Signals in the PDQ index")
         index.add_metric([], self.service.matcher.size)
         yield index
+        intake = GaugeMetricFamily(
+            "hashmesh_intake_pending_batches",
+            "Own batches signed and journalled, not yet in the database (node/intake.py)",
+        )
+        intake.add_metric([], self.service.intake.pending())
+        yield intake
         live = GaugeMetricFamily(
             "hashmesh_live_signals", "Live signals by collection", labels=["collection"]
         )
