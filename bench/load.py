@@ -256,12 +256,14 @@ class Probe:
                 async with session.post(
                     self.node.url + "/v1/signals/batch", json=body, headers=self.node.auth
                 ) as r:
-                    await r.read()
+                    answer = await r.json() if r.status == 200 else {}
                     ok = r.status == 200
                 done = time.perf_counter()
                 if not ok:
                     self.misses[f"publish HTTP {r.status}"] += 1
                     continue
+                if answer.get("applied") is False:  # journalled, stored after the answer
+                    self.misses[f"publish answered before stored ({phase})"] += 1
                 self.publish_ms.setdefault(phase, []).append((done - t) * 1000)
                 query = {"queries": [{"type": "md5", "value": value}]}
                 while time.perf_counter() - done < FRESH_TIMEOUT_S:

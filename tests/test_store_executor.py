@@ -63,3 +63,23 @@ def test_errors_cancellation_and_shutdown() -> None:
         return ran
 
     assert asyncio.run(scenario()) == ["kept"]
+
+
+def test_the_prelude_runs_before_each_call_and_a_failing_one_does_not_stop_it() -> None:
+    async def scenario() -> list[str]:
+        thread = StoreThread()
+        ran: list[str] = []
+        failures = iter([True, False])
+
+        def prelude() -> None:
+            ran.append("prelude")
+            if next(failures, False):
+                raise OSError("disk full")
+
+        thread.prelude = prelude
+        await thread.call(ran.append, "first")
+        await thread.call_bulk(ran.append, "second")
+        thread.shutdown()
+        return ran
+
+    assert asyncio.run(scenario()) == ["prelude", "first", "prelude", "second"]

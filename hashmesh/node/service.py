@@ -201,7 +201,7 @@ class NodeService:
     def close(self) -> None:
         self.intake.close()
         if self._intake_reader is not None:
-            self._intake_reader.conn.close()
+            self._intake_reader.close()
         self.store.close()
 
     def reload_config_if_changed(self) -> bool:

@@ -1121,6 +1121,9 @@ class StoreReader:
         self.conn = connect_reader(path)
         self._log_keys: dict[int, LogKey] = {}
 
+    def close(self) -> None:
+        self.conn.close()
+
     def _log(self, log_id: int) -> LogKey | None:
         key = self._log_keys.get(log_id)
         if key is None:

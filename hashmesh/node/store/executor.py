@@ -24,6 +24,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, ParamSpec, TypeVar
@@ -33,6 +34,7 @@ T = TypeVar("T")
 
 _URGENT, _BULK, _STOP = 0, 1, 2
 log = logging.getLogger("hashmesh.store")
+PRELUDE_LOG_S = 60.0
 
 
 class StoreThread:
@@ -45,6 +47,7 @@ class StoreThread:
         self._order = itertools.count()
         self._closed = False
         self.prelude: Callable[[], object] | None = None
+        self._prelude_logged = -PRELUDE_LOG_S
         self._thread = threading.Thread(target=self._run, name="store", daemon=True)
         self._thread.start()
 
@@ -75,7 +78,10 @@ class StoreThread:
                 try:
                     self.prelude()
                 except Exception:  # the call runs all the same; the next one retries
-                    log.exception("store thread prelude failed")
+                    now = time.monotonic()
+                    if now - self._prelude_logged >= PRELUDE_LOG_S:  # once a minute, not per call
+                        self._prelude_logged = now
+                        log.exception("store thread prelude failed (retried before each call)")
             try:
                 result = work()
             except BaseException as exc:
