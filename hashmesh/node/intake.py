@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hashmesh.node.errors import NodeError
-from hashmesh.node.store.core import IngestResult, Store
+from hashmesh.node.store.core import Store
 from hashmesh.node.store.journal import JournalFile
 from hashmesh.protocol.batches import AnyOp, Batch, LogKey, build_batch, verify_batch
 from hashmesh.protocol.errors import BatchOverflow, ProtocolError
@@ -193,29 +193,25 @@ class Intake:
 
     # -- applying (store thread) -------------------------------------------------------------
 
-    def apply(self) -> IngestResult:
-        """Store every journalled frame, oldest first. A frame the store refuses (our own
-        bug: its seq was taken here) ends its log's queue: the later frames of that log
-        are dropped with it, the tip is forgotten (the next publish takes it from the
-        store) and the callers still waiting are told."""
-        total = IngestResult()
+    def apply(self) -> int:
+        """Store every journalled frame, oldest first; the number stored. A frame the
+        store refuses (our own bug: its seq was taken here) ends its log's queue: the
+        later frames of that log are dropped with it, the tip is forgotten (the next
+        publish takes it from the store) and the callers still waiting are told."""
         if not self._pending:  # the store thread's prelude: most calls find none
-            return total
+            return 0
         with self.lock:
             frames = list(self._pending)
+        stored = 0
         for frame in frames:
-            if frame.id in self._failed:
-                self._done(frame)
-                continue
-            result = self.store.ingest(frame.batch, source="local")
-            if result.outcome in _STORED:
-                total.decisions.extend(result.decisions)
-                total.added.extend(result.added)
-                total.removed.extend(result.removed)
-            else:
-                self._refused(frame, result.outcome)
+            if frame.id not in self._failed:
+                outcome = self.store.ingest(frame.batch, source="local").outcome
+                if outcome in _STORED:
+                    stored += 1
+                else:
+                    self._refused(frame, outcome)
             self._done(frame)
-        return total
+        return stored
 
     def _refused(self, frame: _Frame, outcome: str) -> None:
         why = f"publishing to {frame.collection} failed: batch was {outcome}"

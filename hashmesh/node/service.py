@@ -294,8 +294,8 @@ class NodeService:
             self.intake.set_tip(collection, self._store_tip(collection))
 
     def apply_intake(self) -> int:
-        """Store the journalled frames (store thread); the number of adds stored."""
-        return len(self.intake.apply().added)
+        """Store the journalled frames (store thread); the number of batches stored."""
+        return self.intake.apply()
 
     def journal_publish(
         self, collection: str, ops: list[AnyOp], ts: int | None = None
@@ -1246,7 +1246,6 @@ class NodeService:
     def export_chunks(self, collection: str) -> Iterator[bytes]:
         """A bundle of every log of the collection this node holds, as byte chunks."""
         _protocol(validate_collection, collection)
-        self.intake.apply()
         logs = sorted(
             (k for k in self.store.vector({collection})), key=lambda k: (k.collection, k.author)
         )
@@ -1362,7 +1361,6 @@ class NodeService:
         os.close(fd)
         tmp = Path(name)
         try:
-            self.intake.apply()  # the adds journalled so far are in the copy
             self.store.backup_to(tmp)
             if overwrite:
                 os.replace(tmp, path)
