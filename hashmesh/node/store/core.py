@@ -676,14 +676,7 @@ class Store:
         self, author: str, collection: str, signal_type: str, value: str
     ) -> int | None:
         log_id = self._log_ids.get(LogKey(author, collection))
-        if log_id is None:
-            return None
-        row = self.conn.execute(
-            "SELECT id FROM signals WHERE value = ? AND type = ? AND log_id = ?"
-            " AND revoked_by IS NULL LIMIT 1",
-            (value, signal_type, log_id),
-        ).fetchone()
-        return None if row is None else int(row[0])
+        return None if log_id is None else find_own_live(self.conn, log_id, signal_type, value)
 
     def own_live_places(
         self, author: str, collection: str, pairs: list[tuple[str, str]], refs: list[str]
@@ -1097,6 +1090,19 @@ def exact_rows(
     return out
 
 
+def find_own_live(
+    conn: sqlite3.Connection, log_id: int, signal_type: str, value: str
+) -> int | None:
+    """By value first: a join on the log would make SQLite walk the whole log through
+    signals_position, one row per signal it holds, for every add it is asked about."""
+    row = conn.execute(
+        "SELECT id FROM signals WHERE value = ? AND type = ? AND log_id = ?"
+        " AND revoked_by IS NULL LIMIT 1",
+        (value, signal_type, log_id),
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
 def find_exact(
     conn: sqlite3.Connection, signal_type: str, value: str, live_only: bool, limit: int
 ) -> list[int]:
@@ -1120,6 +1126,7 @@ class StoreReader:
     def __init__(self, path: str | Path) -> None:
         self.conn = connect_reader(path)
         self._log_keys: dict[int, LogKey] = {}
+        self._log_ids: dict[LogKey, int] = {}
 
     def close(self) -> None:
         self.conn.close()
@@ -1149,15 +1156,18 @@ class StoreReader:
     def own_live_op(self, author: str, collection: str, signal_type: str, value: str) -> str | None:
         """The op id of `author`'s live add of this signal in `collection`, if committed
         (Store.find_own_live, for a thread that is not the store's)."""
-        row = self.conn.execute(
-            "SELECT s.id FROM signals s JOIN logs l ON l.id = s.log_id"
-            " WHERE s.value = ? AND s.type = ? AND l.author = ? AND l.collection = ?"
-            " AND s.revoked_by IS NULL LIMIT 1",
-            (value, signal_type, author, collection),
-        ).fetchone()
-        if row is None:
+        log_id = self._log_ids.get(LogKey(author, collection))
+        if log_id is None:
+            row = self.conn.execute(
+                "SELECT id FROM logs WHERE author = ? AND collection = ?", (author, collection)
+            ).fetchone()
+            if row is None:
+                return None
+            log_id = self._log_ids[LogKey(author, collection)] = int(row[0])
+        signal_id = find_own_live(self.conn, log_id, signal_type, value)
+        if signal_id is None:
             return None
-        signal = self.signals_by_id([int(row[0])]).get(int(row[0]))
+        signal = self.signals_by_id([signal_id]).get(signal_id)
         return None if signal is None else str(signal["op_id"])
 
     def opinion_counts_many(
