@@ -246,14 +246,16 @@ async def one_config(
     server: str,
     hits: list[str],
     args: argparse.Namespace,
+    nice: int = 0,
 ) -> dict[str, Any]:
-    home = root / f"w{workers}-{server}"
+    home = root / f"w{workers}-{server}-n{nice}"
     shutil.copytree(template, home)
     h = Home(home)
     config = h.load_config()
     port = free_port()
     config.listen = f"127.0.0.1:{port}"
     config.match_workers = workers
+    config.match_worker_nice = nice
     config.match_listen = "127.0.0.1:0"
     h.save_config(config)
     node = Node(f"w{workers}", home, port, config.node_id, h.admin_token_path.read_text().strip())
@@ -334,6 +336,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--servers", default="fast,aiohttp", help="for worker counts above 0")
+    parser.add_argument("--nice", default="0", help="match_worker_nice values, as 0,10")
     parser.add_argument("--ceilings", action="store_true", help="bare hello worlds first")
     parser.add_argument(
         "--ingest-rate", type=float, default=0.0, help="adds/s in the ingest phase (0: flat out)"
@@ -347,13 +350,16 @@ def main() -> None:
         template, values = build_template(root, args.signals)
         print(f"template of {args.signals:,} md5 built in {time.monotonic() - t:.0f} s", flush=True)
         hello = ceilings(root, values, args) if args.ceilings else {}
-        results: dict[tuple[int, str], Any] = {}
-        for w in (int(x) for x in args.workers.split(",")):
-            for server in args.servers.split(",") if w else ["node"]:
-                results[w, server] = asyncio.run(
-                    one_config(template, root, w, server, values, args)
-                )
-                print(w, server, json.dumps(results[w, server]), flush=True)
+        results: dict[tuple[int, str, int], Any] = {}
+        for nice in (int(x) for x in args.nice.split(",")):
+            for w in (int(x) for x in args.workers.split(",")):
+                for server in args.servers.split(",") if w else ["node"]:
+                    if nice and not w:
+                        continue  # the nice value is the workers'
+                    results[w, server, nice] = asyncio.run(
+                        one_config(template, root, w, server, values, args, nice)
+                    )
+                    print(w, server, nice, json.dumps(results[w, server, nice]), flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(f"\n{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {machine()}")
@@ -367,26 +373,28 @@ def main() -> None:
         print()
     rate = f"{args.ingest_rate:,.0f} adds/s" if args.ingest_rate else "flat out"
     print(f"ingest phase: batches of 1,000 adds, {rate}\n")
-    print("| workers | server | phase | matches/s | p50 ms | p99 ms | non-2xx | ingest adds/s |"
-          " matcher CPU us/match | matcher cores | node ingest + wrk + client cores |"
-          " load average |")  # fmt: skip
-    print("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
-    for (w, server), r in results.items():
+    print("| workers | server | nice | phase | matches/s | p50 ms | p99 ms | non-2xx |"
+          " ingest adds/s | matcher CPU us/match | matcher cores |"
+          " node ingest + wrk + client cores | load average |")  # fmt: skip
+    print("| ---: | --- | ---: | --- |" + " ---: |" * 8 + " --- |")
+    for (w, server, nice), r in results.items():
         for phase in ("idle", "ingest"):
             x = r[phase]
             ing = f"{x['ingest_per_s']:,.0f}" if "ingest_per_s" in x else ""
             cpu = f"{x['cpu_us']:.0f}" if "cpu_us" in x else ""
             cores = f"{x['matcher_cores']:.2f}" if "matcher_cores" in x else ""
             others = f"{x['others_cores']:.2f}" if "others_cores" in x else ""
-            print(f"| {w} | {server} | {phase} | {x['rps']:,.0f} | {x['p50']:.2f} | "
+            print(f"| {w} | {server} | {nice} | {phase} | {x['rps']:,.0f} | {x['p50']:.2f} | "
                   f"{x['p99']:.2f} | {x['non2xx']} | {ing} | {cpu} | {cores} | {others} |"
                   f" {x['load']} |")  # fmt: skip
     for server in args.servers.split(","):
-        one, two = results.get((1, server)), results.get((2, server))
-        if one and two:
-            for phase in ("idle", "ingest"):
-                ratio = two[phase]["rps"] / one[phase]["rps"]
-                print(f"\n{server}: 2 workers / 1 worker ({phase}): {ratio:.2f}x", end="")
+        for nice in (int(x) for x in args.nice.split(",")):
+            one, two = results.get((1, server, nice)), results.get((2, server, nice))
+            if one and two:
+                for phase in ("idle", "ingest"):
+                    ratio = two[phase]["rps"] / one[phase]["rps"]
+                    print(f"\n{server}, nice {nice}: 2 workers / 1 worker ({phase}): {ratio:.2f}x",
+                          end="")  # fmt: skip
     print()
 
 

@@ -215,19 +215,35 @@ def test_workers_exit_when_their_node_dies(home: HomeFactory, start_node: NodeFa
 def test_workers_run_at_the_configured_nice_value(
     home: HomeFactory, start_node: NodeFactory
 ) -> None:
-    """match_worker_nice: the workers yield the CPU to the node that publishes and
-    ingests; the node itself keeps its own priority."""
+    """match_worker_nice: the workers' matching yields the CPU to the node that publishes
+    and ingests, their feed follower does not (the index keeps up under CPU pressure); the
+    node itself keeps its own priority."""
     path = home("N")
     set_config(path, match_workers=1, match_worker_nice=7)
     node = start_node(path)
     runtime = read_runtime(path)
     assert runtime is not None
     (pid,) = runtime["workers"]
+    pdq = "%064x" % random.getrandbits(256)
     query = {"queries": [{"type": "md5", "value": "%032x" % random.getrandbits(128)}]}
-    status, _ = post(runtime["match"] + "/v1/match", query, node.token)  # it is serving
-    assert status == 200
-    assert os.getpriority(os.PRIO_PROCESS, pid) == 7
-    assert os.getpriority(os.PRIO_PROCESS, node.proc.pid) == os.getpriority(os.PRIO_PROCESS, 0)
+    for body in (query, {"queries": [{"type": "pdq", "value": pdq}]}):  # a match thread too
+        until(
+            "the worker answers",
+            lambda b=body: post(runtime["match"] + "/v1/match", b, node.token)[0] == 200,
+        )
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    threads = {int(tid): thread_nice(pid, int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
+    assert threads[pid] == 7  # the event loop
+    # The follower (and the merge thread it starts) keep the node's; the loop and the
+    # match thread take 7.
+    assert mine in threads.values(), threads
+    assert list(threads.values()).count(7) >= 2, threads
+    assert os.getpriority(os.PRIO_PROCESS, node.proc.pid) == mine
+
+
+def thread_nice(pid: int, tid: int) -> int:
+    stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])
 
 
 def test_a_nice_value_outside_0_to_19_is_refused(home: HomeFactory) -> None:

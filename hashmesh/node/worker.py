@@ -390,6 +390,15 @@ class Worker:
 
     # -- lifecycle ------------------------------------------------------------------------
 
+    def lower_priority(self, nice: int) -> None:
+        """Matching yields the CPU to the node; following it does not. On Linux a nice
+        value belongs to a thread and a new thread inherits its creator's, so the follower's
+        thread (and the merge thread it starts) first at the node's priority, and only then do this thread (the event
+        loop) and the match threads it creates later take `nice`: under CPU pressure matches
+        wait, the index does not fall behind (a revocation still stops matching on time)."""
+        self._follow_thread.submit(lambda: None).result()
+        os.nice(nice)
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -456,7 +465,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level, handlers=[handler], force=True)
     worker = Worker(Home(args.home), args.fd, args.report_fd)
     if worker.config.match_worker_nice:  # read once: a process cannot lower it back
-        os.nice(worker.config.match_worker_nice)
+        worker.lower_priority(worker.config.match_worker_nice)
     with contextlib.suppress(KeyboardInterrupt):
         if uvloop is not None and SERVER != "aiohttp":
             uvloop.run(worker.run())
