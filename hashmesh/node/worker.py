@@ -393,9 +393,10 @@ class Worker:
     def lower_priority(self, nice: int) -> None:
         """Matching yields the CPU to the node; following it does not. On Linux a nice
         value belongs to a thread and a new thread inherits its creator's, so the follower's
-        thread (and the merge thread it starts) first at the node's priority, and only then do this thread (the event
-        loop) and the match threads it creates later take `nice`: under CPU pressure matches
-        wait, the index does not fall behind (a revocation still stops matching on time)."""
+        thread starts first, at the node's priority (as does the merge thread it starts),
+        and only then do this thread (the event loop) and the match threads it creates take
+        `nice`: under CPU pressure matches wait, the index does not fall behind (a
+        revocation still stops matching on time)."""
         self._follow_thread.submit(lambda: None).result()
         os.nice(nice)
 
