@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.append(str(ROOT))
 
-from hashmesh.node.config import Home  # noqa: E402
+from hashmesh.node.config import Config, Home  # noqa: E402
 from hashmesh.node.service import NodeService  # noqa: E402
 from hashmesh.protocol.ops import AddOp  # noqa: E402
 from hashmesh.testing import NodeRun, read_runtime  # noqa: E402
@@ -124,9 +124,10 @@ def parse_count(text: str) -> int:
     return int(float(t[:-1] if scale > 1 else t) * scale)
 
 
-def wrk(url: str, script: Path, connections: int, duration: int) -> dict[str, Any]:
+def wrk(url: str, script: Path, connections: int, duration: int, nice: int = 0) -> dict[str, Any]:
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
+        (["nice", "-n", str(nice)] if nice else [])
+        + ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
         capture_output=True,
         text=True,
         check=True,
@@ -276,11 +277,14 @@ async def one_config(
                             seen.add((await r.json())["pid"])
                     runtime = read_runtime(home) or {}
         script = write_script(root / "match.lua", hits, node.token)
+        wrk_nice = nice if args.wrk_at_workers_nice and workers else 0
         assert node.run is not None
         pids = (read_runtime(home) or {}).get("workers", []) if workers else [node.run.proc.pid]
         cpu = cpu_s(pids)
         result = {
-            "idle": await asyncio.to_thread(wrk, url, script, args.connections, args.duration)
+            "idle": await asyncio.to_thread(
+                wrk, url, script, args.connections, args.duration, wrk_nice
+            )
         }
         result["idle"]["load"] = loadavg()
         result["idle"]["cpu_us"] = per_match(cpu_s(pids) - cpu, result["idle"], args.duration)
@@ -293,7 +297,9 @@ async def one_config(
             ingest(node, stop_event, random.Random(workers), args.ingest_rate)
         )
         t = time.monotonic()
-        loaded = await asyncio.to_thread(wrk, url, script, args.connections, args.duration)
+        loaded = await asyncio.to_thread(
+            wrk, url, script, args.connections, args.duration, wrk_nice
+        )
         stop_event.set()
         added = await feeder
         elapsed = time.monotonic() - t
@@ -336,7 +342,17 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--servers", default="fast,aiohttp", help="for worker counts above 0")
-    parser.add_argument("--nice", default="0", help="match_worker_nice values, as 0,10")
+    parser.add_argument(
+        "--nice",
+        default=str(Config.match_worker_nice),
+        help="match_worker_nice values, as 0,10 (default: the node's default)",
+    )
+    parser.add_argument(
+        "--wrk-at-workers-nice",
+        action="store_true",
+        help="run wrk at the workers' nice value: a load generator on the matchers' cores"
+        " then does not outrank them (on a platform the clients are other machines)",
+    )
     parser.add_argument("--ceilings", action="store_true", help="bare hello worlds first")
     parser.add_argument(
         "--ingest-rate", type=float, default=0.0, help="adds/s in the ingest phase (0: flat out)"
@@ -363,7 +379,11 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(f"\n{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {machine()}")
-    print(f"{args.signals:,} md5 signals; wrk -t1 -c{args.connections} -d{args.duration}s\n")
+    print(
+        f"{args.signals:,} md5 signals; wrk -t1 -c{args.connections} -d{args.duration}s"
+        + (", at the workers' nice value" if args.wrk_at_workers_nice else "")
+        + "\n"
+    )
     if hello:
         print("| bare server (1 process) | requests/s | p50 ms | p99 ms | CPU us/request |")
         print("| --- | ---: | ---: | ---: | ---: |")
