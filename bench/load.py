@@ -350,11 +350,12 @@ def match_url_of(node: Node, workers: int) -> str:
     return url
 
 
-def worker_settings(workers: int, nice: int = 0) -> dict[str, Any]:
-    """0 is the node's default (matching in its own process), as is nice 0: left unset,
-    so the same script also measures a revision that has no such setting."""
+def worker_settings(workers: int, nice: int | None = None) -> dict[str, Any]:
+    """0 workers is the node's default (matching in its own process), and no nice means
+    the node's default nice: left unset, so the same script also measures a revision
+    that has no such setting."""
     settings: dict[str, Any] = {"match_workers": workers} if workers else {}
-    return settings | ({"match_worker_nice": nice} if workers and nice else {})
+    return settings | ({"match_worker_nice": nice} if workers and nice is not None else {})
 
 
 def seed_copy(template: Path, root: Path, name: str) -> Node:
@@ -577,7 +578,7 @@ def render(args: argparse.Namespace, result: dict[str, Any]) -> str:
         f"{args.revoke} --clients {args.clients} --concurrency {args.concurrency} --duration "
         f"{args.duration:g} --pdq-probe-rate {args.pdq_probe_rate:g} --match-workers "
         f"{','.join(map(str, args.match_workers))}"
-        + (f" --worker-nice {args.worker_nice}" if args.worker_nice else "")
+        + (f" --worker-nice {args.worker_nice}" if args.worker_nice is not None else "")
         + "`. "
         f"{args.clients} client processes (aiohttp, keep-alive, {args.concurrency} requests in "
         "flight each) post `POST /v1/match` with one PDQ query (half 8-bit near-duplicates of "
@@ -691,7 +692,10 @@ def main() -> None:
         help="seconds to wait after the last phase before measuring PSS again (0: skip)",
     )
     parser.add_argument(
-        "--worker-nice", type=int, default=0, help="match_worker_nice for the target (0-19)"
+        "--worker-nice",
+        type=int,
+        default=None,
+        help="match_worker_nice for the target (0-19; default: the node's default)",
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true")

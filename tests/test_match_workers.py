@@ -246,6 +246,16 @@ def thread_nice(pid: int, tid: int) -> int:
     return int(stat.rsplit(")", 1)[1].split()[16])
 
 
+def test_the_nice_value_defaults_to_10_and_an_operators_0_is_kept(home: HomeFactory) -> None:
+    """0 is the operator's choice against the default: a config that dropped it on save
+    would put the workers back at 10 at the next start."""
+    path = home("M-default")
+    assert Home(path).load_config().match_worker_nice == 10
+    for value in (0, 19, 10):
+        set_config(path, match_worker_nice=value)
+        assert Home(path).load_config().match_worker_nice == value
+
+
 def test_a_nice_value_outside_0_to_19_is_refused(home: HomeFactory) -> None:
     for bad in (-1, 20):
         path = home(f"M{bad}")

@@ -247,9 +247,10 @@ class Config:
     # Matcher worker processes (hashmesh/node/workers.py): 0 matches in the node process.
     match_workers: int = 0
     match_listen: str = "127.0.0.1:0"
-    # The workers' nice value (0-19), set at their start: above 0, a node short of CPU
-    # publishes and ingests before it matches, and matches wait (docs/operators.md).
-    match_worker_nice: int = 0
+    # The workers' nice value (0-19), set at their start: a node short of CPU publishes,
+    # ingests and applies revocations before it matches, and matches wait
+    # (docs/operators.md; 0 shares the CPU evenly).
+    match_worker_nice: int = 10
     # Seconds between PDQ index checkpoints while the feed moves (matching/checkpoint.py):
     # what a restart replays, and how soon workers remap what they added in memory.
     index_checkpoint_s: int = 60
@@ -497,7 +498,11 @@ class Config:
                 if self.match_workers or self.match_listen != Config.match_listen
                 else {}
             ),
-            **({"match_worker_nice": self.match_worker_nice} if self.match_worker_nice else {}),
+            **(
+                {"match_worker_nice": self.match_worker_nice}
+                if self.match_worker_nice != Config.match_worker_nice
+                else {}
+            ),
             **(
                 {"index_checkpoint_s": self.index_checkpoint_s}
                 if self.index_checkpoint_s != Config.index_checkpoint_s
