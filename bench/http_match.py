@@ -358,6 +358,7 @@ def main() -> None:
         "--ingest-rate", type=float, default=0.0, help="adds/s in the ingest phase (0: flat out)"
     )
     args = parser.parse_args()
+    nices = [int(x) for x in args.nice.split(",")]
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
     root = Path(tempfile.mkdtemp(prefix="hashmesh-http-match-"))
@@ -367,7 +368,7 @@ def main() -> None:
         print(f"template of {args.signals:,} md5 built in {time.monotonic() - t:.0f} s", flush=True)
         hello = ceilings(root, values, args) if args.ceilings else {}
         results: dict[tuple[int, str, int], Any] = {}
-        for nice in (int(x) for x in args.nice.split(",")):
+        for nice in nices:
             for w in (int(x) for x in args.workers.split(",")):
                 for server in args.servers.split(",") if w else ["node"]:
                     if nice and not w:
@@ -408,7 +409,7 @@ def main() -> None:
                   f"{x['p99']:.2f} | {x['non2xx']} | {ing} | {cpu} | {cores} | {others} |"
                   f" {x['load']} |")  # fmt: skip
     for server in args.servers.split(","):
-        for nice in (int(x) for x in args.nice.split(",")):
+        for nice in nices:
             one, two = results.get((1, server, nice)), results.get((2, server, nice))
             if one and two:
                 for phase in ("idle", "ingest"):
