@@ -94,8 +94,9 @@ def test_rows_in_the_nodes_api_shape(store: ReplicaStore) -> None:
     assert applied.removed == [pdq_id]
     row = store.signals_by_id([pdq_id])[pdq_id]
     assert (row["live"], row["revoked_by"], row["revoked_reason"]) == (False, f"{A}/csam/3/0", "fp")
-    assert store.find_exact("pdq", PDQ) == []
-    assert store.find_exact("pdq", PDQ, live_only=False) == [pdq_id]
+    assert list(store.live_pdq()) == [] and store.pdq_digest() == (0, 0)
+    with pytest.raises(ValueError, match="matched by distance"):
+        store.find_exact("pdq", PDQ)  # through the PDQ index, never by value
     # A revocation applied twice (a resumed stream) changes nothing the second time.
     assert store.apply(page_of(7, revokes=((f"{A}/csam/2/0", "x/y/1/0", ""),))).removed == []
 
@@ -110,6 +111,51 @@ def test_an_add_and_its_revocation_in_one_page(store: ReplicaStore) -> None:
     )
     assert len(applied.added) == 1 and applied.removed == [applied.added[0][0]]
     assert store.pdq_digest() == (0, 0)
+
+
+def test_feed_order_holds_across_runs_of_one_kind(store: ReplicaStore) -> None:
+    """Runs of adds and of revocations are applied a statement each, in feed order: a
+    revocation before its add (which the node never sends) finds nothing, one after
+    withdraws it, and a target revoked twice keeps the first revocation."""
+    page = Page(
+        cursor=4,
+        adds=[add(1, signal_type="pdq", value=PDQ), add(2), add(3)],
+        revokes=[
+            (f"{A}/csam/2/0", f"{A}/csam/9/0", "early"),
+            (f"{A}/csam/1/0", f"{A}/csam/8/0", "first"),
+            (f"{A}/csam/1/0", f"{A}/csam/7/0", "second"),
+        ],
+    )
+    page.order = [("revoke", 0), ("add", 0), ("add", 1), ("revoke", 1), ("revoke", 2)]
+    page.order.append(("add", 2))
+    applied = store.apply(page)
+    [(pdq_id, _)] = applied.added
+    assert applied.removed == [pdq_id]
+    [md5_id] = store.find_exact("md5", f"{2:032x}")
+    rows = store.signals_by_id([pdq_id, md5_id])
+    assert (rows[pdq_id]["live"], rows[pdq_id]["revoked_reason"]) == (False, "first")
+    assert rows[md5_id]["live"] is True
+    assert store.counts() == {"live": 2, "revoked": 1}
+
+
+def test_an_older_replicas_value_index_is_replaced(tmp_path: Path) -> None:
+    s = ReplicaStore(tmp_path / "data")
+    s.close()
+    conn = sqlite3.connect(tmp_path / "data" / "replica.sqlite")
+    conn.execute("DROP INDEX signals_exact_value")
+    conn.execute("CREATE INDEX signals_value ON signals (value)")  # as before, every value
+    conn.commit()
+    conn.close()
+    s = ReplicaStore(tmp_path / "data")
+    names = {r[0] for r in s.conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert "signals_value" not in names and "signals_exact_value" in names
+    [(*_, plan)] = s.conn.execute(
+        "EXPLAIN QUERY PLAN SELECT id FROM signals WHERE value = ? AND type = ?"
+        " AND type NOT IN ('pdq', 'vpdq')",
+        ("x", "md5"),
+    ).fetchall()
+    assert "signals_exact_value" in plan
+    s.close()
 
 
 def test_opinions_counted_per_collection_as_the_node_does(store: ReplicaStore) -> None:
@@ -158,7 +204,7 @@ def test_a_snapshot_is_one_only_at_its_end(tmp_path: Path) -> None:
     s.end_snapshot(7)
     assert s.cursor == 7
     assert s.source() == {"url": "http://node", "token_hash": "h" * 64}
-    pdq_id = s.find_exact("pdq", PDQ)[0]
+    [[(pdq_id, _)]] = list(s.live_pdq())
     assert s.pdq_digest() == (1, pdq_id)
     # A new snapshot forgets every row of the old one.
     s.begin_snapshot("http://node", "h" * 64, 0)
