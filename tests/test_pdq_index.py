@@ -188,6 +188,25 @@ def test_add_many_replaces_existing_keys_and_rejects_duplicates() -> None:
         index.add_many([1], np.zeros((1, 4), dtype=np.int64))
 
 
+def test_small_add_many_replaces_keys_in_segments_and_delta() -> None:
+    """A feed page's few adds take the delta path: keys already held, in a segment or in
+    the delta, are replaced, and a key twice in one call keeps its last hash."""
+    rng = np.random.default_rng(4)
+    words = rng.integers(0, 2**64, size=(5000, 4), dtype=np.uint64)
+    index = PDQIndex()
+    index.add_many(np.arange(5000), words)  # one segment
+    index.add_many([7000, 7001], words[:2] ^ np.uint64(1))  # into the delta
+    new = rng.integers(0, 2**64, size=(4, 4), dtype=np.uint64)
+    index.add_many([10, 7000, 8000, 8000], new)
+    assert len(index) == 5003
+    assert index.query(words_to_hex(words[10:11])[0], 0) == []
+    assert index.query(words_to_hex(new[:1])[0], 0) == [(10, 0)]
+    assert index.query(words_to_hex(new[1:2])[0], 0) == [(7000, 0)]
+    assert index.query(words_to_hex(new[2:3])[0], 0) == []
+    assert index.query(words_to_hex(new[3:4])[0], 0) == [(8000, 0)]
+    assert index.digest() == (5003, (sum(range(5000)) + 7000 + 7001 + 8000) % 2**63)
+
+
 def test_empty_index_and_bad_input() -> None:
     index = PDQIndex()
     assert len(index) == 0 and 5 not in index and "5" not in index
