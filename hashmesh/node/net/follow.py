@@ -704,6 +704,16 @@ class Follower:
             size = 0
             stop = asyncio.ensure_future(self._stopping.wait())
             rebootstrap = asyncio.ensure_future(self._rebootstrap.wait())
+            # One page is applied (on a thread, SQLite mostly without the GIL) while the
+            # next is parsed here; pages still commit one after another, in feed order.
+            applying: asyncio.Future[None] | None = None
+
+            async def hand_over(page: Page) -> None:
+                nonlocal applying
+                if applying is not None:
+                    await applying
+                applying = asyncio.ensure_future(self._apply(page))
+
             try:
                 async for lines in _lines(response, STREAM_IDLE_S):
                     page = Page(cursor=after)
@@ -718,7 +728,8 @@ class Follower:
                                 len(page.order) >= MAX_PAGE_EVENTS
                                 or len(page.stances) >= MAX_PAGE_EVENTS
                             ):
-                                after = await self._apply(page)
+                                await hand_over(page)
+                                after = page.cursor
                                 page = Page(cursor=after)
                         elif line.startswith(":"):
                             continue
@@ -733,14 +744,18 @@ class Follower:
                                     raise NodeDataError(f"an event larger than {MAX_EVENT} bytes")
                                 data.append(value)
                     if page.cursor > after:
-                        after = await self._apply(page)
+                        await hand_over(page)
+                        after = page.cursor
                     if stop.done() or rebootstrap.done():
                         return
             finally:
                 stop.cancel()
                 rebootstrap.cancel()
+                if applying is not None:
+                    # What was parsed and accepted before a bad event or a stop still
+                    # lands (its own error, if any, is raised from here).
+                    await asyncio.shield(applying)
 
-    async def _apply(self, page: Page) -> int:
+    async def _apply(self, page: Page) -> None:
         applied: Applied = await asyncio.to_thread(self.store.apply, page)
         self.matcher.apply(applied.added, applied.removed, page.cursor, applied.videos)
-        return page.cursor
