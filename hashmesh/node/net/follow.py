@@ -395,6 +395,33 @@ async def _lines(response: aiohttp.ClientResponse, idle: float) -> AsyncIterator
             raise NodeDataError("a line that is not UTF-8") from None
 
 
+class _Events:
+    """Server-sent events out of a stream's lines: (id, data) of each complete event,
+    comments and other fields skipped, an event's data bounded by MAX_EVENT."""
+
+    def __init__(self) -> None:
+        self.event_id = ""
+        self.data: list[str] = []
+        self.size = 0
+
+    def feed(self, lines: list[str]) -> Iterator[tuple[str, str]]:
+        for line in lines:
+            if line == "":
+                if self.data:
+                    yield self.event_id, "\n".join(self.data)
+                self.event_id, self.data, self.size = "", [], 0
+            elif not line.startswith(":"):
+                name, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if name == "id":
+                    self.event_id = value
+                elif name == "data":
+                    self.size += len(value)
+                    if self.size > MAX_EVENT:
+                        raise NodeDataError(f"an event larger than {MAX_EVENT} bytes")
+                    self.data.append(value)
+
+
 # -- the follower -------------------------------------------------------------------------------
 
 
@@ -699,9 +726,7 @@ class Follower:
                 raise NodeDataError("feed stream: the node refused (429, too many streams)")
             if response.status != 200:
                 raise NodeDataError(f"feed stream: HTTP {response.status}")
-            event_id = ""
-            data: list[str] = []
-            size = 0
+            events = _Events()
             stop = asyncio.ensure_future(self._stopping.wait())
             rebootstrap = asyncio.ensure_future(self._rebootstrap.wait())
             # One page is applied (on a thread, SQLite mostly without the GIL) while the
@@ -711,19 +736,17 @@ class Follower:
             async def hand_over(page: Page) -> None:
                 nonlocal applying
                 if applying is not None:
-                    await applying
+                    await asyncio.shield(applying)
                 applying = asyncio.ensure_future(self._apply(page))
 
             try:
                 async for lines in _lines(response, STREAM_IDLE_S):
                     page = Page(cursor=after)
-                    for line in lines:
-                        if line == "":
-                            if data:
-                                cursor, entry = parse_event(event_id, "\n".join(data), page.cursor)
-                                add_event(page, cursor, entry)
-                                self.stats.events += 1
-                            event_id, data, size = "", [], 0
+                    try:
+                        for event_id, data in events.feed(lines):
+                            cursor, entry = parse_event(event_id, data, page.cursor)
+                            add_event(page, cursor, entry)
+                            self.stats.events += 1
                             if (
                                 len(page.order) >= MAX_PAGE_EVENTS
                                 or len(page.stances) >= MAX_PAGE_EVENTS
@@ -731,18 +754,10 @@ class Follower:
                                 await hand_over(page)
                                 after = page.cursor
                                 page = Page(cursor=after)
-                        elif line.startswith(":"):
-                            continue
-                        else:
-                            name, _, value = line.partition(":")
-                            value = value[1:] if value.startswith(" ") else value
-                            if name == "id":
-                                event_id = value
-                            elif name == "data":
-                                size += len(value)
-                                if size > MAX_EVENT:
-                                    raise NodeDataError(f"an event larger than {MAX_EVENT} bytes")
-                                data.append(value)
+                    except NodeDataError:
+                        if page.cursor > after:  # the events accepted before the bad one
+                            await hand_over(page)
+                        raise
                     if page.cursor > after:
                         await hand_over(page)
                         after = page.cursor
