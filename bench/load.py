@@ -9,6 +9,8 @@ processes on the node's match socket) runs the same phases side by side in one r
    reference time);
 2. flood: --clients client processes post `POST /v1/match` (one PDQ query: half
    near-duplicates of the target's own signals, half random misses) for --duration s;
+   --concurrency requests in flight each (saturating), or with --flood-rate R, R requests
+   a second in all on a fixed schedule (a platform below capacity; timed from when due);
 3. flood + sync: a second fresh target pulls the same seed under the flood;
 4. flood + revocation: the seed withdraws --revoke of its signals (one list withdrawal)
    and the target ingests the revocations under the flood.
@@ -118,9 +120,21 @@ def publish_offline(home: Path, collection: str, values: list[str]) -> float:
 
 
 def client_main(
-    url: str, token: str, values: list[str], concurrency: int, phase: Any, out: Any, seed: int
+    url: str,
+    token: str,
+    values: list[str],
+    concurrency: int,
+    phase: Any,
+    out: Any,
+    seed: int,
+    rate: float = 0.0,
 ) -> None:
-    """Post matches until phase is -1; latencies (ms) are kept per phase at send time."""
+    """Post matches until phase is -1; latencies (ms) are kept per phase at send time.
+
+    rate 0: closed loop, `concurrency` requests always in flight (saturating: latency is
+    the flood's own queue). rate > 0: open loop, `rate` requests a second on a fixed
+    schedule whatever the answers do (at most `concurrency` connections), each timed from
+    when it was due: a platform sending its uploads at a steady rate below capacity."""
     rng = random.Random(seed)
     bodies = []
     for v in values:
@@ -154,11 +168,42 @@ def client_main(
             ms = (time.perf_counter() - t) * 1000
             latencies[p].append(ms)
 
+    async def paced_one(session: aiohttp.ClientSession, body: bytes, due: float, p: int) -> None:
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        try:
+            async with session.post(url + "/v1/match", data=body, headers=headers) as r:
+                await r.read()
+                if r.status != 200:
+                    errors[f"HTTP {r.status}"] += 1
+                    return
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            errors[type(exc).__name__] += 1
+            return
+        latencies[p].append((time.perf_counter() - due) * 1000)
+
+    async def paced(session: aiohttp.ClientSession) -> None:
+        tasks: set[asyncio.Task[None]] = set()
+        start = time.perf_counter()
+        n = 0
+        while (p := phase.value) >= 0:
+            due = start + n / rate
+            wait = due - time.perf_counter()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            task = asyncio.create_task(paced_one(session, bodies[n % len(bodies)], due, p))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            n += 1
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def run() -> None:
         connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
         timeout = aiohttp.ClientTimeout(total=60)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            await asyncio.gather(*(worker(session, n) for n in range(concurrency)))
+            if rate > 0:
+                await paced(session)
+            else:
+                await asyncio.gather(*(worker(session, n) for n in range(concurrency)))
 
     asyncio.run(run())
     out.put({"latencies": latencies, "errors": dict(errors)})
@@ -438,6 +483,7 @@ async def one_config(
         mp.Process(
             target=client_main,
             args=(match_url, target.token, local, args.concurrency, phase, out, n),
+            kwargs={"rate": args.flood_rate / max(1, args.clients)},
         )
         for n in range(args.clients)
     ]
@@ -579,9 +625,16 @@ def render(args: argparse.Namespace, result: dict[str, Any]) -> str:
         f"{args.duration:g} --pdq-probe-rate {args.pdq_probe_rate:g} --match-workers "
         f"{','.join(map(str, args.match_workers))}"
         + (f" --worker-nice {args.worker_nice}" if args.worker_nice is not None else "")
+        + (f" --flood-rate {args.flood_rate:g}" if args.flood_rate > 0 else "")
         + "`. "
-        f"{args.clients} client processes (aiohttp, keep-alive, {args.concurrency} requests in "
-        "flight each) post `POST /v1/match` with one PDQ query (half 8-bit near-duplicates of "
+        + (
+            f"{args.clients} client processes (aiohttp, keep-alive, {args.concurrency} requests"
+            " in flight each)"
+            if args.flood_rate <= 0
+            else f"{args.clients} client processes ({args.flood_rate:g} requests/s in all on a"
+            " fixed schedule, each timed from when it was due)"
+        )
+        + " post `POST /v1/match` with one PDQ query (half 8-bit near-duplicates of "
         f"{args.local:,} local PDQ signals, half random misses) to the target's match address "
         "(the node itself with 0 workers, its match socket otherwise). The seed's "
         f"{args.signals:,} PDQ adds were built offline in {result['build_s']:.0f} s (batches "
@@ -670,6 +723,12 @@ def main() -> None:
     parser.add_argument("--local", type=parse_count, default=10_000)
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--flood-rate",
+        type=float,
+        default=0.0,
+        help="matches/s the clients send in all, paced (0: closed loop, saturating)",
+    )
     parser.add_argument(
         "--pdq-probe-rate",
         type=float,
