@@ -20,13 +20,16 @@ package is installed, so importing it here is safe.
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from benchenv import free_port
+from benchenv import free_port, replace_section
 
 from hashmesh.testing import NodeFailed, NodeRun, stop_all
 
@@ -103,3 +106,29 @@ async def wait_healthy(session: aiohttp.ClientSession, nodes: list[Node], timeou
             raise NodeFailed(f"node {n.name} listens on {n.run.api}, not {n.url}")
 
     await asyncio.gather(*(one(n) for n in nodes))
+
+
+def run_and_report(
+    bench: Callable[[Any, Path, list[Node]], Coroutine[Any, Any, dict[str, Any]]],
+    args: Any,
+    prefix: str,
+    render: Callable[[Any, dict[str, Any]], str],
+    section: str,
+) -> None:
+    """Run `bench(args, root, nodes)` in a fresh temporary root, stop every node it started
+    whatever happens, print its table and, with --write-docs, put it in docs/benchmarks.md."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    nodes: list[Node] = []
+    try:
+        result = asyncio.run(bench(args, root, nodes))
+    finally:
+        stop(nodes, timeout=20)
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            print(f"homes kept in {root}")
+    text = render(args, result)
+    print()
+    print(text)
+    if args.write_docs:
+        replace_section(section, text)

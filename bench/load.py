@@ -51,17 +51,17 @@ import os
 import random
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 # benchenv and benchnodes are found in bench/ (sys.path[0]): imported before bench/ leaves sys.path
-from benchenv import free_port, machine, replace_section
-from benchnodes import Node, make_node, spawn, stop, wait_healthy
+from benchenv import free_port, machine
+from benchnodes import Node, make_node, run_and_report, spawn, stop, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 # bench/protocol.py would shadow the protocol package
@@ -117,6 +117,31 @@ def publish_offline(home: Path, collection: str, values: list[str]) -> float:
 
 
 # -- load clients (separate processes) ------------------------------------------------------
+
+
+async def on_schedule(
+    rate: float,
+    phase: Any,
+    send: Callable[[int, float, int], Coroutine[Any, Any, None]],
+    first_phase: int = 0,
+) -> None:
+    """`send(n, due, phase)` as a task `rate` times a second on a fixed schedule, whatever
+    the sends before are doing, until phase is -1 (none before `first_phase`); then wait
+    for those in flight. Open loop: a slow answer never delays the next send."""
+    tasks: set[asyncio.Task[None]] = set()
+    start = time.perf_counter()
+    n = 0
+    while (p := phase.value) >= 0:
+        due = start + n / rate
+        wait = due - time.perf_counter()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        if p >= first_phase:
+            task = asyncio.create_task(send(n, due, p))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        n += 1
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def client_main(
@@ -181,27 +206,16 @@ def client_main(
             return
         latencies[p].append((time.perf_counter() - due) * 1000)
 
-    async def paced(session: aiohttp.ClientSession) -> None:
-        tasks: set[asyncio.Task[None]] = set()
-        start = time.perf_counter()
-        n = 0
-        while (p := phase.value) >= 0:
-            due = start + n / rate
-            wait = due - time.perf_counter()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            task = asyncio.create_task(paced_one(session, bodies[n % len(bodies)], due, p))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            n += 1
-        await asyncio.gather(*tasks, return_exceptions=True)
-
     async def run() -> None:
         connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
         timeout = aiohttp.ClientTimeout(total=60)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             if rate > 0:
-                await paced(session)
+                await on_schedule(
+                    rate,
+                    phase,
+                    lambda n, due, p: paced_one(session, bodies[n % len(bodies)], due, p),
+                )
             else:
                 await asyncio.gather(*(worker(session, n) for n in range(concurrency)))
 
@@ -249,20 +263,12 @@ def pdq_probe_main(
         connector = aiohttp.TCPConnector(limit=256)
         timeout = aiohttp.ClientTimeout(total=60)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            tasks: set[asyncio.Task[None]] = set()
-            start = time.perf_counter()
-            n = 0
-            while (p := phase.value) >= 0:
-                due = start + n / rate
-                wait = due - time.perf_counter()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                if p > 0:  # phase 0 is the warm-up
-                    task = asyncio.create_task(one(session, bodies[n % len(bodies)], due, p))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                n += 1
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await on_schedule(
+                rate,
+                phase,
+                lambda n, due, p: one(session, bodies[n % len(bodies)], due, p),
+                first_phase=1,  # phase 0 is the warm-up
+            )
 
     asyncio.run(run())
     out.put({"latencies": latencies, "gaps": gaps, "errors": dict(errors)})
@@ -760,21 +766,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="hm-load-"))
-    nodes: list[Node] = []
-    try:
-        result = asyncio.run(main_async(args, root, nodes))
-    finally:
-        stop(nodes, timeout=20)
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
-        else:
-            print(f"homes kept in {root}")
-    text = render(args, result)
-    print()
-    print(text)
-    if args.write_docs:
-        replace_section(SECTION, text)
+    run_and_report(main_async, args, "hm-load-", render, SECTION)
 
 
 if __name__ == "__main__":

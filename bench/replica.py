@@ -33,10 +33,8 @@ import multiprocessing as mp
 import os
 import random
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -45,8 +43,8 @@ from typing import Any
 import aiohttp
 
 # load, benchenv and benchnodes are found in bench/ (sys.path[0]); load drops bench/ after
-from benchenv import machine, replace_section
-from benchnodes import Node, make_node, spawn, stop, wait_healthy
+from benchenv import machine
+from benchnodes import Node, make_node, run_and_report, spawn, stop, wait_healthy
 from load import (
     COLLECTION,
     add_peer,
@@ -235,7 +233,8 @@ class LagWatch:
                 async with session.get(self.url + "/healthz") as r:
                     health = await r.json()
                     if r.status != 200:
-                        reason = re.sub(r"^\d+ ", "N ", str(health.get("reason", r.status)))
+                        reason = str(health.get("reason", r.status))
+                        reason = re.sub(r"^(its answers are )?[\d.]+ ", r"\1N ", reason)
                         self.refusing[f"{self.phase}: {reason}"] += 1
                 p = self.phase
                 self.behind[p] = max(self.behind.get(p, 0), int(health.get("behind") or 0))
@@ -434,21 +433,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="hm-replica-"))
-    nodes: list[Node] = []
-    try:
-        result = asyncio.run(run(args, root, nodes))
-    finally:
-        stop(nodes, timeout=20)
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
-        else:
-            print(f"homes kept in {root}")
-    text = render(args, result)
-    print()
-    print(text)
-    if args.write_docs:
-        replace_section(SECTION, text)
+    run_and_report(run, args, "hm-replica-", render, SECTION)
 
 
 if __name__ == "__main__":
