@@ -19,6 +19,7 @@ package is installed, so importing it here is safe.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import shutil
 import tempfile
@@ -106,6 +107,12 @@ async def wait_healthy(session: aiohttp.ClientSession, nodes: list[Node], timeou
             raise NodeFailed(f"node {n.name} listens on {n.run.api}, not {n.url}")
 
     await asyncio.gather(*(one(n) for n in nodes))
+
+
+def report_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options `run_and_report` reads."""
+    parser.add_argument("--keep", action="store_true", help="keep the nodes' homes")
+    parser.add_argument("--write-docs", action="store_true", help="into docs/benchmarks.md")
 
 
 def run_and_report(

@@ -61,7 +61,7 @@ import aiohttp
 
 # benchenv and benchnodes are found in bench/ (sys.path[0]): imported before bench/ leaves sys.path
 from benchenv import free_port, machine
-from benchnodes import Node, make_node, run_and_report, spawn, stop, wait_healthy
+from benchnodes import Node, make_node, report_arguments, run_and_report, spawn, stop, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 # bench/protocol.py would shadow the protocol package
@@ -763,8 +763,7 @@ def main() -> None:
         help="match_worker_nice for the target (0-19; default: the node's default)",
     )
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--keep", action="store_true")
-    parser.add_argument("--write-docs", action="store_true")
+    report_arguments(parser)
     args = parser.parse_args()
     run_and_report(main_async, args, "hm-load-", render, SECTION)
 

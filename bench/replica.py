@@ -28,13 +28,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing as mp
 import os
 import random
 import re
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -44,7 +42,7 @@ import aiohttp
 
 # load, benchenv and benchnodes are found in bench/ (sys.path[0]); load drops bench/ after
 from benchenv import machine
-from benchnodes import Node, make_node, run_and_report, spawn, stop, wait_healthy
+from benchnodes import Node, make_node, report_arguments, run_and_report, spawn, stop, wait_healthy
 from load import (
     COLLECTION,
     add_peer,
@@ -58,6 +56,8 @@ from load import (
     wait_live,
 )
 
+from hashmesh.testing import MatcherRun
+
 SECTION = "## Replica freshness (bench/replica.py)"
 PROBE = "probe"
 PROBE_EVERY_S = 0.25
@@ -66,50 +66,19 @@ FRESH_TIMEOUT_S = 30.0
 PHASES = ("warm-up", "quiet", "sync", "revocation")
 
 
-class Replica:
-    """One `hashmesh matcher` process, its URL read back from DIR/matcher.json."""
+class Replica(MatcherRun):
+    """The `hashmesh matcher` process under test (hashmesh.testing's), waited for here
+    until its /healthz says the PDQ index is loaded."""
 
     def __init__(self, root: Path, node: Node, token: str, extra: list[str]) -> None:
-        self.data = root / "replica"
-        self.token_file = root / "replica.token"
-        self.token_file.write_text(token + "\n")
-        self.token_file.chmod(0o600)
-        self.log_path = root / "replica.log"
-        self.args = [
-            sys.executable,
-            "-m",
-            "hashmesh",
-            "matcher",
-            "--follow",
-            node.url,
-            "--token-file",
-            str(self.token_file),
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-            str(self.data),
-            *extra,
-        ]
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
+        super().__init__(root, "replica", node.url, token, extra)
 
-    async def start(self, timeout: float = 120.0) -> None:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
+    async def up(self, timeout: float = 120.0) -> None:
+        self.start()
         deadline = time.monotonic() + timeout
-        while not self.url:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"replica exited: {self.log_path.read_text()[-2000:]}")
+        while not self.poll_url():
             if time.monotonic() > deadline:
                 raise RuntimeError("replica did not write matcher.json")
-            try:
-                runtime = json.loads((self.data / "matcher.json").read_text())
-                if runtime.get("pid") == self.proc.pid:
-                    self.url = str(runtime["url"])
-            except (OSError, ValueError):
-                pass
             await asyncio.sleep(0.1)
         async with aiohttp.ClientSession() as session:
             while True:
@@ -120,15 +89,13 @@ class Replica:
                     raise RuntimeError("replica not healthy")
                 await asyncio.sleep(0.1)
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+    def down(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            self.stop(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill()
 
 
 async def create_token(node: Node, name: str, scopes: list[str]) -> str:
@@ -268,7 +235,7 @@ async def run(args: argparse.Namespace, root: Path, nodes: list[Node]) -> dict[s
     extra = ["--max-lag", str(args.max_lag)] if args.max_lag is not None else []
     replica = Replica(root, node, follow_token, extra)
     t = time.monotonic()
-    await replica.start()
+    await replica.up()
     print(f"  replica ready in {time.monotonic() - t:.1f} s at {replica.url}", flush=True)
 
     phase = mp.Value("i", 0)
@@ -339,7 +306,7 @@ async def run(args: argparse.Namespace, root: Path, nodes: list[Node]) -> dict[s
             c.join(timeout=30)
             if c.is_alive():
                 c.kill()
-        replica.stop()
+        replica.down()
         stop([seed, node])
     floods: dict[str, dict[str, float]] = {}
     errors: Counter[str] = Counter(probe.misses)
@@ -430,8 +397,7 @@ def main() -> None:
     parser.add_argument("--tail", type=float, default=3.0, help="seconds kept after revocation")
     parser.add_argument("--ingest-timeout", type=float, default=600.0)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--keep", action="store_true")
-    parser.add_argument("--write-docs", action="store_true")
+    report_arguments(parser)
     args = parser.parse_args()
     run_and_report(run, args, "hm-replica-", render, SECTION)
 

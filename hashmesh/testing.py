@@ -1,4 +1,5 @@
-"""Run real `hashmesh --home H run` processes: for the tests, the benchmarks and the demo.
+"""Run real `hashmesh --home H run` processes (and `hashmesh matcher` replicas): for the
+tests, the benchmarks and the demo.
 
 One copy of starting, waiting and stopping, so the three agree on what "up" means: the
 process has written node.json naming its own pid, and /v1/healthz at the address in it
@@ -13,6 +14,7 @@ Like aiohttp.test_utils this ships in the package, because `hashmesh demo` uses 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -153,6 +155,87 @@ class NodeRun:
             self.proc.kill()
         self.proc.wait(timeout=10)
         self._log.close()
+
+
+class MatcherRun:
+    """One `hashmesh matcher --follow` replica on 127.0.0.1:0, its files under `root`
+    named `name` (the data directory, the token file 0600, the log), its URL read back
+    from DIR/matcher.json once the file names this process's pid. `start()` again after a
+    stop or kill runs it on the same data (`args` may be edited in between)."""
+
+    def __init__(
+        self,
+        root: Path,
+        name: str,
+        follow: str,
+        token: str,
+        extra: Sequence[str] = (),
+        *,
+        command: Sequence[str] = PYTHON_M,
+    ) -> None:
+        self.data = root / name
+        token_file = root / f"{name}.token"
+        token_file.write_text(token + "\n")
+        token_file.chmod(0o600)
+        self.log_path = root / f"{name}.log"
+        self.args = [
+            *command,
+            "matcher",
+            "--follow",
+            follow,
+            "--token-file",
+            str(token_file),
+            "--listen",
+            ANY_PORT,
+            "--data",
+            str(self.data),
+            *extra,
+        ]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self) -> None:
+        """Start the process; `poll_url` says when it listens. A HASHMESH_HOME of the
+        caller's is not passed on (the replica has no home)."""
+        env = {k: v for k, v in os.environ.items() if k != "HASHMESH_HOME"}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            )
+
+    def poll_url(self) -> str:
+        """One look: the URL once this process wrote matcher.json, "" before; NodeFailed
+        once it exited."""
+        assert self.proc is not None, "not started"
+        if self.proc.poll() is not None:
+            raise NodeFailed(
+                f"matcher at {self.data} exited with {self.proc.returncode}:\n{self.log()[-4000:]}"
+            )
+        try:
+            runtime = json.loads((self.data / "matcher.json").read_text())
+        except (OSError, ValueError):
+            return ""
+        if runtime.get("pid") != self.proc.pid:
+            return ""
+        self.url = str(runtime["url"])
+        return self.url
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM and wait; the exit code (subprocess.TimeoutExpired if it ignores it)."""
+        assert self.proc is not None, "not started"
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout)
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
 
 
 def stop_all(runs: Sequence[NodeRun], timeout: float = 20.0) -> dict[NodeRun, int]:

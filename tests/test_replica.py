@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -26,6 +25,7 @@ from platform_util import match_file, ok_json, request
 from testdata import IMAGES, PDQ
 
 from hashmesh.protocol import SigningKey
+from hashmesh.testing import MatcherRun
 
 NEEDLES = PDQ / "needles.txt"
 FRESH_S = 10.0  # the bound every "reaches the replica" wait below allows
@@ -49,8 +49,8 @@ def md5(n: int, salt: int = 0) -> str:
     return f"{salt:08x}{n:024x}"
 
 
-class MatcherProc:
-    """One `hashmesh matcher` process; its URL read back from DIR/matcher.json."""
+class MatcherProc(MatcherRun):
+    """A `hashmesh matcher` of `node` (or of a relay in front of it, `via`)."""
 
     def __init__(
         self,
@@ -61,44 +61,11 @@ class MatcherProc:
         data: str = "m",
         via: str | None = None,
     ) -> None:
-        self.data = root / data
-        token_file = root / f"{data}.token"
-        token_file.write_text(token + "\n")
-        self.log_path = root / f"{data}.log"
-        self.args = [
-            HASHMESH,
-            "matcher",
-            "--follow",
-            via or node.url,  # via: a relay in front of the node
-            "--token-file",
-            str(token_file),
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-            str(self.data),
-            *extra,
-        ]
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
+        super().__init__(root, data, via or node.url, token, extra, command=(HASHMESH,))
 
     def start(self, healthy: bool = True) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the process holds it
-        env = {k: v for k, v in os.environ.items() if k != "HASHMESH_HOME"}
-        self.proc = subprocess.Popen(
-            self.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
-        )
-        log.close()
-
-        def bound() -> str:
-            assert self.proc is not None
-            assert self.proc.poll() is None, self.log()
-            try:
-                runtime = json.loads((self.data / "matcher.json").read_text())
-            except (OSError, ValueError):
-                return ""
-            return str(runtime["url"]) if runtime.get("pid") == self.proc.pid else ""
-
-        self.url = wait_for(bound, timeout=20)
+        super().start()
+        self.url = wait_for(self.poll_url, timeout=20)
         if healthy:
             wait_for(lambda: self.health()[0] == 200, timeout=20)
 
@@ -115,22 +82,6 @@ class MatcherProc:
                 name, _, value = line.rpartition(" ")
                 out[name] = float(value)
         return out
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=20)
-        self.proc = None
-        return code
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self.proc = None
 
 
 @pytest.fixture
